@@ -1,0 +1,61 @@
+# parallel_kit — two commands do everything on a fresh machine:
+#   make demo   runs the main job (the 50 s vs 20 s scenario in every mode)
+#   make test   runs the tests (unit, HTTP, Ray, notebooks under nbval)
+# Both create .venv at the repo root if it is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+# The real-model extra (llama-cpp-python builds from source once, then pip caches the wheel).
+REAL_STAMP := $(VENV)/.installed-real
+TIME_SCALE ?= 0.1
+
+.PHONY: demo test test-fast lab notebooks bench bench-quick lint typecheck clean venv real
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,real]"
+	@touch $(REAL_STAMP)
+
+real: $(REAL_STAMP)
+
+demo: $(STAMP)
+	$(BIN)/parallel-kit demo --time-scale $(TIME_SCALE) --out results
+
+test: $(STAMP) $(REAL_STAMP)
+	$(BIN)/python -m ruff check parallel_kit tests benchmarks
+	$(BIN)/python -m pytest
+	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.02} PARALLEL_KIT_BACKEND=$${PARALLEL_KIT_BACKEND:-sim} \
+		$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not real and not slow"
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check parallel_kit tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+notebooks: $(STAMP)
+	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.05} $(BIN)/python scripts/execute_notebooks.py
+
+bench: $(STAMP) $(REAL_STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
+
+clean:
+	rm -rf results .pytest_cache .mypy_cache .ruff_cache .hypothesis

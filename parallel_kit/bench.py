@@ -1,0 +1,332 @@
+"""Run several modes on the same prompts, side by side, and compare them with theory.
+
+>>> comparison = await compare(["sequential", "pool"], n=5, gpus=3, time_scale=0.02)
+>>> comparison.summary_frame()          # one row per mode: predicted vs measured, speedup
+>>> comparison.frame()                  # one row per request, every mode
+
+What runs where:
+
+* ``sequential``, ``async``, ``batch`` use one server (the first ``--host``, or one simulator);
+* ``pool`` uses ``gpus`` servers (the ``--host`` list, or that many simulators);
+* ``ray`` uses the ``--host`` list, or starts one server inside each GPU actor.
+
+Predictions come from the simulator's profile when the servers are simulated, and from the
+measured sequential run's per-request times when they are real (so a real Ollama is compared
+with what its own single-request speed implies). Model load (warm-up) is done before each mode
+and reported as ``setup_s``, never inside the makespan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import theory
+from ._sync import run_sync
+from .backend import Backend, open_backend
+from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
+from .errors import ConfigError
+from .modes.base import ModeContext, get_mode, parse_modes
+from .prompts import load_prompts, make_specs
+from .records import RequestResult, RequestSpec, RunResult, write_csv, write_json
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Comparison", "compare", "compare_sync", "format_table", "run_bench_command",
+           "write_outputs"]
+
+SINGLE_SERVER_MODES = ("sequential", "async", "batch")
+
+
+@dataclass
+class Comparison:
+    """The runs of one comparison, in the order they ran."""
+
+    runs: list[RunResult]
+    backend: str
+    time_scale: float
+    messages: list[str] = field(default_factory=list)
+
+    def run(self, mode: str) -> RunResult:
+        for r in self.runs:
+            if r.summary.mode == mode:
+                return r
+        raise KeyError(f"no run of mode {mode!r}; have {[r.summary.mode for r in self.runs]}")
+
+    def __getitem__(self, mode: str) -> RunResult:
+        return self.run(mode)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per request of every mode (tidy)."""
+        import pandas as pd
+
+        frames = [r.to_frame() for r in self.runs]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def summary_frame(self) -> pd.DataFrame:
+        """One row per mode with every summary field."""
+        import pandas as pd
+
+        return pd.DataFrame([r.summary.to_dict() for r in self.runs])
+
+    def table(self) -> str:
+        """The predicted-vs-measured table printed by ``demo`` and ``bench``."""
+        return format_table(self.runs)
+
+
+def format_table(runs: Sequence[RunResult]) -> str:
+    """A plain-text table: one line per mode (model seconds unless marked clock)."""
+    head = (f"{'mode':<11}{'servers×slots':>14}{'predicted s':>13}{'measured s':>12}"
+            f"{'meas/pred':>10}{'speedup':>9}{'submit ms':>11}{'setup s':>9}{'ok/n':>8}")
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        s = r.summary
+        pred = f"{s.predicted_makespan_s:.2f}" if s.predicted_makespan_s else "—"
+        ratio = (f"{s.makespan_s / s.predicted_makespan_s:.3f}"
+                 if s.predicted_makespan_s and _finite(s.makespan_s) else "—")
+        speed = f"{s.speedup_vs_sequential:.2f}×" if s.speedup_vs_sequential else "—"
+        submit = f"{s.submit_s * 1000:.1f}" if s.submit_s is not None else "—"
+        setup = f"{s.setup_s:.2f}" if s.setup_s is not None else "—"
+        lines.append(f"{s.mode:<11}{f'{s.workers}×{s.slots}':>14}{pred:>13}"
+                     f"{s.makespan_s:>12.2f}{ratio:>10}{speed:>9}{submit:>11}{setup:>9}"
+                     f"{f'{s.ok}/{s.n}':>8}")
+    if runs:
+        s0 = runs[0].summary
+        where = "simulated Ollama" if s0.backend == "sim" else "real Ollama"
+        lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
+                     f"submit in clock ms; setup in clock s)")
+    return "\n".join(lines)
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and not math.isnan(x)
+
+
+async def _warm_up(endpoints: Sequence[Endpoint], model: str) -> float:
+    """Load the model on every endpoint (Ollama's empty prompt); returns clock seconds."""
+    import httpx
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(timeout=600.0, trust_env=False) as client:
+        async def load(url: str) -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                await client.post(f"{url}/api/generate",
+                                  json={"model": model, "prompt": "", "stream": False})
+        await asyncio.gather(*(load(e.url) for e in endpoints))
+    return time.perf_counter() - t0
+
+
+def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, workers: int,
+                slots: int, concurrency: int, sequential: RunResult | None) -> float | None:
+    """Predicted makespan (model s): from the profile when simulated, else from sequential."""
+    speedup: Callable[[int], float] | None = None
+    if backend.kind == "sim" and backend.profile:
+        from .sim.profiles import load_profile
+
+        profile = load_profile(backend.profile)
+        times = theory.service_times_from_profile(profile, specs)
+        speedup = profile.S
+    elif sequential is not None and sequential.summary.ok == len(sequential.requests):
+        times = [(r.finished_s - r.started_s) for r in sequential.requests]
+    else:
+        return None
+    eff_slots = min(slots, concurrency) if mode in ("async", "batch") else slots
+    if mode == "sequential":
+        eff_slots = 1
+    pred = theory.predict(mode, times, workers=workers, slots=eff_slots, speedup=speedup)
+    return float(pred.makespan_s)
+
+
+async def compare(
+    modes: str | Sequence[str] = ("sequential", "async", "batch", "pool", "ray"),
+    prompts: str | os.PathLike[str] | Sequence[RequestSpec] | None = None,
+    *,
+    n: int | None = None,
+    hosts: Sequence[str] | None = None,
+    gpus: int | None = None,
+    slots: int | None = None,
+    concurrency: int | None = None,
+    model: str | None = None,
+    num_predict: int | None = None,
+    time_scale: float | None = None,
+    profile: str | None = None,
+    backend: str | None = None,
+    api: str = "generate",
+    ray_address: str | None = None,
+    engine: str = "sim",
+    engine_options: dict[str, Any] | None = None,
+    progress: bool = False,
+    announce: Callable[[str], None] | None = None,
+    on_result: Callable[[RequestResult], None] | None = None,
+) -> Comparison:
+    """Run ``modes`` on the same requests and return every run with predictions filled in.
+
+    Args:
+        modes: mode names, a list or ``"a,b"``; sequential runs first when present.
+        prompts: a prompt file, a built-in set name, or specs (default: the original five).
+        n: number of requests, cycling over the prompts (default: one per prompt, or 5).
+        hosts: Ollama URLs (several = one Ollama per GPU); default ``OLLAMA_HOST`` or embedded.
+        gpus: servers for pool/ray (default ``len(hosts)`` or 3).
+        slots: slots per simulated server; concurrency: async/batch queue workers.
+        time_scale: simulator scale (default ``PARALLEL_KIT_TIME_SCALE`` or 1).
+        engine: ``sim`` or ``llama-cpp`` for embedded servers.
+        progress: one tqdm bar over every request of every mode.
+        announce: called with one-line messages (which servers were chosen).
+        on_result: called with each finished row, as it finishes (the widget lab uses it).
+    """
+    names = parse_modes(modes)
+    if "sequential" in names:
+        names.remove("sequential")
+        names.insert(0, "sequential")
+    if isinstance(prompts, (str, os.PathLike)):
+        base: Sequence[RequestSpec] | None = load_prompts(prompts)
+    else:
+        base = list(prompts) if prompts else None
+    count = n if n is not None else (len(base) if base else 5)
+    model = model or DEFAULT_MODEL
+    specs = make_specs(count, base, model=model, num_predict=num_predict)
+    if gpus is None:
+        gpus = len(hosts) if hosts and len(hosts) > 1 else 3
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    concurrency = concurrency or max_concurrent_from_env()
+    if time_scale is None and not hosts:
+        time_scale = time_scale_from_env(1.0)
+
+    runs: list[RunResult] = []
+    messages: list[str] = []
+    sequential: RunResult | None = None
+    kind, scale = "sim", time_scale or 1.0
+
+    def say(msg: str) -> None:
+        if msg not in messages:
+            messages.append(msg)
+            if announce:
+                announce(msg)
+
+    async def _run_one(name: str) -> None:
+        nonlocal kind, scale, sequential
+        multi = name in ("pool", "ray")
+        use_hosts = list(hosts) if (hosts and multi) else single_hosts
+        in_actor = name == "ray" and not hosts
+        async with open_backend(use_hosts, model=model, backend=backend,
+                                servers=gpus if multi else 1, slots=slots,
+                                time_scale=time_scale, profile=profile, engine=engine,
+                                engine_options=engine_options,
+                                start_servers=not in_actor, announce=say) as b:
+            kind, scale = b.kind, b.time_scale
+            options: dict[str, Any] = {}
+            if in_actor:
+                options = {"ray_launch": "sim" if b.kind == "sim" else "ollama",
+                           "profile": b.profile or "seed", "slots": slots,
+                           "engine": engine, "engine_options": engine_options or {}}
+            ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
+                              time_scale=b.time_scale, model=model, concurrency=concurrency,
+                              api=api, progress=False,  # type: ignore[arg-type]
+                              gpus=gpus if multi else 1, ray_address=ray_address,
+                              options=options, on_result=finished)
+            setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
+            run = await get_mode(name)(specs, ctx)
+            s = run.summary
+            s.setup_s = (s.setup_s or 0.0) + setup
+            workers = s.workers
+            pred = _prediction(name, specs, b, workers, s.slots, concurrency, sequential)
+            s.predicted_makespan_s = pred
+            if pred and _finite(s.makespan_s) and s.makespan_s > 0:
+                s.efficiency = pred / s.makespan_s
+            if name == "sequential":
+                sequential = run
+            runs.append(run)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(specs) * len(names), desc="requests", unit="req", leave=False)
+
+    def finished(row: RequestResult) -> None:
+        if bar is not None:
+            bar.set_postfix_str(row.mode, refresh=False)
+            bar.update(1)
+        if on_result is not None:
+            on_result(row)
+
+    single_hosts = list(hosts[:1]) if hosts else None
+    try:
+        for name in names:
+            await _run_one(name)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if sequential is not None:
+        base_span = sequential.summary.makespan_s
+        for r in runs:
+            if _finite(base_span) and _finite(r.summary.makespan_s) and r.summary.makespan_s:
+                r.summary.speedup_vs_sequential = base_span / r.summary.makespan_s
+    return Comparison(runs, kind, scale, messages)
+
+
+def compare_sync(*args: Any, **kwargs: Any) -> Comparison:
+    """:func:`compare` for plain scripts (works inside a running loop too)."""
+    return run_sync(compare(*args, **kwargs))
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """``parallel-kit bench``: run the modes, print the table, write what was asked."""
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {args.n}")
+    if args.num_predict is not None and args.num_predict < 1:
+        raise ConfigError(f"--num-predict must be ≥ 1, got {args.num_predict}")
+    comparison = run_sync(compare(
+        args.mode, args.prompts, n=args.n, hosts=args.host, gpus=args.gpus, slots=args.slots,
+        concurrency=args.concurrency, model=args.model, num_predict=args.num_predict,
+        time_scale=args.time_scale, profile=args.profile, api=args.api,
+        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+        engine=args.engine, engine_options=engine_options_from_args(args),
+        progress=not args.no_progress and sys.stderr.isatty(),
+        announce=lambda m: print(m, file=sys.stderr)))
+    print(comparison.table())
+    write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
+    failed = sum(r.summary.failed for r in comparison.runs)
+    if failed:
+        print(f"{failed} request(s) failed — see the 'error' column", file=sys.stderr)
+    return 0
+
+
+def engine_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if getattr(args, "gguf", None):
+        opts["gguf"] = args.gguf
+    if getattr(args, "threads_per_slot", None):
+        opts["threads_per_slot"] = args.threads_per_slot
+    return opts
+
+
+def write_outputs(comparison: Comparison, *, json_path: str | None = None,
+                  csv_path: str | None = None, plot_path: str | None = None) -> list[Path]:
+    """Write the ``--json``/``--csv``/``--plot`` files that were asked for."""
+    written = []
+    if json_path:
+        written.append(write_json(json_path, comparison.runs))
+    if csv_path:
+        written.append(write_csv(csv_path, comparison.runs))
+    if plot_path:
+        from . import plots
+
+        fig = plots.timeline(comparison.runs)
+        written.append(plots.save(fig, plot_path))
+    for p in written:
+        print(f"wrote {p}", file=sys.stderr)
+    return written
+
