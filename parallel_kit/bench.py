@@ -140,10 +140,8 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
         times = [(r.finished_s - r.started_s) for r in sequential.requests]
     else:
         return None
-    eff_slots = min(slots, concurrency) if mode in ("async", "batch") else slots
-    if mode == "sequential":
-        eff_slots = 1
-    pred = theory.predict(mode, times, workers=workers, slots=eff_slots, speedup=speedup)
+    pred = theory.predict(mode, times, workers=workers, slots=slots, speedup=speedup,
+                          concurrency=concurrency if mode in ("async", "batch") else None)
     return float(pred.makespan_s)
 
 

@@ -50,14 +50,10 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
         runs = comparison.runs
         written.append(P.save(P.timeline(runs), folder / "timeline.png"))
         written.append(P.save(P.predicted_vs_measured(runs), folder / "predicted_vs_measured.png"))
-        measured = {r.summary.workers: r.summary.speedup_vs_sequential for r in runs
-                    if r.summary.speedup_vs_sequential}
         seq = next((r for r in runs if r.summary.mode == "sequential"), None)
         t = (seq.summary.makespan_s / max(seq.summary.n, 1)) if seq else 10.0
         n = runs[0].summary.n if runs else DEMO_REQUESTS
-        written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=measured,
-                                                backend=comparison.backend,
-                                                time_scale=comparison.time_scale),
+        written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs),
                               folder / "speedup_vs_gpus.png"))
     return written
 

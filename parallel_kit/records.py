@@ -116,10 +116,7 @@ class RequestResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestResult:
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: (math.nan if v is None and _is_float_field(cls, k) else v)
-                  for k, v in data.items() if k in names}
-        return cls(**kwargs)
+        return cls(**_from_json(cls, data))
 
 
 #: The columns of ``RequestResult`` in schema order (CSV header).
@@ -163,10 +160,7 @@ class RunSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
-        names = {f.name for f in fields(cls)}
-        kwargs = {k: (math.nan if v is None and _is_float_field(cls, k) else v)
-                  for k, v in data.items() if k in names}
-        return cls(**kwargs)
+        return cls(**_from_json(cls, data))
 
 
 @dataclass(slots=True)
@@ -316,6 +310,13 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _json_safe(x) for k, x in v.items()}
     return v
+
+
+def _from_json(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from JSON: known fields only; null floats back to NaN."""
+    names = {f.name for f in fields(cls)}
+    return {k: (math.nan if v is None and _is_float_field(cls, k) else v)
+            for k, v in data.items() if k in names}
 
 
 def _is_float_field(cls: type, name: str) -> bool:

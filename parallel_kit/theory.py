@@ -1,0 +1,748 @@
+"""Predicted makespans: how long a set of requests *should* take on given resources.
+
+Every time here is in **model seconds** (what a request takes on the model, whatever the
+simulator's time scale). A "service time" is what one request takes when it has a server to
+itself: prefill plus decoding, no queueing.
+
+The headline (DESIGN.md): five requests of 10 s each.
+
+* one single-slot Ollama, one at a time: Σt = 50 s — sequential, async-queued and batch alike,
+  because queueing changes who waits, not how long the server works;
+* three single-slot Ollamas (one per GPU): ⌈5/3⌉ = 2 rounds of 10 s = 20 s, a speed-up of 2.5×.
+
+Beyond the headline:
+
+* **unequal lengths** — a lower bound ``max(Σt/W, max t)``; greedy list scheduling (each request,
+  in arrival order, goes to the server that frees first: what pull-based and least-outstanding
+  dispatch do) and its schedule; round-robin assignment (why least-loaded beats it); LPT
+  (longest first) for reference; Graham's guarantee greedy ≤ (2 − 1/W)·OPT; the exact optimum
+  for small sets.
+* **several slots per server** (``OLLAMA_NUM_PARALLEL=K``) — with k requests decoding at once a
+  server produces ``decode_tps × S(k)`` tokens/s shared among them (processor sharing), so each
+  progresses at ``S(k)/k`` of its solo speed. :func:`simulate_processor_sharing` replays that
+  event by event; :func:`equal_requests_makespan` is its closed form for equal requests.
+* **curves** for the notebooks — the ⌈N/W⌉ staircase, S(k), Amdahl's law and the Karp–Flatt
+  serial fraction.
+
+:func:`predict` is the one call ``bench`` makes per mode.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from .errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "CurvePoint",
+    "Prediction",
+    "Schedule",
+    "ScheduledRequest",
+    "amdahl_speedup",
+    "async_api_makespan",
+    "equal_requests_makespan",
+    "graham_bound",
+    "greedy_makespan",
+    "karp_flatt_serial_fraction",
+    "list_schedule",
+    "lower_bound",
+    "lpt_makespan",
+    "optimal_makespan",
+    "predict",
+    "round_robin_makespan",
+    "round_robin_schedule",
+    "rounds",
+    "sequential_makespan",
+    "service_times_from_profile",
+    "simulate_processor_sharing",
+    "speedup_vs_slots",
+    "speedup_vs_workers",
+]
+
+#: A speed-up curve: S(k) = aggregate decode speed with k requests decoding at once, S(1) = 1.
+SpeedupFn = Callable[[int], float]
+Dispatch = Literal["least_loaded", "round_robin"]
+
+#: Mode names ``predict`` knows (the same as ``modes.base.MODE_NAMES``).
+MODES: tuple[str, ...] = ("sequential", "async", "batch", "pool", "ray")
+_SINGLE_SERVER_MODES = ("sequential", "async", "batch")
+_DISPATCHES = ("least_loaded", "round_robin")
+
+# Completion tolerance of the event simulation, relative to the largest service time: float
+# subtraction leaves crumbs like 1e-15 s of work that must count as "done".
+_EPS = 1e-9
+
+#: Exact optimum is a search over assignments; past this many requests it takes too long.
+OPTIMAL_MAX_REQUESTS = 14
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+def _times(service_times_s: Iterable[float]) -> list[float]:
+    """Validated service times (model seconds): finite and not negative."""
+    try:
+        times = [float(t) for t in service_times_s]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"service times must be numbers of seconds ({exc}) — pass a list like [10, 10, 10]"
+        ) from None
+    for i, t in enumerate(times):
+        if not math.isfinite(t) or t < 0:
+            raise ConfigError(
+                f"service time #{i} is {t!r} — every service time must be a finite number of "
+                f"seconds, 0 or more"
+            )
+    return times
+
+
+def _count(name: str, value: int) -> int:
+    """A positive whole number of workers/slots/… or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number ≥ 1, got {value!r}")
+    return value
+
+
+def _speedup_fn(speedup: SpeedupFn | Any | None) -> SpeedupFn:
+    """A callable S(k) from a callable, an object with ``.S(k)`` (a sim Profile), or None (S=1).
+
+    ``None`` means the server gains nothing from decoding several at once: S(k) = 1.
+    """
+    if speedup is None:
+        return lambda k: 1.0
+    if callable(speedup):
+        return speedup  # type: ignore[no-any-return]
+    method = getattr(speedup, "S", None)
+    if callable(method):
+        return method  # type: ignore[no-any-return]
+    raise ConfigError(
+        f"speedup must be a function S(k) or a profile with .S(k), got {type(speedup).__name__}"
+    )
+
+
+def _checked_S(S: SpeedupFn, k: int) -> float:
+    value = float(S(k))
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"S({k}) = {value!r} — a speed-up must be a finite number above 0")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ScheduledRequest:
+    """Where and when one request runs in a predicted schedule (model seconds from the start).
+
+    ``index`` is the request's position in the input list; ``server`` counts from 0.
+    """
+
+    index: int
+    server: int
+    start_s: float
+    finish_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A predicted schedule: one entry per request, in input order.
+
+    ``makespan_s`` is the last finish (0 for no requests), in model seconds.
+    """
+
+    entries: tuple[ScheduledRequest, ...]
+    workers: int
+    slots: int = 1
+
+    @property
+    def makespan_s(self) -> float:
+        return max((e.finish_s for e in self.entries), default=0.0)
+
+    def per_server(self) -> list[list[ScheduledRequest]]:
+        """Entries grouped by server (index = server), each in start order."""
+        out: list[list[ScheduledRequest]] = [[] for _ in range(self.workers)]
+        for e in sorted(self.entries, key=lambda e: (e.start_s, e.index)):
+            out[e.server].append(e)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-slot servers
+# ---------------------------------------------------------------------------------------------
+
+def sequential_makespan(service_times_s: Iterable[float]) -> float:
+    """One request at a time on one server: ``Σ t`` model seconds (5 × 10 s → 50 s)."""
+    return math.fsum(_times(service_times_s))
+
+
+def rounds(n: int, workers: int, slots: int = 1) -> int:
+    """How many times each slot fills: ``⌈N / (W·K)⌉`` (5 requests, 3 single-slot servers → 2)."""
+    if n < 0:
+        raise ConfigError(f"the number of requests must be 0 or more, got {n}")
+    return -(-n // (_count("workers", workers) * _count("slots", slots)))
+
+
+def lower_bound(service_times_s: Iterable[float], workers: int) -> float:
+    """No schedule on W single-slot servers beats ``max(Σt / W, max t)`` model seconds.
+
+    The servers cannot do more than W seconds of work per second, and the longest request
+    cannot be split.
+    """
+    times = _times(service_times_s)
+    w = _count("workers", workers)
+    if not times:
+        return 0.0
+    return max(math.fsum(times) / w, max(times))
+
+
+def graham_bound(service_times_s: Iterable[float], workers: int) -> float:
+    """Graham's guarantee for greedy list scheduling: ``(2 − 1/W) · max(Σt/W, max t)``.
+
+    Greedy ≤ Σt/W + (1 − 1/W)·t_last ≤ (2 − 1/W)·lower bound ≤ (2 − 1/W)·OPT
+    (R. L. Graham, "Bounds for certain multiprocessing anomalies", 1966).
+    """
+    w = _count("workers", workers)
+    return (2.0 - 1.0 / w) * lower_bound(service_times_s, w)
+
+
+def list_schedule(service_times_s: Iterable[float], workers: int,
+                  order: Sequence[int] | None = None) -> Schedule:
+    """Greedy list scheduling: each request, in ``order``, runs on the server that frees first.
+
+    This is what pull-based dispatch does (a free Ray actor takes the next request) and what
+    least-outstanding-requests dispatch does when it holds requests until a server is free.
+    Ties go to the lowest server index. ``order`` defaults to arrival (input) order.
+    """
+    times = _times(service_times_s)
+    w = _count("workers", workers)
+    seq = list(range(len(times))) if order is None else list(order)
+    if sorted(seq) != list(range(len(times))):
+        raise ConfigError("order must list every request index exactly once")
+    free = [(0.0, s) for s in range(w)]  # (free at, server): a heap, earliest then lowest index
+    entries: list[ScheduledRequest | None] = [None] * len(times)
+    for i in seq:
+        at, server = heapq.heappop(free)
+        entries[i] = ScheduledRequest(i, server, at, at + times[i])
+        heapq.heappush(free, (at + times[i], server))
+    return Schedule(tuple(e for e in entries if e is not None), w)
+
+
+def greedy_makespan(service_times_s: Iterable[float], workers: int) -> float:
+    """Makespan of :func:`list_schedule` in arrival order (model seconds).
+
+    Equal requests give exactly ``⌈N/W⌉ · t``: 5 × 10 s on 3 servers → 20 s.
+    """
+    return list_schedule(service_times_s, workers).makespan_s
+
+
+def lpt_makespan(service_times_s: Iterable[float], workers: int) -> float:
+    """Longest-processing-time-first list scheduling (a reference: it needs the lengths up front).
+
+    Graham (1969): LPT ≤ (4/3 − 1/(3W))·OPT.
+    """
+    times = _times(service_times_s)
+    order = sorted(range(len(times)), key=lambda i: (-times[i], i))
+    return list_schedule(times, workers, order).makespan_s
+
+
+def round_robin_schedule(service_times_s: Iterable[float], workers: int) -> Schedule:
+    """Request i goes to server ``i mod W`` up front; each server runs its share one by one.
+
+    Blind to lengths, so two long requests can land on one server while another idles —
+    the reason least-loaded (pull) dispatch does better on unequal requests.
+    """
+    times = _times(service_times_s)
+    w = _count("workers", workers)
+    busy_until = [0.0] * w
+    entries = []
+    for i, t in enumerate(times):
+        s = i % w
+        entries.append(ScheduledRequest(i, s, busy_until[s], busy_until[s] + t))
+        busy_until[s] += t
+    return Schedule(tuple(entries), w)
+
+
+def round_robin_makespan(service_times_s: Iterable[float], workers: int) -> float:
+    """Makespan of :func:`round_robin_schedule`: ``max over servers of Σ t of its share``."""
+    return round_robin_schedule(service_times_s, workers).makespan_s
+
+
+def optimal_makespan(service_times_s: Iterable[float], workers: int) -> float:
+    """The best possible makespan on W single-slot servers, by exhaustive search.
+
+    For teaching and tests only: the problem is NP-hard, so it refuses more than
+    ``OPTIMAL_MAX_REQUESTS`` requests.
+    """
+    times = sorted(_times(service_times_s), reverse=True)
+    w = _count("workers", workers)
+    if len(times) > OPTIMAL_MAX_REQUESTS:
+        raise ConfigError(
+            f"optimal_makespan searches every assignment and handles at most "
+            f"{OPTIMAL_MAX_REQUESTS} requests, got {len(times)} — use lower_bound() or "
+            f"lpt_makespan() for larger sets"
+        )
+    if not times:
+        return 0.0
+    best = lpt_makespan(times, w)  # a good first answer makes the pruning bite
+    floor = lower_bound(times, w)
+    loads = [0.0] * w
+
+    def place(i: int) -> None:
+        nonlocal best
+        if best <= floor:
+            return
+        if i == len(times):
+            best = min(best, max(loads))
+            return
+        tried: set[float] = set()
+        for s in range(w):
+            # Servers with equal load are interchangeable: try one of them.
+            if loads[s] in tried or loads[s] + times[i] >= best:
+                continue
+            tried.add(loads[s])
+            loads[s] += times[i]
+            place(i + 1)
+            loads[s] -= times[i]
+
+    place(0)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Several slots per server: processor sharing
+# ---------------------------------------------------------------------------------------------
+
+def simulate_processor_sharing(
+    service_times_s: Iterable[float],
+    *,
+    workers: int = 1,
+    slots: int = 1,
+    speedup: SpeedupFn | Any | None = None,
+    dispatch: Dispatch = "least_loaded",
+    arrivals_s: Sequence[float] | None = None,
+) -> Schedule:
+    """Event simulation of W servers with K slots each, sharing decode speed by S(k).
+
+    Model: a server with k requests in its slots works at ``S(k)`` times its solo speed, shared
+    equally, so each request advances ``S(k)/k`` service-seconds per second. Requests beyond
+    the slots wait first come, first served (Ollama's weighted semaphore, OLLAMA.md). The whole
+    service time is shared this way — prefill included, a small approximation for short prompts.
+
+    Args:
+        service_times_s: solo service time of each request (model seconds).
+        workers: servers W (one Ollama per GPU).
+        slots: K slots per server (``OLLAMA_NUM_PARALLEL``).
+        speedup: S(k) as a function, an object with ``.S(k)`` (a sim Profile), or ``None``
+            for S(k) = 1 (several slots but no batching gain).
+        dispatch: ``"least_loaded"`` — one shared FIFO queue; whenever a slot is free the next
+            request goes to the server with the fewest requests in progress (pull-based, as a
+            free Ray actor slot takes the next request); ``"round_robin"`` — request i is sent
+            to server ``i mod W`` on arrival and waits in that server's own queue.
+        arrivals_s: when each request arrives (model seconds); default all at 0.
+
+    Returns:
+        The schedule; ``start_s`` is when a request got a slot.
+
+    With one slot this is greedy list scheduling (:func:`list_schedule`). With several, one
+    more server is not always faster: pull dispatch spreads requests thinner, and when S(k)
+    grows with k the thinner batches can decode slower — a scheduling anomaly, usually under 1 %.
+    """
+    times = _times(service_times_s)
+    w = _count("workers", workers)
+    k_max = _count("slots", slots)
+    S = _speedup_fn(speedup)
+    if dispatch not in _DISPATCHES:
+        raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got {dispatch!r}")
+    n = len(times)
+    if arrivals_s is None:
+        arrivals = [0.0] * n
+    else:
+        arrivals = _times(arrivals_s)
+        if len(arrivals) != n:
+            raise ConfigError(
+                f"arrivals_s has {len(arrivals)} times for {n} requests — give one per request"
+            )
+    rate = {k: _checked_S(S, k) / k for k in range(1, k_max + 1)}  # per-request speed
+    eps = _EPS * max([1.0, *times])
+
+    arrival_order = deque(sorted(range(n), key=lambda i: (arrivals[i], i)))
+    queues: list[deque[int]] = [deque() for _ in range(w if dispatch == "round_robin" else 1)]
+    active: list[dict[int, float]] = [{} for _ in range(w)]  # server → {request: work left}
+    start = [math.nan] * n
+    finish = [math.nan] * n
+    server_of = [-1] * n
+    rr_next = 0
+    now = 0.0
+    done = 0
+
+    def admit() -> None:
+        # Fill free slots from the queues, FIFO.
+        if dispatch == "round_robin":
+            for s in range(w):
+                while queues[s] and len(active[s]) < k_max:
+                    _begin(queues[s].popleft(), s)
+        else:
+            while queues[0]:
+                free = [s for s in range(w) if len(active[s]) < k_max]
+                if not free:
+                    break
+                s = min(free, key=lambda s: (len(active[s]), s))
+                _begin(queues[0].popleft(), s)
+
+    def _begin(i: int, s: int) -> None:
+        nonlocal done
+        start[i] = now
+        server_of[i] = s
+        if times[i] <= eps:  # an empty request finishes as it starts
+            finish[i] = now
+            done += 1
+        else:
+            active[s][i] = times[i]
+
+    while done < n:
+        while arrival_order and arrivals[arrival_order[0]] <= now + eps:
+            i = arrival_order.popleft()
+            if dispatch == "round_robin":
+                queues[rr_next % w].append(i)
+                rr_next += 1
+            else:
+                queues[0].append(i)
+        admit()
+        if done == n:
+            break
+        # Next event: the first completion at current rates, or the next arrival.
+        step = math.inf
+        for s in range(w):
+            if active[s]:
+                r = rate[len(active[s])]
+                step = min(step, min(active[s].values()) / r)
+        if arrival_order:
+            step = min(step, arrivals[arrival_order[0]] - now)
+        step = max(step, 0.0)
+        for s in range(w):
+            if not active[s]:
+                continue
+            r = rate[len(active[s])]
+            for i in list(active[s]):
+                left = active[s][i] - r * step
+                if left <= eps:
+                    del active[s][i]
+                    finish[i] = now + step
+                    done += 1
+                else:
+                    active[s][i] = left
+        now += step
+
+    entries = tuple(ScheduledRequest(i, server_of[i], start[i], finish[i]) for i in range(n))
+    return Schedule(entries, w, k_max)
+
+
+def equal_requests_makespan(n: int, t: float, *, workers: int = 1, slots: int = 1,
+                            speedup: SpeedupFn | Any | None = None) -> float:
+    """Closed form for N equal requests of t seconds on W servers with K slots each.
+
+    Requests spread evenly, so the busiest server gets ``m = ⌈N/W⌉`` of them and serves them in
+    ``⌊m/K⌋`` full batches of K, each taking ``K·t/S(K)``, then a last batch of ``r = m mod K``
+    taking ``r·t/S(r)``:
+
+        makespan = ⌊m/K⌋ · K·t/S(K) + r·t/S(r)
+
+    With one slot (S(1) = 1) this is the headline ``⌈N/W⌉ · t``; with ``S(k) = k`` (perfect
+    batching) it is ``⌈N/(W·K)⌉ · t``. It matches :func:`simulate_processor_sharing` whenever
+    each request's speed ``S(k)/k`` does not grow with k (batching never makes a single request
+    faster) — true of every real server; otherwise use the simulation.
+    """
+    if n < 0:
+        raise ConfigError(f"the number of requests must be 0 or more, got {n}")
+    (t,) = _times([t])
+    w = _count("workers", workers)
+    k = _count("slots", slots)
+    S = _speedup_fn(speedup)
+    if n == 0:
+        return 0.0
+    m = -(-n // w)
+    full, r = divmod(m, k)
+    total = full * k * t / _checked_S(S, k)
+    if r:
+        total += r * t / _checked_S(S, r)
+    return total
+
+
+def _ps_lower_bound(times: Sequence[float], workers: int, slots: int, S: SpeedupFn) -> float:
+    """``max(Σt / (W·max S(k)), max t / max S(k)/k)`` over k ≤ K: the best a server can do."""
+    if not times:
+        return 0.0
+    ks = range(1, slots + 1)
+    best_aggregate = max(_checked_S(S, k) for k in ks)
+    best_single = max(_checked_S(S, k) / k for k in ks)
+    return max(math.fsum(times) / (workers * best_aggregate), max(times) / best_single)
+
+
+# ---------------------------------------------------------------------------------------------
+# The async / batch API
+# ---------------------------------------------------------------------------------------------
+
+def async_api_makespan(service_times_s: Iterable[float], *, submit_overhead_s: float = 0.0
+                       ) -> float:
+    """An async (queued) or batch API in front of one single-slot Ollama: ``Σ t + submission``.
+
+    Submitting returns at once with task ids, so the *caller* stops waiting — but the one slot
+    still serves the requests one after another, so the last one finishes when it would have
+    sequentially: 5 × 10 s → 50 s (plus the milliseconds it takes to submit). Only more slots
+    or more servers shorten the makespan.
+
+    Args:
+        service_times_s: solo service times (model seconds).
+        submit_overhead_s: time to accept every request, in model seconds (a clock overhead
+            ``submit_s`` becomes ``submit_s / time_scale`` model seconds).
+    """
+    (overhead,) = _times([submit_overhead_s])
+    return sequential_makespan(service_times_s) + overhead
+
+
+# ---------------------------------------------------------------------------------------------
+# predict(): one prediction per mode, for bench
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What theory expects of one mode.
+
+    Attributes:
+        mode: the mode predicted.
+        makespan_s: predicted first-submission-to-last-completion time (model seconds).
+        lower_bound_s: no schedule on these resources can beat it (model seconds).
+        rounds: ``⌈N / (servers × effective slots)⌉`` — how often each slot fills.
+        servers: servers the mode uses (1 for sequential/async/batch).
+        slots: effective slots per server (1 for sequential; min(concurrency, slots) for
+            async/batch).
+        explanation: one or two sentences saying where the number comes from.
+    """
+
+    mode: str
+    makespan_s: float
+    lower_bound_s: float
+    rounds: int
+    servers: int
+    slots: int
+    explanation: str
+
+
+def predict(
+    mode: str,
+    service_times_s: Iterable[float],
+    *,
+    workers: int,
+    slots: int = 1,
+    speedup: SpeedupFn | Any | None = None,
+    dispatch: Dispatch = "least_loaded",
+    concurrency: int | None = None,
+    submit_overhead_s: float = 0.0,
+) -> Prediction:
+    """Predict a mode's makespan for requests with the given solo service times.
+
+    Args:
+        mode: ``sequential``, ``async``, ``batch`` (one server) or ``pool``, ``ray``
+            (``workers`` servers).
+        service_times_s: solo service time of each request (model seconds); see
+            :func:`service_times_from_profile`.
+        workers: servers (GPUs, one Ollama each) available to pool/ray; the single-server modes
+            use the first one only.
+        slots: slots per server (``OLLAMA_NUM_PARALLEL``).
+        speedup: S(k), or a profile with ``.S(k)``; ``None`` means S(k) = 1 (only matters when
+            more than one slot is used).
+        dispatch: how pool/ray spread requests: ``least_loaded`` (pull) or ``round_robin``.
+        concurrency: workers of the async/batch queue (``MAX_CONCURRENT_REQUESTS``); the server
+            sees at most ``min(concurrency, slots)`` at once. ``None``: not limiting.
+        submit_overhead_s: added to async/batch (model seconds): the time to accept the batch.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r} — choose from {', '.join(MODES)}")
+    times = _times(service_times_s)
+    w = _count("workers", workers)
+    k = _count("slots", slots)
+    S = _speedup_fn(speedup)
+    if concurrency is not None:
+        _count("concurrency", concurrency)
+    if mode == "sequential":
+        servers, eff = 1, 1
+    elif mode in ("async", "batch"):
+        servers, eff = 1, min(k, concurrency or k)
+    else:
+        servers, eff = w, k
+    n = len(times)
+    total = math.fsum(times)
+
+    if eff == 1:
+        span = (greedy_makespan(times, servers) if dispatch == "least_loaded" or servers == 1
+                else round_robin_makespan(times, servers))
+    else:
+        span = simulate_processor_sharing(times, workers=servers, slots=eff, speedup=S,
+                                          dispatch=dispatch).makespan_s
+    bound = _ps_lower_bound(times, servers, eff, S) if eff > 1 else lower_bound(times, servers)
+    overhead = 0.0
+    if mode in ("async", "batch"):
+        (overhead,) = _times([submit_overhead_s])
+        span += overhead
+    n_rounds = rounds(n, servers, eff)
+
+    equal = n > 0 and max(times) - min(times) <= _EPS * max(1.0, max(times))
+    if n == 0:
+        why = "no requests: nothing to wait for."
+    elif mode == "sequential":
+        why = (f"one request at a time on one server: Σt = {_s(total)}"
+               + (f" ({n} × {_s(times[0])})" if equal else "") + ".")
+    elif eff == 1 and mode in _SINGLE_SERVER_MODES:
+        why = (f"the {mode} queue feeds one single-slot server, which still serves one request "
+               f"at a time: Σt = {_s(total)}" + (f" plus {_s(overhead)} to submit" if overhead
+                                                 else "") + "; queueing only frees the caller.")
+        if k > 1 and concurrency == 1:
+            why += " (concurrency 1 leaves the extra slots idle.)"
+    elif servers == 1:
+        why = (f"one server with {eff} slots decoding together at S({eff}) = "
+               f"{_checked_S(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
+    elif k == 1:
+        how = "least-loaded (pull) dispatch" if dispatch == "least_loaded" else "round-robin"
+        why = (f"{n} requests on {servers} single-slot servers with {how}: ")
+        why += (f"⌈{n}/{servers}⌉ = {n_rounds} rounds of {_s(times[0])} = {_s(span)}"
+                if equal else f"{_s(span)} (lower bound {_s(bound)})")
+        why += f", {total / span:.2f}× faster than sequential." if span > 0 else "."
+    else:
+        why = (f"{n} requests on {servers} servers × {k} slots (S({k}) = "
+               f"{_checked_S(S, k):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
+               f" (lower bound {_s(bound)}).")
+    return Prediction(mode, span, bound, n_rounds, servers, eff, f"{mode}: {why}")
+
+
+def _s(seconds: float) -> str:
+    return f"{seconds:.3g} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Service times from a simulator profile
+# ---------------------------------------------------------------------------------------------
+
+def service_times_from_profile(profile: Any, specs: Iterable[Any], *, seed: int | None = None
+                               ) -> list[float]:
+    """Solo service time (model seconds) of each request under a sim profile.
+
+    Uses the profile's own latency model, so the prediction and the simulator agree on what a
+    request costs: ``profile.prompt_tokens(prompt)``, ``profile.output_tokens(prompt, seed=…,
+    num_predict=…)`` and ``profile.service_time_s(prompt_tokens, output_tokens, concurrent=1)``
+    (docs/ARCHITECTURE.md). Load time is not included (``setup_s`` reports it apart).
+
+    Args:
+        profile: a ``parallel_kit.sim.profiles.Profile`` or anything with those three methods.
+        specs: ``RequestSpec`` objects or plain prompt strings. A spec's ``num_predict`` and
+            ``options["seed"]`` are honoured.
+        seed: the seed for specs that do not give one.
+    """
+    needed = ("prompt_tokens", "output_tokens", "service_time_s")
+    missing = [m for m in needed if not callable(getattr(profile, m, None))]
+    if missing:
+        raise ConfigError(
+            f"{type(profile).__name__} is not a profile: it lacks {', '.join(missing)} — pass "
+            f"a parallel_kit.sim.profiles.Profile (load_profile('seed')) or a list of seconds"
+        )
+    times = []
+    for spec in specs:
+        if isinstance(spec, str):
+            prompt, num_predict, spec_seed = spec, None, seed
+        else:
+            prompt = spec.prompt
+            num_predict = getattr(spec, "num_predict", None)
+            options = getattr(spec, "options", None) or {}
+            spec_seed = options.get("seed", seed)
+            # A num_predict inside options counts like the field (ollama_options folds them).
+            if num_predict is None:
+                num_predict = options.get("num_predict")
+        prompt_tokens = profile.prompt_tokens(prompt)
+        output_tokens = profile.output_tokens(prompt, seed=spec_seed, num_predict=num_predict)
+        times.append(float(profile.service_time_s(prompt_tokens, output_tokens, concurrent=1)))
+    return _times(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves for the notebooks
+# ---------------------------------------------------------------------------------------------
+
+class CurvePoint(NamedTuple):
+    """One point of a speed-up curve: ``x`` (workers or slots), makespan (model s), speed-up."""
+
+    x: int
+    makespan_s: float
+    speedup: float
+
+
+def speedup_vs_workers(n: int, t: float, workers_range: Iterable[int]) -> list[CurvePoint]:
+    """The ⌈N/W⌉ staircase: N requests of t seconds on W single-slot servers.
+
+    ``makespan = ⌈N/W⌉ · t`` and ``speedup = N / ⌈N/W⌉``: it rises in steps, not along the
+    ideal line W. Five requests: W = 1 → 1×; W = 2 → 3 rounds, 1.67×; W = 3 or 4 → 2 rounds,
+    2.5× (the fourth GPU buys nothing); W ≥ 5 → 5×.
+    """
+    if n < 1:
+        raise ConfigError(f"the number of requests must be at least 1, got {n}")
+    (t,) = _times([t])
+    points = []
+    for w in workers_range:
+        span = rounds(n, w) * t
+        points.append(CurvePoint(w, span, (n * t / span) if span > 0 else math.nan))
+    return points
+
+
+def speedup_vs_slots(speedup: SpeedupFn | Any, ks: Iterable[int], *, n: int | None = None,
+                     t: float = 1.0) -> list[CurvePoint]:
+    """What K slots on one server buy.
+
+    Without ``n``: the steady-state throughput gain ``S(K)``, and as makespan the time one full
+    batch of K requests of t seconds takes, ``K·t/S(K)``. With ``n``: the makespan of n equal
+    requests (:func:`equal_requests_makespan`) and the speed-up over one slot.
+    """
+    S = _speedup_fn(speedup)
+    (t,) = _times([t])
+    points = []
+    for k in ks:
+        _count("slots", k)
+        if n is None:
+            gain = _checked_S(S, k)
+            points.append(CurvePoint(k, k * t / gain, gain))
+        else:
+            span = equal_requests_makespan(n, t, slots=k, speedup=S)
+            base = equal_requests_makespan(n, t, slots=1, speedup=S)
+            points.append(CurvePoint(k, span, base / span if span > 0 else math.nan))
+    return points
+
+
+def amdahl_speedup(parallel_fraction: float, n: float) -> float:
+    """Amdahl's law: ``1 / ((1 − p) + p / n)`` for a fraction p that n workers share.
+
+    Diminishing returns: with p = 0.9, 10 workers give 5.3×, and no number of workers beats
+    ``1 / (1 − p)`` = 10×.
+    """
+    if not 0.0 <= parallel_fraction <= 1.0:
+        raise ConfigError(f"parallel_fraction must be between 0 and 1, got {parallel_fraction}")
+    if not n > 0:
+        raise ConfigError(f"n (workers) must be above 0, got {n}")
+    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / n)
+
+
+def karp_flatt_serial_fraction(speedup: float, n: float) -> float:
+    """The serial fraction a measured speed-up implies (Karp–Flatt): ``(1/s − 1/n) / (1 − 1/n)``.
+
+    The inverse of Amdahl's law for a measurement: 2.5× on 3 GPUs → 0.1, i.e. the run behaved
+    as if a tenth of it could not be shared (here: the idle third GPU in the second round).
+    """
+    if not speedup > 0:
+        raise ConfigError(f"speedup must be above 0, got {speedup}")
+    if not n > 1:
+        raise ConfigError(f"n (workers) must be above 1 for a serial fraction, got {n}")
+    return (1.0 / speedup - 1.0 / n) / (1.0 - 1.0 / n)
