@@ -1,0 +1,533 @@
+"""Ollama's HTTP API (native and OpenAI-compatible) in front of an :class:`~.engine.Engine`.
+
+A plain ASGI application, no framework: the streaming path runs once per token for every
+stream, so it only formats one short JSON line and sends it. Routes and bodies follow
+``OLLAMA.md`` (ollama/ollama ``server/routes.go``, ``openai/openai.go``):
+
+====================================  ============================================
+``GET|HEAD /``                        ``Ollama is running``
+``GET /api/version``                  ``{"version": …}``
+``GET /api/tags``, ``GET /api/ps``    models on disk / loaded
+``POST /api/generate``, ``/api/chat``  NDJSON stream (default) or one object
+``POST /api/show``                    model details
+``POST /v1/chat/completions``         OpenAI chat, SSE when ``stream``
+``POST /v1/completions``              OpenAI completions, SSE when ``stream``
+``GET /v1/models``                    OpenAI model list
+``GET /sim/stats``                    the simulator's counters (not Ollama's)
+====================================  ============================================
+
+A client that disconnects cancels its request (Ollama logs 499 ``request canceled``; the
+client is gone, so nothing is sent) and frees its slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any, cast
+
+from .engine import Done, Engine, EngineError, GenerateRequest, ModelInfo, parse_keep_alive
+from .profiles import stable_hash
+
+__all__ = ["OLLAMA_VERSION", "OllamaApp"]
+
+#: The Ollama version the simulator reports (its behaviour follows OLLAMA.md, 0.11+).
+OLLAMA_VERSION = "0.11.10"
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = b"application/json; charset=utf-8"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class _BadRequest(Exception):
+    """400 with Ollama's ``{"error": message}``."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+_now_cache: list[Any] = [0, ""]
+
+
+def _now() -> str:
+    """RFC 3339 UTC time with microseconds (Ollama's ``created_at``), cheap per token."""
+    t = time.time()
+    sec = int(t)
+    if sec != _now_cache[0]:
+        _now_cache[0], _now_cache[1] = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_now_cache[1]}.{int((t - sec) * 1e6):06d}Z"
+
+
+async def _send_bytes(send: Send, status: int, body: bytes, content_type: bytes,
+                      head: bool = False) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _send_json(send: Send, status: int, obj: Any) -> None:
+    await _send_bytes(send, status, _dumps(obj).encode(), _JSON)
+
+
+def _openai_error(status: int, message: str) -> dict[str, Any]:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _details(info: ModelInfo) -> dict[str, Any]:
+    return {"parent_model": "", "format": "gguf", "family": info.family,
+            "families": [info.family], "parameter_size": info.parameter_size,
+            "quantization_level": info.quantization_level}
+
+
+def _text_of(content: Any) -> str:
+    """Message content: a string, or OpenAI's list of parts (text parts joined)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+# -- formats: how pieces and the final numbers look on the wire --------------------------
+class _Format:
+    """One API's wire format. ``openai`` formats report errors in OpenAI's shape."""
+
+    content_type = b"application/x-ndjson"
+    openai = False
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.model_json = _dumps(model)
+
+    def chunk(self, piece: str) -> bytes:
+        raise NotImplementedError
+
+    def last(self, done: Done) -> bytes:
+        raise NotImplementedError
+
+    def whole(self, text: str, done: Done) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def error_line(self, message: str) -> bytes:
+        return (_dumps({"error": message}) + "\n").encode()
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+
+def _stats(done: Done) -> dict[str, Any]:
+    return {"done_reason": done.done_reason, "total_duration": done.total_duration,
+            "load_duration": done.load_duration, "prompt_eval_count": done.prompt_eval_count,
+            "prompt_eval_duration": done.prompt_eval_duration, "eval_count": done.eval_count,
+            "eval_duration": done.eval_duration}
+
+
+class _GenerateFormat(_Format):
+    def __init__(self, model: str, context_seed: int) -> None:
+        super().__init__(model)
+        self.context_seed = context_seed
+
+    def chunk(self, piece: str) -> bytes:
+        return (f'{{"model":{self.model_json},"created_at":"{_now()}","response":'
+                f'{_dumps(piece)},"done":false}}\n').encode()
+
+    def _final(self, text: str, done: Done) -> dict[str, Any]:
+        n = done.prompt_eval_count + done.eval_count
+        # The token ids of prompt and answer (Ollama's deprecated ``context``), made up.
+        context = [(self.context_seed + 7919 * i) % 128000 for i in range(n)]
+        return {"model": self.model, "created_at": _now(), "response": text, "done": True,
+                **_stats(done), "context": context}
+
+    def last(self, done: Done) -> bytes:
+        return (_dumps(self._final("", done)) + "\n").encode()
+
+    def whole(self, text: str, done: Done) -> dict[str, Any]:
+        return self._final(text, done)
+
+
+class _ChatFormat(_Format):
+    def chunk(self, piece: str) -> bytes:
+        return (f'{{"model":{self.model_json},"created_at":"{_now()}","message":'
+                f'{{"role":"assistant","content":{_dumps(piece)}}},"done":false}}\n').encode()
+
+    def whole(self, text: str, done: Done) -> dict[str, Any]:
+        return {"model": self.model, "created_at": _now(),
+                "message": {"role": "assistant", "content": text}, "done": True,
+                **_stats(done)}
+
+    def last(self, done: Done) -> bytes:
+        return (_dumps(self.whole("", done)) + "\n").encode()
+
+
+class _OpenAIFormat(_Format):
+    content_type = b"text/event-stream"
+    openai = True
+    _ids = 0
+
+    def __init__(self, model: str, *, chat: bool, include_usage: bool) -> None:
+        super().__init__(model)
+        _OpenAIFormat._ids += 1
+        self.chat = chat
+        self.include_usage = include_usage
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{_OpenAIFormat._ids}"
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+        head = {"id": self.id, "object": self.object + (".chunk" if chat else ""),
+                "created": self.created, "model": model, "system_fingerprint": "fp_ollama"}
+        self._head = _dumps(head)[:-1]  # without the closing brace: choices follow
+
+    def chunk(self, piece: str) -> bytes:
+        if self.chat:
+            choice = ('{"index":0,"delta":{"role":"assistant","content":'
+                      f'{_dumps(piece)}}},"finish_reason":null}}')
+        else:
+            choice = f'{{"text":{_dumps(piece)},"index":0,"finish_reason":null}}'
+        return f'data: {self._head},"choices":[{choice}]}}\n\n'.encode()
+
+    @staticmethod
+    def _usage(done: Done) -> dict[str, int]:
+        return {"prompt_tokens": done.prompt_eval_count, "completion_tokens": done.eval_count,
+                "total_tokens": done.prompt_eval_count + done.eval_count}
+
+    def last(self, done: Done) -> bytes:
+        reason = "length" if done.done_reason == "length" else "stop"
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0, "delta": {"role": "assistant", "content": ""},
+                                      "finish_reason": reason}
+        else:
+            choice = {"text": "", "index": 0, "finish_reason": reason}
+        out = f'data: {self._head},"choices":[{_dumps(choice)}]}}\n\n'
+        if self.include_usage:
+            out += (f'data: {self._head},"choices":[],'
+                    f'"usage":{_dumps(self._usage(done))}}}\n\n')
+        return (out + "data: [DONE]\n\n").encode()
+
+    def whole(self, text: str, done: Done) -> dict[str, Any]:
+        reason = "length" if done.done_reason == "length" else "stop"
+        if self.chat:
+            choice: dict[str, Any] = {"index": 0,
+                                      "message": {"role": "assistant", "content": text},
+                                      "finish_reason": reason}
+        else:
+            choice = {"text": text, "index": 0, "finish_reason": reason}
+        return {"id": self.id, "object": self.object, "created": self.created,
+                "model": self.model, "system_fingerprint": "fp_ollama", "choices": [choice],
+                "usage": self._usage(done)}
+
+    def error_line(self, message: str) -> bytes:
+        return f"data: {_dumps(_openai_error(500, message))}\n\n".encode()
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return _openai_error(status, message)
+
+
+# -- the application -----------------------------------------------------------------------
+class OllamaApp:
+    """The ASGI app. ``on_completed`` is called after each generation is fully answered (the
+    server counts them for ``stop_after``); ``extra_stats`` adds to ``/sim/stats``."""
+
+    def __init__(self, engine: Engine, *, on_completed: Callable[[], None] | None = None,
+                 extra_stats: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.engine = engine
+        self.on_completed = on_completed
+        self.extra_stats = extra_stats
+        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+            ("GET", "/"): self._root, ("HEAD", "/"): self._root,
+            ("GET", "/api/version"): self._version, ("HEAD", "/api/version"): self._version,
+            ("GET", "/api/tags"): self._tags, ("GET", "/api/ps"): self._ps,
+            ("POST", "/api/generate"): self._generate, ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/show"): self._show,
+            ("POST", "/v1/chat/completions"): self._openai_chat,
+            ("POST", "/v1/completions"): self._openai_completions,
+            ("GET", "/v1/models"): self._openai_models,
+            ("GET", "/sim/stats"): self._sim_stats,
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"].rstrip("/") or "/"
+        handler = self._routes.get((scope["method"], path))
+        if handler is None:
+            # Gin's default answer for an unknown route.
+            await _send_bytes(send, 404, b"404 page not found", b"text/plain")
+            return
+        try:
+            await handler(scope, receive, send)
+        except _ClientGone:
+            return
+
+    # -- simple routes -------------------------------------------------------------------
+    async def _root(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_bytes(send, 200, b"Ollama is running", b"text/plain; charset=utf-8",
+                          head=scope["method"] == "HEAD")
+
+    async def _version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_bytes(send, 200, _dumps({"version": OLLAMA_VERSION}).encode(), _JSON,
+                          head=scope["method"] == "HEAD")
+
+    async def _tags(self, scope: Scope, receive: Receive, send: Send) -> None:
+        models = [{"name": m.name, "model": m.name, "modified_at": m.modified_at,
+                   "size": m.size, "digest": m.digest, "details": _details(m)}
+                  for m in self.engine.models()]
+        await _send_json(send, 200, {"models": models})
+
+    async def _ps(self, scope: Scope, receive: Receive, send: Send) -> None:
+        far = "2318-08-22T00:00:00Z"  # Ollama shows a far date for "forever"
+        models = [{"name": r.info.name, "model": r.info.name, "size": r.info.size,
+                   "digest": r.info.digest, "details": _details(r.info),
+                   "expires_at": r.expires_at.isoformat() if r.expires_at else far,
+                   "size_vram": r.size_vram, "context_length": r.info.context_length}
+                  for r in self.engine.running()]
+        await _send_json(send, 200, {"models": models})
+
+    async def _openai_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = [{"id": m.name, "object": "model", "created": 1727265600, "owned_by": "library"}
+                for m in self.engine.models()]
+        await _send_json(send, 200, {"object": "list", "data": data})
+
+    async def _sim_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stats = self.engine.stats()
+        if self.extra_stats is not None:
+            stats.update(self.extra_stats())
+        await _send_json(send, 200, stats)
+
+    async def _show(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await self._body(receive)
+            name = self._model(body, key="model", fallback="name")
+            info = next(m for m in self.engine.models() if m.name == self.engine.resolve(name))
+        except (_BadRequest, EngineError) as exc:
+            await self._error(send, exc, openai=False)
+            return
+        await _send_json(send, 200, {
+            "modelfile": f"FROM {info.name}\n", "parameters": "", "template": "{{ .Prompt }}",
+            "details": _details(info), "capabilities": ["completion"],
+            "model_info": {"general.architecture": info.family,
+                           f"{info.family}.context_length": info.context_length},
+        })
+
+    # -- parsing -------------------------------------------------------------------------
+    @staticmethod
+    async def _body(receive: Receive) -> dict[str, Any]:
+        chunks = []
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                raise _ClientGone
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise _BadRequest("missing request body")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:  # also bad UTF-8
+            raise _BadRequest(f"invalid JSON in request body: {exc}") from None
+        if not isinstance(body, dict):
+            raise _BadRequest("request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _model(body: dict[str, Any], key: str = "model", fallback: str | None = None) -> str:
+        model = body.get(key) or (body.get(fallback) if fallback else None)
+        if not model:
+            raise _BadRequest("model is required")
+        if not isinstance(model, str):
+            raise _BadRequest(f"model must be a string, got {model!r}")
+        return model
+
+    @staticmethod
+    def _keep_alive(body: dict[str, Any]) -> float | None:
+        value = body.get("keep_alive")
+        if value is None:
+            return None
+        try:
+            return parse_keep_alive(value)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+
+    @staticmethod
+    def _int_option(options: dict[str, Any], key: str) -> int | None:
+        value = options.get(key)
+        if value is None:
+            return None
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _BadRequest(f'option "{key}" must be of type integer, got {value!r}')
+        return value
+
+    def _options(self, body: dict[str, Any]) -> tuple[dict[str, Any], int | None, int | None]:
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise _BadRequest("options must be a JSON object, e.g. {\"num_predict\": 64}")
+        return options, self._int_option(options, "num_predict"), self._int_option(options,
+                                                                                    "seed")
+
+    async def _error(self, send: Send, exc: Exception, *, openai: bool) -> None:
+        status = exc.status if isinstance(exc, EngineError) else 400
+        message = exc.message if isinstance(exc, EngineError) else str(exc)
+        await _send_json(send, status, _openai_error(status, message) if openai
+                         else {"error": message})
+
+    # -- native generation ---------------------------------------------------------------
+    async def _generate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._native(receive, send, chat=False)
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._native(receive, send, chat=True)
+
+    async def _native(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        try:
+            body = await self._body(receive)
+            model = self._model(body)
+            keep_alive = self._keep_alive(body)
+            options, num_predict, seed = self._options(body)
+            messages: list[dict[str, Any]] = []
+            if chat:
+                messages = body.get("messages") or []
+                if not isinstance(messages, list) or not all(isinstance(m, dict)
+                                                             for m in messages):
+                    raise _BadRequest("messages must be a list of {\"role\", \"content\"} objects")
+                prompt = "\n".join(_text_of(m.get("content")) for m in messages)
+            else:
+                prompt = body.get("prompt") or ""
+                system = body.get("system") or ""
+                if not isinstance(prompt, str) or not isinstance(system, str):
+                    raise _BadRequest("prompt and system must be strings")
+            name = self.engine.resolve(model)
+            if (chat and not messages) or (not chat and not prompt):
+                # Empty prompt: load the model (or unload it with keep_alive 0) and say so.
+                if keep_alive == 0:
+                    await self.engine.unload(name)
+                    reason = "unload"
+                else:
+                    await self.engine.load(name, keep_alive)
+                    reason = "load"
+                obj: dict[str, Any] = {"model": model, "created_at": _now(), "done": True,
+                                       "done_reason": reason}
+                if chat:
+                    obj["message"] = {"role": "assistant", "content": ""}
+                else:
+                    obj["response"] = ""
+                await _send_json(send, 200, obj)
+                return
+        except (_BadRequest, EngineError) as exc:
+            await self._error(send, exc, openai=False)
+            return
+        if not chat and system:
+            prompt = f"{system}\n{prompt}"
+        request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
+                                  keep_alive_s=keep_alive, messages=messages or None,
+                                  options=options)
+        fmt: _Format = (_ChatFormat(model) if chat
+                        else _GenerateFormat(model, stable_hash(prompt, seed) & 0xFFFF))
+        await self._run(receive, send, request, fmt, stream=body.get("stream") is not False)
+
+    # -- OpenAI-compatible generation ----------------------------------------------------
+    async def _openai_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._openai(receive, send, chat=True)
+
+    async def _openai_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._openai(receive, send, chat=False)
+
+    async def _openai(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        try:
+            body = await self._body(receive)
+            model = self._model(body)
+            if chat:
+                messages = body.get("messages")
+                if not isinstance(messages, list) or not messages:
+                    raise _BadRequest("messages must be a non-empty list")
+                prompt = "\n".join(_text_of(m.get("content")) for m in messages
+                                   if isinstance(m, dict))
+            else:
+                raw = body.get("prompt", "")
+                prompt = raw if isinstance(raw, str) else "\n".join(map(str, raw or []))
+            num_predict = self._int_option(body, "max_completion_tokens")
+            if num_predict is None:
+                num_predict = self._int_option(body, "max_tokens")
+            seed = self._int_option(body, "seed")
+            stream = body.get("stream") is True
+            usage_opt = body.get("stream_options") or {}
+            include_usage = stream and isinstance(usage_opt, dict) and bool(
+                usage_opt.get("include_usage"))
+            name = self.engine.resolve(model)
+        except (_BadRequest, EngineError) as exc:
+            await self._error(send, exc, openai=True)
+            return
+        request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
+                                  messages=body.get("messages") if chat else None)
+        fmt = _OpenAIFormat(model, chat=chat, include_usage=include_usage)
+        await self._run(receive, send, request, fmt, stream=stream)
+
+    # -- the generation itself -----------------------------------------------------------
+    async def _run(self, receive: Receive, send: Send, request: GenerateRequest, fmt: _Format,
+                   *, stream: bool) -> None:
+        """Answer one generation; a client that disconnects cancels it (Ollama's 499)."""
+        task = asyncio.current_task()
+        gone = False
+        watch = asyncio.ensure_future(receive())
+
+        def on_message(fut: asyncio.Future[Message]) -> None:
+            nonlocal gone
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            if fut.result().get("type") == "http.disconnect" and task is not None:
+                gone = True
+                task.cancel()
+
+        watch.add_done_callback(on_message)
+        try:
+            async with contextlib.aclosing(cast(AsyncGenerator[Any, None],
+                                               self.engine.generate(request))) as pieces:
+                try:
+                    item = await pieces.__anext__()
+                except EngineError as exc:
+                    await self._error(send, exc, openai=fmt.openai)
+                    return
+                if stream:
+                    await self._stream(send, pieces, item, fmt)
+                else:
+                    parts: list[str] = []
+                    while not isinstance(item, Done):
+                        parts.append(item)
+                        item = await pieces.__anext__()
+                    await _send_json(send, 200, fmt.whole("".join(parts), item))
+            if self.on_completed is not None:
+                self.on_completed()
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()  # we handled it: the client is gone (499)
+        finally:
+            watch.remove_done_callback(on_message)
+            watch.cancel()
+
+    @staticmethod
+    async def _stream(send: Send, pieces: Any, item: str | Done, fmt: _Format) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", fmt.content_type)]})
+        try:
+            while not isinstance(item, Done):
+                await send({"type": "http.response.body", "body": fmt.chunk(item),
+                            "more_body": True})
+                item = await pieces.__anext__()
+            final = fmt.last(item)
+        except EngineError as exc:
+            # After the stream began the status is 200 already: Ollama sends an error line.
+            final = fmt.error_line(exc.message)
+        await send({"type": "http.response.body", "body": final, "more_body": False})

@@ -1,0 +1,318 @@
+"""Run the simulated Ollama as a real HTTP server: in the running loop, in a thread, or at the CLI.
+
+::
+
+    async with SimulatedOllama("seed", time_scale=0.02) as sim:   # in the running loop
+        ... sim.url ...
+
+    sim = SimulatedOllama(num_parallel=4); url = sim.start_in_thread(); ...; sim.stop()
+
+    async with simulated_ollama(profile="seed", time_scale=0.02) as url: ...
+
+The server is uvicorn's h11 protocol on a socket of our own (``port=0`` picks a free one), driven
+without uvicorn's ``Server`` loop: that one installs signal handlers and waits 0.1 s and more on
+shutdown, where tests start and stop hundreds of simulators. Stopping aborts open connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import time_scale_from_env
+from ..errors import ConfigError
+from .app import OllamaApp
+from .engine import Engine, SimEngine, parse_keep_alive
+from .faults import Faults
+from .profiles import Profile, load_profile
+
+__all__ = ["SimulatedOllama", "run_sim_command", "simulated_ollama"]
+
+
+def _num_parallel_from_env() -> int | None:
+    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number — "
+                          f"set it to e.g. 4") from None
+    # Ollama treats 0 as "auto", which is 1 since 0.10.
+    return value if value > 0 else None
+
+
+class SimulatedOllama:
+    """A simulated Ollama server on ``bind:port`` (see the module docstring).
+
+    Args:
+        profile: a profile name (``seed``, ``rtx4090``, …) or a :class:`Profile`.
+        num_parallel: slots per model; default ``OLLAMA_NUM_PARALLEL`` or the profile's (1).
+        max_queue: requests that may wait for a loading model before 503 busy.
+        time_scale: clock seconds per model second (0.02 turns 10 s into 0.2 s).
+        models: model names it serves (default: the profile's).
+        keep_alive: default keep-alive (``"5m"``, seconds, negative = forever, 0).
+        faults: fault switches (fail a fraction, jitter, stop after N).
+        engine: another :class:`~parallel_kit.sim.engine.Engine` to serve instead.
+        bind, port: where to listen; port 0 picks a free one.
+    """
+
+    def __init__(self, profile: str | Profile = "seed", *, num_parallel: int | None = None,
+                 max_queue: int = 512, time_scale: float = 1.0,
+                 models: Sequence[str] | None = None, keep_alive: float | str = "5m",
+                 faults: Faults | None = None, engine: Engine | None = None,
+                 bind: str = "127.0.0.1", port: int = 0) -> None:
+        self.profile = load_profile(profile)
+        if num_parallel is None:
+            num_parallel = _num_parallel_from_env()
+        self.faults = faults or Faults()
+        if engine is None:
+            engine = SimEngine(self.profile, num_parallel=num_parallel, max_queue=max_queue,
+                               time_scale=time_scale, models=models,
+                               keep_alive_s=parse_keep_alive(keep_alive), faults=self.faults)
+            num_parallel = engine.num_parallel
+        self.engine: Engine = engine
+        self.num_parallel = num_parallel or self.profile.num_parallel
+        self.time_scale = float(time_scale)
+        self.max_queue = max_queue
+        self.bind = bind
+        self.port = port
+        self.url = ""
+        self._server: asyncio.AbstractServer | None = None
+        self._state: Any = None
+        self._completed = 0
+        self._halted = False
+        self._halt_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- in the running loop -------------------------------------------------------------
+    async def start(self) -> str:
+        """Start listening; returns the URL (``http://127.0.0.1:PORT``)."""
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        if self._server is not None:
+            return self.url
+        sock = _listening_socket(self.bind, self.port)
+        app = OllamaApp(self.engine, on_completed=self._on_completed,
+                        extra_stats=self._extra_stats)
+        # log_config=None: no logging.dictConfig (importing the kit must not touch logging);
+        # no proxy headers middleware and no access log: both cost time per request.
+        config = uvicorn.Config(app, http="h11", ws="none", lifespan="off", log_config=None,
+                                log_level=None, access_log=False, proxy_headers=False,
+                                server_header=False, date_header=False)
+        config.load()
+        state = ServerState()
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self._halt_event = asyncio.Event()
+        self._server = await self._loop.create_server(
+            lambda: config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state={}),
+            sock=sock, backlog=2048)
+        host, port = sock.getsockname()[:2]
+        self.port = port
+        shown = "127.0.0.1" if host == "0.0.0.0" else ("[::1]" if host == "::" else host)
+        if ":" in shown and not shown.startswith("["):
+            shown = f"[{shown}]"
+        self.url = f"http://{shown}:{port}"
+        if self.faults.stop_after == 0:
+            self._halt()
+        return self.url
+
+    async def aclose(self) -> None:
+        """Stop listening, drop open connections and stop the engine's timers."""
+        if self._server is None:
+            return
+        self._halt(abort=True)
+        tasks = list(self._state.tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.engine.aclose()
+        self._server = None
+
+    async def __aenter__(self) -> SimulatedOllama:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def wait_halted(self) -> None:
+        """Wait until the server stopped answering (``stop_after``)."""
+        assert self._halt_event is not None, "start the server first"
+        await self._halt_event.wait()
+
+    # -- in a thread of its own ----------------------------------------------------------
+    def start_in_thread(self) -> str:
+        """Run the server on its own event loop in a daemon thread; returns the URL."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="simulated-ollama", daemon=True)
+        thread.start()
+        self._thread = thread
+        try:
+            return asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=30)
+        except BaseException:
+            self._stop_loop(loop)
+            raise
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start_in_thread` (and its thread)."""
+        loop = self._loop
+        if self._thread is None or loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result(timeout=30)
+        self._stop_loop(loop)
+
+    def _stop_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        loop.close()
+        self._thread = None
+
+    # -- counters ------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters: requests, completed, failed, cancelled, busy, active, max_active,
+        max_decoding, waiting, loads, unloads, plus the server's settings."""
+        loop = self._loop
+        if self._thread is not None and loop is not None and \
+                threading.current_thread() is not self._thread:
+            # The engine's state belongs to its loop's thread: read it there.
+            async def read() -> dict[str, Any]:
+                return self._all_stats()
+            return asyncio.run_coroutine_threadsafe(read(), loop).result(timeout=10)
+        return self._all_stats()
+
+    def _all_stats(self) -> dict[str, Any]:
+        out = self.engine.stats()
+        out.update(self._extra_stats())
+        return out
+
+    def _extra_stats(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "num_parallel": self.num_parallel,
+                "time_scale": self.time_scale, "max_queue": self.max_queue,
+                "stopped": self._halted}
+
+    def _on_completed(self) -> None:
+        self._completed += 1
+        stop_after = self.faults.stop_after
+        if stop_after is not None and self._completed >= stop_after and not self._halted:
+            # After this call returns: the last line is written by then.
+            asyncio.get_running_loop().call_soon(self._halt)
+
+    def _halt(self, abort: bool = False) -> None:
+        """Stop answering: refuse new connections, drop open ones."""
+        self._halted = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._state.connections if self._state else ()):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                # close() still flushes what was written (the finished answer); abort() not.
+                transport.abort() if abort else transport.close()
+        if self._halt_event is not None:
+            self._halt_event.set()
+
+
+def _listening_socket(bind: str, port: int) -> socket.socket:
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port {port!r} must be a whole number 0–65535 (0 picks a free one)")
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind.strip("[]"), port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {bind}:{port} ({exc.strerror or exc}) — is another "
+                          f"Ollama running there? Choose another --port, or --port 0 for a free "
+                          f"one") from None
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def simulated_ollama(**kwargs: Any) -> AsyncIterator[str]:
+    """``async with simulated_ollama(profile="seed", time_scale=0.02) as url:`` — a
+    :class:`SimulatedOllama` (same arguments) for the block; yields its URL."""
+    async with SimulatedOllama(**kwargs) as sim:
+        yield sim.url
+
+
+# -- the `parallel-kit sim` command ------------------------------------------------------
+def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
+    """``--bind``/``--port``; where one is not given (None), ``OLLAMA_HOST`` as Ollama reads it,
+    else 127.0.0.1:11434."""
+    bind, port = getattr(args, "bind", None), getattr(args, "port", None)
+    env = os.environ.get("OLLAMA_HOST", "").strip()
+    env_host, env_port = "127.0.0.1", 11434
+    if env and (bind is None or port is None):
+        parts = urlsplit(env if "://" in env else f"http://{env}")
+        env_host = parts.hostname or env_host
+        try:
+            env_port = parts.port or env_port
+        except ValueError:
+            raise ConfigError(f"OLLAMA_HOST={env!r} has a bad port — write it like "
+                              f"127.0.0.1:11434") from None
+    return (bind if bind is not None else env_host), (port if port is not None else env_port)
+
+
+def run_sim_command(args: argparse.Namespace) -> int:
+    """``parallel-kit sim``: run a simulated Ollama in the foreground until Ctrl-C.
+
+    Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
+    fail_fraction, jitter, stop_after, engine, gguf, threads_per_slot`` from ``args`` (missing
+    ones take their defaults). Returns the exit status.
+    """
+    engine = getattr(args, "engine", None) or "sim"
+    if engine != "sim":
+        known = "sim"
+        if engine == "llama-cpp":
+            raise ConfigError("--engine llama-cpp is not available in this version yet — "
+                              f"use --engine {known} (the simulator)")
+        raise ConfigError(f"unknown --engine {engine!r} — choose {known}")
+    bind, port = _listen_address(args)
+    models_arg = getattr(args, "models", None)
+    models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
+    time_scale = getattr(args, "time_scale", None)
+    max_queue = getattr(args, "max_queue", None)
+    if max_queue is None:
+        raw = os.environ.get("OLLAMA_MAX_QUEUE", "").strip()
+        max_queue = int(raw) if raw.isdigit() else 512
+    keep_alive = getattr(args, "keep_alive", None) or os.environ.get("OLLAMA_KEEP_ALIVE") or "5m"
+    faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
+                    jitter=getattr(args, "jitter", None) or 0.0,
+                    stop_after=getattr(args, "stop_after", None))
+    sim = SimulatedOllama(
+        getattr(args, "profile", None) or "seed", num_parallel=getattr(args, "num_parallel", None),
+        max_queue=max_queue,
+        time_scale=time_scale if time_scale is not None else time_scale_from_env(),
+        models=models, keep_alive=keep_alive, faults=faults, bind=bind, port=port)
+
+    async def serve() -> None:
+        async with sim:
+            print(f"simulated Ollama (profile {sim.profile.name}, {sim.num_parallel} slot(s) per "
+                  f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
+                  f"Ctrl-C to stop", flush=True)
+            await sim.wait_halted()
+            print(f"simulated Ollama stopped after {faults.stop_after} requests (--stop-after)",
+                  file=sys.stderr, flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+    return 0
