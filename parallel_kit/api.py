@@ -1,0 +1,521 @@
+"""The original demo's HTTP API (``parallel-kit serve``), in front of a task queue.
+
+Endpoints (DESIGN.md, "HTTP API"; OpenAPI docs at ``/docs``):
+
+=========================  =====================================================================
+``POST /inference``        ``{"prompt", "model"?, "options"?}`` → waits; the task body below
+``POST /inference/async``  → ``{"task_id", "status": "queued", "message": "Task queued"}``
+``POST /inference/batch``  ``[{"prompt"}, …]`` → ``{"task_ids": […], "count": n}``
+``GET /tasks/{id}``        → ``{"task_id", "status", "result" | null, "error" | null}``
+``GET /stats``             queued, running, completed, failed (and the bounds)
+``GET /health``            ``{"status": "ok", …}``; the one path that needs no key
+=========================  =====================================================================
+
+``status`` is ``queued``, ``running``, ``completed`` or ``failed``; a task cancelled at shutdown
+reads ``failed`` with an ``error`` that starts ``cancelled:``. ``result`` is the request's row
+(:class:`~parallel_kit.records.RequestResult` as JSON: ``response`` text, model-time stamps,
+token counts); a failed task has a row too, with ``ok: false``. ``POST /inference`` answers 200
+with that body whether the request completed or failed: read ``status``.
+
+Errors: bad input → 422 naming the field (``detail[].loc``); empty or oversized batch → 422
+saying the bound; body too large → 413; unknown task → 404; queue full → 503 with
+``Retry-After``; missing/wrong key → 401.
+
+Security: binds 127.0.0.1 unless ``--bind`` says otherwise (a warning when it listens beyond
+loopback without a key); ``PARALLEL_KIT_API_KEY`` set → every path but ``/health`` wants
+``Authorization: Bearer <key>`` (``/docs`` and ``/openapi.json`` included).
+
+What sends the requests is an :class:`ApiBackend`: any ``async (spec) -> RequestResult`` plus
+the clock its rows are on. ``--mode async`` is one Ollama, ``--mode pool`` one Ollama per GPU
+behind :class:`~parallel_kit.modes.pool.EndpointPool` (:func:`open_api_backend`); Ray actors will
+plug in as another such callable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import DEFAULT_MODEL, max_concurrent_from_env
+from .errors import ConfigError
+from .records import RequestResult, RequestSpec
+from .taskqueue import (
+    DEFAULT_MAX_FINISHED,
+    DEFAULT_MAX_QUEUED,
+    QueueClosed,
+    QueueFull,
+    RequestFn,
+    Task,
+    TaskQueue,
+    UnknownTask,
+)
+from .timing import ModelClock
+
+__all__ = [
+    "API_KEY_ENV",
+    "ApiBackend",
+    "ApiSettings",
+    "create_app",
+    "open_api_backend",
+    "run_serve_command",
+    "serve_api",
+]
+
+API_KEY_ENV = "PARALLEL_KIT_API_KEY"
+#: Paths that answer without a key: a load balancer's health check carries none.
+_OPEN_PATHS = frozenset({"/health"})
+
+
+@dataclass
+class ApiSettings:
+    """Bounds and switches of the API.
+
+    Args:
+        concurrency: requests sent to the backend at once (``MAX_CONCURRENT_REQUESTS``).
+        max_queued: tasks that may wait at once; past it 503 with ``Retry-After``.
+        max_finished: finished tasks kept for ``GET /tasks/{id}``, oldest forgotten first.
+        max_batch: requests in one ``POST /inference/batch``.
+        max_prompt_chars: characters in one prompt.
+        max_body_bytes: bytes in one request body (413 past it).
+        api_key: bearer key wanted on every path but ``/health`` (default
+            ``PARALLEL_KIT_API_KEY``; empty = no key).
+        retry_after_s: the ``Retry-After`` sent with 503 (whole seconds).
+        shutdown_timeout_s: clock seconds to let accepted tasks finish at shutdown; the rest
+            end cancelled.
+        mode: the ``mode`` written into the rows (``async``, ``pool``, ``ray``).
+    """
+
+    concurrency: int = field(default_factory=max_concurrent_from_env)
+    max_queued: int = DEFAULT_MAX_QUEUED
+    max_finished: int = DEFAULT_MAX_FINISHED
+    max_batch: int = 1_000
+    max_prompt_chars: int = 100_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    api_key: str | None = field(default_factory=lambda: os.environ.get(API_KEY_ENV) or None)
+    retry_after_s: int = 1
+    shutdown_timeout_s: float = 10.0
+    mode: str = "async"
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "max_queued", "max_finished", "max_batch",
+                     "max_prompt_chars", "max_body_bytes", "retry_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"API setting {name} must be a whole number ≥ 1, got {value!r}")
+
+
+@dataclass
+class ApiBackend:
+    """What the API's queue sends requests to.
+
+    Args:
+        call: ``async (spec) -> RequestResult``; its rows must be on ``clock``.
+        clock: the clock of the rows (model time since the API started).
+        model: the model for requests that name none.
+        description: one line saying what serves the requests (printed at start-up).
+        kind: ``sim`` or ``ollama``.
+    """
+
+    call: RequestFn
+    clock: ModelClock
+    model: str = DEFAULT_MODEL
+    description: str = ""
+    kind: str = "ollama"
+
+
+# -- request and response bodies -----------------------------------------------------------
+
+class InferenceRequest(BaseModel):
+    """One prompt for the model."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "What is Python?"}]})
+    prompt: str = Field(min_length=1, description="the prompt text (not empty)")
+    model: str | None = Field(default=None, min_length=1,
+                              description="model name; default the server's")
+    options: dict[str, Any] | None = Field(
+        default=None, description="Ollama options: num_predict, temperature, seed, …")
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    status: Literal["queued"]
+    message: str
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    status: Literal["queued", "running", "completed", "failed"]
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class BatchAccepted(BaseModel):
+    task_ids: list[str]
+    count: int
+
+
+def task_body(task: Task) -> dict[str, Any]:
+    """The ``GET /tasks/{id}`` body of a task snapshot."""
+    status = "failed" if task.state == "cancelled" else task.state
+    done = task.state in ("completed", "failed", "cancelled")
+    return {"task_id": task.task_id, "status": status,
+            "result": task.result.to_dict() if done and task.result is not None else None,
+            "error": task.error}
+
+
+# -- the app -------------------------------------------------------------------------------
+
+def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> FastAPI:
+    """The FastAPI app: a :class:`TaskQueue` in front of ``backend``.
+
+    The queue lives from the app's start-up to its shutdown (ASGI lifespan), where accepted
+    tasks get ``settings.shutdown_timeout_s`` to finish and the rest end cancelled.
+    """
+    cfg = settings or ApiSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        queue = TaskQueue(backend.call, concurrency=cfg.concurrency, max_queued=cfg.max_queued,
+                          max_finished=cfg.max_finished, clock=backend.clock, mode=cfg.mode,
+                          model=backend.model, retry_after_s=cfg.retry_after_s)
+        async with queue:
+            app.state.queue = queue
+            try:
+                yield
+            finally:
+                await queue.close(drain=True, timeout=cfg.shutdown_timeout_s,
+                                  reason="the API shut down")
+
+    app = FastAPI(
+        title="parallel_kit inference API",
+        version="0.1.0",
+        description="The original demo's API: requests are accepted at once, queued, and sent "
+                    f"to Ollama by {cfg.concurrency} worker(s) (MAX_CONCURRENT_REQUESTS). "
+                    "Queueing makes the API answer at once; it does not make one Ollama "
+                    "serve more requests at a time.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+
+    def queue_of(request: Request) -> TaskQueue:
+        return request.app.state.queue  # type: ignore[no-any-return]
+
+    @app.exception_handler(QueueFull)
+    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
+    @app.exception_handler(QueueClosed)
+    async def _closed(request: Request, exc: QueueClosed) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
+    @app.exception_handler(UnknownTask)
+    async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    def to_spec(body: InferenceRequest, loc: list[Any]) -> RequestSpec:
+        if len(body.prompt) > cfg.max_prompt_chars:
+            raise HTTPException(422, detail=[{
+                "type": "string_too_long", "loc": [*loc, "prompt"],
+                "msg": f"prompt has {len(body.prompt)} characters; the limit is "
+                       f"{cfg.max_prompt_chars} — shorten it",
+            }])
+        return RequestSpec(prompt=body.prompt, model=body.model, options=dict(body.options or {}))
+
+    @app.post("/inference", response_model=TaskStatus,
+              summary="Run one prompt and wait for the answer")
+    async def inference(request: Request, body: InferenceRequest) -> dict[str, Any]:
+        queue = queue_of(request)
+        task_id = queue.submit(to_spec(body, ["body"]))
+        await queue.result(task_id)
+        return task_body(queue.status(task_id))
+
+    @app.post("/inference/async", response_model=TaskAccepted,
+              summary="Queue one prompt; poll GET /tasks/{task_id}")
+    async def inference_async(request: Request, body: InferenceRequest) -> dict[str, Any]:
+        task_id = queue_of(request).submit(to_spec(body, ["body"]))
+        return {"task_id": task_id, "status": "queued", "message": "Task queued"}
+
+    @app.post("/inference/batch", response_model=BatchAccepted,
+              summary="Queue several prompts in one call")
+    async def inference_batch(request: Request, body: list[InferenceRequest]) -> dict[str, Any]:
+        if not 1 <= len(body) <= cfg.max_batch:
+            raise HTTPException(422, detail=[{
+                "type": "batch_size", "loc": ["body"],
+                "msg": f"a batch holds 1 to {cfg.max_batch} requests; got {len(body)} — "
+                       f"split it into batches of at most {cfg.max_batch}",
+            }])
+        specs = [to_spec(item, ["body", i]) for i, item in enumerate(body)]
+        ids = queue_of(request).submit_batch(specs)
+        return {"task_ids": ids, "count": len(ids)}
+
+    @app.get("/tasks/{task_id}", response_model=TaskStatus,
+             summary="A task's status, and its result once finished")
+    async def task_status(request: Request, task_id: str) -> dict[str, Any]:
+        return task_body(queue_of(request).status(task_id))
+
+    @app.get("/stats", summary="Tasks queued, running, completed, failed")
+    async def stats(request: Request) -> dict[str, Any]:
+        return {**queue_of(request).stats(), "mode": cfg.mode}
+
+    @app.get("/health", summary="Liveness (needs no key)")
+    async def health(request: Request) -> dict[str, Any]:
+        queue: TaskQueue | None = getattr(request.app.state, "queue", None)
+        ok = queue is not None and not queue.closed
+        return {"status": "ok" if ok else "stopping", "mode": cfg.mode, "model": backend.model}
+
+    return app
+
+
+class _Guard:
+    """ASGI middleware: the bearer key, then the body size limit, before any route runs."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        if self.api_key and scope.get("path") not in _OPEN_PATHS:
+            given = headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            # compare_digest: the time taken does not tell how much of the key was right.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode(), self.api_key.encode()):
+                await _send_json(send, 401, {
+                    "detail": "missing or wrong API key — send 'Authorization: Bearer <key>' "
+                              f"with the key the server was given in {API_KEY_ENV}"},
+                    {"www-authenticate": "Bearer"})
+                return
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await _send_json(send, 413, {"detail": self._too_large(int(length))})
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            # Read the body here, up to the bound, so a chunked upload cannot exceed it either.
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    await _send_json(send, 413, {"detail": self._too_large(size, partial=True)})
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            replayed = False
+
+            async def replay() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _too_large(self, size: int, partial: bool = False) -> str:
+        got = f"more than {self.max_body_bytes}" if partial else str(size)
+        return (f"request body is {got} bytes; the limit is {self.max_body_bytes} bytes — "
+                f"send fewer or shorter prompts")
+
+
+async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: dict[str, Any],
+                     extra_headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+# -- backends ------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def open_api_backend(
+    hosts: Sequence[str] | None = None,
+    *,
+    mode: str = "async",
+    model: str | None = None,
+    concurrency: int | None = None,
+    gpus: int | None = None,
+    profile: str | None = None,
+    time_scale: float | None = None,
+    ray_address: str | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> AsyncIterator[ApiBackend]:
+    """The backend of ``parallel-kit serve``: the Ollama at ``hosts`` or an embedded simulator.
+
+    Args:
+        hosts: Ollama URL(s); ``None``: ``OLLAMA_HOST``, or an embedded simulator when none
+            answers (``parallel_kit.backend.open_backend`` decides and says so).
+        mode: ``async`` (one server behind the queue) or ``pool`` (``gpus`` servers, or one per
+            host, least outstanding first); ``ray`` is not wired yet.
+        gpus: servers to start for ``pool`` when no ``hosts`` are given (default 3).
+        concurrency: connections to keep to the server (the queue's workers).
+    """
+    from .backend import open_backend
+    from .clients import OllamaClient
+
+    if mode == "ray":
+        # Ray's actors live inside one run_ray call for now; once ray_gpu exposes a
+        # long-lived dispatcher (like pool's EndpointPool) it plugs in here as ``call``.
+        raise ConfigError("serve --mode ray is not available yet — use --mode pool (one "
+                          "Ollama per GPU, no cluster) or --mode async, or bench --mode ray")
+    if mode not in ("async", "pool"):
+        raise ConfigError(f"serve --mode {mode!r} is not a mode — use async, pool or ray")
+    if mode == "async" and hosts and len(hosts) > 1:
+        raise ConfigError(f"serve --mode async sends to one Ollama, but {len(hosts)} --host "
+                          f"were given — give one, or use --mode pool for several")
+    del ray_address  # ray only
+    conns = concurrency or max_concurrent_from_env()
+    servers = 1 if mode == "async" else (gpus or (len(hosts) if hosts else 3))
+    async with open_backend(list(hosts) if hosts else None, model=model, servers=servers,
+                            time_scale=time_scale, profile=profile, announce=announce) as b:
+        clock = ModelClock(b.time_scale)
+        if mode == "pool":
+            from .modes.pool import EndpointPool
+
+            async with EndpointPool(b.endpoints, clock=clock, mode="pool", model=b.model) as pool:
+                yield ApiBackend(pool, clock, model=b.model, description=b.message, kind=b.kind)
+            return
+        endpoint = b.endpoints[0]
+        async with OllamaClient(endpoint.url, max_connections=conns) as client:
+
+            async def call(spec: RequestSpec) -> RequestResult:
+                return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
+                                        node=endpoint.node, model=b.model)
+
+            yield ApiBackend(call, clock, model=b.model, description=b.message, kind=b.kind)
+
+
+# -- serving -------------------------------------------------------------------------------
+
+def _listen(bind: str, port: int) -> socket.socket:
+    """A listening socket, so that a taken port is a clear error (and port 0 works)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port} is not a port — use 1 to 65535 (0: any free port)")
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bind, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {bind}:{port} ({exc.strerror}) — the port may be "
+                          f"in use; choose another with --port, or check --bind") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(app: Any, log_level: str = "warning") -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
+                                         access_log=False))
+
+
+@contextlib.asynccontextmanager
+async def serve_api(app: Any, *, bind: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run ``app`` with uvicorn in the current event loop; yields its URL (tests, notebooks).
+
+    >>> async with open_api_backend(time_scale=0.02) as b, serve_api(create_app(b)) as url:
+    ...     ...
+    """
+    sock = _listen(bind, port)
+    server = _server(app)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped the start-up
+                raise ConfigError("the API server stopped during start-up — see the log above")
+            await asyncio.sleep(0.01)
+        yield _url(sock)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            await task
+        sock.close()
+
+
+def _is_loopback(bind: str) -> bool:
+    if bind in ("localhost", ""):
+        return bind == "localhost"
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(bind: str, api_key: str | None) -> str | None:
+    """The warning for listening beyond this machine without a key (None when safe)."""
+    if api_key or _is_loopback(bind):
+        return None
+    where = "every interface" if bind in ("0.0.0.0", "::", "") else bind
+    return (f"warning: the API listens on {where} without a key — anyone who can reach this "
+            f"machine can use your Ollama; set {API_KEY_ENV} or bind 127.0.0.1")
+
+
+def run_serve_command(args: argparse.Namespace) -> int:
+    """``parallel-kit serve``: the API in the foreground until Ctrl-C."""
+    settings = ApiSettings(concurrency=args.concurrency or max_concurrent_from_env(),
+                           mode=args.mode)
+    bind = args.bind or "127.0.0.1"
+    warning = bind_warning(bind, settings.api_key)
+    if warning:
+        print(warning, file=sys.stderr)
+    sock = _listen(bind, args.port)
+
+    async def serve() -> None:
+        async with open_api_backend(
+                args.host, mode=args.mode, model=args.model, concurrency=settings.concurrency,
+                gpus=args.gpus, profile=args.profile, time_scale=args.time_scale,
+                ray_address=getattr(args, "ray_address", None),
+                announce=lambda msg: print(msg, file=sys.stderr)) as backend:
+            url = _url(sock)
+            print(f"parallel-kit API at {url} (docs: {url}/docs), {settings.concurrency} "
+                  f"request(s) to Ollama at once — Ctrl-C stops", file=sys.stderr)
+            await _server(create_app(backend, settings), log_level="info").serve(sockets=[sock])
+
+    try:
+        asyncio.run(serve())
+    finally:
+        sock.close()
+    return 0
