@@ -1,0 +1,298 @@
+"""Measuring a server: load time, prefill and decode speed, time to first token, real slots.
+
+``probe(host, model)`` asks an Ollama server (real or simulated) four questions:
+
+* **load_s** — a cold load: unload the model (empty prompt, ``keep_alive: 0``), then load it
+  (empty prompt), reading ``load_duration`` (or timing the call: real Ollama answers an empty
+  prompt without durations).
+* **prefill_tokens_per_s**, **decode_tokens_per_s**, **ttft_s** — one request alone, the first
+  after the load (so no prompt cache helps it), from Ollama's ``prompt_eval_*`` / ``eval_*``
+  counts and durations; ``ttft_s`` as the client saw it.
+* **effective_slots** — how many requests it really runs at once. For k = 1 … ``max_k`` it sends
+  k requests together and looks at *when each one was being worked on* (from the server's own
+  prefill and decoding durations, else first to last token on the client): requests that share
+  a slot take turns, so their spans do not overlap; requests in separate slots decode side by
+  side. The count is the largest group whose spans overlap by at least half — robust to
+  scheduling jitter, and independent of how much faster the batch decodes.
+* **speedup** — ``S(k)``, aggregate output tokens/s with k at once ÷ with one: 1.0 for one slot,
+  rising then flattening with more (OLLAMA.md: ~1.5× at 4 slots).
+
+All figures are model seconds (a simulator's clock ÷ its time scale; real Ollama: scale 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .clients import OllamaClient, RetryPolicy
+from .config import DEFAULT_MODEL, check_time_scale
+from .errors import ConfigError, ModelNotFound, RequestFailed
+from .records import RequestResult, RequestSpec
+from .timing import ModelClock
+
+__all__ = ["ProbeResult", "decoding_together", "probe", "run_probe_command", "working_span"]
+
+#: Tokens per probe request: enough for decoding spans to be seen, short on a real GPU.
+DEFAULT_NUM_PREDICT = 32
+_MIN_NUM_PREDICT = 8
+_PROMPT = ("Write a long, detailed story about a lighthouse keeper who finds a message in a "
+           "bottle. Describe the sea, the weather, the lighthouse and every step of the keeper's "
+           "day before and after the discovery.")
+
+
+@dataclass
+class ProbeResult:
+    """What :func:`probe` measured. Times in model seconds, speeds in tokens per model second.
+
+    ``speedup`` and ``concurrent`` map k (requests sent together) to S(k) and to how many of
+    those k decoded at the same time. A speed is ``None`` when the server reported no duration
+    for it (e.g. a simulator with instant prefill).
+    """
+
+    host: str
+    model: str
+    time_scale: float
+    load_s: float | None
+    prefill_tokens_per_s: float | None
+    decode_tokens_per_s: float | None
+    ttft_s: float | None
+    effective_slots: int
+    speedup: dict[int, float]
+    concurrent: dict[int, int]
+    max_k: int
+    num_predict: int
+    version: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``speedup``/``concurrent`` keys become strings, NaN becomes None."""
+        return {
+            "host": self.host, "model": self.model, "version": self.version,
+            "time_scale": self.time_scale,
+            "effective_slots": self.effective_slots,
+            "decode_tokens_per_s": _clean(self.decode_tokens_per_s),
+            "prefill_tokens_per_s": _clean(self.prefill_tokens_per_s),
+            "load_s": _clean(self.load_s),
+            "ttft_s": _clean(self.ttft_s),
+            "speedup": {str(k): _clean(v) for k, v in self.speedup.items()},
+            "concurrent": {str(k): v for k, v in self.concurrent.items()},
+            "max_k": self.max_k, "num_predict": self.num_predict, "notes": list(self.notes),
+        }
+
+    def table(self) -> str:
+        """A small text table for the terminal."""
+        lines = [f"probe of {self.host} — model {self.model}"
+                 + (f", Ollama {self.version}" if self.version else "")
+                 + (f", time scale {self.time_scale:g}" if self.time_scale != 1 else ""),
+                 f"  {'load (cold)':<22}{_fmt(self.load_s, 's')}",
+                 f"  {'prefill':<22}{_fmt(self.prefill_tokens_per_s, 'tok/s')}",
+                 f"  {'decode (one request)':<22}{_fmt(self.decode_tokens_per_s, 'tok/s')}",
+                 f"  {'time to first token':<22}{_fmt(self.ttft_s, 's')}",
+                 f"  {'effective slots':<22}{self.effective_slots}",
+                 "  k at once   decoding together   S(k) aggregate speed-up"]
+        for k in sorted(self.speedup):
+            lines.append(f"  {k:>9}   {self.concurrent.get(k, 0):>17}   {self.speedup[k]:>6.2f}×")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
+                num_predict: int = DEFAULT_NUM_PREDICT, time_scale: float = 1.0,
+                timeout: float = 600.0) -> ProbeResult:
+    """Measure the Ollama server at ``host`` with ``model`` (see the module docstring).
+
+    Args:
+        host: the server (any ``OLLAMA_HOST`` form).
+        model: the model to measure; it must be on the server.
+        max_k: most requests sent together (k = 1 … max_k).
+        num_predict: output tokens per probe request (at least 8).
+        time_scale: the simulator's time scale when ``host`` is one the kit did not start
+            (1.0 for real Ollama); converts the client's clock into model seconds.
+        timeout: seconds to wait for any answer.
+
+    Raises:
+        OllamaUnavailable, ModelNotFound, RequestFailed: the server is missing, lacks the
+            model, or a probe request failed. ConfigError: bad arguments.
+    """
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+        raise ConfigError(f"--max-k must be a whole number ≥ 1, got {max_k!r}")
+    if isinstance(num_predict, bool) or not isinstance(num_predict, int) \
+            or num_predict < _MIN_NUM_PREDICT:
+        raise ConfigError(f"--num-predict must be at least {_MIN_NUM_PREDICT} tokens for the "
+                          f"probe to see requests overlap, got {num_predict!r}")
+    check_time_scale(time_scale)
+    clock = ModelClock(time_scale)
+    # No retries: a busy or failing server should show up in the measurement, not be hidden.
+    async with OllamaClient(host, max_connections=max_k, timeout=timeout,
+                            retry=RetryPolicy(max_retries=0)) as client:
+        version = await client.version()
+        models = await client.list_models()
+        want = model if ":" in model else f"{model}:latest"
+        if model not in models and want not in models:
+            raise ModelNotFound(model, client.host, models)
+
+        await client.unload(model)
+        started = clock.now()
+        loaded = await client.load(model)
+        # Real Ollama answers an empty prompt without durations; then the call's own time
+        # (on a real server seconds of loading against milliseconds of HTTP) is the measure.
+        load_ns = loaded.get("load_duration")
+        load_s = load_ns * 1e-9 if isinstance(load_ns, (int, float)) else clock.now() - started
+
+        async def together(k: int, first: int) -> list[RequestResult]:
+            specs = [_spec(first + i, model, num_predict) for i in range(k)]
+            rows = await asyncio.gather(*(client.run(s, clock=clock, mode="probe", model=model)
+                                          for s in specs))
+            failed = [r for r in rows if not r.ok]
+            if failed:
+                raise RequestFailed(f"a probe request failed: {failed[0].error}",
+                                    host=client.host)
+            return list(rows)
+
+        alone = (await together(1, 0))[0]
+        speedup: dict[int, float] = {}
+        concurrent: dict[int, int] = {}
+        base_rate = math.nan
+        sent = 1
+        for k in range(1, max_k + 1):
+            rows = await together(k, sent)
+            sent += k
+            rate = _aggregate_tokens_per_s(rows)
+            if k == 1:
+                base_rate = rate
+            speedup[k] = rate / base_rate if base_rate > 0 else math.nan
+            concurrent[k] = decoding_together(rows)
+
+    effective = max(concurrent.values())
+    notes = []
+    if effective == max_k and max_k > 1:
+        notes.append(f"all {max_k} requests ran at once: the server may have more slots — "
+                     f"probe again with a larger --max-k")
+    prefill = _rate(alone.prompt_tokens, alone.server_prompt_eval_s)
+    if prefill is None:
+        notes.append("prefill too fast to time (no prompt_eval_duration)")
+    return ProbeResult(
+        host=client.host, model=model, time_scale=time_scale, load_s=load_s,
+        prefill_tokens_per_s=prefill,
+        decode_tokens_per_s=_rate(alone.output_tokens, alone.server_eval_s),
+        ttft_s=None if math.isnan(alone.ttft_s) else alone.ttft_s,
+        effective_slots=effective, speedup=speedup, concurrent=concurrent, max_k=max_k,
+        num_predict=num_predict, version=version, notes=notes)
+
+
+def decoding_together(rows: Sequence[RequestResult]) -> int:
+    """The largest number of requests whose working spans overlap (see :func:`working_span`).
+
+    Two requests count as together when their spans overlap by at least half of the shorter
+    one: taking turns gives (almost) no overlap, sharing the GPU gives (almost) full overlap.
+    """
+    spans = [span for span in map(working_span, rows) if span is not None]
+    best = 1 if spans else 0
+    for a0, a1 in spans:
+        group = 0
+        for b0, b1 in spans:
+            shorter = min(a1 - a0, b1 - b0)
+            overlap = min(a1, b1) - max(a0, b0)
+            if overlap > 0 and overlap >= 0.5 * shorter:
+                group += 1
+        best = max(best, group)
+    return best
+
+
+def working_span(row: RequestResult) -> tuple[float, float] | None:
+    """When the server worked on ``row`` (model seconds on the run's axis), or None.
+
+    From Ollama's own durations when it reports them — ``finished_s`` minus prefill and
+    decoding — because they do not depend on how finely the answer was streamed; otherwise
+    from the first token to the last as the client saw them.
+    """
+    if math.isnan(row.finished_s):
+        return None
+    if row.server_eval_s is not None:
+        work = row.server_eval_s + (row.server_prompt_eval_s or 0.0)
+        return (row.finished_s - work, row.finished_s)
+    if math.isnan(row.first_token_s):
+        return None
+    return (row.first_token_s, row.finished_s)
+
+
+def _aggregate_tokens_per_s(rows: Sequence[RequestResult]) -> float:
+    """Output tokens of all rows ÷ model seconds from the first start of work to the last
+    finish (queueing before and connection set-up are left out, as in the profile's S(k))."""
+    spans = [span for span in map(working_span, rows) if span is not None]
+    if not spans:
+        return math.nan
+    window = max(end for _, end in spans) - min(start for start, _ in spans)
+    tokens = sum(r.output_tokens or 0 for r in rows)
+    return tokens / window if window > 0 else math.nan
+
+
+def _spec(i: int, model: str, num_predict: int) -> RequestSpec:
+    # A different start per request: Ollama reuses a cached prompt prefix, which would make
+    # prefill of repeated prompts look free.
+    return RequestSpec(f"[{i}] {_PROMPT}", model=model, num_predict=num_predict,
+                       request_id=f"probe{i}")
+
+
+def _rate(tokens: int | None, seconds: float | None) -> float | None:
+    if not tokens or not seconds or seconds <= 0:
+        return None
+    return tokens / seconds
+
+
+def _clean(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) or math.isinf(value) else value
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:,.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def run_probe_command(args: argparse.Namespace) -> int:
+    """``parallel-kit probe``: probe each ``--host`` (or the default backend), print, save JSON.
+
+    Reads ``args.host`` (list or None), ``model``, ``json``, ``time_scale``, ``max_k`` and
+    ``num_predict`` (both optional). Expected errors propagate as ``ParallelKitError`` for the
+    CLI to print in one line.
+    """
+    from ._sync import run_sync
+
+    results = run_sync(_probe_backend(args))
+    for result in results:
+        print(result.table())
+    path = getattr(args, "json", None)
+    if path:
+        doc = results[0].to_dict()
+        if len(results) > 1:
+            doc["hosts"] = [r.to_dict() for r in results]
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    return 0
+
+
+async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
+    """Open the servers like every other command (``open_backend``: real Ollama, or an
+    embedded simulator when none answers) and probe each one."""
+    from .backend import open_backend
+
+    model = getattr(args, "model", None) or DEFAULT_MODEL
+    max_k = getattr(args, "max_k", None) or 4
+    num_predict = getattr(args, "num_predict", None) or DEFAULT_NUM_PREDICT
+    async with open_backend(getattr(args, "host", None), model=model,
+                            time_scale=getattr(args, "time_scale", None),
+                            announce=print) as backend:
+        return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
+                            time_scale=backend.time_scale)
+                for ep in backend.endpoints]
