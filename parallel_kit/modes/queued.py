@@ -45,8 +45,10 @@ async def _run_queued(mode: Literal["async", "batch"], specs: Sequence[RequestSp
     async with ctx.make_client(endpoint, max_connections=ctx.concurrency) as client:
 
         async def send(spec: RequestSpec) -> RequestResult:
-            return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
-                                    node=endpoint.node, model=ctx.model)
+            row = await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
+                                   node=endpoint.node, model=ctx.model)
+            ctx.notify(row)
+            return row
 
         rows, submit_s = await run_through_queue(mode, specs, send, clock=clock,
                                                  concurrency=ctx.concurrency,

@@ -74,6 +74,7 @@ async def run_sequential(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
             if not row.request_id:
                 row.request_id = f"r{i}"
             rows.append(row)
+            ctx.notify(row)
             bar.update(1)
     finally:
         bar.close()
