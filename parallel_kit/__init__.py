@@ -1,7 +1,25 @@
 """parallel_kit — where does parallelism in LLM serving come from, and how much do you get?
 
-The curated public API is assembled here as the modules land.
+The public API, in the words of the notebooks::
+
+    import parallel_kit as pk
+
+    comparison = await pk.compare(["sequential", "batch", "pool"], n=5, gpus=3, time_scale=0.05)
+    print(comparison.table())                       # predicted vs measured, speedups
+    pk.plots.timeline(comparison.runs)              # who ran what, when
+
+    async with pk.simulated_ollama(profile="seed", time_scale=0.02) as url: ...
+    async with pk.OllamaClient(url) as client: ...
+    pk.theory.predict("pool", [10] * 5, workers=3).makespan_s   # 20.0
+
+Heavy parts (the simulator's server, FastAPI, matplotlib, Ray) are imported on first use, so
+``import parallel_kit`` stays quick.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .config import Endpoint
 from .errors import (
@@ -17,31 +35,106 @@ from .errors import (
     ServerBusy,
     WorkerLost,
 )
+from .modes.base import MODE_NAMES, ModeContext, get_mode
 from .prompts import load_prompts, make_specs, original_prompts
-from .records import RequestResult, RequestSpec, RunResult, RunSummary, read_json
+from .records import (
+    RequestResult,
+    RequestSpec,
+    RunResult,
+    RunSummary,
+    read_json,
+    write_csv,
+    write_json,
+)
+from .timing import ModelClock
+
+if TYPE_CHECKING:
+    from . import plots, theory
+    from .api_client import ApiClient
+    from .backend import open_backend
+    from .bench import Comparison, compare, compare_sync
+    from .clients import OllamaClient, OpenAIClient, RetryPolicy
+    from .probe import probe
+    from .sim.profiles import list_profiles, load_profile
+    from .sim.server import SimulatedOllama, simulated_ollama
+    from .taskqueue import TaskQueue
 
 __version__ = "0.1.0"
 
+#: name → module that defines it, imported on first access.
+_LAZY = {
+    "ApiClient": "parallel_kit.api_client",
+    "Comparison": "parallel_kit.bench",
+    "compare": "parallel_kit.bench",
+    "compare_sync": "parallel_kit.bench",
+    "OllamaClient": "parallel_kit.clients",
+    "OpenAIClient": "parallel_kit.clients",
+    "RetryPolicy": "parallel_kit.clients",
+    "open_backend": "parallel_kit.backend",
+    "probe": "parallel_kit.probe",
+    "list_profiles": "parallel_kit.sim.profiles",
+    "load_profile": "parallel_kit.sim.profiles",
+    "SimulatedOllama": "parallel_kit.sim.server",
+    "simulated_ollama": "parallel_kit.sim.server",
+    "TaskQueue": "parallel_kit.taskqueue",
+}
+_SUBMODULES = {"plots", "theory"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"parallel_kit.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'parallel_kit' has no attribute {name!r}")
+
+
 __all__ = [
+    "MODE_NAMES",
     "AllWorkersLost",
+    "ApiClient",
+    "Comparison",
     "ConfigError",
     "Endpoint",
     "MissingDependency",
+    "ModeContext",
+    "ModelClock",
     "ModelNotFound",
+    "OllamaClient",
     "OllamaError",
     "OllamaUnavailable",
+    "OpenAIClient",
     "ParallelKitError",
     "RequestFailed",
     "RequestResult",
     "RequestSpec",
     "RequestTimeout",
+    "RetryPolicy",
     "RunResult",
     "RunSummary",
     "ServerBusy",
+    "SimulatedOllama",
+    "TaskQueue",
     "WorkerLost",
     "__version__",
+    "compare",
+    "compare_sync",
+    "get_mode",
+    "list_profiles",
+    "load_profile",
     "load_prompts",
     "make_specs",
+    "open_backend",
     "original_prompts",
+    "plots",
+    "probe",
     "read_json",
+    "simulated_ollama",
+    "theory",
+    "write_csv",
+    "write_json",
 ]
