@@ -37,7 +37,14 @@ from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale
 from .errors import ConfigError
 from .modes.base import ModeContext, get_mode, parse_modes
 from .prompts import load_prompts, make_specs
-from .records import RequestResult, RequestSpec, RunResult, write_csv, write_json
+from .records import (
+    RequestResult,
+    RequestSpec,
+    RunResult,
+    summarize,
+    write_csv,
+    write_json,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,10 +59,12 @@ SINGLE_SERVER_MODES = ("sequential", "async", "batch")
 class Comparison:
     """The runs of one comparison, in the order they ran."""
 
-    runs: list[RunResult]
-    backend: str
-    time_scale: float
+    runs: list[RunResult] = field(default_factory=list)
+    backend: str = "sim"
+    time_scale: float = 1.0
     messages: list[str] = field(default_factory=list)
+    #: True when the comparison was cut short (Ctrl-C): the last run is partial.
+    interrupted: bool = False
 
     def run(self, mode: str) -> RunResult:
         for r in self.runs:
@@ -166,6 +175,7 @@ async def compare(
     progress: bool = False,
     announce: Callable[[str], None] | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
+    into: Comparison | None = None,
 ) -> Comparison:
     """Run ``modes`` on the same requests and return every run with predictions filled in.
 
@@ -181,6 +191,9 @@ async def compare(
         progress: one tqdm bar over every request of every mode.
         announce: called with one-line messages (which servers were chosen).
         on_result: called with each finished row, as it finishes (the widget lab uses it).
+        into: a Comparison to fill as runs finish. When the comparison is cancelled (Ctrl-C),
+            it still holds every finished run plus the interrupted one, whose unfinished
+            requests are failed rows with error "cancelled" — nothing is dropped.
     """
     names = parse_modes(modes)
     if "sequential" in names:
@@ -201,8 +214,9 @@ async def compare(
     if time_scale is None and not hosts:
         time_scale = time_scale_from_env(1.0)
 
-    runs: list[RunResult] = []
-    messages: list[str] = []
+    result = into if into is not None else Comparison()
+    runs, messages = result.runs, result.messages
+    seen: dict[str, list[RequestResult]] = {}
     sequential: RunResult | None = None
     kind, scale = "sim", time_scale or 1.0
 
@@ -223,6 +237,7 @@ async def compare(
                                 engine_options=engine_options,
                                 start_servers=not in_actor, announce=say) as b:
             kind, scale = b.kind, b.time_scale
+            result.backend, result.time_scale = kind, scale
             options: dict[str, Any] = {}
             if in_actor:
                 options = {"ray_launch": "sim" if b.kind == "sim" else "ollama",
@@ -253,6 +268,7 @@ async def compare(
         bar = tqdm(total=len(specs) * len(names), desc="requests", unit="req", leave=False)
 
     def finished(row: RequestResult) -> None:
+        seen.setdefault(row.mode, []).append(row)
         if bar is not None:
             bar.set_postfix_str(row.mode, refresh=False)
             bar.update(1)
@@ -262,7 +278,13 @@ async def compare(
     single_hosts = list(hosts[:1]) if hosts else None
     try:
         for name in names:
-            await _run_one(name)
+            try:
+                await _run_one(name)
+            except asyncio.CancelledError:
+                runs.append(_partial_run(name, specs, seen.get(name, []), kind, scale, gpus,
+                                         model))
+                result.interrupted = True
+                raise
     finally:
         if bar is not None:
             bar.close()
@@ -272,7 +294,31 @@ async def compare(
         for r in runs:
             if _finite(base_span) and _finite(r.summary.makespan_s) and r.summary.makespan_s:
                 r.summary.speedup_vs_sequential = base_span / r.summary.makespan_s
-    return Comparison(runs, kind, scale, messages)
+    return result
+
+
+def _partial_run(mode: str, specs: Sequence[RequestSpec], rows: Sequence[RequestResult],
+                 backend: str, time_scale: float, gpus: int, model: str) -> RunResult:
+    """The interrupted mode's rows: the finished ones, and a failed row for every other."""
+    done = {r.request_id for r in rows}
+    missing = [RequestResult(request_id=s.request_id, mode=mode, prompt=s.prompt,
+                             model=s.model or model, ok=False, error="cancelled")
+               for s in specs if s.request_id not in done]
+    all_rows = list(rows) + missing
+    workers = gpus if mode in ("pool", "ray") else 1
+    summary = summarize(all_rows, mode=mode, backend=backend, time_scale=time_scale,
+                        workers=workers, slots=1, model=model,
+                        notes=["interrupted: unfinished requests are failed rows"])
+    return RunResult(summary, all_rows)
+
+
+def run_interruptibly(coro: Any) -> bool:
+    """Run ``coro`` from the CLI; returns True when Ctrl-C cut it short (results kept)."""
+    try:
+        run_sync(coro)
+    except KeyboardInterrupt:
+        return True
+    return False
 
 
 def compare_sync(*args: Any, **kwargs: Any) -> Comparison:
@@ -286,16 +332,21 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {args.n}")
     if args.num_predict is not None and args.num_predict < 1:
         raise ConfigError(f"--num-predict must be ≥ 1, got {args.num_predict}")
-    comparison = run_sync(compare(
+    comparison = Comparison()
+    interrupted = run_interruptibly(compare(
         args.mode, args.prompts, n=args.n, hosts=args.host, gpus=args.gpus, slots=args.slots,
         concurrency=args.concurrency, model=args.model, num_predict=args.num_predict,
         time_scale=args.time_scale, profile=args.profile, api=args.api,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
         engine=args.engine, engine_options=engine_options_from_args(args),
         progress=not args.no_progress and sys.stderr.isatty(),
-        announce=lambda m: print(m, file=sys.stderr)))
+        announce=lambda m: print(m, file=sys.stderr), into=comparison))
     print(comparison.table())
     write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
+    if interrupted:
+        print("interrupted: the table and files hold what finished (unfinished = failed rows)",
+              file=sys.stderr)
+        return 130
     failed = sum(r.summary.failed for r in comparison.runs)
     if failed:
         print(f"{failed} request(s) failed — see the 'error' column", file=sys.stderr)

@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._sync import run_sync
-from .bench import Comparison, compare, engine_options_from_args
+from .bench import Comparison, compare, engine_options_from_args, run_interruptibly
 from .config import time_scale_from_env
 from .modes.base import MODE_NAMES
 from .records import write_csv, write_json
@@ -25,7 +24,7 @@ __all__ = ["run_demo", "run_demo_command", "write_demo_outputs"]
 DEMO_REQUESTS = 5
 
 
-async def run_demo(*, time_scale: float | None = None, hosts: list[str] | None = None,
+async def run_demo(*, into: Comparison | None = None, time_scale: float | None = None, hosts: list[str] | None = None,
                    model: str | None = None, modes: str | None = None, gpus: int = 3,
                    ray_address: str | None = None, engine: str = "sim",
                    engine_options: dict | None = None, progress: bool = False,
@@ -34,7 +33,8 @@ async def run_demo(*, time_scale: float | None = None, hosts: list[str] | None =
     return await compare(modes or ",".join(MODE_NAMES), "original", n=DEMO_REQUESTS,
                          hosts=hosts, gpus=gpus, model=model, time_scale=time_scale,
                          profile="seed", ray_address=ray_address, engine=engine,
-                         engine_options=engine_options, progress=progress, announce=announce)
+                         engine_options=engine_options, progress=progress, announce=announce,
+                         into=into)
 
 
 def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
@@ -61,12 +61,17 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
 def run_demo_command(args: argparse.Namespace) -> int:
     scale = args.time_scale if args.time_scale is not None else (
         None if args.host else time_scale_from_env(1.0))
-    comparison = run_sync(run_demo(
-        time_scale=scale, hosts=args.host, model=args.model, modes=args.modes, gpus=args.gpus,
+    comparison = Comparison()
+    interrupted = run_interruptibly(run_demo(
+        into=comparison, time_scale=scale, hosts=args.host, model=args.model, modes=args.modes, gpus=args.gpus,
         ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), engine=args.engine,
         engine_options=engine_options_from_args(args), progress=sys.stderr.isatty(),
         announce=lambda m: print(m, file=sys.stderr)))
     print(comparison.table())
     for p in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
         print(f"wrote {p}")
+    if interrupted:
+        print("interrupted: the files hold what finished (unfinished = failed rows)",
+              file=sys.stderr)
+        return 130
     return 0
