@@ -32,7 +32,7 @@ from .config import (
 )
 from .errors import ConfigError, ModelNotFound, OllamaUnavailable
 
-__all__ = ["Backend", "open_backend", "sim_info"]
+__all__ = ["Backend", "make_engine", "open_backend", "sim_info"]
 
 Kind = Literal["ollama", "sim"]
 
@@ -211,7 +211,7 @@ async def open_backend(
 
             for i in range(servers):
                 sim = SimulatedOllama(profile_name, num_parallel=slots, time_scale=scale,
-                                      models=[model], engine=_make_engine(engine, engine_options))
+                                      models=[model], engine=make_engine(engine, engine_options))
                 await stack.enter_async_context(sim)
                 started.append(sim)
                 endpoints.append(Endpoint(sim.url, slots=sim.num_parallel,
@@ -225,7 +225,7 @@ async def open_backend(
         yield Backend(endpoints, "sim", scale, model, msg, profile=profile_name, started=started)
 
 
-def _make_engine(name: str, options: dict[str, Any] | None) -> Any:
+def make_engine(name: str, options: dict[str, Any] | None) -> Any:
     """The token engine of an embedded server: None = the simulator's latency model."""
     if name in ("sim", "", None):
         return None

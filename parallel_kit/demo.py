@@ -51,7 +51,9 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
         written.append(P.save(P.timeline(runs), folder / "timeline.png"))
         written.append(P.save(P.predicted_vs_measured(runs), folder / "predicted_vs_measured.png"))
         seq = next((r for r in runs if r.summary.mode == "sequential"), None)
-        t = (seq.summary.makespan_s / max(seq.summary.n, 1)) if seq else 10.0
+        # The per-request time the scenario is built on (predicted), not a measured average.
+        span = seq.summary.predicted_makespan_s if seq else None
+        t = span / max(seq.summary.n, 1) if seq and span else 10.0
         n = runs[0].summary.n if runs else DEMO_REQUESTS
         written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs),
                               folder / "speedup_vs_gpus.png"))

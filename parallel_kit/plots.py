@@ -58,7 +58,10 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#
 _FAILED = "#d62728"
 _PREDICTED = "#9ecae1"
 _MEASURED = "#1f77b4"
-_LANE_EPS = 1e-9  # a request starting the instant another ends may reuse its lane
+#: A request starting within this fraction of the run's span of another's end reuses its lane:
+#: the service start is reconstructed from the server's durations and can land a few
+#: milliseconds before the previous request's measured finish; that is not a second slot.
+_LANE_OVERLAP = 0.01
 
 Runs = RunResult | Sequence[RunResult]
 
@@ -175,9 +178,25 @@ def _natural_key(text: str) -> list[Any]:
 # Timeline
 # ---------------------------------------------------------------------------------------------
 
+def service_start(r: RequestResult) -> float:
+    """When the server began working on ``r`` (model seconds), as best the row can tell.
+
+    ``started_s`` is when the request was *sent*; a server with one slot may then hold it in its
+    own queue. The server's own compute durations (prompt eval + eval) counted back from the
+    finish show when it really ran; without them, the first token is the next best sign.
+    Real Ollama's ``total_duration`` is not used: it includes the time spent waiting for a slot.
+    """
+    sent = r.started_s if _finite(r.started_s) else r.submitted_s
+    if r.ok and _finite(r.finished_s) and r.server_eval_s is not None:
+        work = (r.server_prompt_eval_s or 0.0) + r.server_eval_s
+        if work > 0:
+            return max(sent, r.finished_s - work) if _finite(sent) else r.finished_s - work
+    return sent
+
+
 def _span(r: RequestResult) -> tuple[float, float] | None:
     """(start, end) of the bar a request gets, or None when it has no time at all."""
-    start = r.started_s if _finite(r.started_s) else r.submitted_s
+    start = service_start(r)
     if not _finite(start):
         return None
     end = r.finished_s if _finite(r.finished_s) else start
@@ -200,13 +219,16 @@ def assign_lanes(requests: Sequence[RequestResult]) -> tuple[list[tuple[str, int
             by_worker.setdefault(r.worker, []).append(i)
     lanes: list[tuple[str, int]] = []
     lane_of: list[int | None] = [None] * len(requests)
+    spans = [sp for sp in (_span(r) for r in requests) if sp is not None]
+    eps = _LANE_OVERLAP * (max(e for _, e in spans) - min(b for b, _ in spans)) if spans else 0.0
+    eps = max(eps, 1e-9)
     for worker in sorted(by_worker, key=_natural_key):
         order = sorted(by_worker[worker], key=lambda i: (_span(requests[i]), i))
         ends: list[float] = []  # end time of the last bar in each of this worker's lanes
         first = len(lanes)
         for i in order:
             start, end = _span(requests[i])  # type: ignore[misc]
-            slot = next((j for j, e in enumerate(ends) if e <= start + _LANE_EPS), None)
+            slot = next((j for j, e in enumerate(ends) if e <= start + eps), None)
             if slot is None:
                 slot = len(ends)
                 ends.append(end)
@@ -237,8 +259,8 @@ def _draw_timeline(ax: Axes, run: RunResult, *, show_labels: bool) -> None:
         c = colour[r.worker] if r.ok else _FAILED
         # Queue wait as a thin strip under the bar: in a busy lane it overlaps earlier bars,
         # which is the point — it shows who was waiting while the slot worked.
-        if _finite(r.submitted_s) and _finite(r.started_s) and r.started_s > r.submitted_s:
-            ax.broken_barh([(r.submitted_s, r.started_s - r.submitted_s)], (lane + 0.28, 0.12),
+        if _finite(r.submitted_s) and start > r.submitted_s:
+            ax.broken_barh([(r.submitted_s, start - r.submitted_s)], (lane + 0.28, 0.12),
                            facecolors=c, alpha=0.3, linewidth=0)
         ax.broken_barh([(start, max(end - start, 0.0))], (lane - 0.35, 0.6),
                        facecolors=c if r.ok else "#f4b6b6", edgecolors=c if not r.ok else "white",
@@ -274,8 +296,9 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
              title: str | None = None, show_labels: bool | None = None) -> Figure:
     """Gantt chart of every request: one row per worker slot, model seconds across.
 
-    A solid bar runs from ``started_s`` to ``finished_s``; a thin light strip under it from
-    ``submitted_s`` to ``started_s`` is the time it waited in a queue; failed requests are red and
+    A solid bar runs from when the server began working on the request (:func:`service_start`)
+    to ``finished_s``; a thin light strip under it from ``submitted_s`` is the time it waited —
+    in the kit's queue or in the server's; failed requests are red and
     hatched. A dashed line marks the predicted makespan. Several runs get one panel each with a
     shared time axis — five 10 s bars in a row beside two rounds on three GPUs.
 
@@ -305,8 +328,8 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
     axes[-1].set_xlabel("time since the run started (model seconds)")
     heading = title or "Request timeline"
     if any(r.requests for r in runs):
-        handles: list[Artist] = [Patch(facecolor=_PALETTE[0], label="running (started → finished)"),
-                   Patch(facecolor=_PALETTE[0], alpha=0.3, label="waiting (submitted → started)"),
+        handles: list[Artist] = [Patch(facecolor=_PALETTE[0], label="served (server working on it)"),
+                   Patch(facecolor=_PALETTE[0], alpha=0.3, label="waiting (queued anywhere)"),
                    Patch(facecolor="#f4b6b6", edgecolor=_FAILED, hatch="///", label="failed")]
         if any(r.summary.predicted_makespan_s is not None for r in runs):
             handles.append(Line2D([], [], color="0.2", linestyle="--", label="predicted makespan"))

@@ -1,0 +1,365 @@
+"""``pool`` mode: several Ollama endpoints (one per GPU) in one process, no cluster.
+
+Each request goes to the endpoint with the fewest outstanding requests among those with a free
+slot; when every slot is busy it waits, first come first served, and goes to the first endpoint
+that frees one (pull-based, so a slow endpoint never collects a queue of its own). This is what
+nginx ``least_conn`` or LiteLLM's router do in front of one ``ollama serve`` per GPU — the
+teaching point is that on one machine no cluster is needed for it.
+
+Failures: a worker that stops answering (``OllamaUnavailable`` from the client, or a dead Ray
+actor in ``ray`` mode) is marked lost, with the model time it was lost at; the request it held is
+sent to another worker (counted in ``retries``). Requests still waiting never were bound to a
+worker, so they simply go elsewhere. When no worker is left, :class:`AllWorkersLost` carries the
+partial :class:`~parallel_kit.records.RunResult` (every request has a row; the unfinished are
+failed rows).
+
+The dispatcher (:class:`Dispatcher`) knows nothing about HTTP: a worker is a name, a number of
+slots and an async ``send(spec, submitted_s)``. :class:`EndpointPool` binds it to Ollama
+endpoints; ``ray_gpu`` binds it to Ray actors; the HTTP API can use an ``EndpointPool`` as its
+backend callable ``await pool(spec) -> RequestResult``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ..clients import OllamaClient, OpenAIClient, RetryPolicy
+from ..config import DEFAULT_MODEL, Endpoint
+from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
+from ..records import RequestResult, RequestSpec, RunResult, summarize
+from ..timing import ModelClock
+from .base import ModeContext
+
+__all__ = ["Dispatcher", "EndpointPool", "PoolWorker", "check_endpoints", "dispatch_all",
+           "run_pool"]
+
+#: Send = ``await send(spec, submitted_s)`` → the row; raises ``WorkerLost`` when the worker died.
+Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
+
+# A dead endpoint is found out quickly and its request sent elsewhere, instead of backing off on
+# it for seconds (the client's default policy is meant for a single server that may come back).
+POOL_RETRY = RetryPolicy(max_retries=1, backoff_s=0.05, max_backoff_s=0.5)
+
+
+@dataclass(eq=False)
+class PoolWorker:
+    """One worker of a dispatcher: an endpoint, or a Ray actor bound to one.
+
+    Args:
+        name: label recorded as ``worker`` (``gpu0``, ``127.0.0.1:11434``).
+        slots: requests it serves at once (its endpoint's ``OLLAMA_NUM_PARALLEL``).
+        send: ``await send(spec, submitted_s)`` → the row; raises ``WorkerLost`` when the
+            worker stopped answering (then the request is sent elsewhere).
+        node: the machine it runs on; gpu: its GPU id, when known.
+    """
+
+    name: str
+    slots: int
+    send: Send
+    node: str = ""
+    gpu: str | None = None
+    outstanding: int = 0
+    served: int = 0
+    lost: bool = False
+
+
+class Dispatcher:
+    """Least-outstanding, slot-respecting, pull-based dispatch over workers that may be lost.
+
+    Args:
+        workers: the workers, in order (ties go to the earlier one).
+        clock: the run's clock (lost workers are stamped in its model seconds).
+        mode: mode name written into rows the dispatcher makes itself (failed ones).
+        model: default model name for those rows.
+        max_retries: how many times one request may be sent again after its worker was lost
+            (default: the number of workers, so every survivor can be tried).
+    """
+
+    def __init__(self, workers: Sequence[PoolWorker], *, clock: ModelClock, mode: str = "pool",
+                 model: str = DEFAULT_MODEL, max_retries: int | None = None) -> None:
+        if not workers:
+            raise ConfigError("a pool needs at least one endpoint — give --host once per GPU")
+        for w in workers:
+            if w.slots < 1:
+                raise ConfigError(f"worker {w.name} has {w.slots} slots — it needs at least 1")
+        self.workers = list(workers)
+        self.clock = clock
+        self.mode = mode
+        self.model = model
+        self.max_retries = len(self.workers) if max_retries is None else max_retries
+        self.lost_workers: list[dict[str, Any]] = []
+        # Requests waiting for a slot, oldest first; a freed slot is handed to the oldest.
+        self._waiters: collections.deque[asyncio.Future[PoolWorker]] = collections.deque()
+
+    @property
+    def live(self) -> list[PoolWorker]:
+        return [w for w in self.workers if not w.lost]
+
+    # -- slots -----------------------------------------------------------------------------
+    def _pick(self) -> PoolWorker | None:
+        """The live worker with a free slot and the fewest outstanding requests."""
+        best: PoolWorker | None = None
+        for w in self.workers:
+            if w.lost or w.outstanding >= w.slots:
+                continue
+            if best is None or w.outstanding < best.outstanding:
+                best = w
+        return best
+
+    def _hand_off(self) -> None:
+        """Give free slots to waiting requests, oldest first (FIFO, no overtaking)."""
+        while self._waiters:
+            waiter = self._waiters[0]
+            if waiter.done():  # cancelled while waiting
+                self._waiters.popleft()
+                continue
+            w = self._pick()
+            if w is None:
+                break
+            self._waiters.popleft()
+            w.outstanding += 1
+            waiter.set_result(w)
+        if not self.live:
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(self._all_lost_error())
+
+    async def _acquire(self) -> PoolWorker:
+        if not self.live:
+            raise self._all_lost_error()
+        if not self._waiters:
+            w = self._pick()
+            if w is not None:
+                w.outstanding += 1
+                return w
+        fut: asyncio.Future[PoolWorker] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())  # handed a slot just as we were cancelled
+            raise
+
+    def _release(self, w: PoolWorker) -> None:
+        w.outstanding -= 1
+        self._hand_off()
+
+    def _all_lost_error(self) -> AllWorkersLost:
+        names = ", ".join(str(x["worker"]) for x in self.lost_workers) or "all"
+        return AllWorkersLost(f"every worker was lost ({names}) — check that the Ollama "
+                              f"servers are running; the finished requests are kept")
+
+    def mark_lost(self, w: PoolWorker, reason: str) -> None:
+        """Take ``w`` out of the rotation and note when (model seconds) and why."""
+        if w.lost:
+            return
+        w.lost = True
+        self.lost_workers.append({"worker": w.name, "node": w.node, "gpu": w.gpu,
+                                  "at_s": round(self.clock.now(), 6), "reason": reason})
+        self._hand_off()
+
+    # -- one request -----------------------------------------------------------------------
+    async def run(self, spec: RequestSpec, *, submitted_s: float | None = None) -> RequestResult:
+        """Send ``spec`` to a worker (retrying elsewhere if it is lost) and return its row.
+
+        Raises:
+            AllWorkersLost: no worker is left to send it to.
+        """
+        submitted = self.clock.now() if submitted_s is None else submitted_s
+        retries = 0
+        last_error = ""
+        while True:
+            w = await self._acquire()
+            try:
+                row = await w.send(spec, submitted)
+            except WorkerLost as exc:
+                self.mark_lost(w, exc.reason)
+                last_error = str(exc)
+            else:
+                w.served += 1
+                row.retries += retries
+                return row
+            finally:
+                self._release(w)
+            retries += 1
+            if retries > self.max_retries:
+                return self.failed_row(spec, submitted, w.name, retries - 1,
+                                       f"gave up after {retries - 1} retries: {last_error}")
+
+    __call__ = run
+
+    def failed_row(self, spec: RequestSpec, submitted_s: float, worker: str, retries: int,
+                   error: str) -> RequestResult:
+        """A row for a request that never got an answer (so no request goes missing)."""
+        return RequestResult(request_id=spec.request_id, mode=self.mode, prompt=spec.prompt,
+                             model=spec.model or self.model, worker=worker,
+                             submitted_s=submitted_s, finished_s=self.clock.now(), ok=False,
+                             error=error, retries=retries).finalize()
+
+
+async def dispatch_all(dispatcher: Dispatcher, specs: Sequence[RequestSpec], *,
+                       progress: bool = False,
+                       on_result: Callable[[RequestResult], None] | None = None,
+                       ) -> tuple[list[RequestResult], float]:
+    """Submit every spec at once (all at model time ~0) and wait for all rows, in spec order.
+
+    ``on_result`` is called with each row as it finishes (``ModeContext.notify``).
+
+    Returns the rows and ``submit_s`` (clock seconds until every request was accepted).
+    Raises :class:`AllWorkersLost` with ``partial`` = the rows (unfinished ones failed) when no
+    worker is left; Ctrl-C (cancellation) cancels the requests and re-raises.
+    """
+    bar = _progress_bar(len(specs), dispatcher.mode) if progress else None
+    all_lost: list[AllWorkersLost] = []
+
+    async def one(spec: RequestSpec, submitted: float) -> RequestResult:
+        try:
+            row = await dispatcher.run(spec, submitted_s=submitted)
+        except AllWorkersLost as exc:
+            all_lost.append(exc)
+            row = dispatcher.failed_row(spec, submitted, "", 0, str(exc))
+        if bar is not None:
+            bar.update(1)
+        if on_result is not None:
+            on_result(row)
+        return row
+
+    t0 = time.perf_counter()
+    tasks = [asyncio.ensure_future(one(s, dispatcher.clock.now())) for s in specs]
+    submit_s = time.perf_counter() - t0
+    try:
+        rows = list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()
+        if bar is not None:
+            bar.close()
+    if all_lost:
+        error = all_lost[0]
+        error.partial = rows
+        raise error
+    return rows, submit_s
+
+
+def _progress_bar(total: int, mode: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=mode, unit="req", leave=False)
+
+
+async def check_endpoints(endpoints: Sequence[Endpoint], timeout_s: float = 3.0) -> None:
+    """Raise :class:`OllamaUnavailable` naming the first endpoint that does not answer ``GET /``."""
+    async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+        async def probe(ep: Endpoint) -> str | None:
+            try:
+                resp = await client.get(ep.url + "/")
+            except httpx.TimeoutException:
+                return f"no answer within {timeout_s:g} s"
+            except httpx.HTTPError as exc:
+                return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+            return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
+        problems = await asyncio.gather(*(probe(ep) for ep in endpoints))
+    for ep, problem in zip(endpoints, problems, strict=True):
+        if problem is not None:
+            raise OllamaUnavailable(ep.url, problem)
+
+
+class EndpointPool(Dispatcher):
+    """A :class:`Dispatcher` over Ollama endpoints, one client each.
+
+    Use as ``async with EndpointPool(endpoints, clock=…) as pool: row = await pool(spec)``.
+
+    Args:
+        endpoints: the servers (one per GPU); ``worker`` in the rows is ``Endpoint.label``.
+        clock: the run's clock; api: ``generate``, ``chat`` or ``openai``.
+    """
+
+    def __init__(self, endpoints: Sequence[Endpoint], *, clock: ModelClock, mode: str = "pool",
+                 model: str = DEFAULT_MODEL, api: str = "generate",
+                 max_retries: int | None = None, timeout_s: float = 600.0) -> None:
+        self.clients: list[OllamaClient | OpenAIClient] = []
+        workers = []
+        for ep in endpoints:
+            client: OllamaClient | OpenAIClient
+            if api == "openai":
+                client = OpenAIClient(ep.url, max_connections=ep.slots, timeout=timeout_s,
+                                      retry=POOL_RETRY)
+            else:
+                client = OllamaClient(ep.url, max_connections=ep.slots, timeout=timeout_s,
+                                      retry=POOL_RETRY, api=api)  # type: ignore[arg-type]
+            self.clients.append(client)
+            workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
+                                      node=ep.node, gpu=ep.gpu))
+        super().__init__(workers, clock=clock, mode=mode, model=model, max_retries=max_retries)
+
+    def _sender(self, client: OllamaClient | OpenAIClient, ep: Endpoint, mode: str,
+                model: str) -> Send:
+        async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
+            try:
+                return await client.run(spec, clock=self.clock, mode=mode, worker=ep.label,
+                                        node=ep.node, model=model, submitted_s=submitted_s,
+                                        raise_for=(OllamaUnavailable,))
+            except OllamaUnavailable as exc:
+                raise WorkerLost(ep.label, str(exc)) from exc
+        return send
+
+    async def __aenter__(self) -> EndpointPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for c in self.clients:
+            with contextlib.suppress(Exception):
+                await c.aclose()
+
+
+async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
+    """Run ``specs`` over ``ctx.endpoints`` (one Ollama per GPU), least outstanding first.
+
+    Raises:
+        OllamaUnavailable: an endpoint does not answer before the run (named).
+        AllWorkersLost: every endpoint stopped answering; ``partial`` is the RunResult.
+    """
+    if not ctx.endpoints:
+        raise ConfigError("pool mode needs endpoints — give --host once per GPU, or let the kit "
+                          "start simulated ones")
+    t_setup = time.perf_counter()
+    await check_endpoints(ctx.endpoints)
+    setup_s = time.perf_counter() - t_setup
+    clock = ModelClock(ctx.time_scale)
+    async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
+                            api=ctx.api) as pool:
+        clock.start()
+        try:
+            rows, submit_s = await dispatch_all(pool, specs, progress=ctx.progress,
+                                                on_result=ctx.notify)
+        except AllWorkersLost as exc:
+            exc.partial = _result(exc.partial or [], ctx, pool, None, setup_s)
+            raise
+        return _result(rows, ctx, pool, submit_s, setup_s)
+
+
+def _result(rows: list[RequestResult], ctx: ModeContext, pool: Dispatcher,
+            submit_s: float | None, setup_s: float) -> RunResult:
+    notes = [f"worker {w['worker']} lost at {w['at_s']:.2f} s (model time): {w['reason']}"
+             for w in pool.lost_workers]
+    summary = summarize(rows, mode="pool", backend=ctx.backend, time_scale=ctx.time_scale,
+                        workers=len(pool.workers), slots=max(w.slots for w in pool.workers),
+                        submit_s=submit_s, setup_s=setup_s, model=ctx.model,
+                        lost_workers=pool.lost_workers, notes=notes)
+    if math.isnan(summary.makespan_s):
+        summary.notes.append("no request finished")
+    return RunResult(summary, rows)

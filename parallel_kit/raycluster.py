@@ -1,0 +1,164 @@
+"""Getting a Ray cluster: join one that runs, or start a quiet local one; stop only our own.
+
+Order: an address (``--ray-address`` / ``RAY_ADDRESS``) joins that cluster; a Ray already
+initialised in this process (a notebook's earlier cell, a test fixture) is reused as it is;
+otherwise a local cluster with W logical GPUs is started — quietly (no dashboard, no worker logs
+on the driver, a small object store) — and kept for the next run in the same process (a notebook
+pays the start-up once). :func:`shutdown` stops it; a cluster the kit did not start is never
+stopped by the kit.
+
+Checks happen before any actor is created, because an actor asking for a GPU the cluster does
+not have waits forever: :func:`require_gpus` says how many GPUs exist and how to get more.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from .errors import ConfigError, MissingDependency
+
+__all__ = ["ClusterInfo", "connect", "import_ray", "require_gpus", "shutdown", "started_by_kit"]
+
+#: Smallest object store Ray accepts is 75 MiB; the kit only passes small rows through it.
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+_lock = threading.Lock()
+_started_by_kit = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """The cluster a run uses.
+
+    Attributes:
+        address: the GCS address (``host:port``).
+        started_here: the kit started it in this process (and may stop it).
+        gpus: GPUs in the whole cluster; nodes: alive nodes.
+        connect_s: clock seconds this call took (starting a cluster costs seconds).
+    """
+
+    address: str
+    started_here: bool
+    gpus: float
+    nodes: int
+    connect_s: float
+
+
+def import_ray() -> ModuleType:
+    """``import ray``, or a :class:`MissingDependency` saying how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MissingDependency("ray", "ray", "the ray mode") from exc
+    return ray
+
+
+def started_by_kit() -> bool:
+    """Whether the Ray this process uses was started by the kit (and so may be stopped by it)."""
+    return _started_by_kit
+
+
+def connect(gpus: int, address: str | None = None) -> ClusterInfo:
+    """Join or start a cluster for ``gpus`` GPU workers (blocking; seconds when it starts one).
+
+    Args:
+        gpus: GPUs the run needs (a local cluster gets exactly this many logical GPUs).
+        address: an existing cluster (``auto``, ``host:6379``, ``ray://host:10001``); default
+            ``RAY_ADDRESS``; none → reuse this process's Ray or start a local one.
+
+    Raises:
+        ConfigError: ``gpus`` < 1, or the address cannot be reached.
+        MissingDependency: Ray is not installed.
+    """
+    global _started_by_kit
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be at least 1, got {gpus} — the ray mode runs one "
+                          f"worker per GPU")
+    ray = import_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    t0 = time.perf_counter()
+    with _lock:
+        # Started by us for fewer GPUs: restart it bigger (it is ours to change).
+        if (ray.is_initialized() and _started_by_kit and not address
+                and _total_gpus(ray) < gpus):
+            ray.shutdown()
+            _started_by_kit = False
+        if not ray.is_initialized():
+            if address:
+                try:
+                    ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise ConfigError(
+                        f"cannot join the Ray cluster at {address!r} ({exc}) — check "
+                        f"`ray status` on the head node, or leave --ray-address/RAY_ADDRESS "
+                        f"unset for a local cluster") from exc
+            else:
+                # num_cpus: the actors ask for none, so the machine's cores stay for the
+                # servers; logical GPUs let a laptop rehearse a GPU cluster.
+                ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
+                         include_dashboard=False, log_to_driver=False,
+                         object_store_memory=OBJECT_STORE_BYTES, ignore_reinit_error=True,
+                         configure_logging=False)
+                _started_by_kit = True
+        ctx = ray.get_runtime_context()
+        addr = str(getattr(ctx, "gcs_address", "") or "")
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
+                           time.perf_counter() - t0)
+
+
+def require_gpus(gpus: int, grace_s: float = 10.0) -> None:
+    """Raise :class:`ConfigError` unless ``gpus`` GPUs are free in the cluster.
+
+    GPUs held by actors being torn down (a run that just ended) come back within a second or
+    two, so a shortfall is re-checked for up to ``grace_s`` clock seconds — never forever.
+    """
+    ray = import_ray()
+    total = _total_gpus(ray)
+    free = float(ray.available_resources().get("GPU", 0.0))
+    deadline = time.monotonic() + grace_s
+    while total >= gpus > free and time.monotonic() < deadline:
+        time.sleep(0.1)
+        free = float(ray.available_resources().get("GPU", 0.0))
+    per_node = _gpus_per_node(ray)
+    if total < gpus:
+        raise ConfigError(
+            f"asked for {gpus} GPU workers but the Ray cluster has {total:g} GPU(s) "
+            f"({per_node}) — use --gpus {int(total) or 1}"
+            + (" or add GPU nodes with `ray start --address=<head>:6379 --num-gpus=N`"
+               if total else " or start Ray with GPUs (`ray start --head --num-gpus=N`)"))
+    if free < gpus:
+        raise ConfigError(
+            f"asked for {gpus} GPU workers but only {free:g} of the cluster's {total:g} GPUs "
+            f"are free (other actors hold the rest) — use --gpus {int(free) or 1}, or stop "
+            f"the other jobs (`ray list actors`)")
+
+
+def shutdown(force: bool = False) -> bool:
+    """Stop the local cluster if the kit started it (or ``force``); returns whether it did."""
+    global _started_by_kit
+    ray = import_ray()
+    with _lock:
+        if ray.is_initialized() and (_started_by_kit or force):
+            ray.shutdown()
+            _started_by_kit = False
+            return True
+    return False
+
+
+def _total_gpus(ray: Any) -> float:
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _gpus_per_node(ray: Any) -> str:
+    parts = []
+    for n in ray.nodes():
+        if n.get("Alive"):
+            name = n.get("NodeManagerHostname") or n.get("NodeManagerAddress") or "?"
+            parts.append(f"{name}: {n.get('Resources', {}).get('GPU', 0):g}")
+    return ", ".join(parts) or "no alive nodes"
