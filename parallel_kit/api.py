@@ -27,8 +27,8 @@ loopback without a key); ``PARALLEL_KIT_API_KEY`` set → every path but ``/heal
 
 What sends the requests is an :class:`ApiBackend`: any ``async (spec) -> RequestResult`` plus
 the clock its rows are on. ``--mode async`` is one Ollama, ``--mode pool`` one Ollama per GPU
-behind :class:`~parallel_kit.modes.pool.EndpointPool` (:func:`open_api_backend`); Ray actors will
-plug in as another such callable.
+behind :class:`~parallel_kit.modes.pool.EndpointPool` (:func:`open_api_backend`), ``--mode ray``
+one GPU actor per server (:func:`~parallel_kit.modes.ray_gpu.open_ray_dispatcher`).
 """
 
 from __future__ import annotations
@@ -378,30 +378,40 @@ async def open_api_backend(
     Args:
         hosts: Ollama URL(s); ``None``: ``OLLAMA_HOST``, or an embedded simulator when none
             answers (``parallel_kit.backend.open_backend`` decides and says so).
-        mode: ``async`` (one server behind the queue) or ``pool`` (``gpus`` servers, or one per
-            host, least outstanding first); ``ray`` is not wired yet.
-        gpus: servers to start for ``pool`` when no ``hosts`` are given (default 3).
+        mode: ``async`` (one server behind the queue), ``pool`` (``gpus`` servers, or one per
+            host, least outstanding first) or ``ray`` (one GPU actor per host, or ``gpus``
+            actors each starting its own server).
+        gpus: servers (GPUs) for ``pool``/``ray`` when no ``hosts`` are given (default 3).
         concurrency: connections to keep to the server (the queue's workers).
     """
     from .backend import open_backend
     from .clients import OllamaClient
 
-    if mode == "ray":
-        # Ray's actors live inside one run_ray call for now; once ray_gpu exposes a
-        # long-lived dispatcher (like pool's EndpointPool) it plugs in here as ``call``.
-        raise ConfigError("serve --mode ray is not available yet — use --mode pool (one "
-                          "Ollama per GPU, no cluster) or --mode async, or bench --mode ray")
-    if mode not in ("async", "pool"):
+    if mode not in ("async", "pool", "ray"):
         raise ConfigError(f"serve --mode {mode!r} is not a mode — use async, pool or ray")
     if mode == "async" and hosts and len(hosts) > 1:
         raise ConfigError(f"serve --mode async sends to one Ollama, but {len(hosts)} --host "
                           f"were given — give one, or use --mode pool for several")
-    del ray_address  # ray only
     conns = concurrency or max_concurrent_from_env()
     servers = 1 if mode == "async" else (gpus or (len(hosts) if hosts else 3))
+    in_actor = mode == "ray" and not hosts  # each GPU actor starts its own server
     async with open_backend(list(hosts) if hosts else None, model=model, servers=servers,
-                            time_scale=time_scale, profile=profile, announce=announce) as b:
+                            time_scale=time_scale, profile=profile, announce=announce,
+                            start_servers=not in_actor) as b:
         clock = ModelClock(b.time_scale)
+        if mode == "ray":
+            from .modes.base import ModeContext
+            from .modes.ray_gpu import open_ray_dispatcher
+
+            options = ({"ray_launch": "sim" if b.kind == "sim" else "ollama",
+                        "profile": b.profile or "seed"} if in_actor else {})
+            ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
+                              time_scale=b.time_scale, model=b.model, gpus=servers,
+                              ray_address=ray_address, options=options)
+            async with open_ray_dispatcher(ctx, clock=clock) as dispatcher:
+                yield ApiBackend(dispatcher, clock, model=b.model, description=b.message,
+                                 kind=b.kind)
+            return
         if mode == "pool":
             from .modes.pool import EndpointPool
 

@@ -36,7 +36,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,6 +310,31 @@ async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
         OllamaUnavailable: a ``--host`` endpoint does not answer (named).
         AllWorkersLost: every actor was lost; ``partial`` is the RunResult so far.
     """
+    async with open_ray_dispatcher(ctx) as dispatcher:
+        setup_s = dispatcher.setup_s
+        try:
+            rows, submit_s = await dispatch_all(dispatcher, specs, progress=ctx.progress,
+                                                on_result=ctx.notify)
+        except AllWorkersLost as exc:
+            exc.partial = _result(exc.partial or [], ctx, dispatcher, None, setup_s)
+            raise
+        return _result(rows, ctx, dispatcher, submit_s, setup_s)
+
+
+class RayDispatcher(Dispatcher):
+    """A :class:`Dispatcher` over GPU actors; ``setup_s`` is what bringing them up cost."""
+
+    setup_s: float = 0.0
+
+
+@contextlib.asynccontextmanager
+async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = None,
+                              mode: str = "ray") -> AsyncIterator[RayDispatcher]:
+    """Bring up one actor per GPU and yield a dispatcher over them; stop them on exit.
+
+    Long-lived use (``parallel-kit serve --mode ray``): ``await dispatcher(spec)`` per request.
+    ``clock`` is the axis of the rows (default: a new one started once the actors are up).
+    """
     from .. import raycluster
 
     t_setup = time.perf_counter()
@@ -342,21 +367,18 @@ async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
         _label_workers(actors)
         setup_s = time.perf_counter() - t_setup
 
-        # The run's origin on both axes: the driver's perf_counter and the wall clock.
-        clock = ModelClock(ctx.time_scale).start()
-        epoch = time.time()
+        # The run's origin on both axes: the driver's clock and the wall clock (actors stamp
+        # with the wall clock, which every process on a machine shares).
+        if clock is None:
+            clock = ModelClock(ctx.time_scale).start()
+        epoch = time.time() - clock.wall()
         workers = [PoolWorker(a.info["worker"], int(a.info["slots"]),
                               _sender(ray, a, clock, epoch), node=a.info["node"],
                               gpu=a.info["gpu"])
                    for a in actors]
-        dispatcher = Dispatcher(workers, clock=clock, mode="ray", model=ctx.model)
-        try:
-            rows, submit_s = await dispatch_all(dispatcher, specs, progress=ctx.progress,
-                                                on_result=ctx.notify)
-        except AllWorkersLost as exc:
-            exc.partial = _result(exc.partial or [], ctx, dispatcher, None, setup_s)
-            raise
-        return _result(rows, ctx, dispatcher, submit_s, setup_s)
+        dispatcher = RayDispatcher(workers, clock=clock, mode=mode, model=ctx.model)
+        dispatcher.setup_s = setup_s
+        yield dispatcher
     finally:
         await _stop_actors(ray, actors)
 
