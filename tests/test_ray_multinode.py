@@ -15,6 +15,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    if ray.is_initialized():  # a cluster left by an earlier test module
+        ray.shutdown()
     cluster = cluster_utils.Cluster(
         initialize_head=True,
         head_node_args={"num_gpus": 2, "num_cpus": 1, "include_dashboard": False,
