@@ -1,0 +1,231 @@
+"""Calibration: turn what ``probe`` measured on a server into a simulator profile, and save it.
+
+The simulator's latency model needs, per model, the decode and prefill speed of one request
+alone, the load time and the aggregate speed-up ``S(k)`` with k requests at once. ``probe``
+measures exactly those against any Ollama-compatible server — a real Ollama, or the kit's real
+CPU engine (``parallel-kit sim --engine llama-cpp``). :func:`profile_from_probe` writes them
+into a :class:`~parallel_kit.sim.profiles.Profile`, :func:`save_profile` puts it into the user's
+profile file, and from then on ``--profile NAME`` makes the simulator stand in for that machine.
+
+The user profile file is ``PARALLEL_KIT_PROFILES`` when set, else
+``$XDG_CONFIG_HOME/parallel_kit/profiles.json`` (``~/.config/parallel_kit/profiles.json``).
+
+All times are model seconds (a real server: clock seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import DEFAULT_MODEL
+from .errors import ConfigError, RequestFailed
+from .sim import profiles as _profiles
+from .sim.profiles import ModelSpeed, Profile
+
+__all__ = [
+    "default_profiles_path",
+    "measure_speedup",
+    "profile_from_probe",
+    "save_profile",
+    "speedup_points",
+]
+
+_PROMPT = ("Write a long story about a lighthouse keeper who finds a message in a bottle, "
+           "with the sea, the weather and every hour of the keeper's day.")
+
+
+def default_profiles_path() -> Path:
+    """Where measured profiles go: ``PARALLEL_KIT_PROFILES``, else the user config folder."""
+    env = os.environ.get(_profiles.PROFILES_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".config") / "parallel_kit" / "profiles.json"
+
+
+def _get(result: Any, key: str) -> Any:
+    """A field of a ``ProbeResult`` or of its dict form."""
+    if isinstance(result, Mapping):
+        return result.get(key)
+    return getattr(result, key, None)
+
+
+def _positive(result: Any, key: str, *, required: bool) -> float | None:
+    value = _get(result, key)
+    if value is None and not required:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) and value > 0
+    if not ok:
+        raise ConfigError(f"probe result field {key!r} must be a positive number, got "
+                          f"{value!r} — run `parallel-kit probe` again against a working server")
+    return float(value)
+
+
+def speedup_points(speedup: Mapping[Any, Any]) -> tuple[list[list[float]], str]:
+    """``{k: S(k)}`` (keys may be strings, as in probe's JSON) → profile points and a note.
+
+    The simulator's profiles let S(k) only rise or stay flat. When the measurement falls (k
+    workers on fewer cores than k: they get in each other's way), the point is kept at the
+    best S so far, and the note says what was measured, so nothing is hidden.
+
+    Raises:
+        ConfigError: no S(1), a k that is not a whole number ≥ 1, or an S that is not positive.
+    """
+    try:
+        pairs = sorted((int(k), float(s)) for k, s in speedup.items())
+    except (TypeError, ValueError):
+        raise ConfigError(f"speedup must map k (whole numbers) to S(k), got {speedup!r}") from None
+    if not pairs or pairs[0][0] != 1:
+        raise ConfigError("speedup needs S(1) (one request alone) — probe with --max-k 1 or more")
+    points: list[list[float]] = []
+    fell: list[str] = []
+    best = 0.0
+    for k, s in pairs:
+        if k < 1 or not math.isfinite(s) or s <= 0:
+            raise ConfigError(f"speedup S({k}) = {s} is not a positive number")
+        s = 1.0 if k == 1 else min(s, float(k))  # S(1) = 1 by definition; S(k) ≤ k
+        if s < best:
+            fell.append(f"S({k}) = {s:.2f} measured")
+        best = max(best, s)
+        points.append([k, round(best, 3)])
+    note = ("; kept flat where the measurement fell: " + ", ".join(fell)) if fell else ""
+    return points, note
+
+
+def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None,
+                       output_tokens: tuple[int, int] | None = None,
+                       num_parallel: int | None = None, description: str = "",
+                       details: Mapping[str, Any] | None = None) -> Profile:
+    """A simulator profile from one probe (a ``ProbeResult`` or its dict / JSON form).
+
+    Args:
+        name: the profile's name (``--profile NAME`` later).
+        probe_result: needs ``decode_tokens_per_s`` and ``speedup`` ({k: S(k)}); uses
+            ``prefill_tokens_per_s`` (None = instant), ``load_s``, ``effective_slots``,
+            ``model``, ``host``, ``num_predict`` when present.
+        model: the model name (default the probe's, else ``llama3.2:3b``).
+        output_tokens: (min, max) answer length without num_predict; default the probe's
+            ``num_predict`` for both.
+        num_parallel: slots per model (default the probe's ``effective_slots``).
+        details: ``/api/tags`` details to keep (``size``, ``parameter_size``,
+            ``quantization_level``, ``family``, ``context_length``).
+
+    Raises:
+        ConfigError: a field is missing or not a positive number (naming it).
+    """
+    if not name or not isinstance(name, str) or not name.strip():
+        raise ConfigError("a profile needs a name — e.g. --save-profile my-laptop")
+    decode = _positive(probe_result, "decode_tokens_per_s", required=True) or 0.0
+    prefill = _positive(probe_result, "prefill_tokens_per_s", required=False)
+    load = _get(probe_result, "load_s")
+    load_s = float(load) if isinstance(load, (int, float)) and math.isfinite(load) \
+        and load > 0 else 0.0
+    speedup = _get(probe_result, "speedup") or {1: 1.0}
+    if not isinstance(speedup, Mapping):
+        raise ConfigError(f"probe result field 'speedup' must map k to S(k), got {speedup!r}")
+    points, fell_note = speedup_points(speedup)
+    slots = num_parallel or _get(probe_result, "effective_slots") or 1
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ConfigError(f"num_parallel / effective_slots must be a whole number ≥ 1, "
+                          f"got {slots!r}")
+    model = model or _get(probe_result, "model") or DEFAULT_MODEL
+    n = _get(probe_result, "num_predict")
+    if output_tokens is None:
+        length = int(n) if isinstance(n, int) and n > 0 else 100
+        output_tokens = (length, length)
+    host = _get(probe_result, "host") or "a server"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    source = f"measured by parallel-kit probe at {host}, {when}"
+    d = dict(details or {})
+    speed = ModelSpeed(
+        name=model, decode_tps=decode, prefill_tps=prefill, load_s=load_s,
+        output_tokens=(int(output_tokens[0]), int(output_tokens[1])),
+        size=int(d.get("size", 2_000_000_000)),
+        parameter_size=str(d.get("parameter_size", "")),
+        quantization_level=str(d.get("quantization_level", "Q4_K_M")),
+        family=str(d.get("family", "llama")),
+        context_length=int(d.get("context_length", 4096)),
+        sources={"decode_tps": source, "prefill_tps": source, "load_s": source,
+                 "output_tokens": "the probe's num_predict" if isinstance(n, int) else
+                 "default: 100 tokens"})
+    profile = Profile(
+        name=name.strip(), models={model: speed}, default_model=model,
+        scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
+        description=description or f"Calibrated from a probe of {host} ({model}).",
+        scaling_source=f"{source}{fell_note}")
+    # The same checks as a profile read from a file: what is saved can be loaded again.
+    return _profiles.profile_from_dict(profile.name, profile.to_dict())
+
+
+def save_profile(name: str, probe_result: Any, path: str | os.PathLike[str] | None = None,
+                 **kwargs: Any) -> Path:
+    """Calibrate a profile from ``probe_result`` and add it (or replace it) in the user's
+    profile file; other profiles there are kept. Returns the file's path.
+
+    ``parallel-kit probe --save-profile NAME`` calls this. Keyword arguments go to
+    :func:`profile_from_probe`. ``path`` defaults to :func:`default_profiles_path`.
+    """
+    profile = profile_from_probe(name, probe_result, **kwargs)
+    target = Path(path).expanduser() if path is not None else default_profiles_path()
+    try:
+        return _profiles.save_profile(profile, target)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the profile file {target} ({exc.strerror or exc}) — "
+                          f"choose another with {_profiles.PROFILES_ENV}=FILE") from None
+
+
+async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,
+                          num_predict: int = 32, time_scale: float = 1.0,
+                          repeats: int = 1, timeout: float = 600.0) -> dict[int, float]:
+    """Aggregate decode speed-up S(k) of the server at ``url``: output tokens/s with k
+    requests sent together ÷ with one alone (the best of ``repeats`` tries for each k).
+
+    Tokens/s are counted over the span the server worked (first start of prefill to last
+    finish, from its own durations): client set-up and queueing before it are left out, as
+    in the profile's S(k). A server with fewer slots than k shows it: S stays near its slots'.
+
+    Raises:
+        RequestFailed: a request failed (nothing is averaged over failures).
+        ConfigError: bad arguments.
+    """
+    from .clients import OllamaClient, RetryPolicy
+    from .probe import working_span
+    from .records import RequestSpec
+    from .timing import ModelClock
+
+    ks = sorted(set(ks) | {1})
+    if ks[0] < 1 or num_predict < 1 or repeats < 1:
+        raise ConfigError("k, num_predict and repeats must all be whole numbers ≥ 1")
+    clock = ModelClock(time_scale)
+    rates: dict[int, float] = {}
+    sent = 0
+    async with OllamaClient(url, max_connections=max(ks), timeout=timeout,
+                            retry=RetryPolicy(max_retries=0)) as client:
+        for k in ks:
+            for _ in range(repeats):
+                # A different start per request, so no prompt cache makes prefill free.
+                specs = [RequestSpec(f"[{sent + i}] {_PROMPT}", model=model,
+                                     num_predict=num_predict, request_id=f"s{sent + i}")
+                         for i in range(k)]
+                sent += k
+                rows = await asyncio.gather(*(client.run(s, clock=clock, mode="speedup")
+                                              for s in specs))
+                bad = [r for r in rows if not r.ok]
+                if bad:
+                    raise RequestFailed(f"a speed-up request failed: {bad[0].error}",
+                                        host=url)
+                spans = [sp for sp in map(working_span, rows) if sp is not None]
+                window = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
+                tokens = sum(r.output_tokens or 0 for r in rows)
+                if window > 0:
+                    rates[k] = max(rates.get(k, 0.0), tokens / window)
+    if rates.get(1, 0.0) <= 0:
+        raise RequestFailed(f"could not time one request alone at {url}", host=url)
+    return {k: rates[k] / rates[1] for k in ks if k in rates}
