@@ -57,6 +57,8 @@ class Backend:
     message: str = ""
     profile: str | None = None
     started: list[Any] = field(default_factory=list)
+    #: what makes the tokens of simulated servers: "sim" or "llama-cpp" (real model)
+    engine: str = "sim"
 
     @property
     def slots(self) -> int:
@@ -153,6 +155,8 @@ async def open_backend(
         endpoints: list[Endpoint] = []
         kinds: set[str] = set()
         scales: set[float] = set()
+        profiles: set[str | None] = set()
+        engines: set[str] = set()
         for i, url in enumerate(urls):
             answers, why, models = await _probe_host(url, model)
             if not answers:
@@ -161,6 +165,8 @@ async def open_backend(
             if info is not None:
                 kinds.add("sim")
                 scales.add(float(info.get("time_scale", time_scale or 1.0)))
+                engines.add(str(info.get("engine", "sim")))
+                profiles.add(info.get("profile"))
                 ep_slots = int(info.get("num_parallel", slots or 1))
             else:
                 kinds.add("ollama")
@@ -184,7 +190,12 @@ async def open_backend(
         msg = f"using {what} at {', '.join(urls)} (model {model})"
         if announce:
             announce(msg)
-        yield Backend(endpoints, kind, scale, model, msg)
+        # The simulators' profile lets bench predict from it; a real engine has none.
+        engine_name = engines.pop() if len(engines) == 1 else "sim"
+        profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
+                        and engine_name == "sim" else None)
+        yield Backend(endpoints, kind, scale, model, msg, profile=profile_name,
+                      engine=engine_name if kind == "sim" else "ollama")
         return
 
     reason = ""
@@ -202,6 +213,8 @@ async def open_backend(
                   f"{url} is a simulator")
 
     scale = time_scale if time_scale is not None else time_scale_from_env(1.0)
+    if engine not in ("sim", "", None):
+        scale = 1.0  # a real model runs on the clock
     profile_name = profile or "seed"
     async with contextlib.AsyncExitStack() as stack:
         started = []
@@ -211,26 +224,39 @@ async def open_backend(
 
             for i in range(servers):
                 sim = SimulatedOllama(profile_name, num_parallel=slots, time_scale=scale,
-                                      models=[model], engine=make_engine(engine, engine_options))
+                                      models=[model],
+                                      engine=make_engine(engine, engine_options, slots=slots,
+                                                         model=model))
                 await stack.enter_async_context(sim)
                 started.append(sim)
                 endpoints.append(Endpoint(sim.url, slots=sim.num_parallel,
                                           name=f"gpu{i}" if servers > 1 else "",
                                           gpu=str(i) if servers > 1 else None))
         count = f"{servers} simulated Ollama server{'s' if servers != 1 else ''}"
-        msg = (f"{reason + ' — ' if reason else ''}using {count} (profile {profile_name}, "
-               f"time scale {scale:g}, model {model})")
+        what = (f"profile {profile_name}, time scale {scale:g}" if engine in ("sim", "", None)
+                else f"real tokens from {engine} on the CPU")
+        msg = f"{reason + ' — ' if reason else ''}using {count} ({what}, model {model})"
         if announce:
             announce(msg)
-        yield Backend(endpoints, "sim", scale, model, msg, profile=profile_name, started=started)
+        yield Backend(endpoints, "sim", scale, model, msg, profile=profile_name, started=started,
+                      engine=engine or "sim")
 
 
-def make_engine(name: str, options: dict[str, Any] | None) -> Any:
-    """The token engine of an embedded server: None = the simulator's latency model."""
+def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None = None,
+                model: str | None = None) -> Any:
+    """The token engine of an embedded server: None = the simulator's latency model.
+
+    ``llama-cpp`` builds a real model on the CPU serving ``model`` with ``slots`` instances;
+    ``options`` may carry ``gguf`` and ``threads_per_slot``.
+    """
     if name in ("sim", "", None):
         return None
     if name == "llama-cpp":
         from .sim import llama_engine
 
-        return llama_engine.create_engine(**(options or {}))
+        opts = dict(options or {})
+        opts.setdefault("num_parallel", slots)
+        if model:
+            opts.setdefault("models", [model])
+        return llama_engine.create_engine(**opts)
     raise ConfigError(f"unknown engine {name!r} — use sim or llama-cpp")

@@ -53,6 +53,8 @@ __all__ = ["Comparison", "compare", "compare_sync", "format_table", "run_bench_c
            "write_outputs"]
 
 SINGLE_SERVER_MODES = ("sequential", "async", "batch")
+#: The model name the real CPU engine serves by default (the Gemma 3 270M package).
+REAL_ENGINE_MODEL = "gemma3:270m"
 
 
 @dataclass
@@ -111,7 +113,8 @@ def format_table(runs: Sequence[RunResult]) -> str:
                      f"{f'{s.ok}/{s.n}':>8}")
     if runs:
         s0 = runs[0].summary
-        where = "simulated Ollama" if s0.backend == "sim" else "real Ollama"
+        where = ("real model (llama.cpp) on the CPU" if s0.engine == "llama-cpp" else
+                 "simulated Ollama" if s0.backend == "sim" else "real Ollama")
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
                      f"submit in clock ms; setup in clock s)")
     return "\n".join(lines)
@@ -139,7 +142,7 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
                 slots: int, concurrency: int, sequential: RunResult | None) -> float | None:
     """Predicted makespan (model s): from the profile when simulated, else from sequential."""
     speedup: Callable[[int], float] | None = None
-    if backend.kind == "sim" and backend.profile:
+    if backend.kind == "sim" and backend.profile and backend.engine == "sim":
         from .sim.profiles import load_profile
 
         profile = load_profile(backend.profile)
@@ -204,7 +207,7 @@ async def compare(
     else:
         base = list(prompts) if prompts else None
     count = n if n is not None else (len(base) if base else 5)
-    model = model or DEFAULT_MODEL
+    model = model or (REAL_ENGINE_MODEL if engine == "llama-cpp" else DEFAULT_MODEL)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
     if gpus is None:
         gpus = len(hosts) if hosts and len(hosts) > 1 else 3
@@ -251,6 +254,7 @@ async def compare(
             setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
             run = await get_mode(name)(specs, ctx)
             s = run.summary
+            s.engine = engine if b.kind == "sim" else "ollama"
             s.setup_s = (s.setup_s or 0.0) + setup
             workers = s.workers
             pred = _prediction(name, specs, b, workers, s.slots, concurrency, sequential)

@@ -83,7 +83,9 @@ def _as_runs(run_or_runs: Runs) -> list[RunResult]:
     return runs
 
 
-def _backend_phrase(backend: str, time_scale: float) -> str:
+def _backend_phrase(backend: str, time_scale: float, engine: str = "") -> str:
+    if engine == "llama-cpp":
+        return "real model on the CPU (llama.cpp) behind the kit's Ollama API (clock seconds)"
     if backend == "sim":
         return f"simulated Ollama, time scale {time_scale:g} (model seconds shown)"
     if backend == "ollama":
@@ -100,7 +102,7 @@ def footer_text(runs: Runs) -> str:
     """
     phrases: list[str] = []
     for r in _as_runs(runs):
-        phrase = _backend_phrase(r.summary.backend, r.summary.time_scale)
+        phrase = _backend_phrase(r.summary.backend, r.summary.time_scale, r.summary.engine)
         if phrase not in phrases:
             phrases.append(phrase)
     return "; ".join(phrases) if phrases else "no runs"

@@ -152,6 +152,9 @@ class RunSummary:
     efficiency: float | None = None
     retries: int = 0
     model: str = ""
+    #: what produced the tokens: "sim" (latency model), "llama-cpp" (a real model behind the
+    #: kit's server) or "ollama" (real Ollama).
+    engine: str = ""
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 

@@ -11,7 +11,12 @@ requests. When it ends, the lab redraws the timeline and the predicted-vs-measur
 and keeps the result in ``lab.comparison``.
 
 Seconds per request are set through ``num_predict`` on the ``seed`` profile (10 tokens/s, so
-10 s = 100 tokens); with a real Ollama the length depends on the model.
+10 s = 100 tokens); with a real Ollama the length depends on the model, so the prediction line
+(from :mod:`parallel_kit.theory` and the seed profile's S(k)) only holds for the simulator — the
+comparison after a run predicts from the measured sequential run instead.
+
+Headless use (tests, scripts): ``ExperimentLab(run_in_background=False)`` runs inside
+``run_button.click()``; or set the controls and ``await lab.run(**lab.settings())``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from . import theory
 from .bench import Comparison, compare
 from .modes.base import MODE_NAMES
 from .records import RequestResult
@@ -30,6 +36,8 @@ __all__ = ["ExperimentLab"]
 
 #: Tokens per model second of the ``seed`` profile (every default request: 100 tokens, 10 s).
 SEED_TOKENS_PER_S = 10
+#: The simulator profile the lab runs (its S(k) drives the prediction line).
+LAB_PROFILE = "seed"
 
 
 class ExperimentLab:
@@ -38,14 +46,26 @@ class ExperimentLab:
     Args:
         time_scale: clock seconds per model second for the embedded simulators.
         hosts: Ollama URLs to use instead of simulators (one per GPU).
+        backend: ``auto`` | ``ollama`` | ``sim`` (default ``PARALLEL_KIT_BACKEND``, else auto:
+            a real Ollama at ``OLLAMA_HOST`` when it answers, simulators otherwise).
         run_in_background: True (the default) schedules runs on the running loop; False runs
             them to completion inside ``click()`` (for tests and plain scripts).
+
+    Attributes:
+        prediction: HTML line with the theory's makespan per selected mode (model seconds).
+        status: HTML line with messages (running, nothing selected, failures).
+        comparison: the last run's :class:`~parallel_kit.bench.Comparison` (None before).
+        task: the background run in progress (None before the first background run).
     """
 
     def __init__(self, *, time_scale: float = 0.05, hosts: list[str] | None = None,
-                 run_in_background: bool = True) -> None:
+                 backend: str | None = None, run_in_background: bool = True) -> None:
+        from .sim.profiles import load_profile
+
         self.hosts = hosts
+        self.backend = backend
         self.run_in_background = run_in_background
+        self._profile = load_profile(LAB_PROFILE)
         style = {"description_width": "150px"}
         layout = W.Layout(width="420px")
         self.requests = W.IntSlider(5, min=1, max=40, description="requests",
@@ -63,12 +83,14 @@ class ExperimentLab:
                                          layout=W.Layout(width="110px")) for m in MODE_NAMES}
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="0 / 0")
+        self.prediction = W.HTML("")
         self.status = W.HTML("")
         self.output = W.Output()
         self.comparison: Comparison | None = None
         self.task: asyncio.Task[Any] | None = None
         self.run_button.on_click(self._on_click)
-        for w in (self.requests, self.gpus, self.slots, self.seconds):
+        for w in (self.requests, self.gpus, self.slots, self.seconds,
+                  *self.mode_boxes.values()):
             w.observe(self._show_prediction, names="value")
         self._show_prediction()
 
@@ -77,8 +99,8 @@ class ExperimentLab:
     def widget(self) -> W.Widget:
         modes = W.HBox(list(self.mode_boxes.values()))
         return W.VBox([self.requests, self.gpus, self.slots, self.seconds, self.time_scale,
-                       modes, W.HBox([self.run_button, self.progress]), self.status,
-                       self.output])
+                       modes, self.prediction, W.HBox([self.run_button, self.progress]),
+                       self.status, self.output])
 
     def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
         from IPython.display import display
@@ -95,14 +117,33 @@ class ExperimentLab:
                 "num_predict": max(1, round(self.seconds.value * SEED_TOKENS_PER_S)),
                 "time_scale": self.time_scale.value}
 
-    def _show_prediction(self, _change: Any = None) -> None:
-        import math
+    def predictions(self) -> dict[str, theory.Prediction]:
+        """What theory expects of each selected mode for the controls' workload (model seconds).
 
-        n, w, t = self.requests.value, self.gpus.value, self.seconds.value
-        rounds = math.ceil(n / w)
-        self.status.value = (f"one server: {n} × {t:g} s = <b>{n * t:g} s</b>; "
-                             f"{w} GPUs: ⌈{n}/{w}⌉ = {rounds} rounds = <b>{rounds * t:g} s</b> "
-                             f"({n * t / (rounds * t):.2f}×) with one slot each")
+        Equal requests of ``seconds`` each; single-server modes use one server, pool and ray
+        ``GPUs`` servers; every server has ``slots`` slots sharing the seed profile's S(k).
+        """
+        times = [float(self.seconds.value)] * self.requests.value
+        return {m: theory.predict(m, times, workers=self.gpus.value, slots=self.slots.value,
+                                  speedup=self._profile)
+                for m in self.selected_modes()}
+
+    def prediction_text(self) -> str:
+        """The prediction line as plain text, e.g. ``sequential 50 s · pool 20 s (2.50×)``."""
+        preds = self.predictions()
+        if not preds:
+            return "no mode selected"
+        base = sum([float(self.seconds.value)] * self.requests.value)
+        parts = [f"{m} {p.makespan_s:.3g} s" + (f" ({base / p.makespan_s:.2f}×)"
+                                                  if p.makespan_s > 0 and m in ("pool", "ray")
+                                                  else "")
+                 for m, p in preds.items()]
+        return "predicted: " + " · ".join(parts)
+
+    def _show_prediction(self, _change: Any = None) -> None:
+        import html
+
+        self.prediction.value = html.escape(self.prediction_text())
 
     # -- running ------------------------------------------------------------------------------
     def _on_click(self, _button: Any = None) -> None:
@@ -113,6 +154,9 @@ class ExperimentLab:
         if not settings["modes"]:
             self.status.value = "<b>choose at least one mode</b>"
             return
+        # Disabled at once, not when the task first runs: a second click in between is refused.
+        self.run_button.disabled = True
+        self.status.value = "starting…"
         coro = self.run(**settings)
         if self.run_in_background:
             try:
@@ -139,10 +183,12 @@ class ExperimentLab:
             self.progress.value += 1
             self.progress.description = f"{self.progress.value} / {self.progress.max}"
 
+        self.status.value = "running…"
         try:
             self.comparison = await compare(
                 modes, n=n, gpus=gpus, slots=slots, num_predict=num_predict,
-                time_scale=time_scale, hosts=self.hosts, profile="seed", on_result=finished)
+                time_scale=time_scale, hosts=self.hosts, profile=LAB_PROFILE,
+                backend=self.backend, on_result=finished)
         except Exception as exc:  # shown in the lab; the kernel stays usable
             self.progress.bar_style = "danger"
             self.status.value = f"<b>failed:</b> {type(exc).__name__}: {exc}"
@@ -150,6 +196,8 @@ class ExperimentLab:
         finally:
             self.run_button.disabled = False
         self.progress.bar_style = "success"
+        where = "simulated Ollama" if self.comparison.backend == "sim" else "real Ollama"
+        self.status.value = f"done on {where} (time scale {self.comparison.time_scale:g})"
         self._redraw(self.comparison)
         return self.comparison
 

@@ -184,7 +184,8 @@ class GpuWorker:
 
             sim = SimulatedOllama(plan.profile, num_parallel=plan.slots,
                                   time_scale=plan.time_scale, models=[plan.model],
-                                  engine=make_engine(plan.engine, plan.engine_options))
+                                  engine=make_engine(plan.engine, plan.engine_options,
+                                                     slots=plan.slots, model=plan.model))
             await sim.__aenter__()
             self._sim = sim
             self.url, self.kind = sim.url, "sim"

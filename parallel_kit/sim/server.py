@@ -79,6 +79,12 @@ class SimulatedOllama:
                                time_scale=time_scale, models=models,
                                keep_alive_s=parse_keep_alive(keep_alive), faults=self.faults)
             num_parallel = engine.num_parallel
+            self.engine_name = "sim"
+        else:
+            # A real engine decides its own slots, and runs on the clock (time scale 1).
+            num_parallel = getattr(engine, "num_parallel", None) or num_parallel
+            time_scale = float(getattr(engine, "time_scale", 1.0))
+            self.engine_name = getattr(engine, "name", type(engine).__name__)
         self.engine: Engine = engine
         self.num_parallel = num_parallel or self.profile.num_parallel
         self.time_scale = float(time_scale)
@@ -203,7 +209,8 @@ class SimulatedOllama:
         return out
 
     def _extra_stats(self) -> dict[str, Any]:
-        return {"profile": self.profile.name, "num_parallel": self.num_parallel,
+        return {"profile": self.profile.name, "engine": self.engine_name,
+                "num_parallel": self.num_parallel,
                 "time_scale": self.time_scale, "max_queue": self.max_queue,
                 "stopped": self._halted}
 
@@ -282,13 +289,9 @@ def run_sim_command(args: argparse.Namespace) -> int:
     fail_fraction, jitter, stop_after, engine, gguf, threads_per_slot`` from ``args`` (missing
     ones take their defaults). Returns the exit status.
     """
-    engine = getattr(args, "engine", None) or "sim"
-    if engine != "sim":
-        known = "sim"
-        if engine == "llama-cpp":
-            raise ConfigError("--engine llama-cpp is not available in this version yet — "
-                              f"use --engine {known} (the simulator)")
-        raise ConfigError(f"unknown --engine {engine!r} — choose {known}")
+    engine_name = getattr(args, "engine", None) or "sim"
+    if engine_name not in ("sim", "llama-cpp"):
+        raise ConfigError(f"unknown --engine {engine_name!r} — choose sim or llama-cpp")
     bind, port = _listen_address(args)
     models_arg = getattr(args, "models", None)
     models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
@@ -301,15 +304,26 @@ def run_sim_command(args: argparse.Namespace) -> int:
     faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
                     jitter=getattr(args, "jitter", None) or 0.0,
                     stop_after=getattr(args, "stop_after", None))
+    engine: Engine | None = None
+    if engine_name == "llama-cpp":
+        from .llama_engine import create_engine
+
+        engine = create_engine(getattr(args, "gguf", None),
+                               num_parallel=getattr(args, "num_parallel", None),
+                               threads_per_slot=getattr(args, "threads_per_slot", None),
+                               models=models, keep_alive_s=parse_keep_alive(keep_alive),
+                               max_queue=max_queue)
     sim = SimulatedOllama(
         getattr(args, "profile", None) or "seed", num_parallel=getattr(args, "num_parallel", None),
         max_queue=max_queue,
         time_scale=time_scale if time_scale is not None else time_scale_from_env(),
-        models=models, keep_alive=keep_alive, faults=faults, bind=bind, port=port)
+        models=models, keep_alive=keep_alive, faults=faults, engine=engine, bind=bind, port=port)
 
     async def serve() -> None:
         async with sim:
-            print(f"simulated Ollama (profile {sim.profile.name}, {sim.num_parallel} slot(s) per "
+            what = (f"real model on the CPU ({engine_name})" if engine is not None else
+                    f"profile {sim.profile.name}")
+            print(f"simulated Ollama ({what}, {sim.num_parallel} slot(s) per "
                   f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
                   f"Ctrl-C to stop", flush=True)
             await sim.wait_halted()

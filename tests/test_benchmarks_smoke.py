@@ -1,0 +1,94 @@
+"""Smoke runs of the benchmark scripts: tiny sizes, seconds, no performance assertions.
+
+They only check that each script still runs end to end against the current package and writes
+its result; the figures themselves come from ``make bench`` (benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+import client_overhead  # noqa: E402
+import fidelity  # noqa: E402
+import scaling  # noqa: E402
+import sim_capacity  # noqa: E402
+
+
+def test_sim_farm_serves_every_server_from_one_child_process() -> None:
+    with _common.SimFarm(2, profile=_common.ZERO_PROFILE, slots=2) as farm:
+        assert len(farm.urls) == 2
+        assert farm.stats(1)["profile"] == _common.ZERO_PROFILE
+
+
+def test_interleaved_rotates_the_order_of_the_variants() -> None:
+    order: list[str] = []
+    _common.interleaved(2, {"a": lambda: order.append("a") or 1.0,
+                            "b": lambda: order.append("b") or 2.0})
+    assert order == ["a", "b", "b", "a"]
+
+
+def test_client_overhead_script_writes_its_result(tmp_path: Path) -> None:
+    result = client_overhead.main(["--n", "64", "--reps", "1", "--out", str(tmp_path)])
+    assert set(result["throughput"]["requests_per_s_median"]) == {
+        "kit", "httpx", "httpx_keepalive32", "ollama"}
+    saved = json.loads((tmp_path / "client_overhead.json").read_text())
+    assert saved["ttft"]["requests"] == 100 and saved["machine"]["cpus"]
+
+
+def test_fidelity_script_records_a_ratio_per_mode(tmp_path: Path) -> None:
+    result = fidelity.main(["--quick", "--reps", "1", "--modes", "sequential,pool",
+                            "--out", str(tmp_path)])
+    modes = result["scales"]["0.02"]["modes"]
+    assert set(modes) == {"sequential", "pool"}
+    assert all(m["ratio_median"] > 0 and m["failed"] == 0 for m in modes.values())
+
+
+def test_sim_capacity_records_a_missing_wrk_instead_of_failing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim_capacity.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sim_capacity, "_kit", _fast_kit)
+    out = sim_capacity.request_rate(quick=True)
+    assert out["wrk"] == "wrk not installed — apt-get install wrk"
+
+
+async def _fast_kit(url: str, n: int, concurrency: int) -> float:
+    return await client_overhead._kit(url, 20, 4)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
+def test_wrk_report_is_parsed() -> None:
+    with _common.SimFarm(1, profile=_common.ZERO_PROFILE) as farm:
+        out = sim_capacity.wrk(farm.urls[0], connections=4, seconds=1, stream=True,
+                               num_predict=5)
+    assert out["requests"] > 0 and out["non_2xx"] == 0
+
+
+def test_added_delay_reader_gets_every_token() -> None:
+    with _common.SimFarm(1, profile=_common.STEADY_PROFILE, slots=8) as farm:
+        out = asyncio.run(sim_capacity._delays(farm.urls[0], 8, 10, 0.01))
+    assert out["tokens_received"] == 80
+
+
+def test_scaling_sweep_plot_and_memory_run(tmp_path: Path) -> None:
+    cells = scaling.sweep(["pool"], [2], [10])
+    assert cells[0]["ok"] == 10 and cells[0]["efficiency"] > 0
+    assert scaling.plot(cells, tmp_path / "s.png").stat().st_size > 0
+    memory = scaling.memory_per_record(20, 60, workers=2)
+    assert memory["peak_bytes"]["60"] > 0
+
+
+def test_run_all_rejects_an_unknown_benchmark_name() -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--only", "nope"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown benchmark(s) nope" in proc.stderr
