@@ -206,7 +206,7 @@ def test_sim_command_rejects_an_engine_it_does_not_have():
 def test_sim_command_with_the_real_engine_names_a_bad_model_file(tmp_path):
     pytest.importorskip("llama_cpp")
     missing = tmp_path / "nope.gguf"
-    with pytest.raises(ConfigError, match="nope.gguf"):
+    with pytest.raises(ConfigError, match=r"nope\.gguf"):
         run_sim_command(argparse.Namespace(engine="llama-cpp", gguf=str(missing), port=0))
 
 
