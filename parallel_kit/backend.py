@@ -170,7 +170,10 @@ async def open_backend(
                 ep_slots = int(info.get("num_parallel", slots or 1))
             else:
                 kinds.add("ollama")
-                scales.add(time_scale or 1.0)
+                if time_scale is not None and not math.isclose(time_scale, 1.0):
+                    raise ConfigError(f"{url} is a real Ollama, which runs at time scale 1 — "
+                                      f"leave --time-scale out (it is for simulators)")
+                scales.add(1.0)
                 ep_slots = slots or 1
             if not _has_model(models, model):
                 raise ModelNotFound(model, url, models)

@@ -257,7 +257,10 @@ async def compare(
             s.engine = engine if b.kind == "sim" else "ollama"
             s.setup_s = (s.setup_s or 0.0) + setup
             workers = s.workers
-            pred = _prediction(name, specs, b, workers, s.slots, concurrency, sequential)
+            # Real servers: predict from the sequential run's service times (its own, for
+            # the sequential run itself: what remains is the overhead between requests).
+            basis = run if name == "sequential" else sequential
+            pred = _prediction(name, specs, b, workers, s.slots, concurrency, basis)
             s.predicted_makespan_s = pred
             if pred and _finite(s.makespan_s) and s.makespan_s > 0:
                 s.efficiency = pred / s.makespan_s

@@ -41,12 +41,9 @@ _PROMPT = ("Write a long story about a lighthouse keeper who finds a message in 
 
 
 def default_profiles_path() -> Path:
-    """Where measured profiles go: ``PARALLEL_KIT_PROFILES``, else the user config folder."""
-    env = os.environ.get(_profiles.PROFILES_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".config") / "parallel_kit" / "profiles.json"
+    """Where measured profiles go: ``PARALLEL_KIT_PROFILES``, else the user config folder
+    (the same file :func:`parallel_kit.sim.profiles.load_profile` reads)."""
+    return _profiles.user_profiles_path()
 
 
 def _get(result: Any, key: str) -> Any:

@@ -460,7 +460,7 @@ def speedup_vs_gpus(n: int, t: float, workers: int | Iterable[int],
     ax.set_xlabel("GPUs W (one single-slot Ollama each)")
     ax.set_ylabel("speed-up over one GPU (×)")
     ax.set_xticks(ws)
-    ax.set_title(f"{n} requests of {t:g} s: speed-up rises in ⌈N/W⌉ steps", fontsize=11)
+    ax.set_title(f"{n} requests of {t:.3g} s: speed-up rises in ⌈N/W⌉ steps", fontsize=11)
     ax.grid(color="0.92")
     ax.legend(fontsize=8, loc="upper left")
     source = (footer_text(runs) if runs else _measured_phrase(backend, time_scale) if points

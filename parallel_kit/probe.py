@@ -279,6 +279,13 @@ def run_probe_command(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         print(f"wrote {out}")
+    name = getattr(args, "save_profile", None)
+    if name:
+        from .calibrate import save_profile
+
+        saved = save_profile(name, results[0])
+        print(f"saved simulator profile {name!r} to {saved} — simulate this server with "
+              f"`parallel-kit sim --profile {name}` or `bench --profile {name}`")
     return 0
 
 

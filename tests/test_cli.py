@@ -89,3 +89,19 @@ def test_python_dash_m_is_the_same_command():
     assert proc.returncode == 0
     for command in ("demo", "bench", "sim", "serve", "probe"):
         assert command in proc.stdout
+
+
+def test_probe_saves_a_profile_that_the_simulator_then_uses(tmp_path, monkeypatch, capsys):
+    profiles = tmp_path / "profiles.json"
+    monkeypatch.setenv("PARALLEL_KIT_PROFILES", str(profiles))
+    assert main(["probe", "--time-scale", "0.02", "--max-k", "2", "--num-predict", "20",
+                 "--save-profile", "my-box", "--json", str(tmp_path / "probe.json")]) == 0
+    doc = json.loads(profiles.read_text())
+    assert "my-box" in doc["profiles"]
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    for key in ("effective_slots", "decode_tokens_per_s", "prefill_tokens_per_s", "load_s",
+                "ttft_s"):
+        assert key in probe
+    capsys.readouterr()
+    assert main(["bench", "--mode", "sequential", "--n", "1", "--profile", "my-box",
+                 "--time-scale", "0.01", "--no-progress"]) == 0

@@ -86,10 +86,15 @@ def test_user_file_from_env_adds_profiles_and_overrides(tmp_path, monkeypatch):
     assert "seed" in list_profiles()  # packaged ones are still there
 
 
-def test_missing_user_file_is_a_config_error(tmp_path, monkeypatch):
+def test_user_file_named_by_the_environment_may_not_exist_yet(tmp_path, monkeypatch):
+    # probe --save-profile will create it; until then the packaged profiles still load.
     monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "missing.json"))
+    assert load_profile("seed").name == "seed"
+
+
+def test_missing_user_file_given_as_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        load_profile("seed")
+        load_profile("seed", path=tmp_path / "missing.json")
 
 
 @pytest.mark.parametrize(("points", "why"), [

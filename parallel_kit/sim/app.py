@@ -468,8 +468,13 @@ class OllamaApp:
         except (_BadRequest, EngineError) as exc:
             await self._error(send, exc, openai=True)
             return
+        # Ollama's /v1 maps these onto its native options (openai.go in ollama/ollama).
+        options = {key: body[key] for key in ("temperature", "top_p", "stop",
+                                              "frequency_penalty", "presence_penalty")
+                   if body.get(key) is not None}
         request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
-                                  messages=body.get("messages") if chat else None)
+                                  messages=body.get("messages") if chat else None,
+                                  options=options)
         fmt = _OpenAIFormat(model, chat=chat, include_usage=include_usage)
         await self._run(receive, send, request, fmt, stream=stream)
 

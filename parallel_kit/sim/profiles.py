@@ -207,11 +207,24 @@ def _packaged_text() -> str:
         encoding="utf-8")
 
 
+def user_profiles_path() -> Path:
+    """The user's profile file: ``PARALLEL_KIT_PROFILES``, else
+    ``$XDG_CONFIG_HOME/parallel_kit/profiles.json`` (``~/.config/…``) — where
+    ``parallel-kit probe --save-profile`` writes."""
+    env = os.environ.get(PROFILES_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".config") / "parallel_kit" / "profiles.json"
+
+
 def _user_path(path: str | os.PathLike[str] | None) -> Path | None:
     if path is not None:
         return Path(path)
-    env = os.environ.get(PROFILES_ENV, "").strip()
-    return Path(env) if env else None
+    if os.environ.get(PROFILES_ENV, "").strip():
+        return user_profiles_path()
+    default = user_profiles_path()
+    return default if default.exists() else None
 
 
 def _read_file(path: Path, origin: str) -> dict[str, Any]:
@@ -235,7 +248,9 @@ def _all_entries(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Packaged profiles, overridden by the user file's (argument, else the env variable)."""
     entries = dict(_entries(json.loads(_packaged_text()), "the packaged profiles.json"))
     user = _user_path(path)
-    if user is not None:
+    # A path given explicitly must exist; the environment's may name a file that
+    # `probe --save-profile` has not written yet.
+    if user is not None and (path is not None or user.exists()):
         origin = "given as path" if path is not None else f"from {PROFILES_ENV}"
         entries.update(_read_file(user, origin))
     return entries
