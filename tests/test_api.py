@@ -276,22 +276,10 @@ def test_serve_defaults_to_loopback() -> None:
     assert args.bind == "127.0.0.1"
 
 
-@pytest.mark.ray
-async def test_ray_mode_serves_through_one_gpu_actor_per_server() -> None:
-    from parallel_kit import raycluster
-
-    try:
-        rows, span = await _five_requests_through_ray()
-    finally:
-        raycluster.shutdown()  # the cluster the kit started for this test
-    assert all(r["ok"] for r in rows)
-    assert {r["worker"] for r in rows} == {"gpu0", "gpu1", "gpu2"}
-    assert 19.0 <= span <= 26.0  # ⌈5/3⌉ = 2 rounds of 10 s
-
-
-async def _five_requests_through_ray() -> tuple[list[dict], float]:
-    async with open_api_backend(mode="ray", gpus=3, time_scale=SCALE) as backend, \
-            serve_api(create_app(backend, ApiSettings(api_key=None, mode="ray"))) as url, \
+async def _five_requests_on_three_gpus(mode: str) -> tuple[list[dict], float]:
+    """Five requests through the API in ``mode``; returns the rows and their span (model s)."""
+    async with open_api_backend(mode=mode, gpus=3, time_scale=SCALE) as backend, \
+            serve_api(create_app(backend, ApiSettings(api_key=None, mode=mode))) as url, \
             httpx.AsyncClient(base_url=url, trust_env=False) as http:
         ids = (await http.post("/inference/batch",
                                json=[{"prompt": f"p{i}"} for i in range(5)])).json()["task_ids"]
@@ -299,16 +287,23 @@ async def _five_requests_through_ray() -> tuple[list[dict], float]:
     return rows, max(r["finished_s"] for r in rows) - min(r["submitted_s"] for r in rows)
 
 
+@pytest.mark.ray
+async def test_ray_mode_serves_through_one_gpu_actor_per_server() -> None:
+    from parallel_kit import raycluster
+
+    try:
+        rows, span = await _five_requests_on_three_gpus("ray")
+    finally:
+        raycluster.shutdown()  # the cluster the kit started for this test
+    assert all(r["ok"] for r in rows)
+    assert {r["worker"] for r in rows} == {"gpu0", "gpu1", "gpu2"}
+    assert 19.0 <= span <= 26.0  # ⌈5/3⌉ = 2 rounds of 10 s
+
+
 async def test_pool_mode_spreads_requests_over_one_server_per_gpu() -> None:
-    async with open_api_backend(mode="pool", gpus=3, time_scale=SCALE) as backend, \
-            serve_api(create_app(backend, ApiSettings(api_key=None, mode="pool"))) as url, \
-            httpx.AsyncClient(base_url=url, trust_env=False) as http:
-        ids = (await http.post("/inference/batch",
-                               json=[{"prompt": f"p{i}"} for i in range(5)])).json()["task_ids"]
-        rows = [(await poll(http, i))["result"] for i in ids]
+    rows, span = await _five_requests_on_three_gpus("pool")
     assert all(r["ok"] for r in rows)
     assert len({r["worker"] for r in rows}) == 3
-    span = max(r["finished_s"] for r in rows) - min(r["submitted_s"] for r in rows)
     assert 19.0 <= span <= 26.0  # ⌈5/3⌉ = 2 rounds of 10 s
 
 
