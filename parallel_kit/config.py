@@ -22,8 +22,10 @@ __all__ = [
     "Endpoint",
     "backend_from_env",
     "host_from_env",
+    "int_from_env",
     "max_concurrent_from_env",
     "normalize_host",
+    "num_parallel_from_env",
     "time_scale_from_env",
 ]
 
@@ -94,19 +96,36 @@ def time_scale_from_env(default: float = 1.0) -> float:
     return check_time_scale(_parse_float("PARALLEL_KIT_TIME_SCALE", raw))
 
 
-def max_concurrent_from_env(default: int = 5) -> int:
-    raw = os.environ.get("MAX_CONCURRENT_REQUESTS", "").strip()
+def int_from_env(name: str, example: int) -> int | None:
+    """A whole number from the environment variable ``name``; None when unset or empty.
+
+    Raises:
+        ConfigError: not a whole number (the message suggests ``example``).
+    """
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return default
+        return None
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
-        raise ConfigError(
-            f"MAX_CONCURRENT_REQUESTS={raw!r} is not a whole number — set it to e.g. 5"
-        ) from None
+        raise ConfigError(f"{name}={raw!r} is not a whole number — set it to e.g. {example}"
+                          ) from None
+
+
+def max_concurrent_from_env(default: int = 5) -> int:
+    value = int_from_env("MAX_CONCURRENT_REQUESTS", 5)
+    if value is None:
+        return default
     if value < 1:
         raise ConfigError(f"MAX_CONCURRENT_REQUESTS={value} must be at least 1")
     return value
+
+
+def num_parallel_from_env() -> int | None:
+    """``OLLAMA_NUM_PARALLEL`` (slots per model); None when unset, or 0 ("auto", which is 1
+    since Ollama 0.10)."""
+    value = int_from_env("OLLAMA_NUM_PARALLEL", 4)
+    return value if value is not None and value > 0 else None
 
 
 def check_time_scale(value: float) -> float:

@@ -46,6 +46,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..config import num_parallel_from_env
 from ..errors import ConfigError, MissingDependency
 from .engine import (
     BusyError,
@@ -722,8 +723,7 @@ def create_engine(gguf: str | os.PathLike[str] | None = None, *, num_parallel: i
     """
     _import_llama_cpp()
     if num_parallel is None:
-        raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-        num_parallel = int(raw) if raw.isdigit() and int(raw) > 0 else 1
+        num_parallel = num_parallel_from_env() or 1
     for label, value in (("--num-parallel", num_parallel), ("--threads-per-slot",
                                                               threads_per_slot), ("n_ctx", n_ctx)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)

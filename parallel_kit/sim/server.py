@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import time_scale_from_env
+from ..config import int_from_env, num_parallel_from_env, time_scale_from_env
 from ..errors import ConfigError
 from .app import OllamaApp
 from .engine import Engine, SimEngine, parse_keep_alive
@@ -35,19 +35,6 @@ from .faults import Faults
 from .profiles import Profile, load_profile
 
 __all__ = ["SimulatedOllama", "run_sim_command", "simulated_ollama"]
-
-
-def _num_parallel_from_env() -> int | None:
-    raw = os.environ.get("OLLAMA_NUM_PARALLEL", "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"OLLAMA_NUM_PARALLEL={raw!r} is not a whole number — "
-                          f"set it to e.g. 4") from None
-    # Ollama treats 0 as "auto", which is 1 since 0.10.
-    return value if value > 0 else None
 
 
 class SimulatedOllama:
@@ -72,7 +59,7 @@ class SimulatedOllama:
                  bind: str = "127.0.0.1", port: int = 0) -> None:
         self.profile = load_profile(profile)
         if num_parallel is None:
-            num_parallel = _num_parallel_from_env()
+            num_parallel = num_parallel_from_env()
         self.faults = faults or Faults()
         if engine is None:
             engine = SimEngine(self.profile, num_parallel=num_parallel, max_queue=max_queue,
@@ -298,8 +285,8 @@ def run_sim_command(args: argparse.Namespace) -> int:
     time_scale = getattr(args, "time_scale", None)
     max_queue = getattr(args, "max_queue", None)
     if max_queue is None:
-        raw = os.environ.get("OLLAMA_MAX_QUEUE", "").strip()
-        max_queue = int(raw) if raw.isdigit() else 512
+        max_queue = int_from_env("OLLAMA_MAX_QUEUE", 512)
+        max_queue = 512 if max_queue is None else max_queue
     keep_alive = getattr(args, "keep_alive", None) or os.environ.get("OLLAMA_KEEP_ALIVE") or "5m"
     faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
                     jitter=getattr(args, "jitter", None) or 0.0,
