@@ -314,6 +314,14 @@ class EndpointPool(Dispatcher):
                 raise WorkerLost(ep.label, str(exc)) from exc
         return send
 
+    async def warm_up(self) -> None:
+        """Open every client's connections before the run (see ``OllamaClient.warm_up``).
+
+        Best effort: an endpoint that fails here is left to the run, whose own fault handling
+        marks it lost (``check_endpoints`` has named unreachable ones already).
+        """
+        await asyncio.gather(*(c.warm_up() for c in self.clients), return_exceptions=True)
+
     async def __aenter__(self) -> EndpointPool:
         return self
 
@@ -338,10 +346,12 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
                           "start simulated ones")
     t_setup = time.perf_counter()
     await check_endpoints(ctx.endpoints)
-    setup_s = time.perf_counter() - t_setup
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
                             api=ctx.api) as pool:
+        # Connections are opened in setup, so no request pays a TCP connect in its time.
+        await pool.warm_up()
+        setup_s = time.perf_counter() - t_setup
         clock.start()
         try:
             rows, submit_s = await dispatch_all(pool, specs, progress=ctx.progress,

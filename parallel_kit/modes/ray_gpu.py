@@ -119,6 +119,8 @@ class GpuWorker:
     """
 
     def __init__(self, index: int, plan: WorkerPlan) -> None:
+        import sys
+        sys.setswitchinterval(float(os.environ.get("PK_SWITCH", "0.005")))
         self.index = index
         self.plan = plan
         self.url = plan.url or ""
@@ -158,6 +160,9 @@ class GpuWorker:
                         if self.plan.api == "openai" else
                         OllamaClient(self.url, max_connections=conns, retry=POOL_RETRY,
                                      api=self.plan.api))  # type: ignore[arg-type]
+        # Open the client's connections now (setup), not in the first requests' times.
+        with contextlib.suppress(OllamaUnavailable):
+            await self._client.warm_up()
         return {"gpu": gpu, "gpu_ids": gpu_ids, "node": self.node, "node_id": node_id,
                 "hostname": host, "url": self.url, "slots": self.slots, "kind": self.kind,
                 "pid": os.getpid(), "cuda_visible_devices": os.environ.get(
