@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from parallel_kit.config import Endpoint
-from parallel_kit.errors import AllWorkersLost, OllamaUnavailable, WorkerLost
+from parallel_kit.errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
 from parallel_kit.launcher import free_port
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.pool import Dispatcher, EndpointPool, PoolWorker, run_pool
@@ -172,10 +172,11 @@ async def test_seed_scenario_on_three_endpoints_takes_twenty_seconds(sim_process
     ctx = ModeContext([Endpoint(u, name=f"gpu{i}") for i, u in enumerate(sim_processes)],
                       backend="sim", time_scale=SCALE)
     run = await run_pool(specs(5), ctx)
-    # ⌈5/3⌉ = 2 rounds of 10 s (model time). Measured here 20.3–21.0: client and simulator add
-    # ~6 ms of clock per request on this busy 2-core machine (0.3 model s at scale 0.02); the
-    # dispatcher's own hand-off is < 1 ms. Never below 20: the slots are respected.
-    assert 20.0 - 0.05 <= run.summary.makespan_s <= 20.0 * 1.05
+    # ⌈5/3⌉ = 2 rounds of 10 s (model time), within 3 % (issue 4). Measured here 20.1–20.3
+    # (benchmarks/fidelity.py): connections are opened in setup, the simulator wakes on the
+    # planned first/last token, what is left is ~1.5 ms of loopback HTTP per hand-over (1 ms =
+    # 0.05 model s at scale 0.02). Never below 20: the slots are respected.
+    assert 20.0 - 0.05 <= run.summary.makespan_s <= 20.0 * 1.03
     assert run.summary.workers == 3 and run.summary.setup_s is not None
 
 
@@ -213,3 +214,35 @@ async def test_endpoint_pool_is_a_backend_callable() -> None:
         async with EndpointPool(eps, clock=clock) as pool:
             rows = await asyncio.gather(pool(RequestSpec("a")), pool(RequestSpec("b")))
     assert {r.worker for r in rows} == {"gpu0", "gpu1"} and all(r.ok for r in rows)
+
+
+async def test_prefetch_lets_a_worker_hold_one_request_beyond_its_slots() -> None:
+    fakes = [FakeWorker("a", hold=0.05), FakeWorker("b", hold=0.05)]
+    workers = [PoolWorker(f.name, 1, f.send) for f in fakes]
+    d = Dispatcher(workers, clock=ModelClock(SCALE), prefetch=1)
+    tasks = [asyncio.create_task(d.run(s)) for s in specs(5)]
+    await asyncio.sleep(0.01)
+    # Two per worker at once (1 slot + 1 prefetched), least outstanding first; the fifth waits.
+    assert fakes[0].calls == ["r0", "r2"] and fakes[1].calls == ["r1", "r3"]
+    await asyncio.gather(*tasks)
+    assert max(f.max_active for f in fakes) == 2
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
+def test_prefetch_must_be_a_whole_number(bad) -> None:
+    with pytest.raises(ConfigError, match="prefetch"):
+        Dispatcher([PoolWorker("a", 1, FakeWorker("a").send)], clock=ModelClock(SCALE),
+                   prefetch=bad)
+
+
+async def test_pool_opens_a_connection_per_slot_before_the_first_request() -> None:
+    async with sims(2) as servers:
+        eps = [Endpoint(s.url, name=f"gpu{i}", slots=1) for i, s in enumerate(servers)]
+        async with EndpointPool(eps, clock=ModelClock(SCALE)) as pool:
+            assert [len(c._lanes._all) for c in pool.clients] == [0, 0]
+            await pool.warm_up()
+            assert [len(c._lanes._all) for c in pool.clients] == [1, 1]
+            rows = await asyncio.gather(pool(RequestSpec("a")), pool(RequestSpec("b")))
+            # The requests reused the warm connections: no new lane (connection) was opened.
+            assert [len(c._lanes._all) for c in pool.clients] == [1, 1]
+    assert all(r.ok for r in rows)

@@ -61,9 +61,11 @@ def test_three_actors_get_three_distinct_gpus(seed_run: RunResult) -> None:
 def test_seed_scenario_on_three_gpus_takes_twenty_seconds(seed_run: RunResult) -> None:
     s = seed_run.summary
     assert s.ok == 5 and s.workers == 3
-    # ⌈5/3⌉ = 2 rounds of 10 s. Measured here 20.4–21.0: ~6 ms of clock per request in client
-    # and simulator plus ~1 ms per Ray call, on a busy 2-core machine (1 ms = 0.05 model s).
-    assert 20.0 - 0.05 <= s.makespan_s <= 20.0 * 1.08
+    # ⌈5/3⌉ = 2 rounds of 10 s. Measured here 20.45–20.7 (benchmarks/fidelity.py): per round
+    # a Ray call there and back (1.2 ms idle, 2–4 ms while three actors run on 2 cores) plus
+    # ~1.5 ms of loopback HTTP in the actor (1 ms = 0.05 model s at scale 0.02). Issue 4 asks
+    # for 3 %; that holds only on a quiet machine, so 5 % here (see the benchmarks README).
+    assert 20.0 - 0.05 <= s.makespan_s <= 20.0 * 1.05
     assert s.setup_s is not None and s.setup_s > 0  # actors + servers, outside the makespan
 
 

@@ -39,8 +39,8 @@ from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
 
-__all__ = ["Dispatcher", "EndpointPool", "PoolWorker", "check_endpoints", "dispatch_all",
-           "run_pool"]
+__all__ = ["Dispatcher", "EndpointPool", "PoolWorker", "check_endpoints", "check_prefetch",
+           "dispatch_all", "run_pool"]
 
 #: Send = ``await send(spec, submitted_s)`` → the row; raises ``WorkerLost`` when the worker died.
 Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
@@ -48,6 +48,18 @@ Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
 # A dead endpoint is found out quickly and its request sent elsewhere, instead of backing off on
 # it for seconds (the client's default policy is meant for a single server that may come back).
 POOL_RETRY = RetryPolicy(max_retries=1, backoff_s=0.05, max_backoff_s=0.5)
+
+
+def check_prefetch(value: Any) -> int:
+    """The ``prefetch`` option (see :class:`Dispatcher`): a whole number ≥ 0.
+
+    Raises:
+        ConfigError: anything else, saying what is accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"prefetch {value!r} must be a whole number ≥ 0 (requests queued at "
+                          f"a server beyond its slots; 0 = off, the default)")
+    return value
 
 
 @dataclass(eq=False)
@@ -82,10 +94,16 @@ class Dispatcher:
         model: default model name for those rows.
         max_retries: how many times one request may be sent again after its worker was lost
             (default: the number of workers, so every survivor can be tried).
+        prefetch: requests a worker may hold beyond its slots (default 0: none). Opt-in, and
+            a change of semantics: the extra request waits in the server's own queue, so the
+            server starts it the moment a slot frees, without a round trip to the dispatcher
+            on the critical path — but it is bound to that worker early (no longer strictly
+            pull-based). ``benchmarks/README.md`` (fidelity) has the measured effect.
     """
 
     def __init__(self, workers: Sequence[PoolWorker], *, clock: ModelClock, mode: str = "pool",
-                 model: str = DEFAULT_MODEL, max_retries: int | None = None) -> None:
+                 model: str = DEFAULT_MODEL, max_retries: int | None = None,
+                 prefetch: int = 0) -> None:
         if not workers:
             raise ConfigError("a pool needs at least one endpoint — give --host once per GPU")
         for w in workers:
@@ -96,6 +114,7 @@ class Dispatcher:
         self.mode = mode
         self.model = model
         self.max_retries = len(self.workers) if max_retries is None else max_retries
+        self.prefetch = check_prefetch(prefetch)
         self.lost_workers: list[dict[str, Any]] = []
         # Requests waiting for a slot, oldest first; a freed slot is handed to the oldest.
         self._waiters: collections.deque[asyncio.Future[PoolWorker]] = collections.deque()
@@ -108,8 +127,9 @@ class Dispatcher:
     def _pick(self) -> PoolWorker | None:
         """The live worker with a free slot and the fewest outstanding requests."""
         best: PoolWorker | None = None
+        extra = self.prefetch
         for w in self.workers:
-            if w.lost or w.outstanding >= w.slots:
+            if w.lost or w.outstanding >= w.slots + extra:
                 continue
             if best is None or w.outstanding < best.outstanding:
                 best = w
@@ -287,21 +307,24 @@ class EndpointPool(Dispatcher):
 
     def __init__(self, endpoints: Sequence[Endpoint], *, clock: ModelClock, mode: str = "pool",
                  model: str = DEFAULT_MODEL, api: str = "generate",
-                 max_retries: int | None = None, timeout_s: float = 600.0) -> None:
+                 max_retries: int | None = None, timeout_s: float = 600.0,
+                 prefetch: int = 0) -> None:
         self.clients: list[OllamaClient | OpenAIClient] = []
         workers = []
         for ep in endpoints:
             client: OllamaClient | OpenAIClient
+            conns = ep.slots + check_prefetch(prefetch)
             if api == "openai":
-                client = OpenAIClient(ep.url, max_connections=ep.slots, timeout=timeout_s,
+                client = OpenAIClient(ep.url, max_connections=conns, timeout=timeout_s,
                                       retry=POOL_RETRY)
             else:
-                client = OllamaClient(ep.url, max_connections=ep.slots, timeout=timeout_s,
+                client = OllamaClient(ep.url, max_connections=conns, timeout=timeout_s,
                                       retry=POOL_RETRY, api=api)  # type: ignore[arg-type]
             self.clients.append(client)
             workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
                                       node=ep.node, gpu=ep.gpu))
-        super().__init__(workers, clock=clock, mode=mode, model=model, max_retries=max_retries)
+        super().__init__(workers, clock=clock, mode=mode, model=model, max_retries=max_retries,
+                         prefetch=prefetch)
 
     def _sender(self, client: OllamaClient | OpenAIClient, ep: Endpoint, mode: str,
                 model: str) -> Send:
@@ -348,7 +371,7 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     await check_endpoints(ctx.endpoints)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                            api=ctx.api) as pool:
+                            api=ctx.api, prefetch=ctx.options.get("prefetch", 0)) as pool:
         # Connections are opened in setup, so no request pays a TCP connect in its time.
         await pool.warm_up()
         setup_s = time.perf_counter() - t_setup

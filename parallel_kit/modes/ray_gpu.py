@@ -51,7 +51,14 @@ from ..errors import (
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
-from .pool import POOL_RETRY, Dispatcher, PoolWorker, check_endpoints, dispatch_all
+from .pool import (
+    POOL_RETRY,
+    Dispatcher,
+    PoolWorker,
+    check_endpoints,
+    check_prefetch,
+    dispatch_all,
+)
 
 __all__ = ["EpochClock", "GpuWorker", "WorkerPlan", "run_ray"]
 
@@ -95,6 +102,8 @@ class WorkerPlan:
         slots: slots of the endpoint (``OLLAMA_NUM_PARALLEL``); ``None``: the profile's / 1.
         warm_up: load the model before the run (launched endpoints only; the bench warms
             endpoints it was given).
+        prefetch: requests the actor may hold beyond its slots (opt-in; see
+            :class:`~parallel_kit.modes.pool.Dispatcher`).
     """
 
     url: str | None = None
@@ -109,6 +118,7 @@ class WorkerPlan:
     ollama_env: dict[str, str] = field(default_factory=dict)
     warm_up: bool = True
     ready_timeout_s: float = 120.0
+    prefetch: int = 0
 
 
 class GpuWorker:
@@ -119,8 +129,6 @@ class GpuWorker:
     """
 
     def __init__(self, index: int, plan: WorkerPlan) -> None:
-        import sys
-        sys.setswitchinterval(float(os.environ.get("PK_SWITCH", "0.005")))
         self.index = index
         self.plan = plan
         self.url = plan.url or ""
@@ -155,7 +163,7 @@ class GpuWorker:
             return {"error": f"{type(exc).__name__}: {exc}", "node": self.node, "gpu": gpu}
         from ..clients import OllamaClient, OpenAIClient
 
-        conns = self.slots + 1
+        conns = self.slots + 1 + self.plan.prefetch
         self._client = (OpenAIClient(self.url, max_connections=conns, retry=POOL_RETRY)
                         if self.plan.api == "openai" else
                         OllamaClient(self.url, max_connections=conns, retry=POOL_RETRY,
@@ -280,7 +288,8 @@ def plan_workers(ctx: ModeContext) -> list[WorkerPlan]:
         "profile": opts.get("profile") or "seed", "engine": opts.get("engine") or "sim",
         "engine_options": dict(opts.get("engine_options") or {}),
         "ollama_env": dict(opts.get("ollama_env") or {}),
-        "ready_timeout_s": float(opts.get("ready_timeout_s", 120.0))}
+        "ready_timeout_s": float(opts.get("ready_timeout_s", 120.0)),
+        "prefetch": check_prefetch(opts.get("prefetch", 0))}
     # --host given for every GPU (or no launch asked for): GPU i ↔ endpoint i.
     if ctx.endpoints and (launch is None or len(ctx.endpoints) == gpus):
         if len(ctx.endpoints) != gpus:
@@ -361,7 +370,7 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
         for i, plan in enumerate(plans):
             options: dict[str, Any] = {
                 "num_gpus": 1, "num_cpus": 0, "name": f"{prefix}-w{i}",
-                "max_concurrency": (plan.slots or 1) + CONTROL_CALLS,
+                "max_concurrency": (plan.slots or 1) + plan.prefetch + CONTROL_CALLS,
                 # a dead actor stays dead: its requests are retried elsewhere, not on a
                 # restarted copy whose endpoint would have to come up again mid-run
                 "max_restarts": 0}
@@ -382,7 +391,8 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
                               _sender(ray, a, clock, epoch), node=a.info["node"],
                               gpu=a.info["gpu"])
                    for a in actors]
-        dispatcher = RayDispatcher(workers, clock=clock, mode=mode, model=ctx.model)
+        dispatcher = RayDispatcher(workers, clock=clock, mode=mode, model=ctx.model,
+                                   prefetch=plans[0].prefetch)
         dispatcher.setup_s = setup_s
         yield dispatcher
     finally:
