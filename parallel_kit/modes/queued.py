@@ -16,9 +16,11 @@ accepting requests early does not make the server work faster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
+from ..errors import OllamaError
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..taskqueue import RequestFn, TaskQueue
 from ..timing import ModelClock
@@ -43,6 +45,10 @@ async def _run_queued(mode: Literal["async", "batch"], specs: Sequence[RequestSp
     clock = ModelClock(ctx.time_scale)
     # One connection per worker: the queue, not the HTTP pool, is what bounds concurrency.
     async with ctx.make_client(endpoint, max_connections=ctx.concurrency) as client:
+        # Connections open before the clock starts (setup, not makespan); a server that does
+        # not answer shows as failed rows instead.
+        with contextlib.suppress(OllamaError):
+            await client.warm_up()
 
         async def send(spec: RequestSpec) -> RequestResult:
             row = await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,

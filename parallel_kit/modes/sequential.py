@@ -18,9 +18,11 @@ Ctrl-C handling work unchanged; a caller that wants the partial results catches 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Sequence
 
+from ..errors import OllamaError
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
@@ -59,6 +61,10 @@ async def run_sequential(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
     bar = tqdm(total=len(specs), desc=MODE, unit="req", disable=not ctx.progress, leave=False)
     # One request at a time needs one connection.
     client = ctx.make_client(endpoint, max_connections=1)
+    # Open the connection before the clock starts (setup, not makespan). A server that does
+    # not answer is not an error here: its requests become failed rows below.
+    with contextlib.suppress(OllamaError):
+        await client.warm_up()
     clock.start()
     try:
         for i, spec in enumerate(specs):
