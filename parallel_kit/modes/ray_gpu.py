@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -220,13 +221,17 @@ class GpuWorker:
                 raise ConfigError(f"model {self.plan.model!r} not found on {self.url} — pull "
                                   f"it on every node with `ollama pull {self.plan.model}`")
 
-    async def run(self, spec: RequestSpec, submitted_s: float, epoch: float
-                  ) -> RequestResult | dict[str, str]:
+    async def run(self, spec_fields: tuple[Any, ...], submitted_s: float, epoch: float
+                  ) -> tuple[Any, ...] | dict[str, str]:
         """Run one request; times on the driver's axis via ``epoch`` (module docstring).
 
-        Returns the row, or ``{"lost": reason}`` when the endpoint stopped answering.
+        Takes and returns plain tuples (:func:`_spec_to_wire`, :func:`_row_from_wire`): Ray
+        pickles a tuple of plain values faster than a dataclass, which is ~0.4 ms of every
+        request's round trip on the critical path. Returns the row's values, or
+        ``{"lost": reason}`` when the endpoint stopped answering.
         """
         assert self._client is not None, "start() first"
+        spec = RequestSpec(*spec_fields)
         clock = EpochClock(self.plan.time_scale, epoch)
         self.active += 1
         try:
@@ -239,7 +244,7 @@ class GpuWorker:
         finally:
             self.active -= 1
         self.served += 1
-        return row
+        return _row_to_wire(row)
 
     async def now(self) -> float:
         """This process's wall clock (``time.time()``), for the driver's offset estimate."""
@@ -453,7 +458,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
 
     async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
         try:
-            out = await actor.handle.run.remote(spec, submitted_s, actor_epoch)
+            out = await actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
         except lost_errors as exc:
             raise WorkerLost(name, f"Ray actor died ({type(exc).__name__})") from exc
         except ray.exceptions.RayTaskError as exc:
@@ -464,10 +469,27 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
                                  error=f"error inside the GPU actor: {exc}").finalize()
         if isinstance(out, dict):
             raise WorkerLost(name, out.get("lost", "endpoint stopped answering"))
-        out.worker = name
-        return out
+        row = _row_from_wire(out)
+        row.worker = name
+        return row
 
     return send
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RequestSpec))
+_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(RequestResult))
+
+
+def _spec_to_wire(spec: RequestSpec) -> tuple[Any, ...]:
+    return tuple(getattr(spec, name) for name in _SPEC_FIELDS)
+
+
+def _row_to_wire(row: RequestResult) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _ROW_FIELDS)
+
+
+def _row_from_wire(values: tuple[Any, ...]) -> RequestResult:
+    return RequestResult(*values)
 
 
 async def _stop_actors(ray: Any, actors: list[_Actor]) -> None:
