@@ -200,6 +200,8 @@ def _cache_dir() -> Path:
 
 
 _default_lock = threading.Lock()
+#: Serializes llama.cpp model loads in this process (see ``LlamaEngine._new_instances``).
+_STDIO_SWAP_LOCK = threading.Lock()
 
 
 def default_gguf() -> Path:
@@ -570,10 +572,15 @@ class LlamaEngine:
         out = []
         try:
             for _ in range(self.num_parallel):
-                out.append(Llama(
-                    str(self.gguf.path), n_ctx=self.n_ctx, n_threads=self.threads_per_slot,
-                    n_threads_batch=self.threads_per_slot,
-                    verbose=False))
+                # verbose=False makes llama-cpp-python swap sys.stdout/stderr and fds 1 and 2
+                # while it loads, which is not thread-safe: two engines loading at once (a
+                # pool of servers in one process) could leave the process writing to
+                # /dev/null. One load at a time in the whole process.
+                with _STDIO_SWAP_LOCK:
+                    out.append(Llama(
+                        str(self.gguf.path), n_ctx=self.n_ctx, n_threads=self.threads_per_slot,
+                        n_threads_batch=self.threads_per_slot,
+                        verbose=False))
         except ValueError as exc:
             for llm in out:
                 llm.close()
