@@ -31,7 +31,8 @@ demo: $(STAMP)
 	$(BIN)/parallel-kit demo --time-scale $(TIME_SCALE) --out results
 
 test: $(STAMP) $(REAL_STAMP)
-	$(BIN)/python -m ruff check parallel_kit tests benchmarks
+	$(BIN)/python -m ruff check parallel_kit tests benchmarks scripts
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.02} PARALLEL_KIT_BACKEND=$${PARALLEL_KIT_BACKEND:-sim} \
 		$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks
@@ -40,7 +41,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not real and not slow"
 
 lint: $(STAMP)
-	$(BIN)/python -m ruff check parallel_kit tests benchmarks
+	$(BIN)/python -m ruff check parallel_kit tests benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
