@@ -376,20 +376,30 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
         await pool.warm_up()
         setup_s = time.perf_counter() - t_setup
         clock.start()
-        try:
-            rows, submit_s = await dispatch_all(pool, specs, progress=ctx.progress,
-                                                on_result=ctx.notify)
-        except AllWorkersLost as exc:
-            exc.partial = _result(exc.partial or [], ctx, pool, None, setup_s)
-            raise
-        return _result(rows, ctx, pool, submit_s, setup_s)
+        return await run_dispatched(pool, specs, ctx, setup_s)
+
+
+async def run_dispatched(dispatcher: Dispatcher, specs: Sequence[RequestSpec],
+                         ctx: ModeContext, setup_s: float) -> RunResult:
+    """Send every spec through ``dispatcher`` and summarize (pool and ray share this).
+
+    Raises:
+        AllWorkersLost: with ``partial`` = the RunResult so far (every request has a row).
+    """
+    try:
+        rows, submit_s = await dispatch_all(dispatcher, specs, progress=ctx.progress,
+                                            on_result=ctx.notify)
+    except AllWorkersLost as exc:
+        exc.partial = _result(exc.partial or [], ctx, dispatcher, None, setup_s)
+        raise
+    return _result(rows, ctx, dispatcher, submit_s, setup_s)
 
 
 def _result(rows: list[RequestResult], ctx: ModeContext, pool: Dispatcher,
             submit_s: float | None, setup_s: float) -> RunResult:
     notes = [f"worker {w['worker']} lost at {w['at_s']:.2f} s (model time): {w['reason']}"
              for w in pool.lost_workers]
-    summary = summarize(rows, mode="pool", backend=ctx.backend, time_scale=ctx.time_scale,
+    summary = summarize(rows, mode=pool.mode, backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=len(pool.workers), slots=max(w.slots for w in pool.workers),
                         submit_s=submit_s, setup_s=setup_s, model=ctx.model,
                         lost_workers=pool.lost_workers, notes=notes)

@@ -44,12 +44,11 @@ from typing import Any
 from ..clients import OllamaClient, OpenAIClient
 from ..config import DEFAULT_MODEL
 from ..errors import (
-    AllWorkersLost,
     ConfigError,
     OllamaUnavailable,
     WorkerLost,
 )
-from ..records import RequestResult, RequestSpec, RunResult, summarize
+from ..records import RequestResult, RequestSpec, RunResult
 from ..timing import ModelClock
 from .base import ModeContext
 from .pool import (
@@ -58,7 +57,7 @@ from .pool import (
     PoolWorker,
     check_endpoints,
     check_prefetch,
-    dispatch_all,
+    run_dispatched,
 )
 
 __all__ = ["EpochClock", "GpuWorker", "WorkerPlan", "run_ray"]
@@ -331,14 +330,7 @@ async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
         AllWorkersLost: every actor was lost; ``partial`` is the RunResult so far.
     """
     async with open_ray_dispatcher(ctx) as dispatcher:
-        setup_s = dispatcher.setup_s
-        try:
-            rows, submit_s = await dispatch_all(dispatcher, specs, progress=ctx.progress,
-                                                on_result=ctx.notify)
-        except AllWorkersLost as exc:
-            exc.partial = _result(exc.partial or [], ctx, dispatcher, None, setup_s)
-            raise
-        return _result(rows, ctx, dispatcher, submit_s, setup_s)
+        return await run_dispatched(dispatcher, specs, ctx, dispatcher.setup_s)
 
 
 class RayDispatcher(Dispatcher):
@@ -502,15 +494,3 @@ async def _stop_actors(ray: Any, actors: list[_Actor]) -> None:
     for a in actors:
         with contextlib.suppress(Exception):
             ray.kill(a.handle, no_restart=True)
-
-
-def _result(rows: list[RequestResult], ctx: ModeContext, dispatcher: Dispatcher,
-            submit_s: float | None, setup_s: float) -> RunResult:
-    notes = [f"worker {w['worker']} lost at {w['at_s']:.2f} s (model time): {w['reason']}"
-             for w in dispatcher.lost_workers]
-    summary = summarize(rows, mode="ray", backend=ctx.backend, time_scale=ctx.time_scale,
-                        workers=len(dispatcher.workers),
-                        slots=max(w.slots for w in dispatcher.workers), submit_s=submit_s,
-                        setup_s=setup_s, model=ctx.model, lost_workers=dispatcher.lost_workers,
-                        notes=notes)
-    return RunResult(summary, rows)
