@@ -459,14 +459,22 @@ def speedup_vs_gpus(n: int, t: float, workers: int | Iterable[int],
         ax.plot(xs, ys, "s", color="#ff7f0e", markersize=8, label="measured (n·t ÷ makespan)")
     ax.set_xlabel("GPUs W (one single-slot Ollama each)")
     ax.set_ylabel("speed-up over one GPU (×)")
-    ax.set_xticks(ws)
     ax.set_title(f"{n} requests of {t:.3g} s: speed-up rises in ⌈N/W⌉ steps", fontsize=11)
+    _finish_curve(fig, ax, ws, "theory (model seconds)", runs, bool(points), backend, time_scale)
+    return fig
+
+
+def _finish_curve(fig: Figure, ax: Axes, xticks: Sequence[int], theory_source: str,
+                  runs: Sequence[RunResult], has_points: bool, backend: str | None,
+                  time_scale: float | None) -> None:
+    """Ticks, grid, legend and the footer shared by the speed-up curves: where the theory
+    and (when there are any) the measured points came from."""
+    ax.set_xticks(list(xticks))
     ax.grid(color="0.92")
     ax.legend(fontsize=8, loc="upper left")
-    source = (footer_text(runs) if runs else _measured_phrase(backend, time_scale) if points
-              else "no measurement")
-    _set_footer(fig, f"theory (model seconds); {source}")
-    return fig
+    source = (footer_text(runs) if runs else _measured_phrase(backend, time_scale)
+              if has_points else "no measurement")
+    _set_footer(fig, f"{theory_source}; {source}")
 
 
 def speedup_vs_slots(speedup: theory.SpeedupFn | Any, ks: int | Iterable[int],
@@ -513,12 +521,8 @@ def speedup_vs_slots(speedup: theory.SpeedupFn | Any, ks: int | Iterable[int],
                  + ": each request slows, the server speeds up", fontsize=11)
     ax.set_xlabel("slots per server K (OLLAMA_NUM_PARALLEL)")
     ax.set_ylabel("throughput vs one slot (×)")
-    ax.set_xticks(kk)
-    ax.grid(color="0.92")
-    ax.legend(fontsize=8, loc="upper left")
-    source = (footer_text(runs) if runs else _measured_phrase(backend, time_scale) if points
-              else "no measurement")
-    _set_footer(fig, f"theory: S(K) from the profile; {source}")
+    _finish_curve(fig, ax, kk, "theory: S(K) from the profile", runs, bool(points), backend,
+                  time_scale)
     return fig
 
 

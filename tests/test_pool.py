@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+from _sims import server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
@@ -117,16 +118,6 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     assert (await d.run(RequestSpec("y", request_id="y"))).ok
 
 
-@contextlib.asynccontextmanager
-async def sims(n: int, faults: dict[int, Faults] | None = None):
-    async with contextlib.AsyncExitStack() as stack:
-        servers = []
-        for i in range(n):
-            sim = SimulatedOllama("seed", time_scale=SCALE, faults=(faults or {}).get(i))
-            servers.append(await stack.enter_async_context(sim))
-        yield servers
-
-
 def ctx_for(servers: list[SimulatedOllama]) -> ModeContext:
     return ModeContext([Endpoint(s.url, slots=s.num_parallel, name=f"gpu{i}", gpu=str(i))
                         for i, s in enumerate(servers)], backend="sim", time_scale=SCALE)
@@ -135,8 +126,7 @@ def ctx_for(servers: list[SimulatedOllama]) -> ModeContext:
 async def test_six_requests_on_three_one_slot_endpoints_put_two_on_each() -> None:
     async with sims(3) as servers:
         run = await run_pool(specs(6), ctx_for(servers))
-        async with httpx.AsyncClient(trust_env=False) as http:
-            stats = [(await http.get(f"{s.url}/sim/stats")).json() for s in servers]
+        stats = await server_stats(servers)
     assert run.summary.ok == 6
     assert [s["completed"] for s in stats] == [2, 2, 2]
     assert [s["max_active"] for s in stats] == [1, 1, 1]

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
+from _sims import server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError, MissingDependency, OllamaUnavailable
@@ -69,14 +69,6 @@ def test_seed_scenario_on_three_gpus_takes_twenty_seconds(seed_run: RunResult) -
     assert s.setup_s is not None and s.setup_s > 0  # actors + servers, outside the makespan
 
 
-@contextlib.asynccontextmanager
-async def sims(n: int, faults: dict[int, Faults] | None = None):
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(
-            SimulatedOllama("seed", time_scale=SCALE, faults=(faults or {}).get(i)))
-            for i in range(n)]
-
-
 def given(servers: list[SimulatedOllama], **options) -> ModeContext:
     return ModeContext([Endpoint(s.url, slots=s.num_parallel) for s in servers],
                        backend="sim", time_scale=SCALE, gpus=len(servers), options=options)
@@ -85,8 +77,7 @@ def given(servers: list[SimulatedOllama], **options) -> ModeContext:
 async def test_six_requests_put_two_on_each_endpoint_never_two_at_once() -> None:
     async with sims(3) as servers:
         run = await run_ray(specs(6), given(servers))
-        async with httpx.AsyncClient(trust_env=False) as http:
-            stats = [(await http.get(f"{s.url}/sim/stats")).json() for s in servers]
+        stats = await server_stats(servers)
     assert run.summary.ok == 6
     assert [s["completed"] for s in stats] == [2, 2, 2]
     assert [s["max_active"] for s in stats] == [1, 1, 1]
