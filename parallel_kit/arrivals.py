@@ -241,8 +241,7 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
 # ---------------------------------------------------------------------------------------------
 
 _TRACE_KEYS = {"timestamp_s", "prompt", "prompt_tokens", "num_predict", "model", "id"}
-_FILLER = ("the quick brown fox jumps over lazy dogs while parallel servers answer many "
-           "questions about python and machine learning ").split()
+_FILLER = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dogs", "while", "parallel", "servers", "answer", "many", "questions", "about", "python", "and", "machine", "learning"]
 
 
 def synthetic_prompt(tokens: int) -> str:
