@@ -397,6 +397,7 @@ def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], sc
         "predicted_latency_p99_s": steady.latency_p99_s,
         "predicted_ttft_p95_s": steady.ttft_p95_s,
         "capacity_rps": steady.capacity_rps,
+        "profile": getattr(profile, "name", None),
         "routing": steady.routing,
         "closed_form": steady.closed_form or None,
         "closed_form_wait_s": steady.closed_form_wait_s,

@@ -862,7 +862,9 @@ class LoadPrediction:
     latency_p95_s: float
     latency_p99_s: float
     ttft_mean_s: float
+    ttft_p50_s: float
     ttft_p95_s: float
+    ttft_p99_s: float
     wait_mean_s: float
     simulated_latency_mean_s: float
     closed_form: str
@@ -967,6 +969,9 @@ def predict_load(
                             max_in_flight=max_concurrency, seed=seed)
     fig = sim.figures(skip)
     rho = lam / capacity if capacity > 0 else math.inf
+    if schedule is None and rho >= 1:
+        # No steady state: the queue, and every figure with it, grows with the run's length.
+        fig = {k: math.inf for k in fig}
 
     closed_form, closed_wait = "", None
     one_server = servers == 1 and eff == 1
@@ -999,7 +1004,7 @@ def predict_load(
         capacity_rps=capacity, utilisation=rho, latency_mean_s=latency_mean,
         latency_p50_s=fig["latency_p50_s"], latency_p95_s=fig["latency_p95_s"],
         latency_p99_s=fig["latency_p99_s"], ttft_mean_s=fig["ttft_mean_s"],
-        ttft_p95_s=fig["ttft_p95_s"], wait_mean_s=fig["wait_mean_s"],
+        ttft_p50_s=fig["ttft_p50_s"], ttft_p95_s=fig["ttft_p95_s"], ttft_p99_s=fig["ttft_p99_s"], wait_mean_s=fig["wait_mean_s"],
         simulated_latency_mean_s=fig["latency_mean_s"],
         closed_form=closed_form, closed_form_wait_s=closed_wait, method=method,
         explanation=why)
