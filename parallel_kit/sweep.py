@@ -222,7 +222,7 @@ async def sweep(
         raise ConfigError(f"--n must be at least 2 requests per rate, got {n!r}")
     result = Sweep(mode)
     chosen: list[float] = []
-    if parsed == "auto":
+    if isinstance(parsed, str):
         burst = await compare([mode], n=n, **compare_kwargs)
         cap = burst.runs[0].summary.throughput_rps
         if not cap or math.isnan(cap):
