@@ -55,6 +55,7 @@ __all__ = [
     "make_schedule",
     "specs_for",
     "synthetic_prompt",
+    "write_trace",
 ]
 
 Process = Literal["poisson", "constant", "gamma"]
@@ -347,6 +348,33 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         raise ConfigError(f"trace file {p} has no requests — one JSON object per line")
     arr = np.asarray(times, dtype=float)
     return Trace(times_s=arr - arr[0], specs=tuple(specs), source=str(p))
+
+
+def write_trace(path: str | os.PathLike[str], schedule: Schedule,
+                specs: Sequence[RequestSpec]) -> Path:
+    """Write ``specs`` at ``schedule``'s times as a JSONL trace that :func:`load_trace` reads.
+
+    One line per request: ``timestamp_s`` (model seconds, 6 decimals), ``prompt`` and, when
+    set, ``num_predict`` and ``model``. Returns the path.
+
+    Raises:
+        ConfigError: specs and schedule differ in length.
+    """
+    if len(specs) != len(schedule):
+        raise ConfigError(f"{len(specs)} requests for {len(schedule)} arrivals — give one "
+                          f"request per arrival")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for t, spec in zip(schedule.times_s, specs, strict=True):
+        obj: dict[str, Any] = {"timestamp_s": round(float(t), 6), "prompt": spec.prompt}
+        if spec.num_predict is not None:
+            obj["num_predict"] = spec.num_predict
+        if spec.model:
+            obj["model"] = spec.model
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return p
 
 
 # ---------------------------------------------------------------------------------------------
