@@ -43,10 +43,12 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
 from .config import DEFAULT_MODEL, normalize_host
 from .errors import (
@@ -57,6 +59,7 @@ from .errors import (
     RequestTimeout,
     ServerBusy,
 )
+from .metrics import ItlSketch
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
@@ -189,6 +192,9 @@ class _BaseClient:
         self._lanes = _Lanes(max_connections, httpx.create_ssl_context(verify=tls))
         self._http: httpx.AsyncClient | None = None
         self._trust_env = trust_env
+        #: inter-token latencies (model seconds) of every request this client answered ok: the
+        #: gaps between streamed pieces, in a bounded-memory sketch (never stored in the rows).
+        self.itl = ItlSketch()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self: _C) -> _C:
@@ -247,9 +253,17 @@ class _BaseClient:
 
     # -- one request -----------------------------------------------------------------------
     async def run(self, spec: RequestSpec, *, clock: ModelClock, mode: str, worker: str = "",
-                  node: str = "", model: str | None = None, submitted_s: float | None = None,
-                  raise_for: tuple[type[BaseException], ...] = ()) -> RequestResult:
+                  node: str = "", model: str | None = None, queued_s: float | None = None,
+                  raise_for: tuple[type[BaseException], ...] = (),
+                  submitted_s: float | None = None) -> RequestResult:
         """Send one request and return its row (model seconds on ``clock``'s axis).
+
+        The row's moments: ``queued_s`` as given (when the caller accepted the request; default
+        the call itself), ``submitted_s`` when the first attempt was sent (after waiting for a
+        free connection: that wait is the kit's, so it counts as queueing), ``started_s`` when
+        the last attempt was sent, ``first_token_s`` when the first non-empty piece arrived
+        (NaN with ``stream=False``), ``finished_s`` when the answer ended. The gaps between
+        pieces of an answer that ends ok go into :attr:`itl`.
 
         Args:
             spec: what to send; ``spec.model`` wins over ``model``.
@@ -258,23 +272,26 @@ class _BaseClient:
             worker: label of the endpoint/GPU (default: this client's host:port).
             node: the machine, if known.
             model: the run's default model (``DEFAULT_MODEL`` when neither is given).
-            submitted_s: when the caller accepted the request (default: now). ``started_s`` is
-                when the (last) attempt was sent; ``first_token_s`` when the first non-empty
-                piece arrived (NaN with ``stream=False``).
+            queued_s: when the caller accepted the request (model seconds; default: now).
             raise_for: typed errors to raise instead of recording (e.g. ``(OllamaUnavailable,)``
                 so a pool can send the request elsewhere).
+            submitted_s: the former name of ``queued_s``, still accepted (``queued_s`` wins).
         """
         name = spec.model or model or DEFAULT_MODEL
+        if queued_s is None:
+            queued_s = submitted_s
         row = RequestResult(
             request_id=spec.request_id, mode=mode, prompt=spec.prompt, model=name,
             worker=worker or self.label, node=node,
-            submitted_s=clock.now() if submitted_s is None else submitted_s)
+            queued_s=clock.now() if queued_s is None else queued_s)
         body = self._body(spec, name)
         retries = 0
         error: OllamaError | None = None
+        stamps: list[float] = []
         while True:
             try:
-                await self._attempt(body, row, clock, name)
+                stamps.clear()
+                await self._attempt(body, row, clock, name, stamps)
                 break
             except _Retryable as exc:
                 if retries >= self.retry.max_retries:
@@ -294,16 +311,21 @@ class _BaseClient:
             row.error = str(error)
         else:
             row.ok = True
+            if len(stamps) > 1:
+                self.itl.add_many(np.diff(stamps) / clock.time_scale)
         return row.finalize()
 
     async def _attempt(self, body: bytes, row: RequestResult, clock: ModelClock,
-                       model: str) -> None:
-        """One HTTP exchange; fills ``row`` or raises a typed error (or ``_Retryable``)."""
+                       model: str, stamps: list[float]) -> None:
+        """One HTTP exchange; fills ``row`` (and ``stamps``: the clock time of each streamed
+        piece) or raises a typed error (or ``_Retryable``)."""
         lane = await self._lanes.acquire()
         try:
             request = httpx.Request("POST", self._url, content=body, headers=self._headers,
                                     extensions=self._extensions)
             row.started_s = clock.now()
+            if math.isnan(row.submitted_s):
+                row.submitted_s = row.started_s
             sender = self._test_transport or lane
             try:
                 response = await sender.handle_async_request(request)
@@ -323,7 +345,7 @@ class _BaseClient:
                 if response.status_code != 200:
                     raw = await _read_all(response.stream)
                     raise self._status_error(response, raw, model)
-                await self._read_answer(response.stream, row, clock)
+                await self._read_answer(response.stream, row, clock, stamps)
             except httpx.TimeoutException as exc:
                 raise RequestTimeout(self.host, self.timeout) from exc
             except ValueError as exc:
@@ -374,7 +396,8 @@ class _BaseClient:
     def _body(self, spec: RequestSpec, model: str) -> bytes:
         raise NotImplementedError
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
+    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock,
+                           stamps: list[float]) -> None:
         raise NotImplementedError
 
     # -- low-level calls -------------------------------------------------------------------
@@ -479,7 +502,8 @@ class OllamaClient(_BaseClient):
             payload["options"] = options
         return json.dumps(payload).encode()
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
+    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock,
+                           stamps: list[float]) -> None:
         chat = self.api == "chat"
         pieces: list[str] = []
         want_first = self.stream
@@ -494,6 +518,7 @@ class OllamaClient(_BaseClient):
             else:
                 piece = obj.get("response") or obj.get("thinking") or ""
             if piece:
+                stamps.append(perf_counter())
                 if want_first:
                     row.first_token_s = clock.now()
                     want_first = False
@@ -563,7 +588,8 @@ class OpenAIClient(_BaseClient):
                 payload[key] = spec.options[key]
         return json.dumps(payload).encode()
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
+    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock,
+                           stamps: list[float]) -> None:
         pieces: list[str] = []
         want_first = self.stream
         finished = False
@@ -585,6 +611,7 @@ class OpenAIClient(_BaseClient):
                 piece = (part.get("content") or part.get("reasoning_content")
                          or part.get("reasoning") or "")
                 if piece:
+                    stamps.append(perf_counter())
                     if want_first:
                         row.first_token_s = clock.now()
                         want_first = False
