@@ -42,6 +42,9 @@ def test_client_overhead_script_writes_its_result(tmp_path: Path) -> None:
     result = client_overhead.main(["--n", "64", "--reps", "1", "--out", str(tmp_path)])
     assert set(result["throughput"]["requests_per_s_median"]) == {
         "kit", "httpx", "httpx_keepalive32", "ollama"}
+    cpu = result["cpu_per_request"]
+    assert set(cpu["by_tokens"]) == {"1", "16"}
+    assert set(cpu["by_tokens"]["1"]["cpu_ms_per_request_median"]) == {"kit", "aiohttp", "httpx"}
     saved = json.loads((tmp_path / "client_overhead.json").read_text())
     assert saved["ttft"]["requests"] == 100 and saved["machine"]["cpus"]
 
