@@ -28,7 +28,7 @@ Figures (``RunSummary.open_loop``; every time in model seconds unless it says ``
   ``finished_s − scheduled_s`` and ``first_token_s − scheduled_s``: the *response time* a user
   sees, queueing included, and what queueing theory predicts. The summary's headline latency and
   TTFT stay measured from the send (the field's definition), and ``queue_wait_mean_s`` is the
-  time between hand-over and send (requests held inside the kit). With nothing held (a
+  time between hand-over (the row's ``queued_s``) and send (requests held inside the kit). With nothing held (a
   single-server mode whose server queues, ``vllm bench serve``'s set-up) they coincide.
 * ``lag_mean_s``, ``lag_max_s`` (and ``lag_*_clock_ms``) — ``submitted_s − scheduled_s`` before
   any ``max_concurrency`` hold; ``fell_behind`` when the 95th percentile of the lag exceeds 1 ms
@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 from .arrivals import Schedule
 from .errors import AllWorkersLost, ConfigError, OllamaError
-from .metrics import Slo, distribution, goodput_rps
+from .metrics import ItlSketch, Slo, distribution, goodput_rps
 from .modes.base import ModeContext
 from .records import RequestResult, RequestSpec, RunResult, summarize
 from .timing import ModelClock
@@ -85,6 +85,9 @@ class Session(Protocol):
 
     async def send(self, spec: RequestSpec, submitted_s: float) -> RequestResult: ...
 
+    def itl(self) -> ItlSketch | None:
+        """The inter-token gaps its clients saw (``None``: the clients live elsewhere)."""
+
 
 @dataclass
 class _Session:
@@ -94,9 +97,19 @@ class _Session:
     send_fn: Send
     setup_s: float = 0.0
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
+    clients: Sequence[Any] = ()
 
     async def send(self, spec: RequestSpec, submitted_s: float) -> RequestResult:
         return await self.send_fn(spec, submitted_s)
+
+    def itl(self) -> ItlSketch | None:
+        sketches = [c.itl for c in self.clients if getattr(c, "itl", None) is not None]
+        if not sketches:
+            return None
+        merged = ItlSketch()
+        for sk in sketches:
+            merged.merge(sk)
+        return merged
 
 
 #: Modes the driver can open a session for.
@@ -137,7 +150,7 @@ async def open_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]:
 
                 setup = time.perf_counter() - t_setup
                 clock.start()
-                yield _Session(clock, 1, ctx.slots, send_one, setup)
+                yield _Session(clock, 1, ctx.slots, send_one, setup, clients=[client])
                 return
             from .taskqueue import TaskQueue
 
@@ -149,7 +162,7 @@ async def open_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]:
                     ids = queue.submit_batch([spec]) if mode == "batch" else [queue.submit(spec)]
                     return await queue.result(ids[0])
 
-                yield _Session(clock, 1, ctx.slots, send_queued, setup)
+                yield _Session(clock, 1, ctx.slots, send_queued, setup, clients=[client])
         return
     if mode == "pool":
         from .modes.pool import EndpointPool, check_endpoints
@@ -183,7 +196,7 @@ def _dispatcher_session(dispatcher: Any, setup_s: float) -> _Session:
 
     return _Session(dispatcher.clock, len(dispatcher.workers),
                     max(w.slots for w in dispatcher.workers), send, setup_s,
-                    dispatcher.lost_workers)
+                    dispatcher.lost_workers, list(getattr(dispatcher, "clients", ())))
 
 
 async def _pace(clock: ModelClock, at_clock_s: float) -> None:
@@ -269,13 +282,15 @@ async def run_open_loop(
         wall = clock.wall() - origin * scale
         lost = list(session.lost_workers)
         workers, slots, setup_s = session.workers, session.slots, session.setup_s
+        itl = session.itl()
 
     done = [r for r in rows if r is not None]
     if len(done) != n:  # cannot happen without an exception above; kept as a guard
         raise RuntimeError("open-loop run lost rows")
     return _result(mode, done, lags, times, schedule, ctx, workers=workers, slots=slots,
                    setup_s=setup_s, wall_s=wall, warmup=warmup,
-                   max_concurrency=max_concurrency, slo=slo, lost=lost, predict=predict)
+                   max_concurrency=max_concurrency, slo=slo, lost=lost, predict=predict,
+                   itl=itl)
 
 
 @dataclass(slots=True)
@@ -293,8 +308,8 @@ class _FromArrival:
 def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list[float],
             schedule: Schedule, ctx: ModeContext, *, workers: int, slots: int, setup_s: float,
             wall_s: float, warmup: int, max_concurrency: int | None, slo: Slo | None,
-            lost: list[dict[str, Any]], predict: Callable[[RunResult], None] | None
-            ) -> RunResult:
+            lost: list[dict[str, Any]], predict: Callable[[RunResult], None] | None,
+            itl: ItlSketch | None = None) -> RunResult:
     order = sorted(range(len(rows)), key=lambda i: (times[i], i))
     measured_idx = order[warmup:]
     measured = [rows[i] for i in measured_idx]
@@ -304,7 +319,8 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
                      f"figures")
     summary = summarize(measured, mode=mode, backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=workers, slots=slots, wall_s=wall_s, setup_s=setup_s,
-                        model=ctx.model, lost_workers=lost, notes=notes)
+                        model=ctx.model, lost_workers=lost, notes=notes,
+                        offered_rps=schedule.rate, itl=itl)
     scale = ctx.time_scale
     lag = [lags[i] for i in measured_idx]
     lag_max = max(lag) if lag else math.nan
@@ -316,7 +332,7 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
                     for r in measured]
     lat = distribution(x.latency_s for x in from_arrival if x.ok)
     ttft = distribution(x.ttft_s for x in from_arrival if x.ok)
-    queue_wait = distribution(r.started_s - r.submitted_s for r in ok)
+    queue_wait = distribution(r.queue_wait_s for r in ok)
     sub = sorted(r.submitted_s for r in measured)
     span = sub[-1] - sub[0] if len(sub) > 1 else math.nan
     achieved = (len(sub) - 1) / span if span and span > 0 else math.nan
@@ -326,7 +342,10 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
     duration = last_end - first_arrival
     summary.offered_rps = schedule.rate
     if slo is not None:
+        # From arrival (what the user waited), over the span from the first arrival to the
+        # last end; with nothing held in the kit and no lag this is vLLM's send-based figure.
         summary.goodput_rps = goodput_rps(from_arrival, slo, duration)
+        summary.slo = str(slo)
     info: dict[str, Any] = {
         "arrivals": schedule.process,
         "schedule": schedule.describe(),

@@ -218,10 +218,6 @@ class RunSummary:
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # -- open-loop runs (requests arriving over time; ``parallel_kit.loadgen``) ------------
-    #: the offered arrival rate, requests per model second
-    offered_rps: float | None = None
-    #: requests per model second that finished and met the run's SLO (``--slo``)
-    goodput_rps: float | None = None
     #: theory's steady-state figures for this mode at this rate (latency and TTFT from arrival)
     predicted_latency_mean_s: float | None = None
     predicted_latency_p95_s: float | None = None
