@@ -1,12 +1,7 @@
 """Prompt sets: the workshop's own, and the user's files.
 
 ``.jsonl``: one JSON object a line with ``prompt`` and optional ``model``, ``num_predict``,
-``options``, ``system``, ``id``. ``.txt``: one prompt a line (blank lines skipped). ``.json``: a
-ShareGPT file — a JSON array of ``{"conversations": [{"from": "human", "value": …},
-{"from": "gpt", "value": …}, …]}``, the data set the peer tools sample from (vLLM's
-``benchmark_serving.py --dataset-name sharegpt``): each conversation's first human turn is the
-prompt and, as vLLM does, the reply that follows sets the output length (``num_predict``, at the
-simulator's 4 bytes a token); conversations without a human turn are skipped.
+``options``, ``system``, ``id``. ``.txt``: one prompt a line (blank lines skipped).
 Every problem is a :class:`~parallel_kit.errors.ConfigError` naming the file and the line.
 """
 
@@ -62,14 +57,12 @@ def load_prompts(source: str | os.PathLike[str]) -> list[RequestSpec]:
         raise ConfigError(f"cannot read prompt file {name}: {exc}") from exc
     if path.suffix.lower() == ".jsonl":
         specs = _parse_jsonl(text, f"prompt file {name}")
-    elif path.suffix.lower() == ".json":
-        specs = _parse_sharegpt(text, f"ShareGPT file {name}")
     elif path.suffix.lower() in (".txt", ""):
         specs = [RequestSpec(prompt=line.strip()) for line in text.splitlines() if line.strip()]
     else:
         raise ConfigError(
             f"prompt file {name} has suffix {path.suffix!r} — use .jsonl (one JSON object a "
-            f"line), .txt (one prompt a line) or .json (ShareGPT conversations)"
+            f"line) or .txt (one prompt a line)"
         )
     if not specs:
         raise ConfigError(f"prompt file {name} has no prompts — add one prompt per line")
@@ -133,37 +126,6 @@ def _parse_jsonl(text: str, where: str) -> list[RequestSpec]:
     if not specs:
         raise ConfigError(f"{where} has no prompts — add one JSON object per line")
     return _number(specs)
-
-
-def _parse_sharegpt(text: str, where: str) -> list[RequestSpec]:
-    try:
-        doc: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}) — a "
-                          f"ShareGPT file is one JSON array of conversations") from None
-    if not isinstance(doc, list):
-        raise ConfigError(f"{where}: expected a JSON array of conversations, got "
-                          f"{type(doc).__name__}")
-    specs: list[RequestSpec] = []
-    for i, item in enumerate(doc):
-        turns = item.get("conversations") if isinstance(item, dict) else None
-        if not isinstance(turns, list):
-            raise ConfigError(f'{where}, entry {i}: no "conversations" list — expected '
-                              f'{{"conversations": [{{"from": "human", "value": "…"}}, …]}}')
-        for j, turn in enumerate(turns):
-            if (isinstance(turn, dict) and turn.get("from") == "human"
-                    and isinstance(turn.get("value"), str) and turn["value"].strip()):
-                reply = turns[j + 1] if j + 1 < len(turns) else None
-                num_predict = None
-                if (isinstance(reply, dict) and reply.get("from") != "human"
-                        and isinstance(reply.get("value"), str) and reply["value"]):
-                    num_predict = max(1, -(-len(reply["value"].encode("utf-8")) // 4))
-                specs.append(RequestSpec(prompt=turn["value"], num_predict=num_predict,
-                                         request_id=str(item.get("id", ""))))
-                break
-    if not specs:
-        raise ConfigError(f"{where} has no conversation with a human turn")
-    return specs
 
 
 def _number(specs: Iterable[RequestSpec]) -> list[RequestSpec]:

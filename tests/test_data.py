@@ -38,20 +38,3 @@ def test_every_recorded_sweep_says_what_produced_it():
         assert s.meta["command"] and s.meta["machine"]["cpus"] and s.runs
         assert all(r.summary.offered_rps for r in s.runs)
 
-
-def test_a_sharegpt_file_gives_the_first_human_turn_and_the_reply_length():
-    specs = load_prompts(DATA / "prompts" / "sharegpt_sample.json")
-    assert [s.prompt for s in specs] == ["What is Python?",
-                                         "Explain machine learning in simple terms.",
-                                         "How does a GPU differ from a CPU?"]
-    assert specs[0].num_predict == 30  # 118 bytes of reply at 4 bytes a token
-    assert specs[1].request_id == "kit-1"
-
-
-def test_a_sharegpt_file_without_conversations_is_named(tmp_path):
-    from parallel_kit.errors import ConfigError
-
-    p = tmp_path / "bad.json"
-    p.write_text('[{"turns": []}]')
-    with pytest.raises(ConfigError, match=r"entry 0: no \"conversations\""):
-        load_prompts(p)
