@@ -63,8 +63,8 @@ from .modes.base import ModeContext
 from .records import RequestResult, RequestSpec, RunResult, summarize
 from .timing import ModelClock
 
-__all__ = ["LAG_LIMIT_CLOCK_S", "OPEN_LOOP_MODES", "Session", "fill_predictions", "open_session",
-           "run_open_loop"]
+__all__ = ["LAG_LIMIT_CLOCK_S", "OPEN_LOOP_MODES", "Session", "fill_predictions",
+           "format_load_table", "open_session", "run_open_loop"]
 
 #: A generator that sends a request more than this late (clock seconds) has fallen behind.
 LAG_LIMIT_CLOCK_S = 1e-3
@@ -426,3 +426,43 @@ def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], sc
         "replay_latency_p95_s": replay.latency_p95_s,
         "replay_ttft_mean_s": replay.ttft_mean_s,
     })
+
+
+def format_load_table(runs: Sequence[RunResult]) -> str:
+    """A plain-text table of open-loop runs: one line per mode, measured beside predicted.
+
+    Latency and TTFT from each request's arrival (model seconds); ``pred`` is theory's steady
+    state at the offered rate, ``run`` theory for the run's own arrivals; ``lag`` the p95 of
+    the generator's lag in clock milliseconds.
+    """
+    head = (f"{'mode':<11}{'rate/s':>8}{'ρ':>6}{'lat mean':>10}{'run':>8}{'pred':>8}"
+            f"{'lat p95':>9}{'pred':>8}{'ttft mean':>10}{'pred':>8}{'good/s':>8}"
+            f"{'lag ms':>8}{'ok/n':>8}")
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        s, o = r.summary, r.summary.open_loop
+        if not o:
+            continue
+        lines.append(
+            f"{s.mode:<11}{_num(s.offered_rps, 8, 4)}{_num(s.utilisation, 6, 2)}"
+            f"{_num(o.get('latency_from_arrival_mean_s'), 10, 2)}"
+            f"{_num(o.get('replay_latency_mean_s'), 8, 2)}"
+            f"{_num(s.predicted_latency_mean_s, 8, 2)}"
+            f"{_num(o.get('latency_from_arrival_p95_s'), 9, 2)}"
+            f"{_num(s.predicted_latency_p95_s, 8, 2)}"
+            f"{_num(o.get('ttft_from_arrival_mean_s'), 10, 2)}"
+            f"{_num(s.predicted_ttft_mean_s, 8, 2)}{_num(s.goodput_rps, 8, 4)}"
+            f"{_num(o.get('lag_p95_clock_ms'), 8, 2)}{f'{s.ok}/{s.n}':>8}")
+        if o.get("fell_behind"):
+            lines.append(f"{'':<11}the load generator fell behind (see the notes)")
+    lines.append("(requests arriving over time: latency and TTFT from arrival, model seconds; "
+                 "run = theory for this run's arrivals, pred = steady state, ∞ past capacity)")
+    return "\n".join(lines)
+
+
+def _num(x: float | None, width: int, digits: int) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return f"{'—':>{width}}"
+    if math.isinf(x):
+        return f"{'∞':>{width}}"
+    return f"{x:>{width}.{digits}f}"

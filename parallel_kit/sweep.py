@@ -26,7 +26,7 @@ import json
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +195,7 @@ async def sweep(
     max_concurrency: int | None = None,
     slo: str | None = None,
     command: str | None = None,
+    on_run: Callable[[RunResult], None] | None = None,
     **compare_kwargs: Any,
 ) -> Sweep:
     """Run ``mode`` at each rate (``"auto"``: 10 % … 110 % of its measured capacity).
@@ -207,6 +208,7 @@ async def sweep(
         process, burstiness, warmup, max_concurrency: as :class:`~parallel_kit.arrivals.Arrivals`.
         slo: ``"ttft=…,tpot=…,latency=…"`` for goodput.
         command: the command line that made it (kept in the JSON).
+        on_run: called with each run as it finishes (progress).
         compare_kwargs: passed to :func:`parallel_kit.bench.compare` (``gpus``, ``slots``,
             ``time_scale``, ``profile``, ``hosts``, …).
 
@@ -240,6 +242,8 @@ async def sweep(
                                 max_concurrency=max_concurrency)
             comp = await compare([mode], arrivals=arrivals, slo=slo, **compare_kwargs)
             result.runs.append(comp.runs[0])
+            if on_run is not None:
+                on_run(comp.runs[0])
     _add_curve(result, mode, compare_kwargs, process, burstiness, max_concurrency)
     first = result.runs[0].summary if result.runs else None
     result.meta = {
