@@ -63,8 +63,9 @@ from .modes.base import ModeContext
 from .records import RequestResult, RequestSpec, RunResult, summarize
 from .timing import ModelClock
 
-__all__ = ["LAG_LIMIT_CLOCK_S", "OPEN_LOOP_MODES", "Session", "fill_predictions",
-           "format_load_table", "open_session", "run_open_loop"]
+__all__ = ["LAG_LIMIT_CLOCK_S", "SESSIONS", "Session", "async_session", "batch_session",
+           "fill_predictions", "format_load_table", "open_session", "pool_session",
+           "ray_session", "run_open_loop", "sequential_session"]
 
 #: A generator that sends a request more than this late (clock seconds) has fallen behind.
 LAG_LIMIT_CLOCK_S = 1e-3
@@ -112,12 +113,17 @@ class _Session:
         return merged
 
 
-#: Modes the driver can open a session for.
-OPEN_LOOP_MODES: tuple[str, ...] = ("sequential", "async", "batch", "pool", "ray")
+#: Mode name → the session that opens it for open-loop load (``"module:function"``).
+SESSIONS: dict[str, str] = {
+    "sequential": "parallel_kit.loadgen:sequential_session",
+    "async": "parallel_kit.loadgen:async_session",
+    "batch": "parallel_kit.loadgen:batch_session",
+    "pool": "parallel_kit.loadgen:pool_session",
+    "ray": "parallel_kit.loadgen:ray_session",
+}
 
 
-@contextlib.asynccontextmanager
-async def open_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]:
+def open_session(mode: str, ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Session]:
     """Bring ``mode`` up on ``ctx`` for open-loop use; tear it down on exit.
 
     The session's clock is already started; the driver takes its origin from ``clock.now()``.
@@ -126,64 +132,94 @@ async def open_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]:
         ConfigError: a mode with no open-loop session.
         OllamaUnavailable / MissingDependency / …: as the mode's own start-up raises them.
     """
+    import importlib
+
+    target = SESSIONS.get(mode)
+    if target is None:
+        raise ConfigError(f"mode {mode!r} cannot run open-loop load yet — use one of "
+                          f"{', '.join(SESSIONS)} with --rate/--trace")
+    module_name, func = target.split(":")
+    opener = getattr(importlib.import_module(module_name), func)
+    return opener(ctx)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def _client_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]:
+    """One server through one client: one at a time (sequential) or through the task queue."""
     t_setup = time.perf_counter()
-    if mode == "sequential" or mode in ("async", "batch"):
-        endpoint = ctx.endpoints[0]
-        conns = 1 if mode == "sequential" else ctx.concurrency
-        clock = ModelClock(ctx.time_scale)
-        async with ctx.make_client(endpoint, max_connections=conns) as client:
-            with contextlib.suppress(OllamaError):
-                await client.warm_up()
+    endpoint = ctx.endpoints[0]
+    conns = 1 if mode == "sequential" else ctx.concurrency
+    clock = ModelClock(ctx.time_scale)
+    async with ctx.make_client(endpoint, max_connections=conns) as client:
+        with contextlib.suppress(OllamaError):
+            await client.warm_up()
 
-            async def call(spec: RequestSpec, submitted_s: float | None = None
-                           ) -> RequestResult:
-                return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
-                                        node=endpoint.node, model=ctx.model,
-                                        submitted_s=submitted_s)
+        async def call(spec: RequestSpec, queued_s: float | None = None) -> RequestResult:
+            return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
+                                    node=endpoint.node, model=ctx.model, submitted_s=queued_s)
 
-            if mode == "sequential":
-                lock = asyncio.Lock()
+        if mode == "sequential":
+            lock = asyncio.Lock()  # its waiters are served in order: FIFO at the client
 
-                async def send_one(spec: RequestSpec, submitted_s: float) -> RequestResult:
-                    async with lock:
-                        return await call(spec, submitted_s)
-
-                setup = time.perf_counter() - t_setup
-                clock.start()
-                yield _Session(clock, 1, ctx.slots, send_one, setup, clients=[client])
-                return
-            from .taskqueue import TaskQueue
+            async def send_one(spec: RequestSpec, queued_s: float) -> RequestResult:
+                async with lock:
+                    return await call(spec, queued_s)
 
             setup = time.perf_counter() - t_setup
             clock.start()
-            async with TaskQueue(call, concurrency=ctx.concurrency, clock=clock, mode=mode,
-                                 model=ctx.model) as queue:
-                async def send_queued(spec: RequestSpec, submitted_s: float) -> RequestResult:
-                    ids = queue.submit_batch([spec]) if mode == "batch" else [queue.submit(spec)]
-                    return await queue.result(ids[0])
+            yield _Session(clock, 1, ctx.slots, send_one, setup, clients=[client])
+            return
+        from .taskqueue import TaskQueue
 
-                yield _Session(clock, 1, ctx.slots, send_queued, setup, clients=[client])
-        return
-    if mode == "pool":
-        from .modes.pool import EndpointPool, check_endpoints
+        setup = time.perf_counter() - t_setup
+        clock.start()
+        async with TaskQueue(call, concurrency=ctx.concurrency, clock=clock, mode=mode,
+                             model=ctx.model) as queue:
+            async def send_queued(spec: RequestSpec, queued_s: float) -> RequestResult:
+                ids = queue.submit_batch([spec]) if mode == "batch" else [queue.submit(spec)]
+                return await queue.result(ids[0])
 
-        await check_endpoints(ctx.endpoints)
-        clock = ModelClock(ctx.time_scale)
-        async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                                api=ctx.api, prefetch=ctx.options.get("prefetch", 0)) as pool:
-            await pool.warm_up()
-            setup = time.perf_counter() - t_setup
-            clock.start()
-            yield _dispatcher_session(pool, setup)
-        return
-    if mode == "ray":
-        from .modes.ray_gpu import open_ray_dispatcher
+            yield _Session(clock, 1, ctx.slots, send_queued, setup, clients=[client])
 
-        async with open_ray_dispatcher(ctx) as dispatcher:
-            yield _dispatcher_session(dispatcher, dispatcher.setup_s)
-        return
-    raise ConfigError(f"mode {mode!r} cannot run open-loop load yet — use one of "
-                      f"{', '.join(OPEN_LOOP_MODES)} with --rate/--trace")
+
+def sequential_session(ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Session]:
+    """``sequential``: one request at a time; arrivals wait at the client, in order."""
+    return _client_session("sequential", ctx)
+
+
+def async_session(ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Session]:
+    """``async``: each arrival submitted to the task queue (``ctx.concurrency`` workers)."""
+    return _client_session("async", ctx)
+
+
+def batch_session(ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Session]:
+    """``batch``: each arrival submitted as a batch of one to the task queue."""
+    return _client_session("batch", ctx)
+
+
+@contextlib.asynccontextmanager
+async def pool_session(ctx: ModeContext) -> AsyncIterator[Session]:
+    """``pool``: the least-outstanding dispatcher over ``ctx.endpoints``."""
+    from .modes.pool import EndpointPool, check_endpoints
+
+    t_setup = time.perf_counter()
+    await check_endpoints(ctx.endpoints)
+    clock = ModelClock(ctx.time_scale)
+    async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
+                            api=ctx.api, prefetch=ctx.options.get("prefetch", 0)) as pool:
+        await pool.warm_up()
+        setup = time.perf_counter() - t_setup
+        clock.start()
+        yield _dispatcher_session(pool, setup)
+
+
+@contextlib.asynccontextmanager
+async def ray_session(ctx: ModeContext) -> AsyncIterator[Session]:
+    """``ray``: the same dispatcher over one Ray actor per GPU."""
+    from .modes.ray_gpu import open_ray_dispatcher
+
+    async with open_ray_dispatcher(ctx) as dispatcher:
+        yield _dispatcher_session(dispatcher, dispatcher.setup_s)
 
 
 def _dispatcher_session(dispatcher: Any, setup_s: float) -> _Session:
@@ -222,7 +258,7 @@ async def run_open_loop(
     """Run ``specs[i]`` at ``schedule.times_s[i]`` through ``mode`` and summarize.
 
     Args:
-        mode: a mode in :data:`OPEN_LOOP_MODES`.
+        mode: a mode with a session (:data:`SESSIONS`).
         specs: one request per arrival (``len(specs) == len(schedule)``).
         schedule: the arrival times (model seconds from the start of sending).
         ctx: the mode's context (endpoints, time scale, …).
