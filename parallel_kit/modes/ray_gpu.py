@@ -204,7 +204,7 @@ class GpuWorker:
             self.url, self.kind = sim.url, "sim"
             self.slots = int(sim.num_parallel)
         else:
-            raise ConfigError(f"ray_launch {launch!r} is not one of auto, ollama, sim")
+            raise ConfigError(f"launch {launch!r} is not one of auto, ollama, sim")
         if plan.warm_up:
             await self._warm_up()
 
