@@ -3,8 +3,9 @@
 A closed-loop run hands every request over at once; an open-loop run hands request *i* to the
 mode at its arrival time ``t_i`` (model seconds on the run's :class:`~parallel_kit.timing.ModelClock`)
 whether or not the earlier ones have finished — how a service meets its users. The driver is the
-same for every mode; what differs is the mode's **session**, the seam each mode offers:
-``async with open_session(mode, ctx) as session: row = await session.send(spec, submitted_s)``.
+same for every mode; what differs is the mode's **session**, the seam each mode offers (named
+by its registry record, ``ModeInfo.session``):
+``async with open_session(mode, ctx) as session: row = await session.send(spec, queued_s)``.
 
 * ``sequential`` — one request at a time on one server: arrivals wait at the client, first come
   first served (an ``asyncio.Lock``, whose waiters are served in order);
@@ -63,7 +64,7 @@ from .modes.base import ModeContext
 from .records import RequestResult, RequestSpec, RunResult, summarize
 from .timing import ModelClock
 
-__all__ = ["LAG_LIMIT_CLOCK_S", "SESSIONS", "Session", "async_session", "batch_session",
+__all__ = ["LAG_LIMIT_CLOCK_S", "Session", "async_session", "batch_session",
            "fill_predictions", "format_load_table", "open_session", "pool_session",
            "ray_session", "run_open_loop", "sequential_session"]
 
@@ -113,31 +114,26 @@ class _Session:
         return merged
 
 
-#: Mode name → the session that opens it for open-loop load (``"module:function"``).
-SESSIONS: dict[str, str] = {
-    "sequential": "parallel_kit.loadgen:sequential_session",
-    "async": "parallel_kit.loadgen:async_session",
-    "batch": "parallel_kit.loadgen:batch_session",
-    "pool": "parallel_kit.loadgen:pool_session",
-    "ray": "parallel_kit.loadgen:ray_session",
-}
-
-
 def open_session(mode: str, ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Session]:
     """Bring ``mode`` up on ``ctx`` for open-loop use; tear it down on exit.
 
-    The session's clock is already started; the driver takes its origin from ``clock.now()``.
+    The mode's registry record names its session (``ModeInfo.session``, ``"module:function"``
+    of ``open(ctx)``). The session's clock is already started; the driver takes its origin
+    from ``clock.now()``.
 
     Raises:
-        ConfigError: a mode with no open-loop session.
+        ConfigError: an unknown mode, or one with no open-loop session.
         OllamaUnavailable / MissingDependency / …: as the mode's own start-up raises them.
     """
     import importlib
 
-    target = SESSIONS.get(mode)
+    from .modes.registry import get_info, modes
+
+    target = get_info(mode).session
     if target is None:
-        raise ConfigError(f"mode {mode!r} cannot run open-loop load yet — use one of "
-                          f"{', '.join(SESSIONS)} with --rate/--trace")
+        able = ", ".join(m.name for m in modes() if m.session)
+        raise ConfigError(f"mode {mode!r} cannot run open-loop load yet — use one of {able} "
+                          f"with --rate/--trace")
     module_name, func = target.split(":")
     opener = getattr(importlib.import_module(module_name), func)
     return opener(ctx)  # type: ignore[no-any-return]
@@ -206,7 +202,7 @@ async def pool_session(ctx: ModeContext) -> AsyncIterator[Session]:
     await check_endpoints(ctx.endpoints)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                            api=ctx.api, prefetch=ctx.options.get("prefetch", 0)) as pool:
+                            api=ctx.api, prefetch=ctx.queue.prefetch) as pool:
         await pool.warm_up()
         setup = time.perf_counter() - t_setup
         clock.start()
@@ -258,7 +254,7 @@ async def run_open_loop(
     """Run ``specs[i]`` at ``schedule.times_s[i]`` through ``mode`` and summarize.
 
     Args:
-        mode: a mode with a session (:data:`SESSIONS`).
+        mode: a mode whose registry record names a session (``ModeInfo.session``).
         specs: one request per arrival (``len(specs) == len(schedule)``).
         schedule: the arrival times (model seconds from the start of sending).
         ctx: the mode's context (endpoints, time scale, …).

@@ -59,7 +59,14 @@ def test_each_mode_is_predicted_for_the_policy_it_runs():
     assert theory.mode_topology("sequential", workers=3, slots=4) == (1, 1, "fifo")
     assert theory.mode_topology("async", workers=3, slots=4, concurrency=2) == (1, 2, "fifo")
     assert theory.mode_topology("ray", workers=3, slots=2) == (3, 2, "fifo")
-    assert theory.mode_topology("rayserve", workers=3, slots=2) == (3, 2, "power_of_two")
+    with pytest.raises(ConfigError, match="unknown mode"):
+        theory.mode_topology("nosuchmode", workers=1, slots=1)
+
+
+def test_power_of_two_routing_is_predicted_to_wait_longer_than_one_queue(seed_service):
+    fifo = theory.predict_load("pool", seed_service, rate=0.2, workers=3)
+    p2c = theory.predict_load("pool", seed_service, rate=0.2, workers=3, routing="power_of_two")
+    assert p2c.routing == "power_of_two" and p2c.latency_mean_s > fifo.latency_mean_s
 
 
 def test_a_run_replay_uses_its_own_arrivals(seed_service):
