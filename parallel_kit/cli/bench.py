@@ -10,6 +10,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..modes.registry import mode_names
 from ._args import add_engine, add_time_scale, engine_options, positive_int
+from ._load import add_arrival_flags, add_rate_flags, arrivals_from_args
 
 __all__ = ["add_parser", "run"]
 
@@ -49,18 +50,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine(p)
+    add_rate_flags(p)
+    add_arrival_flags(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the modes, print the table, write what was asked; 130 when cut short by Ctrl-C."""
     from ..bench import Comparison, compare, run_interruptibly, write_outputs
+    from ..metrics import Slo
     from ..modes.options import QueueOptions, RayOptions, ServerOptions
 
     if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {args.n}")
     if args.num_predict is not None and args.num_predict < 1:
         raise ConfigError(f"--num-predict must be ≥ 1, got {args.num_predict}")
+    arrivals = arrivals_from_args(args)
+    slo = Slo.parse(args.slo) if args.slo else None
     servers = ServerOptions(count=args.gpus, slots=args.slots, profile=args.profile,
                             engine=args.engine, engine_options=engine_options(args))
     queue = QueueOptions(concurrency=args.concurrency) if args.concurrency else None
@@ -71,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
         servers=servers, queue=queue,
         ray=RayOptions(address=args.ray_address or os.environ.get("RAY_ADDRESS")),
         progress=not args.no_progress and sys.stderr.isatty(),
-        announce=lambda m: print(m, file=sys.stderr), into=comparison))
+        announce=lambda m: print(m, file=sys.stderr), into=comparison,
+        arrivals=arrivals, slo=slo))
     print(comparison.table())
+    if arrivals is not None:
+        from ..loadgen import format_load_table
+
+        print(format_load_table(comparison.runs))
     write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
     if interrupted:
         print("interrupted: the table and files hold what finished (unfinished = failed rows)",
