@@ -17,26 +17,34 @@ generator's own limit.
 
 Results: ``benchmarks/results/queueing.json`` (``--quick``: ``queueing_quick.json``).
 
-Usage: ``.venv/bin/python benchmarks/queueing.py [--quick] [--n N] [--time-scale F]``
+Each part keeps the machine's load average at the time it ran (the generator's lag depends on
+it: a 2-core machine with other work on it delays an event loop by milliseconds). ``--parts
+generator`` re-runs one part and keeps the other's recorded figures from the existing file.
+
+Usage: ``.venv/bin/python benchmarks/queueing.py [--quick] [--n N] [--time-scale F]
+[--parts latency,generator]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import ZERO_PROFILE, SimFarm, clean, write_result
+from _common import RESULTS, ZERO_PROFILE, SimFarm, clean, machine, write_result
 
 from parallel_kit import theory
 from parallel_kit.arrivals import make_schedule, specs_for
 from parallel_kit.config import Endpoint
 from parallel_kit.loadgen import run_open_loop
 from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.options import QueueOptions
 from parallel_kit.sim.profiles import load_profile
 
 RHOS = (0.3, 0.5, 0.7, 0.9)
@@ -45,7 +53,7 @@ GENERATOR_RATES = (100, 200, 400, 800, 1600, 3200)
 
 def _ctx(urls: list[str], scale: float, concurrency: int) -> ModeContext:
     return ModeContext(endpoints=[Endpoint(u) for u in urls], backend="sim", time_scale=scale,
-                       concurrency=concurrency)
+                       queue=QueueOptions(concurrency=concurrency))
 
 
 async def _latency_at(rho: float, n: int, scale: float, urls: list[str], seed: int
@@ -100,10 +108,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="utilisations to measure (comma-separated)")
     parser.add_argument("--generator-rates", default=",".join(map(str, GENERATOR_RATES)),
                         help="clock rates (requests/s) for the generator's limit")
+    parser.add_argument("--parts", default="latency,generator",
+                        help="which parts to run (the others are kept from the existing file)")
     parser.add_argument("--out", default=None, help="folder for the result JSON")
     args = parser.parse_args(argv)
     n = args.n or (40 if args.quick else 100)
 
+    parts = {x.strip() for x in args.parts.split(",") if x.strip()}
+    name = "queueing_quick" if args.quick else "queueing"
+    folder = Path(args.out) if args.out else RESULTS
+    previous: dict[str, Any] = {}
+    if (folder / f"{name}.json").exists():
+        previous = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+
+    latency: list[dict[str, Any]] = []
+    latency_part: dict[str, Any] = previous.get("latency_part", {})
+    if "latency" in parts:
+        latency_part = _latency_part(args, n)
+    generator_part: dict[str, Any] = previous.get("generator_part", {})
+    if "generator" in parts:
+        generator_part = _generator_part(args)
+    latency = latency_part.get("rows", [])
+    targets = {
+        "within_5pct_up_to_0.7": bool(latency) and all(
+            abs(row["measured_over_replay"][q] - 1) <= 0.05
+            for row in latency if row["rho"] <= 0.7 for q in ("p50", "p95")),
+    }
+    result = {
+        "latency_part": latency_part,
+        "generator_part": generator_part,
+        "generator_limit_rps": generator_part.get("limit_rps"),
+        "targets": targets,
+    }
+    path = write_result(name, clean(result), folder)
+    print(f"wrote {path}")
+    return result
+
+
+def _latency_part(args: argparse.Namespace, n: int) -> dict[str, Any]:
     latency = []
     with SimFarm(1, profile="seed", time_scale=args.time_scale, slots=1) as farm:
         for rho in (float(x) for x in args.rhos.split(",")):
@@ -115,6 +157,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"p95 {r['p95']:.3f}; steady p95 {row['steady_predicted_s']['p95']:.2f} s",
                   flush=True)
 
+    return {"settings": {"profile": "seed", "mode": "async", "slots": 1,
+                         "requests_per_rho": n, "time_scale": args.time_scale,
+                         "seed": args.seed},
+            "machine": machine(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rows": latency}
+
+
+def _generator_part(args: argparse.Namespace) -> dict[str, Any]:
     generator = []
     seconds = 1.0 if args.quick else 2.0
     reps = 1 if args.quick else 3
@@ -133,24 +183,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not g["held"]:
             break
         held.append(g["rate_rps"])
-    targets = {
-        "within_5pct_up_to_0.7": all(
-            abs(row["measured_over_replay"][q] - 1) <= 0.05
-            for row in latency if row["rho"] <= 0.7 for q in ("p50", "p95")),
-    }
-    result = {
-        "settings": {"profile": "seed", "mode": "async", "slots": 1, "requests_per_rho": n,
-                     "time_scale": args.time_scale, "seed": args.seed,
-                     "generator_seconds_per_rate": seconds},
-        "latency": latency,
-        "generator": generator,
-        "generator_limit_rps": max(held) if held else None,
-        "targets": targets,
-    }
-    out = Path(args.out) if args.out else None
-    path = write_result("queueing_quick" if args.quick else "queueing", clean(result), out)
-    print(f"wrote {path}")
-    return result
+    return {"settings": {"seconds_per_rate": seconds, "repetitions": reps,
+                         "profile": ZERO_PROFILE},
+            "machine": machine(), "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rates": generator, "limit_rps": max(held) if held else None}
 
 
 if __name__ == "__main__":
