@@ -130,3 +130,15 @@ async def test_slots_that_share_decoding_match_the_discrete_event_replay():
     assert info["latency_from_arrival_mean_s"] == pytest.approx(info["replay_latency_mean_s"],
                                                                 rel=0.05)
     assert not math.isnan(info["replay_ttft_mean_s"])
+
+
+@pytest.mark.parametrize("process,cv", [("poisson", 1.0), ("constant", 0.0)])
+async def test_recorded_hand_overs_keep_the_inter_arrival_statistics(process, cv):
+    # Time scale 0.1 and one arrival per model second: 100 ms of clock between arrivals, so a
+    # few ms of lag on a busy machine stays small against the gaps.
+    c = await compare(["async"], time_scale=0.1, profile="seed", num_predict=2,
+                      arrivals=Arrivals(rate=1.0, n=120, process=process, seed=2))
+    rows = _by_arrival(c.runs[0])
+    gaps = np.diff([r.queued_s for r in rows])
+    assert gaps.mean() == pytest.approx(1.0, rel=0.10)
+    assert abs(gaps.std() / gaps.mean() - cv) < 0.15
