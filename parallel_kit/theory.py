@@ -941,7 +941,7 @@ def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | Non
 
 
 def predict_load(
-    mode: str,
+    mode: str | Topology,
     service: ServiceModel,
     *,
     rate: float | None = None,
@@ -959,7 +959,9 @@ def predict_load(
 ) -> LoadPrediction:
     """Predict latency and TTFT of ``mode`` when requests arrive over time.
 
-    Two questions, one function:
+    ``mode`` is a registered mode's name (its topology from :func:`mode_topology`) or a
+    :class:`Topology` (servers, slots, requests in flight, dispatch; ``label`` names it; a
+    ``round_robin`` dispatch keeps one queue per server). Two questions, one function:
 
     * ``rate`` (and ``process``/``burstiness``): the **steady state** — a discrete-event run
       (:func:`parallel_kit.queueing.simulate`) of ``requests`` arrivals drawn with ``seed``,
@@ -978,8 +980,14 @@ def predict_load(
     if (rate is None) == (schedule is None):
         raise ConfigError("predict_load needs either a rate (steady state) or a schedule "
                           "(this run), not both")
-    servers, eff, policy = mode_topology(mode, workers=workers, slots=slots,
-                                         concurrency=concurrency)
+    if isinstance(mode, Topology):
+        topo = mode
+        servers, eff = _count("servers", topo.servers), topo.busy_slots
+        policy = "round_robin" if topo.dispatch == "round_robin" else "fifo"
+        mode = topo.label or f"{servers} server(s) × {eff} slot(s)"
+    else:
+        servers, eff, policy = mode_topology(mode, workers=workers, slots=slots,
+                                             concurrency=concurrency)
     policy = routing or policy
     solo = service.solo_s
     mean_pre = sum(service.prefill_s) / len(solo)

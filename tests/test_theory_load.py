@@ -83,3 +83,11 @@ def test_predict_load_needs_a_rate_or_a_schedule(seed_service):
         theory.predict_load("pool", seed_service)
     with pytest.raises(ConfigError, match="--rate"):
         theory.predict_load("pool", seed_service, rate=-1)
+
+
+def test_a_topology_is_predicted_like_the_mode_that_has_it(seed_service):
+    by_mode = theory.predict_load("pool", seed_service, rate=0.2, workers=3)
+    by_topology = theory.predict_load(theory.Topology(servers=3, label="three"), seed_service,
+                                      rate=0.2)
+    assert by_topology.latency_p95_s == by_mode.latency_p95_s
+    assert by_topology.mode == "three" and by_topology.utilisation == pytest.approx(2 / 3)
