@@ -15,7 +15,8 @@ generator's own limit.
    repetitions' p95. The limit is the highest rate whose median p95 lag stays under 1 ms with
    every lower rate under it too.
 
-Results: ``benchmarks/results/queueing.json`` (``--quick``: ``queueing_quick.json``).
+Results: ``benchmarks/results/queueing.json`` (``--quick``: the git-ignored
+``benchmarks/results/quick/queueing_quick.json``).
 
 Each part keeps the machine's load average at the time it ran (the generator's lag depends on
 it: a 2-core machine with other work on it delays an event loop by milliseconds). ``--parts
@@ -37,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import RESULTS, ZERO_PROFILE, SimFarm, clean, machine, write_result
+from _common import ZERO_PROFILE, SimFarm, clean, machine, results_dir, write_result
 
 from parallel_kit import theory
 from parallel_kit.arrivals import make_schedule, specs_for
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     name = "queueing_quick" if args.quick else "queueing"
-    folder = Path(args.out) if args.out else RESULTS
+    folder = results_dir(args.quick, Path(args.out) if args.out else None)
     previous: dict[str, Any] = {}
     if (folder / f"{name}.json").exists():
         previous = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))

@@ -48,7 +48,8 @@ class ModeInfo:
             ``--concurrency`` workers) or ``"slots"`` (every free slot of every server).
         starts_own_servers: given no ``--host``, it starts its servers itself (e.g. one inside
             each Ray GPU actor) instead of using servers the kit opened for it.
-        serves_api: can back ``parallel-kit serve`` (the HTTP API).
+        api_backend: ``"module:function"`` of the opener that backs ``parallel-kit serve``
+            with this mode (see :mod:`parallel_kit.api_backends`); ``None``: it cannot.
         dispatch: how it spreads requests over several servers.
         needs: optional extras it needs (``pip install parallel_kit[ray]``), e.g. ``("ray",)``;
             the widget lab leaves such modes unticked.
@@ -63,7 +64,7 @@ class ModeInfo:
     multi_server: bool = False
     in_flight: InFlight = "slots"
     starts_own_servers: bool = False
-    serves_api: bool = False
+    api_backend: str | None = None
     dispatch: Dispatch = "least_loaded"
     needs: tuple[str, ...] = ()
     session: str | None = None
@@ -77,6 +78,11 @@ class ModeInfo:
         if self.in_flight not in ("one", "queue", "slots"):
             raise ConfigError(f"mode {self.name!r}: in_flight {self.in_flight!r} is not one of "
                               f"one, queue, slots")
+
+    @property
+    def serves_api(self) -> bool:
+        """Can back ``parallel-kit serve`` (it names an ``api_backend``)."""
+        return self.api_backend is not None
 
     @property
     def uses_task_queue(self) -> bool:
@@ -171,7 +177,8 @@ register_mode(ModeInfo(
     session="parallel_kit.loadgen:sequential_session"))
 register_mode(ModeInfo(
     "async", "submit each request to a task queue, poll for results (one server)",
-    "parallel_kit.modes.queued:run_async", in_flight="queue", serves_api=True,
+    "parallel_kit.modes.queued:run_async", in_flight="queue",
+    api_backend="parallel_kit.api_backends:open_single",
     session="parallel_kit.loadgen:async_session"))
 register_mode(ModeInfo(
     "batch", "submit every request in one call to the task queue (one server)",
@@ -179,12 +186,14 @@ register_mode(ModeInfo(
     session="parallel_kit.loadgen:batch_session"))
 register_mode(ModeInfo(
     "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
-    "parallel_kit.modes.pool:run_pool", multi_server=True, serves_api=True,
+    "parallel_kit.modes.pool:run_pool", multi_server=True,
+    api_backend="parallel_kit.api_backends:open_pool",
     session="parallel_kit.loadgen:pool_session"))
 register_mode(ModeInfo(
     "ray", "one Ray actor per GPU, each with its own Ollama",
     "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
-    serves_api=True, needs=("ray",), session="parallel_kit.loadgen:ray_session"))
+    api_backend="parallel_kit.api_backends:open_ray", needs=("ray",),
+    session="parallel_kit.loadgen:ray_session"))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()
