@@ -74,9 +74,8 @@ def latency_vs_load(sweep: Sweep, *, width: float = 11.0, height: float = 4.4) -
             # Theory for each run's own arrivals: a short run starts from an empty server and
             # stays below the steady state near capacity; this is what it should measure.
             for q, marker in (("p50", "x"), ("p95", "+")):
-                col = frame["rate_rps"].index.map(
-                    lambda i, q=q: self_replay(sweep, int(i), q))
-                ax.plot(frame["rate_rps"], list(col), linestyle="none", marker=marker,
+                col = [self_replay(sweep, i, q) for i in range(len(sweep.runs))]
+                ax.plot(frame["rate_rps"], col, linestyle="none", marker=marker,
                         color="#555555", markersize=8, label=f"theory for these runs {q}")
         ax.set_yscale("log")
         ax.set_xlabel("offered rate (requests per model second)")
