@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FULL = ("client_overhead", "sim_capacity", "fidelity", "ray_dispatch", "scaling", "queueing",
-        "real_model")
+FULL = ("client_overhead", "sim_capacity", "fidelity", "ray_dispatch", "scaling", "real_model")
 QUICK = ("client_overhead", "sim_capacity", "fidelity", "scaling")
 
 
