@@ -20,8 +20,9 @@ Pacing: the driver sleeps until about 2 ms before an arrival and then yields to 
 the arrival's clock time has come, so that a request leaves within well under a millisecond of
 its time when the machine keeps up. It never sends early; when it sends late (a busy machine,
 or a rate beyond what the loop can hold), the lag is recorded: each row keeps its
-``scheduled_s`` beside ``submitted_s`` (the moment it was really handed to the mode), and the
-summary reports the mean and largest lag and says when the generator fell behind.
+``scheduled_s`` beside ``queued_s`` (the moment it was really handed to the mode) and
+``submitted_s`` (the moment its HTTP request was sent), and the summary reports the mean and
+largest lag and says when the generator fell behind.
 
 Figures (``RunSummary.open_loop``; every time in model seconds unless it says ``clock``):
 
@@ -29,9 +30,9 @@ Figures (``RunSummary.open_loop``; every time in model seconds unless it says ``
   ``finished_s − scheduled_s`` and ``first_token_s − scheduled_s``: the *response time* a user
   sees, queueing included, and what queueing theory predicts. The summary's headline latency and
   TTFT stay measured from the send (the field's definition), and ``queue_wait_mean_s`` is the
-  time between hand-over (the row's ``queued_s``) and send (requests held inside the kit). With nothing held (a
-  single-server mode whose server queues, ``vllm bench serve``'s set-up) they coincide.
-* ``lag_mean_s``, ``lag_max_s`` (and ``lag_*_clock_ms``) — ``submitted_s − scheduled_s`` before
+  time between hand-over (``queued_s``) and send (requests held inside the kit). With nothing
+  held (a single-server mode whose server queues, ``vllm bench serve``'s set-up) they coincide.
+* ``lag_mean_s``, ``lag_max_s`` (and ``lag_*_clock_ms``) — hand-over − ``scheduled_s``, before
   any ``max_concurrency`` hold; ``fell_behind`` when the 95th percentile of the lag exceeds 1 ms
   of clock (a summary note says so).
 * ``offered_rps`` (the schedule's rate), ``achieved_rps`` (arrivals ÷ their span, measured),
@@ -365,7 +366,7 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
     lat = distribution(x.latency_s for x in from_arrival if x.ok)
     ttft = distribution(x.ttft_s for x in from_arrival if x.ok)
     queue_wait = distribution(r.queue_wait_s for r in ok)
-    sub = sorted(r.submitted_s for r in measured)
+    sub = sorted(r.queued_s for r in measured)
     span = sub[-1] - sub[0] if len(sub) > 1 else math.nan
     achieved = (len(sub) - 1) / span if span and span > 0 else math.nan
     first_arrival = min(r.scheduled_s for r in measured)
