@@ -40,7 +40,8 @@ from .records import RequestSpec, RunResult
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AUTO_FRACTIONS", "Sweep", "parse_rates", "read_sweep", "sweep"]
+__all__ = ["AUTO_FRACTIONS", "CURVE_FRACTIONS", "Sweep", "parse_rates", "predicted_curve",
+           "read_sweep", "sweep"]
 
 #: Fractions of the measured capacity that ``--rates auto`` runs: 10 % … 110 %, 10 rates.
 AUTO_FRACTIONS: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.1, 1.1, 10))
@@ -268,6 +269,7 @@ def _add_curve(result: Sweep, mode: str, kwargs: dict[str, Any], process: str,
     if not profile_name:
         return
     from . import theory
+    from .config import max_concurrent_from_env
     from .sim.profiles import load_profile
 
     s = result.runs[0].summary
@@ -276,24 +278,52 @@ def _add_curve(result: Sweep, mode: str, kwargs: dict[str, Any], process: str,
              for r in result.runs[0].requests if r.ok and r.output_tokens]
     service = theory.service_model_from_profile(load_profile(profile_name), specs)
     topology: dict[str, Any] = {"workers": s.workers, "slots": s.slots,
-                                "concurrency": kwargs.get("concurrency") or 5,
+                                "concurrency": (kwargs.get("concurrency")
+                                                or max_concurrent_from_env()),
                                 "max_concurrency": max_concurrency}
-    capacity = theory.predict_load(mode, service, rate=1.0, requests=200,
-                                   **topology).capacity_rps
+    capacity, curve = predicted_curve(mode, service, process=process, burstiness=burstiness,
+                                      **topology)
     if result.capacity_rps is None:
         result.capacity_rps = capacity
         result.capacity_from = "predicted from the profile's latency model"
+    result.predicted = curve
+
+
+def predicted_curve(mode: Any, service: Any, *, fractions: Sequence[float] = CURVE_FRACTIONS,
+                    process: str = "poisson", burstiness: float = 1.0, requests: int = 5000,
+                    **topology: Any) -> tuple[float, list[dict[str, Any]]]:
+    """Theory's latency/TTFT curve for ``mode`` at ``fractions`` of its predicted capacity.
+
+    Args:
+        mode: a mode name or a :class:`~parallel_kit.topology.Topology`.
+        service: a :class:`~parallel_kit.theory.ServiceModel`
+            (``theory.service_model_from_profile(load_profile("seed"), prompts)``).
+        fractions: offered load as fractions of the capacity (default 2 % … 98 %, 40 points).
+        process, burstiness: the arrival process.
+        requests: arrivals per point of the discrete-event run (5,000: ~20 ms a point).
+        topology: ``workers``, ``slots``, ``concurrency``, ``max_concurrency`` as for
+            :func:`parallel_kit.theory.predict_load`.
+
+    Returns:
+        (capacity in requests per model second, one dict per point: ``rate_rps``,
+        ``utilisation``, ``latency_{mean,p50,p95,p99}_s``, ``ttft_{mean,p50,p95,p99}_s``,
+        ``throughput_rps``; model seconds, latency from arrival).
+    """
+    from . import theory
+
+    capacity = theory.predict_load(mode, service, rate=1.0, requests=200,
+                                   **topology).capacity_rps
     curve = []
-    for f in CURVE_FRACTIONS:
+    for f in fractions:
         p = theory.predict_load(mode, service, rate=capacity * f, process=process,
-                                burstiness=burstiness, requests=5000, **topology)
+                                burstiness=burstiness, requests=requests, **topology)
         curve.append({"rate_rps": p.rate, "utilisation": p.utilisation,
                       "latency_mean_s": p.latency_mean_s, "latency_p50_s": p.latency_p50_s,
                       "latency_p95_s": p.latency_p95_s, "latency_p99_s": p.latency_p99_s,
                       "ttft_mean_s": p.ttft_mean_s, "ttft_p50_s": p.ttft_p50_s,
                       "ttft_p95_s": p.ttft_p95_s, "ttft_p99_s": p.ttft_p99_s,
-                      "throughput_rps": p.rate})
-    result.predicted = curve
+                      "throughput_rps": min(p.rate, capacity)})
+    return capacity, curve
 
 
 def machine_description() -> dict[str, Any]:

@@ -72,3 +72,16 @@ def test_read_sweep_names_a_file_that_is_not_a_sweep(tmp_path):
     p.write_text('{"runs": []}')
     with pytest.raises(ConfigError, match="not a sweep"):
         read_sweep(p)
+
+
+def test_predicted_curve_rises_towards_the_capacity():
+    from parallel_kit import theory
+    from parallel_kit.prompts import original_prompts
+    from parallel_kit.sim.profiles import load_profile
+    from parallel_kit.sweep import predicted_curve
+
+    service = theory.service_model_from_profile(load_profile("seed"), original_prompts())
+    capacity, curve = predicted_curve("pool", service, fractions=(0.2, 0.5, 0.9), workers=3)
+    assert capacity == pytest.approx(0.3)
+    means = [p["latency_mean_s"] for p in curve]
+    assert means == sorted(means) and means[0] == pytest.approx(10.0, rel=0.05)
