@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .arrivals import Schedule
-from .errors import AllWorkersLost, ConfigError, OllamaError
+from .errors import AllWorkersLost, ConfigError, OllamaError, ParallelKitError
 from .metrics import ItlSketch, Slo, distribution, goodput_rps
 from .modes.base import ModeContext
 from .records import RequestResult, RequestSpec, RunResult, summarize
@@ -71,6 +71,10 @@ __all__ = ["LAG_LIMIT_CLOCK_S", "Session", "async_session", "batch_session",
 
 #: A generator that sends a request more than this late (clock seconds) has fallen behind.
 LAG_LIMIT_CLOCK_S = 1e-3
+#: Tasks the ``async``/``batch`` sessions let wait in their queue (the task queue's default
+#: bound); an arrival beyond it is refused — a failed row saying the queue is full, as the
+#: original demo's API answers 503.
+MAX_QUEUED = 10_000
 #: How long before an arrival the driver stops sleeping and starts yielding (clock seconds).
 _SPIN_S = 0.002
 
@@ -171,7 +175,7 @@ async def _client_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]
         setup = time.perf_counter() - t_setup
         clock.start()
         async with TaskQueue(call, concurrency=ctx.concurrency, clock=clock, mode=mode,
-                             model=ctx.model) as queue:
+                             model=ctx.model, max_queued=MAX_QUEUED) as queue:
             async def send_queued(spec: RequestSpec, queued_s: float) -> RequestResult:
                 ids = queue.submit_batch([spec]) if mode == "batch" else [queue.submit(spec)]
                 return await queue.result(ids[0])
@@ -290,11 +294,19 @@ async def run_open_loop(
         origin = clock.now()
 
         async def one(i: int, spec: RequestSpec, scheduled: float) -> None:
-            if sem is not None:
-                async with sem:
-                    row = await session.send(spec, clock.now())
-            else:
-                row = await session.send(spec, lags[i] + scheduled)
+            handed = lags[i] + scheduled
+            try:
+                if sem is not None:
+                    async with sem:
+                        handed = clock.now()
+                        row = await session.send(spec, handed)
+                else:
+                    row = await session.send(spec, handed)
+            except ParallelKitError as exc:  # e.g. the task queue is full: a failed row
+                row = RequestResult(
+                    request_id=spec.request_id or f"r{i}", mode=mode, prompt=spec.prompt,
+                    model=spec.model or ctx.model, queued_s=handed, submitted_s=handed,
+                    finished_s=clock.now(), ok=False, error=str(exc)).finalize()
             row.scheduled_s = scheduled
             if not row.request_id:
                 row.request_id = spec.request_id or f"r{i}"

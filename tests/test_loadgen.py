@@ -145,3 +145,26 @@ async def test_recorded_hand_overs_keep_the_inter_arrival_statistics(process, cv
     gaps = np.diff([r.queued_s for r in rows])
     assert gaps.mean() == pytest.approx(1.0, rel=0.10)
     assert abs(gaps.std() / gaps.mean() - cv) < 0.15
+
+
+async def test_a_full_task_queue_is_a_failed_row_not_a_lost_one(monkeypatch):
+    from parallel_kit import loadgen
+    from parallel_kit.arrivals import make_schedule, specs_for
+    from parallel_kit.config import Endpoint
+    from parallel_kit.modes.base import ModeContext
+    from parallel_kit.modes.options import QueueOptions
+    from parallel_kit.sim.server import SimulatedOllama
+
+    # Five arrivals within 5 ms on a queue with one worker (1 s requests) and room for two
+    # waiting tasks: the later arrivals are refused — and recorded as failed rows.
+    monkeypatch.setattr(loadgen, "MAX_QUEUED", 2)
+    sched = make_schedule(1000.0, n=5, process="constant")
+    specs = specs_for(sched, None, num_predict=10)
+    async with SimulatedOllama("seed", time_scale=SCALE) as sim:
+        ctx = ModeContext(endpoints=[Endpoint(sim.url)], backend="sim", time_scale=SCALE,
+                          queue=QueueOptions(concurrency=1))
+        run = await loadgen.run_open_loop("async", specs, sched, ctx)
+    assert len(run.requests) == 5
+    refused = [r for r in run.requests if not r.ok]
+    assert len(refused) == 2 and all("queue is full" in (r.error or "") for r in refused)
+    assert run.summary.failed == 2
