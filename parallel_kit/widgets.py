@@ -251,6 +251,22 @@ class ExperimentLab:
 
         run_sync(coro)
 
+    async def wait(self) -> Comparison | None:
+        """Wait for the background run (if any) and return the last result.
+
+        Then re-send every widget's state from the waiting cell. A browser already has it;
+        a headless runner (nbclient, ``make notebooks``) only keeps updates sent while a cell
+        executes, and the run's updates came from another thread — without this, a saved
+        notebook would show the lab as it was when Run was pressed ("starting…", Run disabled).
+        """
+        result = await self.task if self.task is not None else self.comparison
+        for w in (*self.controls(), self.run_button, self.progress, self.prediction,
+                  self.status):
+            w.send_state()
+        # Only what the Output shows: its msg_id (capture target) is not ours to re-send.
+        self.output.send_state(key="outputs")
+        return result
+
     @staticmethod
     async def _off_the_loop(coro: Any) -> Comparison | None:
         """Run ``coro`` on the kit's background loop; this loop only waits for the result."""

@@ -260,3 +260,13 @@ async def test_the_kernels_loop_keeps_running_while_ray_starts() -> None:
     start = next(s for s in lab.steps if s.name == "ray cluster start")
     assert start.thread != threading.main_thread().name
     assert any(start.started < t < start.ended for t in ticks), "the loop stalled during start"
+
+
+async def test_wait_returns_the_run_and_leaves_the_lab_ready() -> None:
+    lab = make_lab()
+    select(lab, "sequential")
+    assert await lab.wait() is None  # nothing ran yet
+    lab.run_button.click()
+    comparison = await asyncio.wait_for(lab.wait(), timeout=60)
+    assert comparison is lab.comparison is not None
+    assert not lab.run_button.disabled and "done" in lab.status.value
