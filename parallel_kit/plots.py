@@ -536,7 +536,7 @@ def speedup_vs_slots(speedup: theory.SpeedupFn | Any, ks: int | Iterable[int],
                 markersize=8, label="measured throughput gain")
     name = getattr(speedup, "name", None)
     ax.set_title("What more slots buy" + (f" ({name})" if isinstance(name, str) else "")
-                 + ": each request slows, the server speeds up", fontsize=11)
+                 + "\neach request slows, the server speeds up", fontsize=11)
     ax.set_xlabel("slots per server K (OLLAMA_NUM_PARALLEL)")
     ax.set_ylabel("throughput vs one slot (×)")
     _finish_curve(fig, ax, kk, "theory: S(K) from the profile", runs, bool(points), backend,
