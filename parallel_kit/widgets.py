@@ -49,7 +49,7 @@ import ipywidgets as W
 
 from . import theory
 from .bench import Comparison, compare
-from .modes.base import MODE_NAMES
+from .modes.registry import get_info, mode_names
 from .records import RequestResult
 
 __all__ = ["TIME_SCALES", "ExperimentLab", "LabRun", "Step"]
@@ -61,8 +61,6 @@ LAB_PROFILE = "seed"
 #: The time scales the slider offers (clock seconds per model second); a value given to the lab
 #: that is not here is added, so the lab always shows exactly the scale it runs.
 TIME_SCALES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-#: Modes left unticked at first: their start-up costs seconds (a Ray cluster).
-SLOW_START_MODES = frozenset({"ray"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +152,10 @@ class ExperimentLab:
         self.time_scale = W.SelectionSlider(
             options=[(_time_scale_label(s), s) for s in scales], value=float(time_scale),
             description="time scale", style=style, layout=layout)
-        self.mode_boxes = {m: W.Checkbox(value=m not in SLOW_START_MODES, description=m,
+        # Modes that need an optional extra (Ray) are off by default: slow to bring up.
+        self.mode_boxes = {m: W.Checkbox(value=not get_info(m).needs, description=m,
                                          indent=False, layout=W.Layout(width="110px"))
-                           for m in MODE_NAMES}
+                           for m in mode_names()}
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="0 / 0")
         self.prediction = W.HTML("")
@@ -218,7 +217,7 @@ class ExperimentLab:
             return "no mode selected"
         base = float(self.seconds.value) * self.requests.value
         parts = [f"{m} {p.makespan_s:.3g} s" + (f" ({base / p.makespan_s:.2f}×)"
-                                                  if p.makespan_s > 0 and m in ("pool", "ray")
+                                                  if p.makespan_s > 0 and get_info(m).multi_server
                                                   else "")
                  for m, p in preds.items()]
         return "predicted: " + " · ".join(parts)
@@ -326,7 +325,7 @@ class ExperimentLab:
             self.progress.description = f"{self.progress.value} / {self.progress.max}"
 
         try:
-            if "ray" in modes and not self.hosts:
+            if not self.hosts and any("ray" in get_info(m).needs for m in modes):
                 from . import raycluster
 
                 self.status.value = f"run {number}: starting Ray ({gpus} GPUs)…"
