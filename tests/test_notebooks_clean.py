@@ -91,7 +91,10 @@ def test_ci_checks_are_tagged_and_folded(notebook: Any) -> None:
     for cell in notebook.cells:
         if cell.cell_type == "code" and re.search(r"^\s*assert ", cell.source, re.M) \
                 and "NBVAL_CHECK_OUTPUT" not in cell.source:
-            assert "ci-check" in cell.metadata.get("tags", []), cell.source[:80]
+            tags = cell.metadata.get("tags", [])
+            # ci-check: the learners' copy folds it; nbval-ignore-output: nbval's own tag (the
+            # cell's printed measurements differ run to run; its assertions still run)
+            assert {"ci-check", "nbval-ignore-output"} <= set(tags), cell.source[:80]
             assert cell.metadata.get("jupyter", {}).get("source_hidden") is True
 
 
