@@ -149,7 +149,11 @@ def wait(driver: Any, condition: Any, what: str, timeout: float = STEP_TIMEOUT_S
                              + page_text(driver)[-1500:]) from None
 
 
-def shot(driver: Any, name: str) -> None:
+def shot(driver: Any, name: str, show: str | None = None) -> None:
+    """Save a screenshot; ``show``: a CSS selector whose last match is scrolled into view."""
+    if show:
+        driver.execute_script("const e = [...document.querySelectorAll(arguments[0])].pop();"
+                              "if (e) e.scrollIntoView({block: 'center'});", show)
     n = len(list(ARTIFACTS.glob("*.png"))) + 1
     driver.save_screenshot(str(ARTIFACTS / f"{n:02d}-{name}.png"))
 
@@ -274,7 +278,7 @@ def test_2_what_the_learner_sees_is_what_ran(browser: Any) -> None:
     wait(browser, lambda d: "12 / 12" in page_text(d), "the progress bar reaches 12 / 12")
     wait(browser, lambda d: "run 1: sequential, pool · 6 requests × 5 s" in lab_output_text(d),
          "the lab draws run 1 with its settings")
-    shot(browser, "run-1-drawn")
+    shot(browser, "run-1-drawn", show=".widget-output")
 
 
 def test_3_sliders_and_the_run_button_draw_a_new_run(browser: Any) -> None:
@@ -282,14 +286,14 @@ def test_3_sliders_and_the_run_button_draw_a_new_run(browser: Any) -> None:
     move_slider(browser, "seconds per request", Keys.ARROW_RIGHT)  # 5 → 6
     wait(browser, lambda d: readout(d, "requests") == "7" and
          readout(d, "seconds per request") == "6", "the sliders move to 7 requests of 6 s")
-    shot(browser, "sliders-moved")
+    shot(browser, "sliders-moved", show=".widget-slider")
     browser.find_element(By.XPATH, "//button[normalize-space()='Run']").click()
     caption = f"run 2: sequential, pool · 7 requests × 6 s · 3 GPUs × 1 slot · time scale {TIME_SCALE}"
     wait(browser, lambda d: caption in lab_output_text(d), "run 2's timeline is drawn")
     wait(browser, lambda d: "14 / 14" in page_text(d), "the progress bar reaches 14 / 14")
     assert len(browser.find_elements(By.CSS_SELECTOR, ".widget-output img")) >= 2
     assert "run 1:" not in lab_output_text(browser)
-    shot(browser, "run-2-drawn")
+    shot(browser, "run-2-drawn", show=".widget-output")
 
 
 def test_4_another_cell_runs_while_ray_starts(browser: Any) -> None:
@@ -310,13 +314,13 @@ def test_4_another_cell_runs_while_ray_starts(browser: Any) -> None:
         "print('this cell ran while:', lab.status.value, '| run finished:', lab.task.done())"]))
     wait(browser, lambda d: "this cell ran while" in last_cell_output(d),
          "the new cell runs during the Ray start")
-    shot(browser, "cell-ran-during-ray-start")
+    shot(browser, "cell-ran-during-ray-start", show=".jp-Cell")
     out = last_cell_output(browser)
     assert "starting Ray" in out and "run finished: False" in out, out
     caption = "run 3: ray · 7 requests × 6 s · 3 GPUs × 1 slot"
     wait(browser, lambda d: caption in lab_output_text(d), "the Ray run is drawn")
     wait(browser, lambda d: "7 / 7" in page_text(d), "the progress bar reaches 7 / 7")
-    shot(browser, "ray-run-drawn")
+    shot(browser, "ray-run-drawn", show=".widget-output")
     run_new_cell(browser, "from parallel_kit import raycluster\n"
                           "print('ray stopped:', raycluster.shutdown())")
     wait(browser, lambda d: "ray stopped" in last_cell_output(d), "Ray is stopped")
