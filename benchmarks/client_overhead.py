@@ -152,7 +152,7 @@ CPU_CONCURRENCY = 64
 async def _cpu_kit(url: str, n: int, tokens: int) -> dict[str, Any]:
     specs = [RequestSpec(PROMPT, num_predict=tokens) for _ in range(n)]
     ctx = ModeContext(endpoints=[Endpoint(url, slots=CPU_CONCURRENCY)],
-                      concurrency=CPU_CONCURRENCY, model=MODEL)
+                      queue=QueueOptions(concurrency=CPU_CONCURRENCY), model=MODEL)
     run = await run_async(specs, ctx)
     if run.summary.failed:
         raise RuntimeError(f"kit: {run.summary.failed} requests failed: "

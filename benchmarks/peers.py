@@ -85,14 +85,14 @@ def ensure_venv(tools: list[str]) -> None:
 _KIT_SNIPPET = """
 import asyncio, json, sys
 from parallel_kit.config import Endpoint
-from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.base import ModeContext, QueueOptions
 from parallel_kit.modes.queued import run_async
 from parallel_kit.records import RequestSpec
 url, c, tokens, prompts, out, model = sys.argv[1:7]
 lines = open(prompts, encoding="utf-8").read().splitlines()
 specs = [RequestSpec(p, num_predict=int(tokens)) for p in lines]
-ctx = ModeContext(endpoints=[Endpoint(url, slots=64)], concurrency=int(c), model=model,
-                  api="openai")
+ctx = ModeContext(endpoints=[Endpoint(url, slots=64)], queue=QueueOptions(concurrency=int(c)),
+                  model=model, api="openai")
 run = asyncio.run(run_async(specs, ctx))
 json.dump(run.to_dict(), open(out, "w"))
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 
@@ -74,7 +76,7 @@ async def test_latency_and_ttft_count_from_the_send_and_queue_wait_apart(mode: s
         run = await get_mode(mode)(make_specs(3), context(sim, concurrency=1))
     rows, s = run.requests, run.summary
     assert s.ok == 3
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert after.submitted_s >= before.finished_s  # sent only when the worker was free
         assert after.queued_s <= before.submitted_s    # but accepted at the start
     for r in rows:
