@@ -158,8 +158,8 @@ class RunSummary:
     ``itl_*`` over every gap between streamed chunks (a sketch, within 1 %);
     ``queue_wait_*`` is the time requests spent queued inside the kit before being sent;
     ``achieved_concurrency`` the time-averaged number of requests in flight at the client
-    (send to end) over the makespan, beside ``requested_concurrency`` (what was asked, where a
-    mode has one); ``offered_rps`` the arrival rate asked for (``None`` for a closed loop);
+    (send to end) from the first send to the last end, beside ``requested_concurrency``
+    (what was asked, where a mode has one); ``offered_rps`` the arrival rate asked for (``None`` for a closed loop);
     ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
     """
 
@@ -305,7 +305,8 @@ def summarize(
     tpot = distribution(_row_tpot_s(r) for r in ok_rows)
     itl_d = itl.distribution() if itl is not None else distribution(())
     wait = distribution(r.queue_wait_s for r in ok_rows)
-    concurrency = (achieved_concurrency(requests, min(starts), max(ends)) if has_span
+    sends = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
+    concurrency = (achieved_concurrency(requests, min(sends), max(ends)) if sends and ends
                    else math.nan)
     goodput = None
     if slo is not None:

@@ -113,4 +113,5 @@ async def test_closed_loop_holds_64_in_flight_at_a_fast_server(mode: str) -> Non
     assert run.summary.ok == 320
     assert stats["max_active"] == 64  # the server's own count: all 64 were there at once
     assert run.summary.requested_concurrency == 64
-    assert 1.0 < run.summary.achieved_concurrency <= 64.0
+    # time-averaged in flight at the client: near 64 (a trickle of submissions gave ~14)
+    assert 0.75 * 64 < run.summary.achieved_concurrency <= 64.0
