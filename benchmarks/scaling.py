@@ -60,7 +60,10 @@ def _specs(n: int) -> list[RequestSpec]:
 def _cell(rows: list[RequestResult], n: int, workers: int, scale: float,
           wall_s: float) -> dict[str, Any]:
     ok = [r for r in rows if r.ok]
-    makespan = max(r.finished_s for r in rows) - min(r.submitted_s for r in rows)
+    # from the first arrival (queued_s; rows of older records have only submitted_s)
+    makespan = max(r.finished_s for r in rows) - min(
+        r.submitted_s if math.isnan(r.queued_s) else min(r.queued_s, r.submitted_s)
+        for r in rows)
     predicted = math.ceil(n / workers) * SERVICE_MODEL_S
     return {"n": n, "workers": workers, "time_scale": scale,
             "request_clock_ms": SERVICE_MODEL_S * scale * 1000, "ok": len(ok),
@@ -193,6 +196,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="W ∈ {1, 4}, N ∈ {10, 100}, pool")
     parser.add_argument("--modes", default=None, help="pool,ray (default: both; quick: pool)")
+    parser.add_argument("--headline", action="store_true",
+                        help="only the target cell (pool, W = 16, N = 10,000) and the memory "
+                             "figure → results/scaling_headline.json")
     parser.add_argument("--replot", action="store_true",
                         help="only redraw scaling.png from the recorded scaling.json")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
@@ -203,7 +209,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"→ {png}")
         return dict(recorded)
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # Ray refuses logical GPUs when it is set
-    if args.quick:
+    if args.headline:
+        ws, ns = [16], [10_000]
+        modes = (args.modes or "pool").split(",")
+    elif args.quick:
         ws, ns = [1, 4], [10, 100]
         modes = (args.modes or "pool").split(",")
     else:
@@ -222,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         raycluster.shutdown()
     memory = memory_per_record(100, 1000) if args.quick else memory_per_record(1000, 10_000)
-    suffix = "_quick" if args.quick else ""
-    png = plot(cells, (args.out or RESULTS) / f"scaling{suffix}.png")
+    suffix = "_headline" if args.headline else "_quick" if args.quick else ""
+    png = None if args.headline else plot(cells, (args.out or RESULTS) / f"scaling{suffix}.png")
     headline = next((c for c in cells if c["mode"] == "pool" and c["workers"] == 16
                      and c["n"] == 10_000), None)
     result = clean({
