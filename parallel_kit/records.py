@@ -7,8 +7,8 @@ clock; the record still says 10 s). Real Ollama runs at scale 1, so model time i
 The one exception is ``RunSummary.submit_s``: the clock seconds until every request was
 accepted. It is an overhead of the kit itself, never scaled.
 
-``RequestResult``      one row per request
-``RunSummary``         the numbers that describe a run (definitions: docs/METRICS.md)
+``RequestResult``      one row per request (``docs/CONTRACTS.md``, "Records")
+``RunSummary``         the numbers that describe a run (definitions: ``docs/METRICS.md``)
 ``RunResult``          rows + summary; ``to_frame()`` gives pandas
 ``summarize()``        computes a ``RunSummary`` from rows
 ``write_json`` / ``write_csv`` / ``read_json``   the ``--json`` and ``--csv`` files
@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -32,6 +34,7 @@ from .metrics import ItlSketch, Slo, achieved_concurrency, distribution, goodput
 from .metrics import row_tpot_s as _row_tpot_s
 
 __all__ = [
+    "SCHEMA_VERSION",
     "RequestResult",
     "RequestSpec",
     "RunResult",
@@ -151,7 +154,8 @@ REQUEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestResult))
 
 @dataclass(slots=True)
 class RunSummary:
-    """The numbers that describe one run of one mode (every definition: docs/METRICS.md).
+    """The numbers that describe one run of one mode (``docs/CONTRACTS.md``, "Records"; every
+    definition: ``docs/METRICS.md``).
 
     Times are model seconds, except ``wall_s``, ``submit_s`` and ``setup_s`` (clock seconds).
     ``latency_*``, ``ttft_*``, ``tpot_*`` are over finished requests, measured from the send;
@@ -159,8 +163,8 @@ class RunSummary:
     ``queue_wait_*`` is the time requests spent queued inside the kit before being sent;
     ``achieved_concurrency`` the time-averaged number of requests in flight at the client
     (send to end) from the first send to the last end, beside ``requested_concurrency``
-    (what was asked, where a mode has one); ``offered_rps`` the arrival rate asked for (``None`` for a closed loop);
-    ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
+    (what was asked, where a mode has one); ``offered_rps`` the arrival rate asked for
+    (``None`` for a closed loop); ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
     """
 
     mode: str
@@ -368,18 +372,37 @@ def _arrival(row: RequestResult) -> float:
     return min(times) if times else math.nan
 
 
+#: Version of the ``--json`` result schema (``docs/CONTRACTS.md``, "Records"). 1: the first
+#: release, which wrote no version; 2: ``schema_version`` written. Readers take both.
+SCHEMA_VERSION = 2
+
+
 def write_json(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
-    """Write ``{"runs":[{"summary":{…},"requests":[…]}]}`` (the ``--json`` schema)."""
+    """Write ``{"schema_version": 2, "runs":[{"summary":{…},"requests":[…]}]}`` (``--json``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"runs": [r.to_dict() for r in runs]}
+    doc = {"schema_version": SCHEMA_VERSION, "runs": [r.to_dict() for r in runs]}
     p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return p
 
 
 def read_json(path: str | os.PathLike[str]) -> list[RunResult]:
-    """Read a file written by :func:`write_json`."""
+    """Read a file written by :func:`write_json`, of any schema version up to this one.
+
+    A file without ``schema_version`` is version 1 (the first release); fields a version does
+    not know are ignored, fields it lacks take their defaults.
+
+    Raises:
+        ConfigError: a file from a newer parallel_kit, or one that is not a results file.
+    """
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+        raise ConfigError(f"{path} is not a parallel_kit results file (no \"runs\" list) — "
+                          f"give a file written by --json or write_json")
+    version = doc.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(f"{path} has result schema version {version!r}; this parallel_kit "
+                          f"reads up to {SCHEMA_VERSION} — upgrade parallel_kit to read it")
     return [RunResult.from_dict(r) for r in doc["runs"]]
 
 
