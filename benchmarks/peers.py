@@ -58,7 +58,7 @@ TOKENS = 32
 #: STEADY_PROFILE decodes 100 tokens/s per stream, whatever the number of streams
 IDEAL_S = TOKENS / 100.0
 TOOLS = ("kit", "servebench", "guidellm")
-#: the concurrency-4 comparison's server (the profile the kit's measurement issue used)
+#: the concurrency-4 comparison's server (the profile of the first side-by-side comparison)
 C4_PROFILE = "rtx4090"
 
 # -- the peers' venv -----------------------------------------------------------------------------
