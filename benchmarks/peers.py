@@ -75,9 +75,14 @@ def ensure_venv(tools: list[str]) -> None:
         return
     if not venv_bin("python").exists():
         print(f"creating {VENV} …", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        if subprocess.run([sys.executable, "-m", "venv", str(VENV)]).returncode:
+            raise SystemExit(f"could not create {VENV} — is the venv module installed "
+                             f"(python3-venv)?")
     print(f"installing {', '.join(missing)} into {VENV} (once) …", flush=True)
-    subprocess.run([str(venv_bin("python")), "-m", "pip", "install", "-q", *missing], check=True)
+    if subprocess.run([str(venv_bin("python")), "-m", "pip", "install", "-q", *missing]
+                      ).returncode:
+        raise SystemExit(f"pip could not install {', '.join(missing)} into {VENV} — check "
+                         f"that PyPI is reachable, or run with --tools kit")
 
 
 # -- running one tool ------------------------------------------------------------------------------
