@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 
 from . import theory
 from .errors import ConfigError
+from .modes.registry import BASELINE
 from .records import RequestResult, RunResult, percentile
 
 __all__ = [
@@ -359,7 +360,7 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
 def _speedups(runs: Sequence[RunResult]) -> list[float | None]:
     """Each run's speed-up over sequential: the summary's, else against a sequential run here."""
     seq = next((r.summary.makespan_s for r in runs
-                if r.summary.mode == "sequential" and _finite(r.summary.makespan_s)), None)
+                if r.summary.mode == BASELINE and _finite(r.summary.makespan_s)), None)
     out: list[float | None] = []
     for r in runs:
         s = r.summary
