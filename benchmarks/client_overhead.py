@@ -152,7 +152,7 @@ CPU_CONCURRENCY = 64
 async def _cpu_kit(url: str, n: int, tokens: int) -> dict[str, Any]:
     specs = [RequestSpec(PROMPT, num_predict=tokens) for _ in range(n)]
     ctx = ModeContext(endpoints=[Endpoint(url, slots=CPU_CONCURRENCY)],
-                      concurrency=CPU_CONCURRENCY, model=MODEL)
+                      queue=QueueOptions(concurrency=CPU_CONCURRENCY), model=MODEL)
     run = await run_async(specs, ctx)
     if run.summary.failed:
         raise RuntimeError(f"kit: {run.summary.failed} requests failed: "
@@ -254,13 +254,62 @@ def ttft_accuracy(n: int, time_scale: float = 0.02) -> dict[str, Any]:
             "target": "median |error| < 1 ms", "met": abs(med) < 1.0}
 
 
+# The simulator as shipped reads requests with uvicorn's h11 (pure Python); the same simulator
+# with uvicorn's httptools parser shows what the server side of the TTFT error costs.
+_SERVE_WITH_PARSER = """
+import asyncio, sys, uvicorn
+parser = sys.argv[1]
+original = uvicorn.Config.__init__
+def with_parser(self, *args, **kwargs):
+    kwargs["http"] = parser
+    original(self, *args, **kwargs)
+uvicorn.Config.__init__ = with_parser
+sys.path.insert(0, sys.argv[2])
+import _common
+asyncio.run(_common._serve(1, "seed", float(sys.argv[3]), None))
+"""
+
+
+def ttft_by_sim_parser(n: int, reps: int = 2, time_scale: float = 0.02) -> dict[str, Any]:
+    """TTFT error with the simulator's HTTP parser forced to h11 and to httptools, interleaved."""
+    import subprocess
+
+    errors: dict[str, list[float]] = {"h11": [], "httptools": []}
+    for _ in range(reps):
+        for parser in errors:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _SERVE_WITH_PARSER, parser,
+                 str(Path(__file__).resolve().parent), repr(time_scale)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                assert proc.stdout is not None
+                url = proc.stdout.readline().split()[1]
+                errors[parser] += asyncio.run(_ttft(url, n, time_scale))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+    return {p: {"requests": len(e), "error_ms_median": median(e),
+                "error_ms_p90": quantile(e, 0.9)} for p, e in errors.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests and repetitions")
     parser.add_argument("--n", type=int, default=None, help="requests per measurement")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--ttft-parsers", action="store_true",
+                        help="only the TTFT error with the simulator on h11 vs httptools "
+                             "→ results/client_overhead_ttft_parsers.json")
     args = parser.parse_args(argv)
+    if args.ttft_parsers:
+        by_parser = clean(ttft_by_sim_parser(20 if args.quick else 100))
+        path = write_result("client_overhead_ttft_parsers" + ("_quick" if args.quick else ""),
+                            {"ttft_by_sim_parser": by_parser}, args.out)
+        print(", ".join(f"{p}: median {v['error_ms_median']:.3f} ms, p90 "
+                        f"{v['error_ms_p90']:.3f} ms" for p, v in by_parser.items())
+              + f" → {path}")
+        return by_parser
     n = args.n or (500 if args.quick else 2000)
     reps = args.reps or (2 if args.quick else 4)
     with SimFarm(1, profile=ZERO_PROFILE, slots=64) as farm:

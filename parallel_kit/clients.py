@@ -1,6 +1,7 @@
 """Talking to Ollama: the native API (``OllamaClient``) and the OpenAI-compatible one (``OpenAIClient``).
 
-Both clients are async, built on httpx, and have the same shape (docs/ARCHITECTURE.md, "Client
+Both clients are async (the streaming hot path on :mod:`parallel_kit._http1`, the other calls on
+httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
 interface"): ``run(spec, clock=…, mode=…)`` sends one request and returns one
 :class:`~parallel_kit.records.RequestResult` — a failed request is a row with ``ok=False`` and the
 typed error's message, never an exception (except the types in ``raise_for`` and cancellation).

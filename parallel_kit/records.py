@@ -8,7 +8,7 @@ The one exception is ``RunSummary.submit_s``: the clock seconds until every requ
 accepted. It is an overhead of the kit itself, never scaled.
 
 ``RequestResult``      one row per request (``docs/CONTRACTS.md``, "Records")
-``RunSummary``         the numbers that describe a run (definitions: docs/METRICS.md)
+``RunSummary``         the numbers that describe a run (definitions: ``docs/METRICS.md``)
 ``RunResult``          rows + summary; ``to_frame()`` gives pandas
 ``summarize()``        computes a ``RunSummary`` from rows
 ``write_json`` / ``write_csv`` / ``read_json``   the ``--json`` and ``--csv`` files
@@ -158,16 +158,16 @@ REQUEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestResult))
 @dataclass(slots=True)
 class RunSummary:
     """The numbers that describe one run of one mode (``docs/CONTRACTS.md``, "Records"; every
-    definition: docs/METRICS.md).
+    definition: ``docs/METRICS.md``).
 
     Times are model seconds, except ``wall_s``, ``submit_s`` and ``setup_s`` (clock seconds).
     ``latency_*``, ``ttft_*``, ``tpot_*`` are over finished requests, measured from the send;
     ``itl_*`` over every gap between streamed chunks (a sketch, within 1 %);
     ``queue_wait_*`` is the time requests spent queued inside the kit before being sent;
     ``achieved_concurrency`` the time-averaged number of requests in flight at the client
-    (send to end) over the makespan, beside ``requested_concurrency`` (what was asked, where a
-    mode has one); ``offered_rps`` the arrival rate asked for (``None`` for a closed loop);
-    ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
+    (send to end) from the first send to the last end, beside ``requested_concurrency``
+    (what was asked, where a mode has one); ``offered_rps`` the arrival rate asked for
+    (``None`` for a closed loop); ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
     """
 
     mode: str
@@ -321,7 +321,8 @@ def summarize(
     tpot = distribution(_row_tpot_s(r) for r in ok_rows)
     itl_d = itl.distribution() if itl is not None else distribution(())
     wait = distribution(r.queue_wait_s for r in ok_rows)
-    concurrency = (achieved_concurrency(requests, min(starts), max(ends)) if has_span
+    sends = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
+    concurrency = (achieved_concurrency(requests, min(sends), max(ends)) if sends and ends
                    else math.nan)
     goodput = None
     if slo is not None:

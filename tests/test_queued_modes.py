@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import httpx
 import pytest
 
@@ -76,7 +78,7 @@ async def test_latency_and_ttft_count_from_the_send_and_queue_wait_apart(mode: s
         run = await get_mode(mode)(make_specs(3), context(sim, concurrency=1))
     rows, s = run.requests, run.summary
     assert s.ok == 3
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert after.submitted_s >= before.finished_s  # sent only when the worker was free
         assert after.queued_s <= before.submitted_s    # but accepted at the start
     for r in rows:
@@ -113,4 +115,5 @@ async def test_closed_loop_holds_64_in_flight_at_a_fast_server(mode: str) -> Non
     assert run.summary.ok == 320
     assert stats["max_active"] == 64  # the server's own count: all 64 were there at once
     assert run.summary.requested_concurrency == 64
-    assert 1.0 < run.summary.achieved_concurrency <= 64.0
+    # time-averaged in flight at the client: near 64 (a trickle of submissions gave ~14)
+    assert 0.75 * 64 < run.summary.achieved_concurrency <= 64.0
