@@ -65,6 +65,13 @@ __all__ = ["OllamaClient", "OpenAIClient", "RetryPolicy"]
 _C = TypeVar("_C", bound="_BaseClient")
 _NS = 1e-9  # Ollama reports durations in nanoseconds
 _USER_AGENT = "parallel-kit/0.1"
+#: Deadlines by what is awaited (clock seconds). Connecting is quick or never; the first byte
+#: may wait for a cold model load and the prompt (``timeout``, default 600 s: Ollama streams
+#: its headers with the first token, ``server/routes.go`` ``streamResponse``); once the answer
+#: streams, a gap between two chunks is one decode step, so a long silence means the server
+#: froze — it is then treated as gone (``OllamaUnavailable``), like a dropped connection.
+CONNECT_TIMEOUT_S = 10.0
+CHUNK_TIMEOUT_S = 60.0
 # Options the OpenAI-compatible chat API understands; others (num_ctx, top_k, …) have no
 # OpenAI field and are left out (use OllamaClient for them).
 _OPENAI_OPTIONS = ("temperature", "top_p", "seed", "stop", "frequency_penalty",
@@ -174,9 +181,9 @@ class _BaseClient:
         self.timeout = float(timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self.stream = stream
-        # Connecting is quick or never: a short connect timeout turns a black-holed address
-        # into "unavailable" instead of a 10-minute wait. Reads may wait for a model to load.
-        self._timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        # Deadlines by what is awaited (CONNECT_TIMEOUT_S, CHUNK_TIMEOUT_S above).
+        self._timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_S))
+        self.chunk_timeout = min(self.timeout, CHUNK_TIMEOUT_S)
         self._extensions = {"timeout": self._timeout.as_dict()}
         self._url = httpx.URL(self.host + self._path)
         # identity: the line splitter reads raw bytes (Ollama does not compress anyway).
@@ -301,8 +308,11 @@ class _BaseClient:
         """One HTTP exchange; fills ``row`` or raises a typed error (or ``_Retryable``)."""
         lane = await self._lanes.acquire()
         try:
+            # Own timeout dict: its read deadline drops to chunk_timeout once headers are in
+            # (httpcore reads it again when the body starts).
+            deadlines = dict(self._extensions["timeout"])
             request = httpx.Request("POST", self._url, content=body, headers=self._headers,
-                                    extensions=self._extensions)
+                                    extensions={"timeout": deadlines})
             row.started_s = clock.now()
             sender = self._test_transport or lane
             try:
@@ -319,13 +329,15 @@ class _BaseClient:
             except httpx.HTTPError as exc:
                 raise RequestFailed(f"request to {self.host} failed: {_short(exc)} — check "
                                     f"the address and the server log", host=self.host) from exc
+            deadlines["read"] = self.chunk_timeout
             try:
                 if response.status_code != 200:
                     raw = await _read_all(response.stream)
                     raise self._status_error(response, raw, model)
                 await self._read_answer(response.stream, row, clock)
             except httpx.TimeoutException as exc:
-                raise RequestTimeout(self.host, self.timeout) from exc
+                raise OllamaUnavailable(self.host, f"the answer stalled: no data for "
+                                                   f"{self.chunk_timeout:g} s") from exc
             except ValueError as exc:
                 raise RequestFailed(
                     f"{self.host} answered something other than Ollama's streaming JSON "
