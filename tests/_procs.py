@@ -31,6 +31,7 @@ class SimProcess:
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.frozen = False
+        self.mark = 0  # a test's note of the request count (test_faults.mark)
 
     def start(self, timeout_s: float = 60.0) -> SimProcess:
         env = {**os.environ, "PYTHONPATH": os.getcwd()}

@@ -77,11 +77,21 @@ async def until(predicate, what: str, timeout_s: float = BOUND_S) -> None:
         await asyncio.sleep(0.02)
 
 
-async def started(proc: SimProcess, n: int = 1) -> bool:
-    """Whether ``proc`` has received ``n`` generation requests (its own count)."""
+async def requests_seen(proc: SimProcess) -> int:
+    """Generation requests ``proc`` has received so far (its own count)."""
     async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
-        stats = (await c.get(proc.url + "/sim/stats")).json()
-    return int(stats["requests"]) >= n
+        return int((await c.get(proc.url + "/sim/stats")).json()["requests"])
+
+
+async def started(proc: SimProcess) -> bool:
+    """Whether ``proc`` received a request since :func:`mark` (its own count)."""
+    return await requests_seen(proc) > proc.mark
+
+
+async def mark(procs: list[SimProcess]) -> None:
+    """Remember each server's count, so :func:`started` sees this run's requests only."""
+    for p in procs:
+        p.mark = await requests_seen(p)
 
 
 def assert_complete(rows: list[RequestResult], n: int) -> None:
@@ -95,6 +105,7 @@ def assert_complete(rows: list[RequestResult], n: int) -> None:
 async def test_pool_moves_the_request_of_a_frozen_endpoint_to_another(fleet) -> None:
     t0 = time.perf_counter()
     ctx = ModeContext(endpoints(fleet), time_scale=SCALE, options={"health": QUICK})
+    await mark(fleet)
     run = asyncio.create_task(get_mode("pool")(specs(9), ctx))
     await until(lambda: started(fleet[1]), "gpu1's first request")
     fleet[1].freeze()
@@ -111,6 +122,7 @@ async def test_pool_takes_back_a_frozen_endpoint_once_it_answers_again(fleet) ->
     clock = ModelClock(SCALE)
     async with EndpointPool(endpoints(fleet), clock=clock, health=QUICK) as pool:
         clock.start()
+        await mark(fleet)
         run = asyncio.create_task(dispatch_all(pool, specs(60)))
         await until(lambda: started(fleet[1]), "gpu1's first request")
         fleet[1].freeze()
@@ -129,6 +141,7 @@ async def test_pool_takes_back_a_killed_endpoint_restarted_on_its_port(fleet) ->
     clock = ModelClock(SCALE)
     async with EndpointPool(endpoints(fleet), clock=clock, health=QUICK) as pool:
         clock.start()
+        await mark(fleet)
         run = asyncio.create_task(dispatch_all(pool, specs(60)))
         await until(lambda: started(fleet[2]), "gpu2's first request")
         fleet[2].kill()
@@ -162,6 +175,7 @@ async def test_pool_with_every_endpoint_down_reports_down_then_recovers(fleet) -
 async def test_single_server_killed_mid_run_gives_labelled_failed_rows(fleet, mode) -> None:
     t0 = time.perf_counter()
     ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE, concurrency=2)
+    await mark(fleet)
     run = asyncio.create_task(get_mode(mode)(specs(5), ctx))
     await until(lambda: started(fleet[0]), "the first request")
     fleet[0].kill()
@@ -176,6 +190,7 @@ async def test_single_server_killed_mid_run_gives_labelled_failed_rows(fleet, mo
 @pytest.mark.parametrize("mode", ["sequential", "async", "batch"])
 async def test_single_server_frozen_then_thawed_loses_nothing(fleet, mode) -> None:
     ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE, concurrency=2)
+    await mark(fleet)
     run = asyncio.create_task(get_mode(mode)(specs(4), ctx))
     await until(lambda: started(fleet[0]), "the first request")
     fleet[0].freeze()
@@ -230,6 +245,73 @@ def test_unreachable_ray_address_fails_fast_naming_the_cause() -> None:
     with pytest.raises(ConfigError, match="does not resolve"):
         check_reachable("no-such-host.invalid:6379")
     # a black-holed address (TEST-NET-1, RFC 5737): bounded by the deadline
-    with pytest.raises(ConfigError, match="no answer within 0.5 s|unreachable|cannot join"):
+    with pytest.raises(ConfigError, match="cannot join"):
         check_reachable("192.0.2.1:6379", timeout_s=0.5)
     assert time.perf_counter() - t0 < 20
+
+
+# -- ray: frozen endpoints and actors, killed actors --------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[object]:
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_gpus=3, num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=100 * 1024 * 1024, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def ray_ctx(procs: list[SimProcess], prefix: str) -> ModeContext:
+    return ModeContext(endpoints(procs), time_scale=SCALE, gpus=len(procs),
+                       options={"health": QUICK, "actor_name_prefix": prefix})
+
+
+@pytest.mark.ray
+async def test_ray_moves_the_request_of_a_frozen_endpoint_and_takes_it_back(
+        fleet, ray_cluster) -> None:
+    from parallel_kit.modes.ray_gpu import open_ray_dispatcher
+
+    async with open_ray_dispatcher(ray_ctx(fleet, "rfreeze")) as dispatcher:
+        await mark(fleet)
+        run = asyncio.create_task(dispatch_all(dispatcher, specs(60)))
+        await until(lambda: started(fleet[1]), "gpu1's first request")
+        fleet[1].freeze()
+        await until(lambda: dispatcher.lost_workers, "gpu1 marked lost")
+        fleet[1].thaw()
+        await until(lambda: dispatcher.readmitted, "gpu1 taken back")
+        rows, _ = await asyncio.wait_for(run, BOUND_S)
+    assert_complete(rows, 60)
+    assert all(r.ok for r in rows)
+    lost = dispatcher.lost_workers
+    assert [w["worker"] for w in lost] == ["gpu1"]
+    assert "stopped answering health checks" in lost[0]["reason"]
+    assert any(r.worker == "gpu1" and r.started_s > dispatcher.readmitted[0]["at_s"]
+               for r in rows)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
+async def test_ray_loses_nothing_when_an_actor_process_is_frozen_or_killed(
+        fleet, ray_cluster, fault) -> None:
+    import os
+    import signal
+
+    ray = ray_cluster
+    prefix = f"ractor{fault.lower()}"
+    t0 = time.perf_counter()
+    await mark(fleet)
+    run = asyncio.create_task(get_mode("ray")(specs(9), ray_ctx(fleet, prefix)))
+    await until(lambda: started(fleet[1]), "gpu1's first request")
+    actor = ray.get_actor(f"{prefix}-w1")  # type: ignore[attr-defined]
+    pid = (await actor.stats.remote())["pid"]
+    os.kill(pid, getattr(signal, fault))
+    try:
+        result = await asyncio.wait_for(run, BOUND_S)
+    finally:
+        if fault == "SIGSTOP":
+            os.kill(pid, signal.SIGCONT)
+    assert time.perf_counter() - t0 < BOUND_S
+    assert_complete(result.requests, 9)
+    assert result.summary.ok == 9
+    assert [w["worker"] for w in result.summary.lost_workers] == ["gpu1"]

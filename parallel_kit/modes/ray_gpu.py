@@ -325,6 +325,7 @@ class _Actor:
     handle: Any
     info: dict[str, Any] = field(default_factory=dict)
     epoch_shift: float = 0.0  # actor clock − driver clock, applied when it is real skew
+    lost: bool = False  # marked lost during the run: killed at the end, not asked to stop
 
 
 async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
@@ -409,6 +410,10 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
             yield dispatcher
         finally:
             await dispatcher.stop_health()
+            lost = {w.name for w in workers if w.lost}
+            # A lost actor may be frozen: asking it to stop would wait for nothing.
+            for a in actors:
+                a.lost = a.info["worker"] in lost
     finally:
         await _stop_actors(ray, actors)
 
@@ -525,7 +530,8 @@ async def _stop_actors(ray: Any, actors: list[_Actor]) -> None:
     if not actors:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.gather(*(a.handle.stop.remote() for a in actors),
+        await asyncio.wait_for(asyncio.gather(*(a.handle.stop.remote() for a in actors
+                                                if not a.lost),
                                               return_exceptions=True), 30.0)
     for a in actors:
         with contextlib.suppress(Exception):
