@@ -57,6 +57,7 @@ from .errors import (
     RequestTimeout,
     ServerBusy,
 )
+from .neterrors import connect_reason
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
@@ -684,14 +685,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _short(exc: BaseException) -> str:
-    """A one-line reason from an httpx error; "connection refused" when that is the root cause
-    (anyio wraps it as "All connection attempts failed")."""
-    cause: BaseException | None = exc
-    for _ in range(6):  # walk the cause chain a few links deep
-        if cause is None:
-            break
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        cause = cause.__cause__ or cause.__context__
+    """A one-line reason from an httpx error, naming the root cause when it is known
+    (:func:`~parallel_kit.neterrors.connect_reason`; anyio wraps a refused connection as
+    "All connection attempts failed")."""
+    known = connect_reason(exc)  # DNS failure, refused, unreachable: the real cause
+    if known is not None:
+        return known
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]

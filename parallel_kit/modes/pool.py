@@ -40,12 +40,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
+from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
@@ -415,7 +417,7 @@ async def probe_endpoint(client: httpx.AsyncClient, url: str) -> str | None:
     try:
         resp = await client.get(url + "/")
     except httpx.HTTPError as exc:
-        return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+        return connect_reason(exc) or type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
 
 
@@ -434,7 +436,8 @@ async def check_endpoints(endpoints: Sequence[Endpoint], timeout_s: float = 3.0)
             except httpx.TimeoutException:
                 return f"no answer within {timeout_s:g} s"
             except httpx.HTTPError as exc:
-                return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+                return (connect_reason(exc, urlsplit(ep.url).hostname or "") or
+                        type(exc).__name__ + (f": {exc}" if str(exc) else ""))
             return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
         problems = await asyncio.gather(*(probe(ep) for ep in endpoints))
     for ep, problem in zip(endpoints, problems, strict=True):
