@@ -22,6 +22,7 @@ from parallel_kit.clients import OllamaClient
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import AllWorkersLost, ConfigError
 from parallel_kit.modes.base import ModeContext, get_mode
+from parallel_kit.modes.options import QueueOptions, RayOptions
 from parallel_kit.modes.pool import EndpointPool, HealthPolicy, dispatch_all
 from parallel_kit.raycluster import check_reachable
 from parallel_kit.records import RequestResult, RequestSpec, RunResult
@@ -104,7 +105,7 @@ def assert_complete(rows: list[RequestResult], n: int) -> None:
 # -- pool: frozen, killed and restarted endpoints ----------------------------------------------
 async def test_pool_moves_the_request_of_a_frozen_endpoint_to_another(fleet) -> None:
     t0 = time.perf_counter()
-    ctx = ModeContext(endpoints(fleet), time_scale=SCALE, options={"health": QUICK})
+    ctx = ModeContext(endpoints(fleet), time_scale=SCALE, queue=QueueOptions(health=QUICK))
     await mark(fleet)
     run = asyncio.create_task(get_mode("pool")(specs(9), ctx))
     await until(lambda: started(fleet[1]), "gpu1's first request")
@@ -264,7 +265,8 @@ def ray_cluster() -> Iterator[object]:
 
 def ray_ctx(procs: list[SimProcess], prefix: str) -> ModeContext:
     return ModeContext(endpoints(procs), time_scale=SCALE, gpus=len(procs),
-                       options={"health": QUICK, "actor_name_prefix": prefix})
+                       queue=QueueOptions(health=QUICK),
+                       ray=RayOptions(actor_name_prefix=prefix))
 
 
 @pytest.mark.ray

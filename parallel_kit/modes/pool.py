@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
@@ -51,6 +52,7 @@ from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
+from .health import DEFAULT_HEALTH, HealthPolicy
 
 __all__ = ["Dispatcher", "EndpointPool", "HealthPolicy", "PoolWorker", "check_endpoints",
            "check_prefetch", "dispatch_all", "probe_endpoint", "run_pool"]
@@ -60,39 +62,6 @@ Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
 #: Probe = ``await probe()`` → ``None`` when the worker answers, else the reason it did not.
 Probe = Callable[[], Awaitable[str | None]]
 
-
-@dataclass(frozen=True)
-class HealthPolicy:
-    """How a dispatcher's monitor probes its workers (module docstring, "Health checks").
-
-    Args:
-        interval_s: clock seconds between two rounds of probes (> 0).
-        timeout_s: a probe's deadline, clock seconds: ``GET /`` answers at once on Ollama
-            (``server/routes.go`` serves it outside the scheduler) and on the simulator, so
-            a few seconds cover a busy machine.
-        misses: probes missed in a row before a worker is marked lost (≥ 1).
-        readmit_after: probes answered in a row before a lost worker is taken back (≥ 1).
-
-    With the defaults a frozen server is out within ``interval_s + misses·timeout_s`` ≈ 11 s.
-
-    Raises:
-        ConfigError: a value out of range.
-    """
-
-    interval_s: float = 1.0
-    timeout_s: float = 5.0
-    misses: int = 2
-    readmit_after: int = 2
-
-    def __post_init__(self) -> None:
-        for name in ("interval_s", "timeout_s"):
-            value = getattr(self, name)
-            if not 0.01 <= value <= 3600:
-                raise ConfigError(f"health check {name} {value!r} must be within 0.01..3600 s")
-        for name in ("misses", "readmit_after"):
-            value = getattr(self, name)
-            if not 1 <= value <= 100:
-                raise ConfigError(f"health check {name} {value!r} must be within 1..100")
 
 # A dead endpoint is found out quickly and its request sent elsewhere, instead of backing off on
 # it for seconds (the client's default policy is meant for a single server that may come back).
@@ -159,7 +128,7 @@ class Dispatcher:
 
     def __init__(self, workers: Sequence[PoolWorker], *, clock: ModelClock, mode: str = "pool",
                  model: str = DEFAULT_MODEL, max_retries: int | None = None,
-                 prefetch: int = 0, health: HealthPolicy | None = HealthPolicy()) -> None:
+                 prefetch: int = 0, health: HealthPolicy | None = DEFAULT_HEALTH) -> None:
         if not workers:
             raise ConfigError("a pool needs at least one endpoint — give --host once per GPU")
         for w in workers:
@@ -460,7 +429,7 @@ class EndpointPool(Dispatcher):
     def __init__(self, endpoints: Sequence[Endpoint], *, clock: ModelClock, mode: str = "pool",
                  model: str = DEFAULT_MODEL, api: str = "generate",
                  max_retries: int | None = None, timeout_s: float = 600.0,
-                 prefetch: int = 0, health: HealthPolicy | None = HealthPolicy()) -> None:
+                 prefetch: int = 0, health: HealthPolicy | None = DEFAULT_HEALTH) -> None:
         self.clients: list[OllamaClient | OpenAIClient] = []
         # Health checks use connections of their own: a lane busy with a long answer must not
         # delay them, and a frozen server's probe must not hold a request's lane.
@@ -472,12 +441,8 @@ class EndpointPool(Dispatcher):
         for ep in endpoints:
             client: OllamaClient | OpenAIClient
             conns = ep.slots + check_prefetch(prefetch)
-            if api == "openai":
-                client = OpenAIClient(ep.url, max_connections=conns, timeout=timeout_s,
-                                      retry=POOL_RETRY)
-            else:
-                client = OllamaClient(ep.url, max_connections=conns, timeout=timeout_s,
-                                      retry=POOL_RETRY, api=api)  # type: ignore[arg-type]
+            client = make_client(api, ep.url, max_connections=conns, timeout=timeout_s,
+                                 retry=POOL_RETRY)
             self.clients.append(client)
             workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
                                       node=ep.node, gpu=ep.gpu, probe=self._prober(ep.url)))
@@ -538,8 +503,8 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     await check_endpoints(ctx.endpoints)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                            api=ctx.api, prefetch=ctx.options.get("prefetch", 0),
-                            health=ctx.options.get("health", HealthPolicy())) as pool:
+                            api=ctx.api, prefetch=ctx.queue.prefetch,
+                            health=ctx.queue.health) as pool:
         # Connections are opened in setup, so no request pays a TCP connect in its time.
         await pool.warm_up()
         setup_s = time.perf_counter() - t_setup
