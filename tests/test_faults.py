@@ -151,7 +151,8 @@ async def test_pool_takes_back_a_killed_endpoint_restarted_on_its_port(fleet) ->
         await until(lambda: pool.readmitted, "gpu2 taken back")
         rows, _ = await run
     assert_complete(rows, 60)
-    assert [w["worker"] for w in pool.lost_workers] == ["gpu2"]
+    # only gpu2 was ever out (a second outage right after its restart may be seen too)
+    assert {w["worker"] for w in pool.lost_workers} == {"gpu2"}, pool.lost_workers
     assert any(r.worker == "gpu2" and r.started_s > pool.readmitted[0]["at_s"] for r in rows)
 
 
@@ -175,7 +176,8 @@ async def test_pool_with_every_endpoint_down_reports_down_then_recovers(fleet) -
 @pytest.mark.parametrize("mode", ["sequential", "async", "batch"])
 async def test_single_server_killed_mid_run_gives_labelled_failed_rows(fleet, mode) -> None:
     t0 = time.perf_counter()
-    ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE, concurrency=2)
+    ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE,
+                      queue=QueueOptions(concurrency=2))
     await mark(fleet)
     run = asyncio.create_task(get_mode(mode)(specs(5), ctx))
     await until(lambda: started(fleet[0]), "the first request")
@@ -190,7 +192,8 @@ async def test_single_server_killed_mid_run_gives_labelled_failed_rows(fleet, mo
 
 @pytest.mark.parametrize("mode", ["sequential", "async", "batch"])
 async def test_single_server_frozen_then_thawed_loses_nothing(fleet, mode) -> None:
-    ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE, concurrency=2)
+    ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE,
+                      queue=QueueOptions(concurrency=2))
     await mark(fleet)
     run = asyncio.create_task(get_mode(mode)(specs(4), ctx))
     await until(lambda: started(fleet[0]), "the first request")
