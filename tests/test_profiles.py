@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,10 +87,18 @@ def test_user_file_from_env_adds_profiles_and_overrides(tmp_path, monkeypatch):
     assert "seed" in list_profiles()  # packaged ones are still there
 
 
-def test_user_file_named_by_the_environment_may_not_exist_yet(tmp_path, monkeypatch):
-    # probe --save-profile will create it; until then the packaged profiles still load.
+def test_user_file_named_by_the_environment_must_exist_when_profiles_are_read(
+        tmp_path, monkeypatch):
+    # A misspelt PARALLEL_KIT_PROFILES used to fall back to the packaged profiles silently.
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    mine = dataclasses.replace(load_profile("seed"), name="mine")
     monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "missing.json"))
-    assert load_profile("seed").name == "seed"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_profile("seed")
+    assert PROFILES_ENV in str(info.value)
+    # saving creates it (probe --save-profile), and then it is read
+    save_profile(mine)
+    assert load_profile("mine").name == "mine"
 
 
 def test_missing_user_file_given_as_path_is_a_config_error(tmp_path):

@@ -248,9 +248,10 @@ def _all_entries(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Packaged profiles, overridden by the user file's (argument, else the env variable)."""
     entries = dict(_entries(json.loads(_packaged_text()), "the packaged profiles.json"))
     user = _user_path(path)
-    # A path given explicitly must exist; the environment's may name a file that
-    # `probe --save-profile` has not written yet.
-    if user is not None and (path is not None or user.exists()):
+    # A file named explicitly (path=, or PARALLEL_KIT_PROFILES) must exist when profiles are
+    # read: a misspelt variable would otherwise fall back to the packaged profiles silently.
+    # (save_profile creates it; only the default ~/.config file may be absent.)
+    if user is not None:
         origin = "given as path" if path is not None else f"from {PROFILES_ENV}"
         entries.update(_read_file(user, origin))
     return entries
