@@ -87,17 +87,20 @@ def test_user_file_from_env_adds_profiles_and_overrides(tmp_path, monkeypatch):
     assert "seed" in list_profiles()  # packaged ones are still there
 
 
-def test_user_file_named_by_the_environment_must_exist_when_profiles_are_read(
-        tmp_path, monkeypatch):
-    # A misspelt PARALLEL_KIT_PROFILES used to fall back to the packaged profiles silently.
+def test_missing_user_file_named_by_the_environment_is_never_silent(
+        tmp_path, monkeypatch, capsys):
+    # probe --save-profile will create it; until then the packaged profiles load, with a note
+    # (a misspelt PARALLEL_KIT_PROFILES used to fall back to them silently).
     monkeypatch.delenv(PROFILES_ENV, raising=False)
     mine = dataclasses.replace(load_profile("seed"), name="mine")
-    monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "missing.json"))
+    missing = tmp_path / "missing.json"
+    monkeypatch.setenv(PROFILES_ENV, str(missing))
+    assert load_profile("seed").name == "seed"
+    assert f"{PROFILES_ENV}={missing} does not exist" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="does not exist") as info:
-        load_profile("seed")
-    assert PROFILES_ENV in str(info.value)
-    # saving creates it (probe --save-profile), and then it is read
-    save_profile(mine)
+        load_profile("mine")  # not packaged: the missing file is named as the cause
+    assert str(missing) in str(info.value)
+    save_profile(mine)  # creates it, and then it is read
     assert load_profile("mine").name == "mine"
 
 
