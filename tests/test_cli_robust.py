@@ -71,6 +71,17 @@ def test_numbers_out_of_range_are_refused_up_front_with_the_range(capsys, argv, 
     assert flag in line and RANGES[flag].text() in line, line
 
 
+@pytest.mark.parametrize(("var", "value"), [("MAX_CONCURRENT_REQUESTS", "100000000"),
+                                             ("PARALLEL_KIT_TIME_SCALE", "1e-300"),
+                                             ("PARALLEL_KIT_TIME_SCALE", "1e300")])
+def test_numbers_from_the_environment_have_the_same_ranges(capsys, monkeypatch, var,
+                                                           value) -> None:
+    monkeypatch.setenv(var, value)
+    assert main(["bench", "--mode", "async", "--n", "1"]) == 2
+    line = _last_error_line(capsys)
+    assert var in line and "outside" in line
+
+
 def test_every_range_is_checked_by_the_library_too() -> None:
     for flag, r in RANGES.items():
         assert check(flag, r.lo) == r.lo and check(flag, r.hi) == r.hi
