@@ -54,6 +54,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ __all__ = [
 ]
 
 API_KEY_ENV = "PARALLEL_KIT_API_KEY"
+#: uvicorn's error logger: shutdown notes appear beside uvicorn's own lines.
+_log = logging.getLogger("uvicorn.error")
 #: Paths that answer without a key: a load balancer's health check carries none.
 _OPEN_PATHS = frozenset({"/health"})
 
@@ -224,6 +227,13 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
                                    return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
+                counts = queue.stats()
+                left = counts["queued"] + counts["running"]
+                if left:
+                    why = ("a second Ctrl-C" if app.state.force.is_set() else
+                           f"the {cfg.shutdown_timeout_s:g} s shutdown bound")
+                    _log.warning("%d accepted task(s) cancelled at shutdown (%s); tasks live "
+                                 "in memory", left, why)
                 await queue.close(drain=False, reason="the API shut down")
 
     app = FastAPI(

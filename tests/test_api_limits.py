@@ -245,5 +245,7 @@ async def test_shutdown_answers_waiting_clients_and_ends_quietly(signals: int) -
     assert "Traceback" not in out and "CancelledError" not in out, out
     assert proc.returncode == 130
     # the bound: shutdown_timeout_s (10 s) for the accepted tasks, plus slack for a busy
-    # machine; a second Ctrl-C does not wait for them at all
-    assert took < (9.5 if signals == 2 else 40), took
+    # machine; a second Ctrl-C does not wait for them (the server says it cancelled them)
+    assert took < 40, took
+    if signals == 2:
+        assert "accepted task(s) cancelled at shutdown (a second Ctrl-C)" in out, out
