@@ -269,3 +269,13 @@ def test_real_engine_requests_without_num_predict_are_capped_and_the_table_says_
     comparison = Comparison(request_cap=128)
     assert "capped at 128 output tokens" in comparison.table()
 
+
+
+def test_serve_limit_flags_have_laptop_defaults_and_reach_the_settings() -> None:
+    from parallel_kit.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.max_num_predict, args.max_held_mb, args.max_kept_mb, args.max_request_s,
+            args.shutdown_timeout_s) == (4096, 256, 256, 600.0, 10.0)
+    args = build_parser().parse_args(["serve", "--max-held-mb", "1", "--max-num-predict", "9"])
+    assert args.max_held_mb == 1 and args.max_num_predict == 9
