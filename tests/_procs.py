@@ -13,11 +13,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from parallel_kit.launcher import free_port
+
+#: The checkout under test: child processes import the same ``parallel_kit``.
+REPO = str(Path(__file__).resolve().parents[1])
 
 
 class SimProcess:
@@ -34,7 +38,7 @@ class SimProcess:
         self.mark = 0  # a test's note of the request count (test_faults.mark)
 
     def start(self, timeout_s: float = 60.0) -> SimProcess:
-        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        env = {**os.environ, "PYTHONPATH": REPO}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "parallel_kit", "sim", "--port", str(self.port),
              "--time-scale", str(self.time_scale), *self.extra],

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from _procs import SimProcess
+from _procs import REPO, SimProcess
 
 from parallel_kit.api import ApiBackend, ApiSettings, create_app, open_api_backend, serve_api
 from parallel_kit.errors import ConfigError
@@ -196,7 +196,7 @@ async def test_health_reports_degraded_then_down_then_ok_as_servers_go_and_come_
 # -- shutdown ----------------------------------------------------------------------------------
 def _start_serve(port: int) -> subprocess.Popen[str]:
     env = {**os.environ, "PARALLEL_KIT_BACKEND": "sim", "PARALLEL_KIT_API_KEY": "",
-           "PYTHONPATH": os.getcwd()}
+           "PYTHONPATH": REPO}
     # time scale 1: every request takes 10 s, so clients are still waiting at the signal
     proc = subprocess.Popen([sys.executable, "-m", "parallel_kit", "serve", "--port",
                              str(port), "--time-scale", "1"],

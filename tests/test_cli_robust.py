@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _procs import SimProcess
+from _procs import REPO, SimProcess
 
 from parallel_kit._sync import run_sync
 from parallel_kit.bench import Comparison, _capped
@@ -180,7 +180,7 @@ def test_a_later_mode_that_cannot_start_keeps_the_earlier_runs(tmp_path, capsys)
 def test_sigterm_during_bench_writes_what_finished(tmp_path) -> None:
     server = SimProcess(0.2).start()  # 2 s per request
     out = tmp_path / "r.json"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": REPO}
     proc = subprocess.Popen(
         [sys.executable, "-m", "parallel_kit", "bench", "--mode", "sequential", "--host",
          server.url, "--n", "5", "--time-scale", "0.2", "--json", str(out)],
