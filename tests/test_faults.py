@@ -320,3 +320,42 @@ async def test_ray_loses_nothing_when_an_actor_process_is_frozen_or_killed(
     assert_complete(result.requests, 9)
     assert result.summary.ok == 9
     assert [w["worker"] for w in result.summary.lost_workers] == ["gpu1"]
+
+
+# -- end to end, default health checks -----------------------------------------------------------
+def test_bench_pool_with_a_server_frozen_mid_run_finishes_with_every_row_ok(fleet,
+                                                                            tmp_path) -> None:
+    """The CLI with the default health policy (1 s interval, 5 s deadline, 2 misses)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from _procs import REPO
+
+    out = tmp_path / "r.json"
+    base = int(fleet[1].stats()["requests"])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_kit", "bench", "--mode", "pool",
+         *[a for p in fleet for a in ("--host", p.url)], "--n", "12",
+         "--time-scale", str(SCALE), "--json", str(out), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        deadline = time.monotonic() + BOUND_S
+        while int(fleet[1].stats()["requests"]) <= base:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.02)
+        fleet[1].freeze()
+        _, err = proc.communicate(timeout=BOUND_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.perf_counter() - t0 < BOUND_S
+    assert proc.returncode == 0, err
+    doc = json.loads(out.read_text())
+    rows = doc["runs"][0]["requests"]
+    assert len(rows) == 12 and all(r["ok"] for r in rows)
+    lost = doc["runs"][0]["summary"]["lost_workers"]
+    assert [w["worker"] for w in lost] == [f"127.0.0.1:{fleet[1].port}"]
