@@ -36,9 +36,11 @@ else:
 
 from . import theory
 from ._sync import run_sync
+from .arrivals import Arrivals, Schedule, specs_for
 from .backend import Backend, open_backend
 from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
 from .errors import AllWorkersLost, ConfigError
+from .metrics import Slo
 from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
 from .modes.registry import BASELINE, get_info, mode_names, parse_modes
@@ -255,6 +257,8 @@ async def compare(
     announce: Callable[[str], None] | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
     into: Comparison | None = None,
+    arrivals: Arrivals | None = None,
+    slo: Slo | str | None = None,
     **shortcuts: Unpack[CompareShortcuts],
 ) -> Comparison:
     """Run ``modes`` on the same requests and return every run with predictions filled in.
@@ -280,6 +284,10 @@ async def compare(
         into: a Comparison to fill as runs finish. When the comparison is cancelled (Ctrl-C),
             it still holds every finished run plus the interrupted one, whose unfinished
             requests are failed rows with error "cancelled" — nothing is dropped.
+        arrivals: requests arrive over time instead of all at once (open loop,
+            :mod:`parallel_kit.loadgen`): every mode gets the same schedule.
+        slo: ``"ttft=2,tpot=0.1,latency=30"`` or a :class:`~parallel_kit.metrics.Slo`: open-loop
+            runs then report ``goodput_rps``.
         shortcuts: ``gpus``, ``slots``, ``profile``, ``engine``, ``engine_options``,
             ``concurrency``, ``prefetch``, ``ray_address`` build the records above
             (:class:`CompareShortcuts`); an unknown keyword is a ``TypeError``.
@@ -303,6 +311,11 @@ async def compare(
     count = n if n is not None else (len(base) if base else 5)
     model = model or (REAL_ENGINE_MODEL if engine == "llama-cpp" else DEFAULT_MODEL)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
+    schedule = None
+    if arrivals is not None:
+        schedule = arrivals.schedule(default_n=count)
+        specs = specs_for(schedule, base, model=model, num_predict=num_predict)
+    slo_obj = Slo.parse(slo) if isinstance(slo, str) else slo
     gpus = server_opts.count
     if gpus is None:
         gpus = len(hosts) if hosts and len(hosts) > 1 else 3
@@ -350,6 +363,13 @@ async def compare(
                 result.request_cap = REAL_ENGINE_NUM_PREDICT
                 say(f"real engine: requests without num_predict are capped at "
                     f"{REAL_ENGINE_NUM_PREDICT} output tokens (--num-predict changes it)")
+            if schedule is not None and arrivals is not None:
+                run = await _open_loop_run(name, run_specs, schedule, arrivals, slo_obj, ctx,
+                                           b, info.servers_for(gpus), concurrency)
+                run.summary.engine = engine if b.kind == "sim" else "ollama"
+                run.summary.setup_s = (run.summary.setup_s or 0.0) + setup
+                runs.append(run)
+                return
             run = await info.load()(run_specs, ctx)
             s = run.summary
             s.engine = engine if b.kind == "sim" else "ollama"
@@ -417,6 +437,27 @@ async def compare(
             if _finite(base_span) and _finite(r.summary.makespan_s) and r.summary.makespan_s:
                 r.summary.speedup_vs_sequential = base_span / r.summary.makespan_s
     return result
+
+
+async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Schedule,
+                         arrivals: Arrivals, slo: Slo | None, ctx: ModeContext, b: Backend,
+                         workers: int, concurrency: int) -> RunResult:
+    """One mode under open-loop load, with theory's predictions when the servers are simulated."""
+    from .loadgen import fill_predictions, run_open_loop
+
+    run = await run_open_loop(name, specs, schedule, ctx,
+                              max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup,
+                              slo=slo)
+    if b.kind == "sim" and b.profile and b.engine == "sim":
+        from .sim.profiles import load_profile
+
+        fill_predictions(run, name, specs, schedule, load_profile(b.profile), workers=workers,
+                         slots=run.summary.slots, concurrency=concurrency,
+                         max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup)
+    else:
+        run.summary.notes.append("no prediction: the servers are not simulated (theory needs "
+                                 "the latency model of a profile)")
+    return run
 
 
 def _partial_run(mode: str, specs: Sequence[RequestSpec], rows: Sequence[RequestResult],

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..modes.registry import mode_names
 from ._args import add_engine, add_time_scale, engine_options, model_name, ranged
+from ._load import add_arrival_flags, add_rate_flags, arrivals_from_args
 
 __all__ = ["add_parser", "run"]
 
@@ -54,6 +55,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="exit 1 when any request failed (default: 0 for a run that completed, "
                         "failed rows included) — for CI"),
     add_engine(p)
+    add_rate_flags(p)
+    add_arrival_flags(p)
     return p
 
 
@@ -73,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     # Outputs first: a bad path must not cost the run.
     check_writable([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)])
+    from ..metrics import Slo
+
+    arrivals = arrivals_from_args(args)
+    slo = Slo.parse(args.slo) if args.slo else None
     servers = ServerOptions(count=args.gpus, slots=args.slots, profile=args.profile,
                             engine=args.engine, engine_options=engine_options(args))
     queue = QueueOptions(concurrency=args.concurrency) if args.concurrency else None
@@ -86,12 +93,17 @@ def run(args: argparse.Namespace) -> int:
                 servers=servers, queue=queue,
                 ray=RayOptions(address=args.ray_address or os.environ.get("RAY_ADDRESS")),
                 progress=not args.no_progress,
-                announce=lambda m: print(m, file=sys.stderr), into=comparison))
+                announce=lambda m: print(m, file=sys.stderr), into=comparison,
+                arrivals=arrivals, slo=slo))
         except ParallelKitError as exc:
             if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
                 raise  # nothing had finished: the error alone says it all
             error, interrupted = exc, False
     print(comparison.table())
+    if arrivals is not None:
+        from ..loadgen import format_load_table
+
+        print(format_load_table(comparison.runs))
     write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
     if error is not None:
         raise error  # after the finished runs were printed and written
