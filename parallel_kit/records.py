@@ -102,6 +102,12 @@ class RequestResult:
     server_prompt_eval_s: float | None = None
     server_eval_s: float | None = None
     response: str = ""
+    #: the Ray Serve replica that ran it (``rayserve``/``production``; empty elsewhere).
+    replica: str = ""
+    #: per-layer timestamps through a stack, model seconds on the row's axis, by hop name
+    #: (``accepted``, ``picked_up``, ``replica_entered``, ``replica_done``, …; see
+    #: ``parallel_kit.production``). Empty for modes without layers.
+    hops: dict[str, float] = field(default_factory=dict)
 
     def finalize(self) -> RequestResult:
         """Derive ``latency_s`` and ``ttft_s`` from the timestamps (returns self)."""
@@ -300,7 +306,9 @@ def write_csv(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
         for run in runs:
             for r in run.requests:
                 row = r.to_dict()
-                writer.writerow({c: "" if row[c] is None else row[c] for c in cols})
+                writer.writerow({c: "" if row[c] is None else
+                                 json.dumps(row[c]) if isinstance(row[c], dict) else row[c]
+                                 for c in cols})
     return p
 
 

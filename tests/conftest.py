@@ -13,3 +13,83 @@ os.environ.pop("CUDA_VISIBLE_DEVICES", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # Tests never talk to a user's Ollama by accident.
 os.environ.setdefault("PARALLEL_KIT_BACKEND", "sim")
+
+
+# -- shared Ray + Serve (rayserve and production tests) --------------------------------------
+# Ray start-up costs seconds on a small machine, and a Serve application more: one cluster and
+# one application for the session. Another test module may shut Ray down (the ray tests start
+# their own cluster), so the fixture re-creates what is gone when it is asked again.
+
+import pytest  # noqa: E402
+
+SERVE_TIME_SCALE = 0.02
+#: Logical GPUs of the shared cluster: 3 for the shared application, 3 for a test's own one.
+SERVE_CLUSTER_GPUS = 6
+
+
+class _ServeSession:
+    def __init__(self) -> None:
+        self.app = None
+        self._cm = None
+        self._loop = None
+
+    def cluster(self) -> str:
+        import ray
+
+        if not ray.is_initialized():
+            self.app = None
+            ray.init(num_gpus=SERVE_CLUSTER_GPUS, num_cpus=2, include_dashboard=False,
+                     log_to_driver=False, object_store_memory=100 * 1024 * 1024,
+                     configure_logging=False)
+        return str(ray.get_runtime_context().gcs_address)
+
+    def shared_app(self):
+        """Three replicas, each with an embedded seed-profile simulator (time scale 0.02)."""
+        import asyncio
+
+        from parallel_kit.modes.base import ModeContext
+        from parallel_kit.modes.rayserve import open_serve_app
+
+        self.cluster()
+        if self.app is not None and _app_running(self.app.name):
+            return self.app
+        ctx = ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
+                          options={"ray_launch": "sim", "profile": "seed"})
+        if self._loop is None:  # a loop of its own, so tests may ask from inside theirs
+            import threading
+
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._cm = open_serve_app(ctx, name="pk-test-shared", keep=True)
+        self.app = asyncio.run_coroutine_threadsafe(self._cm.__aenter__(), self._loop).result()
+        return self.app
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _app_running(name: str) -> bool:
+    from ray import serve
+
+    try:
+        status = serve.status().applications.get(name)
+    except Exception:
+        return False
+    return status is not None and str(status.status).endswith("RUNNING")
+
+
+@pytest.fixture(scope="session")
+def serve_session():
+    """The session's Ray cluster (6 logical GPUs) and its shared Serve application."""
+    pytest.importorskip("ray.serve")
+    session = _ServeSession()
+    yield session
+    session.close()

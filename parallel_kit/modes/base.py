@@ -99,6 +99,7 @@ _REGISTRY: dict[str, str] = {
     "batch": "parallel_kit.modes.queued:run_batch",
     "pool": "parallel_kit.modes.pool:run_pool",
     "ray": "parallel_kit.modes.ray_gpu:run_ray",
+    "rayserve": "parallel_kit.modes.rayserve:run_rayserve",
 }
 MODE_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
