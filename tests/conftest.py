@@ -93,3 +93,38 @@ def serve_session():
     session = _ServeSession()
     yield session
     session.close()
+
+
+# -- shared production stack: a real Redis, a Celery worker process, the shared Serve app ----
+#: Requests here take 0.2 s on the clock; the request timeout bounds a task, and the broker's
+#: visibility timeout (a lost worker's task comes back after it) is kept short for the tests.
+STACK_REQUEST_TIMEOUT_S = 3.0
+STACK_VISIBILITY_TIMEOUT_S = 4.0
+
+
+@pytest.fixture(scope="session")
+def production_stack(serve_session):
+    """Redis (started by the kit) + one Celery worker process + the session's Serve app."""
+    pytest.importorskip("celery")
+    from parallel_kit.production.celery_app import configure
+    from parallel_kit.production.redis_server import RedisServer
+    from parallel_kit.production.stack import Stack, StackSettings, warm_up
+    from parallel_kit.production.worker import wait_for_workers
+
+    app = serve_session.shared_app()
+    settings = StackSettings(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                             visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
+    with RedisServer.start() as redis:
+        configure(redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                  visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
+        stack = Stack(redis.url, app, settings=settings, concurrency=8)
+        try:
+            stack.start_worker()
+            wait_for_workers(stack.workers)
+            import asyncio
+
+            asyncio.run(warm_up(stack))
+            yield stack
+        finally:
+            for w in stack.workers:
+                w.stop()

@@ -100,6 +100,7 @@ _REGISTRY: dict[str, str] = {
     "pool": "parallel_kit.modes.pool:run_pool",
     "ray": "parallel_kit.modes.ray_gpu:run_ray",
     "rayserve": "parallel_kit.modes.rayserve:run_rayserve",
+    "production": "parallel_kit.modes.production:run_production",
 }
 MODE_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
