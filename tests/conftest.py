@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -19,8 +20,6 @@ os.environ.setdefault("PARALLEL_KIT_BACKEND", "sim")
 # Ray start-up costs seconds on a small machine, and a Serve application more: one cluster and
 # one application for the session. Another test module may shut Ray down (the ray tests start
 # their own cluster), so the fixture re-creates what is gone when it is asked again.
-
-import pytest  # noqa: E402
 
 SERVE_TIME_SCALE = 0.02
 #: Logical GPUs of the shared cluster: 3 for the shared application, 3 for a test's own one.

@@ -64,9 +64,18 @@ from .ray_gpu import (
     plan_workers,
 )
 
-__all__ = ["HEALTH_CHECK_PERIOD_S", "ROUTER_MAX_BACKOFF_S", "EndpointLost", "OllamaReplica",
-           "ServeApp", "check_max_ongoing", "import_serve", "open_serve_app", "run_rayserve",
-           "run_on_app"]
+__all__ = [
+    "HEALTH_CHECK_PERIOD_S",
+    "ROUTER_MAX_BACKOFF_S",
+    "EndpointLost",
+    "OllamaReplica",
+    "ServeApp",
+    "check_max_ongoing",
+    "import_serve",
+    "open_serve_app",
+    "run_on_app",
+    "run_rayserve",
+]
 
 #: Clock seconds between Serve's health checks of a replica (Serve's default is 10 s).
 HEALTH_CHECK_PERIOD_S = 1.0
@@ -110,7 +119,9 @@ class OllamaReplica:
     a tuple (``ray_gpu._row_to_wire``); ``describe()`` says where the replica runs.
     """
 
-    async def __init__(self, plans: list[WorkerPlan], mode: str = "rayserve") -> None:
+    # Serve awaits an async constructor (the endpoint comes up inside it).
+    async def __init__(  # type: ignore[misc]
+            self, plans: list[WorkerPlan], mode: str = "rayserve") -> None:
         from ray import serve
 
         ctx = serve.get_replica_context()

@@ -151,7 +151,6 @@ def _stop_workers(workers: list[Any]) -> None:
 async def warm_up(stack: Stack, timeout_s: float = 120.0) -> None:
     """One ping task per worker thread: Ray joined and the Serve handle ready before the run."""
     from .celery_app import PING_NAME, app
-
     from .tasks import wait_for_meta
 
     n = max(1, len(stack.workers))
