@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ZERO_PROFILE, SimFarm, clean, median, write_result
 
 from parallel_kit.config import Endpoint
-from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.base import ModeContext, QueueOptions, StackOptions
 from parallel_kit.records import RequestResult, RequestSpec
 from parallel_kit.timing import ModelClock
 
@@ -75,10 +75,10 @@ async def _measure(n_seq: int, n_burst: int, urls: list[str]) -> dict[str, Any]:
     from parallel_kit.modes.pool import EndpointPool, run_pool
     from parallel_kit.modes.production import run_on_stack
     from parallel_kit.modes.rayserve import call_app, open_serve_app, run_on_app
-    from parallel_kit.production.stack import StackSettings, open_stack
+    from parallel_kit.production.stack import open_stack
 
     ctx = ModeContext([Endpoint(u, slots=SLOTS) for u in urls], backend="sim", time_scale=1.0,
-                      gpus=len(urls), concurrency=SLOTS)
+                      gpus=len(urls), queue=QueueOptions(concurrency=SLOTS))
     res: dict[str, Any] = {}
 
     # pool: sequential, then a burst
@@ -110,7 +110,7 @@ async def _measure(n_seq: int, n_burst: int, urls: list[str]) -> dict[str, Any]:
         res["rayserve"]["burst_wall_s"] = burst.summary.wall_s
 
     # production: Redis + a Celery worker process + the Serve application
-    async with open_stack(ctx, StackSettings(workers=1)) as stack:
+    async with open_stack(ctx, StackOptions(workers=1)) as stack:
         res["production"] = {"setup_s": stack.setup_s}
         lat, rows = [], []
         for spec in _specs(n_seq, "qs"):  # each: accept into Redis, wait via pub/sub

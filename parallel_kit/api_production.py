@@ -37,7 +37,7 @@ from .api import (
 )
 from .records import RequestSpec
 
-__all__ = ["create_production_app", "open_production_api"]
+__all__ = ["create_production_app", "open_production_api", "serve_production"]
 
 
 def create_production_app(client: Any, settings: ApiSettings | None = None, *,
@@ -159,56 +159,48 @@ async def open_production_api(ctx: Any, stack_settings: Any, *, app_name: str | 
             client.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """An API process only, in front of a stack that runs already (its Redis and Serve app).
 
-    ``python -m parallel_kit.api_production --redis URL --serve-app NAME [--port P]`` — what
-    ``parallel-kit serve --mode production --workers 0`` runs; start several behind a load
-    balancer, restart them at will: tasks live in Redis.
+async def serve_production(sock: Any, ctx: Any, *, settings: ApiSettings | None = None,
+                           serve_app: str | None = None,
+                           announce: Callable[[str], None] | None = None) -> None:
+    """Serve the production API on ``sock`` until stopped (``parallel-kit serve``).
+
+    With ``serve_app`` (an API process only, in front of a stack that runs already — start
+    several, restart them at will: tasks live in Redis) it needs ``ctx.stack.redis`` (or
+    ``PARALLEL_KIT_REDIS_URL``); otherwise it brings the whole stack up first
+    (:func:`open_production_api`) and stops it on exit.
+
+    Raises:
+        ConfigError: no Redis named for an API-only process; Redis unreachable or not Redis.
     """
-    import argparse
     import os
-    import sys
 
-    from .api import _listen, _server, _url, bind_warning
-    from .config import DEFAULT_MODEL
-    from .errors import ParallelKitError
+    from .api import uvicorn_server
+    from .errors import ConfigError
     from .production.celery_app import configure
     from .production.redis_server import REDIS_URL_ENV, check_redis
     from .production.tasks import TaskClient, shared_epoch
 
-    p = argparse.ArgumentParser(prog="python -m parallel_kit.api_production")
-    p.add_argument("--redis", default=os.environ.get(REDIS_URL_ENV), metavar="URL")
-    p.add_argument("--serve-app", required=True, metavar="NAME",
-                   help="the Ray Serve application the workers call")
-    p.add_argument("--bind", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    args = p.parse_args(argv)
-    try:
-        if not args.redis:
-            raise ParallelKitError(f"pass --redis URL or set {REDIS_URL_ENV}")
-        check_redis(args.redis)
-        configure(args.redis)
-        settings = ApiSettings(mode="production")
-        warning = bind_warning(args.bind, settings.api_key)
-        if warning:
-            print(warning, file=sys.stderr)
-        sock = _listen(args.bind, args.port)
-        client = TaskClient(args.redis, args.serve_app, args.time_scale,
-                            shared_epoch(args.redis), args.model)
-    except ParallelKitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"parallel-kit API (production) at {_url(sock)}", file=sys.stderr, flush=True)
-    try:
-        asyncio.run(_server(create_production_app(client, settings)).serve(sockets=[sock]))
-    finally:
-        sock.close()
-        client.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    cfg = settings or ApiSettings(mode="production")
+    if serve_app:
+        url = ctx.stack.redis or os.environ.get(REDIS_URL_ENV)
+        if not url:
+            raise ConfigError(f"an API process in front of a running stack needs its Redis — "
+                              f"pass --redis URL or set {REDIS_URL_ENV}")
+        check_redis(url)
+        configure(url, request_timeout_s=ctx.stack.request_timeout_s,
+                  visibility_timeout_s=ctx.stack.visibility_timeout_s)
+        client = TaskClient(url, serve_app, ctx.time_scale, shared_epoch(url), ctx.model)
+        try:
+            await uvicorn_server(create_production_app(client, cfg)).serve(sockets=[sock])
+        finally:
+            client.close()
+        return
+    async with open_production_api(ctx, ctx.stack, announce=announce) as client:
+        if announce:
+            announce(f"the stack is up: Serve application {client.app_name!r}, Redis "
+                     f"{client.redis_url} — more API processes: parallel-kit serve --mode "
+                     f"production --workers 0 --redis {client.redis_url} --serve-app "
+                     f"{client.app_name}")
+        await uvicorn_server(create_production_app(client, cfg),
+                             log_level="info").serve(sockets=[sock])

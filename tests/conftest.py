@@ -46,14 +46,14 @@ class _ServeSession:
         """Three replicas, each with an embedded seed-profile simulator (time scale 0.02)."""
         import asyncio
 
-        from parallel_kit.modes.base import ModeContext
+        from parallel_kit.modes.base import ModeContext, ServerOptions
         from parallel_kit.modes.rayserve import open_serve_app
 
         self.cluster()
         if self.app is not None and _app_running(self.app.name):
             return self.app
         ctx = ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
-                          options={"ray_launch": "sim", "profile": "seed"})
+                          servers=ServerOptions(launch="sim", profile="seed"))
         if self._loop is None:  # a loop of its own, so tests may ask from inside theirs
             import threading
 
@@ -105,13 +105,14 @@ STACK_VISIBILITY_TIMEOUT_S = 4.0
 def production_stack(serve_session):
     """Redis (started by the kit) + one Celery worker process + the session's Serve app."""
     pytest.importorskip("celery")
+    from parallel_kit.modes.stack_options import StackOptions
     from parallel_kit.production.celery_app import configure
     from parallel_kit.production.redis_server import RedisServer
-    from parallel_kit.production.stack import Stack, StackSettings, warm_up
+    from parallel_kit.production.stack import Stack, warm_up
     from parallel_kit.production.worker import wait_for_workers
 
     app = serve_session.shared_app()
-    settings = StackSettings(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+    settings = StackOptions(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
                              visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
     with RedisServer.start() as redis:
         configure(redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,

@@ -24,7 +24,7 @@ from conftest import SERVE_TIME_SCALE
 from parallel_kit.backend import sim_info
 from parallel_kit.errors import ConfigError
 from parallel_kit.launcher import free_port
-from parallel_kit.modes.base import ModeContext, get_mode
+from parallel_kit.modes.base import ModeContext, ServerOptions, get_mode
 from parallel_kit.modes.production import run_on_stack, run_production
 from parallel_kit.production.redis_server import RedisServer, check_redis, open_redis
 from parallel_kit.records import RequestSpec
@@ -42,7 +42,7 @@ def specs(n: int, prefix: str) -> list[RequestSpec]:
 
 def ctx() -> ModeContext:
     return ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
-                       options={"ray_launch": "sim"})
+                       servers=ServerOptions(launch="sim"))
 
 
 # -- Redis -----------------------------------------------------------------------------------
@@ -154,9 +154,9 @@ def _describe_all(app) -> list[dict]:
 
 def _start_api(stack, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "parallel_kit.api_production", "--redis", stack.redis_url,
-         "--serve-app", stack.app.name, "--port", str(port),
-         "--time-scale", str(SERVE_TIME_SCALE)],
+        [sys.executable, "-m", "parallel_kit", "serve", "--mode", "production",
+         "--workers", "0", "--redis", stack.redis_url, "--serve-app", stack.app.name,
+         "--port", str(port), "--time-scale", str(SERVE_TIME_SCALE)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

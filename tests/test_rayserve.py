@@ -18,8 +18,9 @@ from conftest import SERVE_TIME_SCALE
 from parallel_kit.backend import sim_info
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError
-from parallel_kit.modes.base import ModeContext, get_mode
-from parallel_kit.modes.rayserve import check_max_ongoing, run_on_app, run_rayserve
+from parallel_kit.modes.base import ModeContext, ServerOptions, get_mode
+from parallel_kit.modes.rayserve import run_on_app, run_rayserve
+from parallel_kit.modes.stack_options import check_max_ongoing
 from parallel_kit.records import RequestSpec
 
 pytest.importorskip("ray.serve")
@@ -64,7 +65,7 @@ async def test_replica_killed_mid_request_is_restarted_and_its_request_retried(
     app = serve_session.shared_app()
     victim = app.replicas[0]
     ctx = ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
-                      options={"ray_launch": "sim"})
+                      servers=ServerOptions(launch="sim"))
 
     async def kill_victim_once_busy() -> None:
         while ((await sim_info(victim["url"])) or {}).get("active", 0) < 1:

@@ -15,9 +15,9 @@ also ``finished_s``). The gaps are the cost of each hop (notebook 09,
 ``benchmarks/stack_overhead.py``).
 
 Set-up — Redis, Ray, Serve, the workers and their warm-up — is ``setup_s``, never in the
-makespan. ``ctx.options``: as ``rayserve`` (``max_ongoing``, launch options) plus ``redis``
-(URL), ``celery_workers``, ``worker_concurrency``, ``request_timeout_s``,
-``visibility_timeout_s``.
+makespan. ``ctx.serve`` and ``ctx.servers`` as for ``rayserve``; ``ctx.stack``
+(:class:`~parallel_kit.modes.stack_options.StackOptions`): ``redis`` (URL), ``workers``,
+``worker_concurrency``, ``request_timeout_s``, ``visibility_timeout_s``.
 """
 
 from __future__ import annotations
@@ -30,18 +30,7 @@ from typing import Any
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from .base import ModeContext
 
-__all__ = ["run_on_stack", "run_production", "stack_settings"]
-
-
-def stack_settings(ctx: ModeContext) -> Any:
-    """The :class:`~parallel_kit.production.stack.StackSettings` in ``ctx.options``."""
-    from ..production.stack import StackSettings
-
-    o = ctx.options
-    return StackSettings(redis=o.get("redis"), workers=int(o.get("celery_workers", 1)),
-                         concurrency=o.get("worker_concurrency"),
-                         request_timeout_s=o.get("request_timeout_s"),
-                         visibility_timeout_s=o.get("visibility_timeout_s"))
+__all__ = ["run_on_stack", "run_production"]
 
 
 async def run_production(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
@@ -55,8 +44,7 @@ async def run_production(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
     """
     from ..production.stack import open_stack
 
-    announce = ctx.options.get("announce")
-    async with open_stack(ctx, stack_settings(ctx), announce=announce) as stack:
+    async with open_stack(ctx) as stack:
         return await run_on_stack(stack, specs, ctx)
 
 

@@ -63,6 +63,7 @@ from .ray_gpu import (
     _spec_to_wire,
     plan_workers,
 )
+from .stack_options import check_max_ongoing
 
 __all__ = [
     "HEALTH_CHECK_PERIOD_S",
@@ -96,20 +97,6 @@ def import_serve() -> Any:
     except ImportError as exc:
         raise MissingDependency("ray[serve]", "production", "the rayserve mode") from exc
     return serve
-
-
-def check_max_ongoing(value: Any) -> int | None:
-    """``--max-ongoing``: ``None`` (= the Ollama's slots) or a whole number ≥ 1.
-
-    Raises:
-        ConfigError: anything else, saying what is accepted.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"--max-ongoing {value!r} must be a whole number ≥ 1 (requests one "
-                          f"replica takes at once; default: its Ollama's slots)")
-    return value
 
 
 class OllamaReplica:
@@ -218,8 +205,8 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
     """Deploy one :class:`OllamaReplica` per GPU with Serve; yield the app; delete it on exit.
 
     Args:
-        ctx: endpoints (``--host`` once per GPU) or launch options, as for the ``ray`` mode;
-            ``ctx.options["max_ongoing"]`` as ``max_ongoing``.
+        ctx: endpoints (``--host`` once per GPU) or ``ctx.servers`` launch options, as for the
+            ``ray`` mode; ``ctx.serve.max_ongoing`` as ``max_ongoing``.
         name: the application's name (default a fresh ``parallel_kit-…``).
         mode: recorded in the rows (``rayserve``; ``production`` when Celery calls it).
         max_ongoing: Serve's ``max_ongoing_requests`` per replica (default: the slots).
@@ -234,12 +221,12 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
 
     t0 = time.perf_counter()
     max_ongoing = check_max_ongoing(max_ongoing if max_ongoing is not None
-                                    else ctx.options.get("max_ongoing"))
+                                    else ctx.serve.max_ongoing)
     plans = plan_workers(ctx)
     serve = import_serve()
     if ctx.endpoints and plans[0].url:
         await check_endpoints(ctx.endpoints)
-    info = raycluster.connect(len(plans), ctx.ray_address)
+    info = raycluster.connect(len(plans), ctx.ray.address)
     raycluster.require_gpus(len(plans))
     slots = _slots_of(ctx, plans)
     ongoing = max_ongoing or slots
@@ -247,13 +234,13 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
     _quiet_serve_logs()
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     actor_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0}
-    if ctx.options.get("runtime_env"):
-        actor_options["runtime_env"] = ctx.options["runtime_env"]
+    if ctx.ray.runtime_env:
+        actor_options["runtime_env"] = dict(ctx.ray.runtime_env)
     deployment = serve.deployment(
         OllamaReplica, name="ollama", num_replicas=len(plans),
         ray_actor_options=actor_options, max_ongoing_requests=ongoing,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
-        health_check_timeout_s=float(ctx.options.get("health_check_timeout_s", 30.0)),
+        health_check_timeout_s=ctx.serve.health_check_timeout_s,
         graceful_shutdown_timeout_s=5.0, graceful_shutdown_wait_loop_s=0.5,
         request_router_config={"initial_backoff_s": min(0.005, ROUTER_MAX_BACKOFF_S),
                                "max_backoff_s": ROUTER_MAX_BACKOFF_S})
@@ -385,8 +372,8 @@ async def run_on_app(app: ServeApp, specs: Sequence[RequestSpec], ctx: ModeConte
 async def run_rayserve(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     """Run ``specs`` through a Serve application with one replica per GPU (module docstring).
 
-    ``ctx.options`` (all optional): as for ``ray`` (``ray_launch``, ``profile``, ``slots``,
-    ``runtime_env``, …) plus ``max_ongoing`` (``--max-ongoing``).
+    ``ctx.servers`` and ``ctx.ray`` as for ``ray`` (launch, profile, slots, address,
+    runtime_env); ``ctx.serve.max_ongoing`` (``--max-ongoing``).
 
     Raises:
         ConfigError: bad ``--gpus``/``--max-ongoing``, too few GPUs, replicas that never start.

@@ -24,8 +24,9 @@ from typing import Any
 
 from ..errors import ConfigError, MissingDependency
 from ..modes.base import ModeContext
+from ..modes.stack_options import StackOptions
 
-__all__ = ["Stack", "StackSettings", "import_production", "open_stack"]
+__all__ = ["Stack", "default_concurrency", "import_production", "open_stack"]
 
 
 def import_production() -> None:
@@ -41,32 +42,6 @@ def import_production() -> None:
             raise MissingDependency(package, "production", "the production stack") from exc
 
 
-@dataclass(frozen=True)
-class StackSettings:
-    """How the stack is brought up.
-
-    Args:
-        redis: an existing Redis URL (default ``PARALLEL_KIT_REDIS_URL``, else one is started).
-        workers: Celery worker processes to start (0: none — workers started by hand with
-            ``parallel-kit worker``).
-        concurrency: tasks per worker at once (default :func:`default_concurrency`).
-        request_timeout_s: longest a request may take, clock seconds (then a failed row).
-        visibility_timeout_s: the broker's visibility timeout (default from the request
-            timeout, :func:`~.celery_app.visibility_timeout_for`).
-    """
-
-    redis: str | None = None
-    workers: int = 1
-    concurrency: int | None = None
-    request_timeout_s: float | None = None
-    visibility_timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.workers < 0:
-            raise ConfigError(f"--workers {self.workers} must be 0 or more")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise ConfigError(f"--worker-concurrency {self.concurrency} must be at least 1")
-
 
 @dataclass
 class Stack:
@@ -75,7 +50,7 @@ class Stack:
     redis_url: str
     app: Any  # rayserve.ServeApp
     workers: list[Any] = field(default_factory=list)  # worker.WorkerProcess
-    settings: StackSettings = field(default_factory=StackSettings)
+    settings: StackOptions = field(default_factory=StackOptions)
     setup_s: float = 0.0
     concurrency: int = 1
 
@@ -92,7 +67,7 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def open_stack(ctx: ModeContext, settings: StackSettings | None = None, *,
+async def open_stack(ctx: ModeContext, settings: StackOptions | None = None, *,
                      app_name: str | None = None,
                      announce: Callable[[str], None] | None = None) -> AsyncIterator[Stack]:
     """Redis + Serve + Celery workers for a run (module docstring); all stopped on exit.
@@ -108,14 +83,16 @@ async def open_stack(ctx: ModeContext, settings: StackSettings | None = None, *,
     from .redis_server import open_redis
     from .worker import wait_for_workers
 
-    cfg = settings or StackSettings()
+    cfg = settings or ctx.stack
+    announce = announce or cfg.announce
     t0 = time.perf_counter()
     with contextlib.ExitStack() as closing:
         redis_url = closing.enter_context(open_redis(cfg.redis, announce=announce))
         configure(redis_url, request_timeout_s=cfg.request_timeout_s,
                   visibility_timeout_s=cfg.visibility_timeout_s)
         async with open_serve_app(ctx, name=app_name, mode="production") as app:
-            concurrency = cfg.concurrency or default_concurrency(app.workers * app.max_ongoing)
+            concurrency = (cfg.worker_concurrency
+                           or default_concurrency(app.workers * app.max_ongoing))
             stack = Stack(redis_url, app, settings=cfg, concurrency=concurrency)
             try:
                 for _ in range(cfg.workers):

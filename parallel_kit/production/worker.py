@@ -1,7 +1,7 @@
 """Celery workers of the production stack, as real child processes (or by hand).
 
-``python -m parallel_kit.production.worker --redis URL --ray-address ADDR`` (also
-``parallel-kit worker``) runs one Celery worker in the foreground: the ``threads`` pool with
+``parallel-kit worker --redis URL --ray-address ADDR`` (:func:`run_worker`) runs one Celery
+worker in the foreground: the ``threads`` pool with
 ``--concurrency C`` threads, one Ray connection per process (a worker on another machine joins
 the cluster by its address, like any Ray driver). :class:`WorkerProcess` starts one as a child
 process for a run and stops it (SIGTERM: Celery's warm shutdown, which finishes running tasks;
@@ -15,7 +15,6 @@ start one Ray driver per child (seconds and ~100 MB each).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-__all__ = ["WorkerProcess", "main", "wait_for_workers", "worker_argv"]
+__all__ = ["WorkerProcess", "run_worker", "wait_for_workers", "worker_argv"]
 
 
 def worker_argv(*, concurrency: int, hostname: str) -> list[str]:
@@ -71,7 +70,7 @@ class WorkerProcess:
         log = Path(tempfile.mkstemp(prefix="parallel_kit-worker-", suffix=".log")[1])
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "parallel_kit.production.worker",
+                [sys.executable, "-m", "parallel_kit", "worker",
                  "--concurrency", str(concurrency), "--name", name],
                 env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
@@ -126,24 +125,6 @@ def wait_for_workers(workers: Sequence[WorkerProcess], timeout_s: float = 120.0)
                       f"their logs: {', '.join(str(w.log_path) for w in workers)}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``parallel-kit worker``: one Celery worker of the production stack, in the foreground."""
-    parser = argparse.ArgumentParser(prog="parallel-kit worker",
-                                     description="A Celery worker of the production stack: "
-                                                 "takes tasks from Redis, calls Ray Serve.")
-    parser.add_argument("--redis", default=None, metavar="URL",
-                        help="the stack's Redis (default PARALLEL_KIT_REDIS_URL)")
-    parser.add_argument("--ray-address", default=None, metavar="ADDR",
-                        help="the Ray cluster running the Serve application (default "
-                             "RAY_ADDRESS)")
-    parser.add_argument("--concurrency", type=int, default=4, metavar="C",
-                        help="tasks this worker runs at once (threads; default 4)")
-    parser.add_argument("--name", default=None, help="Celery hostname (default: generated)")
-    args = parser.parse_args(argv)
-    return run_worker(redis=args.redis, ray_address=args.ray_address,
-                      concurrency=args.concurrency, name=args.name)
-
-
 def run_worker(*, redis: str | None, ray_address: str | None, concurrency: int,
                name: str | None) -> int:
     """Configure the Celery app and run a worker until it is stopped (SIGTERM/Ctrl-C)."""
@@ -168,12 +149,3 @@ def run_worker(*, redis: str | None, ray_address: str | None, concurrency: int,
                                 hostname=name or f"pk-{os.getpid()}@localhost"))
     return 0
 
-
-if __name__ == "__main__":
-    from ..errors import ParallelKitError
-
-    try:
-        sys.exit(main())
-    except ParallelKitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from .engine import Engine, SimEngine
 from .faults import Faults
 from .profiles import ModelSpeed, Profile, list_profiles, load_profile, save_profile
-from .server import SimulatedOllama, run_sim_command, simulated_ollama
+from .server import SimulatedOllama, simulated_ollama
 
 __all__ = [
     "Engine",
@@ -20,7 +20,6 @@ __all__ = [
     "SimulatedOllama",
     "list_profiles",
     "load_profile",
-    "run_sim_command",
     "save_profile",
     "simulated_ollama",
 ]

@@ -16,25 +16,20 @@ shutdown, where tests start and stop hundreds of simulators. Stopping aborts ope
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-import socket
-import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..config import int_from_env, num_parallel_from_env, time_scale_from_env
-from ..errors import ConfigError
+from ..config import num_parallel_from_env
+from ..netutil import listen
 from .app import OllamaApp
 from .engine import Engine, SimEngine, parse_keep_alive
 from .faults import Faults
 from .profiles import Profile, load_profile
 
-__all__ = ["SimulatedOllama", "run_sim_command", "simulated_ollama"]
+__all__ = ["SimulatedOllama", "simulated_ollama"]
 
 
 class SimulatedOllama:
@@ -95,7 +90,7 @@ class SimulatedOllama:
 
         if self._server is not None:
             return self.url
-        sock = _listening_socket(self.bind, self.port)
+        sock = listen(self.bind, self.port, what="simulated Ollama")
         app = OllamaApp(self.engine, on_completed=self._on_completed,
                         extra_stats=self._extra_stats)
         # log_config=None: no logging.dictConfig (importing the kit must not touch logging);
@@ -222,101 +217,9 @@ class SimulatedOllama:
             self._halt_event.set()
 
 
-def _listening_socket(bind: str, port: int) -> socket.socket:
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port {port!r} must be a whole number 0–65535 (0 picks a free one)")
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says it is TCP; with protocol 0 Nagle + delayed ACK stall each answer on a
-    # reused connection by ~40 ms (2 model seconds at time scale 0.02).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind.strip("[]"), port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {bind}:{port} ({exc.strerror or exc}) — is another "
-                          f"Ollama running there? Choose another --port, or --port 0 for a free "
-                          f"one") from None
-    sock.setblocking(False)
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def simulated_ollama(**kwargs: Any) -> AsyncIterator[str]:
     """``async with simulated_ollama(profile="seed", time_scale=0.02) as url:`` — a
     :class:`SimulatedOllama` (same arguments) for the block; yields its URL."""
     async with SimulatedOllama(**kwargs) as sim:
         yield sim.url
-
-
-# -- the `parallel-kit sim` command ------------------------------------------------------
-def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
-    """``--bind``/``--port``; where one is not given (None), ``OLLAMA_HOST`` as Ollama reads it,
-    else 127.0.0.1:11434."""
-    bind, port = getattr(args, "bind", None), getattr(args, "port", None)
-    env = os.environ.get("OLLAMA_HOST", "").strip()
-    env_host, env_port = "127.0.0.1", 11434
-    if env and (bind is None or port is None):
-        parts = urlsplit(env if "://" in env else f"http://{env}")
-        env_host = parts.hostname or env_host
-        try:
-            env_port = parts.port or env_port
-        except ValueError:
-            raise ConfigError(f"OLLAMA_HOST={env!r} has a bad port — write it like "
-                              f"127.0.0.1:11434") from None
-    return (bind if bind is not None else env_host), (port if port is not None else env_port)
-
-
-def run_sim_command(args: argparse.Namespace) -> int:
-    """``parallel-kit sim``: run a simulated Ollama in the foreground until Ctrl-C.
-
-    Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
-    fail_fraction, jitter, stop_after, engine, gguf, threads_per_slot`` from ``args`` (missing
-    ones take their defaults). Returns the exit status.
-    """
-    engine_name = getattr(args, "engine", None) or "sim"
-    if engine_name not in ("sim", "llama-cpp"):
-        raise ConfigError(f"unknown --engine {engine_name!r} — choose sim or llama-cpp")
-    bind, port = _listen_address(args)
-    models_arg = getattr(args, "models", None)
-    models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
-    time_scale = getattr(args, "time_scale", None)
-    max_queue = getattr(args, "max_queue", None)
-    if max_queue is None:
-        max_queue = int_from_env("OLLAMA_MAX_QUEUE", 512)
-        max_queue = 512 if max_queue is None else max_queue
-    keep_alive = getattr(args, "keep_alive", None) or os.environ.get("OLLAMA_KEEP_ALIVE") or "5m"
-    faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
-                    jitter=getattr(args, "jitter", None) or 0.0,
-                    stop_after=getattr(args, "stop_after", None))
-    engine: Engine | None = None
-    if engine_name == "llama-cpp":
-        from .llama_engine import create_engine
-
-        engine = create_engine(getattr(args, "gguf", None),
-                               num_parallel=getattr(args, "num_parallel", None),
-                               threads_per_slot=getattr(args, "threads_per_slot", None),
-                               models=models, keep_alive_s=parse_keep_alive(keep_alive),
-                               max_queue=max_queue)
-    sim = SimulatedOllama(
-        getattr(args, "profile", None) or "seed", num_parallel=getattr(args, "num_parallel", None),
-        max_queue=max_queue,
-        time_scale=time_scale if time_scale is not None else time_scale_from_env(),
-        models=models, keep_alive=keep_alive, faults=faults, engine=engine, bind=bind, port=port)
-
-    async def serve() -> None:
-        async with sim:
-            what = (f"real model on the CPU ({engine_name})" if engine is not None else
-                    f"profile {sim.profile.name}")
-            print(f"simulated Ollama ({what}, {sim.num_parallel} slot(s) per "
-                  f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
-                  f"Ctrl-C to stop", flush=True)
-            await sim.wait_halted()
-            print(f"simulated Ollama stopped after {faults.stop_after} requests (--stop-after)",
-                  file=sys.stderr, flush=True)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0
