@@ -101,13 +101,18 @@ async def test_worker_killed_mid_task_its_task_is_redelivered_and_completes(
         production_stack) -> None:
     from parallel_kit.production.tasks import TaskClient
 
+    from test_rayserve import _wait_for_replicas
+
     stack = production_stack
+    await _wait_for_replicas(stack.app, 3)
+    sims = [d["url"] for d in await asyncio.to_thread(_describe_all, stack.app)]
     victim = stack.workers[-1]
     client = TaskClient(stack.redis_url, stack.app.name, SERVE_TIME_SCALE, time.time())
     try:
         ids = [client.submit(s) for s in specs(3, "wkill")]
-        # Kill the worker once a task is running in it (Celery's own STARTED state in Redis).
-        while not any(client.status(i)["status"] == "running" for i in ids):
+        # Kill the worker once one of its requests is inside an Ollama (the servers' own
+        # count): the request has reached Ollama, and will reach it again — at least once.
+        while sum([((await sim_info(u)) or {}).get("active", 0) for u in sims]) < 1:
             await asyncio.sleep(0.005)
         victim.kill()
         stack.start_worker()  # a fresh worker; the lost tasks come back after the timeout

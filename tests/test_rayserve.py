@@ -42,7 +42,7 @@ async def test_seed_scenario_three_given_servers_serve_two_two_one_never_two_at_
     assert run.summary.ok == 5 and run.summary.n == 5 and run.summary.mode == "rayserve"
     assert sorted(s["completed"] for s in stats) == [1, 2, 2]  # ⌈5/3⌉ = 2 rounds
     assert [s["max_active"] for s in stats] == [1, 1, 1]  # max_ongoing = slots = 1
-    assert {r.worker for r in run.requests} == {"gpu0", "gpu1", "gpu2"}
+    assert len({r.worker for r in run.requests}) == 3  # three GPUs (ids depend on the cluster)
     assert len({r.replica for r in run.requests}) == 3 and all(r.node for r in run.requests)
     # Serve's start-up is set-up, reported apart from the makespan.
     assert run.summary.setup_s is not None and run.summary.setup_s > 0
@@ -62,8 +62,11 @@ def test_rayserve_is_a_registered_mode() -> None:
 
 async def test_replica_killed_mid_request_is_restarted_and_its_request_retried(
         serve_session) -> None:
+    from test_production import _describe_all
+
     app = serve_session.shared_app()
-    victim = app.replicas[0]
+    await _wait_for_replicas(app, 3)
+    victim = (await asyncio.to_thread(_describe_all, app))[0]
     ctx = ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
                       servers=ServerOptions(launch="sim"))
 

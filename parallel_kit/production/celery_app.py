@@ -121,6 +121,9 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
         broker_transport_options={"visibility_timeout": visibility,
                                   "unacked_restore_interval": 1,
                                   "unacked_restore_throttle": 1,
+                                  # the sweep's lock in Redis: a worker killed while holding
+                                  # it must not stop every sweep for kombu's default 300 s
+                                  "unacked_mutex_expire": 10,
                                   "socket_timeout": 5.0, "socket_connect_timeout": 2.0},
         result_backend_transport_options={"socket_timeout": 5.0,
                                           "socket_connect_timeout": 2.0},
