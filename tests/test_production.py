@@ -99,9 +99,9 @@ async def test_rows_come_back_through_redis_with_a_timestamp_per_layer(productio
 
 async def test_worker_killed_mid_task_its_task_is_redelivered_and_completes(
         production_stack) -> None:
-    from parallel_kit.production.tasks import TaskClient
-
     from test_rayserve import _wait_for_replicas
+
+    from parallel_kit.production.tasks import TaskClient
 
     stack = production_stack
     await _wait_for_replicas(stack.app, 3)
