@@ -37,7 +37,8 @@ from .api import (
 )
 from .records import RequestSpec
 
-__all__ = ["create_production_app", "open_production_api", "serve_production"]
+__all__ = ["create_production_app", "open_production_api", "open_production_backend",
+           "serve_production"]
 
 
 def create_production_app(client: Any, settings: ApiSettings | None = None, *,
@@ -204,3 +205,38 @@ async def serve_production(sock: Any, ctx: Any, *, settings: ApiSettings | None 
                      f"{client.app_name}")
         await uvicorn_server(create_production_app(client, cfg),
                              log_level="info").serve(sockets=[sock])
+
+
+@contextlib.asynccontextmanager
+async def open_production_backend(servers: Any, options: Any) -> AsyncIterator[Any]:
+    """The stack behind the *in-process* API (``ModeInfo.api_backend`` of ``production``).
+
+    Each request is a Celery task through Redis and Ray Serve, and the call waits for its row —
+    so the generic API (:func:`parallel_kit.api.create_app`, whose task queue lives in the API's
+    memory) can front the stack too. ``parallel-kit serve --mode production`` uses
+    :func:`create_production_app` instead, whose tasks live in Redis.
+    """
+    from .api_backends import ApiBackend
+    from .modes.base import ModeContext
+    from .modes.options import RayOptions, ServerOptions
+    from .modes.ray_gpu import EpochClock
+    from .production.tasks import row_from_body
+
+    launched = (ServerOptions(launch="sim" if servers.kind == "sim" else "ollama",
+                              profile=servers.profile or "seed")
+                if options.start_own else ServerOptions())
+    ctx = ModeContext(endpoints=list(servers.endpoints), backend=servers.kind,
+                      time_scale=servers.time_scale, model=servers.model, gpus=options.servers,
+                      servers=launched, ray=RayOptions(address=options.ray_address))
+    async with open_production_api(ctx, ctx.stack) as client:
+
+        async def call(spec: RequestSpec) -> Any:
+            submitted = client.now()
+            task_id = await asyncio.to_thread(client.submit, spec)
+            done = await client.wait([task_id], timeout_s=None)
+            return row_from_body(done[task_id], spec, mode=options.mode, model=servers.model,
+                                 submitted_s=submitted, done_s=client.now())
+
+        # the rows' axis: seconds since the stack's shared epoch (tasks.shared_epoch)
+        yield ApiBackend(call, EpochClock(servers.time_scale, client.epoch),
+                         model=servers.model, description=servers.message, kind=servers.kind)

@@ -2,7 +2,7 @@
 
 A plain ASGI application, no framework: the streaming path runs once per token for every
 stream, so it only formats one short JSON line and sends it. Routes and bodies follow
-``OLLAMA.md`` (ollama/ollama ``server/routes.go``, ``openai/openai.go``):
+``docs/OLLAMA.md`` (ollama/ollama ``server/routes.go``, ``openai/openai.go``):
 
 ====================================  ============================================
 ``GET|HEAD /``                        ``Ollama is running``
@@ -34,7 +34,7 @@ from .profiles import stable_hash
 
 __all__ = ["OLLAMA_VERSION", "OllamaApp"]
 
-#: The Ollama version the simulator reports (its behaviour follows OLLAMA.md, 0.11+).
+#: The Ollama version the simulator reports (its behaviour follows docs/OLLAMA.md, 0.11+).
 OLLAMA_VERSION = "0.11.10"
 
 Scope = dict[str, Any]
