@@ -252,3 +252,51 @@ async def test_unknown_task_is_404_and_expired_result_is_410(production_stack) -
             assert (await http_client.get(f"/tasks/{task_id}")).status_code == 410
     finally:
         client.close()
+
+
+# -- bad input at the command line: one line, exit 2, nothing started ---------------------------
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from parallel_kit.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_max_ongoing_zero_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["bench", "--mode", "rayserve", "--max-ongoing", "0", "--n", "1"], capsys)
+    assert code == 2
+    assert err.strip().startswith("error: --max-ongoing 0 must be a whole number ≥ 1")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_redis_pointing_at_nothing_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    code, err = _cli(["bench", "--mode", "production", "--redis", dead, "--n", "1",
+                      "--time-scale", "0.005", "--no-progress"], capsys)
+    assert code == 2
+    assert f"error: no Redis answers at {dead}" in err and "Traceback" not in err
+
+
+def test_cli_production_without_the_extra_names_the_install(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)
+    code, err = _cli(["bench", "--mode", "production", "--n", "1", "--time-scale", "0.005",
+                      "--no-progress"], capsys)
+    assert code == 2
+    assert 'pip install "parallel_kit[production]"' in err and "Traceback" not in err
+
+
+async def test_demo_without_a_redis_binary_says_so_in_one_line_and_runs_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallel_kit.demo import run_demo
+    from parallel_kit.production import redis_server
+
+    monkeypatch.delenv("PARALLEL_KIT_REDIS_URL", raising=False)
+    monkeypatch.setattr(redis_server, "find_redis_server", lambda: None)
+    said: list[str] = []
+    comparison = await run_demo(time_scale=0.005, modes="sequential,production",
+                                announce=said.append)
+    assert [r.summary.mode for r in comparison.runs] == ["sequential"]
+    skipped = [m for m in said if m.startswith("production: skipped")]
+    assert len(skipped) == 1 and "parallel_kit[production]" in skipped[0]

