@@ -231,7 +231,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
     slots = _slots_of(ctx, plans)
     ongoing = max_ongoing or slots
     name = name or f"parallel_kit-{uuid.uuid4().hex[:8]}"
-    _quiet_serve_logs()
+    quiet_serve_logs()
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     actor_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0}
     if ctx.ray.runtime_env:
@@ -266,9 +266,28 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
                 serve.delete(name)
 
 
-def _quiet_serve_logs() -> None:
+class _RouterWaitFilter(logging.Filter):
+    """Drops Serve's "Failed to route request after 50 attempts" warning.
+
+    Serve's router logs it after every 50 tries for a request that waits for a free replica
+    (``request_router.py``). With ``max_ongoing_requests`` = slots, waiting in the router is the
+    design, not a failure (a request of 10 s makes the next one wait ~10 s).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to route request after")
+
+
+_router_filter = _RouterWaitFilter()
+
+
+def quiet_serve_logs() -> None:
+    """Serve's logs at WARNING, without the router's waiting warning (this process)."""
     for logger_name in ("ray.serve", "ray"):
         logging.getLogger(logger_name).setLevel(logging.WARNING)
+    serve_logger = logging.getLogger("ray.serve")
+    if _router_filter not in serve_logger.filters:
+        serve_logger.addFilter(_router_filter)
 
 
 async def _warm_up(app: ServeApp, workers: int) -> list[dict[str, Any]]:

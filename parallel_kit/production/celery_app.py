@@ -162,6 +162,9 @@ def _handle(app_name: str) -> Any:
             if not ray.is_initialized():
                 ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
                          configure_logging=False)
+            from ..modes.rayserve import quiet_serve_logs
+
+            quiet_serve_logs()
             handle = serve.get_app_handle(app_name)
             _handles[app_name] = handle
         return handle
