@@ -37,9 +37,16 @@ class _ServeSession:
 
         if not ray.is_initialized():
             self.app = None
-            ray.init(num_gpus=SERVE_CLUSTER_GPUS, num_cpus=2, include_dashboard=False,
-                     log_to_driver=False, object_store_memory=100 * 1024 * 1024,
-                     configure_logging=False)
+            for attempt in (1, 2):  # Ray gives a node 30 s to register: a busy machine may not
+                try:
+                    ray.init(num_gpus=SERVE_CLUSTER_GPUS, num_cpus=2, include_dashboard=False,
+                             log_to_driver=False, object_store_memory=100 * 1024 * 1024,
+                             configure_logging=False)
+                    break
+                except Exception as exc:
+                    ray.shutdown()
+                    if attempt == 2 or "timed out during startup" not in str(exc):
+                        raise
         return str(ray.get_runtime_context().gcs_address)
 
     def shared_app(self):
