@@ -103,7 +103,9 @@ async def open_stack(ctx: ModeContext, settings: StackOptions | None = None, *,
                 stack.setup_s = time.perf_counter() - t0
                 yield stack
             finally:
-                await asyncio.to_thread(_stop_workers, stack.workers)
+                # Synchronously: this also runs while the run is being cancelled (Ctrl-C),
+                # when awaiting a thread could be cut short and leave a worker behind.
+                _stop_workers(stack.workers)
 
 
 def default_concurrency(capacity: int) -> int:
