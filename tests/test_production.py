@@ -245,6 +245,9 @@ async def test_unknown_task_is_404_and_expired_result_is_410(production_stack) -
             task_id = (await http_client.post("/inference/async",
                                               json={"prompt": "hi"})).json()["task_id"]
             await client.wait([task_id], timeout_s=30)
+            # The worker marks the task finished right after Celery stored its result.
+            while not client._redis.hexists(f"parallel_kit:task:{task_id}", "finished"):
+                await asyncio.sleep(0.005)
             body = (await http_client.get(f"/tasks/{task_id}")).json()
             assert body["status"] == "completed" and body["result"]["ok"]
             # The result expires from Redis (as result_expires makes it): 410, never "queued".
