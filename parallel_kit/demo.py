@@ -16,6 +16,7 @@ from typing import Any
 
 from .bench import Comparison, compare
 from .modes.registry import BASELINE, mode_names
+from .modes.stack_options import StackOptions
 from .records import write_csv, write_json
 
 __all__ = ["DEMO_REQUESTS", "run_demo", "write_demo_outputs"]
@@ -27,11 +28,12 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
                    hosts: list[str] | None = None, model: str | None = None,
                    modes: str | None = None, gpus: int = 3, ray_address: str | None = None,
                    engine: str = "sim", engine_options: dict[str, Any] | None = None,
-                   progress: bool = False, announce: Callable[[str], None] | None = None
-                   ) -> Comparison:
+                   progress: bool = False, announce: Callable[[str], None] | None = None,
+                   redis: str | None = None) -> Comparison:
     """Run the demo scenario and return the comparison (nothing written).
 
-    Every registered mode unless ``modes`` names some; five requests of the ``original``
+    Every registered mode unless ``modes`` names some (a mode whose extra or service cannot be
+    had — e.g. no Redis for ``production`` — is skipped with one line); five requests of the ``original``
     prompts on the ``seed`` profile (10 model seconds each); ``gpus`` servers for the
     multi-server modes.
     """
@@ -39,27 +41,32 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
                          hosts=hosts, gpus=gpus, model=model, time_scale=time_scale,
                          profile="seed", ray_address=ray_address, engine=engine,
                          engine_options=engine_options, progress=progress, announce=announce,
-                         into=into)
+                         into=into, skip_unavailable=True, stack=StackOptions(redis=redis))
 
 
 def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
                        plots: bool = True) -> list[Path]:
     """``results.json``, ``requests.csv`` and (optionally) the PNG plots in ``out``."""
+    from .outputs import write_or_rescue
+
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [write_json(folder / "results.json", comparison.runs),
-               write_csv(folder / "requests.csv", comparison.runs)]
-    if plots:
+    runs = comparison.runs
+    # Each file is rescued to the temporary folder if it cannot be written (and said where).
+    written = [write_or_rescue(folder / "results.json", lambda p: write_json(p, runs)),
+               write_or_rescue(folder / "requests.csv", lambda p: write_csv(p, runs))]
+    if plots and runs:
         from . import plots as P
 
-        runs = comparison.runs
-        written.append(P.save(P.timeline(runs), folder / "timeline.png"))
-        written.append(P.save(P.predicted_vs_measured(runs), folder / "predicted_vs_measured.png"))
+        written.append(write_or_rescue(folder / "timeline.png",
+                                       lambda p: P.save(P.timeline(runs), p)))
+        written.append(write_or_rescue(folder / "predicted_vs_measured.png",
+                                       lambda p: P.save(P.predicted_vs_measured(runs), p)))
         seq = next((r for r in runs if r.summary.mode == BASELINE), None)
         # The per-request time the scenario is built on (predicted), not a measured average.
         span = seq.summary.predicted_makespan_s if seq else None
         t = span / max(seq.summary.n, 1) if seq and span else 10.0
         n = runs[0].summary.n if runs else DEMO_REQUESTS
-        written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs),
-                              folder / "speedup_vs_gpus.png"))
+        written.append(write_or_rescue(
+            folder / "speedup_vs_gpus.png",
+            lambda p: P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs), p)))
     return written
