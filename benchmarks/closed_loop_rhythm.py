@@ -25,6 +25,7 @@ Usage: ``.venv/bin/python benchmarks/closed_loop_rhythm.py``
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import random
@@ -98,7 +99,10 @@ def run(gap: Callable[[random.Random], float], seed: int = 1) -> dict[str, float
             "requests_per_s": len(rows) / span}
 
 
-def main() -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    args = parser.parse_args(argv)
     # Turnarounds peers.json implies (4 ÷ req/s − mean latency): kit ≈ 6 ms, GuideLLM ≈ 10 ms.
     cases: dict[str, Callable[[random.Random], float]] = {
         "no turnaround (lockstep)": lambda r: 0.0,
@@ -116,7 +120,7 @@ def main() -> dict[str, Any]:
               "output_tokens": TOKENS, "prompt_tokens": "≈ 600",
               "clock": "virtual (engine step rules, exact; machine load irrelevant)",
               "cases": out}
-    path = write_result("closed_loop_rhythm", clean(result))
+    path = write_result("closed_loop_rhythm", clean(result), args.out)
     print(f"wrote {path}")
     return result
 

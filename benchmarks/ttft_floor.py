@@ -61,6 +61,7 @@ async def _round_trips(url: str, n: int) -> list[float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=200, help="requests per batch (4 batches each)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
     load_before = machine()["load_avg_1_5_15"]
     rt: list[float] = []
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{k:15s} median {v['median']:.3f}  p10 {v['p10']:.3f}  p90 {v['p90']:.3f}")
     print(f"error − round trip: {result['ttft_error_minus_round_trip_ms']:.3f} ms; load before "
           f"{load_before}")
-    print(f"wrote {write_result('ttft_floor', result)}")
+    print(f"wrote {write_result('ttft_floor', result, args.out)}")
     return result
 
 
