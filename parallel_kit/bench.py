@@ -113,11 +113,20 @@ def format_table(runs: Sequence[RunResult]) -> str:
                      f"{f'{s.ok}/{s.n}':>8}")
     if runs:
         s0 = runs[0].summary
-        where = ("real model (llama.cpp) on the CPU" if s0.engine == "llama-cpp" else
-                 "simulated Ollama" if s0.backend == "sim" else "real Ollama")
+        where = _engine_label(s0.engine) if s0.backend == "sim" else "real Ollama"
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
                      f"submit in clock ms; setup in clock s)")
     return "\n".join(lines)
+
+
+def _engine_label(engine: str) -> str:
+    """What produced a simulator run's tokens, from the engine registry."""
+    from .sim.registry import engine_info
+
+    try:
+        return engine_info(engine if engine != "ollama" else None).label
+    except ConfigError:
+        return f"engine {engine}"
 
 
 def _finite(x: float | None) -> bool:

@@ -76,9 +76,11 @@ def _add_time_scale(p: argparse.ArgumentParser, help_extra: str = "") -> None:
 
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["sim", "llama-cpp"], default="sim",
-                   help="what produces the tokens of an embedded server: the latency model "
-                        "(sim) or a real model on the CPU (llama-cpp, needs parallel_kit[real])")
+    from .sim.registry import engine_info, engine_names
+
+    p.add_argument("--engine", choices=engine_names(), default="sim",
+                   help="what produces the tokens of an embedded server: " + "; ".join(
+                       f"{n} = {engine_info(n).description}" for n in engine_names()))
     p.add_argument("--gguf", default=None, metavar="PATH",
                    help="GGUF model file for --engine llama-cpp (default: the Gemma 3 270M "
                         "package when installed)")
@@ -162,13 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency profile (seed = every request 10 s, 1 slot)")
     p.add_argument("--num-parallel", type=_positive_int, default=None, metavar="K",
                    help="slots per model (default OLLAMA_NUM_PARALLEL or 1)")
-    p.add_argument("--max-queue", type=_non_negative_int, default=512, metavar="Q",
-                   help="requests that may wait for a loading model before 503 (default 512)")
+    p.add_argument("--max-queue", type=_non_negative_int, default=None, metavar="Q",
+                   help="requests that may wait for a loading model before 503 (default "
+                        "OLLAMA_MAX_QUEUE or 512)")
     _add_time_scale(p)
     p.add_argument("--models", default=None, metavar="A,B",
                    help="models the server has (default: the profile's)")
-    p.add_argument("--keep-alive", default="5m", metavar="DUR",
-                   help="how long a model stays loaded after use (default 5m)")
+    p.add_argument("--keep-alive", default=None, metavar="DUR",
+                   help="how long a model stays loaded after use: 5m, 24h, 3600 (seconds), "
+                        "-1 (forever) or 0 (default OLLAMA_KEEP_ALIVE or 5m)")
+    p.add_argument("--max-loaded-models", type=_non_negative_int, default=None, metavar="N",
+                   help="models loaded at once (default OLLAMA_MAX_LOADED_MODELS, else 3 per "
+                        "GPU of the profile)")
+    p.add_argument("--context-length", type=_non_negative_int, default=None, metavar="T",
+                   help="default num_ctx (default OLLAMA_CONTEXT_LENGTH, else by the "
+                        "profile's GPU memory: 4096 without one)")
     p.add_argument("--fail-fraction", type=_fraction, default=0.0, metavar="P",
                    help="fail this fraction of requests (fault lesson)")
     p.add_argument("--jitter", type=_fraction, default=0.0, metavar="J",

@@ -19,20 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..config import int_from_env, num_parallel_from_env, time_scale_from_env
+from ..config import time_scale_from_env
 from ..errors import ConfigError
 from .app import OllamaApp
-from .engine import Engine, SimEngine, parse_keep_alive
+from .engine import SimEngine
 from .faults import Faults
 from .profiles import Profile, load_profile
+from .protocol import Engine
+from .registry import engine_info, make_engine
+from .settings import sim_settings
 
 __all__ = ["SimulatedOllama", "run_sim_command", "simulated_ollama"]
 
@@ -43,35 +44,45 @@ class SimulatedOllama:
     Args:
         profile: a profile name (``seed``, ``rtx4090``, …) or a :class:`Profile`.
         num_parallel: slots per model; default ``OLLAMA_NUM_PARALLEL`` or the profile's (1).
-        max_queue: requests that may wait for a loading model before 503 busy.
+        max_queue: requests that may wait in the scheduler before 503 busy
+            (``OLLAMA_MAX_QUEUE``; default: the variable, else 512).
         time_scale: clock seconds per model second (0.02 turns 10 s into 0.2 s).
         models: model names it serves (default: the profile's).
-        keep_alive: default keep-alive (``"5m"``, seconds, negative = forever, 0).
+        keep_alive: default keep-alive (``"5m"``, seconds, negative = forever, 0); default
+            ``OLLAMA_KEEP_ALIVE``, else 5m.
+        max_loaded_models: models loaded at once (``OLLAMA_MAX_LOADED_MODELS``; 0 = 3 per GPU).
+        context_length: default ``num_ctx`` (``OLLAMA_CONTEXT_LENGTH``; 0 = by GPU memory).
         faults: fault switches (fail a fraction, jitter, stop after N).
         engine: another :class:`~parallel_kit.sim.engine.Engine` to serve instead.
         bind, port: where to listen; port 0 picks a free one.
     """
 
     def __init__(self, profile: str | Profile = "seed", *, num_parallel: int | None = None,
-                 max_queue: int = 512, time_scale: float = 1.0,
-                 models: Sequence[str] | None = None, keep_alive: float | str = "5m",
+                 max_queue: int | None = None, time_scale: float = 1.0,
+                 models: Sequence[str] | None = None, keep_alive: float | str | None = None,
                  faults: Faults | None = None, engine: Engine | None = None,
-                 bind: str = "127.0.0.1", port: int = 0) -> None:
+                 bind: str = "127.0.0.1", port: int = 0, max_loaded_models: int | None = None,
+                 context_length: int | None = None) -> None:
         self.profile = load_profile(profile)
-        if num_parallel is None:
-            num_parallel = num_parallel_from_env()
+        settings = sim_settings(bind=bind, port=port, num_parallel=num_parallel,
+                                max_queue=max_queue, keep_alive=keep_alive,
+                                max_loaded_models=max_loaded_models,
+                                context_length=context_length)
+        num_parallel, max_queue = settings.num_parallel, settings.max_queue
         self.faults = faults or Faults()
         if engine is None:
             engine = SimEngine(self.profile, num_parallel=num_parallel, max_queue=max_queue,
                                time_scale=time_scale, models=models,
-                               keep_alive_s=parse_keep_alive(keep_alive), faults=self.faults)
+                               keep_alive_s=settings.keep_alive_s, faults=self.faults,
+                               max_loaded_models=settings.max_loaded_models,
+                               context_length=settings.context_length)
             num_parallel = engine.num_parallel
-            self.engine_name = "sim"
         else:
             # A real engine decides its own slots, and runs on the clock (time scale 1).
             num_parallel = getattr(engine, "num_parallel", None) or num_parallel
             time_scale = float(getattr(engine, "time_scale", 1.0))
-            self.engine_name = getattr(engine, "name", type(engine).__name__)
+        #: The engine's name (the protocol's ``name``): labels follow it.
+        self.engine_name: str = engine.name
         self.engine: Engine = engine
         self.num_parallel = num_parallel or self.profile.num_parallel
         self.time_scale = float(time_scale)
@@ -252,64 +263,44 @@ async def simulated_ollama(**kwargs: Any) -> AsyncIterator[str]:
 
 
 # -- the `parallel-kit sim` command ------------------------------------------------------
-def _listen_address(args: argparse.Namespace) -> tuple[str, int]:
-    """``--bind``/``--port``; where one is not given (None), ``OLLAMA_HOST`` as Ollama reads it,
-    else 127.0.0.1:11434."""
-    bind, port = getattr(args, "bind", None), getattr(args, "port", None)
-    env = os.environ.get("OLLAMA_HOST", "").strip()
-    env_host, env_port = "127.0.0.1", 11434
-    if env and (bind is None or port is None):
-        parts = urlsplit(env if "://" in env else f"http://{env}")
-        env_host = parts.hostname or env_host
-        try:
-            env_port = parts.port or env_port
-        except ValueError:
-            raise ConfigError(f"OLLAMA_HOST={env!r} has a bad port — write it like "
-                              f"127.0.0.1:11434") from None
-    return (bind if bind is not None else env_host), (port if port is not None else env_port)
-
-
 def run_sim_command(args: argparse.Namespace) -> int:
     """``parallel-kit sim``: run a simulated Ollama in the foreground until Ctrl-C.
 
     Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
-    fail_fraction, jitter, stop_after, engine, gguf, threads_per_slot`` from ``args`` (missing
-    ones take their defaults). Returns the exit status.
+    max_loaded_models, context_length, fail_fraction, jitter, stop_after, engine, gguf,
+    threads_per_slot`` from ``args``; any that is missing or None takes its ``OLLAMA_*``
+    variable, else Ollama's default (:func:`~parallel_kit.sim.settings.sim_settings`).
+    Returns the exit status.
     """
-    engine_name = getattr(args, "engine", None) or "sim"
-    if engine_name not in ("sim", "llama-cpp"):
-        raise ConfigError(f"unknown --engine {engine_name!r} — choose sim or llama-cpp")
-    bind, port = _listen_address(args)
+    engine_name = engine_info(getattr(args, "engine", None)).name
+    settings = sim_settings(
+        bind=getattr(args, "bind", None), port=getattr(args, "port", None),
+        num_parallel=getattr(args, "num_parallel", None),
+        max_queue=getattr(args, "max_queue", None), keep_alive=getattr(args, "keep_alive", None),
+        max_loaded_models=getattr(args, "max_loaded_models", None),
+        context_length=getattr(args, "context_length", None))
     models_arg = getattr(args, "models", None)
     models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
     time_scale = getattr(args, "time_scale", None)
-    max_queue = getattr(args, "max_queue", None)
-    if max_queue is None:
-        max_queue = int_from_env("OLLAMA_MAX_QUEUE", 512)
-        max_queue = 512 if max_queue is None else max_queue
-    keep_alive = getattr(args, "keep_alive", None) or os.environ.get("OLLAMA_KEEP_ALIVE") or "5m"
     faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
                     jitter=getattr(args, "jitter", None) or 0.0,
                     stop_after=getattr(args, "stop_after", None))
-    engine: Engine | None = None
-    if engine_name == "llama-cpp":
-        from .llama_engine import create_engine
-
-        engine = create_engine(getattr(args, "gguf", None),
-                               num_parallel=getattr(args, "num_parallel", None),
-                               threads_per_slot=getattr(args, "threads_per_slot", None),
-                               models=models, keep_alive_s=parse_keep_alive(keep_alive),
-                               max_queue=max_queue)
+    engine = make_engine(engine_name, models=models, gguf=getattr(args, "gguf", None),
+                         num_parallel=settings.num_parallel,
+                         threads_per_slot=getattr(args, "threads_per_slot", None),
+                         keep_alive_s=settings.keep_alive_s, max_queue=settings.max_queue)
     sim = SimulatedOllama(
-        getattr(args, "profile", None) or "seed", num_parallel=getattr(args, "num_parallel", None),
-        max_queue=max_queue,
+        getattr(args, "profile", None) or "seed", num_parallel=settings.num_parallel,
+        max_queue=settings.max_queue,
         time_scale=time_scale if time_scale is not None else time_scale_from_env(),
-        models=models, keep_alive=keep_alive, faults=faults, engine=engine, bind=bind, port=port)
+        models=models, keep_alive=settings.keep_alive_s, faults=faults, engine=engine,
+        bind=settings.bind, port=settings.port, max_loaded_models=settings.max_loaded_models,
+        context_length=settings.context_length)
 
     async def serve() -> None:
         async with sim:
-            what = (f"real model on the CPU ({engine_name})" if engine is not None else
-                    f"profile {sim.profile.name}")
+            what = (f"{engine_info(engine_name).label} ({engine_name})" if engine is not None
+                    else f"profile {sim.profile.name}")
             print(f"simulated Ollama ({what}, {sim.num_parallel} slot(s) per "
                   f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
                   f"Ctrl-C to stop", flush=True)
