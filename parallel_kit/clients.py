@@ -56,6 +56,7 @@ from .errors import (
     RequestFailed,
     RequestTimeout,
     ServerBusy,
+    StreamEnded,
 )
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
@@ -334,8 +335,7 @@ class _BaseClient:
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 # The answer had begun: the server went away mid-answer. Not retried here (the
                 # model did work); pool/ray modes may send it elsewhere via raise_for.
-                raise OllamaUnavailable(self.host, f"connection lost mid-answer: {_short(exc)}"
-                                        ) from exc
+                raise StreamEnded(self.host, _short(exc)) from exc
             finally:
                 await _close(response.stream)
         finally:
