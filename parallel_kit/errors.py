@@ -6,6 +6,7 @@
     ├── ConfigError            bad input from the user (CLI flag, prompt file, profile, …)
     ├── OllamaError            something the Ollama server (real or simulated) said or didn't
     │   ├── OllamaUnavailable  nothing answers at the address
+    │   │   └── StreamEnded    it answered, then the stream was cut off mid-answer
     │   ├── ModelNotFound      404 "model 'x' not found"
     │   ├── ServerBusy         503 "server busy" (Ollama's scheduler queue is full)
     │   ├── RequestTimeout     no answer within the timeout
