@@ -190,12 +190,16 @@ async def open_backend(
         if time_scale is not None and not math.isclose(scale, time_scale):
             raise ConfigError(f"--time-scale {time_scale:g} differs from the simulator's own "
                               f"{scale:g} at {urls[0]} — leave --time-scale out")
-        what = "simulated Ollama" if kind == "sim" else "Ollama"
+        # The simulators' profile lets bench predict from it; a real engine has none.
+        engine_name = engines.pop() if len(engines) == 1 else "sim"
+        try:
+            label = engine_info(engine_name).label
+        except ConfigError:
+            label = f"Ollama API with engine {engine_name}"
+        what = label if kind == "sim" else "Ollama"
         msg = f"using {what} at {', '.join(urls)} (model {model})"
         if announce:
             announce(msg)
-        # The simulators' profile lets bench predict from it; a real engine has none.
-        engine_name = engines.pop() if len(engines) == 1 else "sim"
         profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
                         and engine_name == "sim" else None)
         yield Backend(endpoints, kind, scale, model, msg, profile=profile_name,

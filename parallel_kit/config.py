@@ -100,7 +100,9 @@ def parse_ollama_host(host: str) -> tuple[str, str, int, str]:
     else:
         raise ConfigError(f"host {host!r} has scheme {scheme!r} — use http:// or https://")
     hostport, _, path = hostport.partition("/")
-    if hostport.count("[") != hostport.count("]") or not _HOST_CHARS.match(hostport):
+    bracketed = "[" in hostport or "]" in hostport
+    if (hostport.count("[") != hostport.count("]") or not _HOST_CHARS.match(hostport)
+            or (bracketed and not re.fullmatch(r"\[[^\[\]]*\](:\d*)?", hostport))):
         raise ConfigError(f"host {host!r} is not a valid address — write it like "
                           f"127.0.0.1:11434, http://localhost:11434 or http://[::1]:11434")
     parts = _split_host_port(hostport)
