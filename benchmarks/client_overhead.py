@@ -36,6 +36,7 @@ from _common import ZERO_PROFILE, SimFarm, clean, interleaved, median, quantile,
 
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.options import QueueOptions
 from parallel_kit.modes.queued import run_async
 from parallel_kit.records import RequestSpec
 
@@ -45,7 +46,8 @@ PROMPT = "Why is the sky blue?"
 
 async def _kit(url: str, n: int, concurrency: int) -> float:
     specs = [RequestSpec(PROMPT, num_predict=1) for _ in range(n)]
-    ctx = ModeContext(endpoints=[Endpoint(url, slots=64)], concurrency=concurrency, model=MODEL)
+    ctx = ModeContext(endpoints=[Endpoint(url, slots=64)],
+                      queue=QueueOptions(concurrency=concurrency), model=MODEL)
     t0 = time.perf_counter()
     run = await run_async(specs, ctx)
     wall = time.perf_counter() - t0

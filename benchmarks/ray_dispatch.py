@@ -30,6 +30,7 @@ from _common import ZERO_PROFILE, SimFarm, clean, interleaved, median, write_res
 
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext, get_mode
+from parallel_kit.modes.options import QueueOptions
 from parallel_kit.records import RequestSpec
 
 WORKERS = 4
@@ -39,8 +40,8 @@ TARGET_MS = 2.0
 
 def _run(mode: str, urls: list[str], n: int, record: list[dict[str, Any]]) -> float:
     """One run of ``mode``; returns clock seconds of the makespan (and records the details)."""
-    ctx = ModeContext(endpoints=[Endpoint(u, slots=SLOTS) for u in urls], concurrency=SLOTS,
-                      gpus=len(urls), time_scale=1.0)
+    ctx = ModeContext(endpoints=[Endpoint(u, slots=SLOTS) for u in urls],
+                      queue=QueueOptions(concurrency=SLOTS), gpus=len(urls), time_scale=1.0)
     specs = [RequestSpec("Why is the sky blue?", num_predict=1) for _ in range(n)]
     with contextlib.redirect_stderr(io.StringIO()):
         run = asyncio.run(get_mode(mode)(specs, ctx))

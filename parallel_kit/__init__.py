@@ -11,6 +11,7 @@ The public API, in the words of the notebooks::
     async with pk.simulated_ollama(profile="seed", time_scale=0.02) as url: ...
     async with pk.OllamaClient(url) as client: ...
     pk.theory.predict("pool", [10] * 5, workers=3).makespan_s   # 20.0
+    pk.theory.predict(pk.Topology(servers=3), [10] * 5).makespan_s   # the same, by topology
 
 Heavy parts (the simulator's server, FastAPI, matplotlib, Ray) are imported on first use, so
 ``import parallel_kit`` stays quick.
@@ -35,7 +36,9 @@ from .errors import (
     ServerBusy,
     WorkerLost,
 )
-from .modes.base import MODE_NAMES, ModeContext, get_mode
+from .modes.base import ModeContext
+from .modes.options import QueueOptions, RayOptions, ServerOptions
+from .modes.registry import MODE_NAMES, ModeInfo, get_mode, mode_names, register_mode
 from .prompts import load_prompts, make_specs, original_prompts
 from .records import (
     RequestResult,
@@ -47,12 +50,14 @@ from .records import (
     write_json,
 )
 from .timing import ModelClock
+from .topology import Topology
 
 if TYPE_CHECKING:
     from . import plots, theory
     from .api_client import ApiClient
     from .backend import open_backend
     from .bench import Comparison, compare, compare_sync
+    from .client_factory import make_client
     from .clients import OllamaClient, OpenAIClient, RetryPolicy
     from .probe import probe
     from .sim.profiles import list_profiles, load_profile
@@ -70,6 +75,7 @@ _LAZY = {
     "OllamaClient": "parallel_kit.clients",
     "OpenAIClient": "parallel_kit.clients",
     "RetryPolicy": "parallel_kit.clients",
+    "make_client": "parallel_kit.client_factory",
     "open_backend": "parallel_kit.backend",
     "probe": "parallel_kit.probe",
     "list_profiles": "parallel_kit.sim.profiles",
@@ -102,6 +108,7 @@ __all__ = [
     "Endpoint",
     "MissingDependency",
     "ModeContext",
+    "ModeInfo",
     "ModelClock",
     "ModelNotFound",
     "OllamaClient",
@@ -109,6 +116,8 @@ __all__ = [
     "OllamaUnavailable",
     "OpenAIClient",
     "ParallelKitError",
+    "QueueOptions",
+    "RayOptions",
     "RequestFailed",
     "RequestResult",
     "RequestSpec",
@@ -117,8 +126,10 @@ __all__ = [
     "RunResult",
     "RunSummary",
     "ServerBusy",
+    "ServerOptions",
     "SimulatedOllama",
     "TaskQueue",
+    "Topology",
     "WorkerLost",
     "__version__",
     "compare",
@@ -127,12 +138,15 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "load_prompts",
+    "make_client",
     "make_specs",
+    "mode_names",
     "open_backend",
     "original_prompts",
     "plots",
     "probe",
     "read_json",
+    "register_mode",
     "simulated_ollama",
     "theory",
     "write_csv",

@@ -1,6 +1,6 @@
 """The original demo's HTTP API (``parallel-kit serve``), in front of a task queue.
 
-Endpoints (DESIGN.md, "HTTP API"; OpenAPI docs at ``/docs``):
+Endpoints (``docs/CONTRACTS.md``, "HTTP API"; OpenAPI docs at ``/docs``):
 
 =========================  =====================================================================
 ``POST /inference``        ``{"prompt", "model"?, "options"?}`` → waits; the task body below
@@ -33,15 +33,12 @@ one GPU actor per server (:func:`~parallel_kit.modes.ray_gpu.open_ray_dispatcher
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hmac
 import ipaddress
 import json
 import os
-import socket
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,8 +47,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from .client_factory import make_client
 from .config import DEFAULT_MODEL, max_concurrent_from_env
 from .errors import ConfigError
+from .netutil import listen, socket_url
 from .records import RequestResult, RequestSpec
 from .taskqueue import (
     DEFAULT_MAX_FINISHED,
@@ -69,10 +68,11 @@ __all__ = [
     "API_KEY_ENV",
     "ApiBackend",
     "ApiSettings",
+    "bind_warning",
     "create_app",
     "open_api_backend",
-    "run_serve_command",
     "serve_api",
+    "uvicorn_server",
 ]
 
 API_KEY_ENV = "PARALLEL_KIT_API_KEY"
@@ -385,29 +385,33 @@ async def open_api_backend(
         concurrency: connections to keep to the server (the queue's workers).
     """
     from .backend import open_backend
-    from .clients import OllamaClient
+    from .modes.registry import get_info, modes
 
-    if mode not in ("async", "pool", "ray"):
-        raise ConfigError(f"serve --mode {mode!r} is not a mode — use async, pool or ray")
-    if mode == "async" and hosts and len(hosts) > 1:
-        raise ConfigError(f"serve --mode async sends to one Ollama, but {len(hosts)} --host "
-                          f"were given — give one, or use --mode pool for several")
+    info = get_info(mode)
+    if not info.serves_api:
+        usable = ", ".join(m.name for m in modes() if m.serves_api)
+        raise ConfigError(f"serve --mode {mode!r} cannot back the API — use one of {usable}")
+    if not info.multi_server and hosts and len(hosts) > 1:
+        raise ConfigError(f"serve --mode {mode} sends to one Ollama, but {len(hosts)} --host "
+                          f"were given — give one, or use a mode with several servers (pool)")
     conns = concurrency or max_concurrent_from_env()
-    servers = 1 if mode == "async" else (gpus or (len(hosts) if hosts else 3))
-    in_actor = mode == "ray" and not hosts  # each GPU actor starts its own server
+    servers = info.servers_for(gpus or (len(hosts) if hosts else 3))
+    in_actor = info.starts_own_servers and not hosts  # e.g. each GPU actor starts its own
     async with open_backend(list(hosts) if hosts else None, model=model, servers=servers,
                             time_scale=time_scale, profile=profile, announce=announce,
                             start_servers=not in_actor) as b:
         clock = ModelClock(b.time_scale)
         if mode == "ray":
             from .modes.base import ModeContext
+            from .modes.options import RayOptions, ServerOptions
             from .modes.ray_gpu import open_ray_dispatcher
 
-            options = ({"ray_launch": "sim" if b.kind == "sim" else "ollama",
-                        "profile": b.profile or "seed"} if in_actor else {})
+            launched = (ServerOptions(launch="sim" if b.kind == "sim" else "ollama",
+                                      profile=b.profile or "seed")
+                        if in_actor else ServerOptions())
             ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
                               time_scale=b.time_scale, model=b.model, gpus=servers,
-                              ray_address=ray_address, options=options)
+                              servers=launched, ray=RayOptions(address=ray_address))
             async with open_ray_dispatcher(ctx, clock=clock) as dispatcher:
                 yield ApiBackend(dispatcher, clock, model=b.model, description=b.message,
                                  kind=b.kind)
@@ -419,7 +423,7 @@ async def open_api_backend(
                 yield ApiBackend(pool, clock, model=b.model, description=b.message, kind=b.kind)
             return
         endpoint = b.endpoints[0]
-        async with OllamaClient(endpoint.url, max_connections=conns) as client:
+        async with make_client("generate", endpoint.url, max_connections=conns) as client:
 
             async def call(spec: RequestSpec) -> RequestResult:
                 return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
@@ -430,31 +434,7 @@ async def open_api_backend(
 
 # -- serving -------------------------------------------------------------------------------
 
-def _listen(bind: str, port: int) -> socket.socket:
-    """A listening socket, so that a taken port is a clear error (and port 0 works)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a port — use 1 to 65535 (0: any free port)")
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio then sets TCP_NODELAY
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bind, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {bind}:{port} ({exc.strerror}) — the port may be "
-                          f"in use; choose another with --port, or check --bind") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _server(app: Any, log_level: str = "warning") -> Any:
+def uvicorn_server(app: Any, log_level: str = "warning") -> Any:
     import uvicorn
 
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
@@ -468,8 +448,8 @@ async def serve_api(app: Any, *, bind: str = "127.0.0.1", port: int = 0) -> Asyn
     >>> async with open_api_backend(time_scale=0.02) as b, serve_api(create_app(b)) as url:
     ...     ...
     """
-    sock = _listen(bind, port)
-    server = _server(app)
+    sock = listen(bind, port, what="API")
+    server = uvicorn_server(app)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -477,7 +457,7 @@ async def serve_api(app: Any, *, bind: str = "127.0.0.1", port: int = 0) -> Asyn
                 task.result()  # raises what stopped the start-up
                 raise ConfigError("the API server stopped during start-up — see the log above")
             await asyncio.sleep(0.01)
-        yield _url(sock)
+        yield socket_url(sock)
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError, SystemExit):
@@ -501,31 +481,3 @@ def bind_warning(bind: str, api_key: str | None) -> str | None:
     where = "every interface" if bind in ("0.0.0.0", "::", "") else bind
     return (f"warning: the API listens on {where} without a key — anyone who can reach this "
             f"machine can use your Ollama; set {API_KEY_ENV} or bind 127.0.0.1")
-
-
-def run_serve_command(args: argparse.Namespace) -> int:
-    """``parallel-kit serve``: the API in the foreground until Ctrl-C."""
-    settings = ApiSettings(concurrency=args.concurrency or max_concurrent_from_env(),
-                           mode=args.mode)
-    bind = args.bind or "127.0.0.1"
-    warning = bind_warning(bind, settings.api_key)
-    if warning:
-        print(warning, file=sys.stderr)
-    sock = _listen(bind, args.port)
-
-    async def serve() -> None:
-        async with open_api_backend(
-                args.host, mode=args.mode, model=args.model, concurrency=settings.concurrency,
-                gpus=args.gpus, profile=args.profile, time_scale=args.time_scale,
-                ray_address=getattr(args, "ray_address", None),
-                announce=lambda msg: print(msg, file=sys.stderr)) as backend:
-            url = _url(sock)
-            print(f"parallel-kit API at {url} (docs: {url}/docs), {settings.concurrency} "
-                  f"request(s) to Ollama at once — Ctrl-C stops", file=sys.stderr)
-            await _server(create_app(backend, settings), log_level="info").serve(sockets=[sock])
-
-    try:
-        asyncio.run(serve())
-    finally:
-        sock.close()
-    return 0

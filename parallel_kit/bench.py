@@ -18,7 +18,6 @@ and reported as ``setup_s``, never inside the makespan.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import math
@@ -26,16 +25,23 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if sys.version_info >= (3, 12):
+    from typing import Unpack
+else:
+    from typing_extensions import Unpack
 
 from . import theory
 from ._sync import run_sync
 from .backend import Backend, open_backend
 from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
 from .errors import ConfigError
-from .modes.base import ModeContext, get_mode, parse_modes
+from .modes.base import ModeContext
+from .modes.options import QueueOptions, RayOptions, ServerOptions
+from .modes.registry import get_info, parse_modes
 from .prompts import load_prompts, make_specs
 from .records import (
     RequestResult,
@@ -49,10 +55,16 @@ from .records import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Comparison", "compare", "compare_sync", "format_table", "run_bench_command",
-           "write_outputs"]
+__all__ = [
+    "CompareShortcuts",
+    "Comparison",
+    "compare",
+    "compare_sync",
+    "format_table",
+    "run_interruptibly",
+    "write_outputs",
+]
 
-SINGLE_SERVER_MODES = ("sequential", "async", "batch")
 #: The model name the real CPU engine serves by default (the Gemma 3 270M package).
 REAL_ENGINE_MODEL = "gemma3:270m"
 
@@ -161,9 +173,64 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
         times = [(r.finished_s - r.started_s) for r in sequential.requests]
     else:
         return None
-    pred = theory.predict(mode, times, workers=workers, slots=slots, speedup=speedup,
-                          concurrency=concurrency if mode in ("async", "batch") else None)
-    return float(pred.makespan_s)
+    topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
+    return float(theory.predict_topology(topology, times, speedup=speedup).makespan_s)
+
+
+class CompareShortcuts(TypedDict, total=False):
+    """Keyword shortcuts of :func:`compare` that build its option records.
+
+    ``gpus``, ``slots``, ``profile``, ``engine``, ``engine_options`` → :class:`ServerOptions`
+    (``gpus`` is its ``count``); ``concurrency``, ``prefetch`` → :class:`QueueOptions`;
+    ``ray_address`` → :class:`RayOptions` (``address``).
+    """
+
+    gpus: int | None
+    slots: int | None
+    profile: str | None
+    engine: str
+    engine_options: dict[str, Any] | None
+    concurrency: int | None
+    prefetch: int
+    ray_address: str | None
+
+
+_SERVER_KEYS = {"gpus": "count", "slots": "slots", "profile": "profile", "engine": "engine",
+                "engine_options": "engine_options"}
+_QUEUE_KEYS = {"concurrency": "concurrency", "prefetch": "prefetch"}
+_RAY_KEYS = {"ray_address": "address"}
+
+
+def _records(servers: ServerOptions | None, queue: QueueOptions | None, ray: RayOptions | None,
+             shortcuts: dict[str, Any]) -> tuple[ServerOptions, QueueOptions, RayOptions]:
+    """The option records of a comparison, from records and/or keyword shortcuts.
+
+    Raises:
+        TypeError: an unknown keyword (Python's own message, with the known ones).
+        ConfigError: a shortcut given together with its record, or a bad value.
+    """
+    known = {**_SERVER_KEYS, **_QUEUE_KEYS, **_RAY_KEYS}
+    unknown = sorted(set(shortcuts) - set(known))
+    if unknown:
+        raise TypeError(f"compare() got an unexpected keyword argument {unknown[0]!r} — "
+                        f"known options: {', '.join(sorted(known))}, or servers=, queue=, ray=")
+
+    def build(record: Any, cls: type, keys: dict[str, str], what: str) -> Any:
+        given = {keys[k]: v for k, v in shortcuts.items() if k in keys and v is not None}
+        if record is not None:
+            if given:
+                raise ConfigError(f"compare() got {what}= and also "
+                                  f"{', '.join(k for k in shortcuts if k in keys)} — give one")
+            return record
+        if "engine_options" in given:
+            given["engine_options"] = dict(given["engine_options"])
+        if cls is QueueOptions:
+            given.setdefault("concurrency", max_concurrent_from_env())
+        return cls(**given)
+
+    return (build(servers, ServerOptions, _SERVER_KEYS, "servers"),
+            build(queue, QueueOptions, _QUEUE_KEYS, "queue"),
+            build(ray, RayOptions, _RAY_KEYS, "ray"))
 
 
 async def compare(
@@ -172,22 +239,19 @@ async def compare(
     *,
     n: int | None = None,
     hosts: Sequence[str] | None = None,
-    gpus: int | None = None,
-    slots: int | None = None,
-    concurrency: int | None = None,
     model: str | None = None,
     num_predict: int | None = None,
     time_scale: float | None = None,
-    profile: str | None = None,
     backend: str | None = None,
     api: str = "generate",
-    ray_address: str | None = None,
-    engine: str = "sim",
-    engine_options: dict[str, Any] | None = None,
+    servers: ServerOptions | None = None,
+    queue: QueueOptions | None = None,
+    ray: RayOptions | None = None,
     progress: bool = False,
     announce: Callable[[str], None] | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
     into: Comparison | None = None,
+    **shortcuts: Unpack[CompareShortcuts],
 ) -> Comparison:
     """Run ``modes`` on the same requests and return every run with predictions filled in.
 
@@ -196,17 +260,33 @@ async def compare(
         prompts: a prompt file, a built-in set name, or specs (default: the original five).
         n: number of requests, cycling over the prompts (default: one per prompt, or 5).
         hosts: Ollama URLs (several = one Ollama per GPU); default ``OLLAMA_HOST`` or embedded.
-        gpus: servers for pool/ray (default ``len(hosts)`` or 3).
-        slots: slots per simulated server; concurrency: async/batch queue workers.
         time_scale: simulator scale (default ``PARALLEL_KIT_TIME_SCALE`` or 1).
-        engine: ``sim`` or ``llama-cpp`` for embedded servers.
+        backend: ``sim``, ``ollama`` or ``None`` (whichever answers; see ``open_backend``).
+        api: ``generate``, ``chat`` or ``openai``.
+        servers: the servers (:class:`ServerOptions`: ``count`` for the multi-server modes,
+            default ``len(hosts)`` or 3; ``slots``; ``profile``; ``engine`` ``sim`` or
+            ``llama-cpp``; ``engine_options``).
+        queue: :class:`QueueOptions` (``concurrency`` of the async/batch queue, default
+            ``MAX_CONCURRENT_REQUESTS`` or 5; ``prefetch``).
+        ray: :class:`RayOptions` (``address`` of an existing cluster, …).
         progress: one tqdm bar over every request of every mode.
         announce: called with one-line messages (which servers were chosen).
         on_result: called with each finished row, as it finishes (the widget lab uses it).
         into: a Comparison to fill as runs finish. When the comparison is cancelled (Ctrl-C),
             it still holds every finished run plus the interrupted one, whose unfinished
             requests are failed rows with error "cancelled" — nothing is dropped.
+        shortcuts: ``gpus``, ``slots``, ``profile``, ``engine``, ``engine_options``,
+            ``concurrency``, ``prefetch``, ``ray_address`` build the records above
+            (:class:`CompareShortcuts`); an unknown keyword is a ``TypeError``.
+
+    Raises:
+        ConfigError: an unknown mode, a bad count, a shortcut given beside its record.
     """
+    server_opts, queue_opts, ray_opts = _records(servers, queue, ray, dict(shortcuts))
+    engine = server_opts.engine
+    engine_options = dict(server_opts.engine_options)
+    slots, profile = server_opts.slots, server_opts.profile
+    concurrency = queue_opts.concurrency
     names = parse_modes(modes)
     if "sequential" in names:
         names.remove("sequential")
@@ -218,11 +298,9 @@ async def compare(
     count = n if n is not None else (len(base) if base else 5)
     model = model or (REAL_ENGINE_MODEL if engine == "llama-cpp" else DEFAULT_MODEL)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
+    gpus = server_opts.count
     if gpus is None:
         gpus = len(hosts) if hosts and len(hosts) > 1 else 3
-    if gpus < 1:
-        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
-    concurrency = concurrency or max_concurrent_from_env()
     if time_scale is None and not hosts:
         time_scale = time_scale_from_env(1.0)
 
@@ -240,28 +318,28 @@ async def compare(
 
     async def _run_one(name: str) -> None:
         nonlocal kind, scale, sequential
-        multi = name in ("pool", "ray")
+        info = get_info(name)
+        multi = info.multi_server
         use_hosts = list(hosts) if (hosts and multi) else single_hosts
-        in_actor = name == "ray" and not hosts
+        in_actor = info.starts_own_servers and not hosts
         async with open_backend(use_hosts, model=model, backend=backend,
-                                servers=gpus if multi else 1, slots=slots,
+                                servers=info.servers_for(gpus), slots=slots,
                                 time_scale=time_scale, profile=profile, engine=engine,
                                 engine_options=engine_options,
                                 start_servers=not in_actor, announce=say) as b:
             kind, scale = b.kind, b.time_scale
             result.backend, result.time_scale = kind, scale
-            options: dict[str, Any] = {}
+            launched = ServerOptions()
             if in_actor:
-                options = {"ray_launch": "sim" if b.kind == "sim" else "ollama",
-                           "profile": b.profile or "seed", "slots": slots,
-                           "engine": engine, "engine_options": engine_options or {}}
+                launched = replace(server_opts, launch="sim" if b.kind == "sim" else "ollama",
+                                   profile=b.profile or "seed")
             ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
-                              time_scale=b.time_scale, model=model, concurrency=concurrency,
+                              time_scale=b.time_scale, model=model,
                               api=api, progress=False,  # type: ignore[arg-type]
-                              gpus=gpus if multi else 1, ray_address=ray_address,
-                              options=options, on_result=finished)
+                              gpus=info.servers_for(gpus), queue=queue_opts, servers=launched,
+                              ray=ray_opts, on_result=finished)
             setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
-            run = await get_mode(name)(specs, ctx)
+            run = await info.load()(specs, ctx)
             s = run.summary
             s.engine = engine if b.kind == "sim" else "ollama"
             s.setup_s = (s.setup_s or 0.0) + setup
@@ -321,7 +399,7 @@ def _partial_run(mode: str, specs: Sequence[RequestSpec], rows: Sequence[Request
                              model=s.model or model, ok=False, error="cancelled")
                for s in specs if s.request_id not in done]
     all_rows = list(rows) + missing
-    workers = gpus if mode in ("pool", "ray") else 1
+    workers = get_info(mode).servers_for(gpus)
     summary = summarize(all_rows, mode=mode, backend=backend, time_scale=time_scale,
                         workers=workers, slots=1, model=model,
                         notes=["interrupted: unfinished requests are failed rows"])
@@ -340,42 +418,6 @@ def run_interruptibly(coro: Any) -> bool:
 def compare_sync(*args: Any, **kwargs: Any) -> Comparison:
     """:func:`compare` for plain scripts (works inside a running loop too)."""
     return run_sync(compare(*args, **kwargs))
-
-
-def run_bench_command(args: argparse.Namespace) -> int:
-    """``parallel-kit bench``: run the modes, print the table, write what was asked."""
-    if args.n is not None and args.n < 1:
-        raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {args.n}")
-    if args.num_predict is not None and args.num_predict < 1:
-        raise ConfigError(f"--num-predict must be ≥ 1, got {args.num_predict}")
-    comparison = Comparison()
-    interrupted = run_interruptibly(compare(
-        args.mode, args.prompts, n=args.n, hosts=args.host, gpus=args.gpus, slots=args.slots,
-        concurrency=args.concurrency, model=args.model, num_predict=args.num_predict,
-        time_scale=args.time_scale, profile=args.profile, api=args.api,
-        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-        engine=args.engine, engine_options=engine_options_from_args(args),
-        progress=not args.no_progress and sys.stderr.isatty(),
-        announce=lambda m: print(m, file=sys.stderr), into=comparison))
-    print(comparison.table())
-    write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
-    if interrupted:
-        print("interrupted: the table and files hold what finished (unfinished = failed rows)",
-              file=sys.stderr)
-        return 130
-    failed = sum(r.summary.failed for r in comparison.runs)
-    if failed:
-        print(f"{failed} request(s) failed — see the 'error' column", file=sys.stderr)
-    return 0
-
-
-def engine_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if getattr(args, "gguf", None):
-        opts["gguf"] = args.gguf
-    if getattr(args, "threads_per_slot", None):
-        opts["threads_per_slot"] = args.threads_per_slot
-    return opts
 
 
 def write_outputs(comparison: Comparison, *, json_path: str | None = None,

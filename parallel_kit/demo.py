@@ -9,28 +9,33 @@ PNG plots to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .bench import Comparison, compare, engine_options_from_args, run_interruptibly
-from .config import time_scale_from_env
-from .modes.base import MODE_NAMES
+from .bench import Comparison, compare
+from .modes.registry import mode_names
 from .records import write_csv, write_json
 
-__all__ = ["run_demo", "run_demo_command", "write_demo_outputs"]
+__all__ = ["DEMO_REQUESTS", "run_demo", "write_demo_outputs"]
 
 DEMO_REQUESTS = 5
 
 
-async def run_demo(*, into: Comparison | None = None, time_scale: float | None = None, hosts: list[str] | None = None,
-                   model: str | None = None, modes: str | None = None, gpus: int = 3,
-                   ray_address: str | None = None, engine: str = "sim",
-                   engine_options: dict | None = None, progress: bool = False,
-                   announce=None) -> Comparison:
-    """Run the demo scenario and return the comparison (nothing written)."""
-    return await compare(modes or ",".join(MODE_NAMES), "original", n=DEMO_REQUESTS,
+async def run_demo(*, into: Comparison | None = None, time_scale: float | None = None,
+                   hosts: list[str] | None = None, model: str | None = None,
+                   modes: str | None = None, gpus: int = 3, ray_address: str | None = None,
+                   engine: str = "sim", engine_options: dict[str, Any] | None = None,
+                   progress: bool = False, announce: Callable[[str], None] | None = None
+                   ) -> Comparison:
+    """Run the demo scenario and return the comparison (nothing written).
+
+    Every registered mode unless ``modes`` names some; five requests of the ``original``
+    prompts on the ``seed`` profile (10 model seconds each); ``gpus`` servers for the
+    multi-server modes.
+    """
+    return await compare(modes or ",".join(mode_names()), "original", n=DEMO_REQUESTS,
                          hosts=hosts, gpus=gpus, model=model, time_scale=time_scale,
                          profile="seed", ray_address=ray_address, engine=engine,
                          engine_options=engine_options, progress=progress, announce=announce,
@@ -58,22 +63,3 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
         written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs),
                               folder / "speedup_vs_gpus.png"))
     return written
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    scale = args.time_scale if args.time_scale is not None else (
-        None if args.host else time_scale_from_env(1.0))
-    comparison = Comparison()
-    interrupted = run_interruptibly(run_demo(
-        into=comparison, time_scale=scale, hosts=args.host, model=args.model, modes=args.modes, gpus=args.gpus,
-        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"), engine=args.engine,
-        engine_options=engine_options_from_args(args), progress=sys.stderr.isatty(),
-        announce=lambda m: print(m, file=sys.stderr)))
-    print(comparison.table())
-    for p in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
-        print(f"wrote {p}")
-    if interrupted:
-        print("interrupted: the files hold what finished (unfinished = failed rows)",
-              file=sys.stderr)
-        return 130
-    return 0

@@ -22,13 +22,10 @@ All figures are model seconds (a simulator's clock ÷ its time scale; real Ollam
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .clients import OllamaClient, RetryPolicy
@@ -37,7 +34,7 @@ from .errors import ConfigError, ModelNotFound, RequestFailed
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
-__all__ = ["ProbeResult", "decoding_together", "probe", "run_probe_command", "working_span"]
+__all__ = ["DEFAULT_NUM_PREDICT", "ProbeResult", "decoding_together", "probe", "working_span"]
 
 #: Tokens per probe request: enough for decoding spans to be seen, short on a real GPU.
 DEFAULT_NUM_PREDICT = 32
@@ -255,51 +252,3 @@ def _fmt(value: float | None, unit: str) -> str:
     if value is None or math.isnan(value):
         return "—"
     return f"{value:,.3g} {unit}" if value < 100 else f"{value:,.0f} {unit}"
-
-
-# -- CLI ---------------------------------------------------------------------------------------
-def run_probe_command(args: argparse.Namespace) -> int:
-    """``parallel-kit probe``: probe each ``--host`` (or the default backend), print, save JSON.
-
-    Reads ``args.host`` (list or None), ``model``, ``json``, ``time_scale``, ``max_k`` and
-    ``num_predict`` (both optional). Expected errors propagate as ``ParallelKitError`` for the
-    CLI to print in one line.
-    """
-    from ._sync import run_sync
-
-    results = run_sync(_probe_backend(args))
-    for result in results:
-        print(result.table())
-    path = getattr(args, "json", None)
-    if path:
-        doc = results[0].to_dict()
-        if len(results) > 1:
-            doc["hosts"] = [r.to_dict() for r in results]
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print(f"wrote {out}")
-    name = getattr(args, "save_profile", None)
-    if name:
-        from .calibrate import save_profile
-
-        saved = save_profile(name, results[0])
-        print(f"saved simulator profile {name!r} to {saved} — simulate this server with "
-              f"`parallel-kit sim --profile {name}` or `bench --profile {name}`")
-    return 0
-
-
-async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
-    """Open the servers like every other command (``open_backend``: real Ollama, or an
-    embedded simulator when none answers) and probe each one."""
-    from .backend import open_backend
-
-    model = getattr(args, "model", None) or DEFAULT_MODEL
-    max_k = getattr(args, "max_k", None) or 4
-    num_predict = getattr(args, "num_predict", None) or DEFAULT_NUM_PREDICT
-    async with open_backend(getattr(args, "host", None), model=model,
-                            time_scale=getattr(args, "time_scale", None),
-                            announce=print) as backend:
-        return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
-                            time_scale=backend.time_scale)
-                for ep in backend.endpoints]

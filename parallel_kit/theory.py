@@ -33,17 +33,18 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
+from .topology import Dispatch, Topology
 
 __all__ = [
-    "MODES",
     "CurvePoint",
     "Prediction",
     "Schedule",
     "ScheduledRequest",
+    "Topology",
     "amdahl_speedup",
     "async_api_makespan",
     "equal_requests_makespan",
@@ -55,6 +56,7 @@ __all__ = [
     "lpt_makespan",
     "optimal_makespan",
     "predict",
+    "predict_topology",
     "round_robin_makespan",
     "round_robin_schedule",
     "rounds",
@@ -67,11 +69,7 @@ __all__ = [
 
 #: A speed-up curve: S(k) = aggregate decode speed with k requests decoding at once, S(1) = 1.
 SpeedupFn = Callable[[int], float]
-Dispatch = Literal["least_loaded", "round_robin"]
 
-#: Mode names ``predict`` knows (the same as ``modes.base.MODE_NAMES``).
-MODES: tuple[str, ...] = ("sequential", "async", "batch", "pool", "ray")
-_SINGLE_SERVER_MODES = ("sequential", "async", "batch")
 _DISPATCHES = ("least_loaded", "round_robin")
 
 # Completion tolerance of the event simulation, relative to the largest service time: float
@@ -537,47 +535,86 @@ class Prediction:
 
 
 def predict(
-    mode: str,
+    mode: str | Topology,
     service_times_s: Iterable[float],
     *,
-    workers: int,
-    slots: int = 1,
+    workers: int | None = None,
+    slots: int | None = None,
     speedup: SpeedupFn | Any | None = None,
-    dispatch: Dispatch = "least_loaded",
+    dispatch: Dispatch | None = None,
     concurrency: int | None = None,
     submit_overhead_s: float = 0.0,
 ) -> Prediction:
-    """Predict a mode's makespan for requests with the given solo service times.
+    """Predict a run's makespan for requests with the given solo service times.
 
     Args:
-        mode: ``sequential``, ``async``, ``batch`` (one server) or ``pool``, ``ray``
-            (``workers`` servers).
+        mode: a :class:`~parallel_kit.topology.Topology` (servers, slots, requests in flight,
+            task queue, dispatch), or a registered mode's name, whose topology the mode registry
+            builds from ``workers``, ``slots`` and ``concurrency``
+            (:meth:`parallel_kit.modes.registry.ModeInfo.topology`).
         service_times_s: solo service time of each request (model seconds); see
             :func:`service_times_from_profile`.
-        workers: servers (GPUs, one Ollama each) available to pool/ray; the single-server modes
-            use the first one only.
-        slots: slots per server (``OLLAMA_NUM_PARALLEL``).
+        workers: with a mode name: servers (GPUs, one Ollama each) available to the
+            multi-server modes; single-server modes use one. Required with a mode name.
+        slots: with a mode name: slots per server (``OLLAMA_NUM_PARALLEL``, default 1).
         speedup: S(k), or a profile with ``.S(k)``; ``None`` means S(k) = 1 (only matters when
             more than one slot is used).
-        dispatch: how pool/ray spread requests: ``least_loaded`` (pull) or ``round_robin``.
-        concurrency: workers of the async/batch queue (``MAX_CONCURRENT_REQUESTS``); the server
-            sees at most ``min(concurrency, slots)`` at once. ``None``: not limiting.
-        submit_overhead_s: added to async/batch (model seconds): the time to accept the batch.
+        dispatch: overrides the topology's dispatch: ``least_loaded`` (pull) or
+            ``round_robin``.
+        concurrency: with a mode name: workers of the async/batch queue
+            (``MAX_CONCURRENT_REQUESTS``); the server sees at most ``min(concurrency, slots)``
+            at once. ``None``: not limiting.
+        submit_overhead_s: added when the requests pass through the task queue (model
+            seconds): the time to accept the batch.
+
+    Raises:
+        ConfigError: an unknown mode name, a bad count or service time.
     """
-    if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r} — choose from {', '.join(MODES)}")
-    times = _times(service_times_s)
-    w = _count("workers", workers)
-    k = _count("slots", slots)
-    S = _speedup_fn(speedup)
-    if concurrency is not None:
-        _count("concurrency", concurrency)
-    if mode == "sequential":
-        servers, eff = 1, 1
-    elif mode in ("async", "batch"):
-        servers, eff = 1, min(k, concurrency or k)
+    if isinstance(mode, Topology):
+        topo = mode
+        if workers is not None or slots is not None or concurrency is not None:
+            raise ConfigError("predict(topology, ...) takes servers, slots and concurrency from "
+                              "the Topology — do not pass workers/slots/concurrency as well")
     else:
-        servers, eff = w, k
+        if workers is None:
+            raise ConfigError(f"predict({mode!r}, ...) needs workers= (servers available)")
+        from .modes.registry import get_info
+
+        if concurrency is not None:
+            _count("concurrency", concurrency)
+        topo = get_info(mode).topology(gpus=_count("workers", workers),
+                                       slots=_count("slots", 1 if slots is None else slots),
+                                       concurrency=concurrency)
+    if dispatch is not None:
+        topo = replace(topo, dispatch=dispatch)
+    return predict_topology(topo, service_times_s, speedup=speedup,
+                            submit_overhead_s=submit_overhead_s)
+
+
+def predict_topology(topology: Topology, service_times_s: Iterable[float], *,
+                     speedup: SpeedupFn | Any | None = None,
+                     submit_overhead_s: float = 0.0) -> Prediction:
+    """Predict the makespan of requests served by ``topology`` (see :func:`predict`).
+
+    Servers × busy slots each (``min(slots, in_flight)``); one busy slot per server is list
+    scheduling (least-loaded: Graham's greedy bound; round-robin: fixed order), several are
+    processor sharing with the speed-up curve S(k). Model seconds in and out.
+
+    Raises:
+        ConfigError: a bad count, dispatch or service time.
+    """
+    times = _times(service_times_s)
+    servers = _count("servers", topology.servers)
+    k = _count("slots", topology.slots)
+    if topology.in_flight is not None:
+        _count("requests in flight (concurrency)", topology.in_flight)
+    if topology.dispatch not in _DISPATCHES:
+        raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got "
+                          f"{topology.dispatch!r}")
+    dispatch = topology.dispatch
+    S = _speedup_fn(speedup)
+    eff = topology.busy_slots
+    label = topology.label or (f"{servers} server(s) × {k} slot(s)")
     n = len(times)
     total = math.fsum(times)
 
@@ -589,7 +626,7 @@ def predict(
                                           dispatch=dispatch).makespan_s
     bound = _ps_lower_bound(times, servers, eff, S) if eff > 1 else lower_bound(times, servers)
     overhead = 0.0
-    if mode in ("async", "batch"):
+    if topology.task_queue:
         (overhead,) = _times([submit_overhead_s])
         span += overhead
     n_rounds = rounds(n, servers, eff)
@@ -597,29 +634,31 @@ def predict(
     equal = n > 0 and max(times) - min(times) <= _EPS * max(1.0, max(times))
     if n == 0:
         why = "no requests: nothing to wait for."
-    elif mode == "sequential":
+    elif topology.in_flight == 1 and servers == 1 and not topology.task_queue:
         why = (f"one request at a time on one server: Σt = {_s(total)}"
                + (f" ({n} × {_s(times[0])})" if equal else "") + ".")
-    elif eff == 1 and mode in _SINGLE_SERVER_MODES:
-        why = (f"the {mode} queue feeds one single-slot server, which still serves one request "
+    elif eff == 1 and servers == 1 and topology.task_queue:
+        why = (f"the {label} queue feeds one single-slot server, which still serves one request "
                f"at a time: Σt = {_s(total)}" + (f" plus {_s(overhead)} to submit" if overhead
                                                  else "") + "; queueing only frees the caller.")
-        if k > 1 and concurrency == 1:
+        if k > 1 and topology.in_flight == 1:
             why += " (concurrency 1 leaves the extra slots idle.)"
-    elif servers == 1:
+    elif servers == 1 and eff > 1:
         why = (f"one server with {eff} slots decoding together at S({eff}) = "
                f"{_checked_S(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
-    elif k == 1:
+    elif servers == 1:
+        why = f"one request at a time on one server: Σt = {_s(total)}."
+    elif eff == 1:
         how = "least-loaded (pull) dispatch" if dispatch == "least_loaded" else "round-robin"
         why = (f"{n} requests on {servers} single-slot servers with {how}: ")
         why += (f"⌈{n}/{servers}⌉ = {n_rounds} rounds of {_s(times[0])} = {_s(span)}"
                 if equal else f"{_s(span)} (lower bound {_s(bound)})")
         why += f", {total / span:.2f}× faster than sequential." if span > 0 else "."
     else:
-        why = (f"{n} requests on {servers} servers × {k} slots (S({k}) = "
-               f"{_checked_S(S, k):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
+        why = (f"{n} requests on {servers} servers × {eff} slots (S({eff}) = "
+               f"{_checked_S(S, eff):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
                f" (lower bound {_s(bound)}).")
-    return Prediction(mode, span, bound, n_rounds, servers, eff, f"{mode}: {why}")
+    return Prediction(label, span, bound, n_rounds, servers, eff, f"{label}: {why}")
 
 
 def _s(seconds: float) -> str:
@@ -746,3 +785,13 @@ def karp_flatt_serial_fraction(speedup: float, n: float) -> float:
     if not n > 1:
         raise ConfigError(f"n (workers) must be above 1 for a serial fraction, got {n}")
     return (1.0 / speedup - 1.0 / n) / (1.0 - 1.0 / n)
+
+
+def __getattr__(name: str) -> Any:
+    # ``theory.MODES``: the registered modes' names (read from the mode registry on use, so
+    # that theory itself knows no mode by name).
+    if name == "MODES":
+        from .modes.registry import mode_names
+
+        return mode_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ import ipywidgets as W
 
 from . import theory
 from .bench import Comparison, compare
-from .modes.base import MODE_NAMES
+from .modes.registry import get_info, mode_names
 from .records import RequestResult
 
 __all__ = ["ExperimentLab"]
@@ -79,8 +79,10 @@ class ExperimentLab:
                                      layout=layout)
         self.time_scale = W.FloatLogSlider(time_scale, base=10, min=-3, max=0, step=0.1,
                                            description="time scale", style=style, layout=layout)
-        self.mode_boxes = {m: W.Checkbox(value=m != "ray", description=m, indent=False,
-                                         layout=W.Layout(width="110px")) for m in MODE_NAMES}
+        # Modes that need an optional extra (Ray) are off by default: slow to bring up.
+        self.mode_boxes = {m: W.Checkbox(value=not get_info(m).needs,
+                                         description=m, indent=False,
+                                         layout=W.Layout(width="110px")) for m in mode_names()}
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="0 / 0")
         self.prediction = W.HTML("")
@@ -135,7 +137,7 @@ class ExperimentLab:
             return "no mode selected"
         base = sum([float(self.seconds.value)] * self.requests.value)
         parts = [f"{m} {p.makespan_s:.3g} s" + (f" ({base / p.makespan_s:.2f}×)"
-                                                  if p.makespan_s > 0 and m in ("pool", "ray")
+                                                  if p.makespan_s > 0 and get_info(m).multi_server
                                                   else "")
                  for m, p in preds.items()]
         return "predicted: " + " · ".join(parts)

@@ -21,10 +21,10 @@ from parallel_kit.api import (
     bind_warning,
     create_app,
     open_api_backend,
-    run_serve_command,
     serve_api,
 )
 from parallel_kit.cli import build_parser
+from parallel_kit.cli.serve import run as run_serve_command
 from parallel_kit.errors import ConfigError
 from parallel_kit.records import RequestResult, RequestSpec
 from parallel_kit.sim.faults import Faults

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from parallel_kit.cli.probe import run as run_probe_command
 from parallel_kit.errors import ConfigError, ModelNotFound, OllamaUnavailable
 from parallel_kit.probe import (
     ProbeResult,
     decoding_together,
     probe,
-    run_probe_command,
     working_span,
 )
 from parallel_kit.records import RequestResult

@@ -7,6 +7,7 @@ import pytest
 
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext, get_mode
+from parallel_kit.modes.options import QueueOptions
 from parallel_kit.prompts import make_specs
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.server import SimulatedOllama
@@ -16,7 +17,7 @@ SCALE = 0.02
 
 def context(sim: SimulatedOllama, concurrency: int = 5) -> ModeContext:
     return ModeContext(endpoints=[Endpoint(sim.url, slots=sim.num_parallel)], backend="sim",
-                       time_scale=SCALE, concurrency=concurrency)
+                       time_scale=SCALE, queue=QueueOptions(concurrency=concurrency))
 
 
 @pytest.mark.parametrize("mode", ["async", "batch"])

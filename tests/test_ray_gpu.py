@@ -7,14 +7,16 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _sims import server_stats, sims
+from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError, MissingDependency, OllamaUnavailable
 from parallel_kit.launcher import free_port
 from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.options import Launch, RayOptions, ServerOptions
 from parallel_kit.modes.ray_gpu import run_ray
 from parallel_kit.records import RequestSpec, RunResult
 from parallel_kit.sim.faults import Faults
@@ -43,9 +45,10 @@ def specs(n: int) -> list[RequestSpec]:
     return [RequestSpec(f"prompt {i}", request_id=f"r{i}") for i in range(n)]
 
 
-def embedded(**options) -> ModeContext:
+def embedded(launch: Launch = "sim", **ray: Any) -> ModeContext:
     return ModeContext([], backend="sim", time_scale=SCALE, gpus=3,
-                       options={"ray_launch": "sim", "profile": "seed", **options})
+                       servers=ServerOptions(launch=launch, profile="seed"),
+                       ray=RayOptions(**ray))
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +61,19 @@ def test_three_actors_get_three_distinct_gpus(seed_run: RunResult) -> None:
     assert all(r.node for r in seed_run.requests)
 
 
-def test_seed_scenario_on_three_gpus_takes_twenty_seconds(seed_run: RunResult) -> None:
+def test_seed_scenario_on_three_gpus_runs_two_rounds(seed_run: RunResult) -> None:
     s = seed_run.summary
     assert s.ok == 5 and s.workers == 3
-    # ⌈5/3⌉ = 2 rounds of 10 s. Measured here 20.45–20.7 (benchmarks/fidelity.py): per round
-    # a Ray call there and back (1.2 ms idle, 2–4 ms while three actors run on 2 cores) plus
-    # ~1.5 ms of loopback HTTP in the actor (1 ms = 0.05 model s at scale 0.02). Issue 4 asks
-    # for 3 %; that holds only on a quiet machine, so 5 % here (see the benchmarks README).
-    assert 20.0 - 0.05 <= s.makespan_s <= 20.0 * 1.05
+    # ⌈5/3⌉ = 2 rounds of 10 s, one request per GPU at a time — asserted from the rows. How
+    # close the makespan comes to 20 s (20.45–20.7 measured on a quiet machine) is tracked by
+    # benchmarks/fidelity.py, not asserted here.
+    assert_two_rounds_one_at_a_time(seed_run.requests)
     assert s.setup_s is not None and s.setup_s > 0  # actors + servers, outside the makespan
 
 
-def given(servers: list[SimulatedOllama], **options) -> ModeContext:
+def given(servers: list[SimulatedOllama]) -> ModeContext:
     return ModeContext([Endpoint(s.url, slots=s.num_parallel) for s in servers],
-                       backend="sim", time_scale=SCALE, gpus=len(servers), options=options)
+                       backend="sim", time_scale=SCALE, gpus=len(servers))
 
 
 async def test_six_requests_put_two_on_each_endpoint_never_two_at_once() -> None:
@@ -114,7 +116,7 @@ async def test_actors_launch_ollama_serve_on_their_own_gpu(tmp_path: Path) -> No
     env = {"PATH": f"{FAKE_DIR}{os.pathsep}{os.environ['PATH']}",
            "FAKE_OLLAMA_RECORD_DIR": str(tmp_path), "FAKE_OLLAMA_PYTHON": sys.executable,
            "FAKE_OLLAMA_TIME_SCALE": str(SCALE)}
-    ctx = embedded(ray_launch="ollama", runtime_env={"env_vars": env})
+    ctx = embedded("ollama", runtime_env={"env_vars": env})
     run = await run_ray(specs(3), ctx)
     assert run.summary.ok == 3
     seen = sorted(p.read_text().strip() for p in tmp_path.glob("*.gpu"))
@@ -122,13 +124,13 @@ async def test_actors_launch_ollama_serve_on_their_own_gpu(tmp_path: Path) -> No
 
 
 async def test_more_gpus_than_the_cluster_has_says_how_many_exist() -> None:
-    ctx = ModeContext([], time_scale=SCALE, gpus=5, options={"ray_launch": "sim"})
+    ctx = ModeContext([], time_scale=SCALE, gpus=5, servers=ServerOptions(launch="sim"))
     with pytest.raises(ConfigError, match="asked for 5 GPU workers but the Ray cluster has 3"):
         await asyncio.wait_for(run_ray(specs(1), ctx), 30)
 
 
 async def test_zero_gpus_is_refused() -> None:
-    ctx = ModeContext([], time_scale=SCALE, gpus=0, options={"ray_launch": "sim"})
+    ctx = ModeContext([], time_scale=SCALE, gpus=0, servers=ServerOptions(launch="sim"))
     with pytest.raises(ConfigError, match="--gpus must be at least 1"):
         await run_ray(specs(1), ctx)
 

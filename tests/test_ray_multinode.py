@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from parallel_kit.modes.base import ModeContext
+from parallel_kit.modes.options import RayOptions, ServerOptions
 from parallel_kit.modes.ray_gpu import run_ray
 from parallel_kit.records import RequestSpec
 
@@ -31,7 +32,8 @@ def two_nodes():
 async def test_work_lands_on_both_nodes_and_rows_say_which(two_nodes) -> None:
     # Joined by address, as on a real cluster (`--ray-address` / RAY_ADDRESS).
     ctx = ModeContext([], backend="sim", time_scale=0.02, gpus=4,
-                      ray_address=two_nodes.address, options={"ray_launch": "sim"})
+                      ray=RayOptions(address=two_nodes.address),
+                      servers=ServerOptions(launch="sim"))
     run = await run_ray([RequestSpec(f"p{i}", request_id=f"r{i}") for i in range(8)], ctx)
     assert run.summary.ok == 8 and run.summary.workers == 4
     assert len({r.node for r in run.requests}) == 2

@@ -10,10 +10,11 @@ import time
 import httpx
 import pytest
 
+from parallel_kit.cli.sim import run as run_sim_command
 from parallel_kit.errors import ConfigError
 from parallel_kit.sim.faults import Faults
 from parallel_kit.sim.profiles import load_profile
-from parallel_kit.sim.server import SimulatedOllama, run_sim_command, simulated_ollama
+from parallel_kit.sim.server import SimulatedOllama, simulated_ollama
 
 MODEL = "llama3.2:3b"
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
@@ -314,12 +315,8 @@ class EndpointPool(Dispatcher):
         for ep in endpoints:
             client: OllamaClient | OpenAIClient
             conns = ep.slots + check_prefetch(prefetch)
-            if api == "openai":
-                client = OpenAIClient(ep.url, max_connections=conns, timeout=timeout_s,
-                                      retry=POOL_RETRY)
-            else:
-                client = OllamaClient(ep.url, max_connections=conns, timeout=timeout_s,
-                                      retry=POOL_RETRY, api=api)  # type: ignore[arg-type]
+            client = make_client(api, ep.url, max_connections=conns, timeout=timeout_s,
+                                 retry=POOL_RETRY)
             self.clients.append(client)
             workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
                                       node=ep.node, gpu=ep.gpu))
@@ -371,7 +368,7 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     await check_endpoints(ctx.endpoints)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                            api=ctx.api, prefetch=ctx.options.get("prefetch", 0)) as pool:
+                            api=ctx.api, prefetch=ctx.queue.prefetch) as pool:
         # Connections are opened in setup, so no request pays a TCP connect in its time.
         await pool.warm_up()
         setup_s = time.perf_counter() - t_setup

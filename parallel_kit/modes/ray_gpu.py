@@ -6,9 +6,9 @@ serves as many requests at once as its endpoint has slots. Its endpoint is, in t
 1. ``ctx.endpoints[i]`` for GPU worker i (``--host`` given once per GPU);
 2. ``ollama serve`` launched by the actor on its own GPU (``CUDA_VISIBLE_DEVICES`` from
    ``ray.get_gpu_ids()``) and a free port, when the ``ollama`` binary and real GPUs are there
-   (or when ``ctx.options["ray_launch"] == "ollama"``) — stopped with the actor;
+   (or when ``ctx.servers.launch == "ollama"``) — stopped with the actor;
 3. a simulated Ollama inside the actor's process (the default without GPUs, or
-   ``ray_launch="sim"``).
+   ``ServerOptions(launch="sim")``).
 
 The driver dispatches pull-based with the same :class:`~parallel_kit.modes.pool.Dispatcher` as
 ``pool``: a request goes to an actor when it has a free slot. An actor that dies (``ray.kill``,
@@ -39,9 +39,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..clients import OllamaClient, OpenAIClient
 from ..config import DEFAULT_MODEL
 from ..errors import (
     ConfigError,
@@ -59,6 +58,9 @@ from .pool import (
     check_prefetch,
     run_dispatched,
 )
+
+if TYPE_CHECKING:
+    from ..clients import OllamaClient, OpenAIClient
 
 __all__ = ["EpochClock", "GpuWorker", "WorkerPlan", "run_ray"]
 
@@ -161,13 +163,11 @@ class GpuWorker:
             await self._bring_up(gpu_ids)
         except Exception as exc:  # reported to the driver, which raises a typed error
             return {"error": f"{type(exc).__name__}: {exc}", "node": self.node, "gpu": gpu}
-        from ..clients import OllamaClient, OpenAIClient
+        from ..client_factory import make_client
 
         conns = self.slots + 1 + self.plan.prefetch
-        self._client = (OpenAIClient(self.url, max_connections=conns, retry=POOL_RETRY)
-                        if self.plan.api == "openai" else
-                        OllamaClient(self.url, max_connections=conns, retry=POOL_RETRY,
-                                     api=self.plan.api))  # type: ignore[arg-type]
+        self._client = make_client(self.plan.api, self.url, max_connections=conns,
+                                   retry=POOL_RETRY)
         # Open the client's connections now (setup), not in the first requests' times.
         with contextlib.suppress(OllamaUnavailable):
             await self._client.warm_up()
@@ -204,7 +204,7 @@ class GpuWorker:
             self.url, self.kind = sim.url, "sim"
             self.slots = int(sim.num_parallel)
         else:
-            raise ConfigError(f"ray_launch {launch!r} is not one of auto, ollama, sim")
+            raise ConfigError(f"launch {launch!r} is not one of auto, ollama, sim")
         if plan.warm_up:
             await self._warm_up()
 
@@ -281,19 +281,19 @@ def _actor_class(ray: Any) -> Any:
 
 def plan_workers(ctx: ModeContext) -> list[WorkerPlan]:
     """One :class:`WorkerPlan` per GPU, following the order in the module docstring."""
-    opts = ctx.options
-    launch = opts.get("ray_launch")
+    servers = ctx.servers
+    launch = servers.launch
     gpus = ctx.gpus if ctx.gpus is not None else len(ctx.endpoints)
     if gpus < 1:
         raise ConfigError(f"--gpus must be at least 1, got {gpus} — the ray mode runs one "
                           f"worker per GPU")
     common: dict[str, Any] = {
         "model": ctx.model, "time_scale": ctx.time_scale, "api": ctx.api,
-        "profile": opts.get("profile") or "seed", "engine": opts.get("engine") or "sim",
-        "engine_options": dict(opts.get("engine_options") or {}),
-        "ollama_env": dict(opts.get("ollama_env") or {}),
-        "ready_timeout_s": float(opts.get("ready_timeout_s", 120.0)),
-        "prefetch": check_prefetch(opts.get("prefetch", 0))}
+        "profile": servers.profile or "seed", "engine": servers.engine or "sim",
+        "engine_options": dict(servers.engine_options),
+        "ollama_env": dict(servers.ollama_env),
+        "ready_timeout_s": float(servers.ready_timeout_s),
+        "prefetch": check_prefetch(ctx.queue.prefetch)}
     # --host given for every GPU (or no launch asked for): GPU i ↔ endpoint i.
     if ctx.endpoints and (launch is None or len(ctx.endpoints) == gpus):
         if len(ctx.endpoints) != gpus:
@@ -301,10 +301,8 @@ def plan_workers(ctx: ModeContext) -> list[WorkerPlan]:
                               f"mode binds GPU i to endpoint i, so give one --host per GPU")
         return [WorkerPlan(url=ep.url, launch="given", slots=ep.slots, warm_up=False, **common)
                 for ep in ctx.endpoints]
-    launch = launch or "auto"
-    if launch not in ("auto", "ollama", "sim"):
-        raise ConfigError(f"ray_launch {launch!r} is not one of auto, ollama, sim")
-    return [WorkerPlan(launch=launch, slots=opts.get("slots"), **common) for _ in range(gpus)]
+    return [WorkerPlan(launch=launch or "auto", slots=servers.slots, **common)
+            for _ in range(gpus)]
 
 
 @dataclass
@@ -318,10 +316,12 @@ class _Actor:
 async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     """Run ``specs`` on one Ray actor per GPU (see the module docstring).
 
-    ``ctx.options`` (all optional): ``ray_launch`` (``auto``|``ollama``|``sim``), ``profile``,
-    ``slots``, ``engine``, ``engine_options`` for launched simulators; ``ollama_env`` (extra
-    environment for ``ollama serve``); ``runtime_env`` (Ray runtime env of the actors);
-    ``actor_name_prefix`` (actors are named ``<prefix>-w<i>``); ``start_timeout_s``.
+    ``ctx.servers`` (:class:`~parallel_kit.modes.options.ServerOptions`): ``launch``
+    (``auto``|``ollama``|``sim``), ``profile``, ``slots``, ``engine``, ``engine_options`` for
+    launched servers, ``ollama_env`` (extra environment for ``ollama serve``);
+    ``ctx.ray`` (:class:`~parallel_kit.modes.options.RayOptions`): ``address``, ``runtime_env``
+    (Ray runtime env of the actors), ``actor_name_prefix`` (actors are named
+    ``<prefix>-w<i>``), ``start_timeout_s``; ``ctx.queue.prefetch``.
 
     Raises:
         ConfigError: bad ``--gpus``, more GPUs than the cluster has, actors that never start.
@@ -356,11 +356,11 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
         await check_endpoints(ctx.endpoints)
     # Blocking on purpose (setup, outside the makespan): ray.init from the loop's own thread
     # keeps Ray's signal handlers where it wants them (the main thread, in a script).
-    raycluster.connect(len(plans), ctx.ray_address)
+    raycluster.connect(len(plans), ctx.ray.address)
     raycluster.require_gpus(len(plans))
 
-    prefix = ctx.options.get("actor_name_prefix") or f"parallel_kit-{uuid.uuid4().hex[:8]}"
-    timeout_s = float(ctx.options.get("start_timeout_s", DEFAULT_START_TIMEOUT_S))
+    prefix = ctx.ray.actor_name_prefix or f"parallel_kit-{uuid.uuid4().hex[:8]}"
+    timeout_s = float(ctx.ray.start_timeout_s or DEFAULT_START_TIMEOUT_S)
     cls = _actor_class(ray)
     actors: list[_Actor] = []
     try:
@@ -371,8 +371,8 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
                 # a dead actor stays dead: its requests are retried elsewhere, not on a
                 # restarted copy whose endpoint would have to come up again mid-run
                 "max_restarts": 0}
-            if ctx.options.get("runtime_env"):
-                options["runtime_env"] = ctx.options["runtime_env"]
+            if ctx.ray.runtime_env:
+                options["runtime_env"] = dict(ctx.ray.runtime_env)
             actors.append(_Actor(i, cls.options(**options).remote(i, plan)))
         await _start_actors(ray, actors, timeout_s)
         await asyncio.gather(*(_estimate_offset(a) for a in actors))

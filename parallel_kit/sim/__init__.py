@@ -14,7 +14,7 @@ from .faults import Faults
 from .profiles import ModelSpeed, Profile, list_profiles, load_profile, save_profile
 from .protocol import Engine
 from .registry import EngineInfo, engine_names, register_engine
-from .server import SimulatedOllama, run_sim_command, simulated_ollama
+from .server import SimulatedOllama, simulated_ollama
 from .settings import SimSettings, sim_settings
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "register_engine",
-    "run_sim_command",
     "save_profile",
     "sim_settings",
     "simulated_ollama",

@@ -16,26 +16,21 @@ shutdown, where tests start and stop hundreds of simulators. Stopping aborts ope
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import socket
-import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from ..config import time_scale_from_env
-from ..errors import ConfigError
+from ..netutil import listen
 from .app import OllamaApp
 from .engine import SimEngine
 from .faults import Faults
 from .profiles import Profile, load_profile
 from .protocol import Engine
-from .registry import engine_info, make_engine
 from .settings import sim_settings
 
-__all__ = ["SimulatedOllama", "run_sim_command", "simulated_ollama"]
+__all__ = ["SimulatedOllama", "simulated_ollama"]
 
 
 class SimulatedOllama:
@@ -106,7 +101,7 @@ class SimulatedOllama:
 
         if self._server is not None:
             return self.url
-        sock = _listening_socket(self.bind, self.port)
+        sock = listen(self.bind, self.port, what="simulated Ollama")
         app = OllamaApp(self.engine, on_completed=self._on_completed,
                         extra_stats=self._extra_stats)
         # log_config=None: no logging.dictConfig (importing the kit must not touch logging);
@@ -233,81 +228,9 @@ class SimulatedOllama:
             self._halt_event.set()
 
 
-def _listening_socket(bind: str, port: int) -> socket.socket:
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ConfigError(f"port {port!r} must be a whole number 0–65535 (0 picks a free one)")
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
-    # listening socket says it is TCP; with protocol 0 Nagle + delayed ACK stall each answer on a
-    # reused connection by ~40 ms (2 model seconds at time scale 0.02).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((bind.strip("[]"), port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {bind}:{port} ({exc.strerror or exc}) — is another "
-                          f"Ollama running there? Choose another --port, or --port 0 for a free "
-                          f"one") from None
-    sock.setblocking(False)
-    return sock
-
-
 @contextlib.asynccontextmanager
 async def simulated_ollama(**kwargs: Any) -> AsyncIterator[str]:
     """``async with simulated_ollama(profile="seed", time_scale=0.02) as url:`` — a
     :class:`SimulatedOllama` (same arguments) for the block; yields its URL."""
     async with SimulatedOllama(**kwargs) as sim:
         yield sim.url
-
-
-# -- the `parallel-kit sim` command ------------------------------------------------------
-def run_sim_command(args: argparse.Namespace) -> int:
-    """``parallel-kit sim``: run a simulated Ollama in the foreground until Ctrl-C.
-
-    Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
-    max_loaded_models, context_length, fail_fraction, jitter, stop_after, engine, gguf,
-    threads_per_slot`` from ``args``; any that is missing or None takes its ``OLLAMA_*``
-    variable, else Ollama's default (:func:`~parallel_kit.sim.settings.sim_settings`).
-    Returns the exit status.
-    """
-    engine_name = engine_info(getattr(args, "engine", None)).name
-    settings = sim_settings(
-        bind=getattr(args, "bind", None), port=getattr(args, "port", None),
-        num_parallel=getattr(args, "num_parallel", None),
-        max_queue=getattr(args, "max_queue", None), keep_alive=getattr(args, "keep_alive", None),
-        max_loaded_models=getattr(args, "max_loaded_models", None),
-        context_length=getattr(args, "context_length", None))
-    models_arg = getattr(args, "models", None)
-    models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
-    time_scale = getattr(args, "time_scale", None)
-    faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
-                    jitter=getattr(args, "jitter", None) or 0.0,
-                    stop_after=getattr(args, "stop_after", None))
-    engine = make_engine(engine_name, models=models, gguf=getattr(args, "gguf", None),
-                         num_parallel=settings.num_parallel,
-                         threads_per_slot=getattr(args, "threads_per_slot", None),
-                         keep_alive_s=settings.keep_alive_s, max_queue=settings.max_queue)
-    sim = SimulatedOllama(
-        getattr(args, "profile", None) or "seed", num_parallel=settings.num_parallel,
-        max_queue=settings.max_queue,
-        time_scale=time_scale if time_scale is not None else time_scale_from_env(),
-        models=models, keep_alive=settings.keep_alive_s, faults=faults, engine=engine,
-        bind=settings.bind, port=settings.port, max_loaded_models=settings.max_loaded_models,
-        context_length=settings.context_length)
-
-    async def serve() -> None:
-        async with sim:
-            what = (f"{engine_info(engine_name).label} ({engine_name})" if engine is not None
-                    else f"profile {sim.profile.name}")
-            print(f"simulated Ollama ({what}, {sim.num_parallel} slot(s) per "
-                  f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
-                  f"Ctrl-C to stop", flush=True)
-            await sim.wait_halted()
-            print(f"simulated Ollama stopped after {faults.stop_after} requests (--stop-after)",
-                  file=sys.stderr, flush=True)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
-    return 0

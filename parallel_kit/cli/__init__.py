@@ -1,0 +1,59 @@
+"""``parallel-kit`` (also ``python -m parallel_kit``): demo | bench | sim | serve | probe.
+
+One module per command, each with ``add_parser(subparsers)`` (its arguments) and
+``run(args) -> int`` (parse → call the library → print). The library never imports this
+package. An expected error (:class:`~parallel_kit.errors.ParallelKitError`) prints one line,
+``error: …``, and exits 2; Ctrl-C exits 130 after the command has written what it finished.
+Argument parsing is the standard library's ``argparse``: five commands with flat options need
+no more, and it adds no dependency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import ParallelKitError
+from ..modes.registry import mode_names
+from . import bench, demo, probe, serve, sim
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: The commands, in the order ``--help`` lists them; each module has ``add_parser`` and ``run``.
+COMMANDS = {"demo": demo, "bench": bench, "sim": sim, "serve": serve, "probe": probe}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``parallel-kit`` parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="parallel-kit",
+        description="Where does parallelism in LLM serving come from, and how much do you get? "
+                    f"Run the same prompts through the modes ({', '.join(mode_names())}) "
+                    "against Ollama (real or simulated) and compare with theory.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``parallel-kit``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        return int(COMMANDS[args.command].run(args) or 0)
+    except ParallelKitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``parallel-kit demo``: the 50 s vs 20 s scenario in every mode, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ._args import add_engine, add_time_scale, engine_options, positive_int
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "demo", help="the 50 s vs 20 s scenario in every mode, with plots",
+        description="Run 5 requests of 10 s each in every mode (the single-server ones on one "
+                    "server; pool and ray on 3 GPUs), print predicted vs measured, write "
+                    "results.json, requests.csv and PNG plots.")
+    add_time_scale(p)
+    p.add_argument("--out", default="results", metavar="DIR", help="output folder (results/)")
+    p.add_argument("--host", action="append", default=None, metavar="URL",
+                   help="an Ollama server; give it 3 times for one per GPU (default: "
+                        "OLLAMA_HOST, or embedded simulators)")
+    p.add_argument("--model", default=None, help="model name (default llama3.2:3b)")
+    p.add_argument("--modes", default=None, metavar="M[,M…]",
+                   help="modes to run (default: all)")
+    p.add_argument("--gpus", type=positive_int, default=3, metavar="W",
+                   help="GPUs (servers) for the multi-server modes (default 3)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_engine(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo, print the table, write the files; 130 when Ctrl-C cut it short."""
+    from ..bench import Comparison, run_interruptibly
+    from ..config import time_scale_from_env
+    from ..demo import run_demo, write_demo_outputs
+
+    scale = args.time_scale if args.time_scale is not None else (
+        None if args.host else time_scale_from_env(1.0))
+    comparison = Comparison()
+    interrupted = run_interruptibly(run_demo(
+        into=comparison, time_scale=scale, hosts=args.host, model=args.model, modes=args.modes,
+        gpus=args.gpus, ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+        engine=args.engine, engine_options=engine_options(args), progress=sys.stderr.isatty(),
+        announce=lambda m: print(m, file=sys.stderr)))
+    print(comparison.table())
+    for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
+        print(f"wrote {path}")
+    if interrupted:
+        print("interrupted: the files hold what finished (unfinished = failed rows)",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,82 @@
+"""``parallel-kit probe``: measure a server (tokens/s, load time, real slots); optionally save
+a simulator profile calibrated from the measurements."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._args import add_time_scale, positive_int
+
+if TYPE_CHECKING:
+    from ..probe import ProbeResult
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "probe", help="measure a server: tokens/s, load time, real slots")
+    p.add_argument("--host", action="append", default=None, metavar="URL",
+                   help="the Ollama server (default OLLAMA_HOST, or an embedded simulator)")
+    p.add_argument("--model", default=None, help="model name (default llama3.2:3b)")
+    p.add_argument("--max-k", type=positive_int, default=4, metavar="K",
+                   help="try up to K overlapping requests (default 4)")
+    p.add_argument("--num-predict", type=positive_int, default=None, metavar="T",
+                   help="tokens per probe request")
+    add_time_scale(p)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the measurements")
+    p.add_argument("--save-profile", default=None, metavar="NAME",
+                   help="write a simulator profile calibrated from the measurements")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Probe each ``--host`` (or the default backend), print, save JSON and/or a profile.
+
+    Reads ``args.host`` (list or None), ``model``, ``json``, ``time_scale``, ``max_k``,
+    ``num_predict`` and ``save_profile`` (all optional). Expected errors propagate as
+    ``ParallelKitError`` for :func:`parallel_kit.cli.main` to print in one line.
+    """
+    from .._sync import run_sync
+
+    results = run_sync(_probe_backend(args))
+    for result in results:
+        print(result.table())
+    path = getattr(args, "json", None)
+    if path:
+        doc = results[0].to_dict()
+        if len(results) > 1:
+            doc["hosts"] = [r.to_dict() for r in results]
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+    name = getattr(args, "save_profile", None)
+    if name:
+        from ..calibrate import save_profile
+
+        saved = save_profile(name, results[0])
+        print(f"saved simulator profile {name!r} to {saved} — simulate this server with "
+              f"`parallel-kit sim --profile {name}` or `bench --profile {name}`")
+    return 0
+
+
+async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
+    """Open the servers like every other command (``open_backend``: real Ollama, or an
+    embedded simulator when none answers) and probe each one."""
+    from ..backend import open_backend
+    from ..config import DEFAULT_MODEL
+    from ..probe import DEFAULT_NUM_PREDICT, probe
+
+    model = getattr(args, "model", None) or DEFAULT_MODEL
+    max_k = getattr(args, "max_k", None) or 4
+    num_predict = getattr(args, "num_predict", None) or DEFAULT_NUM_PREDICT
+    async with open_backend(getattr(args, "host", None), model=model,
+                            time_scale=getattr(args, "time_scale", None),
+                            announce=print) as backend:
+        return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
+                            time_scale=backend.time_scale)
+                for ep in backend.endpoints]

@@ -1,0 +1,182 @@
+"""The mode registry: each execution mode described once, by a :class:`ModeInfo`.
+
+Everything that needs to know about a mode — the CLI's help and choices, ``bench`` (which
+servers to open, whether the queue's concurrency applies), theory (the mode's
+:class:`~parallel_kit.topology.Topology`), the API server and the widget lab — reads the mode's
+record here instead of comparing mode names.
+
+Adding a mode is one module with an ``async def run_x(specs, ctx) -> RunResult`` and one
+:func:`register_mode` line in the *built-in modes* block at the end of this module (see
+``docs/ARCHITECTURE.md``, "Adding a mode"). The runner is named as ``"module:function"`` and
+imported on first use, so that Ray is only imported by the modes that use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import ConfigError
+from ..topology import Dispatch, Topology
+
+if TYPE_CHECKING:
+    from ..records import RequestSpec, RunResult
+
+__all__ = ["MODE_NAMES", "InFlight", "ModeInfo", "get_info", "get_mode", "mode_names", "modes",
+           "parse_modes", "register_mode"]
+
+#: How many requests a mode keeps in flight: one at a time, as many as its task queue has
+#: workers (``--concurrency``), or as many as the servers have slots.
+InFlight = Literal["one", "queue", "slots"]
+
+Runner = Callable[[Sequence["RequestSpec"], Any], Awaitable["RunResult"]]
+
+
+@dataclass(frozen=True, slots=True)
+class ModeInfo:
+    """One execution mode, described once.
+
+    Attributes:
+        name: the mode's name on the command line and in results (``pool``).
+        description: one line for help texts.
+        runner: ``"module:function"`` of ``async def run(specs, ctx) -> RunResult``.
+        multi_server: spreads requests over every server (one per GPU); otherwise it uses the
+            first server only.
+        in_flight: ``"one"`` (one request at a time), ``"queue"`` (the kit's task queue with
+            ``--concurrency`` workers) or ``"slots"`` (every free slot of every server).
+        starts_own_servers: given no ``--host``, it starts its servers itself (e.g. one inside
+            each Ray GPU actor) instead of using servers the kit opened for it.
+        serves_api: can back ``parallel-kit serve`` (the HTTP API).
+        dispatch: how it spreads requests over several servers.
+        needs: optional extras it needs (``pip install parallel_kit[ray]``), e.g. ``("ray",)``;
+            the widget lab leaves such modes unticked.
+    """
+
+    name: str
+    description: str
+    runner: str
+    multi_server: bool = False
+    in_flight: InFlight = "slots"
+    starts_own_servers: bool = False
+    serves_api: bool = False
+    dispatch: Dispatch = "least_loaded"
+    needs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isidentifier():
+            raise ConfigError(f"mode name {self.name!r} must be a plain word (letters, digits, _)")
+        if ":" not in self.runner:
+            raise ConfigError(f"mode {self.name!r}: runner {self.runner!r} must be "
+                              f"'module:function'")
+        if self.in_flight not in ("one", "queue", "slots"):
+            raise ConfigError(f"mode {self.name!r}: in_flight {self.in_flight!r} is not one of "
+                              f"one, queue, slots")
+
+    @property
+    def uses_task_queue(self) -> bool:
+        """Requests pass through the kit's task queue; ``--concurrency`` limits them."""
+        return self.in_flight == "queue"
+
+    def servers_for(self, gpus: int) -> int:
+        """Servers this mode uses when ``gpus`` are available: all of them, or one."""
+        return gpus if self.multi_server else 1
+
+    def topology(self, *, gpus: int = 1, slots: int = 1, concurrency: int | None = None,
+                 dispatch: Dispatch | None = None) -> Topology:
+        """The serving shape of a run of this mode (what theory predicts from).
+
+        Args:
+            gpus: servers available (one per GPU); single-server modes use one.
+            slots: slots per server.
+            concurrency: workers of the task queue (only for ``in_flight == "queue"``);
+                ``None``: not limiting.
+            dispatch: overrides the mode's own dispatch (``least_loaded``/``round_robin``).
+        """
+        in_flight = {"one": 1, "queue": concurrency, "slots": None}[self.in_flight]
+        return Topology(servers=self.servers_for(gpus), slots=slots, in_flight=in_flight,
+                        task_queue=self.uses_task_queue, dispatch=dispatch or self.dispatch,
+                        label=self.name)
+
+    def load(self) -> Runner:
+        """Import and return the runner (``async (specs, ctx) -> RunResult``)."""
+        module_name, func = self.runner.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, func)  # type: ignore[no-any-return]
+
+
+_REGISTRY: dict[str, ModeInfo] = {}
+
+
+def register_mode(info: ModeInfo) -> ModeInfo:
+    """Add a mode to the registry; returns it. A second mode with the same name is an error."""
+    if info.name in _REGISTRY and _REGISTRY[info.name] != info:
+        raise ConfigError(f"mode {info.name!r} is registered twice")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def modes() -> tuple[ModeInfo, ...]:
+    """Every registered mode, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+def mode_names() -> tuple[str, ...]:
+    """Names of every registered mode, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def _unknown(name: str) -> ConfigError:
+    return ConfigError(f"unknown mode {name!r} — choose from {', '.join(_REGISTRY)}")
+
+
+def get_info(name: str) -> ModeInfo:
+    """The record of a mode. Raises :class:`ConfigError` naming the known modes."""
+    info = _REGISTRY.get(name)
+    if info is None:
+        raise _unknown(name)
+    return info
+
+
+def get_mode(name: str) -> Runner:
+    """The runner of a mode (``sequential``, ``async``, ``batch``, ``pool``, ``ray``, …)."""
+    return get_info(name).load()
+
+
+def parse_modes(text: str | Sequence[str]) -> list[str]:
+    """``"sequential,ray"`` or a list → validated mode names, order kept, duplicates dropped."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names: list[str] = []
+    for p in (x.strip() for x in parts):
+        if not p:
+            continue
+        if p not in _REGISTRY:
+            raise _unknown(p)
+        if p not in names:
+            names.append(p)
+    if not names:
+        raise ConfigError(f"no mode given — choose from {', '.join(_REGISTRY)}")
+    return names
+
+
+# -- built-in modes: one register_mode line per mode ------------------------------------------
+register_mode(ModeInfo(
+    "sequential", "one request at a time, each waiting for the last (one server)",
+    "parallel_kit.modes.sequential:run_sequential", in_flight="one"))
+register_mode(ModeInfo(
+    "async", "submit each request to a task queue, poll for results (one server)",
+    "parallel_kit.modes.queued:run_async", in_flight="queue", serves_api=True))
+register_mode(ModeInfo(
+    "batch", "submit every request in one call to the task queue (one server)",
+    "parallel_kit.modes.queued:run_batch", in_flight="queue"))
+register_mode(ModeInfo(
+    "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
+    "parallel_kit.modes.pool:run_pool", multi_server=True, serves_api=True))
+register_mode(ModeInfo(
+    "ray", "one Ray actor per GPU, each with its own Ollama",
+    "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
+    serves_api=True, needs=("ray",)))
+
+#: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
+MODE_NAMES: tuple[str, ...] = mode_names()
