@@ -131,6 +131,13 @@ def format_table(runs: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _engine_default_model(engine: str | None) -> str:
+    """The model a run uses when none is named: the engine's own (registry), else the kit's."""
+    from .sim.registry import engine_info
+
+    return engine_info(engine).default_model or DEFAULT_MODEL
+
+
 def _engine_label(engine: str) -> str:
     """What produced a simulator run's tokens, from the engine registry."""
     from .sim.registry import engine_info
@@ -296,7 +303,7 @@ async def compare(
     else:
         base = list(prompts) if prompts else None
     count = n if n is not None else (len(base) if base else 5)
-    model = model or (REAL_ENGINE_MODEL if engine == "llama-cpp" else DEFAULT_MODEL)
+    model = model or _engine_default_model(engine)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
     gpus = server_opts.count
     if gpus is None:

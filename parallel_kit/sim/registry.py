@@ -31,6 +31,8 @@ class EngineInfo:
         factory: builds the engine from keyword options (``num_parallel``, ``models``,
             ``keep_alive_s``, ``max_queue``, and the engine's own, e.g. ``gguf``); None for the
             latency model, which the server builds from its profile.
+        default_model: the model a run uses with this engine when none is named (None = the
+            kit's default, ``llama3.2:3b``).
     """
 
     name: str
@@ -38,6 +40,7 @@ class EngineInfo:
     label: str
     real_time: bool
     factory: Callable[..., Engine] | None
+    default_model: str | None = None
 
 
 _ENGINES: dict[str, EngineInfo] = {}
@@ -94,4 +97,5 @@ register_engine(EngineInfo(
 register_engine(EngineInfo(
     name="llama-cpp",
     description="a real model on the CPU with llama.cpp (needs parallel_kit[real])",
-    label="real model (llama.cpp) on the CPU", real_time=True, factory=_llama_cpp))
+    label="real model (llama.cpp) on the CPU", real_time=True, factory=_llama_cpp,
+    default_model="gemma3:270m"))
