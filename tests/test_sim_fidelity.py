@@ -12,8 +12,11 @@ import math
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from parallel_kit.sim.app import OLLAMA_VERSION
+from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import load_profile, profile_from_dict
 from parallel_kit.sim.server import SimulatedOllama
 
@@ -408,3 +411,38 @@ def test_default_context_follows_gpu_memory():
     assert default_num_ctx(48 * GIB) == 262144
     assert default_num_ctx(24 * GIB, context_length=8192) == 8192
     assert math.isfinite(RTX.gpu_memory or math.inf)
+
+
+# -- the scheduler's invariants (Hypothesis) ------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(picks=st.lists(st.sampled_from([SMALL, BIG, "llama3.2:latest"]), min_size=1,
+                      max_size=8),
+       max_loaded=st.integers(1, 3), ctx=st.sampled_from([2048, 4096]))
+def test_never_more_models_loaded_than_allowed_and_every_request_finishes(picks, max_loaded,
+                                                                          ctx):
+    """sched.go: loaded runners ≤ OLLAMA_MAX_LOADED_MODELS; an eviction never loses a request."""
+    async def scenario() -> dict:
+        engine = SimEngine(RTX, time_scale=0.0005, max_loaded_models=max_loaded,
+                           keep_alive_s=math.inf)
+
+        async def one(model: str) -> Done:
+            request = GenerateRequest(model=model, prompt="hi", num_predict=2,
+                                      options={"num_ctx": ctx})
+            async for item in engine.generate(request):
+                if isinstance(item, Done):
+                    return item
+            raise AssertionError("no Done")
+
+        dones = await asyncio.gather(*(one(m) for m in picks))
+        assert all(d.eval_count == 2 for d in dones)
+        stats = engine.stats()
+        await engine.aclose()
+        return stats
+
+    stats = asyncio.run(scenario())
+    assert stats["completed"] == len(picks) and stats["failed"] == 0
+    assert 1 <= stats["max_resident"] <= max_loaded
+    assert len(stats["loaded"]) <= max_loaded
+    assert stats["loads"] - stats["evictions"] == len(stats["loaded"])

@@ -376,7 +376,8 @@ class SimEngine:
         TIMER.start()
         self._stats: dict[str, int] = dict.fromkeys(
             ("requests", "completed", "failed", "cancelled", "busy", "active", "max_active",
-             "max_decoding", "loads", "unloads", "evictions", "reloads", "truncated"), 0)
+             "max_decoding", "loads", "unloads", "evictions", "reloads", "truncated",
+             "max_resident"), 0)
 
     # protocol ----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -517,6 +518,8 @@ class SimEngine:
                         start = max(now, self._evicted_at)
                         inst.start_load(loop, start, num_ctx, slots or 1)
                         ready_at = start
+                        resident = sum(1 for i in self._instances.values() if i.resident)
+                        self._stats["max_resident"] = max(self._stats["max_resident"], resident)
                         break
                     victim = self._victim(inst)
                     assert victim is not None  # count > 0
