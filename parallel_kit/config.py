@@ -197,10 +197,14 @@ def max_concurrent_from_env(default: int = 5) -> int:
 
 
 def num_parallel_from_env() -> int | None:
-    """``OLLAMA_NUM_PARALLEL`` (slots per model); None when unset, or 0 ("auto", which is 1
-    since Ollama 0.10)."""
-    value = int_from_env("OLLAMA_NUM_PARALLEL", 4)
-    return value if value is not None and value > 0 else None
+    """``OLLAMA_NUM_PARALLEL`` (slots per model) read as Ollama reads it (spaces and quotes
+    dropped, a whole number); None when unset or 0 ("auto", which is 1).
+
+    Raises:
+        ConfigError: not a whole number ≥ 0 (named).
+    """
+    value = uint_setting("OLLAMA_NUM_PARALLEL", ollama_var("OLLAMA_NUM_PARALLEL"), 0)
+    return value or None
 
 
 def check_time_scale(value: float) -> float:
