@@ -1,7 +1,16 @@
 """The simulated Ollama behaves as the Ollama version it reports, case by case.
 
-Each test names the Ollama source it follows (ollama/ollama on GitHub); the right values are
-Ollama's, asserted from the simulator's own answers and ``/sim/stats`` (no wall-clock ratios).
+Each test names the Ollama source file it follows; the right values are Ollama's, asserted from
+the simulator's own answers and ``/sim/stats`` (no wall-clock ratios). The files:
+
+- routes.go: https://github.com/ollama/ollama/blob/main/server/routes.go
+- sched.go: https://github.com/ollama/ollama/blob/main/server/sched.go
+- images.go: https://github.com/ollama/ollama/blob/main/server/images.go
+- api/types.go: https://github.com/ollama/ollama/blob/main/api/types.go
+- openai.go: https://github.com/ollama/ollama/blob/main/openai/openai.go
+- llm/server.go: https://github.com/ollama/ollama/blob/main/llm/server.go
+- envconfig: https://github.com/ollama/ollama/blob/main/envconfig/config.go
+- runner truncation: https://github.com/ollama/ollama/blob/main/runner/llamarunner/runner.go
 """
 
 from __future__ import annotations
@@ -19,11 +28,6 @@ from parallel_kit.sim.app import OLLAMA_VERSION
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import load_profile, profile_from_dict
 from parallel_kit.sim.server import SimulatedOllama
-
-ROUTES = "https://github.com/ollama/ollama/blob/main/server/routes.go"
-SCHED = "https://github.com/ollama/ollama/blob/main/server/sched.go"
-TYPES = "https://github.com/ollama/ollama/blob/main/api/types.go"
-OPENAI = "https://github.com/ollama/ollama/blob/main/openai/openai.go"
 
 SMALL, BIG = "llama3.2:3b", "llama3.1:8b"
 RTX = load_profile("rtx4090")
