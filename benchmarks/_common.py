@@ -37,6 +37,25 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Quick runs (``make bench-quick``) write here: a git-ignored folder, so that a quick run never
+#: rewrites the recorded full results (tracked files).
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def results_dir(quick: bool, out_dir: Path | None = None) -> Path:
+    """Where a benchmark writes: ``out_dir`` when given, else ``results/`` (full runs) or the
+    git-ignored ``results/quick/`` (quick runs)."""
+    return out_dir or (QUICK_RESULTS if quick else RESULTS)
+
+
+def relative(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside it (results record no
+    machine's absolute paths), else as given."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
 PYTHON = sys.executable
 
 #: A simulator profile with (almost) no model time: every wait is below a microsecond, so a
@@ -119,10 +138,15 @@ def machine() -> dict[str, Any]:
 
 
 def write_result(name: str, data: dict[str, Any], out_dir: Path | None = None) -> Path:
-    """Write ``results/<name>.json`` with the command and the machine added; returns the path."""
-    folder = out_dir or RESULTS
+    """Write ``<name>.json`` with the command and the machine added; returns the path.
+
+    A name ending ``_quick`` goes to the git-ignored ``results/quick/`` unless ``out_dir`` is
+    given; paths in the command are written relative to the repository root.
+    """
+    folder = results_dir(name.endswith("_quick"), out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "command": " ".join([Path(PYTHON).name, *sys.argv]),
+    argv = [relative(a) if Path(a).is_absolute() else a for a in sys.argv]
+    doc = {"benchmark": name, "command": " ".join([Path(PYTHON).name, *argv]),
            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), **data}
     path = folder / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n", encoding="utf-8")

@@ -118,6 +118,10 @@ async def main(num_predict: int, out: Path) -> dict[str, Any]:
         "model": MODEL, "num_predict": num_predict,
         "speedup_measured": {str(k): round(v, 3) for k, v in s_of_k.items()},
         "speedup_setup": "k requests at once on a server with 3 slots × 1 thread (2 cores)",
+        # Moved here from the tests (a speed ratio is a benchmark on a shared machine, not a
+        # test): two slots finish two requests at least 1.1× faster than one slot.
+        "target_two_slots": "S(2) ≥ 1.1",
+        "met_two_slots": (s_of_k[2] >= 1.1) if 2 in s_of_k else None,
         "probes": probes, "profiles": saved_profiles,
         "scenario": {
             "single_server": "sequential, async, batch: 1 server, 1 slot, 2 threads",

@@ -5,7 +5,8 @@ loop or imported state carried from one to the next), in this order: client over
 capacity, fidelity, Ray dispatch, scaling, and — full mode only, when ``llama_cpp`` is
 installed — the real model (``real_model.py``). A benchmark that fails is reported and the
 others still run; the exit status is 1 if any failed. Results go to ``benchmarks/results/``
-(quick runs to ``*_quick.json``, so they never overwrite the recorded full figures).
+(quick runs to the git-ignored ``benchmarks/results/quick/``, so that ``make bench-quick`` never
+rewrites a tracked file).
 
 Budgets on this 2-core machine: full < 15 minutes, quick < 2 minutes.
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ZERO_PROFILE, SimFarm, clean, write_result
+from _common import RESULTS, ZERO_PROFILE, SimFarm, clean, relative, results_dir, write_result
 
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raycluster.shutdown()
     memory = memory_per_record(100, 1000) if args.quick else memory_per_record(1000, 10_000)
     suffix = "_quick" if args.quick else ""
-    png = plot(cells, (args.out or RESULTS) / f"scaling{suffix}.png")
+    png = plot(cells, results_dir(args.quick, args.out) / f"scaling{suffix}.png")
     headline = next((c for c in cells if c["mode"] == "pool" and c["workers"] == 16
                      and c["n"] == 10_000), None)
     result = clean({
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "headline_pool_w16_n10000": headline,
         "target": "pool efficiency ≥ 0.95 at N = 10,000, W = 16",
         "met": None if headline is None else headline["efficiency"] >= 0.95,
-        "plot": str(png) if png else None, "notes": notes})
+        "plot": relative(png) if png else None, "notes": notes})
     path = write_result("scaling" + suffix, result, args.out)
     print(f"memory: {memory['bytes_per_record']:.0f} bytes per request record; → {path}, {png}")
     return result

@@ -25,10 +25,12 @@ Security: binds 127.0.0.1 unless ``--bind`` says otherwise (a warning when it li
 loopback without a key); ``PARALLEL_KIT_API_KEY`` set → every path but ``/health`` wants
 ``Authorization: Bearer <key>`` (``/docs`` and ``/openapi.json`` included).
 
-What sends the requests is an :class:`ApiBackend`: any ``async (spec) -> RequestResult`` plus
-the clock its rows are on. ``--mode async`` is one Ollama, ``--mode pool`` one Ollama per GPU
-behind :class:`~parallel_kit.modes.pool.EndpointPool` (:func:`open_api_backend`), ``--mode ray``
-one GPU actor per server (:func:`~parallel_kit.modes.ray_gpu.open_ray_dispatcher`).
+What sends the requests is an :class:`~parallel_kit.api_backends.ApiBackend`: any
+``async (spec) -> RequestResult`` plus the clock its rows are on; the backends, one per mode,
+live in :mod:`parallel_kit.api_backends` (this module is the app and its serving): ``--mode
+async`` is one Ollama, ``--mode pool`` one Ollama per GPU behind
+:class:`~parallel_kit.modes.pool.EndpointPool`, ``--mode ray`` one GPU actor per server
+(:func:`~parallel_kit.modes.ray_gpu.open_ray_dispatcher`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import hmac
 import ipaddress
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,22 +49,20 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .client_factory import make_client
-from .config import DEFAULT_MODEL, max_concurrent_from_env
+from .api_backends import ApiBackend, open_api_backend  # the backends: their own module
+from .config import max_concurrent_from_env
 from .errors import ConfigError
 from .netutil import listen, socket_url
-from .records import RequestResult, RequestSpec
+from .records import RequestSpec
 from .taskqueue import (
     DEFAULT_MAX_FINISHED,
     DEFAULT_MAX_QUEUED,
     QueueClosed,
     QueueFull,
-    RequestFn,
     Task,
     TaskQueue,
     UnknownTask,
 )
-from .timing import ModelClock
 
 __all__ = [
     "API_KEY_ENV",
@@ -116,25 +116,6 @@ class ApiSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"API setting {name} must be a whole number ≥ 1, got {value!r}")
-
-
-@dataclass
-class ApiBackend:
-    """What the API's queue sends requests to.
-
-    Args:
-        call: ``async (spec) -> RequestResult``; its rows must be on ``clock``.
-        clock: the clock of the rows (model time since the API started).
-        model: the model for requests that name none.
-        description: one line saying what serves the requests (printed at start-up).
-        kind: ``sim`` or ``ollama``.
-    """
-
-    call: RequestFn
-    clock: ModelClock
-    model: str = DEFAULT_MODEL
-    description: str = ""
-    kind: str = "ollama"
 
 
 # -- request and response bodies -----------------------------------------------------------
@@ -356,80 +337,6 @@ async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: 
     headers += [(k.encode(), v.encode()) for k, v in (extra_headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
-
-
-# -- backends ------------------------------------------------------------------------------
-
-@contextlib.asynccontextmanager
-async def open_api_backend(
-    hosts: Sequence[str] | None = None,
-    *,
-    mode: str = "async",
-    model: str | None = None,
-    concurrency: int | None = None,
-    gpus: int | None = None,
-    profile: str | None = None,
-    time_scale: float | None = None,
-    ray_address: str | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> AsyncIterator[ApiBackend]:
-    """The backend of ``parallel-kit serve``: the Ollama at ``hosts`` or an embedded simulator.
-
-    Args:
-        hosts: Ollama URL(s); ``None``: ``OLLAMA_HOST``, or an embedded simulator when none
-            answers (``parallel_kit.backend.open_backend`` decides and says so).
-        mode: ``async`` (one server behind the queue), ``pool`` (``gpus`` servers, or one per
-            host, least outstanding first) or ``ray`` (one GPU actor per host, or ``gpus``
-            actors each starting its own server).
-        gpus: servers (GPUs) for ``pool``/``ray`` when no ``hosts`` are given (default 3).
-        concurrency: connections to keep to the server (the queue's workers).
-    """
-    from .backend import open_backend
-    from .modes.registry import get_info, modes
-
-    info = get_info(mode)
-    if not info.serves_api:
-        usable = ", ".join(m.name for m in modes() if m.serves_api)
-        raise ConfigError(f"serve --mode {mode!r} cannot back the API — use one of {usable}")
-    if not info.multi_server and hosts and len(hosts) > 1:
-        raise ConfigError(f"serve --mode {mode} sends to one Ollama, but {len(hosts)} --host "
-                          f"were given — give one, or use a mode with several servers (pool)")
-    conns = concurrency or max_concurrent_from_env()
-    servers = info.servers_for(gpus or (len(hosts) if hosts else 3))
-    in_actor = info.starts_own_servers and not hosts  # e.g. each GPU actor starts its own
-    async with open_backend(list(hosts) if hosts else None, model=model, servers=servers,
-                            time_scale=time_scale, profile=profile, announce=announce,
-                            start_servers=not in_actor) as b:
-        clock = ModelClock(b.time_scale)
-        if mode == "ray":
-            from .modes.base import ModeContext
-            from .modes.options import RayOptions, ServerOptions
-            from .modes.ray_gpu import open_ray_dispatcher
-
-            launched = (ServerOptions(launch="sim" if b.kind == "sim" else "ollama",
-                                      profile=b.profile or "seed")
-                        if in_actor else ServerOptions())
-            ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
-                              time_scale=b.time_scale, model=b.model, gpus=servers,
-                              servers=launched, ray=RayOptions(address=ray_address))
-            async with open_ray_dispatcher(ctx, clock=clock) as dispatcher:
-                yield ApiBackend(dispatcher, clock, model=b.model, description=b.message,
-                                 kind=b.kind)
-            return
-        if mode == "pool":
-            from .modes.pool import EndpointPool
-
-            async with EndpointPool(b.endpoints, clock=clock, mode="pool", model=b.model) as pool:
-                yield ApiBackend(pool, clock, model=b.model, description=b.message, kind=b.kind)
-            return
-        endpoint = b.endpoints[0]
-        async with make_client("generate", endpoint.url, max_connections=conns) as client:
-
-            async def call(spec: RequestSpec) -> RequestResult:
-                return await client.run(spec, clock=clock, mode=mode, worker=endpoint.label,
-                                        node=endpoint.node, model=b.model)
-
-            yield ApiBackend(call, clock, model=b.model, description=b.message, kind=b.kind)
 
 
 # -- serving -------------------------------------------------------------------------------

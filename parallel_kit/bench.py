@@ -110,7 +110,7 @@ class Comparison:
 def format_table(runs: Sequence[RunResult]) -> str:
     """A plain-text table: one line per mode (model seconds unless marked clock)."""
     head = (f"{'mode':<11}{'servers×slots':>14}{'predicted s':>13}{'measured s':>12}"
-            f"{'meas/pred':>10}{'speedup':>9}{'submit ms':>11}{'setup s':>9}{'ok/n':>8}")
+            f"{'fidelity':>10}{'speedup':>9}{'submit ms':>11}{'setup s':>9}{'ok/n':>8}")
     lines = [head, "-" * len(head)]
     for r in runs:
         s = r.summary
@@ -127,7 +127,7 @@ def format_table(runs: Sequence[RunResult]) -> str:
         s0 = runs[0].summary
         where = _engine_label(s0.engine) if s0.backend == "sim" else "real Ollama"
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
-                     f"submit in clock ms; setup in clock s)")
+                     f"fidelity = measured ÷ predicted; submit in clock ms; setup in clock s)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Settings from the environment, Ollama host addresses, and endpoints.
 
-Environment (the command line's contract in the README):
+Environment (``docs/CONTRACTS.md``, "CLI"):
     OLLAMA_HOST               default ``http://127.0.0.1:11434`` (same parsing as Ollama's)
     PARALLEL_KIT_BACKEND      ``auto`` | ``ollama`` | ``sim`` (default ``auto``)
     PARALLEL_KIT_TIME_SCALE   simulator time scale (default 1.0)

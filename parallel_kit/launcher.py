@@ -1,13 +1,13 @@
 """Start ``ollama serve`` on one GPU and one port, wait until it answers, stop it again.
 
-Ollama loads a model once per server, so several GPUs mean one server per GPU (ollama issue
-#7206): ``CUDA_VISIBLE_DEVICES=i OLLAMA_HOST=127.0.0.1:PORT ollama serve``. The ``ray`` mode
+Ollama loads a model once per server, so several GPUs mean one server per GPU (the
+maintainers' advice in ollama/ollama#7206, https://github.com/ollama/ollama/issues/7206): ``CUDA_VISIBLE_DEVICES=i OLLAMA_HOST=127.0.0.1:PORT ollama serve``. The ``ray`` mode
 does this inside each GPU actor; it is usable on its own too::
 
     async with OllamaServer(gpu_ids=["0"]) as server:
         print(server.url)          # http://127.0.0.1:40123
 
-The server is ready when ``GET /`` answers 200 ("Ollama is running", OLLAMA.md). It runs in its
+The server is ready when ``GET /`` answers 200 ("Ollama is running", ``docs/OLLAMA.md``). It runs in its
 own process group, so stopping it also stops anything it started (the llama runners).
 """
 

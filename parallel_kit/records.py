@@ -7,7 +7,7 @@ clock; the record still says 10 s). Real Ollama runs at scale 1, so model time i
 The one exception is ``RunSummary.submit_s``: the clock seconds until every request was
 accepted. It is an overhead of the kit itself, never scaled.
 
-``RequestResult``      one row per request (DESIGN.md, "Records")
+``RequestResult``      one row per request (``docs/CONTRACTS.md``, "Records")
 ``RunSummary``         the numbers that describe a run
 ``RunResult``          rows + summary; ``to_frame()`` gives pandas
 ``summarize()``        computes a ``RunSummary`` from rows
@@ -25,10 +25,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "SCHEMA_VERSION",
     "RequestResult",
     "RequestSpec",
     "RunResult",
@@ -127,7 +130,7 @@ REQUEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestResult))
 
 @dataclass(slots=True)
 class RunSummary:
-    """The numbers that describe one run of one mode (DESIGN.md, "Records").
+    """The numbers that describe one run of one mode (``docs/CONTRACTS.md``, "Records").
 
     Times are model seconds, except ``wall_s``, ``submit_s`` and ``setup_s`` (clock seconds).
     """
@@ -276,18 +279,37 @@ def summarize(
     )
 
 
+#: Version of the ``--json`` result schema (``docs/CONTRACTS.md``, "Records"). 1: the first
+#: release, which wrote no version; 2: ``schema_version`` written. Readers take both.
+SCHEMA_VERSION = 2
+
+
 def write_json(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
-    """Write ``{"runs":[{"summary":{…},"requests":[…]}]}`` (the ``--json`` schema)."""
+    """Write ``{"schema_version": 2, "runs":[{"summary":{…},"requests":[…]}]}`` (``--json``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"runs": [r.to_dict() for r in runs]}
+    doc = {"schema_version": SCHEMA_VERSION, "runs": [r.to_dict() for r in runs]}
     p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return p
 
 
 def read_json(path: str | os.PathLike[str]) -> list[RunResult]:
-    """Read a file written by :func:`write_json`."""
+    """Read a file written by :func:`write_json`, of any schema version up to this one.
+
+    A file without ``schema_version`` is version 1 (the first release); fields a version does
+    not know are ignored, fields it lacks take their defaults.
+
+    Raises:
+        ConfigError: a file from a newer parallel_kit, or one that is not a results file.
+    """
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+        raise ConfigError(f"{path} is not a parallel_kit results file (no \"runs\" list) — "
+                          f"give a file written by --json or write_json")
+    version = doc.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ConfigError(f"{path} has result schema version {version!r}; this parallel_kit "
+                          f"reads up to {SCHEMA_VERSION} — upgrade parallel_kit to read it")
     return [RunResult.from_dict(r) for r in doc["runs"]]
 
 

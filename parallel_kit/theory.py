@@ -4,7 +4,7 @@ Every time here is in **model seconds** (what a request takes on the model, what
 simulator's time scale). A "service time" is what one request takes when it has a server to
 itself: prefill plus decoding, no queueing.
 
-The headline (DESIGN.md): five requests of 10 s each.
+The headline (README, ``docs/CONTRACTS.md``): five requests of 10 s each.
 
 * one single-slot Ollama, one at a time: Σt = 50 s — sequential, async-queued and batch alike,
   because queueing changes who waits, not how long the server works;
@@ -331,7 +331,7 @@ def simulate_processor_sharing(
 
     Model: a server with k requests in its slots works at ``S(k)`` times its solo speed, shared
     equally, so each request advances ``S(k)/k`` service-seconds per second. Requests beyond
-    the slots wait first come, first served (Ollama's weighted semaphore, OLLAMA.md). The whole
+    the slots wait first come, first served (Ollama's weighted semaphore, ``docs/OLLAMA.md``). The whole
     service time is shared this way — prefill included, a small approximation for short prompts.
 
     Args:
@@ -538,6 +538,7 @@ def predict(
     mode: str | Topology,
     service_times_s: Iterable[float],
     *,
+    servers: int | None = None,
     workers: int | None = None,
     slots: int | None = None,
     speedup: SpeedupFn | Any | None = None,
@@ -554,8 +555,9 @@ def predict(
             (:meth:`parallel_kit.modes.registry.ModeInfo.topology`).
         service_times_s: solo service time of each request (model seconds); see
             :func:`service_times_from_profile`.
-        workers: with a mode name: servers (GPUs, one Ollama each) available to the
+        servers: with a mode name: servers (one Ollama each, one per GPU) available to the
             multi-server modes; single-server modes use one. Required with a mode name.
+        workers: the older name of ``servers`` (kept so that existing notebooks run).
         slots: with a mode name: slots per server (``OLLAMA_NUM_PARALLEL``, default 1).
         speedup: S(k), or a profile with ``.S(k)``; ``None`` means S(k) = 1 (only matters when
             more than one slot is used).
@@ -570,19 +572,22 @@ def predict(
     Raises:
         ConfigError: an unknown mode name, a bad count or service time.
     """
+    if servers is not None and workers is not None:
+        raise ConfigError("predict() got servers= and workers= — they are the same; give servers=")
+    servers = servers if servers is not None else workers
     if isinstance(mode, Topology):
         topo = mode
-        if workers is not None or slots is not None or concurrency is not None:
+        if servers is not None or slots is not None or concurrency is not None:
             raise ConfigError("predict(topology, ...) takes servers, slots and concurrency from "
-                              "the Topology — do not pass workers/slots/concurrency as well")
+                              "the Topology — do not pass servers/slots/concurrency as well")
     else:
-        if workers is None:
-            raise ConfigError(f"predict({mode!r}, ...) needs workers= (servers available)")
+        if servers is None:
+            raise ConfigError(f"predict({mode!r}, ...) needs servers= (servers available)")
         from .modes.registry import get_info
 
         if concurrency is not None:
             _count("concurrency", concurrency)
-        topo = get_info(mode).topology(gpus=_count("workers", workers),
+        topo = get_info(mode).topology(gpus=_count("workers", servers),
                                        slots=_count("slots", 1 if slots is None else slots),
                                        concurrency=concurrency)
     if dispatch is not None:

@@ -39,8 +39,10 @@ class Gate:
 
     def __init__(self) -> None:
         self.opened = asyncio.Event()
+        self.entered = asyncio.Event()  # set when a request reached the backend
 
     async def __call__(self, spec: RequestSpec) -> RequestResult:
+        self.entered.set()
         await self.opened.wait()
         return RequestResult(request_id="", mode="async", prompt=spec.prompt, model="m",
                              ok=True, response=f"echo: {spec.prompt}", finished_s=0.0)
@@ -202,7 +204,7 @@ async def test_queue_full_is_503_with_retry_after() -> None:
     gate = Gate()
     async with fake_api(gate, concurrency=1, max_queued=1, retry_after_s=3) as http:
         await http.post("/inference/async", json={"prompt": "runs"})
-        await asyncio.sleep(0.05)  # the worker takes it: the queue is empty again
+        await asyncio.wait_for(gate.entered.wait(), 30)  # the worker took it: queue empty
         await http.post("/inference/async", json={"prompt": "waits"})
         resp = await http.post("/inference/async", json={"prompt": "one too many"})
         gate.opened.set()
@@ -297,14 +299,22 @@ async def test_ray_mode_serves_through_one_gpu_actor_per_server() -> None:
         raycluster.shutdown()  # the cluster the kit started for this test
     assert all(r["ok"] for r in rows)
     assert {r["worker"] for r in rows} == {"gpu0", "gpu1", "gpu2"}
-    assert 19.0 <= span <= 26.0  # ⌈5/3⌉ = 2 rounds of 10 s
+    _assert_two_rounds(rows, span)
 
 
 async def test_pool_mode_spreads_requests_over_one_server_per_gpu() -> None:
     rows, span = await _five_requests_on_three_gpus("pool")
     assert all(r["ok"] for r in rows)
     assert len({r["worker"] for r in rows}) == 3
-    assert 19.0 <= span <= 26.0  # ⌈5/3⌉ = 2 rounds of 10 s
+    _assert_two_rounds(rows, span)
+
+
+def _assert_two_rounds(rows: list[dict], span: float) -> None:
+    """⌈5/3⌉ = 2 rounds of 10 s, from the rows: 2, 2 and 1 requests per server, and two rounds
+    can never take less than 20 model s (how little more is a benchmark, not a test)."""
+    workers = [r["worker"] for r in rows]
+    assert sorted(workers.count(w) for w in set(workers)) == [1, 2, 2]
+    assert span >= 20.0 - 0.05
 
 
 def test_serve_on_a_taken_port_is_a_clear_error() -> None:

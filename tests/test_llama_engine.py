@@ -191,21 +191,19 @@ def test_keep_alive_zero_unloads_the_model(one_slot: tuple[str, object]) -> None
 
 @pytest.mark.real
 @needs_real
-def test_two_slots_finish_two_requests_faster_than_one_slot(
+def test_two_slots_decode_two_requests_at_once_and_one_slot_never_does(
         one_slot: tuple[str, object], two_slots: tuple[str, object]) -> None:
+    # Behaviour from the server's own records and the order of the tokens, not a speed ratio:
+    # how much faster two slots are (S(2) ≈ 1.9 on an idle 2-core machine) depends on what
+    # else runs, and is measured by benchmarks/real_model.py.
     for url in (one_slot[0], two_slots[0]):
         _together(url, 2, 2)  # load and warm up both first
-    tries = []
-    # Two cores: ideally 2× (≈1.9× measured on an idle machine). Other test runs share the
-    # machine (1.2× seen at load average 4.4), so ask for 1.1× in the best of three pairs.
-    for _ in range(3):
-        one, _ = _together(one_slot[0], 2, 24)
-        two, _ = _together(two_slots[0], 2, 24)
-        tries.append((round(one, 2), round(two, 2)))
-        if two < one / 1.1:
-            break
-    else:
-        pytest.fail(f"2 slots were never 1.1× faster than 1 slot: (1 slot, 2 slots) s = {tries}")
+    _, one = _together(one_slot[0], 2, 24)
+    _, two = _together(two_slots[0], 2, 24)
+    # One slot: the server never had two requests in its slot (its own count).
+    assert len(one) == 2 and _stats(one_slot[0])["max_active"] == 1
+    # Two slots: both produce tokens before either has finished — decoding at once.
+    assert max(t[1] for t in two.values()) < min(t[2] for t in two.values())
     assert _stats(two_slots[0])["max_active"] == 2
 
 

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -31,11 +32,14 @@ def specs(n: int) -> list[RequestSpec]:
 
 
 class FakeWorker:
-    """A worker whose requests take ``hold`` clock seconds; records what ran at once."""
+    """A worker whose requests take ``hold`` clock seconds — or, given a ``gate``, last until
+    the test opens it; records what ran at once."""
 
-    def __init__(self, name: str, hold: float = 0.02, die_on: int | None = None) -> None:
+    def __init__(self, name: str, hold: float = 0.02, die_on: int | None = None,
+                 gate: asyncio.Event | None = None) -> None:
         self.name = name
         self.hold = hold
+        self.gate = gate
         self.die_on = die_on
         self.active = 0
         self.max_active = 0
@@ -48,11 +52,22 @@ class FakeWorker:
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
-            await asyncio.sleep(self.hold)
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(self.hold)
         finally:
             self.active -= 1
         return RequestResult(spec.request_id, "pool", spec.prompt, "m", worker=self.name,
                              submitted_s=submitted_s, ok=True)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Yield to the loop until ``condition()`` holds (a hook, not a fixed sleep)."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0)
+    await asyncio.wait_for(poll(), timeout_s)
 
 
 def dispatcher(fakes: list[FakeWorker], slots: int = 1) -> Dispatcher:
@@ -70,11 +85,15 @@ async def test_requests_spread_evenly_and_never_exceed_slots() -> None:
 
 
 async def test_fourth_request_waits_for_a_free_slot_then_goes_first_come_first_served() -> None:
-    fakes = [FakeWorker("a", hold=0.05), FakeWorker("b", hold=0.2)]
+    gate_a, gate_b = asyncio.Event(), asyncio.Event()
+    fakes = [FakeWorker("a", gate=gate_a), FakeWorker("b", gate=gate_b)]
     d = dispatcher(fakes)
     tasks = [asyncio.create_task(d.run(s)) for s in specs(4)]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(fakes[0].calls) + len(fakes[1].calls) == 2)
     assert fakes[0].calls == ["r0"] and fakes[1].calls == ["r1"]
+    gate_a.set()  # "a" frees first
+    await until(lambda: len(fakes[0].calls) == 3)
+    gate_b.set()
     await asyncio.gather(*tasks)
     # "a" frees first and takes the oldest waiting request, then the next one.
     assert fakes[0].calls == ["r0", "r2", "r3"]
@@ -105,12 +124,14 @@ async def test_every_worker_lost_raises_with_a_row_per_request() -> None:
 
 
 async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
-    fakes = [FakeWorker("a", hold=0.05)]
+    gate = asyncio.Event()
+    fakes = [FakeWorker("a", gate=gate)]
     d = dispatcher(fakes)
     first = asyncio.create_task(d.run(specs(1)[0]))
     waiting = asyncio.create_task(d.run(RequestSpec("x", request_id="x")))
-    await asyncio.sleep(0.01)
+    await until(lambda: fakes[0].calls == ["r0"])
     waiting.cancel()
+    gate.set()
     with contextlib.suppress(asyncio.CancelledError):
         await waiting
     await first
@@ -204,13 +225,17 @@ async def test_endpoint_pool_is_a_backend_callable() -> None:
 
 
 async def test_prefetch_lets_a_worker_hold_one_request_beyond_its_slots() -> None:
-    fakes = [FakeWorker("a", hold=0.05), FakeWorker("b", hold=0.05)]
+    gate = asyncio.Event()
+    fakes = [FakeWorker("a", gate=gate), FakeWorker("b", gate=gate)]
     workers = [PoolWorker(f.name, 1, f.send) for f in fakes]
     d = Dispatcher(workers, clock=ModelClock(SCALE), prefetch=1)
     tasks = [asyncio.create_task(d.run(s)) for s in specs(5)]
-    await asyncio.sleep(0.01)
+    await until(lambda: len(fakes[0].calls) + len(fakes[1].calls) == 4)
+    for _ in range(10):
+        await asyncio.sleep(0)  # room for a wrong fifth dispatch to show
     # Two per worker at once (1 slot + 1 prefetched), least outstanding first; the fifth waits.
     assert fakes[0].calls == ["r0", "r2"] and fakes[1].calls == ["r1", "r3"]
+    gate.set()
     await asyncio.gather(*tasks)
     assert max(f.max_active for f in fakes) == 2
 

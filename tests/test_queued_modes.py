@@ -27,7 +27,9 @@ async def test_seed_scenario_accepts_at_once_and_takes_fifty_seconds(mode: str) 
     s = run.summary
     assert s.mode == mode and s.n == 5 and s.ok == 5
     assert s.submit_s is not None and s.submit_s < 0.1  # clock seconds, never scaled
-    assert 49.0 <= s.makespan_s <= 58.0  # one slot: 5 × 10 s, whatever the queue
+    # One slot: 5 × 10 s whatever the queue — a floor a busy machine only adds to (how close
+    # it stays is benchmarks/fidelity.py's measure).
+    assert s.makespan_s >= 50.0 - 0.05
     rows = run.requests
     assert [r.request_id for r in rows] == ["r0", "r1", "r2", "r3", "r4"]
     assert all(r.mode == mode for r in rows)

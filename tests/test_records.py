@@ -80,7 +80,7 @@ def test_json_round_trip_keeps_failed_rows_and_is_standard_json(tmp_path):
     run = _run()
     path = write_json(tmp_path / "out.json", [run])
     doc = json.loads(path.read_text())  # strict JSON: NaN became null
-    assert set(doc) == {"runs"} and set(doc["runs"][0]) == {"summary", "requests"}
+    assert set(doc) == {"schema_version", "runs"} and set(doc["runs"][0]) == {"summary", "requests"}
     back = read_json(path)[0]
     assert len(back.requests) == 5
     assert back.requests[4].ok is False and back.requests[4].error == "boom"

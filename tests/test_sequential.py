@@ -93,8 +93,8 @@ async def test_five_requests_of_ten_seconds_take_fifty_one_at_a_time() -> None:
         run = await run_sequential(original_prompts(), context(url, progress=True))
     s = run.summary
     assert (s.mode, s.n, s.ok, s.failed, s.workers, s.slots) == ("sequential", 5, 5, 0, 1, 1)
-    assert stats["peak"] == 1 and stats["requests"] == 5
-    assert s.makespan_s == pytest.approx(50.0, rel=0.1)
+    assert stats["peak"] == 1 and stats["requests"] == 5  # the server's own count
+    assert s.makespan_s >= 50.0 - 0.05  # five whole requests; a busy machine only adds
     assert s.wall_s == pytest.approx(s.makespan_s * SCALE, rel=0.1)
     assert (s.backend, s.time_scale, s.model) == ("sim", SCALE, "m")
     rows = run.requests
@@ -149,7 +149,9 @@ async def test_original_five_prompts_on_the_seed_profile_take_fifty_seconds() ->
         ctx = ModeContext(endpoints=[Endpoint(url)], backend="sim", time_scale=scale)
         run = await run_sequential(original_prompts(), ctx)
     assert run.summary.ok == 5, [r.error for r in run.requests]
-    assert run.summary.makespan_s == pytest.approx(50.0, rel=0.02)
+    rows = sorted(run.requests, key=lambda r: r.started_s)
+    assert all(b.started_s >= a.finished_s - 1e-6 for a, b in itertools.pairwise(rows))
+    assert run.summary.makespan_s >= 50.0 - 0.05  # the speed is benchmarks/fidelity.py's
     for row in run.requests:
         assert row.server_total_s is not None and row.server_eval_s is not None
         assert row.output_tokens is not None and row.prompt_tokens is not None

@@ -82,10 +82,11 @@ def test_click_runs_the_selected_modes_and_fills_the_progress_bar() -> None:
     assert "simulated Ollama" in lab.status.value
     pool = lab.comparison["pool"].summary
     assert pool.ok == 3 and pool.workers == 3
-    # Three one-second requests on three servers: one round. The measurement is in model
-    # seconds; allow 50 ms of clock overhead (5 model s at this scale) but no beating theory.
+    # Three one-second requests on three servers: one round — each on its own server, and no
+    # beating theory (how close it stays is a benchmark, not a test).
     assert pool.predicted_makespan_s == pytest.approx(1.0)
-    assert 0.97 <= pool.makespan_s <= 1.0 + 0.05 / TIME_SCALE
+    assert len({r.worker for r in lab.comparison["pool"].requests}) == 3
+    assert pool.makespan_s >= 0.97
 
 
 async def test_second_click_while_running_is_refused() -> None:

@@ -48,7 +48,8 @@ class ModeInfo:
             ``--concurrency`` workers) or ``"slots"`` (every free slot of every server).
         starts_own_servers: given no ``--host``, it starts its servers itself (e.g. one inside
             each Ray GPU actor) instead of using servers the kit opened for it.
-        serves_api: can back ``parallel-kit serve`` (the HTTP API).
+        api_backend: ``"module:function"`` of the opener that backs ``parallel-kit serve``
+            with this mode (see :mod:`parallel_kit.api_backends`); ``None``: it cannot.
         dispatch: how it spreads requests over several servers.
         needs: optional extras it needs (``pip install parallel_kit[ray]``), e.g. ``("ray",)``;
             the widget lab leaves such modes unticked.
@@ -60,7 +61,7 @@ class ModeInfo:
     multi_server: bool = False
     in_flight: InFlight = "slots"
     starts_own_servers: bool = False
-    serves_api: bool = False
+    api_backend: str | None = None
     dispatch: Dispatch = "least_loaded"
     needs: tuple[str, ...] = ()
 
@@ -73,6 +74,11 @@ class ModeInfo:
         if self.in_flight not in ("one", "queue", "slots"):
             raise ConfigError(f"mode {self.name!r}: in_flight {self.in_flight!r} is not one of "
                               f"one, queue, slots")
+
+    @property
+    def serves_api(self) -> bool:
+        """Can back ``parallel-kit serve`` (it names an ``api_backend``)."""
+        return self.api_backend is not None
 
     @property
     def uses_task_queue(self) -> bool:
@@ -166,17 +172,19 @@ register_mode(ModeInfo(
     "parallel_kit.modes.sequential:run_sequential", in_flight="one"))
 register_mode(ModeInfo(
     "async", "submit each request to a task queue, poll for results (one server)",
-    "parallel_kit.modes.queued:run_async", in_flight="queue", serves_api=True))
+    "parallel_kit.modes.queued:run_async", in_flight="queue",
+    api_backend="parallel_kit.api_backends:open_single"))
 register_mode(ModeInfo(
     "batch", "submit every request in one call to the task queue (one server)",
     "parallel_kit.modes.queued:run_batch", in_flight="queue"))
 register_mode(ModeInfo(
     "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
-    "parallel_kit.modes.pool:run_pool", multi_server=True, serves_api=True))
+    "parallel_kit.modes.pool:run_pool", multi_server=True,
+    api_backend="parallel_kit.api_backends:open_pool"))
 register_mode(ModeInfo(
     "ray", "one Ray actor per GPU, each with its own Ollama",
     "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
-    serves_api=True, needs=("ray",)))
+    api_backend="parallel_kit.api_backends:open_ray", needs=("ray",)))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()
