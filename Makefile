@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-dev
 REAL_STAMP := $(VENV)/.installed-real
 TIME_SCALE ?= 0.1
 
-.PHONY: demo test test-fast lab notebooks bench bench-quick lint typecheck clean venv real
+.PHONY: demo test test-fast lab notebooks bench bench-quick peers lint typecheck clean venv real
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ bench: $(STAMP) $(REAL_STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick
+
+# The kit beside GuideLLM and servebench (own venv benchmarks/.peers-venv, made on first use).
+peers: $(STAMP)
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf results .pytest_cache .mypy_cache .ruff_cache .hypothesis

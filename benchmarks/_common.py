@@ -220,6 +220,12 @@ class SimFarm:
             self._proc = None
             self._log.close()
 
+    @property
+    def pid(self) -> int:
+        """The servers' process id (to pin it to a core)."""
+        assert self._proc is not None, "the farm is not started"
+        return self._proc.pid
+
     def stats(self, index: int = 0) -> dict[str, Any]:
         """``GET /sim/stats`` of server ``index``."""
         return dict(httpx.get(f"{self.urls[index]}/sim/stats", timeout=10).json())

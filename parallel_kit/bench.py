@@ -41,7 +41,7 @@ from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale
 from .errors import ConfigError
 from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
-from .modes.registry import get_info, parse_modes
+from .modes.registry import BASELINE, get_info, mode_names, parse_modes
 from .prompts import load_prompts, make_specs
 from .records import (
     RequestResult,
@@ -241,7 +241,7 @@ def _records(servers: ServerOptions | None, queue: QueueOptions | None, ray: Ray
 
 
 async def compare(
-    modes: str | Sequence[str] = ("sequential", "async", "batch", "pool", "ray"),
+    modes: str | Sequence[str] | None = None,
     prompts: str | os.PathLike[str] | Sequence[RequestSpec] | None = None,
     *,
     n: int | None = None,
@@ -263,7 +263,8 @@ async def compare(
     """Run ``modes`` on the same requests and return every run with predictions filled in.
 
     Args:
-        modes: mode names, a list or ``"a,b"``; sequential runs first when present.
+        modes: mode names, a list or ``"a,b"`` (default: every registered mode); the baseline
+            (``sequential``) runs first when present.
         prompts: a prompt file, a built-in set name, or specs (default: the original five).
         n: number of requests, cycling over the prompts (default: one per prompt, or 5).
         hosts: Ollama URLs (several = one Ollama per GPU); default ``OLLAMA_HOST`` or embedded.
@@ -294,10 +295,10 @@ async def compare(
     engine_options = dict(server_opts.engine_options)
     slots, profile = server_opts.slots, server_opts.profile
     concurrency = queue_opts.concurrency
-    names = parse_modes(modes)
-    if "sequential" in names:
-        names.remove("sequential")
-        names.insert(0, "sequential")
+    names = parse_modes(modes if modes is not None else mode_names())
+    if BASELINE in names:
+        names.remove(BASELINE)
+        names.insert(0, BASELINE)
     if isinstance(prompts, (str, os.PathLike)):
         base: Sequence[RequestSpec] | None = load_prompts(prompts)
     else:
@@ -353,12 +354,12 @@ async def compare(
             workers = s.workers
             # Real servers: predict from the sequential run's service times (its own, for
             # the sequential run itself: what remains is the overhead between requests).
-            basis = run if name == "sequential" else sequential
+            basis = run if name == BASELINE else sequential
             pred = _prediction(name, specs, b, workers, s.slots, concurrency, basis)
             s.predicted_makespan_s = pred
             if pred and _finite(s.makespan_s) and s.makespan_s > 0:
                 s.efficiency = pred / s.makespan_s
-            if name == "sequential":
+            if name == BASELINE:
                 sequential = run
             runs.append(run)
 

@@ -1,6 +1,7 @@
 """Talking to Ollama: the native API (``OllamaClient``) and the OpenAI-compatible one (``OpenAIClient``).
 
-Both clients are async, built on httpx, and have the same shape (docs/ARCHITECTURE.md, "Client
+Both clients are async (the streaming hot path on :mod:`parallel_kit._http1`, the other calls on
+httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
 interface"): ``run(spec, clock=…, mode=…)`` sends one request and returns one
 :class:`~parallel_kit.records.RequestResult` — a failed request is a row with ``ok=False`` and the
 typed error's message, never an exception (except the types in ``raise_for`` and cancellation).
@@ -11,27 +12,19 @@ Times in the rows are **model seconds** from the run's start, read from the run'
 :class:`~parallel_kit.timing.ModelClock`; the ``server_*_s`` fields come from Ollama's nanosecond
 durations (the simulator reports those in model time too). Retry back-off waits are clock seconds.
 
-Why the hot path does not go through ``httpx.AsyncClient``
-----------------------------------------------------------
-A naive httpx loop is slow for reasons that have nothing to do with the server:
-
-* a client created per request pays a new TCP connection and an SSL context (~25 ms to build
-  even for plain ``http://``, because the transport loads the CA bundle up front);
-* the default ``httpx.Limits`` keep only 20 idle connections (of 100), so at concurrency 32
-  connections are closed and reopened all the time;
-* httpcore's connection pool re-scans every connection (and polls each idle socket) on every
-  request and every release, and hands one freed connection to several queued requests that
-  then lose the race and queue again (encode/httpx#3215, encode/httpcore#1035,
-  pydantic/httpx2#1075): its cost grows with the number of connections;
-* per request, ``AsyncClient.send`` merges base URL, headers and cookies, runs the auth and
-  redirect generators and updates the cookie jar; ``trust_env`` looks up proxy settings.
-
-So each client keeps ``max_connections`` *lanes*: one ``httpx.AsyncHTTPTransport`` holding a
-single keep-alive connection each (all sharing one SSL context), handed out LIFO so the warmest
-connection is reused. A request takes a free lane, sends a prebuilt ``httpx.Request`` straight to
-the transport and splits the byte stream into lines itself. Pool bookkeeping stays O(1) per
-request; measured on a loopback NDJSON server at concurrency 32 this is several times faster than
-one shared pool. The low-level calls use an ordinary ``httpx.AsyncClient``.
+The hot path: keep-alive HTTP/1.1 lanes parsed by httptools
+-----------------------------------------------------------
+A load generator's own CPU per request caps what it can measure. ``run`` therefore does not go
+through a general HTTP client: each client keeps ``max_connections`` *lanes*, keep-alive
+connections of :mod:`parallel_kit._http1` (asyncio protocols whose responses the httptools C
+parser decodes), handed out last-in first-out so the warmest is reused. A request is one
+prebuilt ``bytes`` write; each streamed line is handled in the protocol's ``data_received``
+callback — so ``first_token_s`` and the inter-token gaps are read the moment a line arrives —
+and the waiting coroutine wakes once per answer. Measured at concurrency 64 against a
+zero-latency simulator (``benchmarks/client_overhead.py``, docs/METRICS.md "The client's own
+cost"), this costs less CPU per request than httpx (anyio + httpcore + h11 layers) and aiohttp.
+The low-level calls (``list_models``, ``ps``, ``version``, ``load``…) use an ordinary
+``httpx.AsyncClient``; a test may pass an httpx ``transport``, and then ``run`` sends through it.
 """
 
 from __future__ import annotations
@@ -40,14 +33,18 @@ import asyncio
 import json
 import math
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
+from . import _http1
 from .config import DEFAULT_MODEL, normalize_host
 from .errors import (
     ModelNotFound,
@@ -58,6 +55,7 @@ from .errors import (
     ServerBusy,
     StreamEnded,
 )
+from .metrics import ItlSketch
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
@@ -120,41 +118,6 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
-class _Lanes:
-    """``size`` single-connection transports, handed out last-in first-out.
-
-    A semaphore bounds how many requests hold a lane; transports are created on first need.
-    """
-
-    __slots__ = ("_all", "_free", "_sem", "_size", "_ssl")
-
-    def __init__(self, size: int, ssl_context: Any) -> None:
-        self._size = size
-        self._sem = asyncio.Semaphore(size)
-        self._free: list[httpx.AsyncHTTPTransport] = []
-        self._all: list[httpx.AsyncHTTPTransport] = []
-        self._ssl = ssl_context
-
-    async def acquire(self) -> httpx.AsyncHTTPTransport:
-        await self._sem.acquire()
-        if self._free:
-            return self._free.pop()
-        lane = httpx.AsyncHTTPTransport(
-            verify=self._ssl, trust_env=False,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        self._all.append(lane)
-        return lane
-
-    def release(self, lane: httpx.AsyncHTTPTransport) -> None:
-        self._free.append(lane)
-        self._sem.release()
-
-    async def aclose(self) -> None:
-        lanes, self._all, self._free = self._all, [], []
-        for lane in lanes:
-            await lane.aclose()
-
-
 class _BaseClient:
     """What both clients share: lanes, retries, error mapping, the low-level calls."""
 
@@ -184,12 +147,27 @@ class _BaseClient:
         self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity",
                          "User-Agent": _USER_AGENT}
         self._test_transport = transport  # tests pass httpx.MockTransport here
+        parts = urlsplit(self.host)
+        tls = parts.scheme == "https"
+        netloc = parts.netloc
+        prefix = parts.path.rstrip("/")
+        # The request's bytes up to the body's length: one write per request.
+        self._post_head = (f"POST {prefix}{self._path} HTTP/1.1\r\nHost: {netloc}\r\n"
+                           f"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
+                           f"User-Agent: {_USER_AGENT}\r\nContent-Length: ").encode("latin-1")
+        self._ping_request = (f"GET {prefix}/ HTTP/1.1\r\nHost: {netloc}\r\n"
+                              f"User-Agent: {_USER_AGENT}\r\n\r\n").encode("latin-1")
         # One SSL context for all lanes (building one loads the CA bundle, ~25 ms); plain
-        # http:// needs none, so it gets a bare one.
-        tls = self.host.startswith("https:")
-        self._lanes = _Lanes(max_connections, httpx.create_ssl_context(verify=tls))
+        # http:// needs none.
+        self._lanes = _http1.Lanes(
+            parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), max_connections,
+            ssl_context=ssl.create_default_context() if tls else None,
+            connect_timeout=min(self.timeout, 10.0))
         self._http: httpx.AsyncClient | None = None
         self._trust_env = trust_env
+        #: inter-token latencies (model seconds) of every request this client answered ok: the
+        #: gaps between streamed pieces, in a bounded-memory sketch (never stored in the rows).
+        self.itl = ItlSketch()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self: _C) -> _C:
@@ -200,7 +178,7 @@ class _BaseClient:
 
     async def aclose(self) -> None:
         """Close every connection (lanes and the low-level client)."""
-        await self._lanes.aclose()
+        self._lanes.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -226,31 +204,34 @@ class _BaseClient:
         if self._test_transport is not None or count < 1:
             return 0.0
         # Hold all lanes at once, so that each one opens a connection of its own.
-        lanes = [await self._lanes.acquire() for _ in range(count)]
+        lanes: list[_http1.Connection] = []
         try:
+            for _ in range(count):
+                lanes.append(await self._lanes.acquire())
             await asyncio.gather(*(self._ping(lane) for lane in lanes))
+        except _http1.HttpError as exc:
+            raise OllamaUnavailable(self.host, str(exc)) from exc
         finally:
             for lane in reversed(lanes):  # LIFO: the first one back is handed out first
                 self._lanes.release(lane)
         return time.perf_counter() - t0
 
-    async def _ping(self, lane: httpx.AsyncHTTPTransport) -> None:
-        request = httpx.Request("GET", self.host + "/", headers=self._headers,
-                                extensions=self._extensions)
-        try:
-            response = await lane.handle_async_request(request)
-            try:
-                await _read_all(response.stream)  # drained: the connection is kept alive
-            finally:
-                await _close(response.stream)
-        except httpx.HTTPError as exc:
-            raise OllamaUnavailable(self.host, _short(exc)) from exc
+    async def _ping(self, lane: _http1.Connection) -> None:
+        await lane.exchange(self._ping_request, None, self.timeout)
 
     # -- one request -----------------------------------------------------------------------
     async def run(self, spec: RequestSpec, *, clock: ModelClock, mode: str, worker: str = "",
-                  node: str = "", model: str | None = None, submitted_s: float | None = None,
-                  raise_for: tuple[type[BaseException], ...] = ()) -> RequestResult:
+                  node: str = "", model: str | None = None, queued_s: float | None = None,
+                  raise_for: tuple[type[BaseException], ...] = (),
+                  submitted_s: float | None = None) -> RequestResult:
         """Send one request and return its row (model seconds on ``clock``'s axis).
+
+        The row's moments: ``queued_s`` as given (when the caller accepted the request; default
+        the call itself), ``submitted_s`` when the first attempt was sent (after waiting for a
+        free connection: that wait is the kit's, so it counts as queueing), ``started_s`` when
+        the last attempt was sent, ``first_token_s`` when the first non-empty piece arrived
+        (NaN with ``stream=False``), ``finished_s`` when the answer ended. The gaps between
+        pieces of an answer that ends ok go into :attr:`itl`.
 
         Args:
             spec: what to send; ``spec.model`` wins over ``model``.
@@ -259,23 +240,26 @@ class _BaseClient:
             worker: label of the endpoint/GPU (default: this client's host:port).
             node: the machine, if known.
             model: the run's default model (``DEFAULT_MODEL`` when neither is given).
-            submitted_s: when the caller accepted the request (default: now). ``started_s`` is
-                when the (last) attempt was sent; ``first_token_s`` when the first non-empty
-                piece arrived (NaN with ``stream=False``).
+            queued_s: when the caller accepted the request (model seconds; default: now).
             raise_for: typed errors to raise instead of recording (e.g. ``(OllamaUnavailable,)``
                 so a pool can send the request elsewhere).
+            submitted_s: the former name of ``queued_s``, still accepted (``queued_s`` wins).
         """
         name = spec.model or model or DEFAULT_MODEL
+        if queued_s is None:
+            queued_s = submitted_s
         row = RequestResult(
             request_id=spec.request_id, mode=mode, prompt=spec.prompt, model=name,
             worker=worker or self.label, node=node,
-            submitted_s=clock.now() if submitted_s is None else submitted_s)
+            queued_s=clock.now() if queued_s is None else queued_s)
         body = self._body(spec, name)
         retries = 0
         error: OllamaError | None = None
+        stamps: list[float] = []
         while True:
             try:
-                await self._attempt(body, row, clock, name)
+                stamps.clear()
+                await self._attempt(body, row, clock, name, stamps)
                 break
             except _Retryable as exc:
                 if retries >= self.retry.max_retries:
@@ -295,59 +279,92 @@ class _BaseClient:
             row.error = str(error)
         else:
             row.ok = True
+            if len(stamps) > 1:
+                self.itl.add_many(np.diff(stamps) / clock.time_scale)
         return row.finalize()
 
     async def _attempt(self, body: bytes, row: RequestResult, clock: ModelClock,
-                       model: str) -> None:
-        """One HTTP exchange; fills ``row`` or raises a typed error (or ``_Retryable``)."""
-        lane = await self._lanes.acquire()
+                       model: str, stamps: list[float]) -> None:
+        """One HTTP exchange; fills ``row`` (and ``stamps``: the clock time of each streamed
+        piece) or raises a typed error (or ``_Retryable``)."""
+        if self._test_transport is not None:
+            await self._attempt_httpx(body, row, clock, model, stamps)
+            return
+        lanes = self._lanes
         try:
-            request = httpx.Request("POST", self._url, content=body, headers=self._headers,
-                                    extensions=self._extensions)
+            lane = await lanes.acquire()
+        except _http1.ConnectFailed as exc:
+            raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
+        try:
             row.started_s = clock.now()
-            sender = self._test_transport or lane
+            if math.isnan(row.submitted_s):
+                row.submitted_s = row.started_s
+            reader = self._reader(row, clock, stamps)
+            request = self._post_head + b"%d\r\n\r\n" % len(body) + body
             try:
-                response = await sender.handle_async_request(request)
-            except httpx.TimeoutException as exc:
-                if isinstance(exc, httpx.ConnectTimeout):
-                    raise _Retryable(OllamaUnavailable(self.host, "connect timed out")) from exc
+                response = await lane.exchange(request, reader.feed, self.timeout)
+            except _http1.ReadTimeout as exc:
                 raise RequestTimeout(self.host, self.timeout) from exc
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                    httpx.WriteError) as exc:
-                # Refused, or reset before any answer (e.g. a stale keep-alive connection):
-                # the model never saw the request, so sending it again is safe.
-                raise _Retryable(OllamaUnavailable(self.host, _short(exc))) from exc
-            except httpx.HTTPError as exc:
-                raise RequestFailed(f"request to {self.host} failed: {_short(exc)} — check "
-                                    f"the address and the server log", host=self.host) from exc
-            try:
-                if response.status_code != 200:
-                    raw = await _read_all(response.stream)
-                    raise self._status_error(response, raw, model)
-                await self._read_answer(response.stream, row, clock)
-            except httpx.TimeoutException as exc:
-                raise RequestTimeout(self.host, self.timeout) from exc
+            except _http1.ConnectionLost as exc:
+                if not exc.answered:
+                    # Refused or reset before any answer (e.g. a stale keep-alive connection):
+                    # the model never saw the request, so sending it again is safe.
+                    raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
+                # The answer had begun: not retried here (the model did work); pool/ray modes
+                # may send it elsewhere via raise_for.
+                raise StreamEnded(self.host, str(exc)) from exc
+            except _http1.HttpError as exc:
+                raise RequestFailed(f"{self.host} answered something other than HTTP/1.1 "
+                                    f"({exc}) — is {self.host} an Ollama server?",
+                                    host=self.host) from exc
             except ValueError as exc:
-                raise RequestFailed(
-                    f"{self.host} answered something other than Ollama's streaming JSON "
-                    f"({_short(exc)}) — is {self.host} an Ollama server of a recent version?",
-                    host=self.host, status_code=response.status_code) from exc
-            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-                # The answer had begun: the server went away mid-answer. Not retried here (the
-                # model did work); pool/ray modes may send it elsewhere via raise_for.
-                raise StreamEnded(self.host, _short(exc)) from exc
-            finally:
-                await _close(response.stream)
+                raise self._not_ollama(exc, 200) from exc
+            if response.status != 200:
+                raise self._status_error(response.status, response.retry_after, response.body,
+                                         model)
+            reader.finish()
         finally:
-            self._lanes.release(lane)
+            lanes.release(lane)
 
-    def _status_error(self, response: httpx.Response, raw: bytes, model: str) -> Exception:
+    async def _attempt_httpx(self, body: bytes, row: RequestResult, clock: ModelClock,
+                             model: str, stamps: list[float]) -> None:
+        """:meth:`_attempt` through the httpx ``transport`` a test passed in."""
+        assert self._test_transport is not None
+        request = httpx.Request("POST", self._url, content=body, headers=self._headers,
+                                extensions=self._extensions)
+        row.started_s = clock.now()
+        if math.isnan(row.submitted_s):
+            row.submitted_s = row.started_s
+        try:
+            response = await self._test_transport.handle_async_request(request)
+        except httpx.HTTPError as exc:
+            raise _Retryable(OllamaUnavailable(self.host, _short(exc))) from exc
+        try:
+            if response.status_code != 200:
+                raw = await _read_all(response.stream)
+                raise self._status_error(response.status_code,
+                                         response.headers.get("retry-after"), raw, model)
+            reader = self._reader(row, clock, stamps)
+            async for line in _lines(response.stream):
+                reader.feed(line)
+            reader.finish()
+        except ValueError as exc:
+            raise self._not_ollama(exc, response.status_code) from exc
+        finally:
+            await _close(response.stream)
+
+    def _not_ollama(self, exc: BaseException, status: int) -> RequestFailed:
+        return RequestFailed(
+            f"{self.host} answered something other than Ollama's streaming JSON "
+            f"({_short(exc)}) — is {self.host} an Ollama server of a recent version?",
+            host=self.host, status_code=status)
+
+    def _status_error(self, status: int, retry_after: str | None, raw: bytes,
+                      model: str) -> Exception:
         """Map an error status to a typed error (503 → retryable)."""
-        status = response.status_code
         message = _error_message(raw)
         if status == 503:
-            return _Retryable(ServerBusy(self.host, message),
-                              _retry_after(response.headers.get("retry-after")))
+            return _Retryable(ServerBusy(self.host, message), _retry_after(retry_after))
         lowered = message.lower()
         if status == 404 and "model" in lowered and ("not found" in lowered
                                                      or "does not exist" in lowered):
@@ -374,7 +391,8 @@ class _BaseClient:
     def _body(self, spec: RequestSpec, model: str) -> bytes:
         raise NotImplementedError
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
+    def _reader(self, row: RequestResult, clock: ModelClock, stamps: list[float]) -> _Reader:
+        """What turns this API's answer lines into the row."""
         raise NotImplementedError
 
     # -- low-level calls -------------------------------------------------------------------
@@ -402,7 +420,8 @@ class _BaseClient:
             raise RequestFailed(f"request to {self.host}{path} failed: {_short(exc)}",
                                 host=self.host) from exc
         if response.status_code != 200:
-            err = self._status_error(response, response.content, model)
+            err = self._status_error(response.status_code, response.headers.get("retry-after"),
+                                     response.content, model)
             raise err.error if isinstance(err, _Retryable) else err
         try:
             data = response.json()
@@ -479,36 +498,9 @@ class OllamaClient(_BaseClient):
             payload["options"] = options
         return json.dumps(payload).encode()
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
-        chat = self.api == "chat"
-        pieces: list[str] = []
-        want_first = self.stream
-        final: dict[str, Any] | None = None
-        async for line in _lines(stream):
-            obj = _json_object(line)
-            if "error" in obj:
-                raise self._mid_stream_error(obj["error"])
-            if chat:
-                msg = obj.get("message") or {}
-                piece = msg.get("content") or msg.get("thinking") or ""
-            else:
-                piece = obj.get("response") or obj.get("thinking") or ""
-            if piece:
-                if want_first:
-                    row.first_token_s = clock.now()
-                    want_first = False
-                pieces.append(piece)
-            if obj.get("done"):
-                final = obj
-        if final is None:
-            raise OllamaUnavailable(self.host, "the answer ended before its final (done) object")
-        row.response = "".join(pieces)
-        row.prompt_tokens = final.get("prompt_eval_count")
-        row.output_tokens = final.get("eval_count")
-        row.server_total_s = _seconds(final.get("total_duration"))
-        row.server_load_s = _seconds(final.get("load_duration"))
-        row.server_prompt_eval_s = _seconds(final.get("prompt_eval_duration"))
-        row.server_eval_s = _seconds(final.get("eval_duration"))
+    def _reader(self, row: RequestResult, clock: ModelClock,
+                stamps: list[float]) -> _NdjsonReader:
+        return _NdjsonReader(self, row, clock, stamps)
 
     async def list_models(self) -> list[str]:
         """Names of the models the server has (``GET /api/tags``)."""
@@ -563,46 +555,131 @@ class OpenAIClient(_BaseClient):
                 payload[key] = spec.options[key]
         return json.dumps(payload).encode()
 
-    async def _read_answer(self, stream: Any, row: RequestResult, clock: ModelClock) -> None:
-        pieces: list[str] = []
-        want_first = self.stream
-        finished = False
-        async for line in _lines(stream):
-            if self.stream:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, ": comments", "event:" lines
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    finished = True  # keep reading: a drained connection is reused
-                    continue
-            else:
-                data = line
-            obj = _json_object(data)
-            if "error" in obj:
-                raise self._mid_stream_error(obj["error"])
-            for choice in obj.get("choices") or ():
-                part = choice.get("delta") or choice.get("message") or {}
-                piece = (part.get("content") or part.get("reasoning_content")
-                         or part.get("reasoning") or "")
-                if piece:
-                    if want_first:
-                        row.first_token_s = clock.now()
-                        want_first = False
-                    pieces.append(piece)
-            usage = obj.get("usage")
-            if usage:
-                row.prompt_tokens = usage.get("prompt_tokens")
-                row.output_tokens = usage.get("completion_tokens")
-            if not self.stream:
-                finished = True
-        if not finished:
-            raise OllamaUnavailable(self.host, "the answer ended before `data: [DONE]`")
-        row.response = "".join(pieces)
+    def _reader(self, row: RequestResult, clock: ModelClock,
+                stamps: list[float]) -> _SseReader:
+        return _SseReader(self, row, clock, stamps)
 
     async def list_models(self) -> list[str]:
         """Model ids the server offers (``GET /v1/models``)."""
         data = await self._call("GET", "/v1/models")
         return [str(m.get("id")) for m in data.get("data", [])]
+
+
+# -- reading answers -------------------------------------------------------------------------
+class _Reader:
+    """Turns one answer's lines into its row, one line at a time (``feed``), then ``finish``.
+
+    ``feed`` runs as each line arrives (inside the connection's ``data_received`` on the hot
+    path): a non-empty piece is stamped there — ``first_token_s`` on the run's clock, and a
+    ``perf_counter`` stamp for the inter-token gaps. It raises ``ValueError`` for a line that
+    is not a JSON object and the client's ``RequestFailed`` for an error object.
+    """
+
+    __slots__ = ("client", "clock", "pieces", "row", "stamps", "want_first")
+
+    def __init__(self, client: _BaseClient, row: RequestResult, clock: ModelClock,
+                 stamps: list[float]) -> None:
+        self.client = client
+        self.row = row
+        self.clock = clock
+        self.stamps = stamps
+        self.pieces: list[str] = []
+        self.want_first = client.stream
+
+    def _piece(self, piece: str) -> None:
+        self.stamps.append(perf_counter())
+        if self.want_first:
+            self.row.first_token_s = self.clock.now()
+            self.want_first = False
+        self.pieces.append(piece)
+
+    def feed(self, line: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class _NdjsonReader(_Reader):
+    """Ollama's native API: one JSON object per line, the last one ``"done": true``."""
+
+    __slots__ = ("chat", "final")
+
+    def __init__(self, client: OllamaClient, row: RequestResult, clock: ModelClock,
+                 stamps: list[float]) -> None:
+        super().__init__(client, row, clock, stamps)
+        self.chat = client.api == "chat"
+        self.final: dict[str, Any] | None = None
+
+    def feed(self, line: bytes) -> None:
+        obj = _json_object(line)
+        if "error" in obj:
+            raise self.client._mid_stream_error(obj["error"])
+        if self.chat:
+            msg = obj.get("message") or {}
+            piece = msg.get("content") or msg.get("thinking") or ""
+        else:
+            piece = obj.get("response") or obj.get("thinking") or ""
+        if piece:
+            self._piece(piece)
+        if obj.get("done"):
+            self.final = obj
+
+    def finish(self) -> None:
+        final, row = self.final, self.row
+        if final is None:
+            raise StreamEnded(self.client.host, "the answer ended before its final (done) object")
+        row.response = "".join(self.pieces)
+        row.prompt_tokens = final.get("prompt_eval_count")
+        row.output_tokens = final.get("eval_count")
+        row.server_total_s = _seconds(final.get("total_duration"))
+        row.server_load_s = _seconds(final.get("load_duration"))
+        row.server_prompt_eval_s = _seconds(final.get("prompt_eval_duration"))
+        row.server_eval_s = _seconds(final.get("eval_duration"))
+
+
+class _SseReader(_Reader):
+    """The OpenAI API: ``data: {…}`` events (SSE), ending with ``data: [DONE]``; or one JSON
+    object when not streaming."""
+
+    __slots__ = ("finished",)
+
+    def __init__(self, client: OpenAIClient, row: RequestResult, clock: ModelClock,
+                 stamps: list[float]) -> None:
+        super().__init__(client, row, clock, stamps)
+        self.finished = False
+
+    def feed(self, line: bytes) -> None:
+        streaming = self.client.stream
+        if streaming:
+            if not line.startswith(b"data:"):
+                return  # blank separators, ": comments", "event:" lines
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.finished = True  # keep reading: a drained connection is reused
+                return
+        else:
+            data = line
+        obj = _json_object(data)
+        if "error" in obj:
+            raise self.client._mid_stream_error(obj["error"])
+        for choice in obj.get("choices") or ():
+            part = choice.get("delta") or choice.get("message") or {}
+            piece = (part.get("content") or part.get("reasoning_content")
+                     or part.get("reasoning") or "")
+            if piece:
+                self._piece(piece)
+        usage = obj.get("usage")
+        if usage:
+            self.row.prompt_tokens = usage.get("prompt_tokens")
+            self.row.output_tokens = usage.get("completion_tokens")
+        if not streaming:
+            self.finished = True
+
+    def finish(self) -> None:
+        if not self.finished:
+            raise StreamEnded(self.client.host, "the answer ended before `data: [DONE]`")
+        self.row.response = "".join(self.pieces)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench import Comparison, compare
-from .modes.registry import mode_names
+from .modes.registry import BASELINE, mode_names
 from .records import write_csv, write_json
 
 __all__ = ["DEMO_REQUESTS", "run_demo", "write_demo_outputs"]
@@ -55,7 +55,7 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
         runs = comparison.runs
         written.append(P.save(P.timeline(runs), folder / "timeline.png"))
         written.append(P.save(P.predicted_vs_measured(runs), folder / "predicted_vs_measured.png"))
-        seq = next((r for r in runs if r.summary.mode == "sequential"), None)
+        seq = next((r for r in runs if r.summary.mode == BASELINE), None)
         # The per-request time the scenario is built on (predicted), not a measured average.
         span = seq.summary.predicted_makespan_s if seq else None
         t = span / max(seq.summary.n, 1) if seq and span else 10.0

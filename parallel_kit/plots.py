@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 
 from . import theory
 from .errors import ConfigError
+from .modes.registry import BASELINE
 from .records import RequestResult, RunResult, percentile
 
 __all__ = [
@@ -202,6 +203,11 @@ def service_start(r: RequestResult) -> float:
     return sent
 
 
+def _arrived(r: RequestResult) -> float:
+    """When ``r`` reached the kit: ``queued_s``, else ``submitted_s`` (model seconds)."""
+    return r.queued_s if _finite(r.queued_s) else r.submitted_s
+
+
 def _span(r: RequestResult) -> tuple[float, float] | None:
     """(start, end) of the bar a request gets, or None when it has no time at all."""
     start = service_start(r)
@@ -267,8 +273,9 @@ def _draw_timeline(ax: Axes, run: RunResult, *, show_labels: bool) -> None:
         c = colour[r.worker] if r.ok else _FAILED
         # Queue wait as a thin strip under the bar: in a busy lane it overlaps earlier bars,
         # which is the point — it shows who was waiting while the slot worked.
-        if _finite(r.submitted_s) and start > r.submitted_s:
-            ax.broken_barh([(r.submitted_s, start - r.submitted_s)], (lane + 0.28, 0.12),
+        came = _arrived(r)
+        if _finite(came) and start > came:
+            ax.broken_barh([(came, start - came)], (lane + 0.28, 0.12),
                            facecolors=c, alpha=0.3, linewidth=0)
         ax.broken_barh([(start, max(end - start, 0.0))], (lane - 0.35, 0.6),
                        facecolors=c if r.ok else "#f4b6b6", edgecolors=c if not r.ok else "white",
@@ -284,7 +291,7 @@ def _draw_timeline(ax: Axes, run: RunResult, *, show_labels: bool) -> None:
     ax.grid(axis="x", color="0.9")
     ax.set_axisbelow(True)
 
-    first = min((r.submitted_s for r in reqs if _finite(r.submitted_s)), default=0.0)
+    first = min((_arrived(r) for r in reqs if _finite(_arrived(r))), default=0.0)
     if s.predicted_makespan_s is not None and _finite(s.predicted_makespan_s):
         ax.axvline(first + s.predicted_makespan_s, color="0.2", linestyle="--", linewidth=1)
     pieces = [f"{s.mode}: {_plural(s.n, 'request')} on {_plural(len(workers), 'worker')}"
@@ -305,7 +312,8 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
     """Gantt chart of every request: one row per worker slot, model seconds across.
 
     A solid bar runs from when the server began working on the request (:func:`service_start`)
-    to ``finished_s``; a thin light strip under it from ``submitted_s`` is the time it waited —
+    to ``finished_s``; a thin light strip under it from ``queued_s`` (when the request reached
+    the kit; ``submitted_s`` when it has none) is the time it waited —
     in the kit's queue or in the server's; failed requests are red and
     hatched. A dashed line marks the predicted makespan. Several runs get one panel each with a
     shared time axis — five 10 s bars in a row beside two rounds on three GPUs.
@@ -358,7 +366,7 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
 def _speedups(runs: Sequence[RunResult]) -> list[float | None]:
     """Each run's speed-up over sequential: the summary's, else against a sequential run here."""
     seq = next((r.summary.makespan_s for r in runs
-                if r.summary.mode == "sequential" and _finite(r.summary.makespan_s)), None)
+                if r.summary.mode == BASELINE and _finite(r.summary.makespan_s)), None)
     out: list[float | None] = []
     for r in runs:
         s = r.summary

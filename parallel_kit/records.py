@@ -8,7 +8,7 @@ The one exception is ``RunSummary.submit_s``: the clock seconds until every requ
 accepted. It is an overhead of the kit itself, never scaled.
 
 ``RequestResult``      one row per request (``docs/CONTRACTS.md``, "Records")
-``RunSummary``         the numbers that describe a run
+``RunSummary``         the numbers that describe a run (definitions: ``docs/METRICS.md``)
 ``RunResult``          rows + summary; ``to_frame()`` gives pandas
 ``summarize()``        computes a ``RunSummary`` from rows
 ``write_json`` / ``write_csv`` / ``read_json``   the ``--json`` and ``--csv`` files
@@ -29,6 +29,9 @@ from .errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+from .metrics import ItlSketch, Slo, achieved_concurrency, distribution, goodput_rps, percentile
+from .metrics import row_tpot_s as _row_tpot_s
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -79,10 +82,22 @@ class RequestSpec:
 class RequestResult:
     """What happened to one request. Times are model seconds from the run's start.
 
-    ``latency_s`` is ``finished_s - submitted_s`` (what the caller waited, queueing included);
-    ``ttft_s`` is ``first_token_s - submitted_s``. ``server_*_s`` come from Ollama's nanosecond
-    duration fields (already model time: the simulator reports model time too).
-    A failed request keeps its row: ``ok`` is False and ``error`` says why.
+    The moments, in order:
+
+    * ``queued_s`` — the request entered the kit (its task queue, a pool's or Ray's dispatcher,
+      the kit's HTTP API); equal to ``submitted_s`` where nothing queues;
+    * ``submitted_s`` — the HTTP request was sent to the server (first attempt): the field's
+      "request start" (vLLM, SGLang, AIPerf, GuideLLM all start their clock here);
+    * ``started_s`` — the last attempt was sent (later than ``submitted_s`` only after retries);
+    * ``first_token_s`` — the first non-empty piece of the answer arrived;
+    * ``finished_s`` — the answer ended (or the request failed).
+
+    Derived by :meth:`finalize`: ``latency_s = finished_s - submitted_s`` and
+    ``ttft_s = first_token_s - submitted_s`` (from the send, as the field defines them), and
+    ``queue_wait_s = submitted_s - queued_s`` (time spent queued inside the kit). What a caller
+    of the kit's queue waited in all is ``queue_wait_s + latency_s``. ``server_*_s`` come from
+    Ollama's nanosecond duration fields (already model time: the simulator reports model time
+    too). A failed request keeps its row: ``ok`` is False and ``error`` says why.
     """
 
     request_id: str
@@ -106,14 +121,25 @@ class RequestResult:
     server_load_s: float | None = None
     server_prompt_eval_s: float | None = None
     server_eval_s: float | None = None
+    queued_s: float = math.nan
+    queue_wait_s: float = math.nan
     response: str = ""
 
     def finalize(self) -> RequestResult:
-        """Derive ``latency_s`` and ``ttft_s`` from the timestamps (returns self)."""
-        if not math.isnan(self.finished_s) and not math.isnan(self.submitted_s):
-            self.latency_s = self.finished_s - self.submitted_s
-        if not math.isnan(self.first_token_s) and not math.isnan(self.submitted_s):
-            self.ttft_s = self.first_token_s - self.submitted_s
+        """Derive ``latency_s``, ``ttft_s`` and ``queue_wait_s`` from the moments (returns self).
+
+        A row that never queued (``queued_s`` NaN) gets ``queued_s = submitted_s``.
+        """
+        sent = self.submitted_s
+        if math.isnan(sent):
+            return self
+        if math.isnan(self.queued_s):
+            self.queued_s = sent
+        self.queue_wait_s = sent - self.queued_s
+        if not math.isnan(self.finished_s):
+            self.latency_s = self.finished_s - sent
+        if not math.isnan(self.first_token_s):
+            self.ttft_s = self.first_token_s - sent
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,9 +156,17 @@ REQUEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestResult))
 
 @dataclass(slots=True)
 class RunSummary:
-    """The numbers that describe one run of one mode (``docs/CONTRACTS.md``, "Records").
+    """The numbers that describe one run of one mode (``docs/CONTRACTS.md``, "Records"; every
+    definition: ``docs/METRICS.md``).
 
     Times are model seconds, except ``wall_s``, ``submit_s`` and ``setup_s`` (clock seconds).
+    ``latency_*``, ``ttft_*``, ``tpot_*`` are over finished requests, measured from the send;
+    ``itl_*`` over every gap between streamed chunks (a sketch, within 1 %);
+    ``queue_wait_*`` is the time requests spent queued inside the kit before being sent;
+    ``achieved_concurrency`` the time-averaged number of requests in flight at the client
+    (send to end) from the first send to the last end, beside ``requested_concurrency``
+    (what was asked, where a mode has one); ``offered_rps`` the arrival rate asked for
+    (``None`` for a closed loop); ``goodput_rps`` the finished requests per second that met ``slo`` (``None`` without one).
     """
 
     mode: str
@@ -151,6 +185,30 @@ class RunSummary:
     latency_p50_s: float = math.nan
     latency_p95_s: float = math.nan
     ttft_p50_s: float = math.nan
+    latency_mean_s: float = math.nan
+    latency_p90_s: float = math.nan
+    latency_p99_s: float = math.nan
+    ttft_mean_s: float = math.nan
+    ttft_p90_s: float = math.nan
+    ttft_p95_s: float = math.nan
+    ttft_p99_s: float = math.nan
+    tpot_mean_s: float = math.nan
+    tpot_p50_s: float = math.nan
+    tpot_p90_s: float = math.nan
+    tpot_p95_s: float = math.nan
+    tpot_p99_s: float = math.nan
+    itl_mean_s: float = math.nan
+    itl_p50_s: float = math.nan
+    itl_p90_s: float = math.nan
+    itl_p95_s: float = math.nan
+    itl_p99_s: float = math.nan
+    queue_wait_mean_s: float = math.nan
+    queue_wait_p95_s: float = math.nan
+    achieved_concurrency: float = math.nan
+    requested_concurrency: int | None = None
+    offered_rps: float | None = None
+    goodput_rps: float | None = None
+    slo: str | None = None
     submit_s: float | None = None
     setup_s: float | None = None
     speedup_vs_sequential: float | None = None
@@ -205,19 +263,6 @@ class RunResult:
                 f"makespan_s={s.makespan_s:.3f}, predicted={s.predicted_makespan_s})")
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0–100) by linear interpolation; NaN for no values."""
-    vals = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not vals:
-        return math.nan
-    if len(vals) == 1:
-        return vals[0]
-    pos = (len(vals) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(vals) - 1)
-    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
-
-
 def summarize(
     requests: Sequence[RequestResult],
     *,
@@ -233,25 +278,45 @@ def summarize(
     model: str = "",
     lost_workers: Iterable[Mapping[str, Any]] = (),
     notes: Iterable[str] = (),
+    itl: ItlSketch | None = None,
+    slo: Slo | None = None,
+    offered_rps: float | None = None,
+    requested_concurrency: int | None = None,
 ) -> RunSummary:
-    """Compute a run's summary from its rows.
+    """Compute a run's summary from its rows (definitions: :mod:`parallel_kit.metrics`).
 
-    ``makespan_s`` runs from the first submission to the last completion (model seconds);
-    failed requests count towards the span if they have timestamps. ``wall_s`` defaults to
-    ``makespan_s × time_scale``. ``efficiency`` is predicted ÷ measured.
+    ``makespan_s`` runs from the first arrival (``queued_s``, else ``submitted_s``) to the last
+    completion (model seconds); failed requests count towards the span if they have
+    timestamps. ``wall_s`` defaults to ``makespan_s × time_scale``. ``efficiency`` is
+    predicted ÷ measured. Latency, TTFT, TPOT and queue-wait statistics are over the rows that
+    finished ok; ``itl`` is the run's inter-token-latency sketch (the clients' ``itl``; ITL
+    fields stay NaN without one); ``goodput_rps`` is computed over the makespan when ``slo`` is
+    given; ``offered_rps`` and ``requested_concurrency`` are recorded as given.
     """
     ok_rows = [r for r in requests if r.ok]
-    starts = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
+    starts = [_arrival(r) for r in requests if not math.isnan(_arrival(r))]
     ends = [r.finished_s for r in requests if not math.isnan(r.finished_s)]
     makespan = (max(ends) - min(starts)) if starts and ends else math.nan
     if wall_s is None:
         wall_s = makespan * time_scale if not math.isnan(makespan) else math.nan
     tokens = sum(r.output_tokens or 0 for r in ok_rows)
-    throughput = len(ok_rows) / makespan if makespan and makespan > 0 else math.nan
-    tok_rate = tokens / makespan if makespan and makespan > 0 else math.nan
+    has_span = not math.isnan(makespan) and makespan > 0
+    throughput = len(ok_rows) / makespan if has_span else math.nan
+    tok_rate = tokens / makespan if has_span else math.nan
     efficiency = None
-    if predicted_makespan_s and makespan and makespan > 0 and not math.isnan(makespan):
+    if predicted_makespan_s and has_span:
         efficiency = predicted_makespan_s / makespan
+    latency = distribution(r.latency_s for r in ok_rows)
+    ttft = distribution(r.ttft_s for r in ok_rows)
+    tpot = distribution(_row_tpot_s(r) for r in ok_rows)
+    itl_d = itl.distribution() if itl is not None else distribution(())
+    wait = distribution(r.queue_wait_s for r in ok_rows)
+    sends = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
+    concurrency = (achieved_concurrency(requests, min(sends), max(ends)) if sends and ends
+                   else math.nan)
+    goodput = None
+    if slo is not None:
+        goodput = goodput_rps(requests, slo, makespan) if has_span else math.nan
     return RunSummary(
         mode=mode,
         backend=backend,
@@ -266,9 +331,33 @@ def summarize(
         predicted_makespan_s=predicted_makespan_s,
         throughput_rps=throughput,
         output_tokens_per_s=tok_rate,
-        latency_p50_s=percentile([r.latency_s for r in ok_rows], 50),
-        latency_p95_s=percentile([r.latency_s for r in ok_rows], 95),
-        ttft_p50_s=percentile([r.ttft_s for r in ok_rows], 50),
+        latency_p50_s=latency.p50,
+        latency_p95_s=latency.p95,
+        ttft_p50_s=ttft.p50,
+        latency_mean_s=latency.mean,
+        latency_p90_s=latency.p90,
+        latency_p99_s=latency.p99,
+        ttft_mean_s=ttft.mean,
+        ttft_p90_s=ttft.p90,
+        ttft_p95_s=ttft.p95,
+        ttft_p99_s=ttft.p99,
+        tpot_mean_s=tpot.mean,
+        tpot_p50_s=tpot.p50,
+        tpot_p90_s=tpot.p90,
+        tpot_p95_s=tpot.p95,
+        tpot_p99_s=tpot.p99,
+        itl_mean_s=itl_d.mean,
+        itl_p50_s=itl_d.p50,
+        itl_p90_s=itl_d.p90,
+        itl_p95_s=itl_d.p95,
+        itl_p99_s=itl_d.p99,
+        queue_wait_mean_s=wait.mean,
+        queue_wait_p95_s=wait.p95,
+        achieved_concurrency=concurrency,
+        requested_concurrency=requested_concurrency,
+        offered_rps=offered_rps,
+        goodput_rps=goodput,
+        slo=str(slo) if slo is not None else None,
         submit_s=submit_s,
         setup_s=setup_s,
         efficiency=efficiency,
@@ -277,6 +366,12 @@ def summarize(
         lost_workers=[dict(w) for w in lost_workers],
         notes=list(notes),
     )
+
+
+def _arrival(row: RequestResult) -> float:
+    """When the request reached the kit: ``queued_s``, else ``submitted_s`` (NaN: neither)."""
+    times = [t for t in (row.queued_s, row.submitted_s) if not math.isnan(t)]
+    return min(times) if times else math.nan
 
 
 #: Version of the ``--json`` result schema (``docs/CONTRACTS.md``, "Records"). 1: the first

@@ -98,7 +98,9 @@ class Task:
         task_id: the id ``submit`` returned.
         spec: the request.
         state: ``queued`` → ``running`` → ``completed`` | ``failed``; or ``cancelled``.
-        submitted_s, started_s, finished_s: model seconds on the queue's clock (NaN: not yet).
+        submitted_s, started_s, finished_s: model seconds on the queue's clock (NaN: not yet):
+            accepted by the queue, taken by a worker, ended. (In the task's row, the accept
+            time is ``queued_s`` and ``submitted_s`` is when the request was sent.)
         submitted_wall_s, started_wall_s, finished_wall_s: the same moments in clock seconds.
         result: the row once finished (failed and cancelled tasks have one too, ``ok=False``).
         error: why it failed or was cancelled; ``None`` otherwise.
@@ -119,6 +121,11 @@ class Task:
     @property
     def done(self) -> bool:
         return self.state in ("completed", "failed", "cancelled")
+
+    @property
+    def queue_wait_s(self) -> float:
+        """Model seconds from acceptance until a worker took the task (NaN: not yet)."""
+        return self.started_s - self.submitted_s
 
 
 @dataclass(slots=True)
@@ -352,8 +359,15 @@ class TaskQueue:
                 entry.worker = None
 
     def _adopt(self, entry: _Entry, row: RequestResult) -> RequestResult:
-        """Put the queue's accept time on the backend's row (latency then includes queueing)."""
-        row.submitted_s = entry.submitted_s
+        """Put the queue's accept time on the backend's row as ``queued_s``.
+
+        The row's ``submitted_s`` stays the backend's send time (a backend that set none gets the
+        moment a worker took the task), so ``latency_s`` and ``ttft_s`` are measured from the
+        send and the time in this queue is ``queue_wait_s``.
+        """
+        row.queued_s = entry.submitted_s
+        if math.isnan(row.submitted_s):
+            row.submitted_s = entry.started_s
         if math.isnan(row.started_s):
             row.started_s = entry.started_s
         if not row.mode:
@@ -365,8 +379,9 @@ class TaskQueue:
         spec = entry.spec
         return RequestResult(request_id=spec.request_id or entry.task_id, mode=self.mode,
                              prompt=spec.prompt, model=spec.model or self.model,
-                             submitted_s=entry.submitted_s, started_s=entry.started_s,
-                             finished_s=self.clock.now(), ok=False, error=error).finalize()
+                             queued_s=entry.submitted_s, submitted_s=entry.started_s,
+                             started_s=entry.started_s, finished_s=self.clock.now(), ok=False,
+                             error=error).finalize()
 
     def _finish(self, entry: _Entry, state: TaskState, row: RequestResult) -> None:
         previous = entry.state

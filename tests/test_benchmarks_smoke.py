@@ -21,6 +21,7 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import client_overhead  # noqa: E402
 import fidelity  # noqa: E402
+import peers  # noqa: E402
 import scaling  # noqa: E402
 import sim_capacity  # noqa: E402
 
@@ -42,6 +43,9 @@ def test_client_overhead_script_writes_its_result(tmp_path: Path) -> None:
     result = client_overhead.main(["--n", "64", "--reps", "1", "--out", str(tmp_path)])
     assert set(result["throughput"]["requests_per_s_median"]) == {
         "kit", "httpx", "httpx_keepalive32", "ollama"}
+    cpu = result["cpu_per_request"]
+    assert set(cpu["by_tokens"]) == {"1", "16"}
+    assert set(cpu["by_tokens"]["1"]["cpu_ms_per_request_median"]) == {"kit", "aiohttp", "httpx"}
     saved = json.loads((tmp_path / "client_overhead.json").read_text())
     assert saved["ttft"]["requests"] == 100 and saved["machine"]["cpus"]
 
@@ -92,3 +96,18 @@ def test_run_all_rejects_an_unknown_benchmark_name() -> None:
     proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--only", "nope"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown benchmark(s) nope" in proc.stderr
+
+
+@pytest.mark.slow
+def test_peers_script_runs_the_kit_alone_and_writes_its_table(tmp_path: Path) -> None:
+    # The kit alone needs no peers' venv: the three measurements, the JSON and the table.
+    result = peers.main(["--quick", "--tools", "kit", "--out", str(tmp_path)])
+    assert set(result["concurrency_64"]["by_tool"]) == {"kit"}
+    assert result["concurrency_4"]["by_tool"]["kit"]["ok"] == result["concurrency_4"]["n"]
+    table = (tmp_path / "peers_quick.md").read_text()
+    assert table.startswith("| tool |") and "| kit |" in table
+
+
+def test_peers_script_refuses_an_unknown_tool() -> None:
+    with pytest.raises(SystemExit):
+        peers.main(["--tools", "kit,aiperfx"])

@@ -399,3 +399,41 @@ def test_bad_client_arguments_are_rejected_with_the_reason() -> None:
         OllamaClient("127.0.0.1", max_connections=0)
     with pytest.raises(ValueError, match="OpenAIClient"):
         OllamaClient("127.0.0.1", api="openai")
+
+
+async def test_gaps_between_streamed_pieces_go_into_the_clients_itl_sketch() -> None:
+    async def generate(request: Request) -> Response:
+        return ndjson(piece("a"), piece("b"), piece("c"), piece("d"), FINAL, delay_s=0.02)
+
+    async with serve({"/api/generate": generate}) as url, OllamaClient(url) as client:
+        first = await run_one(client)
+        second = await run_one(client)
+    assert first.ok and second.ok, (first.error, second.error)
+    # four pieces each: three gaps per answer, none stored in the rows
+    assert client.itl.count == 6
+    decode = sum(r.latency_s - r.ttft_s for r in (first, second))
+    assert client.itl.mean * 6 <= decode + 1e-6
+    assert not hasattr(first, "__dict__")  # rows have slots: no per-chunk list hides in them
+
+
+async def test_a_connection_the_server_closes_after_each_answer_is_replaced() -> None:
+    async def generate(request: Request) -> Response:
+        response = ndjson(piece("x"), FINAL)
+        response.headers["Connection"] = "close"
+        return response
+
+    async with serve({"/api/generate": generate}) as url, \
+            OllamaClient(url, max_connections=1, retry=FAST_RETRY) as client:
+        rows = [await run_one(client) for _ in range(3)]
+    assert all(r.ok for r in rows), [r.error for r in rows]
+    assert all(r.retries == 0 for r in rows)  # a closed lane is replaced, not retried
+
+
+async def test_a_failed_request_adds_nothing_to_the_itl_sketch() -> None:
+    async def generate(request: Request) -> Response:
+        return ndjson(piece("a"), piece("b"), {"error": "model crashed"})
+
+    async with serve({"/api/generate": generate}) as url, OllamaClient(url) as client:
+        row = await run_one(client)
+    assert not row.ok and "model crashed" in (row.error or "")
+    assert client.itl.count == 0

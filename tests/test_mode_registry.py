@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import parallel_kit as pk
 from parallel_kit import theory
@@ -137,3 +139,25 @@ def test_an_unknown_api_names_the_three() -> None:
 def test_the_public_api_exports_the_registry_and_the_records() -> None:
     assert pk.register_mode is register_mode and pk.Topology is Topology
     assert pk.mode_names() == registry.MODE_NAMES
+
+
+@given(times=st.lists(st.floats(0.0, 100.0), max_size=12),
+       gpus=st.integers(1, 5), slots=st.integers(1, 4),
+       concurrency=st.none() | st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_every_mode_predicts_through_its_topology(times: list[float], gpus: int, slots: int,
+                                                  concurrency: int | None) -> None:
+    for info in registry.modes():
+        topo = info.topology(gpus=gpus, slots=slots, concurrency=concurrency)
+        assert 1 <= topo.busy_slots <= slots
+        assert topo.servers == (gpus if info.multi_server else 1)
+        by_name = theory.predict(info.name, times, servers=gpus, slots=slots,
+                                 concurrency=concurrency)
+        by_topology = theory.predict(topo, times)
+        assert by_name.makespan_s == by_topology.makespan_s
+        # No schedule beats the bound, and one request at a time is never faster than Σt ÷ servers.
+        # (theory's event simulation finishes work within 1e-9 of the largest service time)
+        eps = 1e-9 * max([1.0, *times]) * max(1, len(times))
+        assert by_topology.makespan_s >= by_topology.lower_bound_s - eps
+        if info.in_flight == "one":
+            assert by_topology.makespan_s == pytest.approx(sum(times))

@@ -71,23 +71,43 @@ async def test_third_request_waits_for_a_free_worker() -> None:
     assert q.stats()["completed"] == 3
 
 
-async def test_rows_carry_queue_accept_time_and_latency_includes_waiting() -> None:
+async def test_rows_carry_queue_accept_as_queued_s_and_latency_from_the_send() -> None:
     clock = ModelClock(0.01)
 
     async def slow(spec: RequestSpec) -> RequestResult:
-        started = clock.now()
+        sent = clock.now()
         await asyncio.sleep(0.05)  # 5 model seconds
         return RequestResult(request_id=spec.request_id, mode="async", prompt=spec.prompt,
-                             model="m", started_s=started, finished_s=clock.now(),
-                             ok=True)
+                             model="m", submitted_s=sent, started_s=sent,
+                             finished_s=clock.now(), ok=True)
 
     async with TaskQueue(slow, concurrency=1, clock=clock) as q:
         ids = q.submit_batch([RequestSpec("a"), RequestSpec("b")])
         rows = [await q.result(i) for i in ids]
-    assert rows[1].submitted_s < 0.5  # accepted at once, in model seconds
-    assert rows[1].started_s >= rows[0].finished_s - 0.5
-    assert rows[1].latency_s == pytest.approx(rows[1].finished_s - rows[1].submitted_s)
-    assert rows[1].latency_s > 9.0  # waited ~5 s for a, then ran ~5 s
+        tasks = [q.status(i) for i in ids]
+    a, b = rows
+    # both accepted at once; b is sent only after a has finished (one worker)
+    assert a.queued_s == tasks[0].submitted_s and b.queued_s == tasks[1].submitted_s
+    assert b.queued_s <= a.submitted_s
+    assert b.submitted_s >= a.finished_s
+    # latency from the send; the time in the queue apart, and the two add up
+    assert b.latency_s == pytest.approx(b.finished_s - b.submitted_s)
+    assert b.queue_wait_s == pytest.approx(b.submitted_s - b.queued_s)
+    assert b.queue_wait_s + b.latency_s == pytest.approx(b.finished_s - b.queued_s)
+    assert b.queue_wait_s >= a.latency_s
+    assert tasks[1].queue_wait_s >= tasks[0].queue_wait_s
+
+
+async def test_a_backend_row_without_a_send_time_is_sent_when_a_worker_took_it() -> None:
+    async def backend(spec: RequestSpec) -> RequestResult:
+        return RequestResult(request_id="", mode="async", prompt=spec.prompt, model="m",
+                             finished_s=1.0, ok=True)
+
+    async with TaskQueue(backend, concurrency=1) as q:
+        task_id = q.submit(RequestSpec("a"))
+        row = await q.result(task_id)
+        task = q.status(task_id)
+    assert row.submitted_s == task.started_s and row.queued_s == task.submitted_s
 
 
 async def test_failed_backend_row_ends_failed_with_its_error_text() -> None:

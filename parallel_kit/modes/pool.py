@@ -36,6 +36,7 @@ from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
+from ..metrics import ItlSketch
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
@@ -392,6 +393,18 @@ async def run_dispatched(dispatcher: Dispatcher, specs: Sequence[RequestSpec],
     return _result(rows, ctx, dispatcher, submit_s, setup_s)
 
 
+def _itl(pool: Dispatcher) -> ItlSketch | None:
+    """The inter-token gaps of every client of ``pool`` in one sketch (None: no clients here,
+    e.g. Ray actors, whose clients live in other processes)."""
+    clients = getattr(pool, "clients", None)
+    if not clients:
+        return None
+    merged = ItlSketch()
+    for client in clients:
+        merged.merge(client.itl)
+    return merged
+
+
 def _result(rows: list[RequestResult], ctx: ModeContext, pool: Dispatcher,
             submit_s: float | None, setup_s: float) -> RunResult:
     notes = [f"worker {w['worker']} lost at {w['at_s']:.2f} s (model time): {w['reason']}"
@@ -399,7 +412,7 @@ def _result(rows: list[RequestResult], ctx: ModeContext, pool: Dispatcher,
     summary = summarize(rows, mode=pool.mode, backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=len(pool.workers), slots=max(w.slots for w in pool.workers),
                         submit_s=submit_s, setup_s=setup_s, model=ctx.model,
-                        lost_workers=pool.lost_workers, notes=notes)
+                        lost_workers=pool.lost_workers, notes=notes, itl=_itl(pool))
     if math.isnan(summary.makespan_s):
         summary.notes.append("no request finished")
     return RunResult(summary, rows)

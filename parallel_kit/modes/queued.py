@@ -4,11 +4,20 @@ Both put a :class:`~parallel_kit.taskqueue.TaskQueue` with ``ctx.concurrency`` w
 (``MAX_CONCURRENT_REQUESTS``) in front of the first endpoint:
 
 * ``async`` submits one request per call, as the demo's clients did with ``POST
-  /inference/async``, yielding to the event loop between calls so the workers start meanwhile;
+  /inference/async``;
 * ``batch`` submits every request in one ``submit_batch`` call (``POST /inference/batch``).
+
+Both are closed loops that hold their concurrency: every request is accepted before the event
+loop gets a turn, so the ``concurrency`` workers find a full queue, each takes the next request
+the moment its last one ends, and ``concurrency`` requests stay in flight until the queue runs
+dry. (Yielding to the loop once per submission — as this mode once did — lets a fast server
+answer between submissions, and then only a handful are ever in flight; the summary's
+``achieved_concurrency`` shows which happened.)
 
 Both report ``submit_s``: clock seconds until every request was accepted (an overhead of the kit,
 never scaled). The makespan runs from the first submission to the last completion in model time.
+Rows carry ``queued_s`` (accepted by the queue) apart from ``submitted_s`` (sent to the server):
+latency and TTFT are measured from the send, the time in the queue is ``queue_wait_s``.
 Against one single-slot Ollama both take as long as sequential (≈ 50 s for the seed scenario):
 accepting requests early does not make the server work faster.
 """
@@ -61,7 +70,8 @@ async def _run_queued(mode: Literal["async", "batch"], specs: Sequence[RequestSp
                                                  model=ctx.model, progress=ctx.progress)
     summary = summarize(
         rows, mode=mode, backend=ctx.backend, time_scale=ctx.time_scale, workers=1,
-        slots=ctx.slots, submit_s=submit_s, model=ctx.model,
+        slots=ctx.slots, submit_s=submit_s, model=ctx.model, itl=client.itl,
+        requested_concurrency=ctx.concurrency,
         notes=[f"{ctx.concurrency} queue worker(s) in front of 1 server with "
                f"{ctx.slots} slot(s)"],
     )
@@ -83,12 +93,9 @@ async def run_through_queue(mode: Literal["async", "batch"], specs: Sequence[Req
         if mode == "batch":
             ids = queue.submit_batch(specs)
         else:
-            ids = []
-            for spec in specs:
-                ids.append(queue.submit(spec))
-                # A client's next request arrives after this one was answered: let the loop
-                # run (workers may start) between submissions.
-                await asyncio.sleep(0)
+            # One call per request, all before the loop runs again: the workers then find a
+            # full queue and keep `concurrency` in flight (no trickle).
+            ids = [queue.submit(spec) for spec in specs]
         submit_s = clock.wall()
 
         async def collect(task_id: str) -> RequestResult:

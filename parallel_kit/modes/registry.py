@@ -24,7 +24,7 @@ from ..topology import Dispatch, Topology
 if TYPE_CHECKING:
     from ..records import RequestSpec, RunResult
 
-__all__ = ["MODE_NAMES", "InFlight", "ModeInfo", "get_info", "get_mode", "mode_names", "modes",
+__all__ = ["BASELINE", "MODE_NAMES", "InFlight", "ModeInfo", "get_info", "get_mode", "mode_names", "modes",
            "parse_modes", "register_mode"]
 
 #: How many requests a mode keeps in flight: one at a time, as many as its task queue has
@@ -113,6 +113,10 @@ class ModeInfo:
 
 
 _REGISTRY: dict[str, ModeInfo] = {}
+
+#: The mode every speed-up is measured against (``speedup_vs_sequential``): it runs first in a
+#: comparison, and its measured times predict real servers' other modes.
+BASELINE = "sequential"
 
 
 def register_mode(info: ModeInfo) -> ModeInfo:

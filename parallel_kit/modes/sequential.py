@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 from ..errors import OllamaError
+from ..metrics import ItlSketch
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
@@ -76,7 +77,7 @@ async def run_sequential(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
             except asyncio.CancelledError:
                 rows.append(_cancelled_row(spec, i, ctx, endpoint.label, endpoint.node,
                                            submitted, clock.now()))
-                raise RunCancelled(_result(rows, ctx, clock, len(specs))) from None
+                raise RunCancelled(_result(rows, ctx, clock, len(specs), client.itl)) from None
             if not row.request_id:
                 row.request_id = f"r{i}"
             rows.append(row)
@@ -86,7 +87,7 @@ async def run_sequential(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
         bar.close()
         # Shielded: closing the connections must finish even while being cancelled.
         await asyncio.shield(client.aclose())
-    return _result(rows, ctx, clock, len(specs))
+    return _result(rows, ctx, clock, len(specs), client.itl)
 
 
 def _cancelled_row(spec: RequestSpec, index: int, ctx: ModeContext, worker: str, node: str,
@@ -99,12 +100,12 @@ def _cancelled_row(spec: RequestSpec, index: int, ctx: ModeContext, worker: str,
 
 
 def _result(rows: list[RequestResult], ctx: ModeContext, clock: ModelClock,
-            total: int) -> RunResult:
+            total: int, itl: ItlSketch | None = None) -> RunResult:
     notes = []
     if len(rows) < total or any(r.error == "cancelled" for r in rows):
         notes.append(f"cancelled: {sum(r.ok for r in rows)} of {total} requests finished")
     wall = clock.wall()
     summary = summarize(rows, mode=MODE, backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=1, slots=ctx.slots, wall_s=wall if rows else math.nan,
-                        model=ctx.model, notes=notes)
+                        model=ctx.model, notes=notes, itl=itl, requested_concurrency=1)
     return RunResult(summary=summary, requests=rows)
