@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-dev
 REAL_STAMP := $(VENV)/.installed-real
 TIME_SCALE ?= 0.1
 
-.PHONY: demo test test-fast lab notebooks bench bench-quick peers lint typecheck clean venv real
+.PHONY: demo test test-fast lab notebooks workshop bench bench-quick peers lint typecheck clean venv real
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ lab: $(STAMP)
 notebooks: $(STAMP)
 	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.05} $(BIN)/python scripts/execute_notebooks.py
 
+# The learners' copy: notebooks without outputs, CI checks folded, in workshop/ (git-ignored).
+workshop: $(STAMP)
+	$(BIN)/python scripts/make_workshop.py
+
 bench: $(STAMP) $(REAL_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
@@ -63,4 +67,4 @@ peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
 
 clean:
-	rm -rf results .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf results workshop test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

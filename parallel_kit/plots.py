@@ -102,6 +102,22 @@ def _backend_phrase(backend: str, time_scale: float, engine: str = "") -> str:
     return f"backend {backend!r}, time scale {time_scale:g} (model seconds shown)"
 
 
+def _is_clock(backend: str, time_scale: float, engine: str = "") -> bool:
+    """Whether a run's times are clock seconds (a real engine, or a real Ollama at scale 1)."""
+    return engine == "llama-cpp" or (backend == "ollama" and time_scale == 1)
+
+
+def seconds_unit(runs: Runs) -> str:
+    """The unit of the runs' times for an axis label: model or clock seconds, or both."""
+    clock = [_is_clock(r.summary.backend, r.summary.time_scale, r.summary.engine)
+             for r in _as_runs(runs)]
+    if clock and all(clock):
+        return "clock seconds"
+    if any(clock):
+        return "seconds: clock for real runs, model for simulated ones"
+    return "model seconds"
+
+
 def footer_text(runs: Runs) -> str:
     """What produced the numbers, e.g. ``simulated Ollama, time scale 0.02 (model seconds shown)``.
 
@@ -275,8 +291,8 @@ def _draw_timeline(ax: Axes, run: RunResult, *, show_labels: bool) -> None:
         # which is the point — it shows who was waiting while the slot worked.
         came = _arrived(r)
         if _finite(came) and start > came:
-            ax.broken_barh([(came, start - came)], (lane + 0.28, 0.12),
-                           facecolors=c, alpha=0.3, linewidth=0)
+            ax.broken_barh([(came, start - came)], (lane + 0.27, 0.2),
+                           facecolors=c, alpha=0.45, linewidth=0)
         ax.broken_barh([(start, max(end - start, 0.0))], (lane - 0.35, 0.6),
                        facecolors=c if r.ok else "#f4b6b6", edgecolors=c if not r.ok else "white",
                        hatch=None if r.ok else "///", linewidth=0.8)
@@ -341,11 +357,13 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
     for a, run in zip(axes, runs, strict=False):
         labels = show_labels if show_labels is not None else len(run.requests) <= 60
         _draw_timeline(a, run, show_labels=labels)
-    axes[-1].set_xlabel("time since the run started (model seconds)")
+    axes[-1].set_xlabel(f"time since the run started ({seconds_unit(runs)})")
     heading = title or "Request timeline"
     if any(r.requests for r in runs):
-        handles: list[Artist] = [Patch(facecolor=_PALETTE[0], label="served (server working on it)"),
-                   Patch(facecolor=_PALETTE[0], alpha=0.3, label="waiting (queued anywhere)"),
+        # Bars take their worker's colour, so the legend's patches are neutral grey.
+        handles: list[Artist] = [
+            Patch(facecolor="0.45", label="served (server working on it; colour = worker)"),
+            Patch(facecolor="0.45", alpha=0.45, label="waiting (queued anywhere)"),
                    Patch(facecolor="#f4b6b6", edgecolor=_FAILED, hatch="///", label="failed")]
         if any(r.summary.predicted_makespan_s is not None for r in runs):
             handles.append(Line2D([], [], color="0.2", linestyle="--", label="predicted makespan"))
@@ -420,7 +438,7 @@ def predicted_vs_measured(runs: Runs, *, ax: Axes | None = None,
                             f"{_plural(r.summary.slots, 'slot')}" for r in runs], fontsize=8)
         ax.set_ylim(0, top * 1.3)
         ax.legend(fontsize=8, loc="upper right")
-    ax.set_ylabel("makespan (model seconds)")
+    ax.set_ylabel(f"makespan ({seconds_unit(runs)})")
     ax.set_title(title or "Predicted vs measured makespan", fontsize=11)
     _set_footer(fig, footer_text(runs))
     return fig
@@ -532,7 +550,7 @@ def speedup_vs_slots(speedup: theory.SpeedupFn | Any, ks: int | Iterable[int],
                 markersize=8, label="measured throughput gain")
     name = getattr(speedup, "name", None)
     ax.set_title("What more slots buy" + (f" ({name})" if isinstance(name, str) else "")
-                 + ": each request slows, the server speeds up", fontsize=11)
+                 + "\neach request slows, the server speeds up", fontsize=11)
     ax.set_xlabel("slots per server K (OLLAMA_NUM_PARALLEL)")
     ax.set_ylabel("throughput vs one slot (×)")
     _finish_curve(fig, ax, kk, "theory: S(K) from the profile", runs, bool(points), backend,
@@ -574,7 +592,7 @@ def latency_percentiles(runs: Runs, *, ax: Axes | None = None,
                            fontsize=8)
         ax.set_ylim(0, (top or 1.0) * 1.15)
         ax.legend(fontsize=8, loc="upper right")
-    ax.set_ylabel("latency, submitted → finished (model seconds)")
+    ax.set_ylabel(f"latency, submitted → finished ({seconds_unit(runs)})")
     ax.set_title(title or "Request latency per mode", fontsize=11)
     _set_footer(fig, footer_text(runs))
     return fig

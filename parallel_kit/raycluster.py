@@ -13,6 +13,7 @@ not have waits forever: :func:`require_gpus` says how many GPUs exist and how to
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -98,6 +99,7 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
                         f"`ray status` on the head node, or leave --ray-address/RAY_ADDRESS "
                         f"unset for a local cluster") from exc
             else:
+                _quiet_token_auth_notice()
                 # num_cpus: the actors ask for none, so the machine's cores stay for the
                 # servers; logical GPUs let a laptop rehearse a GPU cluster.
                 ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
@@ -110,6 +112,23 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
                            time.perf_counter() - t0)
+
+
+class _TokenAuthNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on — its secure default for a new local
+    cluster (https://docs.ray.io/en/latest/ray-security/token-auth.html), logged as a warning
+    on every start while ``RAY_AUTH_MODE`` is unset. Setting that variable from here would not
+    help: Ray reads it once, when it is imported. Every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            "Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_token_auth_notice() -> None:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_TokenAuthNotice())
 
 
 def require_gpus(gpus: int, grace_s: float = 10.0) -> None:

@@ -5,10 +5,24 @@
 >>> lab            # shows the controls; Run starts the experiment without blocking the kernel
 
 Controls: requests, GPUs (servers), slots per server, seconds per request, which modes, and the
-time scale. *Run* schedules the experiment as a task on the notebook's running event loop, so
-the kernel stays free (other cells run, widgets respond) while a progress bar counts finished
-requests. When it ends, the lab redraws the timeline and the predicted-vs-measured comparison,
-and keeps the result in ``lab.comparison``.
+time scale. Three rules keep the lab honest in a real browser:
+
+* **What the learner sees is what runs.** Every control syncs a whole number, a tick box or an
+  index into a fixed list — never a float. A browser slider snaps a float to its own step grid
+  and sends the snapped value back (a ``FloatLogSlider`` set to 0.02 with step 0.1 comes back as
+  10^-1.7 = 0.0199526), so a float control can run a value nobody chose. The time scale is
+  therefore a :class:`ipywidgets.SelectionSlider` over fixed values, seconds per request an
+  :class:`ipywidgets.IntSlider`. Run takes a snapshot of the controls when it is pressed and
+  prints that snapshot in the run's caption and figure title.
+* **Nothing long runs on the kernel's event loop.** Run hands the experiment to the kit's
+  background event loop (a thread, :mod:`parallel_kit._sync`); a Ray cluster start, which blocks
+  for seconds, goes to a worker thread of its own. The kernel stays free: other cells run and
+  widgets respond while a run — or a cluster start — is in progress.
+* **Results are drawn wherever the run was started from.** Figures and the table are written
+  into the lab's :class:`ipywidgets.Output` as data (its ``outputs``, like
+  ``Output.append_display_data``), not printed inside ``with output:`` — a ``with`` block only
+  captures output produced while a cell executes, so a run started by the button would never
+  draw.
 
 Seconds per request are set through ``num_predict`` on the ``seed`` profile (10 tokens/s, so
 10 s = 100 tokens); with a real Ollama the length depends on the model, so the prediction line
@@ -22,7 +36,13 @@ Headless use (tests, scripts): ``ExperimentLab(run_in_background=False)`` runs i
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
+import html
+import io
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as W
@@ -32,36 +52,88 @@ from .bench import Comparison, compare
 from .modes.registry import get_info, mode_names
 from .records import RequestResult
 
-__all__ = ["ExperimentLab"]
+__all__ = ["TIME_SCALES", "ExperimentLab", "LabRun", "Step"]
 
 #: Tokens per model second of the ``seed`` profile (every default request: 100 tokens, 10 s).
 SEED_TOKENS_PER_S = 10
 #: The simulator profile the lab runs (its S(k) drives the prediction line).
 LAB_PROFILE = "seed"
+#: The time scales the slider offers (clock seconds per model second); a value given to the lab
+#: that is not here is added, so the lab always shows exactly the scale it runs.
+TIME_SCALES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One long step of a run (e.g. the Ray cluster start) and where it ran.
+
+    Attributes:
+        name: what the step did; thread: the name of the thread it ran on;
+        started/ended: ``time.monotonic()`` clock seconds.
+    """
+
+    name: str
+    thread: str
+    started: float
+    ended: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabRun:
+    """A run the lab made: its number, the settings it ran with and the caption it drew."""
+
+    number: int
+    settings: dict[str, Any]
+    caption: str
+
+
+def _whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else round(x, 3)
+
+
+def _time_scale_label(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """Settings as the caption shows them, e.g.
+    ``sequential, pool · 6 requests × 5 s · 3 GPUs × 1 slot · time scale 0.02``."""
+    slots = settings["slots"]
+    return (f"{', '.join(settings['modes'])} · {settings['n']} requests × "
+            f"{settings['seconds']} s · {settings['gpus']} GPUs × {slots} "
+            f"slot{'s' if slots != 1 else ''} · time scale "
+            f"{_time_scale_label(settings['time_scale'])}")
 
 
 class ExperimentLab:
     """Interactive experiment: choose the workload and resources, run modes, see the result.
 
     Args:
-        time_scale: clock seconds per model second for the embedded simulators.
+        time_scale: clock seconds per model second for the embedded simulators (added to the
+            slider's values when it is not one of :data:`TIME_SCALES`).
         hosts: Ollama URLs to use instead of simulators (one per GPU).
         backend: ``auto`` | ``ollama`` | ``sim`` (default ``PARALLEL_KIT_BACKEND``, else auto:
             a real Ollama at ``OLLAMA_HOST`` when it answers, simulators otherwise).
-        run_in_background: True (the default) schedules runs on the running loop; False runs
-            them to completion inside ``click()`` (for tests and plain scripts).
+        run_in_background: True (the default) runs off the kernel's loop and returns at once;
+            False runs to completion inside ``click()`` (for tests and plain scripts).
 
     Attributes:
         prediction: HTML line with the theory's makespan per selected mode (model seconds).
-        status: HTML line with messages (running, nothing selected, failures).
+        status: HTML line with messages (running, nothing selected, failures, what ran).
+        output: where each run draws its caption, timeline, predicted-vs-measured and table.
         comparison: the last run's :class:`~parallel_kit.bench.Comparison` (None before).
-        task: the background run in progress (None before the first background run).
+        runs: every run started, with the settings it used (:class:`LabRun`).
+        steps: the long steps of the runs and the thread each ran on (:class:`Step`).
+        task: the background run in progress, an :class:`asyncio.Task` on the caller's loop
+            (None before the first background run); ``await lab.task`` gives the Comparison.
     """
 
     def __init__(self, *, time_scale: float = 0.05, hosts: list[str] | None = None,
                  backend: str | None = None, run_in_background: bool = True) -> None:
         from .sim.profiles import load_profile
 
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0 clock s per model s, got {time_scale}")
         self.hosts = hosts
         self.backend = backend
         self.run_in_background = run_in_background
@@ -74,29 +146,37 @@ class ExperimentLab:
                                 style=style, layout=layout)
         self.slots = W.IntSlider(1, min=1, max=8, description="slots per server",
                                  style=style, layout=layout)
-        self.seconds = W.FloatSlider(10.0, min=1.0, max=30.0, step=1.0,
-                                     description="seconds per request", style=style,
-                                     layout=layout)
-        self.time_scale = W.FloatLogSlider(time_scale, base=10, min=-3, max=0, step=0.1,
-                                           description="time scale", style=style, layout=layout)
+        self.seconds = W.IntSlider(10, min=1, max=30, description="seconds per request",
+                                   style=style, layout=layout)
+        scales = sorted({*TIME_SCALES, float(time_scale)})
+        self.time_scale = W.SelectionSlider(
+            options=[(_time_scale_label(s), s) for s in scales], value=float(time_scale),
+            description="time scale", style=style, layout=layout)
         # Modes that need an optional extra (Ray) are off by default: slow to bring up.
-        self.mode_boxes = {m: W.Checkbox(value=not get_info(m).needs,
-                                         description=m, indent=False,
-                                         layout=W.Layout(width="110px")) for m in mode_names()}
+        self.mode_boxes = {m: W.Checkbox(value=not get_info(m).needs, description=m,
+                                         indent=False, layout=W.Layout(width="110px"))
+                           for m in mode_names()}
         self.run_button = W.Button(description="Run", button_style="primary", icon="play")
         self.progress = W.IntProgress(value=0, min=0, max=1, description="0 / 0")
         self.prediction = W.HTML("")
-        self.status = W.HTML("")
+        self.status = W.HTML("ready — press Run")
         self.output = W.Output()
         self.comparison: Comparison | None = None
+        self.runs: list[LabRun] = []
+        self.steps: list[Step] = []
         self.task: asyncio.Task[Any] | None = None
+        self._running = False
         self.run_button.on_click(self._on_click)
-        for w in (self.requests, self.gpus, self.slots, self.seconds,
-                  *self.mode_boxes.values()):
+        for w in self.controls():
             w.observe(self._show_prediction, names="value")
         self._show_prediction()
 
     # -- what the reader sees -------------------------------------------------------------
+    def controls(self) -> list[W.ValueWidget]:
+        """Every control whose value a run uses (sliders and mode boxes)."""
+        return [self.requests, self.gpus, self.slots, self.seconds, self.time_scale,
+                *self.mode_boxes.values()]
+
     @property
     def widget(self) -> W.Widget:
         modes = W.HBox(list(self.mode_boxes.values()))
@@ -113,7 +193,7 @@ class ExperimentLab:
         return [m for m, box in self.mode_boxes.items() if box.value]
 
     def settings(self) -> dict[str, Any]:
-        """The experiment the controls describe (what Run will do)."""
+        """The experiment the controls describe (what Run will do); seconds are model seconds."""
         return {"modes": self.selected_modes(), "n": self.requests.value,
                 "gpus": self.gpus.value, "slots": self.slots.value,
                 "num_predict": max(1, round(self.seconds.value * SEED_TOKENS_PER_S)),
@@ -135,7 +215,7 @@ class ExperimentLab:
         preds = self.predictions()
         if not preds:
             return "no mode selected"
-        base = sum([float(self.seconds.value)] * self.requests.value)
+        base = float(self.seconds.value) * self.requests.value
         parts = [f"{m} {p.makespan_s:.3g} s" + (f" ({base / p.makespan_s:.2f}×)"
                                                   if p.makespan_s > 0 and get_info(m).multi_server
                                                   else "")
@@ -143,20 +223,18 @@ class ExperimentLab:
         return "predicted: " + " · ".join(parts)
 
     def _show_prediction(self, _change: Any = None) -> None:
-        import html
-
         self.prediction.value = html.escape(self.prediction_text())
 
     # -- running ------------------------------------------------------------------------------
     def _on_click(self, _button: Any = None) -> None:
-        if self.task is not None and not self.task.done():
+        if self.run_button.disabled or self._running:
             self.status.value = "already running — wait for it to finish"
             return
         settings = self.settings()
         if not settings["modes"]:
             self.status.value = "<b>choose at least one mode</b>"
             return
-        # Disabled at once, not when the task first runs: a second click in between is refused.
+        # Disabled at once, not when the run first gets going: a second click is refused.
         self.run_button.disabled = True
         self.status.value = "starting…"
         coro = self.run(**settings)
@@ -166,15 +244,76 @@ class ExperimentLab:
             except RuntimeError:
                 loop = None
             if loop is not None:
-                self.task = loop.create_task(coro)
+                self.task = loop.create_task(self._off_the_loop(coro))
                 return
         from ._sync import run_sync
 
         run_sync(coro)
 
+    async def wait(self) -> Comparison | None:
+        """Wait for the background run (if any) and return the last result.
+
+        Then re-send every widget's state from the waiting cell. A browser already has it;
+        a headless runner (nbclient, ``make notebooks``) only keeps updates sent while a cell
+        executes, and the run's updates came from another thread — without this, a saved
+        notebook would show the lab as it was when Run was pressed ("starting…", Run disabled).
+        """
+        result = await self.task if self.task is not None else self.comparison
+        for w in (*self.controls(), self.run_button, self.progress, self.prediction,
+                  self.status):
+            w.send_state()
+        # Only what the Output shows: its msg_id (capture target) is not ours to re-send.
+        self.output.send_state(key="outputs")
+        return result
+
+    @staticmethod
+    async def _off_the_loop(coro: Any) -> Comparison | None:
+        """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
+        from ._sync import _background_loop
+
+        future = asyncio.run_coroutine_threadsafe(coro, _background_loop())
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    async def _step(self, name: str, fn: Any, *args: Any) -> Any:
+        """Run a blocking ``fn(*args)`` in a worker thread and record it as a :class:`Step`."""
+        where: list[str] = []
+
+        def call() -> Any:
+            where.append(threading.current_thread().name)
+            return fn(*args)
+
+        t0 = time.monotonic()
+        try:
+            return await asyncio.to_thread(call)
+        finally:
+            self.steps.append(Step(name, where[0] if where else "?", t0, time.monotonic()))
+
     async def run(self, *, modes: list[str], n: int, gpus: int, slots: int, num_predict: int,
                   time_scale: float) -> Comparison | None:
-        """Run the experiment, update the progress bar, redraw the plots."""
+        """Run the experiment, update the progress bar, draw the results into ``output``.
+
+        Returns the :class:`~parallel_kit.bench.Comparison`, or None when the run failed (the
+        status line says why; the kernel stays usable).
+        """
+        if self._running:
+            raise RuntimeError("the lab is already running an experiment — await lab.task")
+        self._running = True
+        try:
+            return await self._run(modes=modes, n=n, gpus=gpus, slots=slots,
+                                   num_predict=num_predict, time_scale=time_scale)
+        finally:
+            self._running = False
+
+    async def _run(self, *, modes: list[str], n: int, gpus: int, slots: int,
+                   num_predict: int, time_scale: float) -> Comparison | None:
+        settings = {"modes": list(modes), "n": n, "gpus": gpus, "slots": slots,
+                    "seconds": _whole(num_predict / SEED_TOKENS_PER_S), "time_scale": time_scale}
+        number = len(self.runs) + 1
+        self.runs.append(LabRun(number, settings, f"run {number}: {describe(settings)}"))
         self.run_button.disabled = True
         self.progress.max = n * len(modes)
         self.progress.value = 0
@@ -185,38 +324,64 @@ class ExperimentLab:
             self.progress.value += 1
             self.progress.description = f"{self.progress.value} / {self.progress.max}"
 
-        self.status.value = "running…"
         try:
+            if not self.hosts and any("ray" in get_info(m).needs for m in modes):
+                from . import raycluster
+
+                self.status.value = f"run {number}: starting Ray ({gpus} GPUs)…"
+                await self._step("ray cluster start", raycluster.connect, gpus)
+            self.status.value = f"run {number}: running…"
             self.comparison = await compare(
                 modes, n=n, gpus=gpus, slots=slots, num_predict=num_predict,
                 time_scale=time_scale, hosts=self.hosts, profile=LAB_PROFILE,
                 backend=self.backend, on_result=finished)
         except Exception as exc:  # shown in the lab; the kernel stays usable
             self.progress.bar_style = "danger"
-            self.status.value = f"<b>failed:</b> {type(exc).__name__}: {exc}"
+            self.status.value = (f"<b>run {number} failed:</b> "
+                                 f"{html.escape(f'{type(exc).__name__}: {exc}')}")
             return None
         finally:
             self.run_button.disabled = False
         self.progress.bar_style = "success"
         where = "simulated Ollama" if self.comparison.backend == "sim" else "real Ollama"
-        self.status.value = f"done on {where} (time scale {self.comparison.time_scale:g})"
-        self._redraw(self.comparison)
+        self.status.value = f"run {number} done on {where}: {html.escape(describe(settings))}"
+        self._draw(self.runs[-1], self.comparison)
         return self.comparison
 
-    def _redraw(self, comparison: Comparison) -> None:
+    def _draw(self, lab_run: LabRun, comparison: Comparison) -> None:
+        """Replace the output area's contents with this run's caption, figures and table."""
         import matplotlib.pyplot as plt
 
         from . import plots
 
-        self.output.clear_output(wait=True)
-        with self.output:
-            fig1 = plots.timeline(comparison.runs)
-            fig2 = plots.predicted_vs_measured(comparison.runs)
-            with contextlib.suppress(Exception):
-                from IPython.display import display
-
-                display(fig1)
-                display(fig2)
-                print(comparison.table())
+        fig1 = plots.timeline(comparison.runs, title=f"Request timeline — {lab_run.caption}")
+        fig2 = plots.predicted_vs_measured(comparison.runs)
+        try:
+            outputs = [_html_output(f"<b>{html.escape(lab_run.caption)}</b>"),
+                       _figure_output(fig1, f"timeline, {lab_run.caption}"),
+                       _figure_output(fig2, f"predicted vs measured, {lab_run.caption}"),
+                       {"output_type": "stream", "name": "stdout",
+                        "text": comparison.table() + "\n"}]
+        finally:
             plt.close(fig1)
             plt.close(fig2)
+        self.output.outputs = tuple(outputs)
+
+
+def _html_output(markup: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/html": markup, "text/plain": html.unescape(markup)}}
+
+
+def _figure_output(fig: Any, alt: str) -> dict[str, Any]:
+    """A figure as a ``display_data`` output (PNG), as ``Output.append_display_data`` adds."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"),
+                     "text/plain": f"<Figure: {alt}>"}}
+
+
+def captions(outputs: Sequence[dict[str, Any]]) -> list[str]:
+    """The plain-text parts of an Output's ``outputs`` (for tests and scripts)."""
+    return [o.get("data", {}).get("text/plain", "") or o.get("text", "") for o in outputs]

@@ -8,6 +8,8 @@ of one model second, so each run takes a few hundredths of a second of clock.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -116,3 +118,156 @@ async def test_a_failed_run_is_shown_and_the_lab_stays_usable() -> None:
     assert "failed" in lab.status.value
     assert lab.progress.bar_style == "danger"
     assert not lab.run_button.disabled
+
+
+# -- what the learner sees is what runs -------------------------------------------------------
+
+def browser_echo(widget: object) -> dict[str, object]:
+    """The state a browser sends back for ``widget`` after it renders or a slider is touched.
+
+    The state travels as JSON; a float slider's view snaps the value to its step grid in
+    float64 (``min + round((v - min) / step) * step``; a log slider does that to the exponent
+    and sends ``base ** exponent``), which is how 0.02 on a log slider of step 0.1 comes back as
+    0.0199526. Whole numbers, tick boxes and selection indices come back unchanged.
+    """
+    import json
+    import math
+
+    import ipywidgets as W
+
+    state = json.loads(json.dumps(widget.get_state()))  # type: ignore[attr-defined]
+    if isinstance(widget, W.FloatLogSlider):
+        exp = math.log(widget.value, widget.base)
+        snapped = widget.min + round((exp - widget.min) / widget.step) * widget.step
+        state["value"] = widget.base ** snapped
+    elif isinstance(widget, W.FloatSlider):
+        state["value"] = widget.min + round((widget.value - widget.min) / widget.step) * widget.step
+    keys = {"value", "index"} & set(state)
+    return {k: state[k] for k in keys}
+
+
+def test_values_set_from_python_survive_the_browsers_round_trip() -> None:
+    lab = make_lab(run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.requests.value, lab.gpus.value, lab.slots.value = 6, 3, 2
+    lab.seconds.value = 5
+    lab.time_scale.value = 0.02
+    chosen = lab.settings()
+    for control in lab.controls():
+        control.set_state(browser_echo(control))
+    assert lab.settings() == chosen
+    assert lab.settings()["time_scale"] == 0.02
+
+
+def test_no_control_syncs_a_float_the_browser_could_snap() -> None:
+    lab = make_lab(run_in_background=False)
+    for control in lab.controls():
+        state = control.get_state()
+        synced = state.get("index", state.get("value"))
+        assert isinstance(synced, (bool, int)), (control.description, synced)
+
+
+def test_a_time_scale_off_the_slider_is_added_not_rounded() -> None:
+    lab = ExperimentLab(time_scale=0.03, backend="sim", run_in_background=False)
+    assert lab.time_scale.value == 0.03
+    assert lab.time_scale.label == "0.03"
+    assert lab.settings()["time_scale"] == 0.03
+
+
+def test_the_run_shows_the_settings_it_ran_with() -> None:
+    lab = make_lab(run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.requests.value, lab.seconds.value = 3, 1
+    lab.run_button.click()
+    assert lab.comparison is not None, lab.status.value
+    ran = lab.runs[-1]
+    assert ran.settings == {"modes": ["sequential", "pool"], "n": 3, "gpus": 3, "slots": 1,
+                            "seconds": 1, "time_scale": TIME_SCALE}
+    # the same words the sliders' readouts show
+    expected = (f"sequential, pool · 3 requests × {lab.seconds.value} s · "
+                f"{lab.gpus.value} GPUs × {lab.slots.value} slot · "
+                f"time scale {lab.time_scale.label}")
+    assert ran.caption == f"run 1: {expected}"
+    assert expected in lab.status.value
+    assert lab.comparison.time_scale == TIME_SCALE
+    assert lab.comparison["sequential"].summary.n == 3
+
+
+# -- results of a button's run are drawn -------------------------------------------------------
+
+async def test_a_background_run_draws_its_figures_into_the_lab() -> None:
+    from parallel_kit.widgets import captions
+
+    lab = make_lab()
+    select(lab, "sequential", "pool")
+    for number in (1, 2):
+        lab.requests.value = 2 + number
+        lab.run_button.click()
+        assert lab.task is not None
+        assert await asyncio.wait_for(lab.task, timeout=60) is not None, lab.status.value
+        outputs = lab.output.outputs
+        pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(pngs) == 2  # the timeline and predicted-vs-measured of this run only
+        text = "\n".join(captions(outputs))
+        assert f"run {number}: sequential, pool · {2 + number} requests" in text
+        assert f"timeline, run {number}:" in text
+        assert f"run {number - 1}:" not in text
+        assert "pool" in text and f"{2 + number}/{2 + number}" in text  # the table's ok/n
+    assert lab.progress.value == lab.progress.max == 8
+
+
+# -- nothing long on the kernel's loop ---------------------------------------------------------
+
+async def test_the_run_itself_is_off_the_callers_loop() -> None:
+    lab = make_lab()
+    select(lab, "sequential")
+    threads: list[str] = []
+    loop_thread = threading.current_thread().name
+    lab.progress.observe(lambda _c: threads.append(threading.current_thread().name), "value")
+    lab.run_button.click()
+    assert lab.task is not None
+    assert await asyncio.wait_for(lab.task, timeout=60) is not None
+    assert threads and loop_thread not in threads
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+async def test_the_kernels_loop_keeps_running_while_ray_starts() -> None:
+    ray = pytest.importorskip("ray")
+    from parallel_kit import raycluster
+
+    if ray.is_initialized():  # a cluster left by another test module: start a fresh one
+        raycluster.shutdown(force=True)
+    lab = make_lab()
+    select(lab, "ray")
+    lab.requests.value, lab.gpus.value = 2, 2
+    ticks: list[float] = []
+
+    async def tick() -> None:  # stands for "another cell": it runs only if the loop is free
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    ticker = asyncio.get_running_loop().create_task(tick())
+    try:
+        lab.run_button.click()
+        assert lab.task is not None
+        comparison = await asyncio.wait_for(lab.task, timeout=240)
+    finally:
+        ticker.cancel()
+        raycluster.shutdown()
+    assert comparison is not None, lab.status.value
+    assert comparison["ray"].summary.ok == 2
+    start = next(s for s in lab.steps if s.name == "ray cluster start")
+    assert start.thread != threading.main_thread().name
+    assert any(start.started < t < start.ended for t in ticks), "the loop stalled during start"
+
+
+async def test_wait_returns_the_run_and_leaves_the_lab_ready() -> None:
+    lab = make_lab()
+    select(lab, "sequential")
+    assert await lab.wait() is None  # nothing ran yet
+    lab.run_button.click()
+    comparison = await asyncio.wait_for(lab.wait(), timeout=60)
+    assert comparison is lab.comparison is not None
+    assert not lab.run_button.disabled and "done" in lab.status.value

@@ -85,7 +85,33 @@ def _import_llama_cpp() -> Any:
     except ImportError:
         raise MissingDependency("llama-cpp-python", "real",
                                 "the real CPU engine (--engine llama-cpp)") from None
+    _quiet_llama_log(llama_cpp)
     return llama_cpp
+
+
+_log_callback: Any = None
+
+
+def _quiet_llama_log(llama_cpp: Any) -> None:
+    """Send llama.cpp's own log lines to the ``llama-cpp-python`` logger, never to stderr.
+
+    llama-cpp-python's default callback prints every line whose level maps above its logger's
+    level, and level-0 lines (``GGML_LOG_LEVEL_NONE``, e.g. "using full-size SWA cache") map to
+    CRITICAL, so ``verbose=False`` still prints them. Failures still surface as exceptions.
+    """
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import logging
+
+    logger = logging.getLogger("llama-cpp-python")
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator,misc]
+    def _to_logging(level: int, text: bytes, _user_data: Any) -> None:
+        logger.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+    _log_callback = _to_logging  # kept alive: llama.cpp holds only a C pointer to it
+    llama_cpp.llama_log_set(_to_logging, None)
 
 
 # -- one request in a slot's thread ---------------------------------------------------------
