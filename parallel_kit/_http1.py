@@ -21,10 +21,13 @@ them onto the kit's typed errors. Times are clock seconds (``loop.time()``).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Callable
 
 import httptools
+
+from .neterrors import connect_reason
 
 __all__ = [
     "ConnectFailed",
@@ -62,7 +65,11 @@ class ConnectionLost(HttpError):
 
 
 class ReadTimeout(HttpError):
-    """Nothing arrived for ``timeout`` seconds."""
+    """Nothing arrived for ``timeout`` seconds; ``answered``: after part of the answer."""
+
+    def __init__(self, reason: str, *, answered: bool = False) -> None:
+        super().__init__(reason)
+        self.answered = answered
 
 
 class Response:
@@ -96,6 +103,7 @@ class Connection(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = 0.0
+        self._chunk_timeout = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -109,8 +117,16 @@ class Connection(asyncio.Protocol):
             self._fail(ConnectionLost(reason, answered=self._answered))
 
     def data_received(self, data: bytes) -> None:
-        self._answered = True
         self._last = self._loop.time()
+        if not self._answered:
+            self._answered = True
+            # From the first byte on, the deadline is the one between chunks; the timer set
+            # for the first byte may lie far beyond it, so it is set again (once per answer).
+            if self._chunk_timeout < self._timeout and self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._loop.call_at(self._last + self._chunk_timeout,
+                                                 self._check_timeout)
+            self._timeout = self._chunk_timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -159,12 +175,16 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     # -- one exchange ----------------------------------------------------------------------
-    async def exchange(self, request: bytes, sink: LineSink | None, timeout: float) -> Response:
+    async def exchange(self, request: bytes, sink: LineSink | None, timeout: float,
+                       chunk_timeout: float | None = None) -> Response:
         """Write ``request``; feed the body's lines to ``sink``; return at the response's end.
+
+        ``timeout`` bounds the wait for the first byte, ``chunk_timeout`` (default: the same)
+        every later silence — deadlines suited to what is awaited (``clients.py``).
 
         Raises:
             ConnectionLost: the connection closed before the response ended.
-            ReadTimeout: nothing arrived for ``timeout`` seconds.
+            ReadTimeout: nothing arrived for ``timeout`` (``chunk_timeout``) seconds.
             HttpError: a malformed response; or whatever ``sink`` raised.
         On any error the connection is closed (a half-read response cannot be reused).
         """
@@ -178,6 +198,7 @@ class Connection(asyncio.Protocol):
         self._error_body = []
         self._answered = False
         self._timeout = timeout
+        self._chunk_timeout = timeout if chunk_timeout is None else chunk_timeout
         self._last = loop.time()
         self._timer = loop.call_at(self._last + timeout, self._check_timeout)
         self.transport.write(request)
@@ -194,7 +215,8 @@ class Connection(asyncio.Protocol):
             return
         due = self._last + self._timeout
         if self._loop.time() >= due:
-            self._fail(ReadTimeout(f"nothing arrived for {self._timeout:g} s"))
+            self._fail(ReadTimeout(f"nothing arrived for {self._timeout:g} s",
+                                   answered=self._answered))
         else:
             self._timer = self._loop.call_at(due, self._check_timeout)
 
@@ -275,6 +297,8 @@ class Lanes:
             raise ConnectFailed("connect timed out") from None
         except ConnectionRefusedError:
             raise ConnectFailed("connection refused") from None
+        except socket.gaierror as exc:  # the real cause, not "connection refused"
+            raise ConnectFailed(connect_reason(exc, self._host) or str(exc)) from exc
         except OSError as exc:
             raise ConnectFailed(exc.strerror or str(exc) or type(exc).__name__) from exc
         self._all.append(conn)

@@ -42,6 +42,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        in_loop = False
+    else:
+        in_loop = True
+    if not in_loop:
+        # Outside the ``except`` block: an error from the run must not come chained to an
+        # unrelated "RuntimeError: no running event loop".
         return asyncio.run(coro)
     future = asyncio.run_coroutine_threadsafe(coro, _background_loop())
     try:

@@ -17,9 +17,23 @@ reads ``failed`` with an ``error`` that starts ``cancelled:``. ``result`` is the
 token counts); a failed task has a row too, with ``ok: false``. ``POST /inference`` answers 200
 with that body whether the request completed or failed: read ``status``.
 
-Errors: bad input → 422 naming the field (``detail[].loc``); empty or oversized batch → 422
-saying the bound; body too large → 413; unknown task → 404; queue full → 503 with
-``Retry-After``; missing/wrong key → 401.
+Errors: bad input → 422 naming the field (``detail[].loc``) — a blank prompt and unknown fields
+included (a typo such as a top-level ``num_predict`` would otherwise be dropped silently);
+``num_predict`` above ``--max-num-predict`` (or unbounded, < 0) → 422 naming the limit; empty or
+oversized batch → 422 saying the bound; body too large → 413; a body that is not JSON
+(``Content-Type``) → 415; prompts held past ``--max-held-mb`` → 429 with ``Retry-After``;
+unknown task → 404; queue full → 503 with ``Retry-After``; missing/wrong key → 401. A request
+that runs past ``--max-request-s`` ends as a failed task saying so.
+
+Where tasks live: in the API process's memory (:class:`~parallel_kit.taskqueue.TaskQueue`); a
+restart loses them, and ``/health`` and the 404 say so. The Redis-backed production mode keeps
+them. ``/health`` reports ``ok``, ``degraded`` (some servers of a pool lost; they are probed and
+taken back when they answer) or ``down`` (none left: HTTP 503).
+
+Shutdown (Ctrl-C or SIGTERM): the listening socket closes, clients still waiting on
+``POST /inference`` are answered 503 with their task id, accepted tasks get
+``shutdown_timeout_s`` to finish and the rest end cancelled; a second Ctrl-C stops at once,
+quietly.
 
 Security: binds 127.0.0.1 unless ``--bind`` says otherwise (a warning when it listens beyond
 loopback without a key); ``PARALLEL_KIT_API_KEY`` set → every path but ``/health`` wants
@@ -40,6 +54,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,11 +71,16 @@ from .netutil import listen, socket_url
 from .records import RequestSpec
 from .taskqueue import (
     DEFAULT_MAX_FINISHED,
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_KEPT_BYTES,
     DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_REQUEST_S,
+    DURABLE_HINT,
     QueueClosed,
     QueueFull,
     Task,
     TaskQueue,
+    TooMuchHeld,
     UnknownTask,
 )
 
@@ -76,6 +96,8 @@ __all__ = [
 ]
 
 API_KEY_ENV = "PARALLEL_KIT_API_KEY"
+#: uvicorn's error logger: shutdown notes appear beside uvicorn's own lines.
+_log = logging.getLogger("uvicorn.error")
 #: Paths that answer without a key: a load balancer's health check carries none.
 _OPEN_PATHS = frozenset({"/health"})
 
@@ -97,6 +119,11 @@ class ApiSettings:
         shutdown_timeout_s: clock seconds to let accepted tasks finish at shutdown; the rest
             end cancelled.
         mode: the ``mode`` written into the rows (``async``, ``pool``, ``ray``).
+        max_num_predict: the most tokens one request may ask for (``options.num_predict``);
+            more, or an unbounded value (< 0), is refused with 422.
+        max_held_bytes: prompt bytes queued and running tasks may hold (429 past it).
+        max_kept_bytes: bytes of finished tasks kept for ``GET /tasks/{id}``.
+        max_request_s: clock seconds one request may run before it fails.
     """
 
     concurrency: int = field(default_factory=max_concurrent_from_env)
@@ -109,22 +136,33 @@ class ApiSettings:
     retry_after_s: int = 1
     shutdown_timeout_s: float = 10.0
     mode: str = "async"
+    max_num_predict: int = 4096
+    max_held_bytes: int = DEFAULT_MAX_HELD_BYTES
+    max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES
+    max_request_s: float = DEFAULT_MAX_REQUEST_S
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "max_queued", "max_finished", "max_batch",
-                     "max_prompt_chars", "max_body_bytes", "retry_after_s"):
+                     "max_prompt_chars", "max_body_bytes", "retry_after_s", "max_num_predict",
+                     "max_held_bytes", "max_kept_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"API setting {name} must be a whole number ≥ 1, got {value!r}")
+        for name in ("max_request_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 86_400:
+                raise ConfigError(f"API setting {name} must be within 0..86400 s, got {value!r}")
 
 
 # -- request and response bodies -----------------------------------------------------------
 
 class InferenceRequest(BaseModel):
-    """One prompt for the model."""
+    """One prompt for the model. Unknown fields are refused (422), so a typo is not ignored."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "What is Python?"}]})
-    prompt: str = Field(min_length=1, description="the prompt text (not empty)")
+    model_config = ConfigDict(json_schema_extra={"examples": [{"prompt": "What is Python?"}]},
+                              extra="forbid")
+    prompt: str = Field(min_length=1, pattern=r"\S",
+                        description="the prompt text (not empty, not only white space)")
     model: str | None = Field(default=None, min_length=1,
                               description="model name; default the server's")
     options: dict[str, Any] | None = Field(
@@ -172,14 +210,31 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = TaskQueue(backend.call, concurrency=cfg.concurrency, max_queued=cfg.max_queued,
                           max_finished=cfg.max_finished, clock=backend.clock, mode=cfg.mode,
-                          model=backend.model, retry_after_s=cfg.retry_after_s)
+                          model=backend.model, retry_after_s=cfg.retry_after_s,
+                          max_held_bytes=cfg.max_held_bytes, max_kept_bytes=cfg.max_kept_bytes,
+                          max_request_s=cfg.max_request_s)
         async with queue:
             app.state.queue = queue
             try:
                 yield
             finally:
-                await queue.close(drain=True, timeout=cfg.shutdown_timeout_s,
-                                  reason="the API shut down")
+                # Accepted tasks get shutdown_timeout_s to finish — less if a second Ctrl-C
+                # asks to stop now; the rest end cancelled, with the reason.
+                app.state.stopping.set()
+                waits = [asyncio.ensure_future(queue.drained()),
+                         asyncio.ensure_future(app.state.force.wait())]
+                await asyncio.wait(waits, timeout=cfg.shutdown_timeout_s,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                counts = queue.stats()
+                left = counts["queued"] + counts["running"]
+                if left:
+                    why = ("a second Ctrl-C" if app.state.force.is_set() else
+                           f"the {cfg.shutdown_timeout_s:g} s shutdown bound")
+                    _log.warning("%d accepted task(s) cancelled at shutdown (%s); tasks live "
+                                 "in memory", left, why)
+                await queue.close(drain=False, reason="the API shut down")
 
     app = FastAPI(
         title="parallel_kit inference API",
@@ -191,6 +246,10 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
         lifespan=lifespan,
     )
     app.add_middleware(_Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
+    app.state.stopping = asyncio.Event()
+    app.state.force = asyncio.Event()
+    app.state.shutdown_timeout_s = cfg.shutdown_timeout_s
 
     def queue_of(request: Request) -> TaskQueue:
         return request.app.state.queue  # type: ignore[no-any-return]
@@ -205,6 +264,13 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(cfg.retry_after_s)})
 
+    @app.exception_handler(TooMuchHeld)
+    async def _too_much(request: Request, exc: TooMuchHeld) -> JSONResponse:
+        if exc.never_fits:
+            return JSONResponse({"detail": str(exc)}, status_code=413)
+        return JSONResponse({"detail": str(exc)}, status_code=429,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
     @app.exception_handler(UnknownTask)
     async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
@@ -216,14 +282,34 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
                 "msg": f"prompt has {len(body.prompt)} characters; the limit is "
                        f"{cfg.max_prompt_chars} — shorten it",
             }])
-        return RequestSpec(prompt=body.prompt, model=body.model, options=dict(body.options or {}))
+        options = dict(body.options or {})
+        limit = check_num_predict(options.get("num_predict"), cfg.max_num_predict)
+        if limit is not None:
+            raise HTTPException(422, detail=[{
+                "type": "num_predict_limit", "loc": [*loc, "options", "num_predict"],
+                "msg": limit}])
+        return RequestSpec(prompt=body.prompt, model=body.model, options=options)
 
     @app.post("/inference", response_model=TaskStatus,
               summary="Run one prompt and wait for the answer")
-    async def inference(request: Request, body: InferenceRequest) -> dict[str, Any]:
+    async def inference(request: Request, body: InferenceRequest) -> Any:
         queue = queue_of(request)
         task_id = queue.submit(to_spec(body, ["body"]))
-        await queue.result(task_id)
+        # Wait for the answer, or for shutdown: a waiting client is told, never left hanging.
+        stopping: asyncio.Event = request.app.state.stopping
+        done = asyncio.ensure_future(queue.result(task_id))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((done, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not done.done():
+                done.cancel()
+        if not done.done() or done.cancelled():
+            return JSONResponse({
+                "detail": f"the API is shutting down; task {task_id} was accepted but not "
+                          f"finished — send the request again to a running server "
+                          f"({DURABLE_HINT})", "task_id": task_id}, status_code=503)
         return task_body(queue.status(task_id))
 
     @app.post("/inference/async", response_model=TaskAccepted,
@@ -254,13 +340,41 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
     async def stats(request: Request) -> dict[str, Any]:
         return {**queue_of(request).stats(), "mode": cfg.mode}
 
-    @app.get("/health", summary="Liveness (needs no key)")
-    async def health(request: Request) -> dict[str, Any]:
+    @app.get("/health", summary="Liveness (needs no key): ok, degraded, down or stopping")
+    async def health(request: Request) -> Any:
         queue: TaskQueue | None = getattr(request.app.state, "queue", None)
-        ok = queue is not None and not queue.closed
-        return {"status": "ok" if ok else "stopping", "mode": cfg.mode, "model": backend.model}
+        stopping = getattr(request.app.state, "stopping", None)
+        ok = queue is not None and not queue.closed and not (stopping and stopping.is_set())
+        body: dict[str, Any] = {"status": "ok" if ok else "stopping", "mode": cfg.mode,
+                                "model": backend.model, "tasks": DURABLE_HINT}
+        if ok and backend.health is not None:
+            body.update(backend.health())
+        if body["status"] in ("down", "stopping"):
+            return JSONResponse(body, status_code=503)
+        return body
 
     return app
+
+
+def check_num_predict(value: Any, limit: int) -> str | None:
+    """Why ``num_predict`` breaks the bound (``None`` when absent or within 1..``limit``).
+
+    Ollama reads a negative ``num_predict`` as "no limit" (-1) or "fill the context" (-2)
+    (``api/types.go``), so those are refused too: each would hold a slot indefinitely.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"num_predict {value!r} must be a whole number of tokens within 1..{limit}"
+    if value < 1 or value > limit:
+        return (f"num_predict {value} is outside 1..{limit}, the limit of tokens one request "
+                f"may ask for (serve --max-num-predict) — ask for fewer tokens")
+    return None
+
+
+def _is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 class _Guard:
@@ -294,6 +408,12 @@ class _Guard:
             await _send_json(send, 413, {"detail": self._too_large(int(length))})
             return
         if scope.get("method") in ("POST", "PUT", "PATCH"):
+            given_type = headers.get("content-type")
+            if given_type is not None and not _is_json_type(given_type):
+                await _send_json(send, 415, {
+                    "detail": f"the body was sent as {given_type!r}; this API reads JSON — "
+                              f"send it with 'Content-Type: application/json'"})
+                return
             # Read the body here, up to the bound, so a chunked upload cannot exceed it either.
             chunks: list[bytes] = []
             size = 0
@@ -342,10 +462,37 @@ async def _send_json(send: Callable[[Any], Awaitable[None]], status: int, body: 
 # -- serving -------------------------------------------------------------------------------
 
 def uvicorn_server(app: Any, log_level: str = "warning") -> Any:
+    """A uvicorn server for ``app`` whose shutdown is bounded and quiet (see the module
+    docstring, "Shutdown"); ``.signals`` counts the Ctrl-C/SIGTERM it received."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on",
-                                         access_log=False))
+    class ApiServer(uvicorn.Server):
+        """uvicorn, but a signal tells the app (waiting clients are answered at once) and is
+        not raised again after the server stopped — uvicorn re-raises captured signals, which
+        turned each Ctrl-C into a KeyboardInterrupt (and a page of tracebacks) afterwards."""
+
+        _loop: asyncio.AbstractEventLoop | None = None
+        signals = 0
+
+        async def serve(self, sockets: list[Any] | None = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets=sockets)
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # The second signal cuts the wait for accepted tasks short (they end cancelled);
+            # uvicorn's own force_exit is not used: it skips the app's shutdown, leaving
+            # tasks to be torn down by asyncio.run with a page of tracebacks.
+            self.signals += 1
+            event = "force" if self.should_exit else "stopping"
+            self.should_exit = True
+            target = getattr(app.state, event, None) if hasattr(app, "state") else None
+            if target is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(target.set)
+
+    timeout = getattr(getattr(app, "state", None), "shutdown_timeout_s", None)
+    return ApiServer(uvicorn.Config(app, log_level=log_level, lifespan="on", access_log=False,
+                                    timeout_graceful_shutdown=(int(timeout) + 1 if timeout
+                                                               else None)))
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import DEFAULT_MODEL, max_concurrent_from_env
 from .errors import ConfigError
@@ -26,7 +26,8 @@ from .timing import ModelClock
 if TYPE_CHECKING:
     from .backend import Backend
 
-__all__ = ["ApiBackend", "BackendOpener", "ServeOptions", "open_api_backend", "open_pool",
+__all__ = ["ApiBackend", "BackendOpener", "ServeOptions", "dispatcher_health",
+           "open_api_backend", "open_pool",
            "open_ray", "open_single"]
 
 
@@ -40,6 +41,9 @@ class ApiBackend:
         model: the model for requests that name none.
         description: one line saying what serves the requests (printed at start-up).
         kind: ``sim`` or ``ollama``.
+        health: ``() -> {"status": "ok"|"degraded"|"down", "workers": [...]}`` for backends
+            with several servers (a pool, Ray actors; :func:`dispatcher_health`); ``None``:
+            always ``ok``.
     """
 
     call: RequestFn
@@ -47,6 +51,16 @@ class ApiBackend:
     model: str = DEFAULT_MODEL
     description: str = ""
     kind: str = "ollama"
+    health: Callable[[], dict[str, Any]] | None = None
+
+
+def dispatcher_health(dispatcher: Any) -> dict[str, Any]:
+    """``/health``'s view of a pool or Ray dispatcher: its status and each worker's state
+    (lost servers are probed and taken back; see :mod:`parallel_kit.modes.health`)."""
+    workers = [{"worker": w.name, "state": "lost" if w.lost else "ok",
+                **({"reason": w.lost_reason} if w.lost else {})}
+               for w in dispatcher.workers]
+    return {"status": dispatcher.status, "workers": workers}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +161,7 @@ async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[Ap
     async with EndpointPool(servers.endpoints, clock=clock, mode=options.mode,
                             model=servers.model) as pool:
         yield ApiBackend(pool, clock, model=servers.model, description=servers.message,
-                         kind=servers.kind)
+                         kind=servers.kind, health=lambda: dispatcher_health(pool))
 
 
 @contextlib.asynccontextmanager
@@ -166,6 +180,6 @@ async def open_ray(servers: Backend, options: ServeOptions) -> AsyncIterator[Api
                       servers=launched, ray=RayOptions(address=options.ray_address))
     async with open_ray_dispatcher(ctx, clock=clock, mode=options.mode) as dispatcher:
         yield ApiBackend(dispatcher, clock, model=servers.model, description=servers.message,
-                         kind=servers.kind)
+                         kind=servers.kind, health=lambda: dispatcher_health(dispatcher))
 
 

@@ -18,6 +18,7 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -31,6 +32,7 @@ from .config import (
     time_scale_from_env,
 )
 from .errors import ConfigError, ModelNotFound, OllamaUnavailable
+from .neterrors import connect_reason
 from .sim.registry import engine_info
 
 __all__ = ["Backend", "make_engine", "open_backend", "sim_info"]
@@ -87,8 +89,8 @@ async def _probe_host(url: str, model: str, timeout: float = 3.0) -> tuple[bool,
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             resp = await client.get(f"{url}/api/tags")
-    except httpx.ConnectError:
-        return False, "connection refused", []
+    except httpx.ConnectError as exc:
+        return False, connect_reason(exc, urlsplit(url).hostname or "") or _one_line(exc), []
     except httpx.TimeoutException:
         return False, f"no answer within {timeout:g} s", []
     except httpx.HTTPError as exc:
@@ -100,6 +102,11 @@ async def _probe_host(url: str, model: str, timeout: float = 3.0) -> tuple[bool,
     except (ValueError, AttributeError):
         return False, "/api/tags did not return Ollama's JSON — is it an Ollama server?", []
     return True, "", models
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def _has_model(models: Sequence[str], model: str) -> bool:

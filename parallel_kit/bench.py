@@ -36,9 +36,11 @@ else:
 
 from . import theory
 from ._sync import run_sync
+from .arrivals import Arrivals, Schedule, specs_for
 from .backend import Backend, open_backend
 from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
-from .errors import ConfigError
+from .errors import AllWorkersLost, ConfigError
+from .metrics import Slo
 from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
 from .modes.registry import BASELINE, get_info, mode_names, parse_modes
@@ -67,6 +69,13 @@ __all__ = [
 
 #: The model name the real CPU engine serves by default (the Gemma 3 270M package).
 REAL_ENGINE_MODEL = "gemma3:270m"
+#: Output tokens per request on a real engine (llama.cpp on the CPU, or a real Ollama) when
+#: neither ``--num-predict`` nor the prompt file says: a base model otherwise generates until
+#: its context is full (``num_predict`` -1, Ollama's default, ``api/types.go``), and the demo
+#: ran for more than 8 minutes. 128 tokens: the five-request scenario took 3 s per mode at
+#: 32 tokens on this kit's 2-core reference machine, so the five modes of ``demo`` take about
+#: a minute at 128 (docs/ROBUSTNESS.md).
+REAL_ENGINE_NUM_PREDICT = 128
 
 
 @dataclass
@@ -79,6 +88,8 @@ class Comparison:
     messages: list[str] = field(default_factory=list)
     #: True when the comparison was cut short (Ctrl-C): the last run is partial.
     interrupted: bool = False
+    #: Output tokens per request the kit chose for a real engine (``None``: not capped).
+    request_cap: int | None = None
 
     def run(self, mode: str) -> RunResult:
         for r in self.runs:
@@ -104,7 +115,11 @@ class Comparison:
 
     def table(self) -> str:
         """The predicted-vs-measured table printed by ``demo`` and ``bench``."""
-        return format_table(self.runs)
+        text = format_table(self.runs)
+        if self.request_cap is not None:
+            text += (f"\n(real engine: each request capped at {self.request_cap} output tokens "
+                     f"by default — set --num-predict to change it)")
+        return text
 
 
 def format_table(runs: Sequence[RunResult]) -> str:
@@ -258,6 +273,8 @@ async def compare(
     announce: Callable[[str], None] | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
     into: Comparison | None = None,
+    arrivals: Arrivals | None = None,
+    slo: Slo | str | None = None,
     **shortcuts: Unpack[CompareShortcuts],
 ) -> Comparison:
     """Run ``modes`` on the same requests and return every run with predictions filled in.
@@ -283,6 +300,10 @@ async def compare(
         into: a Comparison to fill as runs finish. When the comparison is cancelled (Ctrl-C),
             it still holds every finished run plus the interrupted one, whose unfinished
             requests are failed rows with error "cancelled" — nothing is dropped.
+        arrivals: requests arrive over time instead of all at once (open loop,
+            :mod:`parallel_kit.loadgen`): every mode gets the same schedule.
+        slo: ``"ttft=2,tpot=0.1,latency=30"`` or a :class:`~parallel_kit.metrics.Slo`: open-loop
+            runs then report ``goodput_rps``.
         shortcuts: ``gpus``, ``slots``, ``profile``, ``engine``, ``engine_options``,
             ``concurrency``, ``prefetch``, ``ray_address`` build the records above
             (:class:`CompareShortcuts`); an unknown keyword is a ``TypeError``.
@@ -306,6 +327,11 @@ async def compare(
     count = n if n is not None else (len(base) if base else 5)
     model = model or _engine_default_model(engine)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
+    schedule = None
+    if arrivals is not None:
+        schedule = arrivals.schedule(default_n=count)
+        specs = specs_for(schedule, base, model=model, num_predict=num_predict)
+    slo_obj = Slo.parse(slo) if isinstance(slo, str) else slo
     gpus = server_opts.count
     if gpus is None:
         gpus = len(hosts) if hosts and len(hosts) > 1 else 3
@@ -347,7 +373,20 @@ async def compare(
                               gpus=info.servers_for(gpus), queue=queue_opts, servers=launched,
                               ray=ray_opts, on_result=finished)
             setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
-            run = await info.load()(specs, ctx)
+            real = b.kind == "ollama" or engine == "llama-cpp"
+            run_specs = _capped(specs, REAL_ENGINE_NUM_PREDICT) if real else specs
+            if run_specs is not specs:
+                result.request_cap = REAL_ENGINE_NUM_PREDICT
+                say(f"real engine: requests without num_predict are capped at "
+                    f"{REAL_ENGINE_NUM_PREDICT} output tokens (--num-predict changes it)")
+            if schedule is not None and arrivals is not None:
+                run = await _open_loop_run(name, run_specs, schedule, arrivals, slo_obj, ctx,
+                                           b, info.servers_for(gpus), concurrency)
+                run.summary.engine = engine if b.kind == "sim" else "ollama"
+                run.summary.setup_s = (run.summary.setup_s or 0.0) + setup
+                runs.append(run)
+                return
+            run = await info.load()(run_specs, ctx)
             s = run.summary
             s.engine = engine if b.kind == "sim" else "ollama"
             s.setup_s = (s.setup_s or 0.0) + setup
@@ -365,9 +404,9 @@ async def compare(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from .progress import make_progress
 
-        bar = tqdm(total=len(specs) * len(names), desc="requests", unit="req", leave=False)
+        bar = make_progress(len(specs) * len(names), "requests")
 
     def finished(row: RequestResult) -> None:
         seen.setdefault(row.mode, []).append(row)
@@ -378,6 +417,8 @@ async def compare(
             on_result(row)
 
     single_hosts = list(hosts[:1]) if hosts else None
+    ticker = (asyncio.ensure_future(_tick(bar)) if bar is not None and hasattr(bar, "tick")
+              else None)
     try:
         for name in names:
             try:
@@ -387,7 +428,22 @@ async def compare(
                                          model))
                 result.interrupted = True
                 raise
+            except AllWorkersLost as exc:
+                # Every server of this mode was lost: keep what finished (the error's partial
+                # run, every request a row) and go on with the next mode.
+                partial = exc.partial if isinstance(exc.partial, RunResult) else None
+                runs.append(partial or _partial_run(name, specs, seen.get(name, []), kind,
+                                                    scale, gpus, model, error=str(exc)))
+                say(f"{name}: {exc}")
+            except Exception as exc:
+                # A mode that failed to start or broke: its requests become failed rows with
+                # the cause, the earlier runs stay in ``into``, and the error goes up.
+                runs.append(_partial_run(name, specs, seen.get(name, []), kind, scale, gpus,
+                                         model, error=f"{name} failed: {exc}"))
+                raise
     finally:
+        if ticker is not None:
+            ticker.cancel()
         if bar is not None:
             bar.close()
 
@@ -399,19 +455,57 @@ async def compare(
     return result
 
 
+async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Schedule,
+                         arrivals: Arrivals, slo: Slo | None, ctx: ModeContext, b: Backend,
+                         workers: int, concurrency: int) -> RunResult:
+    """One mode under open-loop load, with theory's predictions when the servers are simulated."""
+    from .loadgen import fill_predictions, run_open_loop
+
+    run = await run_open_loop(name, specs, schedule, ctx,
+                              max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup,
+                              slo=slo)
+    if b.kind == "sim" and b.profile and b.engine == "sim":
+        from .sim.profiles import load_profile
+
+        fill_predictions(run, name, specs, schedule, load_profile(b.profile), workers=workers,
+                         slots=run.summary.slots, concurrency=concurrency,
+                         max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup)
+    else:
+        run.summary.notes.append("no prediction: the servers are not simulated (theory needs "
+                                 "the latency model of a profile)")
+    return run
+
+
 def _partial_run(mode: str, specs: Sequence[RequestSpec], rows: Sequence[RequestResult],
-                 backend: str, time_scale: float, gpus: int, model: str) -> RunResult:
-    """The interrupted mode's rows: the finished ones, and a failed row for every other."""
+                 backend: str, time_scale: float, gpus: int, model: str,
+                 error: str = "cancelled") -> RunResult:
+    """The interrupted mode's rows: the finished ones, and a failed row (``error``) for every
+    other."""
     done = {r.request_id for r in rows}
     missing = [RequestResult(request_id=s.request_id, mode=mode, prompt=s.prompt,
-                             model=s.model or model, ok=False, error="cancelled")
+                             model=s.model or model, ok=False, error=error)
                for s in specs if s.request_id not in done]
     all_rows = list(rows) + missing
     workers = get_info(mode).servers_for(gpus)
+    note = ("interrupted: unfinished requests are failed rows" if error == "cancelled" else
+            f"unfinished requests are failed rows: {error}")
     summary = summarize(all_rows, mode=mode, backend=backend, time_scale=time_scale,
-                        workers=workers, slots=1, model=model,
-                        notes=["interrupted: unfinished requests are failed rows"])
+                        workers=workers, slots=1, model=model, notes=[note])
     return RunResult(summary, all_rows)
+
+
+async def _tick(bar: Any, every_s: float = 1.0) -> None:
+    """Let a line-based progress print while a long request is still running."""
+    while True:
+        await asyncio.sleep(every_s)
+        bar.tick()
+
+
+def _capped(specs: Sequence[RequestSpec], cap: int) -> Sequence[RequestSpec]:
+    """``specs`` with ``num_predict=cap`` where a spec sets none (the same list when all do)."""
+    if all(s.num_predict is not None for s in specs):
+        return specs
+    return [s if s.num_predict is not None else replace(s, num_predict=cap) for s in specs]
 
 
 def run_interruptibly(coro: Any) -> bool:
@@ -430,17 +524,25 @@ def compare_sync(*args: Any, **kwargs: Any) -> Comparison:
 
 def write_outputs(comparison: Comparison, *, json_path: str | None = None,
                   csv_path: str | None = None, plot_path: str | None = None) -> list[Path]:
-    """Write the ``--json``/``--csv``/``--plot`` files that were asked for."""
+    """Write the ``--json``/``--csv``/``--plot`` files that were asked for.
+
+    A file that cannot be written goes to a fallback in the temporary folder, and the
+    message says where (:func:`~parallel_kit.outputs.write_or_rescue`): a finished run is
+    never lost to a bad path.
+    """
+    from .outputs import write_or_rescue
+
+    runs = comparison.runs
     written = []
     if json_path:
-        written.append(write_json(json_path, comparison.runs))
+        written.append(write_or_rescue(json_path, lambda p: write_json(p, runs)))
     if csv_path:
-        written.append(write_csv(csv_path, comparison.runs))
-    if plot_path:
+        written.append(write_or_rescue(csv_path, lambda p: write_csv(p, runs)))
+    if plot_path and runs:
         from . import plots
 
-        fig = plots.timeline(comparison.runs)
-        written.append(plots.save(fig, plot_path))
+        fig = plots.timeline(runs)
+        written.append(write_or_rescue(plot_path, lambda p: plots.save(fig, p)))
     for p in written:
         print(f"wrote {p}", file=sys.stderr)
     return written

@@ -56,6 +56,7 @@ from .errors import (
     StreamEnded,
 )
 from .metrics import ItlSketch
+from .neterrors import connect_reason
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
@@ -64,6 +65,13 @@ __all__ = ["OllamaClient", "OpenAIClient", "RetryPolicy"]
 _C = TypeVar("_C", bound="_BaseClient")
 _NS = 1e-9  # Ollama reports durations in nanoseconds
 _USER_AGENT = "parallel-kit/0.1"
+#: Deadlines by what is awaited (clock seconds). Connecting is quick or never; the first byte
+#: may wait for a cold model load and the prompt (``timeout``, default 600 s: Ollama streams
+#: its headers with the first token, ``server/routes.go`` ``streamResponse``); once the answer
+#: streams, a gap between two chunks is one decode step, so a long silence means the server
+#: froze — it is then treated as gone (``OllamaUnavailable``), like a dropped connection.
+CONNECT_TIMEOUT_S = 10.0
+CHUNK_TIMEOUT_S = 60.0
 # Options the OpenAI-compatible chat API understands; others (num_ctx, top_k, …) have no
 # OpenAI field and are left out (use OllamaClient for them).
 _OPENAI_OPTIONS = ("temperature", "top_p", "seed", "stop", "frequency_penalty",
@@ -140,7 +148,8 @@ class _BaseClient:
         self.stream = stream
         # Connecting is quick or never: a short connect timeout turns a black-holed address
         # into "unavailable" instead of a 10-minute wait. Reads may wait for a model to load.
-        self._timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        self._timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_S))
+        self.chunk_timeout = min(self.timeout, CHUNK_TIMEOUT_S)
         self._extensions = {"timeout": self._timeout.as_dict()}
         self._url = httpx.URL(self.host + self._path)
         # identity: the line splitter reads raw bytes (Ollama does not compress anyway).
@@ -162,7 +171,7 @@ class _BaseClient:
         self._lanes = _http1.Lanes(
             parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80), max_connections,
             ssl_context=ssl.create_default_context() if tls else None,
-            connect_timeout=min(self.timeout, 10.0))
+            connect_timeout=min(self.timeout, CONNECT_TIMEOUT_S))
         self._http: httpx.AsyncClient | None = None
         self._trust_env = trust_env
         #: inter-token latencies (model seconds) of every request this client answered ok: the
@@ -302,8 +311,12 @@ class _BaseClient:
             reader = self._reader(row, clock, stamps)
             request = self._post_head + b"%d\r\n\r\n" % len(body) + body
             try:
-                response = await lane.exchange(request, reader.feed, self.timeout)
+                response = await lane.exchange(request, reader.feed, self.timeout,
+                                               chunk_timeout=self.chunk_timeout)
             except _http1.ReadTimeout as exc:
+                if exc.answered:  # the answer had begun, then stopped: the server froze
+                    raise OllamaUnavailable(self.host, f"the answer stalled: no data for "
+                                                       f"{self.chunk_timeout:g} s") from exc
                 raise RequestTimeout(self.host, self.timeout) from exc
             except _http1.ConnectionLost as exc:
                 if not exc.answered:
@@ -749,14 +762,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _short(exc: BaseException) -> str:
-    """A one-line reason from an httpx error; "connection refused" when that is the root cause
-    (anyio wraps it as "All connection attempts failed")."""
-    cause: BaseException | None = exc
-    for _ in range(6):  # walk the cause chain a few links deep
-        if cause is None:
-            break
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        cause = cause.__cause__ or cause.__context__
+    """A one-line reason from an httpx error, naming the root cause when it is known
+    (:func:`~parallel_kit.neterrors.connect_reason`; anyio wraps a refused connection as
+    "All connection attempts failed")."""
+    known = connect_reason(exc)  # DNS failure, refused, unreachable: the real cause
+    if known is not None:
+        return known
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:200]

@@ -168,7 +168,12 @@ def time_scale_from_env(default: float = 1.0) -> float:
     raw = os.environ.get("PARALLEL_KIT_TIME_SCALE", "").strip()
     if not raw:
         return default
-    return check_time_scale(_parse_float("PARALLEL_KIT_TIME_SCALE", raw))
+    try:
+        return check_time_scale(_parse_float("PARALLEL_KIT_TIME_SCALE", raw))
+    except ConfigError as exc:
+        if str(exc).startswith("PARALLEL_KIT_TIME_SCALE"):
+            raise
+        raise ConfigError(f"PARALLEL_KIT_TIME_SCALE={raw}: {exc}") from None
 
 
 def int_from_env(name: str, example: int) -> int | None:
@@ -191,8 +196,11 @@ def max_concurrent_from_env(default: int = 5) -> int:
     value = int_from_env("MAX_CONCURRENT_REQUESTS", 5)
     if value is None:
         return default
-    if value < 1:
-        raise ConfigError(f"MAX_CONCURRENT_REQUESTS={value} must be at least 1")
+    from .ranges import RANGES
+
+    r = RANGES["--concurrency"]
+    if not r.lo <= value <= r.hi:
+        raise ConfigError(f"MAX_CONCURRENT_REQUESTS={value} is outside {r.text()} ({r.what})")
     return value
 
 
@@ -208,11 +216,17 @@ def num_parallel_from_env() -> int | None:
 
 
 def check_time_scale(value: float) -> float:
-    """A time scale must be a positive finite number (0.02 turns 10 s into 0.2 s)."""
+    """A time scale must be a positive finite number (0.02 turns 10 s into 0.2 s), within
+    the range of ``--time-scale`` (:data:`parallel_kit.ranges.RANGES`)."""
+    from .ranges import RANGES
+
+    r = RANGES["--time-scale"]
     if not (value > 0 and value < float("inf")):
         raise ConfigError(
             f"time scale {value!r} must be a positive number (e.g. 0.02 turns 10 s into 0.2 s)"
         )
+    if not r.lo <= value <= r.hi:
+        raise ConfigError(f"time scale {value:g} is outside {r.text()} ({r.what})")
     return value
 
 

@@ -45,21 +45,26 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
 def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
                        plots: bool = True) -> list[Path]:
     """``results.json``, ``requests.csv`` and (optionally) the PNG plots in ``out``."""
+    from .outputs import write_or_rescue
+
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [write_json(folder / "results.json", comparison.runs),
-               write_csv(folder / "requests.csv", comparison.runs)]
-    if plots:
+    runs = comparison.runs
+    # Each file is rescued to the temporary folder if it cannot be written (and said where).
+    written = [write_or_rescue(folder / "results.json", lambda p: write_json(p, runs)),
+               write_or_rescue(folder / "requests.csv", lambda p: write_csv(p, runs))]
+    if plots and runs:
         from . import plots as P
 
-        runs = comparison.runs
-        written.append(P.save(P.timeline(runs), folder / "timeline.png"))
-        written.append(P.save(P.predicted_vs_measured(runs), folder / "predicted_vs_measured.png"))
+        written.append(write_or_rescue(folder / "timeline.png",
+                                       lambda p: P.save(P.timeline(runs), p)))
+        written.append(write_or_rescue(folder / "predicted_vs_measured.png",
+                                       lambda p: P.save(P.predicted_vs_measured(runs), p)))
         seq = next((r for r in runs if r.summary.mode == BASELINE), None)
         # The per-request time the scenario is built on (predicted), not a measured average.
         span = seq.summary.predicted_makespan_s if seq else None
         t = span / max(seq.summary.n, 1) if seq and span else 10.0
         n = runs[0].summary.n if runs else DEMO_REQUESTS
-        written.append(P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs),
-                              folder / "speedup_vs_gpus.png"))
+        written.append(write_or_rescue(
+            folder / "speedup_vs_gpus.png",
+            lambda p: P.save(P.speedup_vs_gpus(n, t, range(1, 9), measured=runs), p)))
     return written

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,11 @@ from typing import Any
 
 from .errors import ConfigError, MissingDependency
 
-__all__ = ["ClusterInfo", "connect", "import_ray", "require_gpus", "shutdown", "started_by_kit"]
+__all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "require_gpus", "shutdown", "started_by_kit"]
+
+#: Clock seconds to wait for a cluster's address to accept a TCP connection before joining it
+#: (``ray.init`` itself retries an unreachable GCS for minutes and does not heed Ctrl-C).
+REACH_TIMEOUT_S = 10.0
 
 #: Smallest object store Ray accepts is 75 MiB; the kit only passes small rows through it.
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
@@ -91,6 +96,7 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
             _started_by_kit = False
         if not ray.is_initialized():
             if address:
+                check_reachable(address)
                 try:
                     ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -112,6 +118,40 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
                            time.perf_counter() - t0)
+
+
+def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail fast, with the cause, when a cluster address cannot be reached.
+
+    ``host:port`` and ``ray://host:port`` addresses get one TCP connect with a deadline of
+    ``timeout_s`` (a plain socket call, so Ctrl-C and SIGTERM interrupt it); ``auto`` and
+    other forms are left to Ray, which fails quickly when no local cluster is recorded.
+
+    Raises:
+        ConfigError: the name does not resolve, the port refuses, or nothing answers in time.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not port_text.isdigit() or not host:
+        return
+    host = host.strip("[]")
+    fix = ("check `ray status` on the head node and the address, or leave "
+           "--ray-address/RAY_ADDRESS unset for a local cluster")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout_s):
+            pass
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: the host name "
+                          f"{host!r} does not resolve ({exc.strerror}) — {fix}") from None
+    except TimeoutError:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: no answer within "
+                          f"{timeout_s:g} s (a firewall, or no such machine) — {fix}") from None
+    except ConnectionRefusedError:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: connection refused "
+                          f"(nothing listens on port {port_text}) — {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: "
+                          f"{exc.strerror or exc} — {fix}") from None
 
 
 class _TokenAuthNotice(logging.Filter):

@@ -124,6 +124,9 @@ class RequestResult:
     queued_s: float = math.nan
     queue_wait_s: float = math.nan
     response: str = ""
+    #: open-loop runs: when the request was scheduled to arrive (model seconds from the run's
+    #: start); ``submitted_s`` is when it really was handed over. NaN in closed-loop runs.
+    scheduled_s: float = math.nan
 
     def finalize(self) -> RequestResult:
         """Derive ``latency_s``, ``ttft_s`` and ``queue_wait_s`` from the moments (returns self).
@@ -220,6 +223,15 @@ class RunSummary:
     engine: str = ""
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # -- open-loop runs (requests arriving over time; ``parallel_kit.loadgen``) ------------
+    #: theory's steady-state figures for this mode at this rate (latency and TTFT from arrival)
+    predicted_latency_mean_s: float | None = None
+    predicted_latency_p95_s: float | None = None
+    predicted_ttft_mean_s: float | None = None
+    #: ρ = offered rate ÷ the servers' capacity
+    utilisation: float | None = None
+    #: everything else about the arrivals, the lag and the prediction (``loadgen`` documents it)
+    open_loop: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _json_safe(v) for k, v in asdict(self).items()}

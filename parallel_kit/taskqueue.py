@@ -17,6 +17,16 @@ or a fake in a test.
 
 Every accepted task ends with a :class:`~parallel_kit.records.RequestResult` — completed,
 failed (the backend's error text) or cancelled (the reason) — so nothing is lost silently.
+
+Bounds in bytes and time, not only in tasks: a task count alone lets 10,000 large prompts take
+gigabytes. ``max_held_bytes`` bounds the prompts of queued and running tasks together (past it
+:class:`TooMuchHeld`), ``max_kept_bytes`` the finished rows kept for ``status`` (the oldest
+finished are forgotten first, as past ``max_finished``), and ``max_request_s`` the clock
+seconds one request may run (then it fails, naming the bound). Sizes are the UTF-8 bytes of the
+texts (prompt, system, response, error) plus :data:`ROW_OVERHEAD_BYTES` per task for the rest.
+
+Tasks live in this process's memory: a restart loses them. The Redis-backed production mode
+(``parallel-kit serve --mode production``) keeps them across restarts.
 Times: ``*_s`` are model seconds on the queue's :class:`~parallel_kit.timing.ModelClock`,
 ``*_wall_s`` clock seconds on the same clock.
 """
@@ -38,13 +48,17 @@ from .timing import ModelClock
 
 __all__ = [
     "DEFAULT_MAX_FINISHED",
+    "DEFAULT_MAX_HELD_BYTES",
+    "DEFAULT_MAX_KEPT_BYTES",
     "DEFAULT_MAX_QUEUED",
+    "DEFAULT_MAX_REQUEST_S",
     "QueueClosed",
     "QueueFull",
     "RequestFn",
     "Task",
     "TaskQueue",
     "TaskState",
+    "TooMuchHeld",
     "UnknownTask",
 ]
 
@@ -56,6 +70,18 @@ RequestFn = Callable[[RequestSpec], Awaitable[RequestResult]]
 DEFAULT_MAX_QUEUED = 10_000
 #: Finished tasks kept for ``status``/``result``; the oldest finished is forgotten first.
 DEFAULT_MAX_FINISHED = 10_000
+#: Bytes of prompts held by queued and running tasks (a laptop keeps 256 MiB spare).
+DEFAULT_MAX_HELD_BYTES = 256 * 1024 * 1024
+#: Bytes of finished rows kept for ``status``/``result``.
+DEFAULT_MAX_KEPT_BYTES = 256 * 1024 * 1024
+#: Clock seconds one request may run before it fails (a cold model load fits in it).
+DEFAULT_MAX_REQUEST_S = 600.0
+#: What a task costs beyond its texts (the row's other fields, the entry, the id), bytes.
+ROW_OVERHEAD_BYTES = 1024
+#: Where tasks that survive a restart live (said by ``UnknownTask`` and the API's /health).
+DURABLE_HINT = ("tasks live in this server's memory and are lost when it stops — for tasks "
+                "that survive a restart use the Redis-backed production mode "
+                "(`parallel-kit serve --mode production`)")
 
 
 class QueueFull(ParallelKitError):
@@ -79,13 +105,31 @@ class QueueClosed(ParallelKitError):
                          "open a new TaskQueue (or restart the API)")
 
 
+class TooMuchHeld(ParallelKitError):
+    """Accepting the tasks would hold more prompt bytes than ``max_held_bytes``."""
+
+    def __init__(self, held: int, asked: int, max_held_bytes: int,
+                 retry_after_s: float = 1.0) -> None:
+        once = asked > max_held_bytes
+        super().__init__(
+            f"the prompts would take {asked} bytes while {held} are held; the limit is "
+            f"{max_held_bytes} bytes of prompts held at once (max_held_bytes, serve "
+            f"--max-held-mb) — " + ("send shorter prompts" if once else
+                                    f"retry in {retry_after_s:g} s or raise the limit"))
+        self.max_held_bytes = max_held_bytes
+        self.retry_after_s = retry_after_s
+        self.never_fits = once
+
+
 class UnknownTask(ParallelKitError, LookupError):
-    """No task has this id: it never existed, or it finished long ago and was forgotten."""
+    """No task has this id: it never existed, it finished and was forgotten, or the server was
+    restarted (tasks live in memory)."""
 
     def __init__(self, task_id: str, max_finished: int) -> None:
         super().__init__(
-            f"no task {task_id!r} — it never existed, or it finished and was forgotten "
-            f"(only the last {max_finished} finished tasks are kept)"
+            f"no task {task_id!r} — it never existed, it finished and was forgotten (only the "
+            f"last {max_finished} finished tasks are kept), or the server restarted since: "
+            f"{DURABLE_HINT}"
         )
         self.task_id = task_id
 
@@ -145,6 +189,7 @@ class _Entry:
     result: RequestResult | None = None
     error: str | None = None
     worker: asyncio.Task[Any] | None = field(default=None, repr=False)
+    held: int = 0  # bytes counted in the queue's held (while queued/running) or kept total
 
     def snapshot(self) -> Task:
         return Task(self.task_id, self.spec, self.state, self.submitted_s, self.started_s,
@@ -166,6 +211,11 @@ class TaskQueue:
         mode: the ``mode`` written into rows the queue makes itself (failed, cancelled).
         model: the ``model`` written into those rows when the spec names none.
         retry_after_s: the hint carried by :class:`QueueFull` (seconds).
+        max_held_bytes: prompt bytes queued and running tasks may hold together; more raises
+            :class:`TooMuchHeld` (module docstring).
+        max_kept_bytes: bytes of finished rows kept; the oldest finished are forgotten first.
+        max_request_s: clock seconds one request may run; then the task fails saying so
+            (``None``: no bound).
 
     Workers start on first use inside a running event loop; use ``async with`` (or ``close``)
     so that shutdown is graceful.
@@ -174,11 +224,21 @@ class TaskQueue:
     def __init__(self, backend: RequestFn, *, concurrency: int = 5,
                  max_queued: int = DEFAULT_MAX_QUEUED, max_finished: int = DEFAULT_MAX_FINISHED,
                  clock: ModelClock | None = None, mode: str = "async", model: str = "",
-                 retry_after_s: float = 1.0) -> None:
+                 retry_after_s: float = 1.0, max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+                 max_kept_bytes: int = DEFAULT_MAX_KEPT_BYTES,
+                 max_request_s: float | None = DEFAULT_MAX_REQUEST_S) -> None:
         for name, value in (("concurrency", concurrency), ("max_queued", max_queued),
-                            ("max_finished", max_finished)):
+                            ("max_finished", max_finished), ("max_held_bytes", max_held_bytes),
+                            ("max_kept_bytes", max_kept_bytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        if max_request_s is not None and not 0 < max_request_s <= 86_400:
+            raise ConfigError(f"max_request_s must be within 0..86400 s, got {max_request_s!r}")
+        self.max_held_bytes = max_held_bytes
+        self.max_kept_bytes = max_kept_bytes
+        self.max_request_s = max_request_s
+        self._held_bytes = 0
+        self._kept_bytes = 0
         self._backend = backend
         self.concurrency = concurrency
         self.max_queued = max_queued
@@ -245,6 +305,10 @@ class TaskQueue:
             if entry.state in ("queued", "running"):
                 self._cancel_entry(entry, f"{reason} while the task was running")
 
+    async def drained(self) -> None:
+        """Return once no task is queued or running (tasks may still be submitted meanwhile)."""
+        await self._drained()
+
     async def _drained(self) -> None:
         while self._counts["queued"] or self._counts["running"]:
             pending = [e.done for e in self._entries.values() if not e.done.done()]
@@ -275,14 +339,20 @@ class TaskQueue:
             raise QueueClosed()
         if self._counts["queued"] + len(batch) > self.max_queued:
             raise QueueFull(self.max_queued, len(batch), self.retry_after_s)
+        sizes = [_spec_bytes(spec) for spec in batch]
+        if self._held_bytes + sum(sizes) > self.max_held_bytes:
+            raise TooMuchHeld(self._held_bytes, sum(sizes), self.max_held_bytes,
+                              self.retry_after_s)
         self._start()
         assert self._waiting is not None
         loop = asyncio.get_running_loop()
-        ids = []
+        ids: list[str] = []
         for spec in batch:
             task_id = str(uuid.uuid4())
             entry = _Entry(task_id, spec, loop.create_future(),
-                           submitted_s=self.clock.now(), submitted_wall_s=self.clock.wall())
+                           submitted_s=self.clock.now(), submitted_wall_s=self.clock.wall(),
+                           held=sizes[len(ids)])
+            self._held_bytes += entry.held
             self._entries[task_id] = entry
             self._waiting.put_nowait(task_id)
             ids.append(task_id)
@@ -322,7 +392,9 @@ class TaskQueue:
         """Counts: ``queued``, ``running`` now; ``completed``, ``failed``, ``cancelled`` so far
         (forgotten tasks included); and the bounds."""
         return {**self._counts, "concurrency": self.concurrency, "max_queued": self.max_queued,
-                "max_finished": self.max_finished, "retained": len(self._finished)}
+                "max_finished": self.max_finished, "retained": len(self._finished),
+                "held_bytes": self._held_bytes, "max_held_bytes": self.max_held_bytes,
+                "kept_bytes": self._kept_bytes, "max_kept_bytes": self.max_kept_bytes}
 
     def tasks(self) -> list[Task]:
         """Snapshots of every task still known, in submission order."""
@@ -346,7 +418,12 @@ class TaskQueue:
             self._counts["queued"] -= 1
             self._counts["running"] += 1
             try:
-                row = await self._backend(entry.spec)
+                row = await asyncio.wait_for(self._backend(entry.spec), self.max_request_s)
+            except asyncio.TimeoutError:
+                self._finish(entry, "failed", self._row(
+                    entry, f"the request ran longer than the limit of {self.max_request_s:g} s "
+                           f"(max_request_s, serve --max-request-s) and was stopped — ask for "
+                           f"fewer tokens (num_predict) or raise the limit"))
             except asyncio.CancelledError:
                 self._finish(entry, "cancelled", self._row(entry, "cancelled: the task queue "
                                                           "shut down while the task was running"))
@@ -393,15 +470,35 @@ class TaskQueue:
         self._counts[state] += 1
         if not entry.done.done():
             entry.done.set_result(row)
+        self._held_bytes -= entry.held
+        entry.held = _row_bytes(row)
+        self._kept_bytes += entry.held
         self._finished[entry.task_id] = None
-        while len(self._finished) > self.max_finished:
+        while self._finished and (len(self._finished) > self.max_finished
+                                  or self._kept_bytes > self.max_kept_bytes):
             old, _ = self._finished.popitem(last=False)
-            self._entries.pop(old, None)
+            gone = self._entries.pop(old, None)
+            if gone is not None:
+                self._kept_bytes -= gone.held
 
     def _cancel_entry(self, entry: _Entry | None, reason: str) -> None:
         if entry is None or entry.state not in ("queued", "running"):
             return
         self._finish(entry, "cancelled", self._row(entry, f"cancelled: {reason}"))
+
+
+def _spec_bytes(spec: RequestSpec) -> int:
+    """Bytes a queued request holds: its texts (UTF-8) plus the per-task overhead."""
+    size = ROW_OVERHEAD_BYTES + len(spec.prompt.encode("utf-8", "replace"))
+    if spec.system:
+        size += len(spec.system.encode("utf-8", "replace"))
+    return size
+
+
+def _row_bytes(row: RequestResult) -> int:
+    """Bytes a finished row keeps: prompt, response and error (UTF-8) plus the overhead."""
+    return ROW_OVERHEAD_BYTES + sum(len((t or "").encode("utf-8", "replace"))
+                                    for t in (row.prompt, row.response, row.error))
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,7 +24,10 @@ Beyond the headline:
 * **curves** for the notebooks — the ⌈N/W⌉ staircase, S(k), Amdahl's law and the Karp–Flatt
   serial fraction.
 
-:func:`predict` is the one call ``bench`` makes per mode.
+:func:`predict` is the one call ``bench`` makes per mode; :func:`predict_load` is its
+counterpart for requests that arrive over time (mean and percentile latency and TTFT, and the
+utilisation ρ, by queueing theory and a discrete-event run of the simulator's latency model —
+see :mod:`parallel_kit.queueing`).
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from .errors import ConfigError
 from .topology import Dispatch, Topology
 
 __all__ = [
+    "MODE_ROUTING",
     "CurvePoint",
+    "LoadPrediction",
     "Prediction",
     "Schedule",
     "ScheduledRequest",
+    "ServiceModel",
     "Topology",
     "amdahl_speedup",
     "async_api_makespan",
@@ -54,13 +62,16 @@ __all__ = [
     "list_schedule",
     "lower_bound",
     "lpt_makespan",
+    "mode_topology",
     "optimal_makespan",
     "predict",
+    "predict_load",
     "predict_topology",
     "round_robin_makespan",
     "round_robin_schedule",
     "rounds",
     "sequential_makespan",
+    "service_model_from_profile",
     "service_times_from_profile",
     "simulate_processor_sharing",
     "speedup_vs_slots",
@@ -790,6 +801,270 @@ def karp_flatt_serial_fraction(speedup: float, n: float) -> float:
     if not n > 1:
         raise ConfigError(f"n (workers) must be above 1 for a serial fraction, got {n}")
     return (1.0 / speedup - 1.0 / n) / (1.0 - 1.0 / n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests that arrive over time (open loop): queueing theory and the discrete-event run
+# ---------------------------------------------------------------------------------------------
+
+#: How each mode puts waiting requests in front of its servers (see ``queueing``'s routings).
+#: Ray Serve routes by power of two choices; every other mode keeps one FIFO queue.
+MODE_ROUTING: dict[str, str] = {"rayserve": "power_of_two", "production": "power_of_two"}
+
+#: Requests the steady-state discrete-event run draws (enough for p95 within about 1 %).
+STEADY_STATE_REQUESTS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceModel:
+    """What each request costs on the simulator's latency model (model seconds, tokens).
+
+    Attributes:
+        prefill_s: prompt time of each request, shape ``(m,)``.
+        tokens: output tokens of each request, shape ``(m,)``.
+        decode_tps: tokens/s of one request decoding alone.
+        speedup: S(k), aggregate decode speed with k decoding at once (S(1) = 1).
+    """
+
+    prefill_s: tuple[float, ...]
+    tokens: tuple[int, ...]
+    decode_tps: float
+    speedup: SpeedupFn
+
+    @property
+    def solo_s(self) -> list[float]:
+        """Each request's service time alone: prefill + tokens / decode_tps."""
+        return [p + t / self.decode_tps for p, t in zip(self.prefill_s, self.tokens, strict=True)]
+
+    def cycled(self, n: int) -> tuple[list[float], list[int]]:
+        """Prefill times and tokens of ``n`` requests cycling over these."""
+        m = len(self.tokens)
+        return ([self.prefill_s[i % m] for i in range(n)], [self.tokens[i % m] for i in range(n)])
+
+
+def service_model_from_profile(profile: Any, specs: Iterable[Any], *, seed: int | None = None
+                               ) -> ServiceModel:
+    """The simulator's own latency model for ``specs``: the profile's ``prefill_s``,
+    ``output_tokens`` and ``speed().decode_tps``, and its ``S(k)`` (see
+    :func:`service_times_from_profile`, which gives the same requests' solo times).
+
+    Raises:
+        ConfigError: ``profile`` is not a profile; no specs.
+    """
+    for m in ("prompt_tokens", "output_tokens", "prefill_s", "speed", "S"):
+        if not callable(getattr(profile, m, None)):
+            raise ConfigError(f"{type(profile).__name__} is not a profile (no .{m}) — pass "
+                              f"load_profile('seed')")
+    prefill: list[float] = []
+    tokens: list[int] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            prompt, num_predict, spec_seed, model = spec, None, seed, None
+        else:
+            prompt, model = spec.prompt, getattr(spec, "model", None)
+            options = getattr(spec, "options", None) or {}
+            num_predict = getattr(spec, "num_predict", None) or options.get("num_predict")
+            spec_seed = options.get("seed", seed)
+        prefill.append(float(profile.prefill_s(profile.prompt_tokens(prompt), model)))
+        tokens.append(int(profile.output_tokens(prompt, seed=spec_seed, num_predict=num_predict,
+                                                model=model)))
+    if not tokens:
+        raise ConfigError("no requests to model — give at least one prompt")
+    return ServiceModel(tuple(prefill), tuple(tokens), float(profile.speed().decode_tps),
+                        _speedup_fn(profile))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPrediction:
+    """What theory expects of a mode under arrivals (model seconds; latency from arrival).
+
+    Attributes:
+        mode, routing: the mode and the queueing policy modelled.
+        rate: λ, offered requests per model second.
+        servers, slots: W and the slots each server really uses.
+        capacity_rps: the most requests per second the servers finish with every slot busy.
+        utilisation: ρ = λ / capacity (≥ 1: the queue grows without bound).
+        latency_* / ttft_* / wait_*: mean and percentiles of the response time (arrival →
+            last token), time to first token (arrival → first token), time in queue.
+        simulated_latency_mean_s: the discrete-event run's own mean latency, also where the
+            mean above is the closed form's.
+        closed_form: the formula behind ``closed_form_wait_s`` ("" when none applies).
+        closed_form_wait_s: its mean wait in queue (model s), or ``None``.
+        method: how the figures were found: ``"closed form + discrete-event"`` or
+            ``"discrete-event"``.
+    """
+
+    mode: str
+    routing: str
+    rate: float
+    servers: int
+    slots: int
+    capacity_rps: float
+    utilisation: float
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p95_s: float
+    latency_p99_s: float
+    ttft_mean_s: float
+    ttft_p50_s: float
+    ttft_p95_s: float
+    ttft_p99_s: float
+    wait_mean_s: float
+    simulated_latency_mean_s: float
+    closed_form: str
+    closed_form_wait_s: float | None
+    method: str
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | None = None
+                  ) -> tuple[int, int, str]:
+    """(servers, slots used per server, routing) of a mode — the policy it really runs.
+
+    From the mode's registry record (:meth:`ModeInfo.topology`): ``sequential`` sends one request
+    at a time (1 × 1); ``async``/``batch`` put ``concurrency`` queue workers in front of one
+    server (1 × min(K, C)); ``pool`` and ``ray`` keep one FIFO queue in front of W servers × K
+    slots; a mode in :data:`MODE_ROUTING` (Ray Serve's) routes by power of two choices, and
+    a round-robin dispatch keeps one queue per server.
+
+    Raises:
+        ConfigError: an unknown mode, bad counts.
+    """
+    from .modes.registry import get_info
+
+    w = _count("workers", workers)
+    k = _count("slots", slots)
+    topo = get_info(mode).topology(gpus=w, slots=k, concurrency=concurrency)
+    routing = MODE_ROUTING.get(mode) or ("round_robin" if topo.dispatch == "round_robin"
+                                         else "fifo")
+    return topo.servers, topo.busy_slots, routing
+
+
+def predict_load(
+    mode: str | Topology,
+    service: ServiceModel,
+    *,
+    rate: float | None = None,
+    schedule: Any = None,
+    process: str = "poisson",
+    burstiness: float = 1.0,
+    workers: int = 1,
+    slots: int = 1,
+    concurrency: int | None = None,
+    max_concurrency: int | None = None,
+    routing: str | None = None,
+    warmup: int = 0,
+    seed: int = 0,
+    requests: int = STEADY_STATE_REQUESTS,
+) -> LoadPrediction:
+    """Predict latency and TTFT of ``mode`` when requests arrive over time.
+
+    ``mode`` is a registered mode's name (its topology from :func:`mode_topology`) or a
+    :class:`Topology` (servers, slots, requests in flight, dispatch; ``label`` names it; a
+    ``round_robin`` dispatch keeps one queue per server). Two questions, one function:
+
+    * ``rate`` (and ``process``/``burstiness``): the **steady state** — a discrete-event run
+      (:func:`parallel_kit.queueing.simulate`) of ``requests`` arrivals drawn with ``seed``,
+      the service model's requests cycled; the mean is the closed form where one is exact
+      (M/G/1: Pollaczek–Khinchine, when the mode uses one single-slot server and arrivals are
+      Poisson).
+    * ``schedule`` (an :class:`parallel_kit.arrivals.Schedule`, its ``times_s`` in order):
+      **this run** — the same discrete-event run over exactly these arrivals and requests
+      (``service`` has one entry per arrival, or is cycled), leaving out ``warmup`` first ones.
+
+    Raises:
+        ConfigError: neither or both of rate and schedule; bad counts; unknown routing.
+    """
+    from . import queueing
+
+    if (rate is None) == (schedule is None):
+        raise ConfigError("predict_load needs either a rate (steady state) or a schedule "
+                          "(this run), not both")
+    if isinstance(mode, Topology):
+        topo = mode
+        servers, eff = _count("servers", topo.servers), topo.busy_slots
+        policy = "round_robin" if topo.dispatch == "round_robin" else "fifo"
+        mode = topo.label or f"{servers} server(s) × {eff} slot(s)"
+    else:
+        servers, eff, policy = mode_topology(mode, workers=workers, slots=slots,
+                                             concurrency=concurrency)
+    policy = routing or policy
+    solo = service.solo_s
+    mean_pre = sum(service.prefill_s) / len(solo)
+    mean_tok = sum(service.tokens) / len(solo)
+    S = service.speedup
+    full_batch_s = mean_pre + mean_tok * eff / (service.decode_tps * _checked_S(S, eff))
+    capacity = servers * eff / full_batch_s if full_batch_s > 0 else math.inf
+    mean_s = sum(solo) / len(solo)
+    var_s = sum((t - mean_s) ** 2 for t in solo) / len(solo)
+    scv_s = var_s / mean_s**2 if mean_s > 0 else 0.0
+
+    if schedule is not None:
+        times = np.asarray(schedule.times_s, dtype=float)
+        lam = float(getattr(schedule, "rate", math.nan))
+        scv_a = float(getattr(schedule, "scv", math.nan))
+        skip = warmup
+        how = "discrete-event (this run's arrivals)"
+    else:
+        from .arrivals import make_schedule
+
+        lam = float(rate)  # type: ignore[arg-type]
+        sched = make_schedule(lam, n=requests, process=process, burstiness=burstiness,
+                              seed=seed)
+        times = sched.times_s
+        scv_a = sched.scv
+        skip = min(requests // 20, 1000)  # leave the empty start out of a steady state
+        how = "discrete-event"
+    pre, tok = service.cycled(len(times))
+    sim = queueing.simulate(times, tok, decode_tps=service.decode_tps, prefill_s=pre,
+                            workers=servers, slots=eff, speedup=S, routing=policy,
+                            max_in_flight=max_concurrency, seed=seed)
+    fig = sim.figures(skip)
+    rho = lam / capacity if capacity > 0 else math.inf
+    if schedule is None and rho >= 1:
+        # No steady state: the queue, and every figure with it, grows with the run's length.
+        fig = {k: math.inf for k in fig}
+
+    closed_form, closed_wait = "", None
+    one_server = servers == 1 and eff == 1
+    if math.isfinite(lam) and lam > 0 and process in ("poisson", "constant", "gamma"):
+        if one_server and schedule is None and process == "poisson" and max_concurrency is None:
+            closed_form = ("M/D/1 Pollaczek–Khinchine" if scv_s < 1e-12
+                           else "M/G/1 Pollaczek–Khinchine")
+            closed_wait = queueing.mg1_wait(lam, mean_s, scv_s)
+        elif eff == 1 and policy == "fifo" and math.isfinite(scv_a):
+            closed_form = ("M/D/c Allen–Cunneen (approximation)" if scv_a == 1 and scv_s < 1e-12
+                           else "G/G/c Allen–Cunneen (approximation)")
+            closed_wait = queueing.allen_cunneen_wait(lam, mean_s, servers, scv_arrival=scv_a,
+                                                      scv_service=scv_s)
+    latency_mean = fig["latency_mean_s"]
+    method = how
+    if closed_form.startswith("M/") and "Pollaczek" in closed_form and closed_wait is not None:
+        latency_mean = closed_wait + mean_s
+        method = "closed form + discrete-event"
+    why = (f"{mode}: {servers} server(s) × {eff} slot(s), {policy.replace('_', ' ')} routing, "
+           f"capacity {capacity:.3g} req/s, ρ = {rho:.2f}; ")
+    if rho >= 1:
+        why += "the offered load exceeds capacity: the queue (and latency) grows with the run."
+    else:
+        why += f"mean latency {latency_mean:.3g} s"
+        if closed_wait is not None:
+            why += f" ({closed_form}: wait {closed_wait:.3g} s + service {mean_s:.3g} s)"
+        why += f", p95 {fig['latency_p95_s']:.3g} s ({how})."
+    return LoadPrediction(
+        mode=mode, routing=policy, rate=lam, servers=servers, slots=eff,
+        capacity_rps=capacity, utilisation=rho, latency_mean_s=latency_mean,
+        latency_p50_s=fig["latency_p50_s"], latency_p95_s=fig["latency_p95_s"],
+        latency_p99_s=fig["latency_p99_s"], ttft_mean_s=fig["ttft_mean_s"],
+        ttft_p50_s=fig["ttft_p50_s"], ttft_p95_s=fig["ttft_p95_s"], ttft_p99_s=fig["ttft_p99_s"], wait_mean_s=fig["wait_mean_s"],
+        simulated_latency_mean_s=fig["latency_mean_s"],
+        closed_form=closed_form, closed_form_wait_s=closed_wait, method=method,
+        explanation=why)
 
 
 def __getattr__(name: str) -> Any:

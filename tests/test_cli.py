@@ -54,8 +54,11 @@ def test_malformed_jsonl_names_the_line(capsys, tmp_path):
 
 @pytest.mark.parametrize("n", ["0", "-2"])
 def test_zero_or_negative_n_is_refused(capsys, n):
-    assert main(["bench", "--mode", "sequential", f"--n={n}"]) == 2
-    assert "--n" in _error_line(capsys)
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage, then one error line
+        main(["bench", "--mode", "sequential", f"--n={n}"])
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert "--n" in line and "1..100000" in line
 
 
 def test_unknown_profile_lists_the_known_ones(capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,10 +87,21 @@ def test_user_file_from_env_adds_profiles_and_overrides(tmp_path, monkeypatch):
     assert "seed" in list_profiles()  # packaged ones are still there
 
 
-def test_user_file_named_by_the_environment_may_not_exist_yet(tmp_path, monkeypatch):
-    # probe --save-profile will create it; until then the packaged profiles still load.
-    monkeypatch.setenv(PROFILES_ENV, str(tmp_path / "missing.json"))
+def test_missing_user_file_named_by_the_environment_is_never_silent(
+        tmp_path, monkeypatch, capsys):
+    # probe --save-profile will create it; until then the packaged profiles load, with a note
+    # (a misspelt PARALLEL_KIT_PROFILES used to fall back to them silently).
+    monkeypatch.delenv(PROFILES_ENV, raising=False)
+    mine = dataclasses.replace(load_profile("seed"), name="mine")
+    missing = tmp_path / "missing.json"
+    monkeypatch.setenv(PROFILES_ENV, str(missing))
     assert load_profile("seed").name == "seed"
+    assert f"{PROFILES_ENV}={missing} does not exist" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_profile("mine")  # not packaged: the missing file is named as the cause
+    assert str(missing) in str(info.value)
+    save_profile(mine)  # creates it, and then it is read
+    assert load_profile("mine").name == "mine"
 
 
 def test_missing_user_file_given_as_path_is_a_config_error(tmp_path):

@@ -5,8 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_engine", "add_time_scale", "engine_options", "fraction", "non_negative_int",
-           "positive_float", "positive_int"]
+from ..ranges import arg
+
+__all__ = ["add_engine", "add_time_scale", "engine_options", "fraction", "model_name",
+           "non_negative_int", "positive_float", "positive_int", "ranged"]
+
+#: An argparse ``type=`` checking a flag's sane range (:mod:`parallel_kit.ranges`).
+ranged = arg
+
+
+def model_name(text: str) -> str:
+    """``--model``: a name, not blank (a blank one used to become the default silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the model name is blank — give one, like "
+                                         "llama3.2:3b, or leave --model out for the default")
+    return text.strip()
 
 
 def positive_float(text: str) -> float:
@@ -51,7 +64,7 @@ def fraction(text: str) -> float:
 
 def add_time_scale(p: argparse.ArgumentParser, help_extra: str = "") -> None:
     p.add_argument(
-        "--time-scale", type=positive_float, default=None, metavar="F",
+        "--time-scale", type=arg("--time-scale"), default=None, metavar="F",
         help="clock seconds per model second of the simulator (0.02 turns 10 s into 0.2 s); "
              "default PARALLEL_KIT_TIME_SCALE or 1" + help_extra,
     )
@@ -66,7 +79,8 @@ def add_engine(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf", default=None, metavar="PATH",
                    help="GGUF model file for --engine llama-cpp (default: the Gemma 3 270M "
                         "package when installed)")
-    p.add_argument("--threads-per-slot", type=positive_int, default=None, metavar="T",
+    p.add_argument("--threads-per-slot", type=arg("--threads-per-slot"), default=None,
+                   metavar="T",
                    help="CPU threads per slot for --engine llama-cpp")
 
 

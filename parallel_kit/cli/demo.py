@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ._args import add_engine, add_time_scale, engine_options, positive_int
+from ._args import add_engine, add_time_scale, engine_options, model_name, ranged
 
 __all__ = ["add_parser", "run"]
 
@@ -23,10 +23,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="an Ollama server; give it 3 times for one per GPU (default: "
                         "OLLAMA_HOST, or embedded simulators)")
-    p.add_argument("--model", default=None, help="model name (default llama3.2:3b)")
+    p.add_argument("--model", type=model_name, default=None,
+                   help="model name (default llama3.2:3b)")
     p.add_argument("--modes", default=None, metavar="M[,M…]",
                    help="modes to run (default: all)")
-    p.add_argument("--gpus", type=positive_int, default=3, metavar="W",
+    p.add_argument("--gpus", type=ranged("--gpus"), default=3, metavar="W",
                    help="GPUs (servers) for the multi-server modes (default 3)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
@@ -40,20 +41,34 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import Comparison, run_interruptibly
     from ..config import time_scale_from_env
     from ..demo import run_demo, write_demo_outputs
+    from ..errors import ParallelKitError
+    from ..outputs import check_writable
+    from ._signals import sigterm_as_interrupt
 
+    check_writable([], folders=[("--out", args.out)])  # before the run, not after it
     scale = args.time_scale if args.time_scale is not None else (
         None if args.host else time_scale_from_env(1.0))
     comparison = Comparison()
-    interrupted = run_interruptibly(run_demo(
-        into=comparison, time_scale=scale, hosts=args.host, model=args.model, modes=args.modes,
-        gpus=args.gpus, ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-        engine=args.engine, engine_options=engine_options(args), progress=sys.stderr.isatty(),
-        announce=lambda m: print(m, file=sys.stderr)))
+    error: ParallelKitError | None = None
+    with sigterm_as_interrupt() as term:
+        try:
+            interrupted = run_interruptibly(run_demo(
+                into=comparison, time_scale=scale, hosts=args.host, model=args.model,
+                modes=args.modes, gpus=args.gpus,
+                ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+                engine=args.engine, engine_options=engine_options(args), progress=True,
+                announce=lambda m: print(m, file=sys.stderr)))
+        except ParallelKitError as exc:
+            if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
+                raise
+            error, interrupted = exc, False
     print(comparison.table())
     for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
         print(f"wrote {path}")
+    if error is not None:
+        raise error
     if interrupted:
         print("interrupted: the files hold what finished (unfinished = failed rows)",
               file=sys.stderr)
-        return 130
+        return 143 if term.terminated else 130
     return 0

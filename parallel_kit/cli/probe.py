@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._args import add_time_scale, positive_int
+from ._args import add_time_scale, model_name, ranged
 
 if TYPE_CHECKING:
     from ..probe import ProbeResult
@@ -21,10 +21,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "probe", help="measure a server: tokens/s, load time, real slots")
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="the Ollama server (default OLLAMA_HOST, or an embedded simulator)")
-    p.add_argument("--model", default=None, help="model name (default llama3.2:3b)")
-    p.add_argument("--max-k", type=positive_int, default=4, metavar="K",
+    p.add_argument("--model", type=model_name, default=None,
+                   help="model name (default llama3.2:3b)")
+    p.add_argument("--max-k", type=ranged("--max-k"), default=4, metavar="K",
                    help="try up to K overlapping requests (default 4)")
-    p.add_argument("--num-predict", type=positive_int, default=None, metavar="T",
+    p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
                    help="tokens per probe request")
     add_time_scale(p)
     p.add_argument("--json", default=None, metavar="FILE", help="write the measurements")

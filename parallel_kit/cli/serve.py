@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..modes.registry import modes
-from ._args import add_time_scale, positive_int
+from ._args import add_time_scale, model_name, ranged
 
 __all__ = ["add_parser", "run"]
 
@@ -19,21 +19,43 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "serve", help="the original demo's HTTP API (/inference, /tasks/{id})")
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
                    help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=ranged("--port"), default=8000, help="port (default 8000)")
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="the Ollama server(s) behind the API (default OLLAMA_HOST or embedded)")
-    p.add_argument("--model", default=None, help="default model (llama3.2:3b)")
+    p.add_argument("--model", type=model_name, default=None,
+                   help="default model (llama3.2:3b)")
     p.add_argument("--mode", choices=[m.name for m in serving], default="async",
                    help="what sends the requests: "
                         + "; ".join(f"{m.name}: {m.description}" for m in serving))
-    p.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
+    p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
                    help="requests sent to Ollama at once (default MAX_CONCURRENT_REQUESTS=5)")
-    p.add_argument("--gpus", type=positive_int, default=None, metavar="W",
+    p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
                    help="embedded servers to start for pool/ray when no --host is given")
     p.add_argument("--profile", default=None, metavar="NAME",
                    help="simulator profile for embedded servers")
     add_time_scale(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR")
+    limits = p.add_argument_group(
+        "limits", "what one API process holds and does at most; each refusal is a 4xx "
+                  "naming the limit (tasks live in this process's memory)")
+    limits.add_argument("--max-num-predict", type=ranged("--max-num-predict"), default=4096,
+                        metavar="T", help="output tokens one request may ask for; more, or "
+                                          "unbounded (< 0), is refused with 422 (default 4096)")
+    limits.add_argument("--max-held-mb", type=ranged("--max-held-mb"), default=256,
+                        metavar="MB", help="MiB of prompts queued and running tasks hold at "
+                                           "once; past it 429 (default 256)")
+    limits.add_argument("--max-kept-mb", type=ranged("--max-kept-mb"), default=256,
+                        metavar="MB", help="MiB of finished tasks kept for GET /tasks/{id}, "
+                                           "oldest forgotten first (default 256)")
+    limits.add_argument("--max-request-s", type=ranged("--max-request-s"), default=600.0,
+                        metavar="S", help="clock seconds one request may run before it fails "
+                                          "(default 600)")
+    limits.add_argument("--max-queued", type=ranged("--max-queued"), default=10_000,
+                        metavar="N", help="tasks that may wait; past it 503 (default 10000)")
+    limits.add_argument("--shutdown-timeout-s", type=ranged("--shutdown-timeout-s"),
+                        default=10.0, metavar="S",
+                        help="clock seconds accepted tasks get to finish at Ctrl-C/SIGTERM; "
+                             "a second Ctrl-C stops at once (default 10)")
     return p
 
 
@@ -47,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from ..config import max_concurrent_from_env
     from ..netutil import listen, socket_url
 
+    mib = 1024 * 1024
     settings = ApiSettings(concurrency=args.concurrency or max_concurrent_from_env(),
-                           mode=args.mode)
+                           mode=args.mode, max_num_predict=args.max_num_predict,
+                           max_held_bytes=args.max_held_mb * mib,
+                           max_kept_bytes=args.max_kept_mb * mib,
+                           max_request_s=args.max_request_s, max_queued=args.max_queued,
+                           shutdown_timeout_s=args.shutdown_timeout_s)
     bind = args.bind or "127.0.0.1"
     warning = bind_warning(bind, settings.api_key)
     if warning:
@@ -64,11 +91,16 @@ def run(args: argparse.Namespace) -> int:
             url = socket_url(sock)
             print(f"parallel-kit API at {url} (docs: {url}/docs), {settings.concurrency} "
                   f"request(s) to Ollama at once — Ctrl-C stops", file=sys.stderr)
-            await uvicorn_server(create_app(backend, settings), log_level="info").serve(
-                sockets=[sock])
+            server = uvicorn_server(create_app(backend, settings), log_level="info")
+            await server.serve(sockets=[sock])
+            stopped_by_signal.append(server.signals > 0)
 
+    stopped_by_signal: list[bool] = []
     try:
         asyncio.run(serve())
+    except KeyboardInterrupt:  # Ctrl-C before the server was up (it handles its own after)
+        print("parallel-kit serve: stopped", file=sys.stderr)
+        return 130
     finally:
         sock.close()
-    return 0
+    return 130 if any(stopped_by_signal) else 0  # 130: the shell's code for Ctrl-C

@@ -12,7 +12,7 @@ import contextlib
 import sys
 from typing import Any
 
-from ._args import add_engine, add_time_scale, fraction, non_negative_int, positive_int
+from ._args import add_engine, add_time_scale, fraction, non_negative_int, ranged
 
 __all__ = ["add_parser", "run"]
 
@@ -21,13 +21,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser("sim", help="a simulated Ollama in the foreground")
     p.add_argument("--bind", default=None, metavar="ADDR",
                    help="address to listen on (default 127.0.0.1, or OLLAMA_HOST's)")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=ranged("--port"), default=None,
                    help="port (default 11434, or OLLAMA_HOST's; 0 = any free port)")
     p.add_argument("--profile", default="seed", metavar="NAME",
                    help="latency profile (seed = every request 10 s, 1 slot)")
-    p.add_argument("--num-parallel", type=positive_int, default=None, metavar="K",
+    p.add_argument("--num-parallel", type=ranged("--num-parallel"), default=None, metavar="K",
                    help="slots per model (default OLLAMA_NUM_PARALLEL or 1)")
-    p.add_argument("--max-queue", type=non_negative_int, default=None, metavar="Q",
+    p.add_argument("--max-queue", type=ranged("--max-queue"), default=None, metavar="Q",
                    help="requests that may wait for a loading model before 503 (default "
                         "OLLAMA_MAX_QUEUE or 512)")
     add_time_scale(p)
@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="fail this fraction of requests (fault lesson)")
     p.add_argument("--jitter", type=fraction, default=0.0, metavar="J",
                    help="random speed variation, as a fraction (fault lesson)")
-    p.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
+    p.add_argument("--stop-after", type=ranged("--stop-after"), default=None, metavar="N",
                    help="stop answering after N requests (fault lesson)")
     add_engine(p)
     return p

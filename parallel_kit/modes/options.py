@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .health import HealthPolicy
 
 __all__ = ["Launch", "QueueOptions", "RayOptions", "ServerOptions"]
 
@@ -38,10 +39,13 @@ class QueueOptions:
             requests the queue keeps in flight at once.
         prefetch: requests a pool/ray server may hold beyond its slots (0 = off, the default;
             see :class:`~parallel_kit.modes.pool.Dispatcher`).
+        health: how pool/ray servers are probed, so a frozen one is found and a lost one
+            taken back (:class:`~parallel_kit.modes.health.HealthPolicy`; ``None``: off).
     """
 
     concurrency: int = 5
     prefetch: int = 0
+    health: HealthPolicy | None = field(default_factory=HealthPolicy)
 
     def __post_init__(self) -> None:
         _whole("queue workers", self.concurrency, 1, "--concurrency")

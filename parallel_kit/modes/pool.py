@@ -13,6 +13,17 @@ worker, so they simply go elsewhere. When no worker is left, :class:`AllWorkersL
 partial :class:`~parallel_kit.records.RunResult` (every request has a row; the unfinished are
 failed rows).
 
+Health checks (:class:`HealthPolicy`): a process that is *frozen* (stopped with SIGSTOP, hung in
+a driver, a black-holed route) keeps its socket open and never refuses anything, so no request
+error ever says it is gone — its requests would wait for the client's read timeout (minutes).
+So while a dispatcher is open, a monitor probes every worker that has a ``probe`` (``GET /``
+for an endpoint; a ping through the actor for Ray) every ``interval_s`` with a deadline of
+``timeout_s``. A worker that misses ``misses`` probes in a row is marked lost and the requests
+it holds are cancelled and sent elsewhere, exactly as if it had refused a connection. A lost
+worker keeps being probed; after ``readmit_after`` answers in a row it is taken back
+(``readmitted`` lists when), so one outage does not take a server out of a long run or a
+long-lived ``serve`` for good.
+
 The dispatcher (:class:`Dispatcher`) knows nothing about HTTP: a worker is a name, a number of
 slots and an async ``send(spec, submitted_s)``. :class:`EndpointPool` binds it to Ollama
 endpoints; ``ray_gpu`` binds it to Ray actors; the HTTP API can use an ``EndpointPool`` as its
@@ -27,8 +38,9 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,15 +49,20 @@ from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
 from ..metrics import ItlSketch
+from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
+from .health import DEFAULT_HEALTH, HealthPolicy
 
-__all__ = ["Dispatcher", "EndpointPool", "PoolWorker", "check_endpoints", "check_prefetch",
-           "dispatch_all", "run_pool"]
+__all__ = ["Dispatcher", "EndpointPool", "HealthPolicy", "PoolWorker", "check_endpoints",
+           "check_prefetch", "dispatch_all", "probe_endpoint", "run_pool"]
 
 #: Send = ``await send(spec, submitted_s)`` → the row; raises ``WorkerLost`` when the worker died.
 Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
+#: Probe = ``await probe()`` → ``None`` when the worker answers, else the reason it did not.
+Probe = Callable[[], Awaitable[str | None]]
+
 
 # A dead endpoint is found out quickly and its request sent elsewhere, instead of backing off on
 # it for seconds (the client's default policy is meant for a single server that may come back).
@@ -81,9 +98,14 @@ class PoolWorker:
     send: Send
     node: str = ""
     gpu: str | None = None
+    probe: Probe | None = None
     outstanding: int = 0
     served: int = 0
     lost: bool = False
+    lost_reason: str = ""
+    #: consecutive probes missed (while live) or answered (while lost)
+    streak: int = 0
+    inflight: set[asyncio.Task[RequestResult]] = field(default_factory=set)
 
 
 class Dispatcher:
@@ -101,11 +123,13 @@ class Dispatcher:
             server starts it the moment a slot frees, without a round trip to the dispatcher
             on the critical path — but it is bound to that worker early (no longer strictly
             pull-based). ``benchmarks/README.md`` (fidelity) has the measured effect.
+        health: how workers with a ``probe`` are checked while the dispatcher is open
+            (:meth:`start_health`); ``None`` turns the monitor off.
     """
 
     def __init__(self, workers: Sequence[PoolWorker], *, clock: ModelClock, mode: str = "pool",
                  model: str = DEFAULT_MODEL, max_retries: int | None = None,
-                 prefetch: int = 0) -> None:
+                 prefetch: int = 0, health: HealthPolicy | None = DEFAULT_HEALTH) -> None:
         if not workers:
             raise ConfigError("a pool needs at least one endpoint — give --host once per GPU")
         for w in workers:
@@ -118,6 +142,9 @@ class Dispatcher:
         self.max_retries = len(self.workers) if max_retries is None else max_retries
         self.prefetch = check_prefetch(prefetch)
         self.lost_workers: list[dict[str, Any]] = []
+        self.readmitted: list[dict[str, Any]] = []
+        self.health = health
+        self._monitor: asyncio.Task[None] | None = None
         # Requests waiting for a slot, oldest first; a freed slot is handed to the oldest.
         self._waiters: collections.deque[asyncio.Future[PoolWorker]] = collections.deque()
 
@@ -187,9 +214,64 @@ class Dispatcher:
         if w.lost:
             return
         w.lost = True
+        w.lost_reason = reason
+        w.streak = 0
         self.lost_workers.append({"worker": w.name, "node": w.node, "gpu": w.gpu,
                                   "at_s": round(self.clock.now(), 6), "reason": reason})
         self._hand_off()
+
+    def readmit(self, w: PoolWorker) -> None:
+        """Take a lost worker back into the rotation (it answered its health checks again)."""
+        if not w.lost:
+            return
+        w.lost = False
+        w.lost_reason = ""
+        w.streak = 0
+        self.readmitted.append({"worker": w.name, "node": w.node, "gpu": w.gpu,
+                                "at_s": round(self.clock.now(), 6)})
+        self._hand_off()
+
+    @property
+    def status(self) -> str:
+        """``ok`` (every worker live), ``degraded`` (some lost) or ``down`` (none live)."""
+        live = len(self.live)
+        return "ok" if live == len(self.workers) else "degraded" if live else "down"
+
+    # -- health checks ---------------------------------------------------------------------
+    def start_health(self) -> None:
+        """Start probing workers that have a ``probe`` (idempotent; needs a running loop)."""
+        if (self._monitor is None and self.health is not None
+                and any(w.probe is not None for w in self.workers)):
+            self._monitor = asyncio.get_running_loop().create_task(self._watch(self.health))
+
+    async def stop_health(self) -> None:
+        """Stop the monitor (idempotent)."""
+        task, self._monitor = self._monitor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _watch(self, policy: HealthPolicy) -> None:
+        probed = [w for w in self.workers if w.probe is not None]
+        while True:
+            await asyncio.sleep(policy.interval_s)
+            answers = await asyncio.gather(*(_probe_once(w, policy.timeout_s) for w in probed))
+            for w, reason in zip(probed, answers, strict=True):
+                self._judge(w, reason, policy)
+
+    def _judge(self, w: PoolWorker, reason: str | None, policy: HealthPolicy) -> None:
+        """Count a probe's answer; mark lost or readmit when the streak is long enough."""
+        if w.lost:
+            w.streak = w.streak + 1 if reason is None else 0
+            if w.streak >= policy.readmit_after:
+                self.readmit(w)
+            return
+        w.streak = w.streak + 1 if reason is not None else 0
+        if w.streak >= policy.misses:
+            self.mark_lost(w, f"stopped answering health checks ({reason})")
+            for task in list(w.inflight):  # its requests go elsewhere (Dispatcher.run)
+                task.cancel()
 
     # -- one request -----------------------------------------------------------------------
     async def run(self, spec: RequestSpec, *, submitted_s: float | None = None) -> RequestResult:
@@ -204,7 +286,7 @@ class Dispatcher:
         while True:
             w = await self._acquire()
             try:
-                row = await w.send(spec, submitted)
+                row = await self._send(w, spec, submitted)
             except WorkerLost as exc:
                 self.mark_lost(w, exc.reason)
                 last_error = str(exc)
@@ -220,6 +302,20 @@ class Dispatcher:
                                        f"gave up after {retries - 1} retries: {last_error}")
 
     __call__ = run
+
+    async def _send(self, w: PoolWorker, spec: RequestSpec, submitted: float) -> RequestResult:
+        """``w.send`` as a task the health monitor can cancel when ``w`` freezes."""
+        task = asyncio.ensure_future(w.send(spec, submitted))
+        w.inflight.add(task)
+        try:
+            await asyncio.wait((task,))
+        finally:
+            w.inflight.discard(task)
+            if not task.done():  # we were cancelled (Ctrl-C): so is the request
+                task.cancel()
+        if task.cancelled():  # by the monitor: the worker stopped answering
+            raise WorkerLost(w.name, w.lost_reason or "stopped answering health checks")
+        return task.result()
 
     def failed_row(self, spec: RequestSpec, submitted_s: float, worker: str, retries: int,
                    error: str) -> RequestResult:
@@ -274,6 +370,27 @@ async def dispatch_all(dispatcher: Dispatcher, specs: Sequence[RequestSpec], *,
     return rows, submit_s
 
 
+async def _probe_once(w: PoolWorker, timeout_s: float) -> str | None:
+    """One health check of ``w``: ``None`` when it answered in time, else the reason."""
+    assert w.probe is not None
+    try:
+        return await asyncio.wait_for(w.probe(), timeout_s)
+    except asyncio.TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except Exception as exc:  # a probe that fails is a missed probe, whatever the error
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def probe_endpoint(client: httpx.AsyncClient, url: str) -> str | None:
+    """``GET /`` on an Ollama endpoint: ``None`` on HTTP 200, else the reason (never raises
+    for network errors; the caller applies the deadline)."""
+    try:
+        resp = await client.get(url + "/")
+    except httpx.HTTPError as exc:
+        return connect_reason(exc) or type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
+
+
 def _progress_bar(total: int, mode: str) -> Any:
     from tqdm.auto import tqdm
 
@@ -289,7 +406,8 @@ async def check_endpoints(endpoints: Sequence[Endpoint], timeout_s: float = 3.0)
             except httpx.TimeoutException:
                 return f"no answer within {timeout_s:g} s"
             except httpx.HTTPError as exc:
-                return type(exc).__name__ + (f": {exc}" if str(exc) else "")
+                return (connect_reason(exc, urlsplit(ep.url).hostname or "") or
+                        type(exc).__name__ + (f": {exc}" if str(exc) else ""))
             return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
         problems = await asyncio.gather(*(probe(ep) for ep in endpoints))
     for ep, problem in zip(endpoints, problems, strict=True):
@@ -305,13 +423,21 @@ class EndpointPool(Dispatcher):
     Args:
         endpoints: the servers (one per GPU); ``worker`` in the rows is ``Endpoint.label``.
         clock: the run's clock; api: ``generate``, ``chat`` or ``openai``.
+        health: the health checks (``GET /`` on each endpoint) run while the pool is open
+            (``async with``); ``None``: off.
     """
 
     def __init__(self, endpoints: Sequence[Endpoint], *, clock: ModelClock, mode: str = "pool",
                  model: str = DEFAULT_MODEL, api: str = "generate",
                  max_retries: int | None = None, timeout_s: float = 600.0,
-                 prefetch: int = 0) -> None:
+                 prefetch: int = 0, health: HealthPolicy | None = DEFAULT_HEALTH) -> None:
         self.clients: list[OllamaClient | OpenAIClient] = []
+        # Health checks use connections of their own: a lane busy with a long answer must not
+        # delay them, and a frozen server's probe must not hold a request's lane.
+        self._probe_client = httpx.AsyncClient(
+            trust_env=False, timeout=None if health is None else health.timeout_s,
+            limits=httpx.Limits(max_connections=len(endpoints) * 2,
+                                max_keepalive_connections=len(endpoints)))
         workers = []
         for ep in endpoints:
             client: OllamaClient | OpenAIClient
@@ -320,9 +446,14 @@ class EndpointPool(Dispatcher):
                                  retry=POOL_RETRY)
             self.clients.append(client)
             workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
-                                      node=ep.node, gpu=ep.gpu))
+                                      node=ep.node, gpu=ep.gpu, probe=self._prober(ep.url)))
         super().__init__(workers, clock=clock, mode=mode, model=model, max_retries=max_retries,
-                         prefetch=prefetch)
+                         prefetch=prefetch, health=health)
+
+    def _prober(self, url: str) -> Probe:
+        async def probe() -> str | None:
+            return await probe_endpoint(self._probe_client, url)
+        return probe
 
     def _sender(self, client: OllamaClient | OpenAIClient, ep: Endpoint, mode: str,
                 model: str) -> Send:
@@ -344,12 +475,16 @@ class EndpointPool(Dispatcher):
         await asyncio.gather(*(c.warm_up() for c in self.clients), return_exceptions=True)
 
     async def __aenter__(self) -> EndpointPool:
+        self.start_health()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self.stop_health()
+        with contextlib.suppress(Exception):
+            await self._probe_client.aclose()
         for c in self.clients:
             with contextlib.suppress(Exception):
                 await c.aclose()
@@ -369,7 +504,8 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
     await check_endpoints(ctx.endpoints)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
-                            api=ctx.api, prefetch=ctx.queue.prefetch) as pool:
+                            api=ctx.api, prefetch=ctx.queue.prefetch,
+                            health=ctx.queue.health) as pool:
         # Connections are opened in setup, so no request pays a TCP connect in its time.
         await pool.warm_up()
         setup_s = time.perf_counter() - t_setup
@@ -409,6 +545,8 @@ def _result(rows: list[RequestResult], ctx: ModeContext, pool: Dispatcher,
             submit_s: float | None, setup_s: float) -> RunResult:
     notes = [f"worker {w['worker']} lost at {w['at_s']:.2f} s (model time): {w['reason']}"
              for w in pool.lost_workers]
+    notes += [f"worker {w['worker']} answered again and was taken back at {w['at_s']:.2f} s "
+              f"(model time)" for w in pool.readmitted]
     summary = summarize(rows, mode=pool.mode, backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=len(pool.workers), slots=max(w.slots for w in pool.workers),
                         submit_s=submit_s, setup_s=setup_s, model=ctx.model,

@@ -50,6 +50,7 @@ from ..errors import (
 from ..records import RequestResult, RequestSpec, RunResult
 from ..timing import ModelClock
 from .base import ModeContext
+from .health import HealthPolicy
 from .pool import (
     POOL_RETRY,
     Dispatcher,
@@ -245,6 +246,17 @@ class GpuWorker:
         self.served += 1
         return _row_to_wire(row)
 
+    async def ping(self, timeout_s: float = 5.0) -> str | None:
+        """A health check (control call): ``None`` when the endpoint answers ``GET /`` within
+        ``timeout_s``, else the reason. The driver puts its own deadline around the call, so
+        a frozen actor is caught as well as a frozen endpoint."""
+        import httpx
+
+        from .pool import probe_endpoint
+
+        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+            return await probe_endpoint(client, self.url)
+
     async def now(self) -> float:
         """This process's wall clock (``time.time()``), for the driver's offset estimate."""
         return time.time()
@@ -311,6 +323,7 @@ class _Actor:
     handle: Any
     info: dict[str, Any] = field(default_factory=dict)
     epoch_shift: float = 0.0  # actor clock − driver clock, applied when it is real skew
+    lost: bool = False  # marked lost during the run: killed at the end, not asked to stop
 
 
 async def run_ray(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
@@ -384,14 +397,23 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
         if clock is None:
             clock = ModelClock(ctx.time_scale).start()
         epoch = time.time() - clock.wall()
+        health = ctx.queue.health
         workers = [PoolWorker(a.info["worker"], int(a.info["slots"]),
                               _sender(ray, a, clock, epoch), node=a.info["node"],
-                              gpu=a.info["gpu"])
+                              gpu=a.info["gpu"], probe=_prober(ray, a, health))
                    for a in actors]
         dispatcher = RayDispatcher(workers, clock=clock, mode=mode, model=ctx.model,
-                                   prefetch=plans[0].prefetch)
+                                   prefetch=plans[0].prefetch, health=health)
         dispatcher.setup_s = setup_s
-        yield dispatcher
+        dispatcher.start_health()
+        try:
+            yield dispatcher
+        finally:
+            await dispatcher.stop_health()
+            lost = {w.name for w in workers if w.lost}
+            # A lost actor may be frozen: asking it to stop would wait for nothing.
+            for a in actors:
+                a.lost = a.info["worker"] in lost
     finally:
         await _stop_actors(ray, actors)
 
@@ -441,6 +463,18 @@ def _label_workers(actors: list[_Actor]) -> None:
         a.info["worker"] = name if names.count(name) == 1 else f"{name}@{a.info['node']}"
 
 
+def _prober(ray: Any, actor: _Actor, health: HealthPolicy | None) -> Any:
+    """The dispatcher's health check of one actor: its endpoint, through the actor."""
+    timeout_s = health.timeout_s if health is not None else 5.0
+
+    async def probe() -> str | None:
+        try:
+            return await actor.handle.ping.remote(timeout_s)  # type: ignore[no-any-return]
+        except ray.exceptions.RayError as exc:
+            return f"Ray actor unreachable ({type(exc).__name__})"
+    return probe
+
+
 def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
     """The dispatcher's ``send`` for one actor: a lost actor or endpoint → ``WorkerLost``."""
     name = actor.info["worker"]
@@ -449,8 +483,15 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
     actor_epoch = epoch + actor.epoch_shift
 
     async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
+        ref = actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
         try:
-            out = await actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
+            out = await ref
+        except asyncio.CancelledError:
+            # Ctrl-C, or the health monitor found the actor or its endpoint frozen: stop the
+            # request inside the actor too, so it frees its slot (best effort).
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+            raise
         except lost_errors as exc:
             raise WorkerLost(name, f"Ray actor died ({type(exc).__name__})") from exc
         except ray.exceptions.RayTaskError as exc:
@@ -489,7 +530,8 @@ async def _stop_actors(ray: Any, actors: list[_Actor]) -> None:
     if not actors:
         return
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.gather(*(a.handle.stop.remote() for a in actors),
+        await asyncio.wait_for(asyncio.gather(*(a.handle.stop.remote() for a in actors
+                                                if not a.lost),
                                               return_exceptions=True), 30.0)
     for a in actors:
         with contextlib.suppress(Exception):

@@ -53,6 +53,9 @@ class ModeInfo:
         dispatch: how it spreads requests over several servers.
         needs: optional extras it needs (``pip install parallel_kit[ray]``), e.g. ``("ray",)``;
             the widget lab leaves such modes unticked.
+        session: ``"module:function"`` of ``open(ctx)`` → an async context manager yielding a
+            session that sends one request at a time as it arrives (open-loop load,
+            :mod:`parallel_kit.loadgen`); ``None``: the mode cannot run ``--rate``/``--trace``.
     """
 
     name: str
@@ -64,6 +67,7 @@ class ModeInfo:
     api_backend: str | None = None
     dispatch: Dispatch = "least_loaded"
     needs: tuple[str, ...] = ()
+    session: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -173,22 +177,27 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
 # -- built-in modes: one register_mode line per mode ------------------------------------------
 register_mode(ModeInfo(
     "sequential", "one request at a time, each waiting for the last (one server)",
-    "parallel_kit.modes.sequential:run_sequential", in_flight="one"))
+    "parallel_kit.modes.sequential:run_sequential", in_flight="one",
+    session="parallel_kit.loadgen:sequential_session"))
 register_mode(ModeInfo(
     "async", "submit each request to a task queue, poll for results (one server)",
     "parallel_kit.modes.queued:run_async", in_flight="queue",
-    api_backend="parallel_kit.api_backends:open_single"))
+    api_backend="parallel_kit.api_backends:open_single",
+    session="parallel_kit.loadgen:async_session"))
 register_mode(ModeInfo(
     "batch", "submit every request in one call to the task queue (one server)",
-    "parallel_kit.modes.queued:run_batch", in_flight="queue"))
+    "parallel_kit.modes.queued:run_batch", in_flight="queue",
+    session="parallel_kit.loadgen:batch_session"))
 register_mode(ModeInfo(
     "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
     "parallel_kit.modes.pool:run_pool", multi_server=True,
-    api_backend="parallel_kit.api_backends:open_pool"))
+    api_backend="parallel_kit.api_backends:open_pool",
+    session="parallel_kit.loadgen:pool_session"))
 register_mode(ModeInfo(
     "ray", "one Ray actor per GPU, each with its own Ollama",
     "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
-    api_backend="parallel_kit.api_backends:open_ray", needs=("ray",)))
+    api_backend="parallel_kit.api_backends:open_ray", needs=("ray",),
+    session="parallel_kit.loadgen:ray_session"))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,12 +265,22 @@ def _all_entries(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Packaged profiles, overridden by the user file's (argument, else the env variable)."""
     entries = dict(_entries(json.loads(_packaged_text()), "the packaged profiles.json"))
     user = _user_path(path)
-    # A path given explicitly must exist; the environment's may name a file that
-    # `probe --save-profile` has not written yet.
+    # A path given explicitly must exist. The environment's may name a file that
+    # `probe --save-profile` has not written yet: then the packaged profiles are used, but
+    # never silently (a misspelt variable looks the same) — a note says so once, and a
+    # profile that is not packaged is an error naming the missing file (load_profile).
     if user is not None and (path is not None or user.exists()):
         origin = "given as path" if path is not None else f"from {PROFILES_ENV}"
         entries.update(_read_file(user, origin))
+    elif user is not None and str(user) not in _noted_missing:
+        _noted_missing.add(str(user))
+        print(f"note: {PROFILES_ENV}={user} does not exist (yet) — using the packaged "
+              f"profiles; `parallel-kit probe --save-profile NAME` creates it", file=sys.stderr)
     return entries
+
+
+#: Missing files named by the environment already noted (one note per file and process).
+_noted_missing: set[str] = set()
 
 
 def list_profiles(path: str | os.PathLike[str] | None = None) -> list[str]:
@@ -289,6 +300,11 @@ def load_profile(name: str | Profile = "seed",
         return name
     entries = _all_entries(path)
     if name not in entries:
+        user = _user_path(path)
+        if user is not None and not user.exists():
+            raise ConfigError(f"unknown simulator profile {name!r}: the profile file {user} "
+                              f"({PROFILES_ENV}) does not exist — fix the path, or create it "
+                              f"with `parallel-kit probe --save-profile {name}`")
         raise ConfigError(f"unknown simulator profile {name!r} — choose from "
                           f"{', '.join(sorted(entries))}")
     return profile_from_dict(name, entries[name])

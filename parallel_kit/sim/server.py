@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from ..netutil import listen
@@ -136,7 +136,10 @@ class SimulatedOllama:
         tasks = list(self._state.tasks)
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # uvicorn logs each cancelled request as "Exception in ASGI application" with a
+        # CancelledError traceback; here the cancellation is ours (shutdown), not an error.
+        with _quiet_cancellations():
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.engine.aclose()
         self._server = None
 
@@ -234,3 +237,20 @@ async def simulated_ollama(**kwargs: Any) -> AsyncIterator[str]:
     :class:`SimulatedOllama` (same arguments) for the block; yields its URL."""
     async with SimulatedOllama(**kwargs) as sim:
         yield sim.url
+
+
+@contextlib.contextmanager
+def _quiet_cancellations() -> Iterator[None]:
+    """Drop uvicorn's error records whose exception is a cancellation, while in the block."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.CancelledError)
+
+    logger = logging.getLogger("uvicorn.error")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)

@@ -1,0 +1,115 @@
+"""``parallel-kit sweep``: one mode over a series of arrival rates, beside queueing theory."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..modes.registry import mode_names
+from ._args import add_time_scale, positive_int
+from ._load import add_arrival_flags, parse_float
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "sweep", help="one mode over a series of arrival rates: latency, TTFT, throughput "
+                      "and goodput against offered load, beside queueing theory")
+    p.add_argument("--mode", required=True, choices=mode_names(), metavar="M",
+                   help=f"one of {', '.join(mode_names())}")
+    p.add_argument("--rates", default="auto", metavar="auto|R1,R2,…",
+                   help="requests per model second; auto (default) measures the capacity with "
+                        "a burst first, then runs 10 rates from 10 %% to 110 %% of it")
+    p.add_argument("--repeats", type=positive_int, default=1, metavar="K",
+                   help="runs per rate (seeds S, S+1, …)")
+    p.add_argument("--n", type=positive_int, default=30, metavar="N",
+                   help="requests per run (and in the capacity burst); default 30")
+    p.add_argument("--host", action="append", default=None, metavar="URL",
+                   help="an Ollama server; several = one Ollama per GPU")
+    p.add_argument("--gpus", type=positive_int, default=None, metavar="W",
+                   help="servers for the multi-server modes when the kit starts them")
+    p.add_argument("--slots", type=positive_int, default=None, metavar="K",
+                   help="slots per server (OLLAMA_NUM_PARALLEL)")
+    p.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
+                   help="workers of the async/batch queue")
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="simulator profile for embedded servers (default seed)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file or set")
+    p.add_argument("--model", default=None, help="model name")
+    p.add_argument("--num-predict", type=positive_int, default=None, metavar="T",
+                   help="maximum output tokens per request")
+    add_time_scale(p)
+    add_arrival_flags(p)
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write the sweep: its settings, theory's curve and one run per rate")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="write latency/TTFT against load (FILE) and throughput/goodput "
+                        "(FILE with _throughput before the suffix)")
+    return p
+
+
+#: The flags that describe a sweep, in the order its command line is written back.
+_FLAGS = ("mode", "rates", "repeats", "n", "host", "gpus", "slots", "concurrency", "profile",
+          "prompts", "model", "num_predict", "time_scale", "arrivals", "burstiness", "seed",
+          "max_concurrency", "warmup", "slo", "json", "plot")
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this sweep (kept in its JSON)."""
+    words = ["parallel-kit", "sweep"]
+    for name in _FLAGS:
+        value = getattr(args, name, None)
+        if value is None or (name == "warmup" and value == 0):
+            continue
+        flag = "--" + name.replace("_", "-")
+        for v in value if isinstance(value, list) else [value]:
+            words += [flag, str(v)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _progress(run: Any) -> None:
+    s, o = run.summary, run.summary.open_loop
+    print(f"rate {s.offered_rps:.4g}/s: {s.ok}/{s.n} ok, latency from arrival "
+          f"{o.get('latency_from_arrival_mean_s', float('nan')):.3g} s", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sweep, print its table, write what was asked."""
+    from .._sync import run_sync
+    from ..sweep import parse_rates, sweep
+
+    rates = parse_rates(args.rates)
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
+    burstiness = parse_float(args.burstiness, "--burstiness")
+    if burstiness is not None and args.arrivals != "gamma":
+        raise ConfigError("--burstiness only applies to --arrivals gamma")
+    kwargs: dict[str, Any] = {
+        "hosts": args.host, "gpus": args.gpus, "slots": args.slots,
+        "concurrency": args.concurrency, "profile": args.profile, "model": args.model,
+        "num_predict": args.num_predict, "time_scale": args.time_scale}
+    if args.prompts:
+        kwargs["prompts"] = args.prompts
+    command = _command(args)
+    result = run_sync(sweep(args.mode, rates, n=args.n, repeats=args.repeats,
+                            process=args.arrivals, burstiness=burstiness or 1.0,
+                            seed=args.seed, warmup=args.warmup,
+                            max_concurrency=args.max_concurrency, slo=args.slo,
+                            command=command, on_run=_progress, **kwargs))
+    print(result.table())
+    if args.json:
+        print(f"wrote {result.write_json(args.json)}", file=sys.stderr)
+    if args.plot:
+        from .. import plots, plots_load
+
+        path = Path(args.plot)
+        print(f"wrote {plots.save(plots_load.latency_vs_load(result), path)}", file=sys.stderr)
+        other = path.with_name(f"{path.stem}_throughput{path.suffix or '.png'}")
+        print(f"wrote {plots.save(plots_load.throughput_vs_load(result), other)}",
+              file=sys.stderr)
+    return 0

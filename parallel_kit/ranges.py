@@ -1,0 +1,105 @@
+"""Sane ranges for every number the kit takes from a user, checked before anything starts.
+
+A number without an upper bound is a way to exhaust the machine: ``--gpus 100000`` opened file
+descriptors until "too many open files", ``--n 10^10`` grew memory until the process died,
+``--time-scale 1e-300`` divided into infinity. Each numeric flag has a range here, with what it
+counts; the CLI parses through :func:`arg` (argparse then prints the range in one line) and
+library code can call :func:`check`.
+
+The bounds are generous for real use (256 GPUs, 100,000 requests, a 128 K-token answer) and
+small enough that the kit's own bookkeeping stays in memory on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["RANGES", "Range", "arg", "check"]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The accepted values of one numeric input: ``lo ≤ value ≤ hi``, whole or not."""
+
+    lo: float
+    hi: float
+    whole: bool
+    what: str
+
+    def text(self) -> str:
+        def fmt(x: float) -> str:
+            return f"{int(x)}" if self.whole or float(x).is_integer() else f"{x:g}"
+        return f"{fmt(self.lo)}..{fmt(self.hi)}"
+
+
+#: flag → its range (the same range applies to the environment variable behind a flag).
+RANGES: dict[str, Range] = {
+    "--gpus": Range(1, 256, True, "GPUs, i.e. servers or GPU actors"),
+    "--n": Range(1, 100_000, True, "requests in one run"),
+    "--slots": Range(1, 256, True, "slots per server (OLLAMA_NUM_PARALLEL)"),
+    "--num-parallel": Range(1, 256, True, "slots per model (OLLAMA_NUM_PARALLEL)"),
+    "--concurrency": Range(1, 4096, True, "requests in flight at once"),
+    "--num-predict": Range(1, 131_072, True, "output tokens per request"),
+    "--time-scale": Range(1e-4, 1000.0, False,
+                          "clock seconds per model second (1e-4 turns 10 s into 1 ms)"),
+    "--port": Range(0, 65_535, True, "TCP port (0: any free one)"),
+    "--threads-per-slot": Range(1, 1024, True, "CPU threads per slot"),
+    "--max-k": Range(1, 64, True, "overlapping probe requests"),
+    "--max-queue": Range(0, 1_000_000, True, "requests waiting for a loading model"),
+    "--stop-after": Range(1, 1_000_000_000, True, "requests before the simulator stops"),
+    "--max-num-predict": Range(1, 131_072, True, "output tokens one API request may ask for"),
+    "--max-held-mb": Range(1, 1_048_576, True, "MiB of prompts the API holds at once"),
+    "--max-kept-mb": Range(1, 1_048_576, True, "MiB of finished tasks the API keeps"),
+    "--max-request-s": Range(1, 86_400, False, "clock seconds one API request may run"),
+    "--max-queued": Range(1, 1_000_000, True, "tasks waiting in the API's queue"),
+    "--shutdown-timeout-s": Range(0.1, 3600, False,
+                                  "clock seconds accepted tasks get at shutdown"),
+}
+
+
+def _problem(flag: str, value: float, r: Range) -> str:
+    return (f"{flag} {value:g} is outside {r.text()} ({r.what}) — choose a value in that "
+            f"range")
+
+
+def check(flag: str, value: float) -> float:
+    """``value`` when it lies in ``flag``'s range (:data:`RANGES`).
+
+    Raises:
+        ConfigError: out of range, not finite, or not whole where a whole number is needed;
+            the message gives the range.
+    """
+    r = RANGES[flag]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{flag} {value!r} is not a number within {r.text()} ({r.what})")
+    if r.whole and not float(value).is_integer():
+        raise ConfigError(f"{flag} {value!r} must be a whole number within {r.text()} "
+                          f"({r.what})")
+    if not r.lo <= value <= r.hi:
+        raise ConfigError(_problem(flag, value, r))
+    return value
+
+
+def arg(flag: str) -> Callable[[str], float]:
+    """An argparse ``type=`` for ``flag``: parses, checks the range, says it when wrong."""
+    r = RANGES[flag]
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if r.whole else float(text)
+        except ValueError:
+            kind = "a whole number" if r.whole else "a number"
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {kind} — use one within {r.text()} ({r.what})") from None
+        try:
+            return check(flag, value)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = flag.lstrip("-").replace("-", "_")  # argparse names it in errors
+    return parse
