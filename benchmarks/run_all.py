@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FULL = ("client_overhead", "sim_capacity", "fidelity", "ray_dispatch", "scaling", "real_model")
+FULL = ("client_overhead", "sim_capacity", "fidelity", "ray_dispatch", "scaling", "real_model",
+        "stack_overhead")
 QUICK = ("client_overhead", "sim_capacity", "fidelity", "scaling")
 
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd.append("--quick")
         if name in ("ray_dispatch",) and not _has("ray"):
             print(f"{name}: skipped (ray not installed)")
+            continue
+        if name == "stack_overhead" and not (_has("celery") and _has("redis")):
+            print(f"{name}: skipped (needs the production extra)")
             continue
         print(f"== {name} ==", flush=True)
         t0 = time.perf_counter()

@@ -39,11 +39,12 @@ from ._sync import run_sync
 from .arrivals import Arrivals, Schedule, specs_for
 from .backend import Backend, open_backend
 from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
-from .errors import AllWorkersLost, ConfigError
+from .errors import AllWorkersLost, ConfigError, MissingDependency
 from .metrics import Slo
 from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
 from .modes.registry import BASELINE, get_info, mode_names, parse_modes
+from .modes.stack_options import ServeOptions, StackOptions
 from .prompts import load_prompts, make_specs
 from .records import (
     RequestResult,
@@ -269,10 +270,13 @@ async def compare(
     servers: ServerOptions | None = None,
     queue: QueueOptions | None = None,
     ray: RayOptions | None = None,
+    serve: ServeOptions | None = None,
+    stack: StackOptions | None = None,
     progress: bool = False,
     announce: Callable[[str], None] | None = None,
     on_result: Callable[[RequestResult], None] | None = None,
     into: Comparison | None = None,
+    skip_unavailable: bool = False,
     arrivals: Arrivals | None = None,
     slo: Slo | str | None = None,
     **shortcuts: Unpack[CompareShortcuts],
@@ -294,12 +298,17 @@ async def compare(
         queue: :class:`QueueOptions` (``concurrency`` of the async/batch queue, default
             ``MAX_CONCURRENT_REQUESTS`` or 5; ``prefetch``).
         ray: :class:`RayOptions` (``address`` of an existing cluster, …).
+        serve: :class:`ServeOptions` of ``rayserve``/``production`` (``max_ongoing``).
+        stack: :class:`StackOptions` of ``production`` (``redis``, ``workers``, …).
         progress: one tqdm bar over every request of every mode.
         announce: called with one-line messages (which servers were chosen).
         on_result: called with each finished row, as it finishes (the widget lab uses it).
         into: a Comparison to fill as runs finish. When the comparison is cancelled (Ctrl-C),
             it still holds every finished run plus the interrupted one, whose unfinished
             requests are failed rows with error "cancelled" — nothing is dropped.
+        skip_unavailable: a mode whose optional extra or service cannot be had (no Redis
+            binary, Ray Serve not installed) is skipped with one line instead of failing the
+            comparison (the demo).
         arrivals: requests arrive over time instead of all at once (open loop,
             :mod:`parallel_kit.loadgen`): every mode gets the same schedule.
         slo: ``"ttft=2,tpot=0.1,latency=30"`` or a :class:`~parallel_kit.metrics.Slo`: open-loop
@@ -371,7 +380,10 @@ async def compare(
                               time_scale=b.time_scale, model=model,
                               api=api, progress=False,  # type: ignore[arg-type]
                               gpus=info.servers_for(gpus), queue=queue_opts, servers=launched,
-                              ray=ray_opts, on_result=finished)
+                              ray=ray_opts, serve=serve or ServeOptions(),
+                              stack=replace(stack or StackOptions(),
+                                            announce=(stack.announce if stack else None) or say),
+                              on_result=finished)
             setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
             real = b.kind == "ollama" or engine == "llama-cpp"
             run_specs = _capped(specs, REAL_ENGINE_NUM_PREDICT) if real else specs
@@ -423,6 +435,10 @@ async def compare(
         for name in names:
             try:
                 await _run_one(name)
+            except MissingDependency as exc:
+                if not (skip_unavailable and get_info(name).needs):
+                    raise
+                say(f"{name}: skipped — {exc}")
             except asyncio.CancelledError:
                 runs.append(_partial_run(name, specs, seen.get(name, []), kind, scale, gpus,
                                          model))

@@ -16,6 +16,7 @@ from typing import Any
 
 from .bench import Comparison, compare
 from .modes.registry import BASELINE, mode_names
+from .modes.stack_options import StackOptions
 from .records import write_csv, write_json
 
 __all__ = ["DEMO_REQUESTS", "run_demo", "write_demo_outputs"]
@@ -27,11 +28,12 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
                    hosts: list[str] | None = None, model: str | None = None,
                    modes: str | None = None, gpus: int = 3, ray_address: str | None = None,
                    engine: str = "sim", engine_options: dict[str, Any] | None = None,
-                   progress: bool = False, announce: Callable[[str], None] | None = None
-                   ) -> Comparison:
+                   progress: bool = False, announce: Callable[[str], None] | None = None,
+                   redis: str | None = None) -> Comparison:
     """Run the demo scenario and return the comparison (nothing written).
 
-    Every registered mode unless ``modes`` names some; five requests of the ``original``
+    Every registered mode unless ``modes`` names some (a mode whose extra or service cannot be
+    had — e.g. no Redis for ``production`` — is skipped with one line); five requests of the ``original``
     prompts on the ``seed`` profile (10 model seconds each); ``gpus`` servers for the
     multi-server modes.
     """
@@ -39,7 +41,7 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
                          hosts=hosts, gpus=gpus, model=model, time_scale=time_scale,
                          profile="seed", ray_address=ray_address, engine=engine,
                          engine_options=engine_options, progress=progress, announce=announce,
-                         into=into)
+                         into=into, skip_unavailable=True, stack=StackOptions(redis=redis))
 
 
 def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],

@@ -127,6 +127,12 @@ class RequestResult:
     #: open-loop runs: when the request was scheduled to arrive (model seconds from the run's
     #: start); ``submitted_s`` is when it really was handed over. NaN in closed-loop runs.
     scheduled_s: float = math.nan
+    #: the Ray Serve replica that ran it (``rayserve``/``production``; empty elsewhere).
+    replica: str = ""
+    #: per-layer timestamps through a stack, model seconds on the row's axis, by hop name
+    #: (``accepted``, ``picked_up``, ``replica_entered``, ``replica_done``, …; see
+    #: ``parallel_kit.production``). Empty for modes without layers.
+    hops: dict[str, float] = field(default_factory=dict)
 
     def finalize(self) -> RequestResult:
         """Derive ``latency_s``, ``ttft_s`` and ``queue_wait_s`` from the moments (returns self).
@@ -431,7 +437,9 @@ def write_csv(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
         for run in runs:
             for r in run.requests:
                 row = r.to_dict()
-                writer.writerow({c: "" if row[c] is None else row[c] for c in cols})
+                writer.writerow({c: "" if row[c] is None else
+                                 json.dumps(row[c]) if isinstance(row[c], dict) else row[c]
+                                 for c in cols})
     return p
 
 

@@ -4,15 +4,17 @@
 >>> lab = ExperimentLab(time_scale=0.05)
 >>> lab            # shows the controls; Run starts the experiment without blocking the kernel
 
-Controls: requests, GPUs (servers), slots per server, seconds per request, which modes, and the
-time scale. Three rules keep the lab honest in a real browser:
+Controls: requests, GPUs (servers), slots per server, seconds per request, how requests arrive
+(all at once, or at random — Poisson — one every so many model seconds on average), which modes,
+and the time scale. Three rules keep the lab honest in a real browser:
 
 * **What the learner sees is what runs.** Every control syncs a whole number, a tick box or an
   index into a fixed list — never a float. A browser slider snaps a float to its own step grid
   and sends the snapped value back (a ``FloatLogSlider`` set to 0.02 with step 0.1 comes back as
   10^-1.7 = 0.0199526), so a float control can run a value nobody chose. The time scale is
   therefore a :class:`ipywidgets.SelectionSlider` over fixed values, seconds per request an
-  :class:`ipywidgets.IntSlider`. Run takes a snapshot of the controls when it is pressed and
+  :class:`ipywidgets.IntSlider`, the arrival rate a :class:`ipywidgets.SelectionSlider` over
+  fixed mean gaps (:data:`ARRIVAL_GAPS`). Run takes a snapshot of the controls when it is pressed and
   prints that snapshot in the run's caption and figure title.
 * **Nothing long runs on the kernel's event loop.** Run hands the experiment to the kit's
   background event loop (a thread, :mod:`parallel_kit._sync`); a Ray cluster start, which blocks
@@ -29,6 +31,14 @@ Seconds per request are set through ``num_predict`` on the ``seed`` profile (10 
 (from :mod:`parallel_kit.theory` and the seed profile's S(k)) only holds for the simulator — the
 comparison after a run predicts from the measured sequential run instead.
 
+**Requests arriving over time.** With "requests arrive" set to *every G s*, a run sends its
+requests open loop at Poisson arrivals of rate 1/G per model second (seed :attr:`ExperimentLab.seed`,
+``compare(arrivals=Arrivals(rate=1/G, seed=…))``, :mod:`parallel_kit.loadgen`); the prediction line
+shows each mode's utilisation ρ and its predicted mean latency from arrival
+(:func:`parallel_kit.theory.predict_load` on the seed profile's latency model), and the run draws
+measured mean latency beside the predicted one — theory's steady state, and theory for this run's
+own arrivals (a few requests are a small sample of a random process).
+
 Headless use (tests, scripts): ``ExperimentLab(run_in_background=False)`` runs inside
 ``run_button.click()``; or set the controls and ``await lab.run(**lab.settings())``.
 """
@@ -39,6 +49,7 @@ import asyncio
 import base64
 import html
 import io
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -48,11 +59,14 @@ from typing import Any
 import ipywidgets as W
 
 from . import theory
+from .arrivals import Arrivals
 from .bench import Comparison, compare
+from .config import DEFAULT_MODEL, max_concurrent_from_env
+from .loadgen import format_load_table
 from .modes.registry import get_info, mode_names
-from .records import RequestResult
+from .records import RequestResult, RunResult
 
-__all__ = ["TIME_SCALES", "ExperimentLab", "LabRun", "Step"]
+__all__ = ["ARRIVAL_GAPS", "TIME_SCALES", "ExperimentLab", "LabRun", "Step"]
 
 #: Tokens per model second of the ``seed`` profile (every default request: 100 tokens, 10 s).
 SEED_TOKENS_PER_S = 10
@@ -61,6 +75,13 @@ LAB_PROFILE = "seed"
 #: The time scales the slider offers (clock seconds per model second); a value given to the lab
 #: that is not here is added, so the lab always shows exactly the scale it runs.
 TIME_SCALES: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: The mean gaps between arrivals the "requests arrive" slider offers (model seconds; rate = 1/gap
+#: requests per model second). 0 means a burst: every request at once, as a closed-loop run.
+#: 20 and 11 are the original scenario's: 10 s requests on one server at ρ = 0.5 and ≈ 0.9.
+ARRIVAL_GAPS: tuple[float, ...] = (0, 60, 40, 30, 25, 20, 15, 12, 11, 10, 8, 6, 5, 4, 3, 2.5, 2,
+                                   1.5, 1, 0.5, 0.2)
+#: The seed of the lab's arrival schedules (the same seed gives the same arrivals).
+ARRIVAL_SEED = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +116,30 @@ def _time_scale_label(value: float) -> str:
     return f"{value:g}"
 
 
+def _gap_label(gap: float) -> str:
+    return "all at once" if gap == 0 else f"every {gap:g} s"
+
+
+def describe_arrivals(settings: dict[str, Any]) -> str:
+    """How a run's requests arrived, e.g. ``Poisson arrivals, one every 20 s (seed 1)``;
+    empty for a burst."""
+    gap = settings.get("every_s", 0)
+    if not gap:
+        return ""
+    return f"Poisson arrivals, one every {gap:g} s (seed {settings.get('seed', ARRIVAL_SEED)})"
+
+
 def describe(settings: dict[str, Any]) -> str:
     """Settings as the caption shows them, e.g.
-    ``sequential, pool · 6 requests × 5 s · 3 GPUs × 1 slot · time scale 0.02``."""
+    ``sequential, pool · 6 requests × 5 s · 3 GPUs × 1 slot · time scale 0.02``, with
+    ``· Poisson arrivals, one every 20 s (seed 1)`` before the time scale when requests arrived
+    over time."""
     slots = settings["slots"]
+    arrivals = describe_arrivals(settings)
     return (f"{', '.join(settings['modes'])} · {settings['n']} requests × "
             f"{settings['seconds']} s · {settings['gpus']} GPUs × {slots} "
-            f"slot{'s' if slots != 1 else ''} · time scale "
-            f"{_time_scale_label(settings['time_scale'])}")
+            f"slot{'s' if slots != 1 else ''}" + (f" · {arrivals}" if arrivals else "") +
+            f" · time scale {_time_scale_label(settings['time_scale'])}")
 
 
 class ExperimentLab:
@@ -116,6 +153,7 @@ class ExperimentLab:
             a real Ollama at ``OLLAMA_HOST`` when it answers, simulators otherwise).
         run_in_background: True (the default) runs off the kernel's loop and returns at once;
             False runs to completion inside ``click()`` (for tests and plain scripts).
+        seed: seed of the Poisson arrival schedules (:data:`ARRIVAL_SEED`).
 
     Attributes:
         prediction: HTML line with the theory's makespan per selected mode (model seconds).
@@ -129,7 +167,8 @@ class ExperimentLab:
     """
 
     def __init__(self, *, time_scale: float = 0.05, hosts: list[str] | None = None,
-                 backend: str | None = None, run_in_background: bool = True) -> None:
+                 backend: str | None = None, run_in_background: bool = True,
+                 seed: int = ARRIVAL_SEED) -> None:
         from .sim.profiles import load_profile
 
         if not time_scale > 0:
@@ -137,6 +176,7 @@ class ExperimentLab:
         self.hosts = hosts
         self.backend = backend
         self.run_in_background = run_in_background
+        self.seed = seed
         self._profile = load_profile(LAB_PROFILE)
         style = {"description_width": "150px"}
         layout = W.Layout(width="420px")
@@ -148,6 +188,9 @@ class ExperimentLab:
                                  style=style, layout=layout)
         self.seconds = W.IntSlider(10, min=1, max=30, description="seconds per request",
                                    style=style, layout=layout)
+        self.arrivals = W.SelectionSlider(
+            options=[(_gap_label(g), float(g)) for g in ARRIVAL_GAPS], index=0,
+            description="requests arrive", style=style, layout=layout)
         scales = sorted({*TIME_SCALES, float(time_scale)})
         self.time_scale = W.SelectionSlider(
             options=[(_time_scale_label(s), s) for s in scales], value=float(time_scale),
@@ -174,13 +217,14 @@ class ExperimentLab:
     # -- what the reader sees -------------------------------------------------------------
     def controls(self) -> list[W.ValueWidget]:
         """Every control whose value a run uses (sliders and mode boxes)."""
-        return [self.requests, self.gpus, self.slots, self.seconds, self.time_scale,
-                *self.mode_boxes.values()]
+        return [self.requests, self.gpus, self.slots, self.seconds, self.arrivals,
+                self.time_scale, *self.mode_boxes.values()]
 
     @property
     def widget(self) -> W.Widget:
         modes = W.HBox(list(self.mode_boxes.values()))
-        return W.VBox([self.requests, self.gpus, self.slots, self.seconds, self.time_scale,
+        return W.VBox([self.requests, self.gpus, self.slots, self.seconds, self.arrivals,
+                       self.time_scale,
                        modes, self.prediction, W.HBox([self.run_button, self.progress]),
                        self.status, self.output])
 
@@ -193,11 +237,19 @@ class ExperimentLab:
         return [m for m, box in self.mode_boxes.items() if box.value]
 
     def settings(self) -> dict[str, Any]:
-        """The experiment the controls describe (what Run will do); seconds are model seconds."""
-        return {"modes": self.selected_modes(), "n": self.requests.value,
-                "gpus": self.gpus.value, "slots": self.slots.value,
-                "num_predict": max(1, round(self.seconds.value * SEED_TOKENS_PER_S)),
-                "time_scale": self.time_scale.value}
+        """The experiment the controls describe (what Run will do); seconds are model seconds.
+
+        When requests arrive over time, ``every_s`` is the mean gap between Poisson arrivals
+        and ``seed`` the arrival schedule's seed; a burst (all at once) has neither key.
+        """
+        settings: dict[str, Any] = {
+            "modes": self.selected_modes(), "n": self.requests.value,
+            "gpus": self.gpus.value, "slots": self.slots.value,
+            "num_predict": max(1, round(self.seconds.value * SEED_TOKENS_PER_S))}
+        if self.arrivals.value:
+            settings.update(every_s=_whole(self.arrivals.value), seed=self.seed)
+        settings["time_scale"] = self.time_scale.value
+        return settings
 
     def predictions(self) -> dict[str, theory.Prediction]:
         """What theory expects of each selected mode for the controls' workload (model seconds).
@@ -210,11 +262,44 @@ class ExperimentLab:
                                   speedup=self._profile)
                 for m in self.selected_modes()}
 
+    def load_predictions(self) -> dict[str, theory.LoadPrediction]:
+        """Theory for each selected mode when requests arrive over time (empty for a burst).
+
+        Poisson arrivals at rate 1/``every_s`` per model second on the seed profile's latency
+        model (:func:`theory.service_model_from_profile` of the requests the run sends), with
+        the same steady-state call a run's summary gets (:func:`loadgen.fill_predictions`):
+        utilisation ρ and mean latency from arrival, model seconds.
+        """
+        gap = float(self.arrivals.value)
+        modes = self.selected_modes()
+        if not gap or not modes:
+            return {}
+        service = theory.service_model_from_profile(self._profile, self._specs())
+        return {m: theory.predict_load(m, service, rate=1.0 / gap, workers=self.gpus.value,
+                                       slots=self.slots.value,
+                                       concurrency=max_concurrent_from_env(), seed=self.seed)
+                for m in modes}
+
+    def _specs(self) -> list[Any]:
+        from .prompts import make_specs
+
+        settings = self.settings()
+        return make_specs(settings["n"], None, model=DEFAULT_MODEL,
+                          num_predict=settings["num_predict"])
+
     def prediction_text(self) -> str:
-        """The prediction line as plain text, e.g. ``sequential 50 s · pool 20 s (2.50×)``."""
+        """The prediction line as plain text, e.g. ``sequential 50 s · pool 20 s (2.50×)``;
+        under arrivals ``sequential ρ 0.50, mean latency 15 s · …``."""
         preds = self.predictions()
         if not preds:
             return "no mode selected"
+        loads = self.load_predictions()
+        if loads:
+            return "predicted: " + " · ".join(
+                f"{m} ρ {p.utilisation:.2f}, mean latency "
+                + (f"{p.latency_mean_s:.3g} s" if math.isfinite(p.latency_mean_s)
+                   else "∞ (past capacity)")
+                for m, p in loads.items())
         base = float(self.seconds.value) * self.requests.value
         parts = [f"{m} {p.makespan_s:.3g} s" + (f" ({base / p.makespan_s:.2f}×)"
                                                   if p.makespan_s > 0 and get_info(m).multi_server
@@ -293,8 +378,12 @@ class ExperimentLab:
             self.steps.append(Step(name, where[0] if where else "?", t0, time.monotonic()))
 
     async def run(self, *, modes: list[str], n: int, gpus: int, slots: int, num_predict: int,
-                  time_scale: float) -> Comparison | None:
+                  time_scale: float, every_s: float = 0, seed: int = ARRIVAL_SEED
+                  ) -> Comparison | None:
         """Run the experiment, update the progress bar, draw the results into ``output``.
+
+        ``every_s`` > 0: requests arrive open loop, Poisson with mean gap ``every_s`` model
+        seconds, drawn with ``seed``; 0 sends them all at once.
 
         Returns the :class:`~parallel_kit.bench.Comparison`, or None when the run failed (the
         status line says why; the kernel stays usable).
@@ -304,14 +393,19 @@ class ExperimentLab:
         self._running = True
         try:
             return await self._run(modes=modes, n=n, gpus=gpus, slots=slots,
-                                   num_predict=num_predict, time_scale=time_scale)
+                                   num_predict=num_predict, time_scale=time_scale,
+                                   every_s=every_s, seed=seed)
         finally:
             self._running = False
 
     async def _run(self, *, modes: list[str], n: int, gpus: int, slots: int,
-                   num_predict: int, time_scale: float) -> Comparison | None:
-        settings = {"modes": list(modes), "n": n, "gpus": gpus, "slots": slots,
-                    "seconds": _whole(num_predict / SEED_TOKENS_PER_S), "time_scale": time_scale}
+                   num_predict: int, time_scale: float, every_s: float,
+                   seed: int) -> Comparison | None:
+        settings: dict[str, Any] = {"modes": list(modes), "n": n, "gpus": gpus, "slots": slots,
+                                    "seconds": _whole(num_predict / SEED_TOKENS_PER_S)}
+        if every_s:
+            settings.update(every_s=_whole(every_s), seed=seed)
+        settings["time_scale"] = time_scale
         number = len(self.runs) + 1
         self.runs.append(LabRun(number, settings, f"run {number}: {describe(settings)}"))
         self.run_button.disabled = True
@@ -334,7 +428,8 @@ class ExperimentLab:
             self.comparison = await compare(
                 modes, n=n, gpus=gpus, slots=slots, num_predict=num_predict,
                 time_scale=time_scale, hosts=self.hosts, profile=LAB_PROFILE,
-                backend=self.backend, on_result=finished)
+                backend=self.backend, on_result=finished,
+                arrivals=Arrivals(rate=1.0 / every_s, seed=seed) if every_s else None)
         except Exception as exc:  # shown in the lab; the kernel stays usable
             self.progress.bar_style = "danger"
             self.status.value = (f"<b>run {number} failed:</b> "
@@ -354,18 +449,65 @@ class ExperimentLab:
 
         from . import plots
 
+        open_loop = any(r.summary.open_loop for r in comparison.runs)
         fig1 = plots.timeline(comparison.runs, title=f"Request timeline — {lab_run.caption}")
-        fig2 = plots.predicted_vs_measured(comparison.runs)
+        fig2 = (latency_vs_predicted(comparison.runs, title=lab_run.caption) if open_loop
+                else plots.predicted_vs_measured(comparison.runs))
+        what = "latency vs predicted" if open_loop else "predicted vs measured"
+        table = format_load_table(comparison.runs) if open_loop else comparison.table()
         try:
             outputs = [_html_output(f"<b>{html.escape(lab_run.caption)}</b>"),
                        _figure_output(fig1, f"timeline, {lab_run.caption}"),
-                       _figure_output(fig2, f"predicted vs measured, {lab_run.caption}"),
-                       {"output_type": "stream", "name": "stdout",
-                        "text": comparison.table() + "\n"}]
+                       _figure_output(fig2, f"{what}, {lab_run.caption}"),
+                       {"output_type": "stream", "name": "stdout", "text": table + "\n"}]
         finally:
             plt.close(fig1)
             plt.close(fig2)
         self.output.outputs = tuple(outputs)
+
+
+def latency_vs_predicted(runs: Sequence[RunResult], *, title: str = "") -> Any:
+    """Mean latency from arrival per mode: measured beside theory (model seconds).
+
+    Three bars a mode: theory's steady state at the offered rate (``predicted_latency_mean_s``),
+    theory for this run's own arrivals (``open_loop["replay_latency_mean_s"]``) and the measured
+    mean (``open_loop["latency_from_arrival_mean_s"]``); ρ under the mode's name. A bar past
+    capacity (∞) is drawn at the top and marked.
+    """
+    from . import plots
+
+    fig = plots._new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2)
+    ax = fig.subplots()
+    series = [("predicted (steady state)", "#c6dbef", lambda r: r.summary.predicted_latency_mean_s),
+              ("predicted (these arrivals)", "#6baed6",
+               lambda r: r.summary.open_loop.get("replay_latency_mean_s")),
+              ("measured", "#08519c",
+               lambda r: r.summary.open_loop.get("latency_from_arrival_mean_s"))]
+    values = [[_num(get(r)) for r in runs] for _name, _c, get in series]
+    finite = [v for row in values for v in row if math.isfinite(v)]
+    top = max(finite or [1.0])
+    width = 0.8 / len(series)
+    for j, ((name, colour, _get), row) in enumerate(zip(series, values, strict=True)):
+        xs = [i + (j - 1) * width for i in range(len(runs))]
+        heights = [v if math.isfinite(v) else (top * 1.1 if v > 0 else 0.0) for v in row]
+        ax.bar(xs, heights, width, color=colour, label=name)
+        for x, v, h in zip(xs, row, heights, strict=True):
+            text = f"{v:.3g}" if math.isfinite(v) else ("∞" if v > 0 else "—")
+            ax.text(x, h + 0.01 * top, text, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(runs)))
+    ax.set_xticklabels([f"{r.summary.mode}\nρ = {_num(r.summary.utilisation):.2f}"
+                        for r in runs], fontsize=8)
+    ax.set_ylim(0, top * 1.35)
+    ax.set_ylabel(f"mean latency from arrival ({plots.seconds_unit(runs)})")
+    ax.set_title(f"Latency under load — {title}" if title else "Latency under load",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    plots._set_footer(fig, plots.footer_text(runs))
+    return fig
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
 
 
 def _html_output(markup: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
@@ -13,3 +14,124 @@ os.environ.pop("CUDA_VISIBLE_DEVICES", None)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # Tests never talk to a user's Ollama by accident.
 os.environ.setdefault("PARALLEL_KIT_BACKEND", "sim")
+
+
+# -- shared Ray + Serve (rayserve and production tests) --------------------------------------
+# Ray start-up costs seconds on a small machine, and a Serve application more: one cluster and
+# one application for the session. Another test module may shut Ray down (the ray tests start
+# their own cluster), so the fixture re-creates what is gone when it is asked again.
+
+SERVE_TIME_SCALE = 0.02
+#: Logical GPUs of the shared cluster: 3 for the shared application, 3 for a test's own one.
+SERVE_CLUSTER_GPUS = 6
+
+
+class _ServeSession:
+    def __init__(self) -> None:
+        self.app = None
+        self._cm = None
+        self._loop = None
+
+    def cluster(self) -> str:
+        import ray
+
+        if not ray.is_initialized():
+            self.app = None
+            for attempt in (1, 2):  # Ray gives a node 30 s to register: a busy machine may not
+                try:
+                    ray.init(num_gpus=SERVE_CLUSTER_GPUS, num_cpus=2, include_dashboard=False,
+                             log_to_driver=False, object_store_memory=100 * 1024 * 1024,
+                             configure_logging=False)
+                    break
+                except Exception as exc:
+                    ray.shutdown()
+                    if attempt == 2 or "timed out during startup" not in str(exc):
+                        raise
+        return str(ray.get_runtime_context().gcs_address)
+
+    def shared_app(self):
+        """Three replicas, each with an embedded seed-profile simulator (time scale 0.02)."""
+        import asyncio
+
+        from parallel_kit.modes.base import ModeContext, ServerOptions
+        from parallel_kit.modes.rayserve import open_serve_app
+
+        self.cluster()
+        if self.app is not None and _app_running(self.app.name):
+            return self.app
+        ctx = ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
+                          servers=ServerOptions(launch="sim", profile="seed"))
+        if self._loop is None:  # a loop of its own, so tests may ask from inside theirs
+            import threading
+
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._cm = open_serve_app(ctx, name="pk-test-shared", keep=True)
+        self.app = asyncio.run_coroutine_threadsafe(self._cm.__aenter__(), self._loop).result()
+        return self.app
+
+    def close(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _app_running(name: str) -> bool:
+    from ray import serve
+
+    try:
+        status = serve.status().applications.get(name)
+    except Exception:
+        return False
+    return status is not None and str(status.status).endswith("RUNNING")
+
+
+@pytest.fixture(scope="session")
+def serve_session():
+    """The session's Ray cluster (6 logical GPUs) and its shared Serve application."""
+    pytest.importorskip("ray.serve")
+    session = _ServeSession()
+    yield session
+    session.close()
+
+
+# -- shared production stack: a real Redis, a Celery worker process, the shared Serve app ----
+#: Requests here take 0.2 s on the clock; the request timeout bounds a task, and the broker's
+#: visibility timeout (a lost worker's task comes back after it) is kept short for the tests.
+STACK_REQUEST_TIMEOUT_S = 3.0
+STACK_VISIBILITY_TIMEOUT_S = 4.0
+
+
+@pytest.fixture(scope="session")
+def production_stack(serve_session):
+    """Redis (started by the kit) + one Celery worker process + the session's Serve app."""
+    pytest.importorskip("celery")
+    from parallel_kit.modes.stack_options import StackOptions
+    from parallel_kit.production.celery_app import configure
+    from parallel_kit.production.redis_server import RedisServer
+    from parallel_kit.production.stack import Stack, warm_up
+    from parallel_kit.production.worker import wait_for_workers
+
+    app = serve_session.shared_app()
+    settings = StackOptions(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                             visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
+    with RedisServer.start() as redis:
+        configure(redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                  visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
+        stack = Stack(redis.url, app, settings=settings, concurrency=8)
+        try:
+            stack.start_worker()
+            wait_for_workers(stack.workers)
+            import asyncio
+
+            asyncio.run(warm_up(stack))
+            yield stack
+        finally:
+            for w in stack.workers:
+                w.stop()

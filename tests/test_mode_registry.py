@@ -24,17 +24,21 @@ from parallel_kit.topology import Topology
 
 
 def test_every_builtin_mode_is_registered_with_a_runner_that_imports() -> None:
-    assert registry.MODE_NAMES == ("sequential", "async", "batch", "pool", "ray")
+    assert registry.MODE_NAMES == ("sequential", "async", "batch", "pool", "ray", "rayserve",
+                                   "production")
     for info in registry.modes():
         assert callable(info.load()), info.name
         assert info.description
 
 
 def test_traits_say_what_used_to_be_string_comparisons() -> None:
-    assert [m.name for m in registry.modes() if m.multi_server] == ["pool", "ray"]
+    assert [m.name for m in registry.modes() if m.multi_server] == ["pool", "ray", "rayserve",
+                                                                    "production"]
     assert [m.name for m in registry.modes() if m.uses_task_queue] == ["async", "batch"]
-    assert [m.name for m in registry.modes() if m.starts_own_servers] == ["ray"]
-    assert [m.name for m in registry.modes() if m.serves_api] == ["async", "pool", "ray"]
+    assert [m.name for m in registry.modes() if m.starts_own_servers] == [
+        "ray", "rayserve", "production"]
+    assert [m.name for m in registry.modes() if m.serves_api] == ["async", "pool", "ray",
+                                                                  "production"]
 
 
 @pytest.fixture

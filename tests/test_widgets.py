@@ -271,3 +271,76 @@ async def test_wait_returns_the_run_and_leaves_the_lab_ready() -> None:
     comparison = await asyncio.wait_for(lab.wait(), timeout=60)
     assert comparison is lab.comparison is not None
     assert not lab.run_button.disabled and "done" in lab.status.value
+
+
+# -- requests arriving over time ---------------------------------------------------------------
+
+def test_the_arrival_control_round_trips_as_a_browser_sends_it() -> None:
+    lab = make_lab(run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.seconds.value = 10
+    assert lab.arrivals.label == "all at once" and "every_s" not in lab.settings()
+    lab.arrivals.value = 11.0  # one every 11 s: ρ ≈ 0.91 for 10 s requests on one server
+    chosen = lab.settings()
+    assert chosen["every_s"] == 11 and chosen["seed"] == lab.seed
+    state = lab.arrivals.get_state()
+    assert isinstance(state["index"], int) and "value" not in state  # an index, never a float
+    for control in lab.controls():
+        control.set_state(browser_echo(control))
+    assert lab.settings() == chosen
+    assert lab.arrivals.label == "every 11 s"
+
+
+def test_the_prediction_line_gives_rho_and_mean_latency_under_arrivals() -> None:
+    lab = make_lab(run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.requests.value, lab.gpus.value, lab.seconds.value = 5, 3, 10
+    lab.arrivals.value = 20.0
+    loads = lab.load_predictions()
+    # One 10 s server, Poisson arrivals one every 20 s: ρ = 0.5 and Pollaczek–Khinchine's
+    # M/D/1 wait ρ·T/(2(1 − ρ)) = 5 s, so 15 s from arrival; three servers: ρ = 1/6.
+    assert loads["sequential"].utilisation == pytest.approx(0.5, rel=0.01)
+    assert loads["sequential"].latency_mean_s == pytest.approx(15.0, rel=0.02)
+    assert loads["pool"].utilisation == pytest.approx(0.5 / 3, rel=0.01)
+    assert lab.prediction_text().startswith("predicted: sequential ρ 0.50, mean latency 15 s")
+    assert "pool ρ 0.17" in lab.prediction.value
+    lab.arrivals.value = 0.0
+    assert lab.load_predictions() == {}
+    assert lab.prediction_text() == "predicted: sequential 50 s · pool 20 s (2.50×)"
+
+
+def test_a_run_with_a_rate_is_open_loop_and_shows_predicted_latency() -> None:
+    from parallel_kit.widgets import captions
+
+    lab = make_lab(run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.requests.value, lab.seconds.value = 6, 1
+    lab.arrivals.value = 2.0  # one 1 s request every 2 s on average: ρ = 0.5 on one server
+    lab.run_button.click()
+    assert lab.comparison is not None, lab.status.value
+    ran = lab.runs[-1]
+    assert ran.settings == {"modes": ["sequential", "pool"], "n": 6, "gpus": 3, "slots": 1,
+                            "seconds": 1, "every_s": 2, "seed": lab.seed,
+                            "time_scale": TIME_SCALE}
+    assert "Poisson arrivals, one every 2 s (seed 1)" in ran.caption
+    assert lab.progress.value == lab.progress.max == 12
+    for run in lab.comparison.runs:
+        s = run.summary
+        assert s.ok == s.n == 6
+        assert s.open_loop["arrivals"] == "poisson"
+        assert s.offered_rps == pytest.approx(0.5)
+        assert s.open_loop["seed"] == lab.seed
+        assert s.predicted_latency_mean_s is not None and s.utilisation is not None
+        assert s.open_loop["latency_from_arrival_mean_s"] > 0
+    seq = lab.comparison["sequential"].summary
+    assert seq.utilisation == pytest.approx(0.5, rel=0.01)
+    assert seq.predicted_latency_mean_s == pytest.approx(
+        lab.load_predictions()["sequential"].latency_mean_s)
+    # the same arrivals in both modes: one schedule, drawn with the lab's seed
+    times = [sorted(r.scheduled_s - min(x.scheduled_s for x in run.requests)
+                    for r in run.requests) for run in lab.comparison.runs]
+    assert times[0] == pytest.approx(times[1])
+    text = "\n".join(captions(lab.output.outputs))
+    assert f"latency vs predicted, {ran.caption}" in text
+    assert "lat mean" in text and "pred" in text  # the open-loop table, not the makespan one
+    assert sum("image/png" in o.get("data", {}) for o in lab.output.outputs) == 2

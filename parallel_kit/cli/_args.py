@@ -7,8 +7,9 @@ from typing import Any
 
 from ..ranges import arg
 
-__all__ = ["add_engine", "add_time_scale", "engine_options", "fraction", "model_name",
-           "non_negative_int", "positive_float", "positive_int", "ranged"]
+__all__ = ["add_engine", "add_stack_args", "add_time_scale", "engine_options", "fraction",
+           "model_name", "non_negative_int", "positive_float", "positive_int", "ranged",
+           "serve_options", "stack_options"]
 
 #: An argparse ``type=`` checking a flag's sane range (:mod:`parallel_kit.ranges`).
 ranged = arg
@@ -92,3 +93,35 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "threads_per_slot", None):
         opts["threads_per_slot"] = args.threads_per_slot
     return opts
+
+
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    """``--max-ongoing`` (rayserve, production) and ``--redis``/``--workers``/
+    ``--worker-concurrency`` (production)."""
+    p.add_argument("--max-ongoing", type=int, default=None, metavar="N",
+                   help="rayserve/production: requests one Serve replica takes at once "
+                        "(max_ongoing_requests; default: its Ollama's slots)")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
+                        "the kit starts one for the run)")
+    p.add_argument("--workers", type=non_negative_int, default=1, metavar="N",
+                   help="production: Celery worker processes to start (default 1; 0: started "
+                        "by hand with `parallel-kit worker`)")
+    p.add_argument("--worker-concurrency", type=positive_int, default=None, metavar="C",
+                   help="production: tasks per Celery worker at once (default 4 × replicas × "
+                        "max-ongoing, at least 8)")
+
+
+def serve_options(args: argparse.Namespace) -> Any:
+    """The :class:`~parallel_kit.modes.stack_options.ServeOptions` of the parsed arguments."""
+    from ..modes.stack_options import ServeOptions
+
+    return ServeOptions(max_ongoing=getattr(args, "max_ongoing", None))
+
+
+def stack_options(args: argparse.Namespace) -> Any:
+    """The :class:`~parallel_kit.modes.stack_options.StackOptions` of the parsed arguments."""
+    from ..modes.stack_options import StackOptions
+
+    return StackOptions(redis=getattr(args, "redis", None), workers=getattr(args, "workers", 1),
+                        worker_concurrency=getattr(args, "worker_concurrency", None))

@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 from ..modes.registry import mode_names
-from ._args import add_engine, add_time_scale, engine_options, model_name, ranged
+from ._args import (
+    add_engine,
+    add_stack_args,
+    add_time_scale,
+    engine_options,
+    model_name,
+    ranged,
+    serve_options,
+    stack_options,
+)
 from ._load import add_arrival_flags, add_rate_flags, arrivals_from_args
 
 __all__ = ["add_parser", "run"]
@@ -54,6 +63,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit 1 when any request failed (default: 0 for a run that completed, "
                         "failed rows included) — for CI"),
+    add_stack_args(p)
     add_engine(p)
     add_rate_flags(p)
     add_arrival_flags(p)
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 num_predict=args.num_predict, time_scale=args.time_scale, api=args.api,
                 servers=servers, queue=queue,
                 ray=RayOptions(address=args.ray_address or os.environ.get("RAY_ADDRESS")),
+                serve=serve_options(args), stack=stack_options(args),
                 progress=not args.no_progress,
                 announce=lambda m: print(m, file=sys.stderr), into=comparison,
                 arrivals=arrivals, slo=slo))

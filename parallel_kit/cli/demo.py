@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--redis", default=None, metavar="URL",
+                   help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
+                        "the kit starts one for the run)")
     add_engine(p)
     return p
 
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 modes=args.modes, gpus=args.gpus,
                 ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
                 engine=args.engine, engine_options=engine_options(args), progress=True,
-                announce=lambda m: print(m, file=sys.stderr)))
+                announce=lambda m: print(m, file=sys.stderr), redis=args.redis))
         except ParallelKitError as exc:
             if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
                 raise

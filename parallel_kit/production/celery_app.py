@@ -1,0 +1,284 @@
+"""The Celery side of the production stack: one app, one task, and the settings that matter.
+
+Broker and result backend are the same real Redis (:mod:`.redis_server`). The task
+``parallel_kit.infer`` runs in a Celery worker (:mod:`.worker`): it calls the Ray Serve
+application (:mod:`parallel_kit.modes.rayserve`) through a ``DeploymentHandle`` and returns the
+request's row (a :class:`~parallel_kit.records.RequestResult` as a dict), which Celery stores in
+Redis — so any API process answers ``GET /tasks/{id}`` from Redis.
+
+Delivery (Celery's and kombu's own mechanisms, no retry loop of the kit's):
+
+* ``task_acks_late=True``: a task is acknowledged when it *finished*, so a worker that dies
+  mid-task leaves it unacknowledged and it is delivered again — **at least once**: a request
+  may reach Ollama twice after a worker loss. Each delivery is counted in Redis
+  (:data:`DELIVERIES_KEY`) and a redelivered row says so (``retries`` and ``hops``), so
+  duplicates are counted, not hidden.
+* ``task_reject_on_worker_lost=True``: a prefork child that dies is requeued at once (with the
+  ``threads`` pool the kit uses, the whole worker process is the unit that dies).
+* ``visibility_timeout``: with a Redis broker an unacknowledged message goes back to the queue
+  only after this many seconds (kombu's default: one hour). It must exceed the longest a task
+  may run, or a long request still running is handed to a second worker and reaches Ollama
+  twice (https://github.com/celery/celery/issues/5935). The kit bounds every request by
+  ``request_timeout_s`` (the handle call's timeout) and sets the visibility timeout to that
+  plus a margin (:func:`visibility_timeout_for`); kombu's restore sweep runs every second
+  (``unacked_restore_interval``/``unacked_restore_throttle``) so a lost task is back within
+  about a second of its timeout. Sources: kombu's Redis transport options,
+  https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.redis.html, and
+  Celery's "Using Redis" caveats, https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html.
+* A replica lost mid-request (Serve does not re-send it): ``autoretry_for`` re-queues the task
+  (Celery's retry, counted in ``retries``) and Serve's router sends it to a live replica.
+* ``worker_prefetch_multiplier=1``: a worker reserves no more tasks than it runs, so a queued
+  task waits in Redis, where any worker can take it.
+
+Unknown ids: Celery reports an id it never saw as ``PENDING``
+(https://github.com/celery/celery/issues/4450); the API therefore keeps its own record of each
+accepted id (:data:`TASK_KEY`) and answers 404 for ids without one, 410 once a finished task's
+result expired (``result_expires``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+from celery import Celery, signals
+
+__all__ = ["DELIVERIES_KEY", "EPOCH_KEY", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
+           "STATS_KEY", "TASK_KEY", "TASK_NAME", "app", "configure", "visibility_timeout_for"]
+
+TASK_NAME = "parallel_kit.infer"
+PING_NAME = "parallel_kit.ping"
+QUEUE = "parallel_kit"
+#: Longest a request may take (clock seconds) before it is a failed row; bounds the task.
+REQUEST_TIMEOUT_S = 600.0
+#: Seconds a finished task's result stays in Redis (then ``GET /tasks/{id}`` answers 410).
+RESULT_EXPIRES_S = 24 * 3600
+#: Redis keys the kit keeps beside Celery's own (``{id}`` is the task id).
+TASK_KEY = "parallel_kit:task:{id}"
+DELIVERIES_KEY = "parallel_kit:deliveries:{id}"
+STATS_KEY = "parallel_kit:stats"
+EPOCH_KEY = "parallel_kit:epoch"
+
+REDIS_URL_ENV = "PARALLEL_KIT_REDIS_URL"
+REQUEST_TIMEOUT_ENV = "PARALLEL_KIT_REQUEST_TIMEOUT_S"
+VISIBILITY_TIMEOUT_ENV = "PARALLEL_KIT_VISIBILITY_TIMEOUT_S"
+
+
+def visibility_timeout_for(request_timeout_s: float) -> float:
+    """The broker's visibility timeout for requests bounded by ``request_timeout_s`` (clock s).
+
+    The longest request plus a margin for the hops around it (a Celery retry re-publishes the
+    task, which starts a new visibility window): ``request_timeout_s × 1.25 + 5``.
+    """
+    return request_timeout_s * 1.25 + 5.0
+
+
+app = Celery("parallel_kit")
+
+
+def configure(redis_url: str, *, request_timeout_s: float | None = None,
+              visibility_timeout_s: float | None = None,
+              result_expires_s: float = RESULT_EXPIRES_S) -> Celery:
+    """Point :data:`app` at ``redis_url`` with the delivery settings of the module docstring.
+
+    Raises:
+        ConfigError: a visibility timeout not longer than the request timeout.
+    """
+    from ..errors import ConfigError
+
+    timeout = float(request_timeout_s or os.environ.get(REQUEST_TIMEOUT_ENV) or
+                    REQUEST_TIMEOUT_S)
+    visibility = float(visibility_timeout_s or os.environ.get(VISIBILITY_TIMEOUT_ENV) or
+                       visibility_timeout_for(timeout))
+    if visibility <= timeout:
+        raise ConfigError(f"visibility timeout {visibility:g} s must exceed the request timeout "
+                          f"{timeout:g} s, or a request still running is delivered twice "
+                          f"(celery/celery#5935) — raise it or lower the request timeout")
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        task_default_queue=QUEUE,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_track_started=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        # Ray's driver needs real stdout/stderr file descriptors (faulthandler).
+        worker_redirect_stdouts=False,
+        worker_send_task_events=False,
+        result_expires=int(result_expires_s),
+        result_extended=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
+        # A publish to a Redis that is gone fails within about a second (the API answers 503).
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0.1,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        broker_transport_options={"visibility_timeout": visibility,
+                                  "unacked_restore_interval": 1,
+                                  "unacked_restore_throttle": 1,
+                                  # the sweep's lock in Redis: a worker killed while holding
+                                  # it must not stop every sweep for kombu's default 300 s
+                                  "unacked_mutex_expire": 10,
+                                  "socket_timeout": 5.0, "socket_connect_timeout": 2.0},
+        result_backend_transport_options={"socket_timeout": 5.0,
+                                          "socket_connect_timeout": 2.0},
+        redis_socket_timeout=5.0, redis_socket_connect_timeout=2.0,
+        parallel_kit_request_timeout_s=timeout,
+        parallel_kit_visibility_timeout_s=visibility,
+    )
+    return app
+
+
+# -- the worker side -------------------------------------------------------------------------
+
+_local = threading.local()
+_handles: dict[str, Any] = {}
+_handles_lock = threading.Lock()
+
+
+def _redis() -> Any:
+    client = getattr(_local, "redis", None)
+    if client is None:
+        import redis
+
+        client = redis.Redis.from_url(app.conf.broker_url)
+        _local.redis = client
+    return client
+
+
+def _handle(app_name: str) -> Any:
+    """The Serve application's handle in this worker process (Ray joined once)."""
+    with _handles_lock:
+        handle = _handles.get(app_name)
+        if handle is None:
+            import ray
+            from ray import serve
+
+            if not ray.is_initialized():
+                ray.init(address=os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
+                         configure_logging=False)
+            from ..modes.rayserve import quiet_serve_logs
+
+            quiet_serve_logs()
+            handle = serve.get_app_handle(app_name)
+            _handles[app_name] = handle
+        return handle
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    from ..modes.rayserve import _lost_errors as lost
+
+    return lost()
+
+
+class ReplicaLost(Exception):
+    """A Serve replica died with the request inside it (the task is retried by Celery)."""
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(ReplicaLost,), max_retries=3, default_retry_delay=0,
+          retry_backoff=False, retry_jitter=False)
+def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Run one request through the Serve application; return its row as a dict.
+
+    Args:
+        spec: a :class:`~parallel_kit.records.RequestSpec` as a dict.
+        run: ``app`` (the Serve application's name), ``epoch`` (wall-clock origin of the
+            rows), ``time_scale``, ``submitted_s`` and ``hops`` (``accepted`` so far),
+            ``model``.
+    """
+    from ..modes.ray_gpu import _row_from_wire, _spec_to_wire
+    from ..records import RequestResult, RequestSpec
+
+    epoch, scale = float(run["epoch"]), float(run["time_scale"])
+    picked = (time.time() - epoch) / scale
+    task_id = self.request.id
+    deliveries = 1
+    try:
+        r = _redis()
+        key = DELIVERIES_KEY.format(id=task_id)
+        deliveries = int(r.incr(key))
+        r.expire(key, int(app.conf.result_expires or RESULT_EXPIRES_S))
+    except Exception:  # counting is best effort; the request still runs
+        pass
+    retries = int(self.request.retries or 0)
+    hops = {**run.get("hops", {}), "picked_up": picked}
+    request = RequestSpec(**spec)
+    timeout = float(app.conf.get("parallel_kit_request_timeout_s") or REQUEST_TIMEOUT_S)
+    try:
+        response = _handle(run["app"]).remote(_spec_to_wire(request), run["submitted_s"],
+                                              epoch, hops)
+        out = response.result(timeout_s=timeout)
+    except _lost_errors() as exc:
+        raise ReplicaLost(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    except TimeoutError:
+        row = RequestResult(request_id=request.request_id, mode="production",
+                            prompt=request.prompt, model=request.model or run.get("model", ""),
+                            submitted_s=run["submitted_s"],
+                            finished_s=(time.time() - epoch) / scale, ok=False,
+                            error=f"no answer within the request timeout ({timeout:g} s)",
+                            hops=hops).finalize()
+    except Exception as exc:  # an error inside the replica: a failed row, never a lost one
+        row = RequestResult(request_id=request.request_id, mode="production",
+                            prompt=request.prompt, model=request.model or run.get("model", ""),
+                            submitted_s=run["submitted_s"],
+                            finished_s=(time.time() - epoch) / scale, ok=False,
+                            error=f"error inside the Serve replica: {str(exc).splitlines()[0]}",
+                            hops=hops).finalize()
+    else:
+        row = _row_from_wire(out)
+    row.mode = "production"
+    # Every delivery after the first is a Celery retry (a lost replica) or a redelivery (a
+    # lost worker): either may have reached Ollama before, so it is counted.
+    row.retries += max(deliveries - 1, retries)
+    row.hops = {**row.hops, "worker_done": (time.time() - epoch) / scale}
+    if deliveries > 1:
+        row.hops["deliveries"] = float(deliveries)
+    return row.to_dict()
+
+
+@app.task(name=PING_NAME)
+def ping(app_name: str) -> dict[str, Any]:
+    """Join Ray and reach the Serve application (the stack's warm-up); where it answered."""
+    return dict(_handle(app_name).describe.remote().result(timeout_s=120))
+
+
+@signals.task_success.connect
+def _count_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    """After Celery stored the result: mark the task finished (the API's 410 needs it)."""
+    if getattr(sender, "name", "") != TASK_NAME:
+        return
+    try:
+        task_id = sender.request.id
+        r = _redis()
+        ok = bool(result.get("ok")) if isinstance(result, dict) else False
+        pipe = r.pipeline()
+        pipe.hset(TASK_KEY.format(id=task_id), "finished", json.dumps(time.time()))
+        pipe.hincrby(STATS_KEY, "completed" if ok else "failed", 1)
+        pipe.execute()
+    except Exception:
+        pass
+
+
+@signals.task_failure.connect
+def _count_failure(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    if getattr(sender, "name", "") != TASK_NAME or task_id is None:
+        return
+    try:
+        r = _redis()
+        pipe = r.pipeline()
+        pipe.hset(TASK_KEY.format(id=task_id), "finished", json.dumps(time.time()))
+        pipe.hincrby(STATS_KEY, "failed", 1)
+        pipe.execute()
+    except Exception:
+        pass
+
+
+_url = os.environ.get(REDIS_URL_ENV)
+if _url:  # `celery -A parallel_kit.production.celery_app worker` with the URL in the env
+    configure(_url)

@@ -1,0 +1,324 @@
+"""The caller's side of the Celery queue: accept a task, say where it is, wait for it.
+
+Used by the production API (any number of API processes, each answering from Redis) and by the
+``production`` mode of ``bench``/``demo`` (the same Celery app, without HTTP in between).
+
+A task is accepted only once Redis holds it: first the kit's record (:data:`TASK_KEY`: the
+spec, when it was accepted), then Celery's message. If either write fails the caller gets
+:class:`RedisUnavailable` and nothing was accepted (a record without a message is removed).
+
+States for ``GET /tasks/{id}`` (:meth:`TaskClient.status`): no record → :class:`UnknownTask`
+(404) — Celery alone would say ``PENDING`` for any id (celery/celery#4450); a record whose
+result Celery no longer has although it finished → :class:`ExpiredTask` (410); otherwise
+Celery's state: ``PENDING``/``RETRY`` → ``queued``, ``STARTED`` → ``running``, ``SUCCESS`` →
+``completed`` or ``failed`` (the row's ``ok``), ``FAILURE`` → ``failed``.
+
+Waiting uses Redis pub/sub: Celery's Redis result backend publishes each stored result on the
+channel named by its key (``celery-task-meta-<id>``), as Celery's own ``ResultConsumer`` does,
+so a waiting caller needs no polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ParallelKitError
+from ..records import RequestResult, RequestSpec
+from .celery_app import (
+    EPOCH_KEY,
+    RESULT_EXPIRES_S,
+    STATS_KEY,
+    TASK_KEY,
+    TASK_NAME,
+    app,
+)
+
+__all__ = ["ExpiredTask", "RedisUnavailable", "TaskClient", "UnknownTask", "shared_epoch",
+           "wait_for_meta"]
+
+META_PREFIX = "celery-task-meta-"
+
+
+class RedisUnavailable(ParallelKitError):
+    """Redis does not answer: nothing can be accepted or looked up (the API answers 503)."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"Redis at {_safe(url)} is unreachable ({detail}) — start it again, or "
+                         f"point --redis / PARALLEL_KIT_REDIS_URL at a running Redis; nothing "
+                         f"was accepted")
+        self.url = url
+
+
+class UnknownTask(ParallelKitError, LookupError):
+    """No task was ever accepted with this id (404)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r} was accepted by this stack — check the id")
+
+
+class ExpiredTask(ParallelKitError, LookupError):
+    """The task finished, but its result expired from Redis (410)."""
+
+    def __init__(self, task_id: str, expires_s: float) -> None:
+        super().__init__(f"task {task_id!r} finished, but its result expired (results are kept "
+                         f"{expires_s:g} s) — submit it again")
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def shared_epoch(redis_url: str) -> float:
+    """The wall-clock origin of the stack's rows, the same for every API process (Redis SETNX)."""
+    client = _client(redis_url)
+    try:
+        client.set(EPOCH_KEY, repr(time.time()), nx=True)
+        return float(client.get(EPOCH_KEY))
+    except Exception as exc:
+        raise RedisUnavailable(redis_url, _first_line(exc)) from None
+
+
+def _client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=3.0, socket_connect_timeout=2.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)
+
+
+@dataclass
+class TaskClient:
+    """Accept tasks into the stack and read them back (see the module docstring).
+
+    Args:
+        redis_url: the stack's Redis (Celery's broker and result backend).
+        app_name: the Ray Serve application the workers call.
+        time_scale: clock seconds per model second of the rows.
+        epoch: the rows' origin as wall-clock seconds (``time.time()``).
+        model: the model for specs that name none.
+    """
+
+    redis_url: str
+    app_name: str
+    time_scale: float
+    epoch: float
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        self._redis = _client(self.redis_url)
+
+    def now(self) -> float:
+        """Model seconds since the epoch."""
+        return (time.time() - self.epoch) / self.time_scale
+
+    # -- accept ----------------------------------------------------------------------------
+    def submit(self, spec: RequestSpec, *, task_id: str | None = None,
+               submitted_s: float | None = None) -> str:
+        """Put one request on the queue; returns its task id once Redis holds it.
+
+        Raises:
+            RedisUnavailable: Redis does not answer (nothing was accepted).
+        """
+        import redis
+
+        task_id = task_id or uuid.uuid4().hex
+        accepted = self.now()
+        spec_dict = {"prompt": spec.prompt, "model": spec.model, "num_predict": spec.num_predict,
+                     "options": dict(spec.options), "system": spec.system,
+                     "request_id": spec.request_id or task_id}
+        key = TASK_KEY.format(id=task_id)
+        try:
+            pipe = self._redis.pipeline()
+            pipe.hset(key, mapping={"spec": json.dumps(spec_dict),
+                                    "accepted": repr(time.time())})
+            pipe.expire(key, int(2 * (app.conf.result_expires or RESULT_EXPIRES_S)))
+            pipe.hincrby(STATS_KEY, "accepted", 1)
+            pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        run = {"app": self.app_name, "epoch": self.epoch, "time_scale": self.time_scale,
+               "submitted_s": accepted if submitted_s is None else submitted_s,
+               "hops": {"accepted": accepted}, "model": self.model}
+        try:
+            app.send_task(TASK_NAME, args=(spec_dict, run), task_id=task_id)
+        except Exception as exc:  # kombu's OperationalError and friends
+            try:
+                self._redis.delete(key)
+                self._redis.hincrby(STATS_KEY, "accepted", -1)
+            except redis.exceptions.RedisError:
+                pass
+            raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        return task_id
+
+    # -- look up ---------------------------------------------------------------------------
+    def status(self, task_id: str) -> dict[str, Any]:
+        """The ``GET /tasks/{id}`` body: ``task_id``, ``status``, ``result``, ``error``.
+
+        Raises:
+            UnknownTask: never accepted (404). ExpiredTask: result expired (410).
+            RedisUnavailable: Redis does not answer (503).
+        """
+        import redis
+
+        try:
+            pipe = self._redis.pipeline()
+            pipe.hgetall(TASK_KEY.format(id=task_id))
+            pipe.get(META_PREFIX + task_id)
+            record, meta_raw = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        if not record:
+            raise UnknownTask(task_id)
+        meta = json.loads(meta_raw) if meta_raw else None
+        if meta is None:
+            if b"finished" in record:
+                raise ExpiredTask(task_id, float(app.conf.result_expires or RESULT_EXPIRES_S))
+            return {"task_id": task_id, "status": "queued", "result": None, "error": None}
+        return body_from_meta(task_id, meta)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters kept in Redis (accepted, completed, failed) and the queue's length."""
+        import redis
+
+        from .celery_app import QUEUE
+
+        try:
+            raw = self._redis.hgetall(STATS_KEY)
+            queued = int(self._redis.llen(QUEUE))
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        accepted = counts.get("accepted", 0)
+        done = counts.get("completed", 0) + counts.get("failed", 0)
+        return {"accepted": accepted, "queued": queued,
+                "running": max(accepted - done - queued, 0),
+                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0)}
+
+    def ping(self) -> None:
+        """Raise :class:`RedisUnavailable` unless Redis answers."""
+        import redis
+
+        try:
+            self._redis.ping()
+        except redis.exceptions.RedisError as exc:
+            raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+
+    # -- wait ------------------------------------------------------------------------------
+    async def wait(self, task_ids: Iterable[str], *, timeout_s: float | None = None,
+                   on_done: Any = None) -> dict[str, dict[str, Any]]:
+        """Wait until every task has a final state; returns ``{id: GET /tasks body}``.
+
+        ``on_done(task_id, body)`` is called as each arrives (:func:`wait_for_meta`).
+
+        Raises:
+            asyncio.TimeoutError: ``timeout_s`` passed first.
+        """
+        out: dict[str, dict[str, Any]] = {}
+
+        def take(task_id: str, meta: dict[str, Any]) -> None:
+            out[task_id] = body_from_meta(task_id, meta)
+            if on_done is not None:
+                on_done(task_id, out[task_id])
+
+        await wait_for_meta(self.redis_url, task_ids, timeout_s=timeout_s, on_meta=take)
+        return out
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
+                        timeout_s: float | None = None, on_meta: Any = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Celery's final result meta of each task, as it is stored (Redis pub/sub, no polling).
+
+    Subscribes to ``celery-task-meta-*`` first, then reads what is stored already, so no result
+    is missed. ``on_meta(task_id, meta)`` is called as each arrives.
+
+    Raises:
+        asyncio.TimeoutError: ``timeout_s`` passed first.
+    """
+    import redis.asyncio as aioredis
+
+    pending = set(task_ids)
+    out: dict[str, dict[str, Any]] = {}
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+
+    def take(task_id: str, meta: dict[str, Any]) -> None:
+        if task_id in pending and meta.get("status") in ("SUCCESS", "FAILURE"):
+            pending.discard(task_id)
+            out[task_id] = meta
+            if on_meta is not None:
+                on_meta(task_id, meta)
+
+    async def run() -> None:
+        await pubsub.psubscribe(META_PREFIX + "*")
+        ids = list(pending)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            stored = await client.mget([META_PREFIX + t for t in chunk])
+            for task_id, raw in zip(chunk, stored, strict=True):
+                if raw:
+                    take(task_id, json.loads(raw))
+        while pending:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is None or msg.get("type") != "pmessage":
+                continue
+            channel = msg["channel"].decode()
+            take(channel[len(META_PREFIX):], json.loads(msg["data"]))
+
+    try:
+        await asyncio.wait_for(run(), timeout_s)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+    return out
+
+
+def body_from_meta(task_id: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``GET /tasks/{id}`` body from Celery's result meta."""
+    state = meta.get("status")
+    if state == "SUCCESS":
+        row = meta.get("result") or {}
+        ok = bool(row.get("ok"))
+        return {"task_id": task_id, "status": "completed" if ok else "failed", "result": row,
+                "error": None if ok else row.get("error")}
+    if state == "FAILURE":
+        exc = meta.get("result") or {}
+        text = (f"{exc.get('exc_type', 'error')}: {exc.get('exc_message', '')}"
+                if isinstance(exc, dict) else str(exc))
+        return {"task_id": task_id, "status": "failed", "result": None, "error": text}
+    if state == "STARTED":
+        return {"task_id": task_id, "status": "running", "result": None, "error": None}
+    return {"task_id": task_id, "status": "queued", "result": None, "error": None}
+
+
+def row_from_body(body: dict[str, Any], spec: RequestSpec, *, mode: str, model: str,
+                  submitted_s: float, done_s: float) -> RequestResult:
+    """A row for one finished task: the worker's row, or a failed row saying why."""
+    result = body.get("result")
+    if isinstance(result, dict) and result:
+        row = RequestResult.from_dict(result)
+    else:
+        row = RequestResult(request_id=spec.request_id, mode=mode, prompt=spec.prompt,
+                            model=spec.model or model, submitted_s=submitted_s,
+                            ok=False, error=body.get("error") or "the task failed")
+    row.mode = mode
+    row.hops = {**row.hops, "done": done_s}
+    row.finished_s = done_s if math.isnan(row.finished_s) or row.ok else row.finished_s
+    return row.finalize()

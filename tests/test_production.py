@@ -1,0 +1,305 @@
+"""The production stack for real: a Redis server, Celery worker processes, Ray Serve replicas.
+
+Failures are real process kills (SIGKILL); behaviour is read from Redis, the rows and the
+simulators' own records — never from wall-clock ratios. One Redis + worker + Serve application
+is shared by the session (``production_stack`` in conftest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import SERVE_TIME_SCALE
+
+from parallel_kit.backend import sim_info
+from parallel_kit.errors import ConfigError
+from parallel_kit.launcher import free_port
+from parallel_kit.modes.base import ModeContext, ServerOptions, get_mode
+from parallel_kit.modes.production import run_on_stack, run_production
+from parallel_kit.production.redis_server import RedisServer, check_redis, open_redis
+from parallel_kit.records import RequestSpec
+
+pytest.importorskip("celery")
+pytest.importorskip("ray.serve")
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+HOP_ORDER = ("accepted", "picked_up", "replica_entered", "replica_done", "worker_done", "done")
+
+
+def specs(n: int, prefix: str) -> list[RequestSpec]:
+    return [RequestSpec(f"prompt {i}", request_id=f"{prefix}{i}") for i in range(n)]
+
+
+def ctx() -> ModeContext:
+    return ModeContext([], backend="sim", time_scale=SERVE_TIME_SCALE, gpus=3,
+                       servers=ServerOptions(launch="sim"))
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+def test_kit_starts_a_real_redis_and_stops_it() -> None:
+    with open_redis(None) as url:
+        check_redis(url)  # answers PING
+    with pytest.raises(ConfigError, match="no Redis answers"):
+        check_redis(url)
+
+
+def test_redis_url_pointing_at_nothing_is_one_clear_line() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError) as err, open_redis(url):
+        pass
+    assert str(err.value).startswith(f"no Redis answers at {url}")
+    assert "\n" not in str(err.value) and "--redis" in str(err.value)
+
+
+def test_redis_url_pointing_at_an_http_server_says_it_is_not_redis() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"redis://127.0.0.1:{server.server_address[1]}/0"
+        with pytest.raises(ConfigError, match=r"answered, but not as Redis"):
+            check_redis(url)
+    finally:
+        server.shutdown()
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_production_is_a_registered_mode() -> None:
+    assert get_mode("production") is run_production
+
+
+# -- through the stack -----------------------------------------------------------------------
+
+async def test_rows_come_back_through_redis_with_a_timestamp_per_layer(production_stack) -> None:
+    run = await run_on_stack(production_stack, specs(5, "layers"), ctx())
+    assert run.summary.mode == "production" and run.summary.n == 5 and run.summary.ok == 5
+    assert sorted(r.request_id for r in run.requests) == [f"layers{i}" for i in range(5)]
+    for r in run.requests:
+        times = [r.hops[h] for h in HOP_ORDER]
+        assert times == sorted(times), r.hops
+        assert r.hops["replica_entered"] <= r.started_s <= r.first_token_s <= r.hops[
+            "replica_done"]
+        assert r.replica and r.worker.startswith("gpu") and r.node
+    assert run.summary.setup_s is not None
+
+
+async def test_worker_killed_mid_task_its_task_is_redelivered_and_completes(
+        production_stack) -> None:
+    from test_rayserve import _wait_for_replicas
+
+    from parallel_kit.production.tasks import TaskClient
+
+    stack = production_stack
+    await _wait_for_replicas(stack.app, 3)
+    sims = [d["url"] for d in await asyncio.to_thread(_describe_all, stack.app)]
+    victim = stack.workers[-1]
+    client = TaskClient(stack.redis_url, stack.app.name, SERVE_TIME_SCALE, time.time())
+    try:
+        ids = [client.submit(s) for s in specs(3, "wkill")]
+        # Kill the worker once one of its requests is inside an Ollama (the servers' own
+        # count): the request has reached Ollama, and will reach it again — at least once.
+        while sum([((await sim_info(u)) or {}).get("active", 0) for u in sims]) < 1:
+            await asyncio.sleep(0.005)
+        victim.kill()
+        stack.start_worker()  # a fresh worker; the lost tasks come back after the timeout
+        done = await client.wait(ids, timeout_s=60)
+    finally:
+        client.close()
+    assert [done[i]["status"] for i in ids] == ["completed"] * 3  # nothing lost
+    rows = [done[i]["result"] for i in ids]
+    redelivered = [r for r in rows if r["hops"].get("deliveries", 1) > 1]
+    assert redelivered and all(r["retries"] >= 1 for r in redelivered)  # counted, not hidden
+
+
+async def test_replica_killed_mid_request_completes_on_a_replica(production_stack) -> None:
+    from test_rayserve import _wait_for_replicas
+
+    app = production_stack.app
+    await _wait_for_replicas(app, 3)
+    victim = (await asyncio.to_thread(_describe_all, app))[0]
+
+    async def kill_victim_once_busy() -> None:
+        while ((await sim_info(victim["url"])) or {}).get("active", 0) < 1:
+            await asyncio.sleep(0.005)
+        os.kill(victim["pid"], signal.SIGKILL)
+
+    killer = asyncio.create_task(kill_victim_once_busy())
+    run = await run_on_stack(production_stack, specs(3, "rkill"), ctx())
+    await asyncio.wait_for(killer, 30)
+    assert run.summary.n == 3 and run.summary.ok == 3
+    assert run.summary.retries >= 1
+    await _wait_for_replicas(app, 3)
+
+
+def _describe_all(app) -> list[dict]:
+    seen: dict[str, dict] = {}
+    for _ in range(30):
+        d = app.handle.describe.remote().result(timeout_s=30)
+        seen[d["replica"]] = d
+        if len(seen) == app.workers:
+            break
+    return sorted(seen.values(), key=lambda d: d["rank"])
+
+
+# -- the HTTP API ----------------------------------------------------------------------------
+
+def _start_api(stack, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_kit", "serve", "--mode", "production",
+         "--workers", "0", "--redis", stack.redis_url, "--serve-app", stack.app.name,
+         "--port", str(port), "--time-scale", str(SERVE_TIME_SCALE)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        if proc.poll() is not None:
+            raise AssertionError(proc.stderr.read().decode() if proc.stderr else "API exited")
+        time.sleep(0.05)
+    raise AssertionError("the API process did not come up")
+
+
+def test_api_killed_and_restarted_every_accepted_task_completes(production_stack) -> None:
+    port = free_port()
+    first = _start_api(production_stack, port)
+    try:
+        resp = httpx.post(f"http://127.0.0.1:{port}/inference/batch",
+                          json=[{"prompt": f"p{i}"} for i in range(6)], timeout=10)
+        assert resp.status_code == 200
+        ids = resp.json()["task_ids"]
+        assert len(ids) == 6
+    finally:
+        os.kill(first.pid, signal.SIGKILL)  # the API dies right after accepting
+        first.wait(10)
+    second = _start_api(production_stack, free_port())
+    base = f"http://127.0.0.1:{_port_of(second)}"
+    try:
+        deadline = time.monotonic() + 60
+        bodies: dict[str, dict] = {}
+        while len(bodies) < 6 and time.monotonic() < deadline:
+            for i in ids:
+                body = httpx.get(f"{base}/tasks/{i}", timeout=5).json()
+                if body["status"] in ("completed", "failed"):
+                    bodies[i] = body
+            time.sleep(0.05)
+        assert [bodies[i]["status"] for i in ids] == ["completed"] * 6
+        assert httpx.get(f"{base}/tasks/never-accepted", timeout=5).status_code == 404
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(10)
+
+
+def _port_of(proc: subprocess.Popen[bytes]) -> int:
+    return int(proc.args[proc.args.index("--port") + 1])  # type: ignore[union-attr,index]
+
+
+async def test_redis_unreachable_api_answers_503_naming_redis_and_accepts_nothing(
+        production_stack) -> None:
+    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.tasks import TaskClient
+
+    redis = RedisServer.start()
+    client = TaskClient(redis.url, production_stack.app.name, SERVE_TIME_SCALE, time.time())
+    app = create_production_app(client)
+    redis.stop()  # Redis goes away under a running API
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http_client:
+            resp = await http_client.post("/inference/async", json={"prompt": "hi"})
+            assert resp.status_code == 503
+            detail = resp.json()["detail"]
+            assert "Redis" in detail and "--redis" in detail and "nothing was accepted" in detail
+            assert "Traceback" not in resp.text
+            assert (await http_client.get("/health")).status_code == 503
+            assert (await http_client.get("/tasks/abc")).status_code == 503
+    finally:
+        client.close()
+
+
+async def test_unknown_task_is_404_and_expired_result_is_410(production_stack) -> None:
+    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.tasks import TaskClient
+
+    stack = production_stack
+    client = TaskClient(stack.redis_url, stack.app.name, SERVE_TIME_SCALE, time.time())
+    app = create_production_app(client)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api") as http_client:
+            assert (await http_client.get("/tasks/no-such-id")).status_code == 404
+            task_id = (await http_client.post("/inference/async",
+                                              json={"prompt": "hi"})).json()["task_id"]
+            await client.wait([task_id], timeout_s=30)
+            # The worker marks the task finished right after Celery stored its result.
+            while not client._redis.hexists(f"parallel_kit:task:{task_id}", "finished"):
+                await asyncio.sleep(0.005)
+            body = (await http_client.get(f"/tasks/{task_id}")).json()
+            assert body["status"] == "completed" and body["result"]["ok"]
+            # The result expires from Redis (as result_expires makes it): 410, never "queued".
+            client._redis.delete(f"celery-task-meta-{task_id}")
+            assert (await http_client.get(f"/tasks/{task_id}")).status_code == 410
+    finally:
+        client.close()
+
+
+# -- bad input at the command line: one line, exit 2, nothing started ---------------------------
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from parallel_kit.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_cli_max_ongoing_zero_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _cli(["bench", "--mode", "rayserve", "--max-ongoing", "0", "--n", "1"], capsys)
+    assert code == 2
+    assert err.strip().startswith("error: --max-ongoing 0 must be a whole number ≥ 1")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_redis_pointing_at_nothing_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    code, err = _cli(["bench", "--mode", "production", "--redis", dead, "--n", "1",
+                      "--time-scale", "0.005", "--no-progress"], capsys)
+    assert code == 2
+    assert f"error: no Redis answers at {dead}" in err and "Traceback" not in err
+
+
+def test_cli_production_without_the_extra_names_the_install(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "celery", None)
+    code, err = _cli(["bench", "--mode", "production", "--n", "1", "--time-scale", "0.005",
+                      "--no-progress"], capsys)
+    assert code == 2
+    assert 'pip install "parallel_kit[production]"' in err and "Traceback" not in err
+
+
+async def test_demo_without_a_redis_binary_says_so_in_one_line_and_runs_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallel_kit.demo import run_demo
+    from parallel_kit.production import redis_server
+
+    monkeypatch.delenv("PARALLEL_KIT_REDIS_URL", raising=False)
+    monkeypatch.setattr(redis_server, "find_redis_server", lambda: None)
+    said: list[str] = []
+    comparison = await run_demo(time_scale=0.005, modes="sequential,production",
+                                announce=said.append)
+    assert [r.summary.mode for r in comparison.runs] == ["sequential"]
+    skipped = [m for m in said if m.startswith("production: skipped")]
+    assert len(skipped) == 1 and "parallel_kit[production]" in skipped[0]
