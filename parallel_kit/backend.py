@@ -33,6 +33,7 @@ from .config import (
 )
 from .errors import ConfigError, ModelNotFound, OllamaUnavailable
 from .neterrors import connect_reason
+from .sim.registry import engine_info
 
 __all__ = ["Backend", "make_engine", "open_backend", "sim_info"]
 
@@ -196,12 +197,16 @@ async def open_backend(
         if time_scale is not None and not math.isclose(scale, time_scale):
             raise ConfigError(f"--time-scale {time_scale:g} differs from the simulator's own "
                               f"{scale:g} at {urls[0]} — leave --time-scale out")
-        what = "simulated Ollama" if kind == "sim" else "Ollama"
+        # The simulators' profile lets bench predict from it; a real engine has none.
+        engine_name = engines.pop() if len(engines) == 1 else "sim"
+        try:
+            label = engine_info(engine_name).label
+        except ConfigError:
+            label = f"Ollama API with engine {engine_name}"
+        what = label if kind == "sim" else "Ollama"
         msg = f"using {what} at {', '.join(urls)} (model {model})"
         if announce:
             announce(msg)
-        # The simulators' profile lets bench predict from it; a real engine has none.
-        engine_name = engines.pop() if len(engines) == 1 else "sim"
         profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
                         and engine_name == "sim" else None)
         yield Backend(endpoints, kind, scale, model, msg, profile=profile_name,
@@ -223,7 +228,8 @@ async def open_backend(
                   f"{url} is a simulator")
 
     scale = time_scale if time_scale is not None else time_scale_from_env(1.0)
-    if engine not in ("sim", "", None):
+    real = engine_info(engine)
+    if real.real_time:
         scale = 1.0  # a real model runs on the clock
     profile_name = profile or "seed"
     async with contextlib.AsyncExitStack() as stack:
@@ -243,8 +249,8 @@ async def open_backend(
                                           name=f"gpu{i}" if servers > 1 else "",
                                           gpu=str(i) if servers > 1 else None))
         count = f"{servers} simulated Ollama server{'s' if servers != 1 else ''}"
-        what = (f"profile {profile_name}, time scale {scale:g}" if engine in ("sim", "", None)
-                else f"real tokens from {engine} on the CPU")
+        what = (f"profile {profile_name}, time scale {scale:g}" if not real.real_time
+                else f"real tokens from {real.name}: {real.label}")
         msg = f"{reason + ' — ' if reason else ''}using {count} ({what}, model {model})"
         if announce:
             announce(msg)
@@ -256,17 +262,12 @@ def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None 
                 model: str | None = None) -> Any:
     """The token engine of an embedded server: None = the simulator's latency model.
 
-    ``llama-cpp`` builds a real model on the CPU serving ``model`` with ``slots`` instances;
-    ``options`` may carry ``gguf`` and ``threads_per_slot``.
+    Engines are found by name in :mod:`parallel_kit.sim.registry`; ``llama-cpp`` builds a real
+    model on the CPU serving ``model`` with ``slots`` instances; ``options`` may carry ``gguf``
+    and ``threads_per_slot``.
     """
-    if name in ("sim", "", None):
-        return None
-    if name == "llama-cpp":
-        from .sim import llama_engine
+    from .sim.registry import make_engine as build
 
-        opts = dict(options or {})
-        opts.setdefault("num_parallel", slots)
-        if model:
-            opts.setdefault("models", [model])
-        return llama_engine.create_engine(**opts)
-    raise ConfigError(f"unknown engine {name!r} — use sim or llama-cpp")
+    opts = dict(options or {})
+    opts.setdefault("num_parallel", slots)
+    return build(name, models=[model] if model else None, **opts)

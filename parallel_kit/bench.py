@@ -141,11 +141,27 @@ def format_table(runs: Sequence[RunResult]) -> str:
                      f"{f'{s.ok}/{s.n}':>8}")
     if runs:
         s0 = runs[0].summary
-        where = ("real model (llama.cpp) on the CPU" if s0.engine == "llama-cpp" else
-                 "simulated Ollama" if s0.backend == "sim" else "real Ollama")
+        where = _engine_label(s0.engine) if s0.backend == "sim" else "real Ollama"
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
                      f"fidelity = measured ÷ predicted; submit in clock ms; setup in clock s)")
     return "\n".join(lines)
+
+
+def _engine_default_model(engine: str | None) -> str:
+    """The model a run uses when none is named: the engine's own (registry), else the kit's."""
+    from .sim.registry import engine_info
+
+    return engine_info(engine).default_model or DEFAULT_MODEL
+
+
+def _engine_label(engine: str) -> str:
+    """What produced a simulator run's tokens, from the engine registry."""
+    from .sim.registry import engine_info
+
+    try:
+        return engine_info(engine if engine != "ollama" else None).label
+    except ConfigError:
+        return f"engine {engine}"
 
 
 def _finite(x: float | None) -> bool:
@@ -317,7 +333,7 @@ async def compare(
     else:
         base = list(prompts) if prompts else None
     count = n if n is not None else (len(base) if base else 5)
-    model = model or (REAL_ENGINE_MODEL if engine == "llama-cpp" else DEFAULT_MODEL)
+    model = model or _engine_default_model(engine)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
     schedule = None
     if arrivals is not None:

@@ -53,6 +53,7 @@ from .errors import (
     RequestFailed,
     RequestTimeout,
     ServerBusy,
+    StreamEnded,
 )
 from .metrics import ItlSketch
 from .neterrors import connect_reason
@@ -324,7 +325,7 @@ class _BaseClient:
                     raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
                 # The answer had begun: not retried here (the model did work); pool/ray modes
                 # may send it elsewhere via raise_for.
-                raise OllamaUnavailable(self.host, f"connection lost mid-answer: {exc}") from exc
+                raise StreamEnded(self.host, str(exc)) from exc
             except _http1.HttpError as exc:
                 raise RequestFailed(f"{self.host} answered something other than HTTP/1.1 "
                                     f"({exc}) — is {self.host} an Ollama server?",
@@ -640,8 +641,7 @@ class _NdjsonReader(_Reader):
     def finish(self) -> None:
         final, row = self.final, self.row
         if final is None:
-            raise OllamaUnavailable(self.client.host,
-                                    "the answer ended before its final (done) object")
+            raise StreamEnded(self.client.host, "the answer ended before its final (done) object")
         row.response = "".join(self.pieces)
         row.prompt_tokens = final.get("prompt_eval_count")
         row.output_tokens = final.get("eval_count")
@@ -691,7 +691,7 @@ class _SseReader(_Reader):
 
     def finish(self) -> None:
         if not self.finished:
-            raise OllamaUnavailable(self.client.host, "the answer ended before `data: [DONE]`")
+            raise StreamEnded(self.client.host, "the answer ended before `data: [DONE]`")
         self.row.response = "".join(self.pieces)
 
 

@@ -6,6 +6,7 @@
     ├── ConfigError            bad input from the user (CLI flag, prompt file, profile, …)
     ├── OllamaError            something the Ollama server (real or simulated) said or didn't
     │   ├── OllamaUnavailable  nothing answers at the address
+    │   │   └── StreamEnded    it answered, then the stream was cut off mid-answer
     │   ├── ModelNotFound      404 "model 'x' not found"
     │   ├── ServerBusy         503 "server busy" (Ollama's scheduler queue is full)
     │   ├── RequestTimeout     no answer within the timeout
@@ -32,6 +33,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "ServerBusy",
+    "StreamEnded",
     "WorkerLost",
 ]
 
@@ -73,6 +75,23 @@ class OllamaUnavailable(OllamaError):
         super().__init__(
             f"no Ollama answers at {host}{extra} — start it with `ollama serve`, point "
             f"OLLAMA_HOST/--host at a running server, or run with PARALLEL_KIT_BACKEND=sim",
+            host=host,
+        )
+
+
+class StreamEnded(OllamaUnavailable):
+    """The server answered, then its stream was cut off before the last line.
+
+    A subclass of :class:`OllamaUnavailable` (the server is gone for now, so pool and Ray modes
+    may send the request elsewhere), with a message that says what happened.
+    """
+
+    def __init__(self, host: str, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        OllamaError.__init__(
+            self,
+            f"the answer from {host} ended early: the stream was cut off after it began"
+            f"{extra} — the server answered, then stopped or restarted; see its log",
             host=host,
         )
 

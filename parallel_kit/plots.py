@@ -85,8 +85,14 @@ def _as_runs(run_or_runs: Runs) -> list[RunResult]:
 
 
 def _backend_phrase(backend: str, time_scale: float, engine: str = "") -> str:
-    if engine == "llama-cpp":
-        return "real model on the CPU (llama.cpp) behind the kit's Ollama API (clock seconds)"
+    from .sim.registry import engine_info
+
+    if engine not in ("", "sim", "ollama"):
+        try:
+            label = engine_info(engine).label
+        except ConfigError:
+            label = f"engine {engine}"
+        return f"{label} behind the kit's Ollama API (clock seconds)"
     if backend == "sim":
         return f"simulated Ollama, time scale {time_scale:g} (model seconds shown)"
     if backend == "ollama":

@@ -59,6 +59,7 @@ class RequestSpec:
         options: other Ollama ``options`` (``temperature``, ``seed``, ``num_ctx``, …).
         system: optional system prompt.
         request_id: a stable id; filled in (``r0``, ``r1``, …) when empty.
+        source_id: the ``id`` the prompt had in its file (JSONL ``id``, ShareGPT ``id``).
     """
 
     prompt: str
@@ -67,6 +68,7 @@ class RequestSpec:
     options: dict[str, Any] = field(default_factory=dict)
     system: str | None = None
     request_id: str = ""
+    source_id: str | None = None
 
     def ollama_options(self) -> dict[str, Any]:
         """The ``options`` object to send to Ollama (``num_predict`` folded in)."""

@@ -84,9 +84,13 @@ async def test_fourth_request_waits_for_a_free_slot():
     # Three decode together (each at S(3)/3 of alone speed); the fourth starts when one ends.
     together = 10 * 3 / (10 * SEED.S(3))
     # (They arrive microseconds apart; the batch starts when the last is ready.)
-    assert totals[:3] == pytest.approx([together * 1e9] * 3, rel=1e-2)
-    assert totals[3] == pytest.approx((together + 1.0) * 1e9, rel=2e-2)
+    # The engine's own record: never more than three at once. Its durations are lower bounds
+    # on a busy machine (a sleep is never shorter than asked, only longer), so the fourth's
+    # total holds its wait for a free slot plus its own second of decoding alone.
     assert engine.stats()["max_active"] == 3
+    assert all(t >= together * 1e9 * (1 - 1e-3) for t in totals[:3])
+    assert totals[3] >= (together + 1.0) * 1e9 * (1 - 1e-3)
+    assert totals[3] > max(totals[:3])
 
 
 async def test_unknown_model_is_not_found():

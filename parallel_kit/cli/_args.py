@@ -72,9 +72,11 @@ def add_time_scale(p: argparse.ArgumentParser, help_extra: str = "") -> None:
 
 
 def add_engine(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["sim", "llama-cpp"], default="sim",
-                   help="what produces the tokens of an embedded server: the latency model "
-                        "(sim) or a real model on the CPU (llama-cpp, needs parallel_kit[real])")
+    from ..sim.registry import engine_info, engine_names
+
+    p.add_argument("--engine", choices=engine_names(), default="sim",
+                   help="what produces the tokens of an embedded server: " + "; ".join(
+                       f"{n} = {engine_info(n).description}" for n in engine_names()))
     p.add_argument("--gguf", default=None, metavar="PATH",
                    help="GGUF model file for --engine llama-cpp (default: the Gemma 3 270M "
                         "package when installed)")

@@ -1,19 +1,20 @@
-"""``parallel-kit sim``: a simulated Ollama in the foreground until Ctrl-C."""
+"""``parallel-kit sim``: a simulated Ollama in the foreground until Ctrl-C.
+
+Flags left out take their ``OLLAMA_*`` variable, else Ollama's default — the library's
+:func:`parallel_kit.sim.settings.sim_settings` decides, so the CLI and Python callers agree.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..errors import ConfigError
-from ._args import add_engine, add_time_scale, fraction, ranged
+from ._args import add_engine, add_time_scale, fraction, non_negative_int, ranged
 
-__all__ = ["add_parser", "listen_address", "run"]
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -26,13 +27,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="latency profile (seed = every request 10 s, 1 slot)")
     p.add_argument("--num-parallel", type=ranged("--num-parallel"), default=None, metavar="K",
                    help="slots per model (default OLLAMA_NUM_PARALLEL or 1)")
-    p.add_argument("--max-queue", type=ranged("--max-queue"), default=512, metavar="Q",
-                   help="requests that may wait for a loading model before 503 (default 512)")
+    p.add_argument("--max-queue", type=ranged("--max-queue"), default=None, metavar="Q",
+                   help="requests that may wait for a loading model before 503 (default "
+                        "OLLAMA_MAX_QUEUE or 512)")
     add_time_scale(p)
     p.add_argument("--models", default=None, metavar="A,B",
                    help="models the server has (default: the profile's)")
-    p.add_argument("--keep-alive", default="5m", metavar="DUR",
-                   help="how long a model stays loaded after use (default 5m)")
+    p.add_argument("--keep-alive", default=None, metavar="DUR",
+                   help="how long a model stays loaded after use: 5m, 24h, 3600 (seconds), "
+                        "-1 (forever) or 0 (default OLLAMA_KEEP_ALIVE or 5m)")
+    p.add_argument("--max-loaded-models", type=non_negative_int, default=None, metavar="N",
+                   help="models loaded at once (default OLLAMA_MAX_LOADED_MODELS, else 3 per "
+                        "GPU of the profile)")
+    p.add_argument("--context-length", type=non_negative_int, default=None, metavar="T",
+                   help="default num_ctx (default OLLAMA_CONTEXT_LENGTH, else by the "
+                        "profile's GPU memory: 4096 without one)")
     p.add_argument("--fail-fraction", type=fraction, default=0.0, metavar="P",
                    help="fail this fraction of requests (fault lesson)")
     p.add_argument("--jitter", type=fraction, default=0.0, metavar="J",
@@ -43,77 +52,53 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def listen_address(args: argparse.Namespace) -> tuple[str, int]:
-    """``--bind``/``--port``; where one is not given (None), ``OLLAMA_HOST`` as Ollama reads it,
-    else 127.0.0.1:11434.
-
-    Raises:
-        ConfigError: an ``OLLAMA_HOST`` with a bad port.
-    """
-    bind, port = getattr(args, "bind", None), getattr(args, "port", None)
-    env = os.environ.get("OLLAMA_HOST", "").strip()
-    env_host, env_port = "127.0.0.1", 11434
-    if env and (bind is None or port is None):
-        parts = urlsplit(env if "://" in env else f"http://{env}")
-        env_host = parts.hostname or env_host
-        try:
-            env_port = parts.port or env_port
-        except ValueError:
-            raise ConfigError(f"OLLAMA_HOST={env!r} has a bad port — write it like "
-                              f"127.0.0.1:11434") from None
-    return (bind if bind is not None else env_host), (port if port is not None else env_port)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run a simulated Ollama until Ctrl-C (or ``--stop-after``); returns the exit status.
 
     Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
-    fail_fraction, jitter, stop_after, engine, gguf, threads_per_slot`` from ``args`` (missing
-    ones take their defaults).
+    max_loaded_models, context_length, fail_fraction, jitter, stop_after, engine, gguf,
+    threads_per_slot`` from ``args``; missing or None ones take their ``OLLAMA_*`` variable,
+    else Ollama's default.
 
     Raises:
-        ConfigError: an unknown engine, a port that cannot be bound, a missing GGUF file.
+        ConfigError: an unknown engine, a bad setting or variable, a port that cannot be bound,
+            a missing GGUF file.
     """
-    from ..backend import make_engine
-    from ..config import int_from_env, time_scale_from_env
-    from ..sim.engine import parse_keep_alive
+    from ..config import time_scale_from_env
     from ..sim.faults import Faults
+    from ..sim.registry import engine_info, make_engine
     from ..sim.server import SimulatedOllama
+    from ..sim.settings import sim_settings
 
-    engine_name = getattr(args, "engine", None) or "sim"
-    if engine_name not in ("sim", "llama-cpp"):
-        raise ConfigError(f"unknown --engine {engine_name!r} — choose sim or llama-cpp")
-    bind, port = listen_address(args)
+    engine_name = engine_info(getattr(args, "engine", None)).name
+    settings = sim_settings(
+        bind=getattr(args, "bind", None), port=getattr(args, "port", None),
+        num_parallel=getattr(args, "num_parallel", None),
+        max_queue=getattr(args, "max_queue", None), keep_alive=getattr(args, "keep_alive", None),
+        max_loaded_models=getattr(args, "max_loaded_models", None),
+        context_length=getattr(args, "context_length", None))
     models_arg = getattr(args, "models", None)
     models = [m.strip() for m in models_arg.split(",") if m.strip()] if models_arg else None
     time_scale = getattr(args, "time_scale", None)
-    max_queue = getattr(args, "max_queue", None)
-    if max_queue is None:
-        max_queue = int_from_env("OLLAMA_MAX_QUEUE", 512)
-        max_queue = 512 if max_queue is None else max_queue
-    keep_alive = getattr(args, "keep_alive", None) or os.environ.get("OLLAMA_KEEP_ALIVE") or "5m"
     faults = Faults(fail_fraction=getattr(args, "fail_fraction", None) or 0.0,
                     jitter=getattr(args, "jitter", None) or 0.0,
                     stop_after=getattr(args, "stop_after", None))
-    engine = None
-    if engine_name != "sim":
-        opts: dict[str, Any] = {"gguf": getattr(args, "gguf", None),
-                                "threads_per_slot": getattr(args, "threads_per_slot", None),
-                                "keep_alive_s": parse_keep_alive(keep_alive),
-                                "max_queue": max_queue}
-        if models:
-            opts["models"] = models
-        engine = make_engine(engine_name, opts, slots=getattr(args, "num_parallel", None))
+    engine = make_engine(engine_name, models=models, gguf=getattr(args, "gguf", None),
+                         num_parallel=settings.num_parallel,
+                         threads_per_slot=getattr(args, "threads_per_slot", None),
+                         keep_alive_s=settings.keep_alive_s, max_queue=settings.max_queue)
     sim = SimulatedOllama(
-        getattr(args, "profile", None) or "seed", num_parallel=getattr(args, "num_parallel", None),
-        max_queue=max_queue,
+        getattr(args, "profile", None) or "seed", num_parallel=settings.num_parallel,
+        max_queue=settings.max_queue,
         time_scale=time_scale if time_scale is not None else time_scale_from_env(),
-        models=models, keep_alive=keep_alive, faults=faults, engine=engine, bind=bind, port=port)
+        models=models, keep_alive=settings.keep_alive_s, faults=faults, engine=engine,
+        bind=settings.bind, port=settings.port, max_loaded_models=settings.max_loaded_models,
+        context_length=settings.context_length)
 
     async def serve() -> None:
         async with sim:
-            what = (f"real model on the CPU ({engine_name})" if engine is not None else
-                    f"profile {sim.profile.name}")
+            what = (f"{engine_info(engine_name).label} ({engine_name})" if engine is not None
+                    else f"profile {sim.profile.name}")
             print(f"simulated Ollama ({what}, {sim.num_parallel} slot(s) per "
                   f"model, time scale {sim.time_scale:g}) listening on {sim.url} — "
                   f"Ctrl-C to stop", flush=True)

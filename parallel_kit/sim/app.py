@@ -1,20 +1,26 @@
-"""Ollama's HTTP API (native and OpenAI-compatible) in front of an :class:`~.engine.Engine`.
+"""Ollama's HTTP API (native and OpenAI-compatible) in front of an :class:`~.protocol.Engine`.
 
 A plain ASGI application, no framework: the streaming path runs once per token for every
-stream, so it only formats one short JSON line and sends it. Routes and bodies follow
-``docs/OLLAMA.md`` (ollama/ollama ``server/routes.go``, ``openai/openai.go``):
+stream, so it only formats one short JSON line and sends it. The route table is Ollama's
+(``GenerateRoutes`` in https://github.com/ollama/ollama/blob/main/server/routes.go), methods
+included: a known path with another method is 405 (gin's ``HandleMethodNotAllowed``), an unknown
+path 404. Routes the simulator answers:
 
-====================================  ============================================
-``GET|HEAD /``                        ``Ollama is running``
-``GET /api/version``                  ``{"version": …}``
-``GET /api/tags``, ``GET /api/ps``    models on disk / loaded
-``POST /api/generate``, ``/api/chat``  NDJSON stream (default) or one object
-``POST /api/show``                    model details
-``POST /v1/chat/completions``         OpenAI chat, SSE when ``stream``
-``POST /v1/completions``              OpenAI completions, SSE when ``stream``
-``GET /v1/models``                    OpenAI model list
-``GET /sim/stats``                    the simulator's counters (not Ollama's)
-====================================  ============================================
+=========================================  =============================================
+``GET|HEAD /``                             ``Ollama is running``
+``GET|HEAD /api/version``                  ``{"version": …}``
+``GET|HEAD /api/tags``, ``GET /api/ps``    models on disk / loaded
+``POST /api/generate``, ``/api/chat``      NDJSON stream (default) or one object
+``POST /api/show``                         model details and capabilities
+``POST /v1/chat/completions``              OpenAI chat, SSE when ``stream``
+``POST /v1/completions``                   OpenAI completions, SSE when ``stream``
+``GET /v1/models``, ``/v1/models/{name}``  OpenAI model list / one model
+``GET /sim/stats``                         the simulator's counters (not Ollama's)
+=========================================  =============================================
+
+Ollama's other routes (pull, push, create, copy, delete, blobs, embed, embeddings,
+``/v1/embeddings``, ``/v1/responses``, ``/v1/messages``, images, audio, sign-in) are registered
+with their methods and answer 501 ``{"error": "… is not modelled by the simulated Ollama"}``.
 
 A client that disconnects cancels its request (Ollama logs 499 ``request canceled``; the
 client is gone, so nothing is sent) and frees its slot.
@@ -27,15 +33,19 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import datetime, timezone
 from typing import Any, cast
 
-from .engine import Done, Engine, EngineError, GenerateRequest, ModelInfo, parse_keep_alive
+from ..config import duration_from_body
+from .options import BodyError, OptionError, check_fields, go_quote, runner_options
 from .profiles import stable_hash
+from .protocol import Done, Engine, EngineError, GenerateRequest, ModelInfo
 
 __all__ = ["OLLAMA_VERSION", "OllamaApp"]
 
-#: The Ollama version the simulator reports (its behaviour follows docs/OLLAMA.md, 0.11+).
-OLLAMA_VERSION = "0.11.10"
+#: The Ollama version the simulator reports in ``/api/version``. Its behaviour follows the
+#: ollama/ollama sources named in docs/SIMULATOR_FIDELITY.md (the 0.30 series).
+OLLAMA_VERSION = "0.30.6"
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -231,6 +241,62 @@ class _OpenAIFormat(_Format):
         return _openai_error(status, message)
 
 
+# -- request fields (Go structs of api/types.go and openai/openai.go) ----------------------
+_GENERATE_FIELDS = {"model": "string", "prompt": "string", "suffix": "string",
+                    "system": "string", "template": "string", "context": "ints",
+                    "stream": "bool", "raw": "bool", "images": "strings", "options": "object",
+                    "truncate": "bool", "shift": "bool"}
+_CHAT_FIELDS = {"model": "string", "messages": "messages", "stream": "bool",
+                "options": "object", "truncate": "bool", "shift": "bool"}
+_OPENAI_CHAT_FIELDS = {"model": "string", "messages": "messages", "stream": "bool",
+                       "stream_options": "object", "max_tokens": "int", "seed": "int",
+                       "temperature": "number", "frequency_penalty": "number",
+                       "presence_penalty": "number", "top_p": "number",
+                       "response_format": "object", "reasoning": "object",
+                       "reasoning_effort": "string"}
+_OPENAI_COMPLETION_FIELDS = {"model": "string", "prompt": "string", "max_tokens": "int",
+                             "seed": "int", "stream": "bool", "stream_options": "object",
+                             "temperature": "number", "top_p": "number",
+                             "frequency_penalty": "number", "presence_penalty": "number",
+                             "suffix": "string"}
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind Go's decoder names (``number``, ``string``, ``bool``, ``array``, …)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
+
+
+def _go_type(value: Any) -> str:
+    """Go's ``%T`` of a decoded JSON value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return "map[string]interface {}" if isinstance(value, dict) else "<nil>"
+
+
+def _check_format(value: Any) -> None:
+    """``format``: empty, ``"json"`` or a JSON schema object, else the runner's error
+    (llm/server.go ``Completion``: ``invalid format: %q; expected "json" or a valid JSON
+    Schema object``, a 500 before the answer starts). The simulator does not shape its text
+    to the format."""
+    if value is None or value in ("", "json") or isinstance(value, dict):
+        return
+    raw = json.dumps(value, separators=(",", ":"))
+    raise OptionError(f"invalid format: {go_quote(raw)}; expected \"json\" or a valid JSON "
+                      f"Schema object")
+
+
 # -- the application -----------------------------------------------------------------------
 class OllamaApp:
     """The ASGI app. ``on_completed`` is called after each generation is fully answered (the
@@ -241,31 +307,75 @@ class OllamaApp:
         self.engine = engine
         self.on_completed = on_completed
         self.extra_stats = extra_stats
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+        Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+        modelled: dict[tuple[str, str], Handler] = {
             ("GET", "/"): self._root, ("HEAD", "/"): self._root,
             ("GET", "/api/version"): self._version, ("HEAD", "/api/version"): self._version,
-            ("GET", "/api/tags"): self._tags, ("GET", "/api/ps"): self._ps,
+            ("GET", "/api/tags"): self._tags, ("HEAD", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
             ("POST", "/api/generate"): self._generate, ("POST", "/api/chat"): self._chat,
             ("POST", "/api/show"): self._show,
             ("POST", "/v1/chat/completions"): self._openai_chat,
             ("POST", "/v1/completions"): self._openai_completions,
             ("GET", "/v1/models"): self._openai_models,
+            ("GET", "/v1/models/:model"): self._openai_model,
             ("GET", "/sim/stats"): self._sim_stats,
         }
+        # Registered by Ollama (server/routes.go GenerateRoutes) but not modelled here.
+        others = [("GET", "/api/status"), ("POST", "/api/pull"), ("POST", "/api/push"),
+                  ("DELETE", "/api/delete"), ("POST", "/api/me"), ("POST", "/api/signout"),
+                  ("DELETE", "/api/user/keys/:encodedKey"), ("POST", "/api/create"),
+                  ("POST", "/api/blobs/:digest"), ("HEAD", "/api/blobs/:digest"),
+                  ("POST", "/api/copy"), ("POST", "/api/experimental/web_search"),
+                  ("POST", "/api/experimental/web_fetch"), ("POST", "/api/embed"),
+                  ("POST", "/api/embeddings"), ("POST", "/v1/embeddings"),
+                  ("POST", "/v1/responses"), ("POST", "/v1/images/generations"),
+                  ("POST", "/v1/images/edits"), ("POST", "/v1/audio/transcriptions"),
+                  ("POST", "/v1/messages")]
+        self._routes: dict[tuple[str, str], Handler] = {
+            **{route: self._not_modelled for route in others}, **modelled}
+
+    def _match(self, method: str, path: str) -> tuple[Any, bool, dict[str, str]]:
+        """(handler or None, whether the path is known with another method, path params)."""
+        parts = path.split("/")
+        path_known = False
+        for (m, pattern), handler in self._routes.items():
+            pat = pattern.split("/")
+            if len(pat) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            for want, got in zip(pat, parts, strict=True):
+                if want.startswith(":") and got:
+                    params[want[1:]] = got
+                elif want != got:
+                    break
+            else:
+                if m == method:
+                    return handler, True, params
+                path_known = True
+        return None, path_known, {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"].rstrip("/") or "/"
-        handler = self._routes.get((scope["method"], path))
+        handler, known, params = self._match(scope["method"], path)
         if handler is None:
-            # Gin's default answer for an unknown route.
-            await _send_bytes(send, 404, b"404 page not found", b"text/plain")
+            # Gin's default answers: a known path with another method, an unknown path.
+            if known:
+                await _send_bytes(send, 405, b"405 method not allowed", b"text/plain")
+            else:
+                await _send_bytes(send, 404, b"404 page not found", b"text/plain")
             return
+        scope["path_params"] = params
         try:
             await handler(scope, receive, send)
         except _ClientGone:
             return
+
+    async def _not_modelled(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 501, {"error": f"{scope['method']} {scope['path']} is an Ollama "
+                                              f"route the simulated Ollama does not model"})
 
     # -- simple routes -------------------------------------------------------------------
     async def _root(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -280,14 +390,16 @@ class OllamaApp:
         models = [{"name": m.name, "model": m.name, "modified_at": m.modified_at,
                    "size": m.size, "digest": m.digest, "details": _details(m)}
                   for m in self.engine.models()]
-        await _send_json(send, 200, {"models": models})
+        await _send_bytes(send, 200, _dumps({"models": models}).encode(), _JSON,
+                          head=scope["method"] == "HEAD")
 
     async def _ps(self, scope: Scope, receive: Receive, send: Send) -> None:
         far = "2318-08-22T00:00:00Z"  # Ollama shows a far date for "forever"
-        models = [{"name": r.info.name, "model": r.info.name, "size": r.info.size,
+        models = [{"name": r.info.name, "model": r.info.name, "size": r.size or r.info.size,
                    "digest": r.info.digest, "details": _details(r.info),
                    "expires_at": r.expires_at.isoformat() if r.expires_at else far,
-                   "size_vram": r.size_vram, "context_length": r.info.context_length}
+                   "size_vram": r.size_vram,
+                   "context_length": r.context_length or r.info.context_length}
                   for r in self.engine.running()]
         await _send_json(send, 200, {"models": models})
 
@@ -295,6 +407,20 @@ class OllamaApp:
         data = [{"id": m.name, "object": "model", "created": 1727265600, "owned_by": "library"}
                 for m in self.engine.models()]
         await _send_json(send, 200, {"object": "list", "data": data})
+
+    async def _openai_model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models/{model}`` (openai.ToModel: id, created, owned_by the namespace)."""
+        name = scope["path_params"].get("model", "")
+        try:
+            served = self.engine.resolve(name)
+        except EngineError:
+            await _send_json(send, 404, _openai_error(404, f"model '{name}' not found"))
+            return
+        info = next(m for m in self.engine.models() if m.name == served)
+        created = int(datetime.strptime(info.modified_at, "%Y-%m-%dT%H:%M:%SZ")
+                      .replace(tzinfo=timezone.utc).timestamp())
+        await _send_json(send, 200, {"id": name, "object": "model", "created": created,
+                                     "owned_by": "library"})
 
     async def _sim_stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         stats = self.engine.stats()
@@ -312,7 +438,7 @@ class OllamaApp:
             return
         await _send_json(send, 200, {
             "modelfile": f"FROM {info.name}\n", "parameters": "", "template": "{{ .Prompt }}",
-            "details": _details(info), "capabilities": ["completion"],
+            "details": _details(info), "capabilities": self._capabilities(info.name),
             "model_info": {"general.architecture": info.family,
                            f"{info.family}.context_length": info.context_length},
         })
@@ -339,6 +465,25 @@ class OllamaApp:
             raise _BadRequest("request body must be a JSON object")
         return body
 
+    def _capabilities(self, name: str) -> list[str]:
+        caps = getattr(self.engine, "capabilities", None)
+        return list(caps(name)) if caps is not None else ["completion"]
+
+    def _check_capabilities(self, model: str, served: str, *, think: Any = None,
+                            tools: bool = False, suffix: bool = False) -> None:
+        """Ollama's capability checks (server/routes.go): ``think`` on a model without
+        thinking is 400 ``"name" does not support thinking``; tools or a suffix it lacks are
+        400 ``<full name> does not support tools`` (``Model.CheckCapabilities``)."""
+        caps = self._capabilities(served)
+        if think not in (None, False, "", "none") and "thinking" not in caps:
+            raise _BadRequest(f"{go_quote(model)} does not support thinking")
+        missing = [cap for cap, wanted in (("tools", tools), ("insert", suffix))
+                   if wanted and cap not in caps]
+        if missing:
+            full = served if "/" in served else f"library/{served}"
+            raise _BadRequest(f"registry.ollama.ai/{full} does not support "
+                              f"{' '.join(missing)}")
+
     @staticmethod
     def _model(body: dict[str, Any], key: str = "model", fallback: str | None = None) -> str:
         model = body.get(key) or (body.get(fallback) if fallback else None)
@@ -350,35 +495,22 @@ class OllamaApp:
 
     @staticmethod
     def _keep_alive(body: dict[str, Any]) -> float | None:
+        """``keep_alive`` as ``api.Duration`` decodes it; a bad one is 400 with Go's text."""
         value = body.get("keep_alive")
         if value is None:
             return None
         try:
-            return parse_keep_alive(value)
+            return duration_from_body(value)
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
 
-    @staticmethod
-    def _int_option(options: dict[str, Any], key: str) -> int | None:
-        value = options.get(key)
-        if value is None:
-            return None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _BadRequest(f'option "{key}" must be of type integer, got {value!r}')
-        return value
-
-    def _options(self, body: dict[str, Any]) -> tuple[dict[str, Any], int | None, int | None]:
-        options = body.get("options") or {}
-        if not isinstance(options, dict):
-            raise _BadRequest("options must be a JSON object, e.g. {\"num_predict\": 64}")
-        return options, self._int_option(options, "num_predict"), self._int_option(options,
-                                                                                    "seed")
-
     async def _error(self, send: Send, exc: Exception, *, openai: bool) -> None:
-        status = exc.status if isinstance(exc, EngineError) else 400
-        message = exc.message if isinstance(exc, EngineError) else str(exc)
+        if isinstance(exc, EngineError):
+            status, message = exc.status, exc.message
+        elif isinstance(exc, OptionError):
+            status, message = 500, str(exc)
+        else:
+            status, message = 400, str(exc)
         await _send_json(send, status, _openai_error(status, message) if openai
                          else {"error": message})
 
@@ -390,51 +522,73 @@ class OllamaApp:
         await self._native(receive, send, chat=True)
 
     async def _native(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        """``GenerateHandler`` / ``ChatHandler``, checks in Ollama's order: the body decodes
+        (400), the model exists (404), an empty prompt with ``keep_alive`` 0 unloads, ``raw``
+        conflicts (400), capabilities (400), options (500), then the model is scheduled (an
+        empty prompt only loads it) and the answer streams."""
         try:
             body = await self._body(receive)
-            model = self._model(body)
+            check_fields(body, "ChatRequest" if chat else "GenerateRequest",
+                         _CHAT_FIELDS if chat else _GENERATE_FIELDS)
             keep_alive = self._keep_alive(body)
-            options, num_predict, seed = self._options(body)
+            model = self._model(body)
+            name = self.engine.resolve(model)
             messages: list[dict[str, Any]] = []
+            system = ""
             if chat:
                 messages = body.get("messages") or []
-                if not isinstance(messages, list) or not all(isinstance(m, dict)
-                                                             for m in messages):
-                    raise _BadRequest("messages must be a list of {\"role\", \"content\"} objects")
-                prompt = "\n".join(_text_of(m.get("content")) for m in messages)
+                for m in messages:
+                    if not isinstance(m, dict):
+                        raise BodyError("json: cannot unmarshal " + _kind(m) + " into Go struct "
+                                        "field ChatRequest.messages of type api.Message")
+                    content = m.get("content")
+                    if content is not None and not isinstance(content, str):
+                        raise BodyError("json: cannot unmarshal " + _kind(content) + " into Go "
+                                        "struct field Message.messages.content of type string")
+                prompt = "\n".join(str(m.get("content") or "") for m in messages)
+                empty = not messages
             else:
                 prompt = body.get("prompt") or ""
                 system = body.get("system") or ""
-                if not isinstance(prompt, str) or not isinstance(system, str):
-                    raise _BadRequest("prompt and system must be strings")
-            name = self.engine.resolve(model)
-            if (chat and not messages) or (not chat and not prompt):
-                # Empty prompt: load the model (or unload it with keep_alive 0) and say so.
-                if keep_alive == 0:
-                    await self.engine.unload(name)
-                    reason = "unload"
-                else:
-                    await self.engine.load(name, keep_alive)
-                    reason = "load"
-                obj: dict[str, Any] = {"model": model, "created_at": _now(), "done": True,
-                                       "done_reason": reason}
-                if chat:
-                    obj["message"] = {"role": "assistant", "content": ""}
-                else:
-                    obj["response"] = ""
-                await _send_json(send, 200, obj)
+                empty = not prompt
+            if empty and keep_alive == 0:
+                await self.engine.unload(name)
+                await self._send_empty(send, model, chat, "unload")
                 return
-        except (_BadRequest, EngineError) as exc:
+            if not chat and body.get("raw") and (body.get("template") or system
+                                                 or body.get("context")):
+                raise _BadRequest("raw mode does not support template, system, or context")
+            self._check_capabilities(model, name, think=body.get("think"),
+                                     tools=chat and bool(body.get("tools")),
+                                     suffix=not chat and bool(body.get("suffix")))
+            options = runner_options(body.get("options") or {})
+            if empty:
+                await self.engine.load(name, keep_alive, options)
+                await self._send_empty(send, model, chat, "load")
+                return
+            _check_format(body.get("format"))
+        except (_BadRequest, BodyError, OptionError, EngineError) as exc:
             await self._error(send, exc, openai=False)
             return
-        if not chat and system:
+        if system:
             prompt = f"{system}\n{prompt}"
+        num_predict, seed = options.get("num_predict"), options.get("seed")
         request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
                                   keep_alive_s=keep_alive, messages=messages or None,
                                   options=options)
         fmt: _Format = (_ChatFormat(model) if chat
                         else _GenerateFormat(model, stable_hash(prompt, seed) & 0xFFFF))
         await self._run(receive, send, request, fmt, stream=body.get("stream") is not False)
+
+    @staticmethod
+    async def _send_empty(send: Send, model: str, chat: bool, reason: str) -> None:
+        obj: dict[str, Any] = {"model": model, "created_at": _now(), "done": True,
+                               "done_reason": reason}
+        if chat:
+            obj["message"] = {"role": "assistant", "content": ""}
+        else:
+            obj["response"] = ""
+        await _send_json(send, 200, obj)
 
     # -- OpenAI-compatible generation ----------------------------------------------------
     async def _openai_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -444,35 +598,69 @@ class OllamaApp:
         await self._openai(receive, send, chat=False)
 
     async def _openai(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        """The ``/v1`` middleware (openai/openai.go ``FromChatRequest``,
+        ``FromCompleteRequest``): ``max_tokens`` becomes ``num_predict``; fields the Go
+        struct does not have — ``max_completion_tokens`` among them — are ignored."""
         try:
             body = await self._body(receive)
+            if chat:
+                check_fields(body, "ChatCompletionRequest", _OPENAI_CHAT_FIELDS)
+            else:
+                check_fields(body, "CompletionRequest", _OPENAI_COMPLETION_FIELDS)
             model = self._model(body)
+            think: Any = None
             if chat:
                 messages = body.get("messages")
                 if not isinstance(messages, list) or not messages:
                     raise _BadRequest("messages must be a non-empty list")
+                for m in messages:
+                    content = m.get("content") if isinstance(m, dict) else None
+                    if not isinstance(content, (str, list)) and not (
+                            isinstance(m, dict) and m.get("tool_calls")):
+                        raise _BadRequest(f"invalid message content type: "
+                                          f"{_go_type(content)}")
                 prompt = "\n".join(_text_of(m.get("content")) for m in messages
                                    if isinstance(m, dict))
+                effort = (body.get("reasoning") or {}).get("effort") if isinstance(
+                    body.get("reasoning"), dict) else body.get("reasoning_effort")
+                if effort:
+                    if effort not in ("high", "medium", "low", "none"):
+                        raise _BadRequest(f"invalid reasoning value: '{effort}' (must be "
+                                          f'"high", "medium", "low", or "none")')
+                    think = effort != "none"
             else:
-                raw = body.get("prompt", "")
-                prompt = raw if isinstance(raw, str) else "\n".join(map(str, raw or []))
-            num_predict = self._int_option(body, "max_completion_tokens")
-            if num_predict is None:
-                num_predict = self._int_option(body, "max_tokens")
-            seed = self._int_option(body, "seed")
+                prompt = body.get("prompt") or ""
+                stop = body.get("stop")
+                if isinstance(stop, list):
+                    for item in stop:
+                        if not isinstance(item, str):
+                            raise _BadRequest(f"invalid type for 'stop' field: {_go_type(item)}")
             stream = body.get("stream") is True
             usage_opt = body.get("stream_options") or {}
-            include_usage = stream and isinstance(usage_opt, dict) and bool(
-                usage_opt.get("include_usage"))
+            include_usage = stream and bool(usage_opt.get("include_usage"))
             name = self.engine.resolve(model)
-        except (_BadRequest, EngineError) as exc:
+            self._check_capabilities(model, name, think=think,
+                                     tools=chat and bool(body.get("tools")))
+            # openai.go: stop, max_tokens → num_predict, temperature (default 1), seed,
+            # penalties, top_p (default 1) become native options.
+            raw_opts: dict[str, Any] = {
+                "num_predict": body.get("max_tokens"), "seed": body.get("seed"),
+                "temperature": 1.0 if body.get("temperature") is None else body["temperature"],
+                "top_p": body.get("top_p") or 1.0,
+                "frequency_penalty": body.get("frequency_penalty"),
+                "presence_penalty": body.get("presence_penalty")}
+            stop = body.get("stop")
+            if isinstance(stop, str):
+                raw_opts["stop"] = [stop]
+            elif isinstance(stop, list):
+                raw_opts["stop"] = [s for s in stop if isinstance(s, str)]
+            options = runner_options(raw_opts)
+        except (_BadRequest, BodyError, OptionError, EngineError) as exc:
             await self._error(send, exc, openai=True)
             return
-        # Ollama's /v1 maps these onto its native options (openai.go in ollama/ollama).
-        options = {key: body[key] for key in ("temperature", "top_p", "stop",
-                                              "frequency_penalty", "presence_penalty")
-                   if body.get(key) is not None}
-        request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
+        request = GenerateRequest(model=name, prompt=prompt,
+                                  num_predict=options.get("num_predict"),
+                                  seed=options.get("seed"),
                                   messages=body.get("messages") if chat else None,
                                   options=options)
         fmt = _OpenAIFormat(model, chat=chat, include_usage=include_usage)

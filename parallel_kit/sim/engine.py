@@ -1,62 +1,61 @@
-"""The engine behind the simulated Ollama: slots, queue, loading and the latency model.
+"""The simulated engine behind the simulated Ollama: scheduler, slots, queue and latency model.
 
-The HTTP app (``app.py``) talks to any object with the :class:`Engine` protocol, so that a real
-engine (llama.cpp) can later stand behind the same routes. The protocol, in full:
+:class:`SimEngine` has the :class:`~.protocol.Engine` protocol (see ``protocol.py``).
 
-``models() -> list[ModelInfo]``
-    Models the server has (``/api/tags``, ``/v1/models``).
-``running() -> list[RunningModel]``
-    Models loaded now (``/api/ps``).
-``resolve(name) -> str``
-    The served name for a requested one (``llama3.2`` → ``llama3.2:latest``); raises
-    :class:`ModelNotFoundError` (404) if the server does not have it.
-``async load(model, keep_alive_s=None)`` / ``async unload(model)``
-    Load a model and keep it for ``keep_alive_s`` (the empty-prompt request), or unload it
-    (empty prompt with ``keep_alive: 0``).
-``generate(request) -> AsyncIterator[str | Done]``
-    An async generator: the answer's pieces (one per token) as they are produced, then one
-    :class:`Done` with the final numbers. It raises :class:`EngineError` subclasses before
-    the first piece for 404/503/500. Closing the generator early (client gone) cancels the
-    request and frees its slot; the app closes it with ``aclose()`` (an ``async def``
-    generator has one).
-``stats() -> dict``
-    Counters for ``/sim/stats``: requests, completed, failed, cancelled, busy, active,
-    max_active, loads, unloads.
-``async aclose()``
-    Stop background work (loading timers).
+**Scheduler** (Ollama's ``server/sched.go``,
+https://github.com/ollama/ollama/blob/main/server/sched.go). Requests that need a model loaded
+(or reloaded) are handled one at a time, first come first served. A model is loaded with the
+context its request asks for (``options.num_ctx``, else the server's default) and
+``num_parallel`` slots; its memory is the weights (``size``) plus the KV cache,
+``kv_bytes_per_token × num_ctx × slots`` (context is allocated per slot). When the GPU memory of
+the profile (``gpu_memory × gpus``) cannot hold it beside the models already loaded, or
+``max_loaded_models`` are loaded already, a loaded model is evicted the way
+``findRunnerToUnload`` picks one: shortest keep-alive first, then by name, an idle one (no
+requests) before a busy one — whose requests are waited for — and the new model pays its load
+time. If the model alone does not fit with all its slots, fewer slots are used (down to one;
+a model that does not fit even so is loaded anyway, as Ollama offloads layers to the CPU — the
+slower speed of that is not modelled). A loaded model whose request asks for another
+``num_ctx`` is reloaded once its requests have finished (``needsReload``). While models load,
+at most ``max_queue`` requests wait in the scheduler; the next gets 503 busy
+(``OLLAMA_MAX_QUEUE``).
 
-:class:`SimEngine` is the simulated one. Per model it has K slots; requests beyond them wait
-first come, first served, without a limit once the model is loaded; while the model loads, at
-most ``max_queue`` wait and the next gets 503 busy (Ollama's ``OLLAMA_MAX_QUEUE``). A request
-with a slot processes its prompt (``prompt_tokens / prefill_tps``), then decodes in the model's
-batch: with k requests decoding at once each step takes ``k / (decode_tps × S(k))`` model
-seconds and gives every one of them a token, as llama.cpp's continuous batching does. A request
-that finishes its prompt while a step runs joins at the next step. All deadlines are absolute
-(``loop.time()``), so late wake-ups never add up, and the durations reported are the model's
-own (model seconds → nanoseconds), not measured ones. ``time_scale`` F multiplies every wait.
+**Latency model.** Per model it has K slots; requests beyond them wait first come, first
+served, without a limit once the model is loaded. A request with a slot processes its prompt —
+cut to ``num_ctx`` tokens, as Ollama's runner truncates it — in ``prompt_tokens /
+prefill_tps``, then decodes in the model's batch: with k requests decoding at once each step
+takes ``k / (decode_tps × S(k))`` model seconds and gives every one of them a token, as
+llama.cpp's continuous batching does. A request that finishes its prompt while a step runs joins
+at the next step. All deadlines are absolute (``loop.time()``), so late wake-ups never add up,
+and the durations reported are the model's own (model seconds → nanoseconds), not measured
+ones. ``time_scale`` F multiplies every wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import heapq
-import itertools
 import math
-import re
-import threading
-import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 
-from ..config import check_time_scale
+from ..config import check_time_scale, duration_from_body
 from ..errors import ConfigError
 from .faults import Faults
 from .profiles import ModelSpeed, Profile, stable_hash
+from .protocol import (
+    BusyError,
+    Done,
+    Engine,
+    EngineError,
+    GenerateRequest,
+    ModelInfo,
+    ModelNotFoundError,
+    RunningModel,
+    canonical_name,
+)
+from .timer import TIMER, sleep_until
 
 __all__ = [
     "BusyError",
@@ -69,159 +68,46 @@ __all__ = [
     "RunningModel",
     "SimEngine",
     "canonical_name",
+    "default_num_ctx",
     "parse_keep_alive",
 ]
 
-#: Ollama's 503 text, two spaces after "again." included (server/sched.go ErrMaxQueue).
-BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+# Kept for callers of the earlier module layout.
+_sleep_until = sleep_until
+
+#: Ollama's default context by GPU memory (``server/routes.go`` ``Serve``: ≥ 47 GiB → 262144,
+#: ≥ 23 GiB → 32768, else 4096; ``OLLAMA_CONTEXT_LENGTH`` overrides it).
+_GIB = 1 << 30
 
 
-# -- values crossing the protocol --------------------------------------------------------
-@dataclass(slots=True)
-class GenerateRequest:
-    """One generation, already parsed by the app.
-
-    Args:
-        model: the served name (see ``Engine.resolve``).
-        prompt: the text to continue (for chat: the messages joined).
-        num_predict: answer length in tokens; ``None`` or negative = the model decides.
-        seed: makes the answer (and its length) repeatable.
-        keep_alive_s: model seconds to keep the model loaded afterwards; ``None`` = the
-            server's default; ``math.inf`` = forever; 0 = unload when done.
-        messages: the chat messages, for engines that apply a chat template themselves.
-    """
-
-    model: str
-    prompt: str
-    num_predict: int | None = None
-    seed: int | None = None
-    keep_alive_s: float | None = None
-    messages: list[dict[str, Any]] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Done:
-    """The final numbers of a generation, in nanoseconds of model time (Ollama's fields)."""
-
-    done_reason: str  # "stop" | "length"
-    total_duration: int
-    load_duration: int
-    prompt_eval_count: int
-    prompt_eval_duration: int
-    eval_count: int
-    eval_duration: int
-
-
-@dataclass(frozen=True, slots=True)
-class ModelInfo:
-    """What ``/api/tags`` says about a model."""
-
-    name: str
-    size: int
-    digest: str
-    family: str = "llama"
-    parameter_size: str = ""
-    quantization_level: str = "Q4_K_M"
-    context_length: int = 4096
-    modified_at: str = "2024-09-25T12:00:00Z"
-
-
-@dataclass(frozen=True, slots=True)
-class RunningModel:
-    """What ``/api/ps`` says about a loaded model; ``expires_at`` ``None`` = never."""
-
-    info: ModelInfo
-    expires_at: datetime | None
-    size_vram: int
-
-
-class EngineError(Exception):
-    """A request the engine refuses; ``status`` is the HTTP status, ``message`` Ollama's text."""
-
-    status = 500
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-
-
-class ModelNotFoundError(EngineError):
-    status = 404
-
-    def __init__(self, model: str) -> None:
-        super().__init__(f"model '{model}' not found")
-
-
-class BusyError(EngineError):
-    status = 503
-
-    def __init__(self) -> None:
-        super().__init__(BUSY_MESSAGE)
-
-
-class Engine(Protocol):
-    """What the HTTP app needs from an engine (see the module docstring)."""
-
-    def models(self) -> list[ModelInfo]: ...
-    def running(self) -> list[RunningModel]: ...
-    def resolve(self, name: str) -> str: ...
-    async def load(self, model: str, keep_alive_s: float | None = None) -> None: ...
-    async def unload(self, model: str) -> None: ...
-    def generate(self, request: GenerateRequest) -> AsyncIterator[str | Done]: ...
-    def stats(self) -> dict[str, Any]: ...
-    async def aclose(self) -> None: ...
-
-
-# -- helpers -------------------------------------------------------------------------------
-def canonical_name(name: str) -> str:
-    """Ollama's name rule: a name without a tag means ``:latest``."""
-    name = name.strip()
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
-
-
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-          "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+def default_num_ctx(gpu_memory: int | None, context_length: int = 0) -> int:
+    """The context a model is loaded with when a request does not say: ``context_length``
+    (``OLLAMA_CONTEXT_LENGTH``) when > 0, else Ollama's tier by total GPU memory in bytes
+    (None = no GPU: 4096)."""
+    if context_length > 0:
+        return context_length
+    total = gpu_memory or 0
+    if total >= 47 * _GIB:
+        return 262144
+    if total >= 23 * _GIB:
+        return 32768
+    return 4096
 
 
 def parse_keep_alive(value: Any) -> float:
-    """Ollama's ``keep_alive``: seconds (number), a Go duration (``"5m"``, ``"1h30m"``), a
-    negative value (forever → ``math.inf``) or 0 (unload now). Returns model seconds.
+    """Ollama's ``keep_alive`` in a request body (``api.Duration``): a number of seconds, a Go
+    duration string (``"5m"``, ``"1h30m"``), negative = forever (``math.inf``), 0 = unload now.
 
     Raises:
-        ConfigError: anything else (the message shows the accepted forms).
+        ConfigError: anything else, with Ollama's message (Go's ``time: …`` text).
     """
-    if isinstance(value, bool):
-        raise ConfigError(f"keep_alive {value!r} is not a duration — use e.g. \"5m\", 300, -1 or 0")
-    if isinstance(value, (int, float)):
-        if math.isnan(value):
-            raise ConfigError("keep_alive NaN is not a duration")
-        # api.Duration: a number is whole seconds; negative means forever.
-        return math.inf if value < 0 else float(int(value))
-    if isinstance(value, str):
-        text = value.strip()
-        sign = -1.0 if text.startswith("-") else 1.0
-        body = text.lstrip("+-")
-        if body == "0":
-            return 0.0
-        pos, total = 0, 0.0
-        while pos < len(body):
-            m = _DURATION_PART.match(body, pos)
-            if not m:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if body and pos == len(body):
-            return math.inf if sign < 0 else total
-        raise ConfigError(f'time: invalid duration "{value}" — use e.g. "5m", "30s", "1h", '
-                          f"a number of seconds, -1 (forever) or 0 (unload)")
-    raise ConfigError(f"keep_alive {value!r} is not a duration — use e.g. \"5m\", 300, -1 or 0")
+    try:
+        return duration_from_body(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
+# -- the simulated engine ------------------------------------------------------------------
 _WORDS = ("the", "model", "runs", "tokens", "in", "parallel", "and", "each", "request", "waits",
           "for", "a", "slot", "while", "batches", "share", "one", "GPU", "so", "throughput",
           "rises", "but", "latency", "grows", "with", "more", "streams", "of", "text", "we",
@@ -237,7 +123,7 @@ def _piece(base: int, i: int) -> str:
     return (". " + word.capitalize()) if (base + i) % 13 == 0 else " " + word
 
 
-# -- the simulated engine ------------------------------------------------------------------
+
 class _Seq:
     """One request in a model's decode batch."""
 
@@ -261,7 +147,7 @@ class _Seq:
 
 
 class _Instance:
-    """One served model: its load state, slots, FIFO queue and decode batch."""
+    """One served model: its load state, memory, slots, FIFO queue and decode batch."""
 
     def __init__(self, engine: SimEngine, name: str, speed: ModelSpeed) -> None:
         self.engine = engine
@@ -275,60 +161,73 @@ class _Instance:
         self.loaded = False
         self.loading: asyncio.Future[float] | None = None  # result: planned end (loop clock)
         self.load_task: asyncio.Task[None] | None = None
-        self.load_waiters = 0
+        self.num_ctx = 0  # the context it is (being) loaded with
+        self.slots = engine.num_parallel  # slots it is (being) loaded with
         self.expires_at = math.inf  # loop clock
-        self.refs = 0  # requests between load and done
+        self.refs = 0  # requests between scheduling and done
+        self.idle = asyncio.Event()
+        self.idle.set()
         self.keep_alive_s: float | None = None  # the latest request's wish
-        self.free = engine.num_parallel
+        self.free = 0
         self.queue: deque[asyncio.Future[float]] = deque()
         self.batch: list[_Seq] = []
         self.joining: list[_Seq] = []
         self.stepper: asyncio.Task[None] | None = None
 
+    # memory --------------------------------------------------------------------------------
+    def memory(self, num_ctx: int, slots: int) -> int:
+        """Bytes loaded: weights plus the KV cache of every slot."""
+        return self.speed.size + self.speed.kv_bytes_per_token * num_ctx * slots
+
+    @property
+    def resident(self) -> bool:
+        return self.loaded or self.loading is not None
+
+    def session_s(self) -> float:
+        keep = self.keep_alive_s if self.keep_alive_s is not None else self.engine.keep_alive_s
+        return keep
+
     # loading -----------------------------------------------------------------------------
     def expire_if_due(self, now: float) -> None:
         if self.loaded and self.refs == 0 and now >= self.expires_at:
+            self.unload()
+
+    def unload(self) -> None:
+        if self.loaded:
             self.loaded = False
             self.engine._count("unloads")
 
-    async def ensure_loaded(self, loop: asyncio.AbstractEventLoop, now: float) -> float:
-        """Wait until the model is loaded; returns the planned time it was (loop clock);
-        ``now`` (the request's arrival) when it already is."""
-        self.expire_if_due(now)
-        if self.loaded:
-            return now
-        if self.loading is None:
-            load_clock = self.speed.load_s * self.engine.time_scale
-            self.engine._count("loads")
-            if load_clock <= 0:
-                self.loaded, self.expires_at = True, math.inf
-                return now
-            self.loading = loop.create_future()
-            self.load_task = loop.create_task(self._load(now + load_clock))
-        if self.load_waiters >= self.engine.max_queue:
-            raise BusyError()
-        self.load_waiters += 1
-        try:
-            return await asyncio.shield(self.loading)
-        finally:
-            self.load_waiters -= 1
+    def start_load(self, loop: asyncio.AbstractEventLoop, now: float, num_ctx: int,
+                   slots: int) -> None:
+        self.num_ctx, self.slots, self.free = num_ctx, slots, slots
+        load_clock = self.speed.load_s * self.engine.time_scale
+        self.engine._count("loads")
+        if load_clock <= 0:
+            self.loaded, self.expires_at = True, math.inf
+            return
+        self.loading = loop.create_future()
+        self.load_task = loop.create_task(self._load(now + load_clock))
 
     async def _load(self, until: float) -> None:
-        await _sleep_until(until)
+        await sleep_until(until)
         self.loaded, self.expires_at = True, math.inf
         assert self.loading is not None
         self.loading.set_result(until)
         self.loading = self.load_task = None
+
+    def use(self) -> None:
+        self.refs += 1
+        self.idle.clear()
 
     def after_use(self, now: float) -> None:
         """A request let go of the model: start its keep-alive clock once nobody uses it."""
         self.refs -= 1
         if self.refs > 0:
             return
-        keep = self.keep_alive_s if self.keep_alive_s is not None else self.engine.keep_alive_s
+        self.idle.set()
+        keep = self.session_s()
         if keep <= 0:
-            self.loaded = False
-            self.engine._count("unloads")
+            self.unload()
         else:
             self.expires_at = now + keep * self.engine.time_scale
 
@@ -401,7 +300,7 @@ class _Instance:
                 k = len(self.batch)
                 self.engine._note_decoding(k)
                 t += scale * k / (decode_tps * profile.S(k))
-                await _sleep_until(t, precise=self._gives_first_or_last_token())
+                await sleep_until(t, precise=self._gives_first_or_last_token())
                 for seq in self.batch:
                     seq.progress += seq.gain
                     # 1e-9: a gain of exactly 1 must give exactly one token per step.
@@ -417,130 +316,75 @@ class _Instance:
             self.stepper = None
 
 
-async def _sleep_until(deadline: float, *, precise: bool = False) -> None:
-    """Sleep until ``deadline`` (loop clock, seconds).
-
-    The event loop's own timers wake 0–1 ms late: epoll waits whole milliseconds, rounded up
-    (``selectors.EpollSelector.select``: ``math.ceil(timeout * 1e3)``). Absolute deadlines keep
-    that from adding up over a request's steps, but the step that gives a request its first or
-    last token is what the client sees (TTFT, the end of the request — at time scale 0.02 one
-    clock ms is 0.05 model s). ``precise`` wakes at the deadline instead, through
-    :data:`_TIMER`, without spinning the CPU.
-    """
-    loop = asyncio.get_running_loop()
-    delay = deadline - loop.time()
-    if delay <= 0:
-        return
-    if precise:
-        await _TIMER.wait_until(loop, deadline)
-    else:
-        await asyncio.sleep(delay)
-
-
-class _PreciseTimer:
-    """Wakes asyncio futures at a deadline with sub-millisecond accuracy.
-
-    One daemon thread sleeps on a condition variable until the earliest deadline
-    (``threading.Condition.wait`` sleeps with microsecond resolution on ``time.monotonic``,
-    the loop's clock) and hands the wake-up to the loop with ``call_soon_threadsafe``, whose
-    self-pipe write ends the loop's epoll wait at once (~0.05–0.1 ms here). Shared by every
-    engine in the process; started on first use.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._cv = threading.Condition()
-        self._count = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def wait_until(self, loop: asyncio.AbstractEventLoop, deadline: float) -> asyncio.Future[None]:
-        """A future that is done at ``deadline`` (``loop.time()`` seconds)."""
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._cv:
-            heapq.heappush(self._heap, (deadline, next(self._count), loop, fut))
-            self._start()
-            self._cv.notify()
-        return fut
-
-    def start(self) -> None:
-        """Start the thread now (engines do, so that no request pays for it)."""
-        with self._cv:
-            self._start()
-
-    def _start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sim-precise-timer",
-                                            daemon=True)
-            self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._heap:
-                    self._cv.wait()
-                deadline = self._heap[0][0]
-                left = deadline - time.monotonic()
-                if left > 0:
-                    self._cv.wait(left)
-                    continue  # woken early (a new, earlier deadline) or on time: look again
-                _, _, loop, fut = heapq.heappop(self._heap)
-            # A loop that is gone (closed) has nobody waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_wake, fut)
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():  # cancelled meanwhile (the request went away)
-        fut.set_result(None)
-
-
-_TIMER = _PreciseTimer()
-
 
 class SimEngine:
     """The simulated engine (see the module docstring).
 
     Args:
-        profile: speeds and S(k).
+        profile: speeds, S(k) and the machine's GPU memory.
         num_parallel: slots per model (default: ``profile.num_parallel``).
-        max_queue: requests that may wait for a loading model before 503.
+        max_queue: requests that may wait in the scheduler (for a model to load or make room)
+            before 503 busy (``OLLAMA_MAX_QUEUE``, default 512).
         time_scale: clock seconds per model second.
         models: names served (default: the profile's models and aliases).
         keep_alive_s: default keep-alive in model seconds (``math.inf`` = forever).
         faults: fail_fraction and jitter are applied here (stop_after by the server).
+        max_loaded_models: models loaded at once (``OLLAMA_MAX_LOADED_MODELS``); 0 = Ollama's
+            default, 3 per GPU of the profile (3 without one).
+        context_length: the default ``num_ctx`` (``OLLAMA_CONTEXT_LENGTH``); 0 = Ollama's
+            default by GPU memory (:func:`default_num_ctx`), at most the model's own context.
+
+    Raises:
+        ConfigError: a setting out of range, or no model names.
     """
+
+    name = "sim"
 
     def __init__(self, profile: Profile, *, num_parallel: int | None = None,
                  max_queue: int = 512, time_scale: float = 1.0,
                  models: Sequence[str] | None = None, keep_alive_s: float = 300.0,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None, max_loaded_models: int = 0,
+                 context_length: int = 0) -> None:
         if num_parallel is None:
             num_parallel = profile.num_parallel
         if isinstance(num_parallel, bool) or not isinstance(num_parallel, int) or num_parallel < 1:
             raise ConfigError(f"num_parallel {num_parallel!r} must be a whole number ≥ 1 "
                               f"(Ollama's OLLAMA_NUM_PARALLEL)")
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-            raise ConfigError(f"max_queue {max_queue!r} must be a whole number ≥ 0 "
-                              f"(Ollama's OLLAMA_MAX_QUEUE, default 512)")
+        for label, value in (("max_queue", max_queue), ("max_loaded_models", max_loaded_models),
+                             ("context_length", context_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{label} {value!r} must be a whole number ≥ 0 "
+                                  f"(Ollama's OLLAMA_{label.upper()})")
         self.profile = profile
         self.num_parallel = num_parallel
         self.max_queue = max_queue
         self.time_scale = check_time_scale(float(time_scale))
         self.keep_alive_s = keep_alive_s
         self.faults = faults or Faults()
+        self.max_loaded_models = max_loaded_models or 3 * max(1, profile.gpus)
+        self.gpu_memory = (profile.gpu_memory * max(1, profile.gpus)
+                           if profile.gpu_memory else None)
+        self.context_length = context_length
         names = [canonical_name(n) for n in (models or profile.model_names()) if n.strip()]
         if not names:
             raise ConfigError("the simulator needs at least one model name — e.g. llama3.2:3b")
         self._instances = {n: _Instance(self, n, profile.speed(n)) for n in dict.fromkeys(names)}
         self._counter = 0
-        _TIMER.start()
+        self._sched_lock = asyncio.Lock()
+        self._scheduling = 0  # requests waiting in the scheduler (Ollama's pending queue)
+        self._evicted_at = -math.inf  # loop clock of the latest eviction
+        TIMER.start()
         self._stats: dict[str, int] = dict.fromkeys(
             ("requests", "completed", "failed", "cancelled", "busy", "active", "max_active",
-             "max_decoding", "loads", "unloads"), 0)
+             "max_decoding", "loads", "unloads", "evictions", "reloads", "truncated",
+             "max_resident"), 0)
 
     # protocol ----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
         return [i.info for i in self._instances.values()]
+
+    def capabilities(self, name: str) -> list[str]:
+        return list(self._instances[self.resolve(name)].speed.capabilities)
 
     def running(self) -> list[RunningModel]:
         loop = asyncio.get_running_loop()
@@ -548,15 +392,20 @@ class SimEngine:
         out = []
         for inst in self._instances.values():
             inst.expire_if_due(now)
-            if not inst.loaded:
+            if not inst.resident:
                 continue
             expires: datetime | None = None
-            # In use: the keep-alive clock has not started; show the default ahead.
-            left = (self.keep_alive_s * self.time_scale if inst.refs > 0
+            # In use or loading: the keep-alive clock has not started; show it ahead.
+            left = (inst.session_s() * self.time_scale if inst.refs > 0 or not inst.loaded
                     else inst.expires_at - now)
             if not math.isinf(left):
                 expires = datetime.now(timezone.utc) + timedelta(seconds=left / self.time_scale)
-            out.append(RunningModel(inst.info, expires, inst.info.size))
+            size = inst.memory(inst.num_ctx, inst.slots)
+            vram = size if self.gpu_memory else 0
+            out.append(RunningModel(inst.info, expires, vram, size=size,
+                                    context_length=inst.num_ctx))
+        # Listed in the server's model order (Ollama sorts by time left, in whole seconds:
+        # server/routes.go PsHandler; models loaded within a second keep their order).
         return out
 
     def resolve(self, name: str) -> str:
@@ -565,29 +414,41 @@ class SimEngine:
             raise ModelNotFoundError(name)
         return canon
 
-    async def load(self, model: str, keep_alive_s: float | None = None) -> None:
+    def num_ctx_for(self, model: str, options: dict[str, Any] | None = None) -> int:
+        """The context a request for ``model`` runs with: ``options["num_ctx"]`` when > 0, else
+        the server's default; never more than the model's own (``llm/server.go`` caps it at
+        the trained context)."""
+        inst = self._instances[self.resolve(model)]
+        asked = (options or {}).get("num_ctx")
+        want = int(asked) if isinstance(asked, (int, float)) and not isinstance(asked, bool) \
+            and asked > 0 else default_num_ctx(self.gpu_memory, self.context_length)
+        return max(1, min(want, inst.speed.context_length))
+
+    async def load(self, model: str, keep_alive_s: float | None = None,
+                   options: dict[str, Any] | None = None) -> None:
         inst = self._instances[self.resolve(model)]
         loop = asyncio.get_running_loop()
         try:
-            await inst.ensure_loaded(loop, loop.time())
+            await self._schedule(inst, self.num_ctx_for(model, options), loop, loop.time())
         except BusyError:
             self._stats["busy"] += 1
             raise
-        inst.refs += 1
         inst.keep_alive_s = keep_alive_s
         inst.after_use(loop.time())
 
     async def unload(self, model: str) -> None:
         inst = self._instances[self.resolve(model)]
         inst.keep_alive_s = 0.0
-        if inst.refs == 0 and inst.loaded:
-            inst.loaded = False
-            self._count("unloads")
+        if inst.refs == 0:
+            inst.unload()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self._stats)
         out["waiting"] = sum(len([f for f in i.queue if not f.done()])
                              for i in self._instances.values())
+        out["loaded"] = [i.name for i in self._instances.values() if i.loaded]
+        out["max_loaded_models"] = self.max_loaded_models
+        out["slots"] = {i.name: i.slots for i in self._instances.values() if i.resident}
         return out
 
     async def aclose(self) -> None:
@@ -595,6 +456,85 @@ class SimEngine:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    # scheduler ---------------------------------------------------------------------------
+    def _fit_slots(self, inst: _Instance, num_ctx: int) -> int | None:
+        """Slots that fit beside the other loaded models (the most, down to 1); None if even
+        one does not."""
+        if self.gpu_memory is None:
+            return self.num_parallel
+        used = sum(i.memory(i.num_ctx, i.slots) for i in self._instances.values()
+                   if i is not inst and i.resident)
+        for k in range(self.num_parallel, 0, -1):
+            if inst.memory(num_ctx, k) + used <= self.gpu_memory:
+                return k
+        return None
+
+    def _victim(self, inst: _Instance) -> _Instance | None:
+        """``findRunnerToUnload``: shortest keep-alive, then name; an idle one first."""
+        loaded = sorted((i for i in self._instances.values() if i is not inst and i.resident),
+                        key=lambda i: (i.session_s(), i.name))
+        if not loaded:
+            return None
+        return next((i for i in loaded if i.refs == 0 and i.loading is None), loaded[0])
+
+    async def _evict(self, victim: _Instance) -> None:
+        if victim.loading is not None:
+            await asyncio.shield(victim.loading)
+        await victim.idle.wait()
+        victim.unload()
+        self._evicted_at = asyncio.get_running_loop().time()
+
+    async def _schedule(self, inst: _Instance, num_ctx: int,
+                        loop: asyncio.AbstractEventLoop, now: float) -> float:
+        """Make ``inst`` loaded with ``num_ctx`` and take a reference on it (the caller must
+        call ``after_use``). ``now`` is the request's arrival (loop clock). Returns the planned
+        time the model was ready: the arrival when it already was, else when it was loaded."""
+        inst.expire_if_due(now)
+        if (inst.loaded and inst.num_ctx == num_ctx and not self._sched_lock.locked()):
+            inst.use()
+            return now
+        if self._scheduling >= self.max_queue:
+            raise BusyError()
+        self._scheduling += 1
+        ready_at = now
+        try:
+            async with self._sched_lock:
+                while True:
+                    t = loop.time()
+                    for other in self._instances.values():
+                        other.expire_if_due(t)
+                    if inst.resident and inst.num_ctx == num_ctx:
+                        break
+                    if inst.resident:  # another num_ctx: reload once its requests are done
+                        self._stats["reloads"] += 1
+                        await self._evict(inst)
+                        continue
+                    count = sum(1 for i in self._instances.values() if i.resident)
+                    slots = self._fit_slots(inst, num_ctx)
+                    if count < self.max_loaded_models and (slots is not None or count == 0):
+                        # The scheduler's own work takes no model time: the load starts at
+                        # the arrival, or when the last eviction made room.
+                        start = max(now, self._evicted_at)
+                        inst.start_load(loop, start, num_ctx, slots or 1)
+                        ready_at = start
+                        resident = sum(1 for i in self._instances.values() if i.resident)
+                        self._stats["max_resident"] = max(self._stats["max_resident"], resident)
+                        break
+                    victim = self._victim(inst)
+                    assert victim is not None  # count > 0
+                    self._stats["evictions"] += 1
+                    await self._evict(victim)
+                inst.use()
+            try:
+                if inst.loading is not None:
+                    return max(await asyncio.shield(inst.loading), now)
+                return max(now, ready_at)
+            except BaseException:
+                inst.after_use(loop.time())
+                raise
+        finally:
+            self._scheduling -= 1
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[str | Done, None]:
         loop = asyncio.get_running_loop()
@@ -610,8 +550,9 @@ class SimEngine:
             self._stats["failed"] += 1
             raise EngineError(f"simulated failure of request #{index} "
                               f"(fail_fraction={self.faults.fail_fraction})", 500)
+        num_ctx = self.num_ctx_for(inst.name, request.options)
         try:
-            t_loaded = await inst.ensure_loaded(loop, t_arrival)
+            t_loaded = await self._schedule(inst, num_ctx, loop, t_arrival)
         except BusyError:
             self._stats["busy"] += 1
             self._stats["failed"] += 1
@@ -620,10 +561,14 @@ class SimEngine:
         factor = self.faults.duration_factor(index)
         profile = self.profile
         prompt_tokens = profile.prompt_tokens(request.prompt)
+        if prompt_tokens > num_ctx:
+            # The runner keeps num_ctx tokens of the prompt (runner/llamarunner: inputs cut
+            # to the context, the start kept and the rest shifted out).
+            prompt_tokens = num_ctx
+            self._stats["truncated"] += 1
         total = profile.output_tokens(request.prompt, seed=request.seed,
                                       num_predict=request.num_predict, model=inst.name)
         base = stable_hash(request.prompt, request.seed)
-        inst.refs += 1
         inst.keep_alive_s = request.keep_alive_s
         holding = finished = False
         seq: _Seq | None = None
@@ -632,7 +577,7 @@ class SimEngine:
             holding = True
             self._active(+1)
             t_prefilled = t_slot + profile.prefill_s(prompt_tokens, inst.name) * factor * scale
-            await _sleep_until(t_prefilled)
+            await sleep_until(t_prefilled)
             seq = _Seq(total, 1.0 / factor, t_prefilled)
             if total > 0:
                 inst.join(seq, t_prefilled)
@@ -656,7 +601,9 @@ class SimEngine:
             inst.after_use(t_done)
             self._stats["completed"] += 1
             ns = 1e9 / scale
-            reason = "length" if request.num_predict is not None and request.num_predict >= 0 \
+            # Ollama's runner stops with "length" only at a positive num_predict; 0 or
+            # negative mean no limit (runner: ``NumPredict > 0 && numPredicted >= NumPredict``).
+            reason = "length" if request.num_predict is not None and request.num_predict > 0 \
                 else "stop"
             yield Done(
                 done_reason=reason,

@@ -12,14 +12,15 @@ it). A user file named by ``PARALLEL_KIT_PROFILES`` (or the ``path`` argument) i
 so measured profiles (``save_profile``) can override and extend the packaged ones. Schema::
 
     {"schema": 1, "profiles": {"<name>": {
-        "description": str, "num_parallel": int,
+        "description": str, "num_parallel": int, "gpu_memory": bytes | null, "gpus": int,
         "scaling": {"points": [[k, S(k)], ...], "source": str},
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
                                "load_s": float, "output_tokens": [min, max],
                                "aliases": [str], "size": bytes, "parameter_size": str,
                                "quantization_level": str, "family": str,
-                               "context_length": int, "sources": {"<field>": str}}}}}}
+                               "context_length": int, "kv_bytes_per_token": int,
+                               "capabilities": [str], "sources": {"<field>": str}}}}}}
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class ModelSpeed:
         load_s: seconds to load the model before its first request.
         output_tokens: (min, max) answer length when the request gives no ``num_predict``.
         aliases: other names for the same model (``llama3.2:latest``).
+        size: bytes of the weights (what ``/api/tags`` shows and loading takes).
+        context_length: the model's own (trained) context, the most ``num_ctx`` can be.
+        kv_bytes_per_token: KV-cache bytes per token of context (2 × layers × KV heads ×
+            head size × 2 bytes at f16); 0 = not modelled (the context takes no memory).
+        capabilities: what ``/api/show`` lists (``completion``, ``tools``, ``thinking``, …).
         sources: where each figure comes from, by field name.
     """
 
@@ -76,6 +82,8 @@ class ModelSpeed:
     quantization_level: str = "Q4_K_M"
     family: str = "llama"
     context_length: int = 4096
+    kv_bytes_per_token: int = 0
+    capabilities: tuple[str, ...] = ("completion",)
     sources: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +93,9 @@ class ModelSpeed:
             "aliases": list(self.aliases), "size": self.size,
             "parameter_size": self.parameter_size,
             "quantization_level": self.quantization_level, "family": self.family,
-            "context_length": self.context_length, "sources": dict(self.sources),
+            "context_length": self.context_length,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "capabilities": list(self.capabilities), "sources": dict(self.sources),
         }
 
 
@@ -100,6 +110,8 @@ class Profile:
             that a served name without its own entry runs at.
         scaling: ``(k, S(k))`` points, k ascending, starting at ``(1, 1.0)``.
         num_parallel: slots per model when neither the caller nor ``OLLAMA_NUM_PARALLEL`` says.
+        gpu_memory: bytes of memory of one GPU (None = no GPU memory limit is modelled).
+        gpus: GPUs of the machine (Ollama's default ``OLLAMA_MAX_LOADED_MODELS`` is 3 per GPU).
     """
 
     name: str
@@ -109,6 +121,8 @@ class Profile:
     num_parallel: int = 1
     description: str = ""
     scaling_source: str = ""
+    gpu_memory: int | None = None
+    gpus: int = 1
 
     # -- the latency model ---------------------------------------------------------------
     def S(self, k: int) -> float:
@@ -153,9 +167,10 @@ class Profile:
 
     def output_tokens(self, prompt: str, *, seed: int | None = None,
                       num_predict: int | None = None, model: str | None = None) -> int:
-        """Tokens of the answer: ``num_predict`` when ≥ 0, else drawn from the model's
-        ``output_tokens`` range, the same for the same prompt and seed."""
-        if num_predict is not None and num_predict >= 0:
+        """Tokens of the answer: ``num_predict`` when > 0, else drawn from the model's
+        ``output_tokens`` range, the same for the same prompt and seed (Ollama: 0 and negative
+        ``num_predict`` mean no limit)."""
+        if num_predict is not None and num_predict > 0:
             return int(num_predict)
         lo, hi = self.speed(model).output_tokens
         if lo >= hi:
@@ -188,6 +203,7 @@ class Profile:
         """The profile as its JSON entry (see the module docstring)."""
         return {
             "description": self.description, "num_parallel": self.num_parallel,
+            "gpu_memory": self.gpu_memory, "gpus": self.gpus,
             "scaling": {"points": [list(p) for p in self.scaling],
                         "source": self.scaling_source},
             "default_model": self.default_model,
@@ -327,9 +343,17 @@ def profile_from_dict(name: str, entry: Any) -> Profile:
     num_parallel = entry.get("num_parallel", 1)
     if not isinstance(num_parallel, int) or num_parallel < 1:
         raise ConfigError(f"{where}: num_parallel must be a whole number ≥ 1")
+    gpu_memory = entry.get("gpu_memory")
+    if gpu_memory is not None and (isinstance(gpu_memory, bool)
+                                   or not isinstance(gpu_memory, int) or gpu_memory < 1):
+        raise ConfigError(f"{where}: gpu_memory must be bytes (a whole number ≥ 1) or null")
+    gpus = entry.get("gpus", 1)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ConfigError(f"{where}: gpus must be a whole number ≥ 1")
     return Profile(name=name, models=models, default_model=default, scaling=points,
                    num_parallel=num_parallel, description=str(entry.get("description", "")),
-                   scaling_source=str(scaling_raw.get("source", "")))
+                   scaling_source=str(scaling_raw.get("source", "")), gpu_memory=gpu_memory,
+                   gpus=gpus)
 
 
 def _scaling_points(raw: Any, where: str) -> tuple[tuple[int, float], ...]:
@@ -380,5 +404,7 @@ def _model_from_dict(name: str, raw: Any, where: str) -> ModelSpeed:
         quantization_level=str(raw.get("quantization_level", "Q4_K_M")),
         family=str(raw.get("family", "llama")),
         context_length=int(raw.get("context_length", 4096)),
+        kv_bytes_per_token=int(raw.get("kv_bytes_per_token", 0)),
+        capabilities=tuple(str(c) for c in raw.get("capabilities", ["completion"])),
         sources=dict(raw.get("sources", {})),
     )

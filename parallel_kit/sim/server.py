@@ -22,12 +22,13 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from ..config import num_parallel_from_env
 from ..netutil import listen
 from .app import OllamaApp
-from .engine import Engine, SimEngine, parse_keep_alive
+from .engine import SimEngine
 from .faults import Faults
 from .profiles import Profile, load_profile
+from .protocol import Engine
+from .settings import sim_settings
 
 __all__ = ["SimulatedOllama", "simulated_ollama"]
 
@@ -38,35 +39,45 @@ class SimulatedOllama:
     Args:
         profile: a profile name (``seed``, ``rtx4090``, …) or a :class:`Profile`.
         num_parallel: slots per model; default ``OLLAMA_NUM_PARALLEL`` or the profile's (1).
-        max_queue: requests that may wait for a loading model before 503 busy.
+        max_queue: requests that may wait in the scheduler before 503 busy
+            (``OLLAMA_MAX_QUEUE``; default: the variable, else 512).
         time_scale: clock seconds per model second (0.02 turns 10 s into 0.2 s).
         models: model names it serves (default: the profile's).
-        keep_alive: default keep-alive (``"5m"``, seconds, negative = forever, 0).
+        keep_alive: default keep-alive (``"5m"``, seconds, negative = forever, 0); default
+            ``OLLAMA_KEEP_ALIVE``, else 5m.
+        max_loaded_models: models loaded at once (``OLLAMA_MAX_LOADED_MODELS``; 0 = 3 per GPU).
+        context_length: default ``num_ctx`` (``OLLAMA_CONTEXT_LENGTH``; 0 = by GPU memory).
         faults: fault switches (fail a fraction, jitter, stop after N).
         engine: another :class:`~parallel_kit.sim.engine.Engine` to serve instead.
         bind, port: where to listen; port 0 picks a free one.
     """
 
     def __init__(self, profile: str | Profile = "seed", *, num_parallel: int | None = None,
-                 max_queue: int = 512, time_scale: float = 1.0,
-                 models: Sequence[str] | None = None, keep_alive: float | str = "5m",
+                 max_queue: int | None = None, time_scale: float = 1.0,
+                 models: Sequence[str] | None = None, keep_alive: float | str | None = None,
                  faults: Faults | None = None, engine: Engine | None = None,
-                 bind: str = "127.0.0.1", port: int = 0) -> None:
+                 bind: str = "127.0.0.1", port: int = 0, max_loaded_models: int | None = None,
+                 context_length: int | None = None) -> None:
         self.profile = load_profile(profile)
-        if num_parallel is None:
-            num_parallel = num_parallel_from_env()
+        settings = sim_settings(bind=bind, port=port, num_parallel=num_parallel,
+                                max_queue=max_queue, keep_alive=keep_alive,
+                                max_loaded_models=max_loaded_models,
+                                context_length=context_length)
+        num_parallel, max_queue = settings.num_parallel, settings.max_queue
         self.faults = faults or Faults()
         if engine is None:
             engine = SimEngine(self.profile, num_parallel=num_parallel, max_queue=max_queue,
                                time_scale=time_scale, models=models,
-                               keep_alive_s=parse_keep_alive(keep_alive), faults=self.faults)
+                               keep_alive_s=settings.keep_alive_s, faults=self.faults,
+                               max_loaded_models=settings.max_loaded_models,
+                               context_length=settings.context_length)
             num_parallel = engine.num_parallel
-            self.engine_name = "sim"
         else:
             # A real engine decides its own slots, and runs on the clock (time scale 1).
             num_parallel = getattr(engine, "num_parallel", None) or num_parallel
             time_scale = float(getattr(engine, "time_scale", 1.0))
-            self.engine_name = getattr(engine, "name", type(engine).__name__)
+        #: The engine's name (the protocol's ``name``): labels follow it.
+        self.engine_name: str = engine.name
         self.engine: Engine = engine
         self.num_parallel = num_parallel or self.profile.num_parallel
         self.time_scale = float(time_scale)

