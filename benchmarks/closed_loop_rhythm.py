@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import clean, median, write_result
 from peers import C4_PROFILE, TOKENS, prompt
 
-from parallel_kit.sim import engine as engine_module
+from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import load_profile
 from parallel_kit.virtual_clock import VirtualClockLoop, loop_timer
@@ -84,14 +84,14 @@ def run(gap: Callable[[random.Random], float], seed: int = 1) -> dict[str, float
 
     # The engine's sub-millisecond waker runs on the real clock; on a virtual clock the
     # loop's own timers are exact.
-    original = engine_module._TIMER.wait_until
-    engine_module._TIMER.wait_until = loop_timer  # type: ignore[method-assign]
+    original = timer_module.TIMER.wait_until
+    timer_module.TIMER.wait_until = loop_timer  # type: ignore[method-assign]
     loop = VirtualClockLoop()
     try:
         span = loop.run_until_complete(main())
     finally:
         loop.close()
-        engine_module._TIMER.wait_until = original  # type: ignore[method-assign]
+        timer_module.TIMER.wait_until = original  # type: ignore[method-assign]
     itl = [(last - first) / (n - 1) for _, first, last, n in rows if n > 1]
     return {"latency_p50_ms": median([r[2] - r[0] for r in rows]) * 1e3,
             "ttft_p50_ms": median([r[1] - r[0] for r in rows]) * 1e3,

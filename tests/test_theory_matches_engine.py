@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parallel_kit import queueing, theory
-from parallel_kit.sim import engine as engine_module
+from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import Profile, load_profile
 from parallel_kit.topology import Topology
@@ -38,7 +38,7 @@ TOL_S = 1e-6  # the engine reports whole nanoseconds; float steps add crumbs
 
 @pytest.fixture
 def virtual_timer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module._TIMER, "wait_until", loop_timer)
+    monkeypatch.setattr(timer_module.TIMER, "wait_until", loop_timer)
 
 
 def _profile(decode_tps: float, prefill_tps: float | None, scaling: list[float]) -> Profile:
