@@ -50,6 +50,7 @@ __all__ = [
     "Trace",
     "check_burstiness",
     "check_rate",
+    "check_seed",
     "gaps",
     "load_trace",
     "make_schedule",
@@ -63,21 +64,43 @@ PROCESSES: tuple[str, ...] = get_args(Process)
 
 #: The most requests one schedule may hold (a guard against a duration × rate typo).
 MAX_REQUESTS = 1_000_000
+#: The highest offered rate accepted, requests per model second: far above what one machine's
+#: load generator holds (benchmarks/queueing.py measures that limit), low enough that a typo
+#: such as 1e300 is caught before it turns into zero gaps and meaningless figures.
+MAX_RATE = 1_000_000.0
 
 
 def check_rate(value: Any, *, name: str = "--rate") -> float:
-    """A rate in requests per model second: a finite number above 0.
+    """A rate in requests per model second: a finite number above 0, at most :data:`MAX_RATE`.
 
     Accepts numbers and numeric strings (``"0.05"``).
 
     Raises:
-        ConfigError: not a number, NaN/inf, or ≤ 0 — the message says what is accepted.
+        ConfigError: not a number, NaN/inf, ≤ 0 or above ``MAX_RATE`` — the message says what
+            is accepted.
     """
     rate = _number(value, name, "requests per model second, e.g. 0.05 for one every 20 s")
     if not rate > 0:
         raise ConfigError(f"{name} must be above 0 requests per model second, got {value!r} — "
                           f"e.g. 0.05 for one request every 20 s")
+    if rate > MAX_RATE:
+        raise ConfigError(f"{name} {rate:g} is above {MAX_RATE:g} requests per model second — "
+                          f"choose a rate within 0..{MAX_RATE:g}")
     return rate
+
+
+def check_seed(value: Any) -> int | None:
+    """A schedule's seed: ``None`` or a whole number ≥ 0 (numpy's ``default_rng`` takes no
+    negative seeds).
+
+    Raises:
+        ConfigError: negative, not whole, or not a number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"--seed must be a whole number ≥ 0, got {value!r} — e.g. --seed 1")
+    return value
 
 
 def check_burstiness(value: Any) -> float:
@@ -205,7 +228,7 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
     if (n is None) == (duration_s is None):
         raise ConfigError("give either --n (requests) or --duration (model seconds) with "
                           "--rate, not both and not neither")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {n!r}")

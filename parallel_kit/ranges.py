@@ -57,6 +57,9 @@ RANGES: dict[str, Range] = {
     "--max-kept-mb": Range(1, 1_048_576, True, "MiB of finished tasks the API keeps"),
     "--max-request-s": Range(1, 86_400, False, "clock seconds one API request may run"),
     "--max-queued": Range(1, 1_000_000, True, "tasks waiting in the API's queue"),
+    "--seed": Range(0, 2**32 - 1, True, "seed of the arrival schedule"),
+    "--repeats": Range(1, 1000, True, "runs per rate in a sweep"),
+    "--max-concurrency": Range(1, 100_000, True, "requests in flight from the load generator"),
     "--shutdown-timeout-s": Range(0.1, 3600, False,
                                   "clock seconds accepted tasks get at shutdown"),
 }

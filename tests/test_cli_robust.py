@@ -62,6 +62,15 @@ def _rows(path: Path) -> dict[str, list[dict]]:
     (["serve", "--max-held-mb", "-5"], "--max-held-mb"),
     (["sim", "--num-parallel", "100000"], "--num-parallel"),
     (["probe", "--max-k", "1000"], "--max-k"),
+    (["sweep", "--mode", "sequential", "--rates", "1", "--n", "1000000"], "--n"),
+    (["sweep", "--mode", "sequential", "--rates", "1", "--repeats", "100000"], "--repeats"),
+    (["sweep", "--mode", "pool", "--rates", "1", "--gpus", "100000"], "--gpus"),
+    (["sweep", "--mode", "pool", "--rates", "1", "--slots", "0"], "--slots"),
+    (["sweep", "--mode", "async", "--rates", "1", "--concurrency", "100000"], "--concurrency"),
+    (["sweep", "--mode", "sequential", "--rates", "1", "--num-predict", "0"], "--num-predict"),
+    (["bench", "--mode", "sequential", "--rate", "1", "--seed", "-5"], "--seed"),
+    (["bench", "--mode", "sequential", "--rate", "1", "--max-concurrency", "100000000"],
+     "--max-concurrency"),
 ])
 def test_numbers_out_of_range_are_refused_up_front_with_the_range(capsys, argv, flag) -> None:
     with pytest.raises(SystemExit) as info:
@@ -69,6 +78,25 @@ def test_numbers_out_of_range_are_refused_up_front_with_the_range(capsys, argv, 
     assert info.value.code == 2
     line = _last_error_line(capsys)
     assert flag in line and RANGES[flag].text() in line, line
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--mode", "sequential", "--rate", "1e300", "--n", "3"],
+    ["sweep", "--mode", "sequential", "--rates", "1e300", "--n", "3"],
+])
+def test_an_absurd_arrival_rate_is_refused_with_the_limit(capsys, argv) -> None:
+    from parallel_kit.arrivals import MAX_RATE
+
+    assert main(argv) == 2
+    line = _last_error_line(capsys)
+    assert "1e+300" in line and f"{MAX_RATE:g}" in line, line
+
+
+def test_a_negative_seed_is_refused_by_the_library_too() -> None:
+    from parallel_kit.arrivals import make_schedule
+
+    with pytest.raises(ConfigError, match="--seed"):
+        make_schedule(1.0, n=3, seed=-5)
 
 
 @pytest.mark.parametrize(("var", "value"), [("MAX_CONCURRENT_REQUESTS", "100000000"),

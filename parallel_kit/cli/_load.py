@@ -7,7 +7,7 @@ from typing import Any
 
 from ..arrivals import PROCESSES, Arrivals
 from ..errors import ConfigError
-from ._args import positive_int
+from ._args import ranged
 
 __all__ = ["add_arrival_flags", "add_rate_flags", "arrivals_from_args", "parse_float"]
 
@@ -30,9 +30,9 @@ def add_arrival_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burstiness", default=None, metavar="B",
                    help="gamma shape B > 0: 1 = Poisson, < 1 burstier, > 1 smoother "
                         "(vllm bench serve's --burstiness)")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
+    p.add_argument("--seed", type=ranged("--seed"), default=0, metavar="S",
                    help="seed of the arrival schedule (the same seed, the same schedule)")
-    p.add_argument("--max-concurrency", type=positive_int, default=None, metavar="C",
+    p.add_argument("--max-concurrency", type=ranged("--max-concurrency"), default=None, metavar="C",
                    help="at most C requests in flight from the generator; later arrivals wait "
                         "at the client")
     p.add_argument("--warmup", type=int, default=0, metavar="K",

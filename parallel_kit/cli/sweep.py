@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..modes.registry import mode_names
-from ._args import add_time_scale, positive_int
+from ._args import add_time_scale, ranged
 from ._load import add_arrival_flags, parse_float
 
 __all__ = ["add_parser", "run"]
@@ -25,23 +25,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--rates", default="auto", metavar="auto|R1,R2,…",
                    help="requests per model second; auto (default) measures the capacity with "
                         "a burst first, then runs 10 rates from 10 %% to 110 %% of it")
-    p.add_argument("--repeats", type=positive_int, default=1, metavar="K",
+    p.add_argument("--repeats", type=ranged("--repeats"), default=1, metavar="K",
                    help="runs per rate (seeds S, S+1, …)")
-    p.add_argument("--n", type=positive_int, default=30, metavar="N",
+    p.add_argument("--n", type=ranged("--n"), default=30, metavar="N",
                    help="requests per run (and in the capacity burst); default 30")
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="an Ollama server; several = one Ollama per GPU")
-    p.add_argument("--gpus", type=positive_int, default=None, metavar="W",
+    p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
                    help="servers for the multi-server modes when the kit starts them")
-    p.add_argument("--slots", type=positive_int, default=None, metavar="K",
+    p.add_argument("--slots", type=ranged("--slots"), default=None, metavar="K",
                    help="slots per server (OLLAMA_NUM_PARALLEL)")
-    p.add_argument("--concurrency", type=positive_int, default=None, metavar="C",
+    p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
                    help="workers of the async/batch queue")
     p.add_argument("--profile", default=None, metavar="NAME",
                    help="simulator profile for embedded servers (default seed)")
     p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file or set")
     p.add_argument("--model", default=None, help="model name")
-    p.add_argument("--num-predict", type=positive_int, default=None, metavar="T",
+    p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
                    help="maximum output tokens per request")
     add_time_scale(p)
     add_arrival_flags(p)
