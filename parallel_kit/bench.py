@@ -185,19 +185,18 @@ async def _warm_up(endpoints: Sequence[Endpoint], model: str) -> float:
 def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, workers: int,
                 slots: int, concurrency: int, sequential: RunResult | None) -> float | None:
     """Predicted makespan (model s): from the profile when simulated, else from sequential."""
-    speedup: Callable[[int], float] | None = None
+    topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
     if backend.kind == "sim" and backend.profile and backend.engine == "sim":
         from .sim.profiles import load_profile
 
-        profile = load_profile(backend.profile)
-        times = theory.service_times_from_profile(profile, specs)
-        speedup = profile.S
-    elif sequential is not None and sequential.summary.ok == len(sequential.requests):
+        # The simulator's own latency model, step by step (prefill at full speed).
+        service = theory.service_model_from_profile(load_profile(backend.profile), specs)
+        return float(theory.predict_topology(topology, service=service).makespan_s)
+    if sequential is not None and sequential.summary.ok == len(sequential.requests):
         times = [(r.finished_s - r.started_s) for r in sequential.requests]
     else:
         return None
-    topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
-    return float(theory.predict_topology(topology, times, speedup=speedup).makespan_s)
+    return float(theory.predict_topology(topology, times).makespan_s)
 
 
 class CompareShortcuts(TypedDict, total=False):

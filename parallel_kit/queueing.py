@@ -379,7 +379,6 @@ def simulate(
                 outstanding[s] -= 1
                 state["in_flight"] -= 1
                 done += 1
-            refill(now)
         else:  # idle: a new run of steps starts at this request's ready time
             t0[s], idx[s] = now, 0
         joined = []
@@ -390,6 +389,11 @@ def simulate(
         d[s] = step_of[len(batch[s])]
         for i in joined:
             first[i] = now + d[s]
+        if m >= 0:
+            # Slots freed at this boundary go to waiters only now: the next step is already
+            # planned without them, so even one with no prompt joins at the step after (the
+            # engine's step loop plans its next step before the finished request lets go).
+            refill(now)
         return done
 
     order = np.argsort(arr, kind="stable")

@@ -547,7 +547,7 @@ class Prediction:
 
 def predict(
     mode: str | Topology,
-    service_times_s: Iterable[float],
+    service_times_s: Iterable[float] | None = None,
     *,
     servers: int | None = None,
     workers: int | None = None,
@@ -556,6 +556,7 @@ def predict(
     dispatch: Dispatch | None = None,
     concurrency: int | None = None,
     submit_overhead_s: float = 0.0,
+    service: ServiceModel | None = None,
 ) -> Prediction:
     """Predict a run's makespan for requests with the given solo service times.
 
@@ -579,6 +580,9 @@ def predict(
             at once. ``None``: not limiting.
         submit_overhead_s: added when the requests pass through the task queue (model
             seconds): the time to accept the batch.
+        service: each request's prefill and tokens (:func:`service_model_from_profile`): with
+            several busy slots the prediction then follows the simulator's step rules, prefill
+            at full speed (see :func:`predict_topology`); ``service_times_s`` may be left out.
 
     Raises:
         ConfigError: an unknown mode name, a bad count or service time.
@@ -604,22 +608,46 @@ def predict(
     if dispatch is not None:
         topo = replace(topo, dispatch=dispatch)
     return predict_topology(topo, service_times_s, speedup=speedup,
-                            submit_overhead_s=submit_overhead_s)
+                            submit_overhead_s=submit_overhead_s, service=service)
 
 
-def predict_topology(topology: Topology, service_times_s: Iterable[float], *,
+def predict_topology(topology: Topology, service_times_s: Iterable[float] | None = None, *,
                      speedup: SpeedupFn | Any | None = None,
-                     submit_overhead_s: float = 0.0) -> Prediction:
+                     submit_overhead_s: float = 0.0,
+                     service: ServiceModel | None = None) -> Prediction:
     """Predict the makespan of requests served by ``topology`` (see :func:`predict`).
 
     Servers × busy slots each (``min(slots, in_flight)``); one busy slot per server is list
-    scheduling (least-loaded: Graham's greedy bound; round-robin: fixed order), several are
-    processor sharing with the speed-up curve S(k). Model seconds in and out.
+    scheduling (least-loaded: Graham's greedy bound; round-robin: fixed order). Several busy
+    slots: with ``service`` (each request's prefill and tokens, the simulator's own latency
+    model, :func:`service_model_from_profile`), the simulator's step rules
+    (:func:`parallel_kit.queueing.simulate`: the prompt at full speed in its slot, then decode
+    steps of ``k / (decode_tps·S(k))`` for the k decoding, a newcomer joining at the next step
+    boundary) — the model ``tests/test_theory_matches_engine.py`` pins against the simulator's
+    engine; without it, processor sharing of whole service times with S(k)
+    (:func:`simulate_processor_sharing`, which also slows the prompt by S(k)/k, so it predicts
+    a little long when prompts are long). Model seconds in and out.
+
+    Args:
+        service_times_s: solo service times (model seconds); ``None`` with ``service``: its
+            :attr:`ServiceModel.solo_s`.
+        service: the requests' prefill and tokens; when given, ``speedup`` defaults to its S.
 
     Raises:
-        ConfigError: a bad count, dispatch or service time.
+        ConfigError: a bad count, dispatch or service time; neither times nor service; a
+            service model whose length differs from the times'.
     """
+    if service_times_s is None:
+        if service is None:
+            raise ConfigError("predict_topology needs service times or a service model")
+        service_times_s = service.solo_s
     times = _times(service_times_s)
+    if service is not None:
+        if len(service.tokens) != len(times):
+            raise ConfigError(f"the service model has {len(service.tokens)} requests and the "
+                              f"service times {len(times)} — give one entry per request")
+        if speedup is None:
+            speedup = service.speedup
     servers = _count("servers", topology.servers)
     k = _count("slots", topology.slots)
     if topology.in_flight is not None:
@@ -637,6 +665,14 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float], *,
     if eff == 1:
         span = (greedy_makespan(times, servers) if dispatch == "least_loaded" or servers == 1
                 else round_robin_makespan(times, servers))
+    elif service is not None and n:
+        from . import queueing
+
+        sim = queueing.simulate([0.0] * n, list(service.tokens), decode_tps=service.decode_tps,
+                                prefill_s=list(service.prefill_s), workers=servers, slots=eff,
+                                speedup=S, routing="round_robin" if dispatch == "round_robin"
+                                else "fifo")
+        span = float(np.max(sim.finish_s))
     else:
         span = simulate_processor_sharing(times, workers=servers, slots=eff, speedup=S,
                                           dispatch=dispatch).makespan_s

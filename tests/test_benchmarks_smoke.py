@@ -20,10 +20,12 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 import client_overhead  # noqa: E402
+import closed_loop_rhythm  # noqa: E402
 import fidelity  # noqa: E402
 import peers  # noqa: E402
 import scaling  # noqa: E402
 import sim_capacity  # noqa: E402
+import ttft_floor  # noqa: E402
 
 
 def test_sim_farm_serves_every_server_from_one_child_process() -> None:
@@ -111,3 +113,26 @@ def test_peers_script_runs_the_kit_alone_and_writes_its_table(tmp_path: Path) ->
 def test_peers_script_refuses_an_unknown_tool() -> None:
     with pytest.raises(SystemExit):
         peers.main(["--tools", "kit,aiperfx"])
+
+
+def test_ttft_floor_records_round_trip_and_ttft_error(tmp_path: Path) -> None:
+    result = ttft_floor.main(["--n", "8", "--out", str(tmp_path)])
+    assert result["requests_each"] == 8 and result["round_trip_ms"]["median"] > 0
+    assert json.loads((tmp_path / "ttft_floor.json").read_text())["machine"]["cpus"]
+
+
+def test_closed_loop_rhythm_jittered_turnaround_decodes_faster_than_lockstep(
+        tmp_path: Path) -> None:
+    # Lockstep streams decode mostly four at a time; a jittered turnaround desynchronises
+    # them, so fewer decode at once and each step (ITL) is shorter.
+    from parallel_kit.sim.profiles import load_profile
+
+    profile = load_profile(closed_loop_rhythm.C4_PROFILE)
+    def step_ms(k: int) -> float:
+        return k / (profile.speed().decode_tps * profile.S(k)) * 1e3
+    lockstep = closed_loop_rhythm.run(lambda r: 0.0)["itl_mean_ms"]
+    jittered = closed_loop_rhythm.run(lambda r: r.expovariate(100.0))["itl_mean_ms"]
+    assert step_ms(3) < jittered < lockstep <= step_ms(4)
+    assert lockstep > (step_ms(3) + step_ms(4)) / 2
+    result = closed_loop_rhythm.main(["--out", str(tmp_path)])
+    assert (tmp_path / "closed_loop_rhythm.json").exists() and len(result["cases"]) == 5
