@@ -7,7 +7,7 @@ does this inside each GPU actor; it is usable on its own too::
     async with OllamaServer(gpu_ids=["0"]) as server:
         print(server.url)          # http://127.0.0.1:40123
 
-The server is ready when ``GET /`` answers 200 ("Ollama is running", ``docs/OLLAMA.md``). It runs in its
+The server is ready when ``GET /`` answers 200 ("Ollama is running", ``docs/OLLAMA_BEHAVIOUR.md``). It runs in its
 own process group, so stopping it also stops anything it started (the llama runners).
 """
 

@@ -15,7 +15,7 @@
   side. The count is the largest group whose spans overlap by at least half — robust to
   scheduling jitter, and independent of how much faster the batch decodes.
 * **speedup** — ``S(k)``, aggregate output tokens/s with k at once ÷ with one: 1.0 for one slot,
-  rising then flattening with more (``docs/OLLAMA.md``: ~1.5× at 4 slots).
+  rising then flattening with more (``docs/OLLAMA_BEHAVIOUR.md``: ~1.5× at 4 slots).
 
 All figures are model seconds (a simulator's clock ÷ its time scale; real Ollama: scale 1).
 """

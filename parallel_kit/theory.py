@@ -342,7 +342,7 @@ def simulate_processor_sharing(
 
     Model: a server with k requests in its slots works at ``S(k)`` times its solo speed, shared
     equally, so each request advances ``S(k)/k`` service-seconds per second. Requests beyond
-    the slots wait first come, first served (Ollama's weighted semaphore, ``docs/OLLAMA.md``). The whole
+    the slots wait first come, first served (Ollama's weighted semaphore, ``docs/OLLAMA_BEHAVIOUR.md``). The whole
     service time is shared this way — prefill included, a small approximation for short prompts.
 
     Args:

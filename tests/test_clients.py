@@ -1,7 +1,7 @@
 """The clients against small real HTTP servers on loopback that answer like Ollama does.
 
 Each test starts a Starlette app under uvicorn on a free 127.0.0.1 port and checks what the
-client records: streamed pieces, server durations, the error shapes of docs/OLLAMA.md (404, 400,
+client records: streamed pieces, server durations, the error shapes of docs/OLLAMA_BEHAVIOUR.md (404, 400,
 503 busy, an error line mid-stream), refused connections, timeouts and SSE with usage.
 """
 

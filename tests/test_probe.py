@@ -112,7 +112,7 @@ async def test_simulator_with_four_slots_is_seen_running_four_at_once() -> None:
         result = await probe(url, max_k=4, num_predict=16, time_scale=SCALE)
     assert result.effective_slots == 4
     assert result.concurrent == {1: 1, 2: 2, 3: 3, 4: 4}
-    # seed profile: S(4) = 1.5 (docs/OLLAMA.md: ~1.4–1.6× at 4 slots).
+    # seed profile: S(4) = 1.5 (docs/OLLAMA_BEHAVIOUR.md: ~1.4–1.6× at 4 slots).
     assert result.speedup[4] == pytest.approx(1.5, rel=0.1)
     assert any("larger --max-k" in n for n in result.notes)
 
