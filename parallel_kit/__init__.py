@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .sim.server import SimulatedOllama, simulated_ollama
     from .taskqueue import TaskQueue
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: name → module that defines it, imported on first access.
 _LAZY = {

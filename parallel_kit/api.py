@@ -238,7 +238,7 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
 
     app = FastAPI(
         title="parallel_kit inference API",
-        version="0.1.0",
+        version="0.2.0",
         description="The original demo's API: requests are accepted at once, queued, and sent "
                     f"to Ollama by {cfg.concurrency} worker(s) (MAX_CONCURRENT_REQUESTS). "
                     "Queueing makes the API answer at once; it does not make one Ollama "

@@ -54,7 +54,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
     from .production.tasks import ExpiredTask, RedisUnavailable, UnknownTask
 
     cfg = settings or ApiSettings(mode="production")
-    app = FastAPI(title="parallel_kit inference API (production stack)", version="0.1.0",
+    app = FastAPI(title="parallel_kit inference API (production stack)", version="0.2.0",
                   description="Tasks go to a Celery queue on Redis; Celery workers call a Ray "
                               "Serve application with one replica per GPU. Any API process "
                               "answers GET /tasks/{id} from Redis.")
