@@ -91,7 +91,15 @@ class EndpointLost(RuntimeError):
 
 
 def import_serve() -> Any:
-    """``ray.serve``, or a :class:`MissingDependency` naming the extra to install."""
+    """``ray.serve``, or a :class:`MissingDependency` naming the extra to install.
+
+    Before Serve's constants are first read, the router's first deadline for a replica's
+    queue-length answer goes from Serve's 0.1 s to 0.5 s (``RAY_SERVE_QUEUE_LENGTH_RESPONSE_
+    DEADLINE_S``, ``ray/serve/_private/constants.py``; a value the user set is kept): on a busy
+    laptop a replica often answers later than 0.1 s, and Serve then logs a warning and retries
+    with a longer deadline anyway (up to ``RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S``, 1 s).
+    """
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "0.5")
     try:
         from ray import serve
     except ImportError as exc:
