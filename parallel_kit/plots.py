@@ -310,7 +310,7 @@ def _draw_timeline(ax: Axes, run: RunResult, *, show_labels: bool) -> None:
     first = min((_arrived(r) for r in reqs if _finite(_arrived(r))), default=0.0)
     if s.predicted_makespan_s is not None and _finite(s.predicted_makespan_s):
         ax.axvline(first + s.predicted_makespan_s, color="0.2", linestyle="--", linewidth=1)
-    pieces = [f"{s.mode}: {_plural(s.n, 'request')} on {_plural(len(workers), 'worker')}"
+    pieces = [f"{s.mode}: {_plural(s.n, 'request')} on {_plural(len(workers), 'server')}"
               f" × {_plural(s.slots, 'slot')}"]
     if _finite(s.makespan_s):
         pieces.append(f"makespan {s.makespan_s:.3g} s")
@@ -362,7 +362,7 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
     if any(r.requests for r in runs):
         # Bars take their worker's colour, so the legend's patches are neutral grey.
         handles: list[Artist] = [
-            Patch(facecolor="0.45", label="served (server working on it; colour = worker)"),
+            Patch(facecolor="0.45", label="served (server working on it; colour = server)"),
             Patch(facecolor="0.45", alpha=0.45, label="waiting (queued anywhere)"),
                    Patch(facecolor="#f4b6b6", edgecolor=_FAILED, hatch="///", label="failed")]
         if any(r.summary.predicted_makespan_s is not None for r in runs):
@@ -434,7 +434,7 @@ def predicted_vs_measured(runs: Runs, *, ax: Axes | None = None,
             ax.text(x + width / 2, (m if _finite(m) else 0.0) + 0.01 * top, label, ha="center",
                     va="bottom", fontsize=8, color=_FAILED if r.summary.failed else "black")
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([f"{r.summary.mode}\n{_plural(r.summary.workers, 'worker')} × "
+        ax.set_xticklabels([f"{r.summary.mode}\n{_plural(r.summary.workers, 'server')} × "
                             f"{_plural(r.summary.slots, 'slot')}" for r in runs], fontsize=8)
         ax.set_ylim(0, top * 1.3)
         ax.legend(fontsize=8, loc="upper right")
