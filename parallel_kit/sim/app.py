@@ -37,7 +37,14 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from ..config import duration_from_body
-from .options import BodyError, OptionError, check_fields, go_quote, runner_options
+from .options import (
+    BodyError,
+    OptionError,
+    check_fields,
+    go_quote,
+    json_kind,
+    runner_options,
+)
 from .profiles import stable_hash
 from .protocol import Done, Engine, EngineError, GenerateRequest, ModelInfo
 
@@ -259,17 +266,6 @@ _OPENAI_COMPLETION_FIELDS = {"model": "string", "prompt": "string", "max_tokens"
                              "temperature": "number", "top_p": "number",
                              "frequency_penalty": "number", "presence_penalty": "number",
                              "suffix": "string"}
-
-
-def _kind(value: Any) -> str:
-    """The JSON kind Go's decoder names (``number``, ``string``, ``bool``, ``array``, …)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
 
 
 def _go_type(value: Any) -> str:
@@ -539,11 +535,11 @@ class OllamaApp:
                 messages = body.get("messages") or []
                 for m in messages:
                     if not isinstance(m, dict):
-                        raise BodyError("json: cannot unmarshal " + _kind(m) + " into Go struct "
+                        raise BodyError("json: cannot unmarshal " + json_kind(m) + " into Go struct "
                                         "field ChatRequest.messages of type api.Message")
                     content = m.get("content")
                     if content is not None and not isinstance(content, str):
-                        raise BodyError("json: cannot unmarshal " + _kind(content) + " into Go "
+                        raise BodyError("json: cannot unmarshal " + json_kind(content) + " into Go "
                                         "struct field Message.messages.content of type string")
                 prompt = "\n".join(str(m.get("content") or "") for m in messages)
                 empty = not messages

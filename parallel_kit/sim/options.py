@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 __all__ = ["OPTION_TYPES", "BodyError", "OptionError", "check_fields", "go_quote",
-           "runner_options"]
+           "json_kind", "runner_options"]
 
 #: ``api.Options`` and ``api.Runner`` fields by JSON name → Go kind (the current Options
 #: struct; older fields such as ``mirostat`` are unknown keys now and are ignored).
@@ -47,16 +47,16 @@ def go_quote(text: str) -> str:
     return f'"{out}"'
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind Go's decoder names in its errors (``number``, ``string``, ``bool``,
+    ``array``, ``object``, ``null``), for a value decoded by Python's ``json``."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, (int, float)):
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "null"
 
 
 _GO_TYPE = {"string": "string", "bool": "bool", "int": "int", "strings": "[]string",
@@ -92,13 +92,13 @@ def check_fields(body: dict[str, Any], struct: str, fields: dict[str, str]) -> N
     for key, kind in fields.items():
         value = body.get(key)
         if not _fits(kind, value):
-            raise BodyError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
+            raise BodyError(f"json: cannot unmarshal {json_kind(value)} into Go struct field "
                             f"{struct}.{key} of type {_GO_TYPE.get(kind, kind)}")
         if kind in ("strings", "ints") and isinstance(value, list):
             inner = "string" if kind == "strings" else "int"
             for item in value:
                 if not _fits(inner, item):
-                    raise BodyError(f"json: cannot unmarshal {_json_kind(item)} into Go struct "
+                    raise BodyError(f"json: cannot unmarshal {json_kind(item)} into Go struct "
                                     f"field {struct}.{key} of type {inner}")
 
 
