@@ -67,6 +67,7 @@ from .stack_options import check_max_ongoing
 
 __all__ = [
     "HEALTH_CHECK_PERIOD_S",
+    "ROUTER_CLASS_PATH",
     "ROUTER_MAX_BACKOFF_S",
     "EndpointLost",
     "OllamaReplica",
@@ -82,6 +83,9 @@ __all__ = [
 HEALTH_CHECK_PERIOD_S = 1.0
 #: Longest pause (clock seconds) of Serve's router between two tries for a waiting request.
 ROUTER_MAX_BACKOFF_S = 0.01
+#: The deployment's request router (:mod:`parallel_kit.modes.serve_router`, imported by Serve
+#: by this path in every process that holds a handle).
+ROUTER_CLASS_PATH = "parallel_kit.modes.serve_router:FreedSlotRouter"
 #: Clock seconds to wait for the application's replicas to come up.
 DEPLOY_TIMEOUT_S = 180.0
 
@@ -250,7 +254,8 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=ctx.serve.health_check_timeout_s,
         graceful_shutdown_timeout_s=5.0, graceful_shutdown_wait_loop_s=0.5,
-        request_router_config={"initial_backoff_s": min(0.005, ROUTER_MAX_BACKOFF_S),
+        request_router_config={"request_router_class": ROUTER_CLASS_PATH,
+                               "initial_backoff_s": min(0.005, ROUTER_MAX_BACKOFF_S),
                                "max_backoff_s": ROUTER_MAX_BACKOFF_S})
     app = ServeApp(name, None, len(plans), slots, ongoing, info.address, ctx.time_scale,
                    ctx.model)

@@ -136,18 +136,21 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
 
 # -- the worker side -------------------------------------------------------------------------
 
-_local = threading.local()
+_clients: dict[str, Any] = {}
 _handles: dict[str, Any] = {}
 _handles_lock = threading.Lock()
 
 
 def _redis() -> Any:
-    client = getattr(_local, "redis", None)
-    if client is None:
-        import redis
+    """One Redis client per worker process (redis-py's client is thread-safe: it takes a
+    connection from its pool for each command), so a task thread never pays a connect."""
+    url = str(app.conf.broker_url)
+    with _handles_lock:
+        client = _clients.get(url)
+        if client is None:
+            import redis
 
-        client = redis.Redis.from_url(app.conf.broker_url)
-        _local.redis = client
+            client = _clients[url] = redis.Redis.from_url(url)
     return client
 
 
@@ -180,6 +183,18 @@ class ReplicaLost(Exception):
     """A Serve replica died with the request inside it (the task is retried by Celery)."""
 
 
+def _count_delivery(task_id: str) -> int:
+    """Count one more delivery of ``task_id`` in Redis (one round trip); 1 if Redis failed."""
+    try:
+        key = DELIVERIES_KEY.format(id=task_id)
+        pipe = _redis().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, int(app.conf.result_expires or RESULT_EXPIRES_S))
+        return int(pipe.execute()[0])
+    except Exception:  # counting is best effort; the request still runs
+        return 1
+
+
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
           autoretry_for=(ReplicaLost,), max_retries=3, default_retry_delay=0,
           retry_backoff=False, retry_jitter=False)
@@ -198,21 +213,17 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
     epoch, scale = float(run["epoch"]), float(run["time_scale"])
     picked = (time.time() - epoch) / scale
     task_id = self.request.id
-    deliveries = 1
-    try:
-        r = _redis()
-        key = DELIVERIES_KEY.format(id=task_id)
-        deliveries = int(r.incr(key))
-        r.expire(key, int(app.conf.result_expires or RESULT_EXPIRES_S))
-    except Exception:  # counting is best effort; the request still runs
-        pass
     retries = int(self.request.retries or 0)
     hops = {**run.get("hops", {}), "picked_up": picked}
     request = RequestSpec(**spec)
     timeout = float(app.conf.get("parallel_kit_request_timeout_s") or REQUEST_TIMEOUT_S)
+    deliveries = 1
     try:
         response = _handle(run["app"]).remote(_spec_to_wire(request), run["submitted_s"],
                                               epoch, hops)
+        # Counted while Serve routes the request (off its critical path), before the task
+        # can finish: a redelivered task finds the count of the deliveries before it.
+        deliveries = _count_delivery(task_id)
         out = response.result(timeout_s=timeout)
     except _lost_errors() as exc:
         raise ReplicaLost(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
