@@ -20,6 +20,11 @@ request drawn from: nothing; a constant; an exponential with the same mean (the 
 means are what ``peers.json`` implies: 4 ÷ requests/s − mean latency). Model seconds = clock
 seconds here (time scale 1).
 
+The same five cases run again on ``bench-linear-rtx4090`` (rtx4090's single-stream speeds with
+S(k) = k, ``peers.py``'s ``c4_linear`` section): there a step takes 4.4 ms whatever k is, so the
+rhythm can move only the phase of the step grid a finished prompt joins — what makes that
+profile the fair ground for comparing clients.
+
 Usage: ``.venv/bin/python benchmarks/closed_loop_rhythm.py``
 """
 

@@ -3,7 +3,7 @@
 ``peers.py --sections poisson`` runs, against one simulated Ollama (profile ``rtx4090``, 4 slots,
 ≈ 600 prompt tokens and 32 output tokens a request — the concurrency-4 comparison's requests):
 
-1. **GuideLLM** 0.8.1, scenario profile ``{"kind": "poisson", "rate": R}`` (the CLI's
+1. **GuideLLM** 0.8.1 with one worker process, scenario profile ``{"kind": "poisson", "rate": R}`` (the CLI's
    ``--profile poisson --rate R``; its ``AsyncPoissonStrategy`` draws exponential gaps with
    ``random.Random(42)``), ``max_requests`` N;
 2. **the kit replaying GuideLLM's send times** — each request's ``request_start`` from GuideLLM's
@@ -11,7 +11,11 @@
    in ``async`` mode with 64 workers, so nothing waits inside the kit: *the same Poisson run*,
    measured by the kit;
 3. **the kit's own Poisson schedule** at the same rate (``make_schedule(R, n=N, seed=1)``: numpy's
-   exponential gaps), the way ``parallel-kit bench --rate R --arrivals poisson`` runs it.
+   exponential gaps), the way ``parallel-kit bench --rate R --arrivals poisson`` runs it;
+4. **GuideLLM with its default worker processes** (10): each process runs the strategy with
+   its own ``random.Random(42)``, so every gap is drawn once per process and occurs ten times
+   in a row (``distinct_gap_fraction``); run 1 sets ``GUIDELLM__MAX_WORKER_PROCESSES=1`` so its
+   schedule is a Poisson draw.
 
 For each run the figures are the tool's own: mean and p50 latency and TTFT measured from the
 send (GuideLLM's ``request_latency`` and ``time_to_first_token_ms``; the kit's summary), plus
@@ -26,8 +30,8 @@ it from the profile (8.97 requests/s on rtx4090 → R = 4.49/s): busy enough tha
 queue and share the decode batch, far enough from the knee that a short run is near its steady
 state. **The count.** The mean latency of one Poisson run scatters around the steady state; the
 same latency model run over 20 independent draws gives its relative standard deviation
-(recorded as ``sampling_noise``): ≈ 3 % at N = 600. Two independent draws (GuideLLM's and the
-kit's own) therefore differ by ≈ 4 % on average from sampling alone — the same size as the
+(recorded as ``sampling_noise``): ≈ 2.6 % at N = 600. Two independent draws (GuideLLM's and the
+kit's own) therefore differ by ≈ 3–4 % on average from sampling alone — the same size as the
 5 % target — which is why the kit also replays GuideLLM's own send times: then both tools
 measure the same arrivals, and what is left is the measurement.
 """
