@@ -35,7 +35,7 @@ each tool's mean output tokens per request are recorded to show that every tool 
 The peers live in their own virtual environment, ``benchmarks/.peers-venv`` (git-ignored),
 created on first use with pip from PyPI (``guidellm==0.8.1``, ``servebench==1.1.3``); nothing is
 fetched at run time (GuideLLM reads the prompts from a local JSONL file; no tokenizer is
-downloaded). Not part of ``make test``: a full run takes about 15 minutes.
+downloaded). Not part of ``make test``: a full run takes about 13 minutes.
 
 Usage: ``.venv/bin/python benchmarks/peers.py [--quick] [--tools kit,servebench,guidellm]
 [--sections sequential,c4,c4_linear,c64,poisson]``
