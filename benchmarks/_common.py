@@ -85,13 +85,29 @@ _STEADY_ENTRY = {
 }
 
 
+#: The rtx4090 profile's single-stream speeds (llama3.2:3b: decode 226 tokens/s, prefill 10,625
+#: tokens/s) with perfect batching, S(k) = k: a request's speed does not depend on how many
+#: others decode beside it, so a closed loop's rhythm (when each client sends its next request)
+#: cannot change what the server does — only the phase of the 4.4 ms decode grid a request
+#: joins (< one step). The fair ground for comparing clients' latency and TTFT at concurrency 4.
+LINEAR_PROFILE = "bench-linear-rtx4090"
+_LINEAR_ENTRY = {
+    "description": "benchmarks only: rtx4090 single-stream speeds, S(k) = k (perfect batching)",
+    "num_parallel": 4,
+    "scaling": {"points": [[1, 1.0], [64, 64.0]], "source": "benchmarks: perfect scaling"},
+    "default_model": "llama3.2:3b",
+    "models": {"llama3.2:3b": {"decode_tps": 226.0, "prefill_tps": 10625.0, "load_s": 0.0,
+                               "output_tokens": [200, 200], "aliases": ["llama3.2:latest"]}},
+}
+
+
 def zero_profile_file() -> Path:
-    """The benchmarks' own profiles (zero-latency, steady) in a temporary profile file."""
+    """The benchmarks' own profiles (zero-latency, steady, linear) in a temporary profile
+    file (rewritten on every call, so a file left by an earlier process is never stale)."""
     path = Path(tempfile.gettempdir()) / f"parallel_kit_bench_profiles_{os.getpid()}.json"
-    if not path.exists():
-        doc = {"schema": 1, "profiles": {ZERO_PROFILE: _ZERO_ENTRY,
-                                         STEADY_PROFILE: _STEADY_ENTRY}}
-        path.write_text(json.dumps(doc), encoding="utf-8")
+    doc = {"schema": 1, "profiles": {ZERO_PROFILE: _ZERO_ENTRY, STEADY_PROFILE: _STEADY_ENTRY,
+                                     LINEAR_PROFILE: _LINEAR_ENTRY}}
+    path.write_text(json.dumps(doc), encoding="utf-8")
     return path
 
 

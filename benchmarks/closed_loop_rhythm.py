@@ -20,6 +20,11 @@ request drawn from: nothing; a constant; an exponential with the same mean (the 
 means are what ``peers.json`` implies: 4 ÷ requests/s − mean latency). Model seconds = clock
 seconds here (time scale 1).
 
+The same five cases run again on ``bench-linear-rtx4090`` (rtx4090's single-stream speeds with
+S(k) = k, ``peers.py``'s ``c4_linear`` section): there a step takes 4.4 ms whatever k is, so the
+rhythm can move only the phase of the step grid a finished prompt joins — what makes that
+profile the fair ground for comparing clients.
+
 Usage: ``.venv/bin/python benchmarks/closed_loop_rhythm.py``
 """
 
@@ -35,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import clean, median, write_result
+from _common import LINEAR_PROFILE, clean, median, write_result, zero_profile_file
 from peers import C4_PROFILE, TOKENS, prompt
 
 from parallel_kit.sim import timer as timer_module
@@ -47,9 +52,11 @@ N = 100
 STREAMS = 4
 
 
-def run(gap: Callable[[random.Random], float], seed: int = 1) -> dict[str, float]:
-    """N requests through STREAMS closed-loop streams; figures in milliseconds."""
-    profile = load_profile(C4_PROFILE)
+def run(gap: Callable[[random.Random], float], seed: int = 1,
+        profile_name: str = C4_PROFILE) -> dict[str, float]:
+    """N requests through STREAMS closed-loop streams on ``profile_name`` (a packaged profile
+    or one of the benchmarks' own); figures in milliseconds."""
+    profile = load_profile(profile_name, path=zero_profile_file())
     model = profile.default_model
     rng = random.Random(seed)
     rows: list[tuple[float, float, float, int]] = []  # send, first token, last token, tokens
@@ -112,14 +119,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "exponential, mean 10 ms": lambda r: r.expovariate(1 / 0.010),
     }
     out = {name: run(gap) for name, gap in cases.items()}
-    for name, fig in out.items():
-        print(f"{name:26s} latency p50 {fig['latency_p50_ms']:6.1f} ms  TTFT p50 "
-              f"{fig['ttft_p50_ms']:5.1f} ms  ITL {fig['itl_mean_ms']:5.2f} ms  "
-              f"{fig['requests_per_s']:5.2f} req/s")
+    # The same streams on S(k) = k (peers.py's c4_linear section): only the phase of the decode
+    # grid a request joins depends on the rhythm.
+    linear = {name: run(gap, profile_name=LINEAR_PROFILE) for name, gap in cases.items()}
+    for title, table in ((C4_PROFILE, out), (LINEAR_PROFILE, linear)):
+        print(title)
+        for name, fig in table.items():
+            print(f"  {name:26s} latency p50 {fig['latency_p50_ms']:6.1f} ms  TTFT p50 "
+                  f"{fig['ttft_p50_ms']:5.1f} ms  ITL {fig['itl_mean_ms']:5.2f} ms  "
+                  f"{fig['requests_per_s']:5.2f} req/s")
     result = {"profile": C4_PROFILE, "slots": STREAMS, "concurrency": STREAMS, "requests": N,
               "output_tokens": TOKENS, "prompt_tokens": "≈ 600",
               "clock": "virtual (engine step rules, exact; machine load irrelevant)",
-              "cases": out}
+              "cases": out, "linear_profile": LINEAR_PROFILE, "linear_cases": linear}
     path = write_result("closed_loop_rhythm", clean(result), args.out)
     print(f"wrote {path}")
     return result

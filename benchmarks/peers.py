@@ -1,27 +1,45 @@
 """Peers: the kit beside GuideLLM and servebench, on the same simulated server, in one run.
 
 Every tool talks to the same simulated Ollama's OpenAI-compatible API (``/v1/chat/completions``,
-streaming), each as a process of its own pinned to one core while the simulator has another:
+streaming), each as a process of its own pinned to one core while the simulator has another.
+Five sections (``--sections``, default all):
 
-1. **sequential** — one request at a time, 32 output tokens at 100 tokens/s: seconds per request
-   against the ideal 0.32 s (the server's own time; the rest is the client and the loopback);
-2. **concurrency 4** — 100 requests of ≈ 600 prompt tokens and 32 output tokens on the
+1. ``sequential`` — one request at a time, 32 output tokens at 100 tokens/s: seconds per
+   request against the ideal 0.32 s (the server's own time; the rest is the client and the
+   loopback);
+2. ``c4`` — concurrency 4: 100 requests of ≈ 600 prompt tokens and 32 output tokens on the
    ``rtx4090`` profile with 4 slots (≈ 60 ms of prefill, so the first token's time is not just
    the phase of the decode steps): latency, TTFT and ITL (p50 and mean, seconds) and
    requests/s — the headline figures, which should agree across tools when the definitions
-   match (docs/METRICS.md);
-3. **concurrency 64** — against a zero-latency server, one output token: requests/s and the
-   client's CPU per request. CPU is the tool's process tree's user + system time
+   match (docs/METRICS.md). On this profile a decode step slows with the number decoding
+   (S(k) < k), so a client's own rhythm changes the load it offers
+   (``closed_loop_rhythm.py``);
+3. ``c4_linear`` — the same requests on ``bench-linear-rtx4090``: rtx4090's single-stream
+   speeds with S(k) = k, where no client's rhythm can change what the server does (only the
+   phase of the 4.4 ms decode grid a request joins) — the fair ground for the 5 % agreement;
+4. ``c64`` — concurrency 64 against a zero-latency server, one output token: requests/s and
+   the client's CPU per request. CPU is the tool's process tree's user + system time
    (``RUSAGE_CHILDREN``), measured at two request counts and differenced, so start-up and
-   imports cancel out: (CPU(n₂) − CPU(n₁)) ÷ (n₂ − n₁).
+   imports cancel out: (CPU(n₂) − CPU(n₁)) ÷ (n₂ − n₁);
+5. ``poisson`` — requests arriving over time (``peers_poisson.py``): GuideLLM's ``poisson``
+   profile at half the server's capacity, the kit replaying exactly the send times GuideLLM
+   used, and the kit's own Poisson schedule at the same rate; mean and p50 latency and TTFT
+   beside the simulator's latency model run over each run's own arrivals.
+
+Every request asks for 32 output tokens (1 at concurrency 64). The simulator, like Ollama's
+``/v1`` layer (``openai/openai.go``), reads ``max_tokens`` and ignores
+``max_completion_tokens``, which is what GuideLLM's chat requests carry; so GuideLLM's backend
+is given ``extras: {"body": {"max_tokens": N}}`` (its documented way to add body fields), and
+each tool's mean output tokens per request are recorded to show that every tool got N.
 
 The peers live in their own virtual environment, ``benchmarks/.peers-venv`` (git-ignored),
 created on first use with pip from PyPI (``guidellm==0.8.1``, ``servebench==1.1.3``); nothing is
 fetched at run time (GuideLLM reads the prompts from a local JSONL file; no tokenizer is
-downloaded). Not part of ``make test``: a run takes a few minutes.
+downloaded). Not part of ``make test``: a full run takes about 13 minutes.
 
-Usage: ``.venv/bin/python benchmarks/peers.py [--quick] [--tools kit,servebench,guidellm]``
-Writes ``results/peers[_quick].json`` and ``results/peers[_quick].md`` (the README's table).
+Usage: ``.venv/bin/python benchmarks/peers.py [--quick] [--tools kit,servebench,guidellm]
+[--sections sequential,c4,c4_linear,c64,poisson]``
+Writes ``results/peers[_quick].json`` and ``results/peers[_quick].md`` (the README's tables).
 """
 
 from __future__ import annotations
@@ -40,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
+    LINEAR_PROFILE,
     PYTHON,
     ROOT,
     STEADY_PROFILE,
@@ -58,8 +77,13 @@ TOKENS = 32
 #: STEADY_PROFILE decodes 100 tokens/s per stream, whatever the number of streams
 IDEAL_S = TOKENS / 100.0
 TOOLS = ("kit", "servebench", "guidellm")
+SECTIONS = ("sequential", "c4", "c4_linear", "c64", "poisson")
 #: the concurrency-4 comparison's server (the profile of the first side-by-side comparison)
 C4_PROFILE = "rtx4090"
+#: the same requests on a server whose speed per request does not depend on the load (S(k) = k)
+C4_LINEAR_PROFILE = LINEAR_PROFILE
+#: the figures each tool's concurrency-4 agreement with the kit is reported for
+AGREEMENT_KEYS = ("latency_p50_s", "ttft_p50_s", "itl_p50_s", "requests_per_s")
 
 # -- the peers' venv -----------------------------------------------------------------------------
 
@@ -156,8 +180,11 @@ def run_kit(url: str, n: int, c: int, tokens: int, folder: Path, core: int | Non
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cpu, wall = _run([PYTHON, "-c", _KIT_SNIPPET, url, str(c), str(tokens),
                       str(_prompt_lines(folder, n, long)), str(out), MODEL], core, env)
-    s = json.loads(out.read_text())["summary"]
+    doc = json.loads(out.read_text())
+    s = doc["summary"]
     return {"cpu_s": cpu, "wall_s": wall, "ok": s["ok"], "requests_per_s": s["throughput_rps"],
+            "output_tokens_mean": _mean([r["output_tokens"] for r in doc["requests"]
+                                         if r.get("ok") and r.get("output_tokens") is not None]),
             "latency_p50_s": s["latency_p50_s"], "latency_mean_s": s["latency_mean_s"],
             "ttft_p50_s": s["ttft_p50_s"], "ttft_mean_s": s["ttft_mean_s"],
             "itl_p50_s": s["itl_p50_s"], "itl_mean_s": s["itl_mean_s"],
@@ -181,6 +208,7 @@ def run_servebench(url: str, n: int, c: int, tokens: int, folder: Path, core: in
     ends = [r["start"] + r["e2e"] for r in reqs if r.get("e2e") is not None]
     return {"cpu_s": cpu, "wall_s": wall, "ok": s["completed"],
             "requests_per_s": s["request_throughput"],
+            "output_tokens_mean": _mean([r["output_tokens"] for r in reqs]),
             "latency_p50_s": _median(e2e), "latency_mean_s": sum(e2e) / len(e2e),
             "ttft_p50_s": s["ttft"]["p50"], "ttft_mean_s": s["ttft"]["mean"],
             "itl_p50_s": s["itl"]["p50"], "itl_mean_s": s["itl"]["mean"],
@@ -189,33 +217,53 @@ def run_servebench(url: str, n: int, c: int, tokens: int, folder: Path, core: in
             "achieved_concurrency": sum(e2e) / (max(ends) - min(starts))}
 
 
-def run_guidellm(url: str, n: int, c: int, tokens: int, folder: Path, core: int | None,
-                 long: bool = False) -> dict[str, Any]:
-    out = folder / f"guidellm_{n}_{c}_{tokens}.json"
-    scenario = folder / f"guidellm_{n}_{c}_{tokens}.scenario.json"
-    profile = ({"kind": "synchronous"} if c == 1 else {"kind": "concurrent", "streams": c})
+def guidellm_raw(url: str, n: int, tokens: int, folder: Path, core: int | None, long: bool,
+                 profile: dict[str, Any], tag: str, settings: dict[str, str] | None = None
+                 ) -> tuple[float, float, dict[str, Any]]:
+    """Run GuideLLM once (``profile``: its scenario's profile, e.g. ``{"kind": "poisson",
+    "rate": 4.5}``; ``settings``: extra ``GUIDELLM__*`` environment variables); returns (CPU
+    seconds, wall seconds, its benchmark's JSON)."""
+    out = folder / f"guidellm_{tag}.json"
+    scenario = folder / f"guidellm_{tag}.scenario.json"
     scenario.write_text(json.dumps({"spec": {
         "backend": {"kind": "openai_http", "target": url, "model": MODEL,
-                    "request_format": "/v1/chat/completions", "validate_backend": False},
+                    "request_format": "/v1/chat/completions", "validate_backend": False,
+                    # Ollama's /v1 (and the simulator) read max_tokens, not the
+                    # max_completion_tokens GuideLLM's chat requests carry.
+                    "extras": {"body": {"max_tokens": tokens}}},
         "profile": profile,
         "data": [{"kind": "json_file", "path": str(_prompts_file(folder, n, tokens, long))}],
         "constraints": [{"kind": "max_requests", "count": n}]}}))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
+               HF_DATASETS_OFFLINE="1", **(settings or {}))
     cmd = [str(venv_bin("guidellm")), "run", "--scenario", str(scenario), "--disable-progress",
            "--output", f"kind=json,path={out}"]
     cpu, wall = _run(cmd, core, env)
-    b = json.loads(out.read_text())["benchmarks"][0]
-    m = b["metrics"]
+    return cpu, wall, json.loads(out.read_text())["benchmarks"][0]
+
+
+def guidellm_stat(b: dict[str, Any], name: str, key: str, scale: float = 1.0) -> float:
+    """One of GuideLLM's own summary figures (``key``: ``p50`` or ``mean``), × ``scale``."""
+    ok = b["metrics"][name]["successful"]
+    value = ok["percentiles"]["p50"] if key == "p50" else ok[key]
+    return float(value) * scale
+
+
+def run_guidellm(url: str, n: int, c: int, tokens: int, folder: Path, core: int | None,
+                 long: bool = False) -> dict[str, Any]:
+    profile = ({"kind": "synchronous"} if c == 1 else {"kind": "concurrent", "streams": c})
+    cpu, wall, b = guidellm_raw(url, n, tokens, folder, core, long, profile,
+                                f"{n}_{c}_{tokens}")
 
     def stat(name: str, key: str, scale: float = 1.0) -> float:
-        ok = m[name]["successful"]
-        value = ok["percentiles"]["p50"] if key == "p50" else ok[key]
-        return float(value) * scale
+        return guidellm_stat(b, name, key, scale)
 
-    count = int(m["request_latency"]["successful"]["count"])
+    count = int(b["metrics"]["request_latency"]["successful"]["count"])
     return {"cpu_s": cpu, "wall_s": wall, "ok": count,
             "requests_per_s": count / float(b["duration"]),
+            "output_tokens_mean": _mean([r["output_tokens"] for r in
+                                         b["requests"]["successful"]
+                                         if r.get("output_tokens") is not None]),
             "latency_p50_s": stat("request_latency", "p50"),
             "latency_mean_s": stat("request_latency", "mean"),
             "ttft_p50_s": stat("time_to_first_token_ms", "p50", 1e-3),
@@ -230,6 +278,10 @@ def run_guidellm(url: str, n: int, c: int, tokens: int, folder: Path, core: int 
 RUNNERS = {"kit": run_kit, "servebench": run_servebench, "guidellm": run_guidellm}
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def _median(values: list[float]) -> float:
     v = sorted(values)
     if not v:
@@ -238,57 +290,89 @@ def _median(values: list[float]) -> float:
     return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
 
-# -- the three measurements ------------------------------------------------------------------------
+# -- the measurements ------------------------------------------------------------------------------
 
 
-def measure(tools: list[str], quick: bool) -> dict[str, Any]:
+def _pin_farm(farm: SimFarm, pinned: bool) -> str:
+    """Pin the simulator to core 0 (the clients get core 1); returns its URL."""
+    if pinned:
+        os.sched_setaffinity(farm.pid, {0})
+    return farm.urls[0]
+
+
+def measure_sequential(tools: list[str], n: int, folder: Path, pinned: bool,
+                       client_core: int | None) -> dict[str, Any]:
+    with SimFarm(1, profile=STEADY_PROFILE) as farm:
+        url = _pin_farm(farm, pinned)
+        seq = {}
+        for tool in tools:
+            print(f"  {tool}: sequential …", flush=True)
+            seq[tool] = RUNNERS[tool](url, n, 1, TOKENS, folder, client_core)
+    return {"n": n, "tokens": TOKENS, "profile": STEADY_PROFILE, "ideal_s_per_request": IDEAL_S,
+            "by_tool": seq}
+
+
+def measure_c4(tools: list[str], n: int, folder: Path, pinned: bool, client_core: int | None,
+               profile: str) -> dict[str, Any]:
+    """Concurrency 4 on ``profile`` with 4 slots, ≈ 600 prompt tokens, 32 output tokens."""
+    with SimFarm(1, profile=profile, slots=4) as farm:
+        url = _pin_farm(farm, pinned)
+        _warm(url)
+        c4 = {}
+        for tool in tools:
+            print(f"  {tool}: concurrency 4 on {profile} …", flush=True)
+            c4[tool] = RUNNERS[tool](url, n, 4, TOKENS, folder, client_core, True)
+    return {"n": n, "tokens": TOKENS, "profile": profile, "slots": 4, "prompt_tokens": "≈ 600",
+            "by_tool": c4, "agreement_with_kit": _agreement(c4)}
+
+
+def measure_c64(tools: list[str], n_small: int, n_big: int, folder: Path, pinned: bool,
+                client_core: int | None) -> dict[str, Any]:
+    with SimFarm(1, profile=ZERO_PROFILE, slots=64) as farm:
+        url = _pin_farm(farm, pinned)
+        c64: dict[str, Any] = {}
+        for tool in tools:
+            print(f"  {tool}: concurrency 64, {n_small} and {n_big} requests …", flush=True)
+            small = RUNNERS[tool](url, n_small, 64, 1, folder, client_core)
+            big = RUNNERS[tool](url, n_big, 64, 1, folder, client_core)
+            c64[tool] = {
+                "cpu_ms_per_request": (big["cpu_s"] - small["cpu_s"]) / (n_big - n_small) * 1000,
+                "requests_per_s": big["requests_per_s"],
+                "achieved_concurrency": big["achieved_concurrency"],
+                "runs": {str(n_small): small, str(n_big): big}}
+    return {"n": [n_small, n_big], "tokens": 1, "by_tool": c64}
+
+
+def measure(tools: list[str], quick: bool,
+            sections: tuple[str, ...] | list[str] = SECTIONS) -> dict[str, Any]:
+    """Run the chosen ``sections`` (see the module docstring) for ``tools``."""
     pinned = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
     client_core = 1 if pinned else None
     n_seq, n_c4 = (5, 40) if quick else (10, 100)
     n_small, n_big = (100, 600) if quick else (300, 2000)
-    out: dict[str, Any] = {"tools": tools, "pinned_to_separate_cores": pinned,
+    out: dict[str, Any] = {"tools": tools, "sections": list(sections),
+                           "pinned_to_separate_cores": pinned,
                            "load_before": machine()["load_avg_1_5_15"]}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        with SimFarm(1, profile=STEADY_PROFILE) as farm:
-            if pinned:
-                os.sched_setaffinity(farm.pid, {0})
-            url = farm.urls[0]
-            seq = {}
-            for tool in tools:
-                print(f"  {tool}: sequential …", flush=True)
-                seq[tool] = RUNNERS[tool](url, n_seq, 1, TOKENS, folder, client_core)
-            out["sequential"] = {"n": n_seq, "tokens": TOKENS, "profile": STEADY_PROFILE,
-                                 "ideal_s_per_request": IDEAL_S, "by_tool": seq}
-        with SimFarm(1, profile=C4_PROFILE, slots=4) as farm:
-            if pinned:
-                os.sched_setaffinity(farm.pid, {0})
-            url = farm.urls[0]
-            _warm(url)
-            c4 = {}
-            for tool in tools:
-                print(f"  {tool}: concurrency 4 …", flush=True)
-                c4[tool] = RUNNERS[tool](url, n_c4, 4, TOKENS, folder, client_core, True)
-            out["concurrency_4"] = {"n": n_c4, "tokens": TOKENS, "profile": C4_PROFILE,
-                                    "slots": 4, "prompt_tokens": "≈ 600", "by_tool": c4}
-        with SimFarm(1, profile=ZERO_PROFILE, slots=64) as farm:
-            if pinned:
-                os.sched_setaffinity(farm.pid, {0})
-            url = farm.urls[0]
-            c64: dict[str, Any] = {}
-            for tool in tools:
-                print(f"  {tool}: concurrency 64, {n_small} and {n_big} requests …", flush=True)
-                small = RUNNERS[tool](url, n_small, 64, 1, folder, client_core)
-                big = RUNNERS[tool](url, n_big, 64, 1, folder, client_core)
-                c64[tool] = {
-                    "cpu_ms_per_request": (big["cpu_s"] - small["cpu_s"]) / (n_big - n_small)
-                    * 1000,
-                    "requests_per_s": big["requests_per_s"],
-                    "achieved_concurrency": big["achieved_concurrency"],
-                    "runs": {str(n_small): small, str(n_big): big}}
-            out["concurrency_64"] = {"n": [n_small, n_big], "tokens": 1, "by_tool": c64}
+        if "sequential" in sections:
+            out["sequential"] = measure_sequential(tools, n_seq, folder, pinned, client_core)
+        if "c4" in sections:
+            out["concurrency_4"] = measure_c4(tools, n_c4, folder, pinned, client_core,
+                                              C4_PROFILE)
+            # kept at the top level too: the first recorded runs had it there
+            out["agreement_with_kit"] = out["concurrency_4"]["agreement_with_kit"]
+        if "c4_linear" in sections:
+            out["concurrency_4_linear"] = measure_c4(tools, n_c4, folder, pinned, client_core,
+                                                     C4_LINEAR_PROFILE)
+        if "c64" in sections:
+            out["concurrency_64"] = measure_c64(tools, n_small, n_big, folder, pinned,
+                                                client_core)
+        if "poisson" in sections:
+            import peers_poisson
+
+            out["poisson"] = peers_poisson.measure(tools, quick, folder, pinned, client_core)
     out["load_after"] = machine()["load_avg_1_5_15"]
-    out["agreement_with_kit"] = _agreement(out["concurrency_4"]["by_tool"])
     return out
 
 
@@ -300,47 +384,83 @@ def _warm(url: str) -> None:
     httpx.post(f"{url}/api/generate", json=body, timeout=60).raise_for_status()
 
 
+def pct(a: float | None, b: float | None) -> float | None:
+    """``a / b − 1`` (None when either is missing or ``b`` is 0)."""
+    if a is None or b is None or not b or a != a or b != b:
+        return None
+    return a / b - 1.0
+
+
 def _agreement(c4: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each peer's headline latency and TTFT (p50) relative to the kit's (target within 5 %)."""
+    """Each peer's headline latency and TTFT (p50) relative to the kit's (target within 5 %):
+    ``kit ÷ peer − 1`` per figure, and the pair servebench ÷ GuideLLM where both ran."""
     kit = c4.get("kit")
-    if kit is None:
-        return {}
     res: dict[str, Any] = {}
-    for tool, v in c4.items():
-        if tool == "kit":
-            continue
-        res[tool] = {k: (kit[k] / v[k] - 1.0) if v[k] else None
-                     for k in ("latency_p50_s", "ttft_p50_s", "itl_p50_s", "requests_per_s")}
-        res[tool]["latency_and_ttft_within_5pct"] = all(
-            res[tool][k] is not None and abs(res[tool][k]) <= 0.05
+    pairs = [("kit", t) for t in c4 if t != "kit"] if kit is not None else []
+    if "servebench" in c4 and "guidellm" in c4:
+        pairs.append(("servebench", "guidellm"))
+    for a, b in pairs:
+        key = b if a == "kit" else f"{a}_vs_{b}"
+        res[key] = {k: pct(c4[a][k], c4[b][k]) for k in AGREEMENT_KEYS}
+        res[key]["latency_and_ttft_within_5pct"] = all(
+            res[key][k] is not None and abs(res[key][k]) <= 0.05
             for k in ("latency_p50_s", "ttft_p50_s"))
     return res
 
 
-def table(result: dict[str, Any]) -> str:
-    """The comparison as a Markdown table (README)."""
-    seq = result["sequential"]["by_tool"]
-    c4 = result["concurrency_4"]["by_tool"]
-    c64 = result["concurrency_64"]["by_tool"]
+def _signed(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:+.1f} %"
+
+
+def _c4_table(section: dict[str, Any], tools: list[str]) -> list[str]:
     ms = 1000.0
-    lines = [
-        f"| tool | sequential s/request (ideal {IDEAL_S:.2f}) | c=4 latency p50 ms | "
-        f"c=4 TTFT p50 ms | c=4 ITL p50 ms | c=4 req/s | c=64 req/s | c=64 achieved "
-        f"concurrency | c=64 CPU ms/request |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for tool in result["tools"]:
-        lines.append(
-            f"| {tool} | {seq[tool]['span_per_request_s']:.3f} | "
-            f"{c4[tool]['latency_p50_s'] * ms:.0f} | {c4[tool]['ttft_p50_s'] * ms:.1f} | "
-            f"{c4[tool]['itl_p50_s'] * ms:.2f} | {c4[tool]['requests_per_s']:.1f} | "
-            f"{c64[tool]['requests_per_s']:,.0f} | {c64[tool]['achieved_concurrency']:.1f} | "
-            f"{c64[tool]['cpu_ms_per_request']:.3f} |")
+    c4 = section["by_tool"]
+    agree = section.get("agreement_with_kit", {})
+    lines = [f"Concurrency 4, profile `{section['profile']}` ({section['slots']} slots), "
+             f"{section['n']} requests of {section['prompt_tokens']} prompt tokens and "
+             f"{section['tokens']} output tokens:", "",
+             "| tool | latency p50 ms | TTFT p50 ms | ITL p50 ms | req/s | output tokens | "
+             "latency · TTFT · ITL · req/s, kit ÷ tool − 1 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for tool in tools:
+        v = c4[tool]
+        a = agree.get(tool)
+        diff = ("—" if a is None else " · ".join(_signed(a[k]) for k in AGREEMENT_KEYS))
+        lines.append(f"| {tool} | {v['latency_p50_s'] * ms:.1f} | {v['ttft_p50_s'] * ms:.1f} | "
+                     f"{v['itl_p50_s'] * ms:.2f} | {v['requests_per_s']:.2f} | "
+                     f"{v.get('output_tokens_mean', float('nan')):.1f} | {diff} |")
+    return lines
+
+
+def table(result: dict[str, Any]) -> str:
+    """The comparison as Markdown tables (README), one per section that ran."""
+    tools = result["tools"]
+    lines: list[str] = []
+    seq = result.get("sequential", {}).get("by_tool")
+    c64 = result.get("concurrency_64", {}).get("by_tool")
+    if seq or c64:
+        lines += [f"| tool | sequential s/request (ideal {IDEAL_S:.2f}) | c=64 req/s | "
+                  f"c=64 achieved concurrency | c=64 CPU ms/request |",
+                  "| --- | --- | --- | --- | --- |"]
+        for tool in tools:
+            cells = [f"{seq[tool]['span_per_request_s']:.3f}" if seq else "—"]
+            cells += ([f"{c64[tool]['requests_per_s']:,.0f}",
+                       f"{c64[tool]['achieved_concurrency']:.1f}",
+                       f"{c64[tool]['cpu_ms_per_request']:.3f}"] if c64 else ["—"] * 3)
+            lines.append(f"| {tool} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for key in ("concurrency_4", "concurrency_4_linear"):
+        if key in result:
+            lines += [*_c4_table(result[key], tools), ""]
+    if "poisson" in result:
+        import peers_poisson
+
+        lines += [*peers_poisson.table(result["poisson"]), ""]
     load = result["load_before"]
-    lines.append("")
     lines.append(f"Machine: {result.get('machine', {}).get('cpus', '?')} CPUs, load average "
                  f"{load[0]:.2f} before the run and {result['load_after'][0]:.2f} after; "
                  f"simulator and client pinned to separate cores: "
-                 f"{result['pinned_to_separate_cores']}.")
+                 f"{result['pinned_to_separate_cores']}. Times in ms.")
     return "\n".join(lines) + "\n"
 
 
@@ -349,6 +469,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer requests")
     parser.add_argument("--tools", default=",".join(TOOLS),
                         help=f"comma-separated, from {', '.join(TOOLS)} (default: all)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -356,8 +478,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if unknown or not tools:
         parser.error(f"unknown tool(s) {', '.join(unknown) or '(none)'} — choose from "
                      f"{', '.join(TOOLS)}")
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    bad = [x for x in sections if x not in SECTIONS]
+    if bad or not sections:
+        parser.error(f"unknown section(s) {', '.join(bad) or '(none)'} — choose from "
+                     f"{', '.join(SECTIONS)}")
     ensure_venv(tools)
-    result = clean(measure(tools, args.quick))
+    result = clean(measure(tools, args.quick, tuple(s for s in SECTIONS if s in sections)))
     name = "peers" + ("_quick" if args.quick else "")
     path = write_result(name, result, args.out)
     result["machine"] = json.loads(path.read_text())["machine"]

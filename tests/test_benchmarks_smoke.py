@@ -23,6 +23,7 @@ import client_overhead  # noqa: E402
 import closed_loop_rhythm  # noqa: E402
 import fidelity  # noqa: E402
 import peers  # noqa: E402
+import peers_poisson  # noqa: E402
 import scaling  # noqa: E402
 import sim_capacity  # noqa: E402
 import ttft_floor  # noqa: E402
@@ -106,8 +107,53 @@ def test_peers_script_runs_the_kit_alone_and_writes_its_table(tmp_path: Path) ->
     result = peers.main(["--quick", "--tools", "kit", "--out", str(tmp_path)])
     assert set(result["concurrency_64"]["by_tool"]) == {"kit"}
     assert result["concurrency_4"]["by_tool"]["kit"]["ok"] == result["concurrency_4"]["n"]
+    linear = result["concurrency_4_linear"]["by_tool"]["kit"]
+    assert linear["ok"] == result["concurrency_4_linear"]["n"]
+    assert linear["output_tokens_mean"] == peers.TOKENS
+    # Without GuideLLM only the kit's own Poisson run: every request, each with its model.
+    own = result["poisson"]["by_run"]["kit_own_poisson"]
+    assert set(result["poisson"]["by_run"]) == {"kit_own_poisson"}
+    assert own["ok"] == result["poisson"]["n"] and own["model"]["latency_mean_s"] > 0
     table = (tmp_path / "peers_quick.md").read_text()
-    assert table.startswith("| tool |") and "| kit |" in table
+    assert table.startswith("| tool |") and "| kit |" in table and "Poisson arrivals" in table
+
+
+def test_peers_script_refuses_an_unknown_section() -> None:
+    with pytest.raises(SystemExit):
+        peers.main(["--tools", "kit", "--sections", "c4,c5"])
+
+
+def test_linear_profile_decodes_each_stream_at_one_speed_whatever_the_load() -> None:
+    from parallel_kit.sim.profiles import load_profile
+
+    profile = load_profile(_common.LINEAR_PROFILE, path=_common.zero_profile_file())
+    assert [profile.S(k) for k in (1, 2, 3, 4)] == [1.0, 2.0, 3.0, 4.0]
+    assert profile.num_parallel == 4
+    assert profile.speed().decode_tps == load_profile("rtx4090").speed().decode_tps
+
+
+def test_distinct_gap_fraction_tells_poisson_from_gaps_repeated_per_worker() -> None:
+    from parallel_kit.arrivals import make_schedule
+
+    poisson = [float(t) for t in make_schedule(4.0, n=200, seed=3).times_s]
+    assert peers_poisson.distinct_gap_fraction(poisson) == 1.0
+    # GuideLLM 0.8.1's poisson strategy with W worker processes: each process seeds its own
+    # random.Random(42), so every drawn gap is added to the shared offset W times.
+    gaps = [g for g in (0.3, 0.05, 0.2, 0.11) for _ in range(10)]
+    times = [sum(gaps[: i + 1]) for i in range(len(gaps))]
+    assert abs(peers_poisson.distinct_gap_fraction(times) - 4 / 39) < 1e-9
+
+
+def test_peers_agreement_reports_kit_over_each_peer_and_the_peer_pair() -> None:
+    row = {"latency_p50_s": 0.2, "ttft_p50_s": 0.06, "itl_p50_s": 0.0044,
+           "requests_per_s": 20.0}
+    c4 = {"kit": row, "servebench": {**row, "latency_p50_s": 0.19},
+          "guidellm": {**row, "ttft_p50_s": 0.066}}
+    agree = peers._agreement(c4)
+    assert abs(agree["servebench"]["latency_p50_s"] - (0.2 / 0.19 - 1)) < 1e-12
+    assert agree["servebench"]["latency_and_ttft_within_5pct"] is False
+    assert agree["guidellm"]["latency_and_ttft_within_5pct"] is False
+    assert agree["servebench_vs_guidellm"]["latency_p50_s"] is not None
 
 
 def test_peers_script_refuses_an_unknown_tool() -> None:
