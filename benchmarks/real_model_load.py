@@ -94,23 +94,26 @@ def real_server(threads: int) -> Iterator[str]:
     cmd = [PYTHON, "-m", "parallel_kit", "sim", "--engine", "llama-cpp", "--num-parallel", "1",
            "--threads-per-slot", str(threads), "--port", "0", "--keep-alive", "-1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        found = re.search(r"listening on (\S+)", line)
-        if not found:
-            log.seek(0)
-            raise RuntimeError(f"the real-model server did not start: {line}{log.read()[-2000:]}")
-        yield found.group(1)
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                cwd=ROOT)
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            found = re.search(r"listening on (\S+)", line)
+            if not found:
+                proc.wait(timeout=20)
+                log.seek(0)
+                raise RuntimeError(f"the real-model server did not start: {line}"
+                                   f"{log.read()[-2000:]}")
+            yield found.group(1)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def wait_for_quiet(limit: float, wait_s: float) -> dict[str, Any]:
