@@ -119,9 +119,9 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
 
     The simulator counts a prompt's tokens as about 4 UTF-8 bytes each
     (:meth:`Profile.prompt_tokens`); a real tokenizer differs (Gemma 3 counts 46 tokens in the
-    probe's 230-byte prompt, the simulator 58). A profile that kept the measured tokens/s would
-    give the same text a prefill time too long by that ratio (26 % here) — on a small CPU model
-    whose prefill is a sixth of a request, a 4 % longer service time, which queueing amplifies
+    probe's 204-byte prompt, the simulator 51). A profile that kept the measured tokens/s would
+    give the same text a prefill time too long by that ratio (11 % here) — on a small CPU model
+    whose prefill is a fifth of a request, a 2 % longer service time, which queueing amplifies
     near capacity. So when the probe says how many tokens the server counted, the profile's
     ``prefill_tps`` is in the simulator's tokens: measured tokens/s × simulator's count ÷
     server's count, and the same text takes the measured time.
