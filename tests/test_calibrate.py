@@ -103,3 +103,17 @@ async def test_calibrated_simulator_reproduces_the_measured_speed() -> None:
     profile = profile_from_probe("copy", probe)
     assert profile.S(2) == pytest.approx(load_profile("seed").S(2), rel=0.15)
     assert profile.service_time_s(10, 100) == pytest.approx(10.0)
+
+
+def test_prefill_speed_is_kept_in_the_simulators_token_count() -> None:
+    # The server counted 46 tokens in the probe's 204-byte prompt; the simulator counts 51
+    # (4 bytes a token). The same text must take the measured 46 / 400 s in the profile.
+    probe = dict(PROBE, prompt_tokens=46, prompt_bytes=204)
+    profile = profile_from_probe("tokenizer", probe)
+    sim_tokens = profile.prompt_tokens("x" * 204)
+    assert sim_tokens == 51
+    assert profile.speed().prefill_tps == pytest.approx(400.0 * 51 / 46)
+    assert profile.prefill_s(sim_tokens) == pytest.approx(46 / 400.0)
+    assert "simulator's tokens" in profile.speed().sources["prefill_tps"]
+    # Without the counts the measured speed is kept as it is.
+    assert profile_from_probe("plain", PROBE).speed().prefill_tps == 400.0

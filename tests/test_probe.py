@@ -145,3 +145,25 @@ def test_probe_command_prints_a_table_and_writes_json(tmp_path: Path,
     assert doc["time_scale"] == pytest.approx(SCALE)  # read from the simulator itself
     printed = capsys.readouterr().out
     assert "effective slots" in printed and f"wrote {out}" in printed
+
+
+@needs_sim
+async def test_repeated_probe_times_the_request_alone_that_many_times() -> None:
+    from parallel_kit.sim.profiles import load_profile
+    from parallel_kit.sim.server import SimulatedOllama
+
+    async with SimulatedOllama("seed", time_scale=SCALE) as sim:
+        result = await probe(sim.url, max_k=1, num_predict=8, time_scale=SCALE, repeats=3)
+        completed = sim.stats()["completed"]
+    # 3 alone (the medians) + k = 1 of the S(k) series; the loads are empty prompts.
+    assert completed == 4 and result.repeats == 3
+    assert result.decode_tokens_per_s == pytest.approx(10.0, rel=0.05)
+    # The server's own count of the probe prompt's tokens, and the prompt's size, are kept.
+    assert result.prompt_bytes is not None and result.prompt_bytes > 100
+    assert result.prompt_tokens == load_profile("seed").prompt_tokens("x" * result.prompt_bytes)
+    assert result.to_dict()["prompt_tokens"] == result.prompt_tokens
+
+
+async def test_probe_refuses_zero_repeats() -> None:
+    with pytest.raises(ConfigError, match="repeats"):
+        await probe("http://127.0.0.1:9", repeats=0)
