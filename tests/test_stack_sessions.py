@@ -75,6 +75,8 @@ def _assert_open_loop_rows(run, schedule) -> None:
     rows = sorted(run.requests, key=lambda r: r.scheduled_s)
     assert run.summary.n == N and run.summary.ok == N and len(rows) == N
     for r, t in zip(rows, schedule.times_s, strict=True):
+        # The schedule's arrivals, on the run's axis (its origin is the driver's start).
+        assert r.scheduled_s - rows[0].scheduled_s == pytest.approx(t - schedule.times_s[0])
         # Handed over at or after its arrival, never before; sent to Ollama after that.
         assert r.queued_s >= r.scheduled_s - 1e-9 and r.submitted_s >= r.queued_s
         assert r.replica and r.worker.startswith("gpu") and r.node
