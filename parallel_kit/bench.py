@@ -484,7 +484,8 @@ async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Sche
 
         fill_predictions(run, name, specs, schedule, load_profile(b.profile), workers=workers,
                          slots=run.summary.slots, concurrency=concurrency,
-                         max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup)
+                         max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup,
+                         max_ongoing=ctx.serve.max_ongoing)
     else:
         run.summary.notes.append("no prediction: the servers are not simulated (theory needs "
                                  "the latency model of a profile)")

@@ -14,7 +14,9 @@ by its registry record, ``ModeInfo.session``):
   batch of one, for ``batch``);
 * ``pool`` — the least-outstanding :class:`~parallel_kit.modes.pool.EndpointPool` (one FIFO
   queue in front of every slot of every server);
-* ``ray`` — the same dispatcher over one Ray actor per GPU.
+* ``ray`` — the same dispatcher over one Ray actor per GPU;
+* ``rayserve`` / ``production`` — Ray Serve's router (one handle call per arrival), behind
+  Celery on Redis for ``production``: :mod:`parallel_kit.modes.stack_sessions`.
 
 Pacing: the driver sleeps until about 2 ms before an arrival and then yields to the loop until
 the arrival's clock time has come, so that a request leaves within well under a millisecond of
@@ -431,19 +433,21 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
 
 def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], schedule: Schedule,
                      profile: Any, *, workers: int, slots: int, concurrency: int | None,
-                     max_concurrency: int | None = None, warmup: int = 0) -> None:
+                     max_concurrency: int | None = None, warmup: int = 0,
+                     max_ongoing: int | None = None) -> None:
     """Set ``run``'s predicted figures from a simulator profile (its own latency model).
 
     Steady state at the schedule's rate and process (:func:`theory.predict_load` with
     ``rate``) into ``predicted_*`` and ``utilisation``; this run's arrivals replayed through the
     same model into ``open_loop["replay_*"]``. A trace has no process to draw from: its
-    steady-state figures are the replay's.
+    steady-state figures are the replay's. ``max_ongoing``: Ray Serve's
+    ``max_ongoing_requests`` of ``rayserve``/``production`` (``None``: the slots).
     """
     from . import theory
 
     service = theory.service_model_from_profile(profile, specs)
     common: dict[str, Any] = {"workers": workers, "slots": slots, "concurrency": concurrency,
-                              "max_concurrency": max_concurrency}
+                              "max_concurrency": max_concurrency, "max_ongoing": max_ongoing}
     replay = theory.predict_load(mode, service, schedule=schedule, warmup=warmup, **common)
     if schedule.process == "trace":
         steady = replay

@@ -41,7 +41,15 @@ Routing (the *policy the mode uses*):
 * ``power_of_two`` — each request picks two servers at random and joins the one with fewer
   requests (in progress + queued), then waits in that server's own FIFO queue: Ray Serve's
   router (https://github.com/ray-project/ray/blob/master/python/ray/serve/_private/
-  request_router/pow_2_router.py).
+  request_router/pow_2_router.py). With ``max_ongoing`` m (Serve's ``max_ongoing_requests``) a
+  server *accepts* a request only while it holds fewer than m: the two are drawn among the
+  servers that accept (Serve's router retries with two fresh random replicas until one
+  accepts; the retries' backoff is not modelled), and while none accepts, requests wait in the
+  router's own first-come-first-served queue (the router's ``FIFOMixin``) and the head goes
+  to the first server that frees one. With m = the slots (the kit's default) nothing waits in
+  a server's queue: one FIFO queue in front of every slot, as ``fifo``, except which of
+  several free servers is chosen; with m above the slots, requests queue inside one server
+  while another may idle.
 * ``round_robin`` — request i goes to server i mod W and waits in its queue.
 """
 
@@ -247,6 +255,7 @@ def simulate(
     routing: str = "fifo",
     max_in_flight: int | None = None,
     seed: int | None = 0,
+    max_ongoing: int | None = None,
 ) -> Simulation:
     """Run requests through W servers with K slots each, event by event (see the module doc).
 
@@ -261,6 +270,9 @@ def simulate(
         max_in_flight: at most this many requests between arrival and finish outside the
             client's own queue (``--max-concurrency``); the rest wait first come first served.
         seed: random choices of ``power_of_two``.
+        max_ongoing: ``power_of_two`` only: requests a server accepts at once (in progress +
+            in its queue; Serve's ``max_ongoing_requests``); the rest wait in the router's
+            queue (module doc). ``None``: no bound.
 
     Returns:
         A :class:`Simulation`. Requests that arrive together keep their input order.
@@ -283,6 +295,7 @@ def simulate(
     if routing not in ROUTINGS:
         raise ConfigError(f"routing {routing!r} is not known — choose from {', '.join(ROUTINGS)}")
     cap = math.inf if max_in_flight is None else _servers(max_in_flight)
+    accept_max = math.inf if max_ongoing is None else _servers(max_ongoing)
     S = _speedup(speedup)
     step_of = [0.0] + [k / (tps * _checked_S(S, k)) for k in range(1, k_max + 1)]
     rng = np.random.default_rng(seed)
@@ -295,7 +308,7 @@ def simulate(
     free = [k_max] * w
     outstanding = [0] * w  # in progress + waiting in the server's own queue
     local: list[deque[int]] = [deque() for _ in range(w)]
-    shared: deque[int] = deque()  # fifo routing
+    shared: deque[int] = deque()  # fifo routing; power_of_two's router with max_ongoing
     held: deque[int] = deque()  # over max_in_flight, at the client
     pending: list[list[tuple[float, int]]] = [[] for _ in range(w)]  # (ready, i) heaps
     batch: list[list[tuple[int, int]]] = [[] for _ in range(w)]  # (finish step, i) heaps
@@ -327,11 +340,26 @@ def simulate(
         if routing == "round_robin":
             s = state["rr"] % w
             state["rr"] += 1
-        elif w == 1:
-            s = 0
-        else:
-            a, b = rng.choice(w, size=2, replace=False)
-            s = int(a) if outstanding[a] <= outstanding[b] else int(b)
+        elif accept_max == math.inf:
+            s = two_choices(list(range(w)))
+        else:  # Serve's router: FIFO at the router while no server accepts
+            if shared:
+                shared.append(i)
+                return
+            accepting = [x for x in range(w) if outstanding[x] < accept_max]
+            if not accepting:
+                shared.append(i)
+                return
+            s = two_choices(accepting)
+        place(i, s, now)
+
+    def two_choices(candidates: list[int]) -> int:
+        if len(candidates) == 1:
+            return candidates[0]
+        a, b = rng.choice(candidates, size=2, replace=False)
+        return int(a) if outstanding[a] <= outstanding[b] else int(b)
+
+    def place(i: int, s: int, now: float) -> None:
         outstanding[s] += 1
         if free[s] > 0 and not local[s]:
             grant(i, s, now)
@@ -355,6 +383,12 @@ def simulate(
             for s in range(w):
                 while local[s] and free[s] > 0:
                     grant(local[s].popleft(), s, now)
+            if routing == "power_of_two":  # the router's queue, head first, to servers
+                while shared:  # that accept again (their slots were just refilled above)
+                    accepting = [x for x in range(w) if outstanding[x] < accept_max]
+                    if not accepting:
+                        break
+                    place(shared.popleft(), two_choices(accepting), now)
 
     def next_event(s: int) -> tuple[float, int]:
         if batch[s]:

@@ -280,7 +280,9 @@ def _add_curve(result: Sweep, mode: str, kwargs: dict[str, Any], process: str,
     topology: dict[str, Any] = {"workers": s.workers, "slots": s.slots,
                                 "concurrency": (kwargs.get("concurrency")
                                                 or max_concurrent_from_env()),
-                                "max_concurrency": max_concurrency}
+                                "max_concurrency": max_concurrency,
+                                "max_ongoing": getattr(kwargs.get("serve"), "max_ongoing",
+                                                       None)}
     capacity, curve = predicted_curve(mode, service, process=process, burstiness=burstiness,
                                       **topology)
     if result.capacity_rps is None:
@@ -301,8 +303,8 @@ def predicted_curve(mode: Any, service: Any, *, fractions: Sequence[float] = CUR
         fractions: offered load as fractions of the capacity (default 2 % … 98 %, 40 points).
         process, burstiness: the arrival process.
         requests: arrivals per point of the discrete-event run (5,000: ~20 ms a point).
-        topology: ``workers``, ``slots``, ``concurrency``, ``max_concurrency`` as for
-            :func:`parallel_kit.theory.predict_load`.
+        topology: ``workers``, ``slots``, ``concurrency``, ``max_concurrency``,
+            ``max_ongoing`` as for :func:`parallel_kit.theory.predict_load`.
 
     Returns:
         (capacity in requests per model second, one dict per point: ``rate_rps``,

@@ -45,7 +45,6 @@ from .errors import ConfigError
 from .topology import Dispatch, Topology
 
 __all__ = [
-    "MODE_ROUTING",
     "CurvePoint",
     "LoadPrediction",
     "Prediction",
@@ -843,10 +842,6 @@ def karp_flatt_serial_fraction(speedup: float, n: float) -> float:
 # Requests that arrive over time (open loop): queueing theory and the discrete-event run
 # ---------------------------------------------------------------------------------------------
 
-#: How each mode puts waiting requests in front of its servers (see ``queueing``'s routings).
-#: Ray Serve routes by power of two choices; every other mode keeps one FIFO queue.
-MODE_ROUTING: dict[str, str] = {"rayserve": "power_of_two", "production": "power_of_two"}
-
 #: Requests the steady-state discrete-event run draws (enough for p95 within about 1 %).
 STEADY_STATE_REQUESTS = 20_000
 
@@ -965,8 +960,9 @@ def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | Non
     From the mode's registry record (:meth:`ModeInfo.topology`): ``sequential`` sends one request
     at a time (1 × 1); ``async``/``batch`` put ``concurrency`` queue workers in front of one
     server (1 × min(K, C)); ``pool`` and ``ray`` keep one FIFO queue in front of W servers × K
-    slots; a mode in :data:`MODE_ROUTING` (Ray Serve's) routes by power of two choices, and
-    a round-robin dispatch keeps one queue per server.
+    slots; a mode whose record names a ``routing`` (``rayserve``, ``production``: Ray Serve's
+    router, ``power_of_two``) routes by it, and a round-robin dispatch keeps one queue per
+    server.
 
     Raises:
         ConfigError: an unknown mode, bad counts.
@@ -975,9 +971,9 @@ def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | Non
 
     w = _count("workers", workers)
     k = _count("slots", slots)
-    topo = get_info(mode).topology(gpus=w, slots=k, concurrency=concurrency)
-    routing = MODE_ROUTING.get(mode) or ("round_robin" if topo.dispatch == "round_robin"
-                                         else "fifo")
+    info = get_info(mode)
+    topo = info.topology(gpus=w, slots=k, concurrency=concurrency)
+    routing = info.routing or ("round_robin" if topo.dispatch == "round_robin" else "fifo")
     return topo.servers, topo.busy_slots, routing
 
 
@@ -997,6 +993,7 @@ def predict_load(
     warmup: int = 0,
     seed: int = 0,
     requests: int = STEADY_STATE_REQUESTS,
+    max_ongoing: int | None = None,
 ) -> LoadPrediction:
     """Predict latency and TTFT of ``mode`` when requests arrive over time.
 
@@ -1012,6 +1009,13 @@ def predict_load(
     * ``schedule`` (an :class:`parallel_kit.arrivals.Schedule`, its ``times_s`` in order):
       **this run** — the same discrete-event run over exactly these arrivals and requests
       (``service`` has one entry per arrival, or is cycled), leaving out ``warmup`` first ones.
+
+    ``max_ongoing`` bounds what one server accepts under ``power_of_two`` routing (Ray Serve's
+    ``max_ongoing_requests``; the rest wait in the router's FIFO queue, see
+    :func:`parallel_kit.queueing.simulate`). ``None``: for a mode whose registry record routes
+    by power of two (``rayserve``, ``production``) the slots — the kit's default
+    ``--max-ongoing`` — so that nothing queues inside a server; for ``routing="power_of_two"``
+    asked for explicitly, no bound (every request joins a server's own queue).
 
     Raises:
         ConfigError: neither or both of rate and schedule; bad counts; unknown routing.
@@ -1029,7 +1033,17 @@ def predict_load(
     else:
         servers, eff, policy = mode_topology(mode, workers=workers, slots=slots,
                                              concurrency=concurrency)
+        if policy == "power_of_two" and routing is None and max_ongoing is None:
+            max_ongoing = eff  # Serve's replicas accept as many as their Ollama has slots
     policy = routing or policy
+    if policy != "power_of_two":
+        max_ongoing = None
+    elif max_ongoing is not None:
+        max_ongoing = _count("max_ongoing", max_ongoing)
+        eff = min(eff, max_ongoing)  # a server never runs more than it accepts
+    # One FIFO queue in front of every slot: what Serve's router amounts to with
+    # max_ongoing_requests = the slots (it holds the rest in its own FIFO queue).
+    one_queue = policy == "fifo" or (policy == "power_of_two" and max_ongoing == eff)
     solo = service.solo_s
     mean_pre = sum(service.prefill_s) / len(solo)
     mean_tok = sum(service.tokens) / len(solo)
@@ -1059,7 +1073,8 @@ def predict_load(
     pre, tok = service.cycled(len(times))
     sim = queueing.simulate(times, tok, decode_tps=service.decode_tps, prefill_s=pre,
                             workers=servers, slots=eff, speedup=S, routing=policy,
-                            max_in_flight=max_concurrency, seed=seed)
+                            max_in_flight=max_concurrency, seed=seed,
+                            max_ongoing=max_ongoing)
     fig = sim.figures(skip)
     rho = lam / capacity if capacity > 0 else math.inf
     if schedule is None and rho >= 1:
@@ -1073,7 +1088,7 @@ def predict_load(
             closed_form = ("M/D/1 Pollaczek–Khinchine" if scv_s < 1e-12
                            else "M/G/1 Pollaczek–Khinchine")
             closed_wait = queueing.mg1_wait(lam, mean_s, scv_s)
-        elif eff == 1 and policy == "fifo" and math.isfinite(scv_a):
+        elif eff == 1 and one_queue and math.isfinite(scv_a):
             closed_form = ("M/D/c Allen–Cunneen (approximation)" if scv_a == 1 and scv_s < 1e-12
                            else "G/G/c Allen–Cunneen (approximation)")
             closed_wait = queueing.allen_cunneen_wait(lam, mean_s, servers, scv_arrival=scv_a,
@@ -1083,7 +1098,11 @@ def predict_load(
     if closed_form.startswith("M/") and "Pollaczek" in closed_form and closed_wait is not None:
         latency_mean = closed_wait + mean_s
         method = "closed form + discrete-event"
-    why = (f"{mode}: {servers} server(s) × {eff} slot(s), {policy.replace('_', ' ')} routing, "
+    how_routed = policy.replace('_', ' ')
+    if max_ongoing is not None:
+        how_routed += (f" among servers that accept (at most {max_ongoing} each"
+                       f"{', the rest wait in one router queue' if one_queue else ''})")
+    why = (f"{mode}: {servers} server(s) × {eff} slot(s), {how_routed} routing, "
            f"capacity {capacity:.3g} req/s, ρ = {rho:.2f}; ")
     if rho >= 1:
         why += "the offered load exceeds capacity: the queue (and latency) grows with the run."

@@ -56,6 +56,13 @@ class ModeInfo:
         session: ``"module:function"`` of ``open(ctx)`` → an async context manager yielding a
             session that sends one request at a time as it arrives (open-loop load,
             :mod:`parallel_kit.loadgen`); ``None``: the mode cannot run ``--rate``/``--trace``.
+        routing: how requests wait for its servers when that is not one first-come-first-served
+            queue in front of every slot (``None``, what its ``dispatch`` does, or one queue per
+            server for ``round_robin``): ``"power_of_two"`` — Ray Serve's router, which sends
+            each request to the less loaded of two random replicas that accept it (a replica
+            accepts up to ``max_ongoing_requests``) and keeps the rest in its own FIFO queue
+            (:func:`parallel_kit.queueing.simulate`). Theory predicts from it
+            (:func:`parallel_kit.theory.mode_topology`).
     """
 
     name: str
@@ -68,6 +75,7 @@ class ModeInfo:
     dispatch: Dispatch = "least_loaded"
     needs: tuple[str, ...] = ()
     session: str | None = None
+    routing: Literal["power_of_two"] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
@@ -78,6 +86,9 @@ class ModeInfo:
         if self.in_flight not in ("one", "queue", "slots"):
             raise ConfigError(f"mode {self.name!r}: in_flight {self.in_flight!r} is not one of "
                               f"one, queue, slots")
+        if self.routing not in (None, "power_of_two"):
+            raise ConfigError(f"mode {self.name!r}: routing {self.routing!r} is not "
+                              f"power_of_two (or None: its dispatch)")
 
     @property
     def serves_api(self) -> bool:
@@ -201,12 +212,14 @@ register_mode(ModeInfo(
 register_mode(ModeInfo(
     "rayserve", "a Ray Serve application, one replica per GPU, each with its own Ollama",
     "parallel_kit.modes.rayserve:run_rayserve", multi_server=True, starts_own_servers=True,
-    needs=("production",)))
+    needs=("production",), routing="power_of_two",
+    session="parallel_kit.modes.stack_sessions:rayserve_session"))
 register_mode(ModeInfo(
     "production", "the production stack: Celery on a real Redis in front of Ray Serve",
     "parallel_kit.modes.production:run_production", multi_server=True,
     starts_own_servers=True, api_backend="parallel_kit.api_production:open_production_backend",
-    needs=("production",)))
+    needs=("production",), routing="power_of_two",
+    session="parallel_kit.modes.stack_sessions:production_session"))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()
