@@ -58,31 +58,35 @@ def relative(path: str | Path) -> str:
         return str(path)
 PYTHON = sys.executable
 
+def _bench_profile(description: str, *, num_parallel: int, decode_tps: float,
+                   prefill_tps: float | None, output_tokens: int) -> dict[str, Any]:
+    """A benchmarks-only simulator profile: llama3.2:3b at the given speeds, S(k) = k to 64."""
+    return {
+        "description": f"benchmarks only: {description}",
+        "num_parallel": num_parallel,
+        "scaling": {"points": [[1, 1.0], [64, 64.0]], "source": "benchmarks: perfect scaling"},
+        "default_model": "llama3.2:3b",
+        "models": {"llama3.2:3b": {"decode_tps": decode_tps, "prefill_tps": prefill_tps,
+                                   "load_s": 0.0, "output_tokens": [output_tokens] * 2,
+                                   "aliases": ["llama3.2:latest"]}},
+    }
+
+
 #: A simulator profile with (almost) no model time: every wait is below a microsecond, so a
 #: request costs only HTTP and Python. Written to a temporary file named by
 #: ``PARALLEL_KIT_PROFILES`` (the packaged profiles stay as they are).
 ZERO_PROFILE = "bench-zero-latency"
-_ZERO_ENTRY = {
-    "description": "benchmarks only: every wait ~0 (decode 1e12 tokens/s, instant prompt)",
-    "num_parallel": 64,
-    "scaling": {"points": [[1, 1.0], [64, 64.0]], "source": "benchmarks: perfect scaling"},
-    "default_model": "llama3.2:3b",
-    "models": {"llama3.2:3b": {"decode_tps": 1e12, "prefill_tps": None, "load_s": 0.0,
-                               "output_tokens": [1, 1], "aliases": ["llama3.2:latest"]}},
-}
+_ZERO_ENTRY = _bench_profile("every wait ~0 (decode 1e12 tokens/s, instant prompt)",
+                             num_parallel=64, decode_tps=1e12, prefill_tps=None,
+                             output_tokens=1)
 
 
 #: 100 tokens/s per stream whatever the number of streams (S(k) = k up to 64): with k streams
 #: one decode step takes k / (100 × k) = 10 ms, so every token has a planned time on a 10 ms grid.
 STEADY_PROFILE = "bench-steady-100tps"
-_STEADY_ENTRY = {
-    "description": "benchmarks only: 100 tokens/s per stream, perfect batching to 64 streams",
-    "num_parallel": 64,
-    "scaling": {"points": [[1, 1.0], [64, 64.0]], "source": "benchmarks: perfect scaling"},
-    "default_model": "llama3.2:3b",
-    "models": {"llama3.2:3b": {"decode_tps": 100.0, "prefill_tps": None, "load_s": 0.0,
-                               "output_tokens": [200, 200], "aliases": ["llama3.2:latest"]}},
-}
+_STEADY_ENTRY = _bench_profile("100 tokens/s per stream, perfect batching to 64 streams",
+                               num_parallel=64, decode_tps=100.0, prefill_tps=None,
+                               output_tokens=200)
 
 
 #: The rtx4090 profile's single-stream speeds (llama3.2:3b: decode 226 tokens/s, prefill 10,625
@@ -91,14 +95,9 @@ _STEADY_ENTRY = {
 #: cannot change what the server does — only the phase of the 4.4 ms decode grid a request
 #: joins (< one step). The fair ground for comparing clients' latency and TTFT at concurrency 4.
 LINEAR_PROFILE = "bench-linear-rtx4090"
-_LINEAR_ENTRY = {
-    "description": "benchmarks only: rtx4090 single-stream speeds, S(k) = k (perfect batching)",
-    "num_parallel": 4,
-    "scaling": {"points": [[1, 1.0], [64, 64.0]], "source": "benchmarks: perfect scaling"},
-    "default_model": "llama3.2:3b",
-    "models": {"llama3.2:3b": {"decode_tps": 226.0, "prefill_tps": 10625.0, "load_s": 0.0,
-                               "output_tokens": [200, 200], "aliases": ["llama3.2:latest"]}},
-}
+_LINEAR_ENTRY = _bench_profile("rtx4090 single-stream speeds, S(k) = k (perfect batching)",
+                               num_parallel=4, decode_tps=226.0, prefill_tps=10625.0,
+                               output_tokens=200)
 
 
 def zero_profile_file() -> Path:
