@@ -73,7 +73,9 @@ def _specs(prefix: str) -> list[RequestSpec]:
 
 def _assert_open_loop_rows(run, schedule) -> None:
     rows = sorted(run.requests, key=lambda r: r.scheduled_s)
-    assert run.summary.n == N and run.summary.ok == N and len(rows) == N
+    failed = [(r.request_id, r.error, r.hops) for r in rows if not r.ok]
+    assert run.summary.n == N and len(rows) == N
+    assert not failed, failed
     for r, t in zip(rows, schedule.times_s, strict=True):
         # The schedule's arrivals, on the run's axis (its origin is the driver's start).
         assert r.scheduled_s - rows[0].scheduled_s == pytest.approx(t - schedule.times_s[0])
