@@ -20,11 +20,15 @@ For each ρ in {0.3, 0.5, 0.7, 0.9}:
    ``probe`` with ``max_k=1`` and ``repeats`` requests alone, then ``calibrate.save_profile``
    into a temporary profile file. The calibrated solo service time S of the benchmark's request
    (fixed prompt, fixed ``num_predict``) is the profile's prefill + ``num_predict`` ÷ decode speed;
-   the capacity is 1/S and the rate ρ/S.
+   the capacity is 1/S and the rate ρ/S. The profile also keeps the service time's
+   coefficient of variation over the ``repeats`` tries (``service_cv``: the machine's jitter).
 2. **Run** ``n`` Poisson arrivals at that rate (the same seed for every ρ, so each schedule is the
    same gaps scaled) against the real model; latency is measured from each request's scheduled
    arrival (``latency_from_arrival``: the response time queueing theory predicts).
-3. **Predict** with the calibrated profile (``loadgen.fill_predictions``): the discrete-event run
+3. **Predict** with the calibrated profile, its jitter included (``loadgen.fill_predictions``,
+   ``theory.predict_load``: each request's service time drawn around S with the calibrated
+   CV, the mean over 64 draws; the same without the jitter is recorded beside it): the
+   discrete-event run
    of the simulator's latency model over *this run's arrivals* (``replay``: the target, within
    10 % up to ρ = 0.7) and the steady state at that rate (a finite run only approaches it).
 4. **Explain**: each request's service time as the server measured it (prefill + decode), its
@@ -37,7 +41,7 @@ Usage::
     .venv/bin/python benchmarks/real_model_load.py [--n 100] [--num-predict 24] [--quick]
 
 Writes ``benchmarks/results/real_model_load.json`` (``--quick``: 20 requests at ρ 0.5 and 0.9
-into the git-ignored ``benchmarks/results/quick/``). About 11 minutes with the defaults.
+into the git-ignored ``benchmarks/results/quick/``). About 12 minutes with the defaults.
 Needs ``pip install "parallel_kit[real]"``. The load average is recorded before and after each
 ρ; the script waits (up to ``--wait-quiet`` seconds) for the 1-minute load average to fall
 below ``--quiet-load`` before it starts.
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -198,6 +203,13 @@ async def one_rho(url: str, rho: float, n: int, num_predict: int, repeats: int, 
     o = run.summary.open_loop
     measured = {q: o[f"latency_from_arrival_{q}_s"] for q in ("mean", "p50", "p95")}
     replay = {q: o[f"replay_latency_{q}_s"] for q in ("mean", "p50", "p95")}
+    # The same prediction with the simulator's deterministic service time (no jitter): what
+    # the calibrated profile's jitter changes.
+    exact = theory.predict_load("async", theory.service_model_from_profile(
+        dataclasses.replace(profile, service_cv=0.0), specs), schedule=schedule, slots=1,
+        concurrency=IN_FLIGHT)
+    deterministic = {"mean": exact.latency_mean_s, "p50": exact.latency_p50_s,
+                     "p95": exact.latency_p95_s}
     steady = {"mean": run.summary.predicted_latency_mean_s,
               "p50": o["predicted_latency_p50_s"], "p95": run.summary.predicted_latency_p95_s}
     explain = _explain(run)
@@ -206,7 +218,11 @@ async def one_rho(url: str, rho: float, n: int, num_predict: int, repeats: int, 
         "rho": rho, "rate_rps": rate, "requests": n, "failed": run.summary.failed,
         "calibrated_service_s": solo_s, "capacity_rps": 1 / solo_s,
         "measured_rho": rate * explain["service_mean_s"],
+        "calibrated_service_cv": profile.service_cv,
         "measured_s": measured, "replay_predicted_s": replay, "steady_predicted_s": steady,
+        "replay_predicted_without_jitter_s": deterministic,
+        "measured_over_replay_without_jitter": {q: measured[q] / deterministic[q]
+                                                for q in measured},
         "measured_over_replay": over_replay,
         "measured_over_steady": {q: measured[q] / steady[q] for q in measured},
         "within_10pct": all(abs(over_replay[q] - 1) <= TARGET for q in ("p50", "p95")),
@@ -215,7 +231,8 @@ async def one_rho(url: str, rho: float, n: int, num_predict: int, repeats: int, 
         "lag_p95_clock_ms": o["lag_p95_clock_ms"], "fell_behind": o["fell_behind"],
         "closed_form": o.get("closed_form"), "closed_form_wait_s": o.get("closed_form_wait_s"),
         "probe": {k: probed[k] for k in ("decode_tokens_per_s", "prefill_tokens_per_s",
-                                         "ttft_s", "prompt_tokens", "repeats") if k in probed},
+                                         "ttft_s", "prompt_tokens", "repeats", "service_cv")
+                  if k in probed},
         "wall_s": wall,
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
@@ -230,7 +247,8 @@ async def run_all(args: argparse.Namespace, rhos: list[float]) -> list[dict[str,
                                 Path(tmp))
             rows.append(row)
             r, e = row["measured_over_replay"], row["explain"]
-            print(f"ρ={rho}: S {row['calibrated_service_s']:.3f} s (measured mean "
+            print(f"ρ={rho}: S {row['calibrated_service_s']:.3f} s cv "
+                  f"{row['calibrated_service_cv']:.3f} (measured mean "
                   f"{e['service_mean_s']:.3f}, cv {e['service_cv']:.3f}); latency p50 "
                   f"{row['measured_s']['p50']:.3f} p95 {row['measured_s']['p95']:.3f} s; "
                   f"÷ replay p50 {r['p50']:.3f} p95 {r['p95']:.3f}; load "
@@ -245,8 +263,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=None, help="requests per ρ (default 100)")
     parser.add_argument("--rhos", default=None, help="utilisations (comma-separated)")
     parser.add_argument("--num-predict", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="requests alone in each calibration (medians)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="requests alone in each calibration (medians, and the service "
+                             "time's coefficient of variation)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quiet-load", type=float, default=1.5)

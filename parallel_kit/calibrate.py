@@ -109,7 +109,9 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
             ``prefill_tokens_per_s`` (None = instant), ``load_s``, ``effective_slots``,
             ``model``, ``host``, ``num_predict`` when present. With ``prompt_tokens`` (the
             server's count for the probe's prompt) and ``prompt_bytes`` (its UTF-8 size) the
-            prefill speed is converted to the simulator's own token count (see below).
+            prefill speed is converted to the simulator's own token count (see below); its
+            ``service_cv`` (the request's jitter over the probe's repeats) becomes the
+            profile's.
         model: the model name (default the probe's, else ``llama3.2:3b``).
         output_tokens: (min, max) answer length without num_predict; default the probe's
             ``num_predict`` for both.
@@ -168,7 +170,7 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         name=name.strip(), models={model: speed}, default_model=model,
         scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
         description=description or f"Calibrated from a probe of {host} ({model}).",
-        scaling_source=f"{source}{fell_note}")
+        scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result))
     counted = _get(probe_result, "prompt_tokens")
     nbytes = _get(probe_result, "prompt_bytes")
     if prefill is not None and _whole(counted) and _whole(nbytes):
@@ -181,6 +183,17 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         profile = replace(profile, models={model: speed})
     # The same checks as a profile read from a file: what is saved can be loaded again.
     return _profiles.profile_from_dict(profile.name, profile.to_dict())
+
+
+def _jitter(probe_result: Any) -> float:
+    """The probe's ``service_cv`` (0 when it had one try, or reported none)."""
+    cv = _get(probe_result, "service_cv")
+    if cv is None:
+        return 0.0
+    if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not math.isfinite(cv) \
+            or cv < 0:
+        raise ConfigError(f"probe result field 'service_cv' must be a number ≥ 0, got {cv!r}")
+    return float(cv)
 
 
 def save_profile(name: str, probe_result: Any, path: str | os.PathLike[str] | None = None,

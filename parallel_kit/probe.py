@@ -14,7 +14,10 @@
   from request to request on a busy 2-core machine). ``prompt_tokens`` and ``prompt_bytes``
   record the server's token count for the probe's prompt and its UTF-8 size, so that a profile
   can convert the prefill speed to the simulator's own count of tokens
-  (:func:`parallel_kit.calibrate.profile_from_probe`).
+  (:func:`parallel_kit.calibrate.profile_from_probe`). ``service_cv`` is the coefficient of
+  variation of its service time (the server's prefill + decode durations) over the repeats —
+  the machine's request-to-request jitter, which a calibrated profile keeps for theory's
+  latency predictions under load (None with one try).
 * **effective_slots** — how many requests it really runs at once. For k = 1 … ``max_k`` it sends
   k requests together and looks at *when each one was being worked on* (from the server's own
   prefill and decoding durations, else first to last token on the client): requests that share
@@ -78,6 +81,7 @@ class ProbeResult:
     prompt_tokens: int | None = None
     prompt_bytes: int | None = None
     repeats: int = 1
+    service_cv: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``speedup``/``concurrent`` keys become strings, NaN becomes None."""
@@ -93,7 +97,7 @@ class ProbeResult:
             "concurrent": {str(k): v for k, v in self.concurrent.items()},
             "max_k": self.max_k, "num_predict": self.num_predict, "notes": list(self.notes),
             "prompt_tokens": self.prompt_tokens, "prompt_bytes": self.prompt_bytes,
-            "repeats": self.repeats,
+            "repeats": self.repeats, "service_cv": _clean(self.service_cv),
         }
 
     def table(self) -> str:
@@ -106,6 +110,8 @@ class ProbeResult:
                  f"  {'decode (one request)':<22}{_fmt(self.decode_tokens_per_s, 'tok/s')}",
                  f"  {'time to first token':<22}{_fmt(self.ttft_s, 's')}",
                  f"  {'effective slots':<22}{self.effective_slots}",
+                 *([f"  {'service time CV':<22}{self.service_cv:.3f} over {self.repeats} "
+                    f"tries alone"] if self.service_cv is not None else []),
                  "  k at once   decoding together   S(k) aggregate speed-up"]
         for k in sorted(self.speedup):
             lines.append(f"  {k:>9}   {self.concurrent.get(k, 0):>17}   {self.speedup[k]:>6.2f}×")
@@ -199,7 +205,23 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         effective_slots=effective, speedup=speedup, concurrent=concurrent, max_k=max_k,
         num_predict=num_predict, version=version, notes=notes,
         prompt_tokens=alone[0].prompt_tokens or None,
-        prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats)
+        prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats,
+        service_cv=_cv([_service_s(r) for r in alone]))
+
+
+def _service_s(row: RequestResult) -> float:
+    """A request's service time: the server's prefill + decode durations, else its latency."""
+    if row.server_prompt_eval_s is not None and row.server_eval_s is not None:
+        return row.server_prompt_eval_s + row.server_eval_s
+    return row.latency_s
+
+
+def _cv(values: Sequence[float]) -> float | None:
+    """Sample coefficient of variation (standard deviation with n − 1 ÷ mean); None below 2."""
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    if len(xs) < 2 or statistics.fmean(xs) <= 0:
+        return None
+    return statistics.stdev(xs) / statistics.fmean(xs)
 
 
 def _median(values: Sequence[float | None]) -> float | None:

@@ -57,6 +57,7 @@ __all__ = [
     "equal_requests_makespan",
     "graham_bound",
     "greedy_makespan",
+    "jittered_service",
     "karp_flatt_serial_fraction",
     "list_schedule",
     "lower_bound",
@@ -855,12 +856,17 @@ class ServiceModel:
         tokens: output tokens of each request, shape ``(m,)``.
         decode_tps: tokens/s of one request decoding alone.
         speedup: S(k), aggregate decode speed with k decoding at once (S(1) = 1).
+        service_cv: coefficient of variation of one request's service time around the model's
+            value, request to request — a real server's jitter (``Profile.service_cv``, measured
+            by ``probe`` repeating a request alone); 0: every request takes exactly its model
+            time, as on the simulator.
     """
 
     prefill_s: tuple[float, ...]
     tokens: tuple[int, ...]
     decode_tps: float
     speedup: SpeedupFn
+    service_cv: float = 0.0
 
     @property
     def solo_s(self) -> list[float]:
@@ -902,7 +908,7 @@ def service_model_from_profile(profile: Any, specs: Iterable[Any], *, seed: int 
     if not tokens:
         raise ConfigError("no requests to model — give at least one prompt")
     return ServiceModel(tuple(prefill), tuple(tokens), float(profile.speed().decode_tps),
-                        _speedup_fn(profile))
+                        _speedup_fn(profile), float(getattr(profile, "service_cv", 0.0) or 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -977,6 +983,31 @@ def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | Non
     return topo.servers, topo.busy_slots, routing
 
 
+#: Draws of the service-time jitter averaged in a prediction for one schedule (``cv`` > 0).
+JITTER_RUNS = 64
+
+
+def jittered_service(prefill_s: Sequence[float], tokens: Sequence[int], decode_tps: float,
+                     cv: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's prefill time and output tokens with a service-time jitter drawn in.
+
+    Request i's work alone is scaled by ``f_i``, drawn from a gamma distribution of mean 1 and
+    coefficient of variation ``cv`` (shape 1/cv², scale cv²): its prefill becomes
+    ``f_i × prefill_i`` and its ``f_i × tokens_i`` tokens are whole tokens, decoded in the
+    steps a batch shares (so S(k) still applies), plus the remaining fraction of a token's time
+    added to its prefill. Alone, a request then takes exactly ``f_i`` × its model time. At least
+    one token is kept (a draw below ``1 / tokens_i`` is rounded up to it).
+
+    Returns:
+        ``(prefill_s, tokens)``, shapes ``(n,)``: model seconds, whole tokens ≥ 1.
+    """
+    pre = np.asarray(prefill_s, dtype=float)
+    f = rng.gamma(1.0 / cv**2, cv**2, size=pre.shape)
+    work = f * np.asarray(tokens, dtype=float)
+    whole = np.maximum(1, np.floor(work)).astype(np.int64)
+    return np.maximum(0.0, f * pre + (work - whole) / decode_tps), whole
+
+
 def predict_load(
     mode: str | Topology,
     service: ServiceModel,
@@ -1017,8 +1048,15 @@ def predict_load(
     ``--max-ongoing`` — so that nothing queues inside a server; for ``routing="power_of_two"``
     asked for explicitly, no bound (every request joins a server's own queue).
 
+    A real server's request-to-request jitter (``service.service_cv`` > 0, from a calibrated
+    profile) is drawn into each request's service time (:func:`jittered_service`): the closed
+    form takes its squared CV into the service time's, and the figures for one schedule are the
+    mean over :data:`JITTER_RUNS` draws — a deterministic model puts the median of a ρ = 0.5
+    queue exactly on the jump between waiting and not, which any jitter moves.
+
     Raises:
-        ConfigError: neither or both of rate and schedule; bad counts; unknown routing.
+        ConfigError: neither or both of rate and schedule; bad counts; unknown routing;
+        ``service_cv`` < 0.
     """
     from . import queueing
 
@@ -1051,7 +1089,12 @@ def predict_load(
     full_batch_s = mean_pre + mean_tok * eff / (service.decode_tps * _checked_S(S, eff))
     capacity = servers * eff / full_batch_s if full_batch_s > 0 else math.inf
     mean_s = sum(solo) / len(solo)
-    var_s = sum((t - mean_s) ** 2 for t in solo) / len(solo)
+    cv = service.service_cv
+    if not (math.isfinite(cv) and cv >= 0):
+        raise ConfigError(f"service_cv must be a number ≥ 0, got {cv!r}")
+    # Var(f·s) with a jitter f of mean 1 and CV cv, independent of s: Var(s) + cv²·E[s²].
+    var_s = (sum((t - mean_s) ** 2 for t in solo) / len(solo)
+             + cv**2 * sum(t * t for t in solo) / len(solo))
     scv_s = var_s / mean_s**2 if mean_s > 0 else 0.0
 
     if schedule is not None:
@@ -1071,11 +1114,25 @@ def predict_load(
         skip = min(requests // 20, 1000)  # leave the empty start out of a steady state
         how = "discrete-event"
     pre, tok = service.cycled(len(times))
-    sim = queueing.simulate(times, tok, decode_tps=service.decode_tps, prefill_s=pre,
-                            workers=servers, slots=eff, speedup=S, routing=policy,
-                            max_in_flight=max_concurrency, seed=seed,
-                            max_ongoing=max_ongoing)
-    fig = sim.figures(skip)
+
+    def run(prefill: Sequence[float] | np.ndarray, tokens: Sequence[int] | np.ndarray,
+            run_seed: int) -> dict[str, float]:
+        return queueing.simulate(times, tokens, decode_tps=service.decode_tps, prefill_s=prefill,
+                                 workers=servers, slots=eff, speedup=S, routing=policy,
+                                 max_in_flight=max_concurrency, seed=run_seed,
+                                 max_ongoing=max_ongoing).figures(skip)
+
+    if cv > 0:
+        # A long steady-state run averages the jitter out by itself; one run of this schedule
+        # does not, so its figures are the mean over JITTER_RUNS draws of the jitter.
+        runs = 1 if schedule is None else JITTER_RUNS
+        rng = np.random.default_rng(seed)
+        drawn = [run(*jittered_service(pre, tok, service.decode_tps, cv, rng), seed + r)
+                 for r in range(runs)]
+        fig = {k: float(np.mean([d[k] for d in drawn])) for k in drawn[0]}
+        how += f", service-time CV {cv:.3g}" + (f" (mean of {runs} draws)" if runs > 1 else "")
+    else:
+        fig = run(pre, tok, seed)
     rho = lam / capacity if capacity > 0 else math.inf
     if schedule is None and rho >= 1:
         # No steady state: the queue, and every figure with it, grows with the run's length.

@@ -108,30 +108,68 @@ STACK_REQUEST_TIMEOUT_S = 3.0
 STACK_VISIBILITY_TIMEOUT_S = 4.0
 
 
-@pytest.fixture(scope="session")
-def production_stack(serve_session):
-    """Redis (started by the kit) + one Celery worker process + the session's Serve app."""
-    pytest.importorskip("celery")
-    from parallel_kit.modes.stack_options import StackOptions
-    from parallel_kit.production.celery_app import configure
-    from parallel_kit.production.redis_server import RedisServer
-    from parallel_kit.production.stack import Stack, warm_up
-    from parallel_kit.production.worker import wait_for_workers
+class _ProductionSession:
+    """Redis (started by the kit) for the session, and a stack on the session's Serve app.
 
-    app = serve_session.shared_app()
-    settings = StackOptions(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
-                             visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
-    with RedisServer.start() as redis:
-        configure(redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+    A Celery worker joins the Ray cluster that ran when it started; a ray test module that
+    shuts Ray down leaves it calling a cluster that is gone. So each test asks :meth:`stack`,
+    which starts fresh workers on the shared application of the cluster running now whenever
+    the one the stack's workers joined is no longer it.
+    """
+
+    def __init__(self, serve_session: _ServeSession) -> None:
+        from parallel_kit.production.celery_app import configure
+        from parallel_kit.production.redis_server import RedisServer
+
+        self.serve_session = serve_session
+        self.redis = RedisServer.start()
+        configure(self.redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,
                   visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
-        stack = Stack(redis.url, app, settings=settings, concurrency=8)
-        try:
-            stack.start_worker()
-            wait_for_workers(stack.workers)
-            import asyncio
+        self._stack = None
 
-            asyncio.run(warm_up(stack))
-            yield stack
-        finally:
-            for w in stack.workers:
+    def stack(self):
+        import asyncio
+
+        from parallel_kit.modes.stack_options import StackOptions
+        from parallel_kit.production.stack import Stack, warm_up
+        from parallel_kit.production.worker import wait_for_workers
+
+        app = self.serve_session.shared_app()
+        if self._stack is not None and self._stack.app is app:
+            return self._stack
+        self._stop_workers()
+        settings = StackOptions(request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                                visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
+        stack = Stack(self.redis.url, app, settings=settings, concurrency=8)
+        self._stack = stack
+        stack.start_worker()
+        wait_for_workers(stack.workers)
+        asyncio.run(warm_up(stack))
+        return stack
+
+    def _stop_workers(self) -> None:
+        if self._stack is not None:
+            for w in self._stack.workers:
                 w.stop()
+            self._stack = None
+
+    def close(self) -> None:
+        try:
+            self._stop_workers()
+        finally:
+            self.redis.stop()
+
+
+@pytest.fixture(scope="session")
+def _production_session(serve_session):
+    pytest.importorskip("celery")
+    session = _ProductionSession(serve_session)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def production_stack(_production_session):
+    """Redis (started by the kit) + one Celery worker process + the session's Serve app, on the
+    Ray cluster running now (see :class:`_ProductionSession`)."""
+    return _production_session.stack()

@@ -15,7 +15,7 @@ from parallel_kit.calibrate import (
     speedup_points,
 )
 from parallel_kit.errors import ConfigError
-from parallel_kit.sim.profiles import list_profiles, load_profile
+from parallel_kit.sim.profiles import list_profiles, load_profile, profile_from_dict
 from parallel_kit.sim.server import SimulatedOllama
 
 # What `parallel-kit probe --json` writes for a 2-core machine (keys of speedup are strings).
@@ -33,6 +33,27 @@ def test_probe_becomes_a_profile_with_the_measured_speeds() -> None:
     # 64 tokens at 80 tok/s after 40 prompt tokens at 400 tok/s.
     assert profile.service_time_s(40, 64) == pytest.approx(0.1 + 0.8)
     assert "measured by parallel-kit probe" in speed.sources["decode_tps"]
+
+
+def test_the_probes_jitter_becomes_the_profiles_and_loads_back(tmp_path: Path) -> None:
+    profile = profile_from_probe("jittery", {**PROBE, "service_cv": 0.07})
+    assert profile.service_cv == 0.07 and profile.to_dict()["service_cv"] == 0.07
+    path = save_profile("jittery", {**PROBE, "service_cv": 0.07}, tmp_path / "p.json")
+    assert load_profile("jittery", path=path).service_cv == 0.07
+    # Theory's prediction under load takes it from the profile.
+    from parallel_kit import theory
+
+    assert theory.service_model_from_profile(profile, ["hi"]).service_cv == 0.07
+    assert profile_from_probe("steady", PROBE).service_cv == 0.0  # one try: no jitter known
+    assert "service_cv" not in profile_from_probe("steady", PROBE).to_dict()
+
+
+@pytest.mark.parametrize("bad", [-0.1, "x", True, float("nan")])
+def test_a_bad_jitter_is_refused_naming_it(bad: object) -> None:
+    with pytest.raises(ConfigError, match="service_cv"):
+        profile_from_probe("bad", {**PROBE, "service_cv": bad})
+    with pytest.raises(ConfigError, match="service_cv"):
+        profile_from_dict("bad", {**load_profile("seed").to_dict(), "service_cv": bad})
 
 
 def test_a_falling_speedup_is_kept_flat_and_the_measurement_is_noted() -> None:

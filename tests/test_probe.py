@@ -136,12 +136,14 @@ def test_probe_command_prints_a_table_and_writes_json(tmp_path: Path,
     try:
         out = tmp_path / "probe.json"
         args = argparse.Namespace(host=[url], model=None, json=str(out), time_scale=None,
-                                  max_k=2, num_predict=16)
+                                  max_k=2, num_predict=16, repeats=2)
         assert run_probe_command(args) == 0
+        assert sim.stats()["completed"] == 2 + 1 + 2  # 2 alone, then k = 1 and k = 2
     finally:
         sim.stop()
     doc = json.loads(out.read_text())
     assert doc["effective_slots"] == 2 and set(doc["speedup"]) == {"1", "2"}
+    assert doc["repeats"] == 2 and doc["service_cv"] == pytest.approx(0.0, abs=1e-6)
     assert doc["time_scale"] == pytest.approx(SCALE)  # read from the simulator itself
     printed = capsys.readouterr().out
     assert "effective slots" in printed and f"wrote {out}" in printed
@@ -162,6 +164,22 @@ async def test_repeated_probe_times_the_request_alone_that_many_times() -> None:
     assert result.prompt_bytes is not None and result.prompt_bytes > 100
     assert result.prompt_tokens == load_profile("seed").prompt_tokens("x" * result.prompt_bytes)
     assert result.to_dict()["prompt_tokens"] == result.prompt_tokens
+    # The simulator takes its model time every time: no jitter between the three tries.
+    assert result.service_cv == pytest.approx(0.0, abs=1e-6)
+    assert result.to_dict()["service_cv"] == result.service_cv
+    assert "service time CV" in result.table()
+
+
+def test_service_cv_is_the_sample_cv_of_the_servers_durations() -> None:
+    from parallel_kit.probe import _cv, _service_s
+
+    rows = [RequestResult(request_id=f"r{i}", mode="probe", prompt="p", model="m",
+                          queued_s=0.0, submitted_s=0.0, finished_s=9.0, ok=True,
+                          server_prompt_eval_s=1.0, server_eval_s=e)
+            for i, e in enumerate((3.0, 4.0, 5.0))]
+    assert [_service_s(r) for r in rows] == [4.0, 5.0, 6.0]  # not the 9 s latency
+    assert _cv([4.0, 5.0, 6.0]) == pytest.approx(0.2)  # stdev 1 (n − 1) ÷ mean 5
+    assert _cv([4.0]) is None
 
 
 async def test_probe_refuses_zero_repeats() -> None:

@@ -91,3 +91,66 @@ def test_a_topology_is_predicted_like_the_mode_that_has_it(seed_service):
                                       rate=0.2)
     assert by_topology.latency_p95_s == by_mode.latency_p95_s
     assert by_topology.mode == "three" and by_topology.utilisation == pytest.approx(2 / 3)
+
+
+# -- a real server's jitter: service_cv ------------------------------------------------------
+def _jittery(service: theory.ServiceModel, cv: float) -> theory.ServiceModel:
+    from dataclasses import replace
+
+    return replace(service, service_cv=cv)
+
+
+def test_jitter_enters_pollaczek_khinchine_as_the_service_times_variation(seed_service):
+    p = theory.predict_load("sequential", _jittery(seed_service, 0.5), rate=0.05)
+    # M/G/1: W = ρ·S·(1 + c²) / (2(1 − ρ)) = 0.5 · 10 · 1.25 / 1 = 6.25 s.
+    assert p.closed_form == "M/G/1 Pollaczek–Khinchine"
+    assert p.closed_form_wait_s == pytest.approx(6.25)
+    assert p.latency_mean_s == pytest.approx(16.25)
+    # The discrete-event run with the jitter drawn agrees with the formula.
+    assert p.simulated_latency_mean_s == pytest.approx(16.25, rel=0.05)
+
+
+def test_jitter_moves_the_median_off_the_jump_between_waiting_and_not(seed_service):
+    from parallel_kit.arrivals import make_schedule
+
+    sched = make_schedule(0.05, n=200, seed=1)
+    exact = theory.predict_load("sequential", seed_service, schedule=sched)
+    jittery = theory.predict_load("sequential", _jittery(seed_service, 0.05), schedule=sched)
+    again = theory.predict_load("sequential", _jittery(seed_service, 0.05), schedule=sched)
+    # ρ = 0.5 and 10 s each: in this run more than half never wait on the deterministic model,
+    # so its median sits on the jump at 10 s; a 5 % jitter makes some of them wait.
+    assert exact.latency_p50_s == pytest.approx(10.0)
+    assert jittery.latency_p50_s > exact.latency_p50_s
+    assert "service-time CV 0.05" in jittery.explanation
+    assert jittery == again  # drawn from the prediction's seed: the same every time
+    # Each draw is a FIFO queue over jittered service times, and the figure is their mean.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pre, tok = seed_service.cycled(len(sched.times_s))
+    means = []
+    for _ in range(theory.JITTER_RUNS):
+        p_i, t_i = theory.jittered_service(pre, tok, seed_service.decode_tps, 0.05, rng)
+        service = p_i + t_i / seed_service.decode_tps
+        means.append((queueing.fifo_recursion(sched.times_s, service) - sched.times_s).mean())
+    assert jittery.latency_mean_s == pytest.approx(float(np.mean(means)))
+
+
+def test_jitter_scales_each_request_alone_and_keeps_its_mean() -> None:
+    import numpy as np
+
+    n, tps = 100_000, 10.0
+    pre, tok = theory.jittered_service(np.full(n, 2.0), np.full(n, 80), tps, 0.1,
+                                       np.random.default_rng(1))
+    service = pre + tok / tps  # 2 s + 8 s alone, jittered
+    assert service.mean() == pytest.approx(10.0, rel=0.005)
+    assert service.std() / service.mean() == pytest.approx(0.1, rel=0.03)
+    assert pre.min() >= 0.0 and tok.min() >= 1 and tok.dtype.kind == "i"
+    # Alone, a request takes f × its model time: prefill and decode scaled alike.
+    f = np.random.default_rng(1).gamma(100.0, 0.01, size=n)
+    assert service == pytest.approx(f * 10.0)
+
+
+def test_negative_jitter_is_refused(seed_service):
+    with pytest.raises(ConfigError, match="service_cv"):
+        theory.predict_load("sequential", _jittery(seed_service, -0.1), rate=0.05)

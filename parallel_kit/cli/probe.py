@@ -27,6 +27,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="try up to K overlapping requests (default 4)")
     p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
                    help="tokens per probe request")
+    p.add_argument("--repeats", type=ranged("--repeats"), default=1, metavar="N",
+                   help="time the request alone N times: medians, and the service time's "
+                        "coefficient of variation (its jitter, kept by --save-profile)")
     add_time_scale(p)
     p.add_argument("--json", default=None, metavar="FILE", help="write the measurements")
     p.add_argument("--save-profile", default=None, metavar="NAME",
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """Probe each ``--host`` (or the default backend), print, save JSON and/or a profile.
 
     Reads ``args.host`` (list or None), ``model``, ``json``, ``time_scale``, ``max_k``,
-    ``num_predict`` and ``save_profile`` (all optional). Expected errors propagate as
+    ``num_predict``, ``repeats`` and ``save_profile`` (all optional). Expected errors propagate as
     ``ParallelKitError`` for :func:`parallel_kit.cli.main` to print in one line.
     """
     from .._sync import run_sync
@@ -79,5 +82,6 @@ async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
                             time_scale=getattr(args, "time_scale", None),
                             announce=print) as backend:
         return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
-                            time_scale=backend.time_scale)
+                            time_scale=backend.time_scale,
+                            repeats=getattr(args, "repeats", None) or 1)
                 for ep in backend.endpoints]

@@ -13,6 +13,7 @@ so measured profiles (``save_profile``) can override and extend the packaged one
 
     {"schema": 1, "profiles": {"<name>": {
         "description": str, "num_parallel": int, "gpu_memory": bytes | null, "gpus": int,
+        "service_cv": float (optional, default 0),
         "scaling": {"points": [[k, S(k)], ...], "source": str},
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
@@ -112,6 +113,10 @@ class Profile:
         num_parallel: slots per model when neither the caller nor ``OLLAMA_NUM_PARALLEL`` says.
         gpu_memory: bytes of memory of one GPU (None = no GPU memory limit is modelled).
         gpus: GPUs of the machine (Ollama's default ``OLLAMA_MAX_LOADED_MODELS`` is 3 per GPU).
+        service_cv: coefficient of variation of one request's service time alone, request to
+            request (a real machine's jitter, measured by ``probe`` with repeats; 0 for the
+            packaged profiles). The simulator itself stays deterministic; theory's latency
+            predictions under load draw it in (``theory.predict_load``).
     """
 
     name: str
@@ -123,6 +128,7 @@ class Profile:
     scaling_source: str = ""
     gpu_memory: int | None = None
     gpus: int = 1
+    service_cv: float = 0.0
 
     # -- the latency model ---------------------------------------------------------------
     def S(self, k: int) -> float:
@@ -204,6 +210,7 @@ class Profile:
         return {
             "description": self.description, "num_parallel": self.num_parallel,
             "gpu_memory": self.gpu_memory, "gpus": self.gpus,
+            **({"service_cv": self.service_cv} if self.service_cv else {}),
             "scaling": {"points": [list(p) for p in self.scaling],
                         "source": self.scaling_source},
             "default_model": self.default_model,
@@ -350,10 +357,14 @@ def profile_from_dict(name: str, entry: Any) -> Profile:
     gpus = entry.get("gpus", 1)
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise ConfigError(f"{where}: gpus must be a whole number ≥ 1")
+    service_cv = entry.get("service_cv", 0.0)
+    if (isinstance(service_cv, bool) or not isinstance(service_cv, (int, float))
+            or not math.isfinite(service_cv) or service_cv < 0):
+        raise ConfigError(f"{where}: service_cv must be a number ≥ 0 (0: no jitter)")
     return Profile(name=name, models=models, default_model=default, scaling=points,
                    num_parallel=num_parallel, description=str(entry.get("description", "")),
                    scaling_source=str(scaling_raw.get("source", "")), gpu_memory=gpu_memory,
-                   gpus=gpus)
+                   gpus=gpus, service_cv=float(service_cv))
 
 
 def _scaling_points(raw: Any, where: str) -> tuple[tuple[int, float], ...]:
