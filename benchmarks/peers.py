@@ -20,7 +20,8 @@ Five sections (``--sections``, default all):
 4. ``c64`` — concurrency 64 against a zero-latency server, one output token: requests/s and
    the client's CPU per request. CPU is the tool's process tree's user + system time
    (``RUSAGE_CHILDREN``), measured at two request counts and differenced, so start-up and
-   imports cancel out: (CPU(n₂) − CPU(n₁)) ÷ (n₂ − n₁);
+   imports cancel out: (CPU(n₂) − CPU(n₁)) ÷ (n₂ − n₁); three interleaved rounds (every
+   tool once per round), medians;
 5. ``poisson`` — requests arriving over time (``peers_poisson.py``): GuideLLM's ``poisson``
    profile at half the server's capacity, the kit replaying exactly the send times GuideLLM
    used, and the kit's own Poisson schedule at the same rate; mean and p50 latency and TTFT
@@ -78,6 +79,9 @@ TOKENS = 32
 IDEAL_S = TOKENS / 100.0
 TOOLS = ("kit", "servebench", "guidellm")
 SECTIONS = ("sequential", "c4", "c4_linear", "c64", "poisson")
+#: Interleaved rounds of the c = 64 section (medians): one run of each tool differed by a few
+#: per cent from the next.
+C64_ROUNDS = 3
 #: the concurrency-4 comparison's server (the profile of the first side-by-side comparison)
 C4_PROFILE = "rtx4090"
 #: the same requests on a server whose speed per request does not depend on the load (S(k) = k)
@@ -327,20 +331,34 @@ def measure_c4(tools: list[str], n: int, folder: Path, pinned: bool, client_core
 
 
 def measure_c64(tools: list[str], n_small: int, n_big: int, folder: Path, pinned: bool,
-                client_core: int | None) -> dict[str, Any]:
+                client_core: int | None, rounds: int = 1) -> dict[str, Any]:
+    """Concurrency 64, one token, against a zero-latency server: each tool's CPU per request
+    (its process tree's CPU for ``n_big`` requests minus for ``n_small``, ÷ the difference).
+
+    ``rounds`` > 1 runs every tool once per round, the tools in turn (a burst of other work on
+    the machine then falls on all of them alike); each figure is the median over the rounds.
+    """
     with SimFarm(1, profile=ZERO_PROFILE, slots=64) as farm:
         url = _pin_farm(farm, pinned)
-        c64: dict[str, Any] = {}
-        for tool in tools:
-            print(f"  {tool}: concurrency 64, {n_small} and {n_big} requests …", flush=True)
-            small = RUNNERS[tool](url, n_small, 64, 1, folder, client_core)
-            big = RUNNERS[tool](url, n_big, 64, 1, folder, client_core)
-            c64[tool] = {
-                "cpu_ms_per_request": (big["cpu_s"] - small["cpu_s"]) / (n_big - n_small) * 1000,
-                "requests_per_s": big["requests_per_s"],
-                "achieved_concurrency": big["achieved_concurrency"],
-                "runs": {str(n_small): small, str(n_big): big}}
-    return {"n": [n_small, n_big], "tokens": 1, "by_tool": c64}
+        runs: dict[str, list[dict[str, Any]]] = {tool: [] for tool in tools}
+        for r in range(rounds):
+            for tool in tools:
+                print(f"  {tool}: concurrency 64, {n_small} and {n_big} requests "
+                      f"(round {r + 1} of {rounds}) …", flush=True)
+                small = RUNNERS[tool](url, n_small, 64, 1, folder, client_core)
+                big = RUNNERS[tool](url, n_big, 64, 1, folder, client_core)
+                runs[tool].append({
+                    "cpu_ms_per_request": (big["cpu_s"] - small["cpu_s"])
+                    / (n_big - n_small) * 1000,
+                    "requests_per_s": big["requests_per_s"],
+                    "achieved_concurrency": big["achieved_concurrency"],
+                    "runs": {str(n_small): small, str(n_big): big}})
+        c64 = {tool: {
+            **{k: _median([x[k] for x in rs])
+               for k in ("cpu_ms_per_request", "requests_per_s", "achieved_concurrency")},
+            "cpu_ms_per_request_by_round": [x["cpu_ms_per_request"] for x in rs],
+            "rounds": rs} for tool, rs in runs.items()}
+    return {"n": [n_small, n_big], "tokens": 1, "rounds": rounds, "by_tool": c64}
 
 
 def measure(tools: list[str], quick: bool,
@@ -367,7 +385,7 @@ def measure(tools: list[str], quick: bool,
                                                      C4_LINEAR_PROFILE)
         if "c64" in sections:
             out["concurrency_64"] = measure_c64(tools, n_small, n_big, folder, pinned,
-                                                client_core)
+                                                client_core, rounds=1 if quick else C64_ROUNDS)
         if "poisson" in sections:
             import peers_poisson
 

@@ -192,11 +192,29 @@ def test_closed_loop_rhythm_jittered_turnaround_decodes_faster_than_lockstep(
 def test_real_model_load_script_records_measured_and_predicted_latency(tmp_path: Path) -> None:
     import real_model_load
 
-    result = real_model_load.main(["--rhos", "0.5", "--n", "3", "--repeats", "1",
+    result = real_model_load.main(["--rhos", "0.5", "--n", "3", "--repeats", "2",
                                    "--num-predict", "8", "--wait-quiet", "0",
                                    "--out", str(tmp_path)])
     (row,) = result["rows"]
     assert row["requests"] == 3 and row["failed"] == 0
     assert row["measured_s"]["p95"] > 0 and row["replay_predicted_s"]["p95"] > 0
     assert row["explain"]["output_tokens"] == [8]
+    # The calibration's jitter (2 tries alone) is the profile's, and the prediction without it
+    # is recorded beside the one with it.
+    assert row["calibrated_service_cv"] == pytest.approx(row["probe"]["service_cv"])
+    assert row["replay_predicted_without_jitter_s"]["p95"] > 0
     assert json.loads((tmp_path / "real_model_load.json").read_text())["machine"]["cpus"]
+
+
+def test_stack_seed_reads_the_hops_of_each_row_in_clock_milliseconds() -> None:
+    import stack_seed
+
+    # Model seconds on the run's axis at time scale 0.1: 0.1 model s is 10 clock ms.
+    production = {"queued_s": 1.0, "started_s": 1.3,
+                  "hops": {"accepted": 1.0, "picked_up": 1.1, "replica_entered": 1.25}}
+    rayserve = {"queued_s": 2.0, "started_s": 2.1, "hops": {"replica_entered": 2.05}}
+    assert stack_seed._hop_gaps([production]) == {
+        "accepted→picked_up": 10.0, "picked_up→replica_entered": 15.0,
+        "replica_entered→started_s": 5.0}
+    assert stack_seed._hop_gaps([rayserve]) == {"accepted→replica_entered": 5.0,
+                                                "replica_entered→started_s": 5.0}

@@ -51,6 +51,36 @@ async def test_seed_scenario_three_given_servers_serve_two_two_one_never_two_at_
         assert r.queued_s <= r.hops["replica_entered"] <= r.started_s < r.finished_s
 
 
+async def test_a_request_that_finds_every_replica_full_goes_to_the_one_that_frees_first(
+        serve_session) -> None:
+    """Serve's router with the kit's FreedSlotRouter: two replicas of one slot, three unequal
+    requests at once — the one that waits runs on the replica whose request ended first."""
+    from parallel_kit.modes.rayserve import ROUTER_CLASS_PATH
+    from parallel_kit.modes.serve_router import FreedSlotRouter
+
+    import importlib
+
+    module, _, name = ROUTER_CLASS_PATH.partition(":")
+    assert getattr(importlib.import_module(module), name) is FreedSlotRouter
+    serve_session.cluster()
+    lengths = {"long": 200, "short": 10, "mid": 40}  # tokens: 20 s, 1 s, 4 s alone
+    unequal = [RequestSpec(f"prompt {k}", num_predict=t, request_id=k) for k, t in lengths.items()]
+    async with sims(2, time_scale=SERVE_TIME_SCALE) as servers:
+        ctx = ModeContext([Endpoint(s.url, slots=1) for s in servers], backend="sim",
+                          time_scale=SERVE_TIME_SCALE, gpus=2)
+        run = await run_rayserve(unequal, ctx)
+        stats = await server_stats(servers)
+    assert run.summary.ok == 3
+    assert [s["max_active"] for s in stats] == [1, 1]  # never two at one Ollama
+    assert sorted(s["completed"] for s in stats) == [1, 2]
+    rows = sorted(run.requests, key=lambda r: r.started_s)
+    first_round, waited = rows[:2], rows[2]
+    freed_first = min(first_round, key=lambda r: r.finished_s)
+    # It went to the replica that freed first, not to the one still busy with its request.
+    assert waited.worker == freed_first.worker and waited.replica == freed_first.replica
+    assert waited.started_s >= freed_first.started_s
+
+
 def test_max_ongoing_below_one_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"--max-ongoing 0 must be a whole number ≥ 1"):
         check_max_ongoing(0)
