@@ -48,8 +48,9 @@ IDEAL_S = 20.0
 MOMENTS = ("accepted", "picked_up", "replica_entered", "started_s")
 
 
-def _hop_gaps(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Median clock milliseconds between consecutive moments present in the rows."""
+def _hop_gaps(rows: list[dict[str, Any]], pick: Any = None) -> dict[str, float]:
+    """Clock milliseconds between consecutive moments present in the rows: their median
+    (``pick``: another function of the list, e.g. ``max``)."""
     gaps: dict[str, list[float]] = {}
     for row in rows:
         moments = {**row.get("hops", {}), "started_s": row.get("started_s")}
@@ -58,7 +59,7 @@ def _hop_gaps(rows: list[dict[str, Any]]) -> dict[str, float]:
         seen = [(m, moments[m]) for m in MOMENTS if moments.get(m) is not None]
         for (a, ta), (b, tb) in itertools.pairwise(seen):
             gaps.setdefault(f"{a}→{b}", []).append((tb - ta) * SCALE * 1000)
-    return {k: round(median(v), 2) for k, v in gaps.items()}
+    return {k: round((pick or median)(v), 2) for k, v in gaps.items()}
 
 
 def one_run(farm: SimFarm, mode: str, out: Path) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def one_run(farm: SimFarm, mode: str, out: Path) -> dict[str, Any]:
             "servers_completed": [a["completed"] - b for a, b in zip(after, before, strict=True)],
             "servers_max_active": [a["max_active"] for a in after],
             "hops_ms_median": _hop_gaps(run["requests"]),
+            "hops_ms_max": _hop_gaps(run["requests"], max),
             "command_wall_s": round(time.time() - t0, 1)}
 
 

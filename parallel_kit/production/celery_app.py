@@ -38,6 +38,7 @@ result expired (``result_expires``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -255,7 +256,12 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
 
 @app.task(name=PING_NAME)
 def ping(app_name: str) -> dict[str, Any]:
-    """Join Ray and reach the Serve application (the stack's warm-up); where it answered."""
+    """Join Ray and reach the Serve application (the stack's warm-up); where it answered.
+
+    Also takes a connection into the worker's Redis pool, as a task's delivery count does.
+    """
+    with contextlib.suppress(Exception):  # the run reports Redis trouble; warm-up need not
+        _redis().ping()
     return dict(_handle(app_name).describe.remote().result(timeout_s=120))
 
 

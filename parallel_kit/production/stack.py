@@ -7,7 +7,8 @@
 2. the Ray Serve application, one replica per GPU (:func:`parallel_kit.modes.rayserve.open_serve_app`);
 3. ``workers`` Celery worker processes (:mod:`.worker`) joined to the same Ray cluster by its
    address, each running ``concurrency`` task threads (:func:`default_concurrency`), warmed up
-   (Ray joined, the Serve handle's router primed) before the run.
+   before the run by a ping per task thread (Ray joined, the Serve handle's router primed, the
+   threads started, Redis connections in the pool: :func:`warm_up`).
 
 Everything is stopped in reverse order on exit, also after an error or Ctrl-C. The set-up time
 is ``Stack.setup_s`` — a run reports it as ``setup_s``, never inside the makespan.
@@ -128,11 +129,17 @@ def _stop_workers(workers: list[Any]) -> None:
 
 
 async def warm_up(stack: Stack, timeout_s: float = 120.0) -> None:
-    """One ping task per worker thread: Ray joined and the Serve handle ready before the run."""
+    """A ping task for every task thread of every worker, all at once, before the run.
+
+    Each ping joins Ray and gets the Serve handle (once per worker process) and takes a Redis
+    connection into the worker's pool; sent together they make the ``threads`` pool start all
+    its threads. Without it the run's first burst paid for each of these (tens of milliseconds
+    on a small machine, measured by ``benchmarks/stack_seed.py``).
+    """
     from .celery_app import PING_NAME, app
     from .tasks import wait_for_meta
 
-    n = max(1, len(stack.workers))
+    n = max(1, len(stack.workers) * max(1, stack.concurrency))
     ids = [app.send_task(PING_NAME, args=(stack.app.name,)).id for _ in range(n)]
     try:
         metas = await wait_for_meta(stack.redis_url, ids, timeout_s=timeout_s)
