@@ -381,11 +381,14 @@ async def _probe_once(w: PoolWorker, timeout_s: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-async def probe_endpoint(client: httpx.AsyncClient, url: str) -> str | None:
+async def probe_endpoint(client: httpx.AsyncClient, url: str,
+                         timeout_s: float | None = None) -> str | None:
     """``GET /`` on an Ollama endpoint: ``None`` on HTTP 200, else the reason (never raises
-    for network errors; the caller applies the deadline)."""
+    for network errors; the caller applies the deadline, ``timeout_s`` the request's own,
+    default the client's)."""
     try:
-        resp = await client.get(url + "/")
+        resp = await (client.get(url + "/") if timeout_s is None
+                      else client.get(url + "/", timeout=timeout_s))
     except httpx.HTTPError as exc:
         return connect_reason(exc) or type(exc).__name__ + (f": {exc}" if str(exc) else "")
     return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"

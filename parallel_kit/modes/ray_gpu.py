@@ -144,6 +144,7 @@ class GpuWorker:
         self._sim: Any = None
         self._server: Any = None
         self._client: OllamaClient | OpenAIClient | None = None
+        self._probe: Any = None  # httpx.AsyncClient of the health checks, made once
 
     async def start(self) -> dict[str, Any]:
         """Bring the endpoint up (and warm it); returns gpu, node, url, slots, kind, setup_s.
@@ -172,6 +173,15 @@ class GpuWorker:
         # Open the client's connections now (setup), not in the first requests' times.
         with contextlib.suppress(OllamaUnavailable):
             await self._client.warm_up()
+        # The health checks' client, made now too: importing httpx and loading its SSL context
+        # takes 100–300 ms of CPU here, which blocked this actor's event loop — and the
+        # request the driver had just sent it — at the first check, one second into the run.
+        import httpx
+
+        from .pool import probe_endpoint
+
+        self._probe = httpx.AsyncClient(trust_env=False)
+        await probe_endpoint(self._probe, self.url, 5.0)  # its first request's lazy imports
         return {"gpu": gpu, "gpu_ids": gpu_ids, "node": self.node, "node_id": node_id,
                 "hostname": host, "url": self.url, "slots": self.slots, "kind": self.kind,
                 "pid": os.getpid(), "cuda_visible_devices": os.environ.get(
@@ -233,6 +243,7 @@ class GpuWorker:
         assert self._client is not None, "start() first"
         spec = RequestSpec(*spec_fields)
         clock = EpochClock(self.plan.time_scale, epoch)
+        entered = clock.now()
         self.active += 1
         try:
             row = await self._client.run(spec, clock=clock, mode="ray", worker=self.worker,
@@ -244,18 +255,18 @@ class GpuWorker:
         finally:
             self.active -= 1
         self.served += 1
+        row.hops = {**row.hops, "actor_entered": entered, "actor_done": clock.now()}
         return _row_to_wire(row)
 
     async def ping(self, timeout_s: float = 5.0) -> str | None:
         """A health check (control call): ``None`` when the endpoint answers ``GET /`` within
         ``timeout_s``, else the reason. The driver puts its own deadline around the call, so
         a frozen actor is caught as well as a frozen endpoint."""
-        import httpx
-
         from .pool import probe_endpoint
 
-        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
-            return await probe_endpoint(client, self.url)
+        if self._probe is None:  # stopped: the check still answers
+            return "the actor was stopped"
+        return await probe_endpoint(self._probe, self.url, timeout_s)
 
     async def now(self) -> float:
         """This process's wall clock (``time.time()``), for the driver's offset estimate."""
@@ -272,6 +283,10 @@ class GpuWorker:
             with contextlib.suppress(Exception):
                 await self._client.aclose()
             self._client = None
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await self._probe.aclose()
+            self._probe = None
         if self._sim is not None:
             with contextlib.suppress(Exception):
                 await self._sim.__aexit__(None, None, None)
@@ -483,6 +498,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
     actor_epoch = epoch + actor.epoch_shift
 
     async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
+        sent = clock.now()
         ref = actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
         try:
             out = await ref
@@ -504,6 +520,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
             raise WorkerLost(name, out.get("lost", "endpoint stopped answering"))
         row = _row_from_wire(out)
         row.worker = name
+        row.hops = {**row.hops, "sent": sent, "returned": clock.now()}
         return row
 
     return send
