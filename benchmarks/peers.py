@@ -120,14 +120,14 @@ import asyncio, json, sys
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext, QueueOptions
 from parallel_kit.modes.queued import run_async
-from parallel_kit.records import RequestSpec
+from parallel_kit.records import RequestSpec, write_json
 url, c, tokens, prompts, out, model = sys.argv[1:7]
 lines = open(prompts, encoding="utf-8").read().splitlines()
 specs = [RequestSpec(p, num_predict=int(tokens)) for p in lines]
 ctx = ModeContext(endpoints=[Endpoint(url, slots=64)], queue=QueueOptions(concurrency=int(c)),
                   model=model, api="openai")
 run = asyncio.run(run_async(specs, ctx))
-json.dump(run.to_dict(), open(out, "w"))
+write_json(out, [run])  # the kit's own results file, as `bench --json` writes it
 """
 
 #: filler that makes a prompt long (≈ 1 token per 4 characters in the simulator)
@@ -184,7 +184,7 @@ def run_kit(url: str, n: int, c: int, tokens: int, folder: Path, core: int | Non
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cpu, wall = _run([PYTHON, "-c", _KIT_SNIPPET, url, str(c), str(tokens),
                       str(_prompt_lines(folder, n, long)), str(out), MODEL], core, env)
-    doc = json.loads(out.read_text())
+    doc = json.loads(out.read_text())["runs"][0]
     s = doc["summary"]
     return {"cpu_s": cpu, "wall_s": wall, "ok": s["ok"], "requests_per_s": s["throughput_rps"],
             "output_tokens_mean": _mean([r["output_tokens"] for r in doc["requests"]

@@ -152,7 +152,10 @@ class RequestResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
+        # Every field is a plain value, or a dict/list of them that _json_safe copies:
+        # reading the fields directly costs a fraction of dataclasses.asdict's recursive deep
+        # copy, which was a third of the kit's CPU per request at concurrency 64.
+        return {k: _json_safe(getattr(self, k)) for k in REQUEST_COLUMNS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestResult:
@@ -401,9 +404,28 @@ def write_json(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
     """Write ``{"schema_version": 2, "runs":[{"summary":{…},"requests":[…]}]}`` (``--json``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema_version": SCHEMA_VERSION, "runs": [r.to_dict() for r in runs]}
-    p.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    p.write_text(_results_text(runs), encoding="utf-8")
     return p
+
+
+def _results_text(runs: Iterable[RunResult]) -> str:
+    """The results document: each summary indented, each request row on one line.
+
+    One row per line keeps a file of thousands of requests readable (and ``grep``-able) and
+    lets Python's C encoder write the rows: an indented dump goes through the pure-Python
+    encoder, about 0.1 ms of CPU per row.
+    """
+    compact = json.JSONEncoder(allow_nan=False, separators=(", ", ": ")).encode
+    blocks = []
+    for run in runs:
+        summary = json.dumps(run.summary.to_dict(), indent=2, allow_nan=False)
+        rows = ",\n".join("      " + compact(r.to_dict()) for r in run.requests)
+        blocks.append('    {\n      "summary": ' + summary.replace("\n", "\n      ")
+                      + ',\n      "requests": [' + (f"\n{rows}\n      " if rows else "")
+                      + "]\n    }")
+    body = ",\n".join(blocks)
+    return (f'{{\n  "schema_version": {SCHEMA_VERSION},\n  "runs": ['
+            + (f"\n{body}\n  " if blocks else "") + "]\n}\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> list[RunResult]:
