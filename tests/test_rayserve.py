@@ -55,10 +55,10 @@ async def test_a_request_that_finds_every_replica_full_goes_to_the_one_that_free
         serve_session) -> None:
     """Serve's router with the kit's FreedSlotRouter: two replicas of one slot, three unequal
     requests at once — the one that waits runs on the replica whose request ended first."""
+    import importlib
+
     from parallel_kit.modes.rayserve import ROUTER_CLASS_PATH
     from parallel_kit.modes.serve_router import FreedSlotRouter
-
-    import importlib
 
     module, _, name = ROUTER_CLASS_PATH.partition(":")
     assert getattr(importlib.import_module(module), name) is FreedSlotRouter
