@@ -58,7 +58,7 @@ RANGES: dict[str, Range] = {
     "--max-request-s": Range(1, 86_400, False, "clock seconds one API request may run"),
     "--max-queued": Range(1, 1_000_000, True, "tasks waiting in the API's queue"),
     "--seed": Range(0, 2**32 - 1, True, "seed of the arrival schedule"),
-    "--repeats": Range(1, 1000, True, "runs per rate in a sweep"),
+    "--repeats": Range(1, 1000, True, "repetitions: runs per rate in a sweep, tries alone in a probe"),
     "--max-concurrency": Range(1, 100_000, True, "requests in flight from the load generator"),
     "--shutdown-timeout-s": Range(0.1, 3600, False,
                                   "clock seconds accepted tasks get at shutdown"),
