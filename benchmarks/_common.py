@@ -227,11 +227,9 @@ class SimFarm:
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+            from parallel_kit.launcher import stop_process
+
+            stop_process(self._proc, 10.0)
             self._proc = None
             self._log.close()
 

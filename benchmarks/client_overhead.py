@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ZERO_PROFILE, SimFarm, clean, interleaved, median, quantile, write_result
 
 from parallel_kit.config import Endpoint
+from parallel_kit.launcher import stop_process
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import QueueOptions
 from parallel_kit.modes.queued import run_async
@@ -286,8 +287,7 @@ def ttft_by_sim_parser(n: int, reps: int = 2, time_scale: float = 0.02) -> dict[
                 url = proc.stdout.readline().split()[1]
                 errors[parser] += asyncio.run(_ttft(url, n, time_scale))
             finally:
-                proc.terminate()
-                proc.wait(timeout=10)
+                stop_process(proc, 10.0)
     return {p: {"requests": len(e), "error_ms_median": median(e),
                 "error_ms_p90": quantile(e, 0.9)} for p, e in errors.items()}
 

@@ -73,6 +73,7 @@ from parallel_kit import queueing, theory
 from parallel_kit.arrivals import make_schedule
 from parallel_kit.calibrate import save_profile
 from parallel_kit.config import Endpoint
+from parallel_kit.launcher import stop_process
 from parallel_kit.loadgen import fill_predictions, run_open_loop
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import QueueOptions
@@ -113,12 +114,7 @@ def real_server(threads: int) -> Iterator[str]:
                                    f"{log.read()[-2000:]}")
             yield found.group(1)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 20.0)
 
 
 def wait_for_quiet(limit: float, wait_s: float) -> dict[str, Any]:

@@ -23,12 +23,39 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from .errors import ConfigError, OllamaUnavailable
 
-__all__ = ["OllamaServer", "find_ollama", "free_port", "has_real_gpus"]
+__all__ = ["OllamaServer", "find_ollama", "free_port", "has_real_gpus", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 10.0, *,
+                 group: bool = False) -> int | None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited after ``grace_s``
+    clock seconds; reaped either way. Nothing happens to one that already exited.
+
+    ``group``: signal its whole process group (a child started with ``start_new_session``,
+    so that what it started stops too). Returns its exit status.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+
+    def signal_it(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    signal_it(signal.SIGTERM)
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        signal_it(signal.SIGKILL)
+        return proc.wait()
 
 
 def find_ollama(path: str | None = None) -> str | None:
@@ -132,15 +159,8 @@ class OllamaServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop the server and its children (SIGTERM, then SIGKILL after ``grace_s``)."""
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, grace_s, group=True)
         if self._log_path is not None:
             with contextlib.suppress(OSError):
                 self._log_path.unlink()

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from parallel_kit.launcher import free_port
+from parallel_kit.launcher import free_port, stop_process
 
 #: The checkout under test: child processes import the same ``parallel_kit``.
 REPO = str(Path(__file__).resolve().parents[1])
@@ -83,10 +83,5 @@ class SimProcess:
     def stop(self) -> None:
         if self.proc is not None:
             self.thaw()
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            stop_process(self.proc, 10.0)
             self.proc = None

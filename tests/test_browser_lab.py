@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from parallel_kit.launcher import stop_process
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,11 +108,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 time.sleep(0.2)  # polling a server that is starting, not waiting for an outcome
         yield f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30.0)
         log.close()
 
 

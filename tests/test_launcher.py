@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import httpx
 import pytest
 
 from parallel_kit.errors import ConfigError, OllamaUnavailable
-from parallel_kit.launcher import OllamaServer, find_ollama
+from parallel_kit.launcher import OllamaServer, find_ollama, stop_process
 
 FAKE_DIR = Path(__file__).parent / "fake_ollama"
 
@@ -50,3 +52,18 @@ def test_missing_ollama_binary_says_how_to_get_one(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ConfigError, match=r"no `ollama` executable on PATH.*--host"):
         OllamaServer(gpu_ids=["0"])
+
+
+def test_stop_process_terminates_then_kills_one_that_ignores_sigterm() -> None:
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop_process(polite, 10.0) == -signal.SIGTERM
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time\n"
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+    assert stop_process(stubborn, 0.2) == -signal.SIGKILL  # SIGTERM ignored: killed after it
+    stubborn.stdout.close()
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    assert stop_process(done) == 0  # already exited: left as it was

@@ -16,7 +16,7 @@ from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
-from parallel_kit.launcher import free_port
+from parallel_kit.launcher import free_port, stop_process
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.pool import Dispatcher, EndpointPool, PoolWorker, run_pool
 from parallel_kit.records import RequestResult, RequestSpec
@@ -175,8 +175,7 @@ def sim_processes():
         yield urls
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(10)
+            stop_process(p, 10.0)
 
 
 async def test_seed_scenario_on_three_endpoints_runs_two_rounds(sim_processes) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependency
+from ..launcher import stop_process
 
 __all__ = ["REDIS_URL_ENV", "RedisServer", "check_redis", "find_redis_server", "open_redis"]
 
@@ -155,13 +156,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and remove its folder."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 5.0)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:

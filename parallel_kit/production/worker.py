@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..launcher import stop_process
 
 __all__ = ["WorkerProcess", "run_worker", "wait_for_workers", "worker_argv"]
 
@@ -87,12 +88,7 @@ class WorkerProcess:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL after ``grace_s``."""
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process, grace_s)
         self.log_path.unlink(missing_ok=True)
 
     def log_tail(self, chars: int = 800) -> str:
