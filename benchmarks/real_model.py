@@ -1,6 +1,7 @@
 """A real model on this machine's CPU, and how well the calibrated simulator predicts it.
 
-Runs Gemma 3 270M (llama.cpp, ``parallel_kit.sim.llama_engine``) behind the kit's Ollama server:
+Runs Gemma 3 270M (llama.cpp's llama-server, ``parallel_kit.sim.llama_server``) behind the kit's
+Ollama server:
 
 1. **S(k)** for k = 1, 2, 3: k requests at once on k llama.cpp instances of 1 thread each —
    the cores are the "devices", so S rises until they run out.
@@ -37,7 +38,7 @@ from typing import Any
 from parallel_kit.bench import compare
 from parallel_kit.calibrate import measure_speedup, save_profile
 from parallel_kit.probe import probe
-from parallel_kit.sim.llama_engine import DEFAULT_MODEL_NAME, create_engine
+from parallel_kit.sim.llama_server import DEFAULT_MODEL_NAME, create_engine
 from parallel_kit.sim.server import SimulatedOllama
 
 MODEL = DEFAULT_MODEL_NAME
@@ -45,7 +46,7 @@ SIM_TIME_SCALE = 0.1  # the simulator's runs: 10× faster than the real ones, sa
 
 
 def _engine_options(slots: int, threads: int) -> dict[str, Any]:
-    return {"num_parallel": slots, "threads_per_slot": threads, "models": [MODEL]}
+    return {"num_parallel": slots, "threads": threads, "models": [MODEL]}
 
 
 async def measure_s_of_k(num_predict: int) -> dict[int, float]:
@@ -80,9 +81,9 @@ async def scenario(num_predict: int, profiles: dict[str, str]) -> dict[str, Any]
     """The 5 requests in every mode: real, then the calibrated simulator."""
     common = {"n": 5, "model": MODEL, "num_predict": num_predict, "backend": "sim"}
     single = ["sequential", "async", "batch"]
-    real_single = await compare(single, slots=1, time_scale=1.0, engine="llama-cpp",
+    real_single = await compare(single, slots=1, time_scale=1.0, engine="llama-server",
                                 engine_options=_engine_options(1, 2), **common)
-    real_pool = await compare(["pool"], gpus=2, slots=1, time_scale=1.0, engine="llama-cpp",
+    real_pool = await compare(["pool"], gpus=2, slots=1, time_scale=1.0, engine="llama-server",
                               engine_options=_engine_options(1, 1), **common)
     sim_single = await compare(single, slots=1, time_scale=SIM_TIME_SCALE,
                                profile=profiles["single"], **common)

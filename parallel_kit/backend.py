@@ -60,7 +60,7 @@ class Backend:
     message: str = ""
     profile: str | None = None
     started: list[Any] = field(default_factory=list)
-    #: what makes the tokens of simulated servers: "sim" or "llama-cpp" (real model)
+    #: what makes the tokens of simulated servers: "sim" or "llama-server" (real model)
     engine: str = "sim"
 
     @property
@@ -141,7 +141,7 @@ async def open_backend(
         time_scale: simulator scale; with ``hosts`` it states the scale of a simulator the kit
             did not start (read from the host itself when it is one).
         profile: simulator profile name (default ``seed``).
-        engine: ``sim`` (latency model) or ``llama-cpp`` (real model on the CPU).
+        engine: ``sim`` (latency model) or ``llama-server`` (real model on the CPU).
         start_servers: False when the mode starts its own servers (Ray's in-actor servers):
             then a simulated backend has no endpoints and only carries the settings.
         announce: called with the one-line message (e.g. ``print``); default silent.
@@ -262,7 +262,7 @@ def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None 
                 model: str | None = None) -> Any:
     """The token engine of an embedded server: None = the simulator's latency model.
 
-    Engines are found by name in :mod:`parallel_kit.sim.registry`; ``llama-cpp`` builds a real
+    Engines are found by name in :mod:`parallel_kit.sim.registry`; ``llama-server`` builds a real
     model on the CPU serving ``model`` with ``slots`` instances; ``options`` may carry ``gguf``
     and ``threads_per_slot``.
     """

@@ -293,7 +293,7 @@ async def compare(
         api: ``generate``, ``chat`` or ``openai``.
         servers: the servers (:class:`ServerOptions`: ``count`` for the multi-server modes,
             default ``len(hosts)`` or 3; ``slots``; ``profile``; ``engine`` ``sim`` or
-            ``llama-cpp``; ``engine_options``).
+            ``llama-server``; ``engine_options``).
         queue: :class:`QueueOptions` (``concurrency`` of the async/batch queue, default
             ``MAX_CONCURRENT_REQUESTS`` or 5; ``prefetch``).
         ray: :class:`RayOptions` (``address`` of an existing cluster, …).
@@ -384,7 +384,7 @@ async def compare(
                                             announce=(stack.announce if stack else None) or say),
                               on_result=finished)
             setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
-            real = b.kind == "ollama" or engine == "llama-cpp"
+            real = b.kind == "ollama" or engine in ("llama-server", "llama-cpp")
             run_specs = _capped(specs, REAL_ENGINE_NUM_PREDICT) if real else specs
             if run_specs is not specs:
                 result.request_cap = REAL_ENGINE_NUM_PREDICT

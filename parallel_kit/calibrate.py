@@ -3,7 +3,7 @@
 The simulator's latency model needs, per model, the decode and prefill speed of one request
 alone, the load time and the aggregate speed-up ``S(k)`` with k requests at once. ``probe``
 measures exactly those against any Ollama-compatible server — a real Ollama, or the kit's real
-CPU engine (``parallel-kit sim --engine llama-cpp``). :func:`profile_from_probe` writes them
+CPU engine (``parallel-kit sim --engine llama-server``). :func:`profile_from_probe` writes them
 into a :class:`~parallel_kit.sim.profiles.Profile`, :func:`save_profile` puts it into the user's
 profile file, and from then on ``--profile NAME`` makes the simulator stand in for that machine.
 

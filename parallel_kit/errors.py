@@ -13,7 +13,7 @@
     │   └── RequestFailed      any other error status or an error line mid-stream
     ├── WorkerLost             one endpoint or Ray actor stopped answering during a run
     ├── AllWorkersLost         every worker was lost: the run stops with partial results
-    └── MissingDependency      an optional extra is not installed (ray, llama-cpp)
+    └── MissingDependency      an optional extra is not installed (ray, the real engine)
 
 ``ConfigError`` is also a ``ValueError`` so that callers that catch ``ValueError`` still work.
 """

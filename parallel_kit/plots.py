@@ -104,7 +104,7 @@ def _backend_phrase(backend: str, time_scale: float, engine: str = "") -> str:
 
 def _is_clock(backend: str, time_scale: float, engine: str = "") -> bool:
     """Whether a run's times are clock seconds (a real engine, or a real Ollama at scale 1)."""
-    return engine == "llama-cpp" or (backend == "ollama" and time_scale == 1)
+    return engine in ("llama-server", "llama-cpp") or (backend == "ollama" and time_scale == 1)
 
 
 def seconds_unit(runs: Runs) -> str:

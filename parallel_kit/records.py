@@ -227,7 +227,7 @@ class RunSummary:
     efficiency: float | None = None
     retries: int = 0
     model: str = ""
-    #: what produced the tokens: "sim" (latency model), "llama-cpp" (a real model behind the
+    #: what produced the tokens: "sim" (latency model), "llama-server" (a real model behind the
     #: kit's server) or "ollama" (real Ollama).
     engine: str = ""
     lost_workers: list[dict[str, Any]] = field(default_factory=list)

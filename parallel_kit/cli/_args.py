@@ -78,20 +78,27 @@ def add_engine(p: argparse.ArgumentParser) -> None:
                    help="what produces the tokens of an embedded server: " + "; ".join(
                        f"{n} = {engine_info(n).description}" for n in engine_names()))
     p.add_argument("--gguf", default=None, metavar="PATH",
-                   help="GGUF model file for --engine llama-cpp (default: the Gemma 3 270M "
+                   help="GGUF model file for --engine llama-server (default: the Gemma 3 270M "
                         "package when installed)")
-    p.add_argument("--threads-per-slot", type=arg("--threads-per-slot"), default=None,
-                   metavar="T",
-                   help="CPU threads per slot for --engine llama-cpp")
+    p.add_argument("--threads", "--threads-per-slot", dest="threads",
+                   type=arg("--threads"), default=None, metavar="T",
+                   help="CPU threads of the real engine (llama-server -t; default: its own)")
+    p.add_argument("--num-ctx", type=arg("--num-ctx"), default=None, metavar="TOKENS",
+                   help="context tokens per slot for --engine llama-server (-c is this × slots; "
+                        "default 4096, Ollama's default)")
+    p.add_argument("--llama-server", dest="llama_server", default=None, metavar="PATH",
+                   help="a llama-server binary for --engine llama-server (default: "
+                        "$PARALLEL_KIT_LLAMA_SERVER, else the kit's portable build)")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's keyword arguments from ``--gguf`` and ``--threads-per-slot``."""
+    """The engine's keyword arguments from ``--gguf``, ``--threads``, ``--num-ctx`` and
+    ``--llama-server``."""
     opts: dict[str, Any] = {}
-    if getattr(args, "gguf", None):
-        opts["gguf"] = args.gguf
-    if getattr(args, "threads_per_slot", None):
-        opts["threads_per_slot"] = args.threads_per_slot
+    for name, key in (("gguf", "gguf"), ("threads", "threads"), ("num_ctx", "num_ctx"),
+                      ("llama_server", "binary")):
+        if getattr(args, name, None):
+            opts[key] = getattr(args, name)
     return opts
 
 

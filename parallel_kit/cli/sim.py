@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     Reads ``bind, port, profile, num_parallel, max_queue, time_scale, models, keep_alive,
     max_loaded_models, context_length, fail_fraction, jitter, stop_after, engine, gguf,
-    threads_per_slot`` from ``args``; missing or None ones take their ``OLLAMA_*`` variable,
+    threads, num_ctx, llama_server`` from ``args``; missing or None ones take their ``OLLAMA_*`` variable,
     else Ollama's default.
 
     Raises:
@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
                     stop_after=getattr(args, "stop_after", None))
     engine = make_engine(engine_name, models=models, gguf=getattr(args, "gguf", None),
                          num_parallel=settings.num_parallel,
-                         threads_per_slot=getattr(args, "threads_per_slot", None),
+                         threads=getattr(args, "threads", None),
+                         num_ctx=getattr(args, "num_ctx", None),
+                         binary=getattr(args, "llama_server", None),
                          keep_alive_s=settings.keep_alive_s, max_queue=settings.max_queue)
     sim = SimulatedOllama(
         getattr(args, "profile", None) or "seed", num_parallel=settings.num_parallel,

@@ -62,7 +62,7 @@ class ServerOptions:
         count: servers (GPUs) for the multi-server modes; ``None``: one per ``--host``, else 3.
         slots: slots per server (``OLLAMA_NUM_PARALLEL``); ``None``: the profile's, else 1.
         profile: simulator profile (``None``: ``seed``).
-        engine: ``sim`` (the latency model) or ``llama-cpp`` (a real model on the CPU).
+        engine: ``sim`` (the latency model) or ``llama-server`` (a real model on the CPU).
         engine_options: keyword arguments of the engine (``gguf``, ``threads_per_slot``).
         ollama_env: extra environment of a launched ``ollama serve``.
         ready_timeout_s: clock seconds a launched server has to answer.

@@ -2,8 +2,8 @@
 
 ``profiles`` (machine speeds and memory), ``protocol`` (what an engine offers the app),
 ``engine`` (scheduler, slots, queue, loading, the latency model), ``timer`` (precise sleeps),
-``registry`` (engines by name), ``llama_engine`` and ``gguf`` (a real model on the CPU),
-``app`` (Ollama's HTTP API), ``options`` (request fields checked as Ollama's Go code does),
+``registry`` (engines by name), ``llama_server`` and ``llama_build`` (llama.cpp's
+llama-server, built and run), ``gguf``, ``app`` (Ollama's HTTP API), ``options`` (request fields checked as Ollama's Go code does),
 ``settings`` (``OLLAMA_*`` variables), ``faults`` (fault switches), ``server`` (running it).
 """
 

@@ -2,10 +2,10 @@
 
 The app (``app.py``) talks to any object with the :class:`Engine` protocol, so that the
 simulator's latency model (``engine.SimEngine``) and a real engine (llama.cpp,
-``llama_engine.LlamaEngine``) stand behind the same routes. The protocol, in full:
+``llama_server.LlamaServerEngine``) stand behind the same routes. The protocol, in full:
 
 ``name``
-    The engine's name as the kit reports it (``sim``, ``llama-cpp``): ``/sim/stats`` says it, and
+    The engine's name as the kit reports it (``sim``, ``llama-server``): ``/sim/stats`` says it, and
     the kit labels results and plots with it.
 ``models() -> list[ModelInfo]``
     Models the server has (``/api/tags``, ``/v1/models``).

@@ -24,7 +24,7 @@ class EngineInfo:
     """One registered engine.
 
     Args:
-        name: ``sim``, ``llama-cpp``, …
+        name: ``sim``, ``llama-server``, …
         description: one line for ``--engine`` help.
         label: what produced the numbers, for tables and plot footers.
         real_time: it runs on the clock (model seconds are clock seconds).
@@ -85,8 +85,8 @@ def make_engine(name: str | None, *, models: Sequence[str] | None = None,
     return info.factory(**kwargs)
 
 
-def _llama_cpp(**kwargs: Any) -> Engine:
-    from .llama_engine import create_engine
+def _llama_server(**kwargs: Any) -> Engine:
+    from .llama_server import create_engine
 
     return create_engine(**kwargs)
 
@@ -95,7 +95,8 @@ register_engine(EngineInfo(
     name="sim", description="the latency model of a profile (model seconds, any time scale)",
     label="simulated Ollama", real_time=False, factory=None))
 register_engine(EngineInfo(
-    name="llama-cpp",
-    description="a real model on the CPU with llama.cpp (needs parallel_kit[real])",
-    label="real model (llama.cpp) on the CPU", real_time=True, factory=_llama_cpp,
+    name="llama-server",
+    description="a real model served by llama.cpp's llama-server, started as Ollama ≥ 0.30 "
+                "starts it (built from source on first use; needs parallel_kit[real])",
+    label="llama.cpp llama-server (Ollama's engine)", real_time=True, factory=_llama_server,
     default_model="gemma3:270m"))
