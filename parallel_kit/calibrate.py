@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from .sim import profiles as _profiles
 from .sim.profiles import ModelSpeed, Profile
 
 __all__ = [
+    "SpeedupSamples",
     "default_profiles_path",
     "measure_speedup",
+    "measure_speedup_samples",
     "profile_from_probe",
     "save_profile",
     "speedup_points",
@@ -217,15 +220,50 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,
-                          num_predict: int = 32, time_scale: float = 1.0,
-                          repeats: int = 1, timeout: float = 600.0) -> dict[int, float]:
-    """Aggregate decode speed-up S(k) of the server at ``url``: output tokens/s with k
-    requests sent together ÷ with one alone (the best of ``repeats`` tries for each k).
+@dataclass(frozen=True, slots=True)
+class SpeedupSamples:
+    """S(k) measured ``repeats`` times for each k: the tries, their median and spread.
+
+    ``samples[k]`` are the aggregate tokens/s of each try with k requests together, divided by
+    the median tokens/s of one request alone. ``median[k]`` is what a profile keeps;
+    ``spread[k]`` = (min, max) of the tries. The median, not the best try: the best of a few
+    tries on a shared machine is biased up by the luckiest moment (a single try of k = 3 read
+    30 % below a 7-try median on the same server).
+    """
+
+    samples: dict[int, list[float]]
+    tokens_per_s_alone: float
+
+    @property
+    def median(self) -> dict[int, float]:
+        # S(1) is 1 by definition: one alone is the unit (an even count's median of the
+        # ratios is 1 only up to rounding).
+        return {k: 1.0 if k == 1 else statistics.median(v) for k, v in self.samples.items()}
+
+    @property
+    def spread(self) -> dict[int, tuple[float, float]]:
+        return {k: (min(v), max(v)) for k, v in self.samples.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: ``{"median": {k: S}, "min": {...}, "max": {...}, "samples": {...},
+        "tokens_per_s_alone": x}`` (keys as strings, as in probe's JSON)."""
+        return {"median": {str(k): round(v, 4) for k, v in self.median.items()},
+                "min": {str(k): round(v[0], 4) for k, v in self.spread.items()},
+                "max": {str(k): round(v[1], 4) for k, v in self.spread.items()},
+                "samples": {str(k): [round(x, 4) for x in v] for k, v in self.samples.items()},
+                "tokens_per_s_alone": round(self.tokens_per_s_alone, 2)}
+
+
+async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,
+                                  num_predict: int = 32, time_scale: float = 1.0,
+                                  repeats: int = 3, timeout: float = 600.0) -> SpeedupSamples:
+    """Aggregate decode speed-up S(k) of the server at ``url``, ``repeats`` tries per k,
+    interleaved (k = 1, 2, …, then again), so that a slow moment of the machine touches every k.
 
     Tokens/s are counted over the span the server worked (first start of prefill to last
     finish, from its own durations): client set-up and queueing before it are left out, as
     in the profile's S(k). A server with fewer slots than k shows it: S stays near its slots'.
+    Every request's prompt starts differently, so no prompt cache makes a prefill free.
 
     Raises:
         RequestFailed: a request failed (nothing is averaged over failures).
@@ -240,13 +278,12 @@ async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *
     if ks[0] < 1 or num_predict < 1 or repeats < 1:
         raise ConfigError("k, num_predict and repeats must all be whole numbers ≥ 1")
     clock = ModelClock(time_scale)
-    rates: dict[int, float] = {}
+    rates: dict[int, list[float]] = {k: [] for k in ks}
     sent = 0
     async with OllamaClient(url, max_connections=max(ks), timeout=timeout,
                             retry=RetryPolicy(max_retries=0)) as client:
-        for k in ks:
-            for _ in range(repeats):
-                # A different start per request, so no prompt cache makes prefill free.
+        for _ in range(repeats):
+            for k in ks:
                 specs = [RequestSpec(f"[{sent + i}] {_PROMPT}", model=model,
                                      num_predict=num_predict, request_id=f"s{sent + i}")
                          for i in range(k)]
@@ -261,7 +298,23 @@ async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *
                 window = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
                 tokens = sum(r.output_tokens or 0 for r in rows)
                 if window > 0:
-                    rates[k] = max(rates.get(k, 0.0), tokens / window)
-    if rates.get(1, 0.0) <= 0:
+                    rates[k].append(tokens / window)
+    alone = statistics.median(rates[1]) if rates[1] else 0.0
+    if alone <= 0:
         raise RequestFailed(f"could not time one request alone at {url}", host=url)
-    return {k: rates[k] / rates[1] for k in ks if k in rates}
+    return SpeedupSamples({k: [r / alone for r in v] for k, v in rates.items() if v}, alone)
+
+
+async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,
+                          num_predict: int = 32, time_scale: float = 1.0,
+                          repeats: int = 1, timeout: float = 600.0) -> dict[int, float]:
+    """The median S(k) over ``repeats`` tries for each k (see :func:`measure_speedup_samples`,
+    which also gives the spread); ``{k: S(k)}`` with S(1) = 1 up to the tries' spread.
+
+    Raises:
+        RequestFailed: a request failed. ConfigError: bad arguments.
+    """
+    found = await measure_speedup_samples(url, model, ks, num_predict=num_predict,
+                                          time_scale=time_scale, repeats=repeats,
+                                          timeout=timeout)
+    return found.median

@@ -10,6 +10,7 @@ import pytest
 from parallel_kit.calibrate import (
     default_profiles_path,
     measure_speedup,
+    measure_speedup_samples,
     profile_from_probe,
     save_profile,
     speedup_points,
@@ -111,6 +112,21 @@ async def test_measure_speedup_sees_the_simulators_slots() -> None:
     assert s[1] == 1.0
     assert s[2] == pytest.approx(7 / 6, rel=0.15)
     assert s[3] == pytest.approx(7 / 6, rel=0.2)
+
+
+async def test_speedup_samples_give_the_median_and_spread_of_interleaved_tries() -> None:
+    async with SimulatedOllama("seed", num_parallel=2, time_scale=0.02,
+                               models=["llama3.2:3b"]) as sim:
+        found = await measure_speedup_samples(sim.url, "llama3.2:3b", (1, 2), num_predict=20,
+                                              repeats=3, time_scale=0.02)
+        stats = sim.stats()
+    assert sorted(found.samples) == [1, 2] and all(len(v) == 3 for v in found.samples.values())
+    lo, hi = found.spread[2]
+    assert lo <= found.median[2] <= hi and found.median[1] == 1.0
+    assert found.median[2] == pytest.approx(7 / 6, rel=0.15)
+    assert found.to_dict()["samples"]["2"] == [round(x, 4) for x in found.samples[2]]
+    # 3 tries × (1 + 2 requests), every one completed on the server.
+    assert stats["completed"] == 9 and stats["max_active"] == 2
 
 
 async def test_calibrated_simulator_reproduces_the_measured_speed() -> None:
