@@ -67,8 +67,8 @@ from .protocol import (
     canonical_name,
 )
 
-__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_NUM_CTX", "LlamaServerEngine", "create_engine",
-           "server_args"]
+__all__ = ["DEFAULT_MODEL_NAME", "DEFAULT_NUM_CTX", "LlamaServerEngine", "check_engine",
+           "create_engine", "server_args"]
 
 #: The name the packaged Gemma 3 270M file is served under (Ollama's own name for it).
 DEFAULT_MODEL_NAME = "gemma3:270m"
@@ -632,3 +632,32 @@ def create_engine(gguf: str | os.PathLike[str] | None = None, *, num_parallel: i
     return LlamaServerEngine(info, exe, num_parallel=num_parallel, num_ctx=ctx,
                              threads=threads, models=models, keep_alive_s=keep_alive_s,
                              max_queue=max_queue)
+
+
+def check_engine(binary: str | os.PathLike[str] | None = None,
+                 timeout_s: float = 300.0) -> tuple[bool, str]:
+    """Whether the real engine runs here, checked in a child process; never builds.
+
+    Runs ``python -m parallel_kit engine check`` (start llama-server on the default model and
+    generate a few tokens), so a native crash ends the child, not the caller (a notebook's
+    kernel, a test run). Returns ``(ok, one line)``: the child's report, or the cause and the
+    fix.
+    """
+    from .llama_build import BINARY_ENV, built_llama_server
+
+    if binary is None and not os.environ.get(BINARY_ENV) and built_llama_server() is None:
+        return False, ("llama-server is not built on this machine yet — run `make engine` (or "
+                       "`parallel-kit engine build`) once, then run this again")
+    cmd = [sys.executable, "-m", "parallel_kit", "engine", "check"]
+    if binary is not None:
+        cmd += ["--llama-server", str(binary)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"the engine check did not finish within {timeout_s:g} s"
+    text = (proc.stdout if proc.returncode == 0 else proc.stderr or proc.stdout).strip()
+    line = text.splitlines()[-1] if text else f"exit status {proc.returncode}"
+    if proc.returncode < 0:
+        line = (f"the engine check died with {_signal_name(proc.returncode)} — rebuild with "
+                "`parallel-kit engine build --force`")
+    return proc.returncode == 0, line.removeprefix("error: ")
