@@ -128,8 +128,8 @@ def test_llama_server_is_started_as_ollama_starts_it(n: int, ctx: int, t: int | 
     assert ("-t" in args) == (t is not None)
 
 
-def _script(folder: Path, body: str) -> Path:
-    path = folder / "fake-llama-server"
+def _script(folder: Path, body: str, name: str = "fake-llama-server") -> Path:
+    path = folder / name
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
@@ -143,7 +143,8 @@ def _script(folder: Path, body: str) -> Path:
 ])
 async def test_a_server_that_crashes_or_will_not_start_fails_the_request_with_the_cause(
         tmp_path: Path, body: str, expected: str) -> None:
-    engine = create_engine(binary=_script(tmp_path, body))
+    # It answers --version (checked when the engine is made), then fails when it serves.
+    engine = create_engine(binary=_script(tmp_path, f'[ "$1" = --version ] && exit 0\n{body}'))
     try:
         with pytest.raises(EngineError, match=expected):
             async for _ in engine.generate(GenerateRequest(model=MODEL, prompt="x",
@@ -152,6 +153,17 @@ async def test_a_server_that_crashes_or_will_not_start_fails_the_request_with_th
         assert engine.stats()["failed"] == 1 and engine.running() == []
     finally:
         await engine.aclose()
+
+
+@needs_gemma
+@pytest.mark.parametrize(("body", "expected"), [
+    ("kill -ILL $$", r"SIGILL.*engine build --force"),
+    ("echo 'not a server' >&2; exit 3", r"exit status 3: not a server.*llama-server\?"),
+])
+def test_a_binary_that_does_not_start_is_refused_when_the_engine_is_made(
+        tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        create_engine(binary=_script(tmp_path, body))
 
 
 @needs_gemma
@@ -395,3 +407,40 @@ def test_the_cache_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert llama_build.cache_root() == tmp_path / "parallel_kit"
     assert os.environ.get("PARALLEL_KIT_CACHE") is None
+
+
+# -- bad input at the command line: one clear line, exit 2 ----------------------------------
+@needs_gemma
+def test_bad_real_engine_input_at_the_cli_is_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from parallel_kit.cli import main
+
+    not_a_model = tmp_path / "model.gguf"
+    not_a_model.write_text("FROM llama3.2\n")
+    wont_start = _script(tmp_path, "echo 'illegal option' >&2; exit 3", "wont-start")
+    ok_binary = _script(tmp_path, "exit 0", "starts")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = {
+            ("sim", "--engine", "llama-server", "--gguf", str(not_a_model)): "not a GGUF file",
+            ("bench", "--mode", "sequential", "--engine", "llama-server", "--gguf",
+             str(not_a_model), "--n", "1"): "not a GGUF file",
+            ("sim", "--engine", "llama-server", "--llama-server", str(tmp_path / "nope")):
+                "does not exist",
+            ("sim", "--engine", "llama-server", "--llama-server", str(wont_start)):
+                "exit status 3",
+            ("sim", "--engine", "llama-server", "--llama-server", str(ok_binary),
+             "--num-ctx", "65536"): "trained for",
+            ("sim", "--engine", "llama-server", "--llama-server", str(ok_binary),
+             "--port", port): port,
+            ("engine", "path", "--llama-server", str(tmp_path / "nope")): "does not exist",
+        }
+        for argv, expected in cases.items():
+            assert main(list(argv)) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (
+                argv, err)

@@ -588,6 +588,31 @@ def _whole(label: str, value: object) -> None:
         raise ConfigError(f"{label} must be a whole number ≥ 1, got {value!r}")
 
 
+def _starts(binary: Path) -> None:
+    """``llama-server --version`` in a child: a binary that cannot even start is refused now,
+    not at the first request.
+
+    Raises:
+        ConfigError: it crashed, exited non-zero, or did not answer within 60 s.
+    """
+    try:
+        proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                              timeout=60, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{binary} --version did not finish within 60 s — is it "
+                          "llama.cpp's llama-server?") from None
+    except OSError as exc:
+        raise ConfigError(f"{binary} does not start ({exc.strerror or exc}) — give a "
+                          "llama-server built for this machine, or `parallel-kit engine "
+                          "build`") from None
+    if proc.returncode != 0:
+        out = (proc.stderr or proc.stdout).strip().splitlines()
+        hint = (" — built for another CPU? `parallel-kit engine build --force`"
+                if proc.returncode < 0 else " — is it llama.cpp's llama-server?")
+        raise ConfigError(f"{binary} --version ended with {_signal_name(proc.returncode)}"
+                          f"{': ' + out[-1][:160] if out else ''}{hint}")
+
+
 def create_engine(gguf: str | os.PathLike[str] | None = None, *, num_parallel: int | None = None,
                   threads: int | None = None, threads_per_slot: int | None = None,
                   num_ctx: int | None = None, models: Sequence[str] | None = None,
@@ -629,6 +654,7 @@ def create_engine(gguf: str | os.PathLike[str] | None = None, *, num_parallel: i
     else:
         from .llama_build import find_llama_server
         exe = find_llama_server(binary)
+    _starts(exe)
     return LlamaServerEngine(info, exe, num_parallel=num_parallel, num_ctx=ctx,
                              threads=threads, models=models, keep_alive_s=keep_alive_s,
                              max_queue=max_queue)
