@@ -143,7 +143,7 @@ def format_table(runs: Sequence[RunResult]) -> str:
         s0 = runs[0].summary
         where = (_engine_label(s0.engine) if s0.backend == "sim" else
                  f"measured: {s0.server}" if s0.server else
-                 "measured: a real server that gave no name")
+                 "measured: a real server, which gave no name")
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
                      f"fidelity = measured ÷ predicted; submit in clock ms; setup in clock s)")
     return "\n".join(lines)
