@@ -113,6 +113,8 @@ class ServerFacts:
         name: its name and version where it gives one ("" otherwise).
         slots: requests it serves at once, where it says (llama-server), else None.
         slots_source: the route that said so ("/props total_slots", "/slots").
+        wrong_api: it answered HTTP, but not as the API asked for (``why`` says how; a
+            different server, or the other API): a setting to fix, not a server to start.
     """
 
     answers: bool
@@ -121,6 +123,7 @@ class ServerFacts:
     name: str = ""
     slots: int | None = None
     slots_source: str = ""
+    wrong_api: bool = False
 
 
 async def discover_server(url: str, api: str = "generate", *,
@@ -150,15 +153,16 @@ async def discover_server(url: str, api: str = "generate", *,
 
 async def _discover_ollama(client: httpx.AsyncClient, url: str, timeout: float) -> ServerFacts:
     resp = await client.get(f"{url}/api/tags")
+    fix = ("for an OpenAI-compatible server (llama-server, vLLM, LM Studio) add --api openai; "
+           "else check the address and port")
     if resp.status_code != 200:
-        return ServerFacts(False, f"HTTP {resp.status_code} from /api/tags — is it an Ollama "
-                                  f"server? (an OpenAI-compatible one such as llama-server or "
-                                  f"vLLM: add --api openai)")
+        return ServerFacts(False, f"it is not Ollama's native API (HTTP {resp.status_code} from "
+                                  f"GET /api/tags) — {fix}", wrong_api=True)
     try:
         models = [m.get("name", "") for m in resp.json().get("models", [])]
     except (ValueError, AttributeError):
-        return ServerFacts(False, "/api/tags did not return Ollama's JSON — is it an Ollama "
-                                  "server? (an OpenAI-compatible one: add --api openai)")
+        return ServerFacts(False, f"it is not Ollama's native API (GET /api/tags is not "
+                                  f"Ollama's JSON) — {fix}", wrong_api=True)
     name = ""
     with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
         ver = await client.get(f"{url}/api/version")
@@ -170,19 +174,20 @@ async def _discover_ollama(client: httpx.AsyncClient, url: str, timeout: float) 
 
 async def _discover_openai(client: httpx.AsyncClient, url: str, timeout: float) -> ServerFacts:
     resp = await client.get(f"{url}/v1/models")
+    fix = "check the address and port (Ollama's native API: leave --api openai out)"
+    if resp.status_code == 503:  # llama-server answers 503 while it loads the model
+        return ServerFacts(False, f"HTTP 503 from GET /v1/models: {_error_of(resp)} — not "
+                                  f"ready yet; try again when it has loaded its model")
     if resp.status_code != 200:
-        why = f"HTTP {resp.status_code} from /v1/models"
-        if resp.status_code == 503:  # llama-server answers 503 while it loads the model
-            why += f": {_error_of(resp)} — the server is not ready yet; try again shortly"
-        elif resp.status_code == 404:
-            why += " — is it an OpenAI-compatible server (right address and port)?"
-        return ServerFacts(False, why)
+        return ServerFacts(False, f"it is not an OpenAI-compatible API (HTTP "
+                                  f"{resp.status_code} from GET /v1/models) — {fix}",
+                           wrong_api=True)
     try:
         data = resp.json().get("data", [])
         models = [str(m.get("id", "")) for m in data]
     except (ValueError, AttributeError):
-        return ServerFacts(False, "/v1/models did not return the OpenAI model list — is it an "
-                                  "OpenAI-compatible server?")
+        return ServerFacts(False, f"it is not an OpenAI-compatible API (GET /v1/models is not "
+                                  f"the OpenAI model list) — {fix}", wrong_api=True)
     facts = ServerFacts(True, "", models)
     props = await _json_get(client, f"{url}/props")
     if isinstance(props, dict) and ("total_slots" in props or "build_info" in props):
@@ -314,6 +319,8 @@ async def open_backend(
         for i, url in enumerate(urls):
             facts = await discover_server(url, api)
             models = facts.models
+            if facts.wrong_api:
+                raise ConfigError(f"{url} answered, but {facts.why}")
             if not facts.answers:
                 hint = ("" if explicit else f"; named by {where} — unset it or set "
                         f"PARALLEL_KIT_BACKEND=sim for the simulator")

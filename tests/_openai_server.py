@@ -182,7 +182,7 @@ class FakeOpenAIServer:
     async def _json(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int,
                     obj: Any) -> None:
         data = json.dumps(obj).encode()
-        headers = self._headers("application/json") + [("Content-Length", str(len(data)))]
+        headers = [*self._headers("application/json"), ("Content-Length", str(len(data)))]
         await self._send(conn, writer, h11.Response(status_code=status, headers=headers),
                          h11.Data(data=data), h11.EndOfMessage())
 

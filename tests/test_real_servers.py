@@ -15,10 +15,10 @@ import shutil
 import socket
 
 import pytest
+from _openai_server import MODEL, FakeOpenAIServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _openai_server import MODEL, FakeOpenAIServer
 from parallel_kit.backend import discover_server, open_backend
 from parallel_kit.bench import compare
 from parallel_kit.cli import main
@@ -339,7 +339,66 @@ def test_n_with_a_prompt_file_cycles_it(lines, n, tmp_path_factory):
 # -- a real llama-server, when one is named ------------------------------------------------------
 @pytest.mark.real
 def test_a_real_llama_server_needs_no_glue(tmp_path):
+    """``PARALLEL_KIT_LLAMA_SERVER`` names a llama-server binary: start it with 2 slots on the
+    Gemma 3 270M GGUF, then bench it through /v1 as a user would, with no flag but the API."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from parallel_kit.errors import MissingDependency
+    from parallel_kit.launcher import stop_process
+    from parallel_kit.sim.gguf import default_gguf
+
     binary = os.environ.get("PARALLEL_KIT_LLAMA_SERVER")
     if not binary or not shutil.which(binary):
         pytest.skip("PARALLEL_KIT_LLAMA_SERVER (a llama-server binary) is not set")
-    pytest.skip("wired by the merger with the llama_server fixture")
+    try:
+        gguf = default_gguf()
+    except MissingDependency as exc:
+        pytest.skip(f"no GGUF: {exc}")
+    url = _closed_port_url()
+    port = url.rsplit(":", 1)[1]
+    log = (tmp_path / "llama-server.log").open("w")
+    proc = subprocess.Popen([binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", port,
+                             "-np", "2", "-c", "4096", "--no-webui", "-t", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "llama-server.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "llama-server did not load its model in 120 s"
+            time.sleep(0.5)
+        out = tmp_path / "runs.json"
+        assert main(["bench", "--api", "openai", "--host", url, "--mode", "sequential,pool",
+                     "--n", "4", "--num-predict", "8", "--no-progress",
+                     "--json", str(out)]) == 0
+    finally:
+        stop_process(proc)
+        log.close()
+    doc = json.loads(out.read_text())
+    runs = doc["runs"] if isinstance(doc, dict) else doc
+    for run in runs:
+        summary = run["summary"]
+        assert summary["server"].startswith("llama.cpp") and summary["slots"] == 2
+        assert summary["ok"] == 4
+        assert [r["retries"] for r in run["requests"]] == [0] * 4
+
+
+@pytest.mark.parametrize("command", ["bench", "probe"])
+def test_a_server_that_answers_another_api_is_told_apart_from_one_that_is_down(
+        command, capsys):
+    with FakeOpenAIServer() as srv:
+        args = [command, "--host", srv.url] + (["--mode", "sequential", "--n", "1"]
+                                               if command == "bench" else [])
+        assert main(args) == 2
+        paths = srv.paths()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"error: {srv.url} answered, but it is not Ollama's native API")
+    assert "add --api openai" in line and "ollama serve" not in line
+    assert paths == ["/api/tags"]  # asked once, nothing sent to generate
