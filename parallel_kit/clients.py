@@ -5,8 +5,8 @@ httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
 interface"): ``run(spec, clock=…, mode=…)`` sends one request and returns one
 :class:`~parallel_kit.records.RequestResult` — a failed request is a row with ``ok=False`` and the
 typed error's message, never an exception (except the types in ``raise_for`` and cancellation).
-The lower-level calls (``list_models``, ``ps``, ``version``, ``load``, ``unload``) raise the typed
-errors of :mod:`parallel_kit.errors` instead; ``is_alive`` never raises.
+The lower-level calls (``list_models``, ``version``; Ollama's ``ps``, ``load``, ``unload``)
+raise the typed errors of :mod:`parallel_kit.errors` instead; ``is_alive`` never raises.
 
 Times in the rows are **model seconds** from the run's start, read from the run's shared
 :class:`~parallel_kit.timing.ModelClock`; the ``server_*_s`` fields come from Ollama's nanosecond
@@ -165,6 +165,10 @@ class _BaseClient:
     _path: str = ""
     #: a cheap route that answers at once, for warm-up and liveness (``GET``)
     _ping_path: str = "/"
+    #: how error messages name the server, its answers and its log
+    _what = "an Ollama server"
+    _stream_kind = "Ollama's streaming JSON"
+    _log = " (`ollama serve` output)"
 
     def __init__(self, host: str, *, max_connections: int = 32, timeout: float = 600.0,
                  retry: RetryPolicy | None = None, stream: bool = True,
@@ -384,7 +388,7 @@ class _BaseClient:
                     raise StreamEnded(self.host, str(exc)) from exc
                 except _http1.HttpError as exc:
                     raise RequestFailed(f"{self.host} answered something other than HTTP/1.1 "
-                                        f"({exc}) — is {self.host} an Ollama server?",
+                                        f"({exc}) — is {self.host} {self._what}?",
                                         host=self.host) from exc
                 except ValueError as exc:
                     raise self._not_ollama(exc, 200) from exc
@@ -434,8 +438,8 @@ class _BaseClient:
 
     def _not_ollama(self, exc: BaseException, status: int) -> RequestFailed:
         return RequestFailed(
-            f"{self.host} answered something other than Ollama's streaming JSON "
-            f"({_short(exc)}) — is {self.host} an Ollama server of a recent version?",
+            f"{self.host} answered something other than {self._stream_kind} "
+            f"({_short(exc)}) — is {self.host} {self._what} of a recent version?",
             host=self.host, status_code=status)
 
     def _status_error(self, status: int, retry_after: str | None, raw: bytes,
@@ -449,21 +453,21 @@ class _BaseClient:
                                                      or "does not exist" in lowered):
             return ModelNotFound(model, self.host)
         if status == 404:
-            fix = f"is {self.host} an Ollama server (right address and port)?"
+            fix = f"is {self.host} {self._what} (right address and port)?"
         elif status == 499:
             fix = "the request was cancelled (client went away); send it again"
         elif 400 <= status < 500:
             fix = "check the model name, prompt and options of the request"
         else:
-            fix = "see the server's log (`ollama serve` output); the request may work if sent again"
+            fix = f"see the server's log{self._log}; the request may work if sent again"
         return RequestFailed(f"{self.host} answered HTTP {status}: {message} — {fix}",
                              host=self.host, status_code=status, body=raw[:2000])
 
     def _mid_stream_error(self, message: Any) -> RequestFailed:
         text = _error_text(message)
         return RequestFailed(
-            f"{self.host} stopped the answer with an error: {text} — see the server's log "
-            f"(`ollama serve` output); the request may work if sent again",
+            f"{self.host} stopped the answer with an error: {text} — see the server's log"
+            f"{self._log}; the request may work if sent again",
             host=self.host, status_code=200, body=message)
 
     # -- per-API parts (subclasses) --------------------------------------------------------
@@ -507,7 +511,7 @@ class _BaseClient:
         except ValueError as exc:
             raise RequestFailed(
                 f"{self.host}{path} did not answer JSON ({response.text[:80]!r}) — is "
-                f"{self.host} an Ollama server?", host=self.host, body=response.text[:2000]
+                f"{self.host} {self._what}?", host=self.host, body=response.text[:2000]
             ) from exc
         if isinstance(data, dict) and "error" in data:
             raise self._mid_stream_error(data["error"])
@@ -522,15 +526,6 @@ class _BaseClient:
             return False
         return True
 
-    async def version(self) -> str:
-        """The server's version (``GET /api/version``; Ollama and the simulator)."""
-        data = await self._call("GET", "/api/version")
-        return str(data.get("version", ""))
-
-    async def ps(self) -> list[dict[str, Any]]:
-        """The loaded models (``GET /api/ps``: name, size_vram, expires_at, …)."""
-        data = await self._call("GET", "/api/ps")
-        return list(data.get("models", []))
 
 
 class OllamaClient(_BaseClient):
@@ -582,6 +577,16 @@ class OllamaClient(_BaseClient):
                 stamps: list[float]) -> _NdjsonReader:
         return _NdjsonReader(self, row, clock, stamps)
 
+    async def version(self) -> str:
+        """The server's version (``GET /api/version``; Ollama and the simulator)."""
+        data = await self._call("GET", "/api/version")
+        return str(data.get("version", ""))
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """The loaded models (``GET /api/ps``: name, size_vram, expires_at, …)."""
+        data = await self._call("GET", "/api/ps")
+        return list(data.get("models", []))
+
     async def list_models(self) -> list[str]:
         """Names of the models the server has (``GET /api/tags``)."""
         data = await self._call("GET", "/api/tags")
@@ -611,6 +616,9 @@ class OpenAIClient(_BaseClient):
     _path = "/v1/chat/completions"
     #: the OpenAI API's own cheap route: never one of Ollama's native ones (``GET /``)
     _ping_path = "/v1/models"
+    _what = "an OpenAI-compatible server"
+    _stream_kind = "the OpenAI API's streamed events"
+    _log = ""
 
     def __init__(self, host: str, *, max_connections: int = 32, timeout: float = 600.0,
                  retry: RetryPolicy | None = None, api: str = "openai", stream: bool = True,
@@ -645,6 +653,14 @@ class OpenAIClient(_BaseClient):
         """Model ids the server offers (``GET /v1/models``)."""
         data = await self._call("GET", "/v1/models")
         return [str(m.get("id")) for m in data.get("data", [])]
+
+    async def version(self) -> str:
+        """The server's own name and version where it gives one (``"llama.cpp b6123"``,
+        ``"vLLM 0.10.1"``, its ``Server`` header; ``""`` otherwise), asked as
+        :func:`parallel_kit.backend.discover_server` asks — never a native Ollama route."""
+        from .backend import discover_server
+
+        return (await discover_server(self.host, "openai")).name
 
 
 # -- reading answers -------------------------------------------------------------------------
