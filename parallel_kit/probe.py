@@ -293,12 +293,14 @@ class Capacity:
     max_k: int
 
     def S(self, k: int) -> float:
-        """S(k): measured up to ``max_k``; beyond it the last measured value (no more gain
-        is assumed than was seen); at least 1."""
+        """S(k) as measured up to ``max_k`` (below 1 too: requests that share a CPU can slow
+        one another); beyond it the last measured value (no more gain is assumed than was
+        seen); 1 where nothing finite was measured."""
         if k < 1:
             return 1.0
-        known = [v for kk, v in sorted(self.speedup.items()) if kk <= k and math.isfinite(v)]
-        return max(1.0, known[-1]) if known else 1.0
+        known = [v for kk, v in sorted(self.speedup.items())
+                 if kk <= k and math.isfinite(v) and v > 0]
+        return known[-1] if known else 1.0
 
 
 async def measure_capacity(host: str, model: str, *, api: str = "generate", max_k: int = 4,

@@ -402,3 +402,17 @@ def test_a_server_that_answers_another_api_is_told_apart_from_one_that_is_down(
     assert line.startswith(f"error: {srv.url} answered, but it is not Ollama's native API")
     assert "add --api openai" in line and "ollama serve" not in line
     assert paths == ["/api/tags"]  # asked once, nothing sent to generate
+
+
+@_SETTINGS
+@given(speedup=st.dictionaries(st.integers(1, 6),
+                               st.one_of(st.floats(0.01, 8), st.just(math.nan)),
+                               min_size=1), k=st.integers(0, 12))
+def test_capacity_s_of_k_is_the_last_measured_value_up_to_k(speedup, k):
+    from parallel_kit.probe import Capacity
+
+    cap = Capacity(slots=1, speedup=speedup, max_k=max(speedup))
+    value = cap.S(k)
+    known = [v for kk, v in sorted(speedup.items()) if kk <= k and math.isfinite(v)]
+    assert value == (known[-1] if known and k >= 1 else 1.0)
+    assert math.isfinite(value) and value > 0
