@@ -435,7 +435,7 @@ async def open_backend(
         if announce:
             announce(msg)
         yield Backend(endpoints, "sim", scale, model, msg, profile=profile_name, started=started,
-                      engine=engine or "sim")
+                      engine=engine or "sim", server=real.label, slots_source="simulator")
 
 
 def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None = None,

@@ -18,7 +18,8 @@ Behaviours (constructor arguments):
 * ``props``: answer ``GET /props`` with ``total_slots`` and ``build_info`` (llama-server);
   ``version``: answer ``GET /version`` (vLLM); ``server_header``: a ``Server`` header.
 * ``busy_first``: answer the first N chat requests 503 (busy), then serve.
-* ``native``: also serve Ollama's ``POST /api/generate`` (NDJSON) — for client tests only.
+* ``native``: also serve Ollama's ``POST /api/generate`` (NDJSON), ``GET /api/tags``,
+  ``/api/version`` (0.12.3) and ``GET /`` — an Ollama that does not publish its slots.
 
 Every other route answers 404 and is recorded like the rest (``hits``).
 """
@@ -205,6 +206,12 @@ class FakeOpenAIServer:
                                                            "the server is busy"}})
         elif method == "POST" and path == "/v1/chat/completions":
             await self._chat(conn, writer, json.loads(body or b"{}"))
+        elif method == "GET" and path == "/api/tags" and self.native:
+            await self._json(conn, writer, 200, {"models": [{"name": self.model}]})
+        elif method == "GET" and path == "/api/version" and self.native:
+            await self._json(conn, writer, 200, {"version": "0.12.3"})
+        elif method == "GET" and path == "/" and self.native:
+            await self._json(conn, writer, 200, "Ollama is running")
         elif method == "POST" and path == "/api/generate" and self.native:
             await self._generate(conn, writer, json.loads(body or b"{}"))
         else:

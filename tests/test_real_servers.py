@@ -416,3 +416,17 @@ def test_capacity_s_of_k_is_the_last_measured_value_up_to_k(speedup, k):
     known = [v for kk, v in sorted(speedup.items()) if kk <= k and math.isfinite(v)]
     assert value == (known[-1] if known and k >= 1 else 1.0)
     assert math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+async def test_bench_on_a_native_ollama_measures_its_slots_and_names_it(slots):
+    with FakeOpenAIServer(slots=slots, close="keep", native=True,
+                          model="llama3.2:3b") as srv:
+        cmp = await compare("sequential,async", n=3, hosts=[srv.url], num_predict=4,
+                            concurrency=4)
+        rec = srv.records
+        paths = srv.paths()
+    for r in cmp.runs:
+        assert r.summary.slots == rec.max_active == slots
+        assert r.summary.server == "Ollama 0.12.3"
+    assert "/v1/models" not in paths and "/props" not in paths
