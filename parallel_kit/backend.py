@@ -379,7 +379,7 @@ async def open_backend(
         if kind == "ollama":
             ep_count = endpoints[0].slots
             msg += (f", {ep_count} slot{'s' if ep_count != 1 else ''} from {source}" if source
-                    else ", slots not known (1 assumed; give --slots N)")
+                    else ", slots not reported by the server")
         if announce:
             announce(msg)
         profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
