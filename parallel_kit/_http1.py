@@ -56,12 +56,15 @@ class ConnectionLost(HttpError):
     """The connection closed or broke during an exchange.
 
     ``answered`` tells whether any byte of the response had arrived: when not, the server never
-    began to answer and the request may be sent again.
+    began to answer and the request may be sent again. ``reused`` tells whether the connection
+    had already carried a whole exchange (an idle keep-alive connection the server may have
+    closed meanwhile, :meth:`Connection.exchange`).
     """
 
-    def __init__(self, reason: str, *, answered: bool) -> None:
+    def __init__(self, reason: str, *, answered: bool, reused: bool = False) -> None:
         super().__init__(reason)
         self.answered = answered
+        self.reused = reused
 
 
 class ReadTimeout(HttpError):
@@ -104,6 +107,11 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = 0.0
         self._chunk_timeout = 0.0
+        #: whole exchanges this connection has carried (> 0: it is a reused keep-alive one)
+        self.exchanges = 0
+        self._reused = False
+        #: the response headers the clients read besides ``Retry-After``: ``Server``
+        self.server_header: str | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,7 +122,7 @@ class Connection(asyncio.Protocol):
         self.open = False
         if self._done is not None and not self._done.done():
             reason = str(exc) if exc else "the server closed the connection"
-            self._fail(ConnectionLost(reason, answered=self._answered))
+            self._fail(ConnectionLost(reason, answered=self._answered, reused=self._reused))
 
     def data_received(self, data: bytes) -> None:
         self._last = self._loop.time()
@@ -144,6 +152,8 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) == 11 and name.lower() == b"retry-after":
             self._retry_after = value.decode("latin-1")
+        elif len(name) == 6 and name.lower() == b"server":
+            self.server_header = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -164,6 +174,7 @@ class Connection(asyncio.Protocol):
         if self._buf.strip() and self._status == 200 and self._sink is not None:
             self._sink(self._buf)
         self._buf = b""
+        self.exchanges += 1
         if not self._parser.should_keep_alive():
             self.open = False
         done = self._done
@@ -183,13 +194,17 @@ class Connection(asyncio.Protocol):
         every later silence — deadlines suited to what is awaited (``clients.py``).
 
         Raises:
-            ConnectionLost: the connection closed before the response ended.
+            ConnectionLost: the connection closed before the response ended; its ``reused``
+                is True when this connection had carried an exchange before (a keep-alive
+                connection the server closed while it was idle: see ``clients.py``).
             ReadTimeout: nothing arrived for ``timeout`` (``chunk_timeout``) seconds.
             HttpError: a malformed response; or whatever ``sink`` raised.
         On any error the connection is closed (a half-read response cannot be reused).
         """
+        self._reused = self.exchanges > 0
         if not self.open or self.transport is None:
-            raise ConnectionLost("the connection was closed", answered=False)
+            raise ConnectionLost("the connection was closed", answered=False,
+                                 reused=self._reused)
         loop = self._loop
         self._done = done = loop.create_future()
         self._sink = sink
@@ -263,11 +278,12 @@ class Lanes:
         self._tls_name = host if ssl_context is not None else None
         self._connect_timeout = connect_timeout
 
-    async def acquire(self) -> Connection:
-        """A free connection (waits while ``size`` are in use). Raises :class:`ConnectFailed`."""
+    async def acquire(self, *, fresh: bool = False) -> Connection:
+        """A free connection (waits while ``size`` are in use); ``fresh``: a new one, never an
+        idle keep-alive connection. Raises :class:`ConnectFailed`."""
         await self._sem.acquire()
         free = self._free
-        while free:
+        while free and not fresh:
             conn = free.pop()
             if conn.open:
                 return conn

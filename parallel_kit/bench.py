@@ -141,7 +141,9 @@ def format_table(runs: Sequence[RunResult]) -> str:
                      f"{f'{s.ok}/{s.n}':>8}")
     if runs:
         s0 = runs[0].summary
-        where = _engine_label(s0.engine) if s0.backend == "sim" else "real Ollama"
+        where = (_engine_label(s0.engine) if s0.backend == "sim" else
+                 f"measured: {s0.server}" if s0.server else
+                 "measured: a real server, which gave no name")
         lines.append(f"({where}, time scale {s0.time_scale:g}: times in model seconds; "
                      f"fidelity = measured ÷ predicted; submit in clock ms; setup in clock s)")
     return "\n".join(lines)
@@ -168,14 +170,20 @@ def _finite(x: float | None) -> bool:
     return x is not None and not math.isnan(x)
 
 
-async def _warm_up(endpoints: Sequence[Endpoint], model: str) -> float:
-    """Load the model on every endpoint (Ollama's empty prompt); returns clock seconds."""
+async def _warm_up(endpoints: Sequence[Endpoint], model: str, api: str = "generate") -> float:
+    """Load the model on every endpoint; returns clock seconds. Ollama's native API: its empty
+    prompt; the OpenAI API (which has no load call): a one-token chat completion."""
     import httpx
 
     t0 = time.perf_counter()
     async with httpx.AsyncClient(timeout=600.0, trust_env=False) as client:
         async def load(url: str) -> None:
             with contextlib.suppress(httpx.HTTPError):
+                if api == "openai":
+                    await client.post(f"{url}/v1/chat/completions",
+                                      json={"model": model, "max_tokens": 1, "stream": False,
+                                            "messages": [{"role": "user", "content": "Hi"}]})
+                    return
                 await client.post(f"{url}/api/generate",
                                   json={"model": model, "prompt": "", "stream": False})
         await asyncio.gather(*(load(e.url) for e in endpoints))
@@ -183,8 +191,10 @@ async def _warm_up(endpoints: Sequence[Endpoint], model: str) -> float:
 
 
 def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, workers: int,
-                slots: int, concurrency: int, sequential: RunResult | None) -> float | None:
-    """Predicted makespan (model s): from the profile when simulated, else from sequential."""
+                slots: int, concurrency: int, sequential: RunResult | None,
+                speedup: Any = None) -> float | None:
+    """Predicted makespan (model s): from the profile when simulated, else from sequential's
+    service times with ``speedup`` S(k) (a real server's measured one; None: S(k) = 1)."""
     topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
     if backend.kind == "sim" and backend.profile and backend.engine == "sim":
         from .sim.profiles import load_profile
@@ -196,7 +206,7 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
         times = [(r.finished_s - r.started_s) for r in sequential.requests]
     else:
         return None
-    return float(theory.predict_topology(topology, times).makespan_s)
+    return float(theory.predict_topology(topology, times, speedup=speedup).makespan_s)
 
 
 class CompareShortcuts(TypedDict, total=False):
@@ -333,6 +343,7 @@ async def compare(
     else:
         base = list(prompts) if prompts else None
     count = n if n is not None else (len(base) if base else 5)
+    model_named = model is not None
     model = model or _engine_default_model(engine)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
     schedule = None
@@ -350,6 +361,7 @@ async def compare(
     runs, messages = result.runs, result.messages
     seen: dict[str, list[RequestResult]] = {}
     sequential: RunResult | None = None
+    capacities: dict[tuple[str, ...], tuple[int, Any, str]] = {}
     kind, scale = "sim", time_scale or 1.0
 
     def say(msg: str) -> None:
@@ -368,25 +380,34 @@ async def compare(
                                 servers=info.servers_for(gpus), slots=slots,
                                 time_scale=time_scale, profile=profile, engine=engine,
                                 engine_options=engine_options,
-                                start_servers=not in_actor, announce=say) as b:
+                                start_servers=not in_actor, announce=say, api=api,
+                                model_named=model_named) as b:
             kind, scale = b.kind, b.time_scale
             result.backend, result.time_scale = kind, scale
+            speedup, how = None, ""
+            if b.kind == "ollama" and b.endpoints:
+                key = tuple(ep.url for ep in b.endpoints)
+                if key not in capacities:
+                    capacities[key] = await _real_capacity(b, api, say)
+                found, speedup, how = capacities[key]
+                b.endpoints = [replace(ep, slots=found) for ep in b.endpoints]
             launched = ServerOptions()
             if in_actor:
                 launched = replace(server_opts, launch="sim" if b.kind == "sim" else "ollama",
                                    profile=b.profile or "seed")
             ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
-                              time_scale=b.time_scale, model=model,
+                              time_scale=b.time_scale, model=b.model,
                               api=api, progress=False,  # type: ignore[arg-type]
                               gpus=info.servers_for(gpus), queue=queue_opts, servers=launched,
                               ray=ray_opts, serve=serve or ServeOptions(),
                               stack=replace(stack or StackOptions(),
                                             announce=(stack.announce if stack else None) or say),
                               on_result=finished)
-            setup = await _warm_up(b.endpoints, model) if b.endpoints else 0.0
+            setup = await _warm_up(b.endpoints, b.model, api) if b.endpoints else 0.0
             real = b.kind == "ollama" or engine in ("llama-server", "llama-cpp")
-            run_specs = _capped(specs, REAL_ENGINE_NUM_PREDICT) if real else specs
-            if run_specs is not specs:
+            mode_specs = _with_model(specs, model, b.model)
+            run_specs = _capped(mode_specs, REAL_ENGINE_NUM_PREDICT) if real else mode_specs
+            if run_specs is not mode_specs:
                 result.request_cap = REAL_ENGINE_NUM_PREDICT
                 say(f"real engine: requests without num_predict are capped at "
                     f"{REAL_ENGINE_NUM_PREDICT} output tokens (--num-predict changes it)")
@@ -394,19 +415,24 @@ async def compare(
                 run = await _open_loop_run(name, run_specs, schedule, arrivals, slo_obj, ctx,
                                            b, info.servers_for(gpus), concurrency)
                 run.summary.engine = engine if b.kind == "sim" else "ollama"
+                run.summary.server = b.server
                 run.summary.setup_s = (run.summary.setup_s or 0.0) + setup
                 runs.append(run)
                 return
             run = await info.load()(run_specs, ctx)
             s = run.summary
             s.engine = engine if b.kind == "sim" else "ollama"
+            s.server = b.server
             s.setup_s = (s.setup_s or 0.0) + setup
             workers = s.workers
             # Real servers: predict from the sequential run's service times (its own, for
             # the sequential run itself: what remains is the overhead between requests).
             basis = run if name == BASELINE else sequential
-            pred = _prediction(name, specs, b, workers, s.slots, concurrency, basis)
+            pred = _prediction(name, run_specs, b, workers, s.slots, concurrency, basis,
+                               speedup=speedup)
             s.predicted_makespan_s = pred
+            if pred and how:
+                s.notes.append(how)
             if pred and _finite(s.makespan_s) and s.makespan_s > 0:
                 s.efficiency = pred / s.makespan_s
             if name == BASELINE:
@@ -515,6 +541,49 @@ async def _tick(bar: Any, every_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         bar.tick()
+
+
+async def _real_capacity(b: Backend, api: str, say: Callable[[str], None]
+                         ) -> tuple[int, Any, str]:
+    """Slots and S(k) of real servers: (slots, S or None, what the prediction assumes).
+
+    Slots from ``--slots`` or the server's own report (llama-server's ``/props``), else
+    measured; S(k) measured by a short concurrency scan (:func:`~parallel_kit.probe.
+    measure_capacity`, on the first server, up to 4 at once) whenever there may be more than
+    one slot. A scan that fails leaves the slots as they were and S(k) = 1, and says so.
+    """
+    from .errors import ParallelKitError
+    from .probe import measure_capacity
+
+    slots = b.endpoints[0].slots
+    known = bool(b.slots_source)
+    if known and slots == 1:
+        return 1, None, ""
+    max_k = min(slots, 4) if known else 4
+    try:
+        cap = await measure_capacity(b.endpoints[0].url, b.model, api=api, max_k=max_k)
+    except ParallelKitError as exc:
+        say(f"could not measure the server's slots and S(k) ({exc}) — give --slots N; "
+            f"predictions assume S(k) = 1")
+        return slots, None, "prediction assumes S(k) = 1 (the concurrency scan failed)"
+    curve = ", ".join(f"S({k})={v:.2f}" for k, v in sorted(cap.speedup.items()))
+    if not known:
+        slots = cap.slots
+        bound = " at least" if cap.slots == cap.max_k else ""
+        say(f"measured{bound} {slots} slot{'s' if slots != 1 else ''} at {b.endpoints[0].url} "
+            f"(a short concurrency scan, {curve}) — give --slots N to set them")
+    else:
+        say(f"measured S(k) at {b.endpoints[0].url}: {curve}")
+    return slots, cap.S, (f"prediction uses the server's S(k) measured before the run ({curve}; "
+                          f"beyond k={cap.max_k} no further gain assumed)")
+
+
+def _with_model(specs: Sequence[RequestSpec], asked: str, used: str) -> Sequence[RequestSpec]:
+    """``specs`` with the backend's model where they carry the one asked for (an
+    OpenAI-compatible server's only model, when none was named)."""
+    if asked == used:
+        return specs
+    return [replace(s, model=used) if s.model == asked else s for s in specs]
 
 
 def _capped(specs: Sequence[RequestSpec], cap: int) -> Sequence[RequestSpec]:

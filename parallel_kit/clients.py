@@ -5,8 +5,8 @@ httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
 interface"): ``run(spec, clock=…, mode=…)`` sends one request and returns one
 :class:`~parallel_kit.records.RequestResult` — a failed request is a row with ``ok=False`` and the
 typed error's message, never an exception (except the types in ``raise_for`` and cancellation).
-The lower-level calls (``list_models``, ``ps``, ``version``, ``load``, ``unload``) raise the typed
-errors of :mod:`parallel_kit.errors` instead; ``is_alive`` never raises.
+The lower-level calls (``list_models``, ``version``; Ollama's ``ps``, ``load``, ``unload``)
+raise the typed errors of :mod:`parallel_kit.errors` instead; ``is_alive`` never raises.
 
 Times in the rows are **model seconds** from the run's start, read from the run's shared
 :class:`~parallel_kit.timing.ModelClock`; the ``server_*_s`` fields come from Ollama's nanosecond
@@ -25,6 +25,38 @@ zero-latency simulator (``benchmarks/client_overhead.py``, docs/METRICS.md "The 
 cost"), this costs less CPU per request than httpx (anyio + httpcore + h11 layers) and aiohttp.
 The low-level calls (``list_models``, ``ps``, ``version``, ``load``…) use an ordinary
 ``httpx.AsyncClient``; a test may pass an httpx ``transport``, and then ``run`` sends through it.
+
+A keep-alive connection the server closed: sent again at once, not retried
+--------------------------------------------------------------------------
+A server may close an idle keep-alive connection at any moment — llama.cpp's ``llama-server``
+closes it after every streamed answer, others after an idle timeout — and the close can cross
+the next request on the wire. When a request written on a *reused* connection meets a closed
+connection before *any byte* of the answer came back, the client sends it again at once on a
+new connection: no retry is counted and there is no back-off (a back-off would land inside the
+request's latency and TTFT, and the server did nothing wrong). The common clients do this in
+some form:
+
+* curl re-sends on a fresh connection when a connection it took from its cache turns out dead
+  before any byte of the answer was read, whatever the method — it rewinds a POST body
+  (``lib/transfer.c``, ``Curl_retry_request``: "Connection died, retrying a fresh connect");
+* Go's ``net/http`` Transport retries on a reused connection
+  (``persistConn.shouldRetryRequest`` in ``transport.go``): any request when nothing was
+  written yet; after writing, only a replayable one (GET/HEAD/OPTIONS/TRACE, or one with an
+  ``Idempotency-Key`` header) and only when the server closed the idle connection or nothing
+  was read back — a POST after writing is not retried there;
+* urllib3 checks a pooled connection before reusing it and drops it when the server closed it
+  (``is_connection_dropped``); its ``Retry`` re-sends a POST after a read error only when told.
+
+RFC 9110 §9.2.2 allows automatic retries of idempotent methods, and these requests are
+``POST``. The kit follows curl rather than Go here, for a narrow case: the connection had
+carried a whole answer before (a reused keep-alive connection), and no byte of the new answer
+came back. A generation request changes nothing on the server but its compute, and a server
+that closed an idle connection never read the request from it; in the rare case that a server
+read it and broke before answering, the cost of sending it again is one more generation and
+nothing else. Everything else is unchanged: a *new* connection
+that fails goes through the :class:`RetryPolicy` (counted, with back-off), and an answer that
+had begun is never re-sent. Before that, a connection the loop already saw closed is never
+handed out (urllib3's check, from asyncio's ``connection_lost``). The number of such re-sends is :attr:`_BaseClient.resent`.
 """
 
 from __future__ import annotations
@@ -131,6 +163,12 @@ class _BaseClient:
 
     #: path of the streaming endpoint, relative to the server root
     _path: str = ""
+    #: a cheap route that answers at once, for warm-up and liveness (``GET``)
+    _ping_path: str = "/"
+    #: how error messages name the server, its answers and its log
+    _what = "an Ollama server"
+    _stream_kind = "Ollama's streaming JSON"
+    _log = " (`ollama serve` output)"
 
     def __init__(self, host: str, *, max_connections: int = 32, timeout: float = 600.0,
                  retry: RetryPolicy | None = None, stream: bool = True,
@@ -164,7 +202,7 @@ class _BaseClient:
         self._post_head = (f"POST {prefix}{self._path} HTTP/1.1\r\nHost: {netloc}\r\n"
                            f"Content-Type: application/json\r\nAccept-Encoding: identity\r\n"
                            f"User-Agent: {_USER_AGENT}\r\nContent-Length: ").encode("latin-1")
-        self._ping_request = (f"GET {prefix}/ HTTP/1.1\r\nHost: {netloc}\r\n"
+        self._ping_request = (f"GET {prefix}{self._ping_path} HTTP/1.1\r\nHost: {netloc}\r\n"
                               f"User-Agent: {_USER_AGENT}\r\n\r\n").encode("latin-1")
         # One SSL context for all lanes (building one loads the CA bundle, ~25 ms); plain
         # http:// needs none.
@@ -177,6 +215,15 @@ class _BaseClient:
         #: inter-token latencies (model seconds) of every request this client answered ok: the
         #: gaps between streamed pieces, in a bounded-memory sketch (never stored in the rows).
         self.itl = ItlSketch()
+        #: requests sent again at once because a reused keep-alive connection turned out to be
+        #: closed before any byte of the answer came back (not retries; see ``_attempt``)
+        self.resent = 0
+        #: the ``Server`` header of the last answer on the hot path (``None``: none sent)
+        self.server_header: str | None = None
+        #: OpenAI API: a streamed answer without ``usage`` gets ``output_tokens`` = its number
+        #: of streamed pieces (counted in ``chunk_counted``); off: such rows keep None
+        self.count_chunks = False
+        self.chunk_counted = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self: _C) -> _C:
@@ -201,7 +248,8 @@ class _BaseClient:
         Call it before a run's clock starts: otherwise the first requests pay the TCP connect
         (and, with several at once, wait for one another's) inside their measured time —
         measured here at ~3 ms of clock per new loopback connection, i.e. 0.15 model s at
-        time scale 0.02. Each lane sends ``GET /`` (Ollama's cheap "Ollama is running") and
+        time scale 0.02. Each lane sends ``GET /`` (Ollama's cheap "Ollama is running"; ``GET
+        /v1/models`` for the OpenAI API) and
         keeps the connection. Returns the clock seconds it took.
 
         Raises:
@@ -236,9 +284,11 @@ class _BaseClient:
         """Send one request and return its row (model seconds on ``clock``'s axis).
 
         The row's moments: ``queued_s`` as given (when the caller accepted the request; default
-        the call itself), ``submitted_s`` when the first attempt was sent (after waiting for a
-        free connection: that wait is the kit's, so it counts as queueing), ``started_s`` when
-        the last attempt was sent, ``first_token_s`` when the first non-empty piece arrived
+        the call itself), ``submitted_s`` = ``started_s`` when the attempt that answered (or
+        the last one) was sent — after waiting for a free connection, and after any failed
+        attempt and its back-off: those waits are the kit's, so they count as queueing
+        (``queue_wait_s``), never as latency or TTFT; after retries ``hops["first_sent"]``
+        says when the first attempt went — ``first_token_s`` when the first non-empty piece arrived
         (NaN with ``stream=False``), ``finished_s`` when the answer ended. The gaps between
         pieces of an answer that ends ok go into :attr:`itl`.
 
@@ -281,6 +331,9 @@ class _BaseClient:
                 break
         row.retries = retries
         row.finished_s = clock.now()
+        first = row.hops.get("first_sent")
+        if first is not None and retries == 0:
+            del row.hops["first_sent"]  # no retry: nothing worth telling apart
         if error is not None:
             if raise_for and isinstance(error, raise_for):
                 raise error
@@ -300,44 +353,63 @@ class _BaseClient:
             await self._attempt_httpx(body, row, clock, model, stamps)
             return
         lanes = self._lanes
-        try:
-            lane = await lanes.acquire()
-        except _http1.ConnectFailed as exc:
-            raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
-        try:
-            row.started_s = clock.now()
-            if math.isnan(row.submitted_s):
-                row.submitted_s = row.started_s
-            reader = self._reader(row, clock, stamps)
-            request = self._post_head + b"%d\r\n\r\n" % len(body) + body
+        resend = False
+        while True:
             try:
-                response = await lane.exchange(request, reader.feed, self.timeout,
-                                               chunk_timeout=self.chunk_timeout)
-            except _http1.ReadTimeout as exc:
-                if exc.answered:  # the answer had begun, then stopped: the server froze
-                    raise OllamaUnavailable(self.host, f"the answer stalled: no data for "
-                                                       f"{self.chunk_timeout:g} s") from exc
-                raise RequestTimeout(self.host, self.timeout) from exc
-            except _http1.ConnectionLost as exc:
-                if not exc.answered:
-                    # Refused or reset before any answer (e.g. a stale keep-alive connection):
-                    # the model never saw the request, so sending it again is safe.
-                    raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
-                # The answer had begun: not retried here (the model did work); pool/ray modes
-                # may send it elsewhere via raise_for.
-                raise StreamEnded(self.host, str(exc)) from exc
-            except _http1.HttpError as exc:
-                raise RequestFailed(f"{self.host} answered something other than HTTP/1.1 "
-                                    f"({exc}) — is {self.host} an Ollama server?",
-                                    host=self.host) from exc
-            except ValueError as exc:
-                raise self._not_ollama(exc, 200) from exc
-            if response.status != 200:
-                raise self._status_error(response.status, response.retry_after, response.body,
-                                         model)
-            reader.finish()
-        finally:
-            lanes.release(lane)
+                lane = await lanes.acquire(fresh=resend)
+            except _http1.ConnectFailed as exc:
+                raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
+            try:
+                self._sent(row, clock)
+                reader = self._reader(row, clock, stamps)
+                request = self._post_head + b"%d\r\n\r\n" % len(body) + body
+                try:
+                    response = await lane.exchange(request, reader.feed, self.timeout,
+                                                   chunk_timeout=self.chunk_timeout)
+                except _http1.ReadTimeout as exc:
+                    if exc.answered:  # the answer had begun, then stopped: the server froze
+                        raise OllamaUnavailable(self.host, f"the answer stalled: no data for "
+                                                           f"{self.chunk_timeout:g} s") from exc
+                    raise RequestTimeout(self.host, self.timeout) from exc
+                except _http1.ConnectionLost as exc:
+                    if not exc.answered and exc.reused and not resend:
+                        # A keep-alive connection the server closed while it lay idle (e.g.
+                        # llama-server closes after every answer): send again at once on a
+                        # new connection — not a retry, no back-off (see _STALE_RESEND).
+                        resend = True
+                        self.resent += 1
+                        continue
+                    if not exc.answered:
+                        # Refused or reset before any answer on a new connection: the model
+                        # never saw the request, so sending it again (after a back-off) is safe.
+                        raise _Retryable(OllamaUnavailable(self.host, str(exc))) from exc
+                    # The answer had begun: not retried here (the model did work); pool/ray
+                    # modes may send it elsewhere via raise_for.
+                    raise StreamEnded(self.host, str(exc)) from exc
+                except _http1.HttpError as exc:
+                    raise RequestFailed(f"{self.host} answered something other than HTTP/1.1 "
+                                        f"({exc}) — is {self.host} {self._what}?",
+                                        host=self.host) from exc
+                except ValueError as exc:
+                    raise self._not_ollama(exc, 200) from exc
+                if lane.server_header and not self.server_header:
+                    self.server_header = lane.server_header
+                if response.status != 200:
+                    raise self._status_error(response.status, response.retry_after,
+                                             response.body, model)
+                reader.finish()
+                return
+            finally:
+                lanes.release(lane)
+
+    @staticmethod
+    def _sent(row: RequestResult, clock: ModelClock) -> None:
+        """Stamp the send of an attempt: ``submitted_s`` and ``started_s`` are the send of the
+        attempt that answers (each attempt overwrites them), so neither a failed attempt nor a
+        back-off is inside latency or TTFT; the first send is kept in ``hops["first_sent"]``."""
+        now = clock.now()
+        row.hops.setdefault("first_sent", now)
+        row.submitted_s = row.started_s = now
 
     async def _attempt_httpx(self, body: bytes, row: RequestResult, clock: ModelClock,
                              model: str, stamps: list[float]) -> None:
@@ -345,9 +417,7 @@ class _BaseClient:
         assert self._test_transport is not None
         request = httpx.Request("POST", self._url, content=body, headers=self._headers,
                                 extensions=self._extensions)
-        row.started_s = clock.now()
-        if math.isnan(row.submitted_s):
-            row.submitted_s = row.started_s
+        self._sent(row, clock)
         try:
             response = await self._test_transport.handle_async_request(request)
         except httpx.HTTPError as exc:
@@ -368,8 +438,8 @@ class _BaseClient:
 
     def _not_ollama(self, exc: BaseException, status: int) -> RequestFailed:
         return RequestFailed(
-            f"{self.host} answered something other than Ollama's streaming JSON "
-            f"({_short(exc)}) — is {self.host} an Ollama server of a recent version?",
+            f"{self.host} answered something other than {self._stream_kind} "
+            f"({_short(exc)}) — is {self.host} {self._what} of a recent version?",
             host=self.host, status_code=status)
 
     def _status_error(self, status: int, retry_after: str | None, raw: bytes,
@@ -383,21 +453,21 @@ class _BaseClient:
                                                      or "does not exist" in lowered):
             return ModelNotFound(model, self.host)
         if status == 404:
-            fix = f"is {self.host} an Ollama server (right address and port)?"
+            fix = f"is {self.host} {self._what} (right address and port)?"
         elif status == 499:
             fix = "the request was cancelled (client went away); send it again"
         elif 400 <= status < 500:
             fix = "check the model name, prompt and options of the request"
         else:
-            fix = "see the server's log (`ollama serve` output); the request may work if sent again"
+            fix = f"see the server's log{self._log}; the request may work if sent again"
         return RequestFailed(f"{self.host} answered HTTP {status}: {message} — {fix}",
                              host=self.host, status_code=status, body=raw[:2000])
 
     def _mid_stream_error(self, message: Any) -> RequestFailed:
         text = _error_text(message)
         return RequestFailed(
-            f"{self.host} stopped the answer with an error: {text} — see the server's log "
-            f"(`ollama serve` output); the request may work if sent again",
+            f"{self.host} stopped the answer with an error: {text} — see the server's log"
+            f"{self._log}; the request may work if sent again",
             host=self.host, status_code=200, body=message)
 
     # -- per-API parts (subclasses) --------------------------------------------------------
@@ -441,29 +511,21 @@ class _BaseClient:
         except ValueError as exc:
             raise RequestFailed(
                 f"{self.host}{path} did not answer JSON ({response.text[:80]!r}) — is "
-                f"{self.host} an Ollama server?", host=self.host, body=response.text[:2000]
+                f"{self.host} {self._what}?", host=self.host, body=response.text[:2000]
             ) from exc
         if isinstance(data, dict) and "error" in data:
             raise self._mid_stream_error(data["error"])
         return data
 
     async def is_alive(self) -> bool:
-        """True when anything answers HTTP at the host (never raises)."""
+        """True when anything answers HTTP at the host (``GET /``; ``GET /v1/models`` for the
+        OpenAI API); never raises."""
         try:
-            await self._client().get("/")
+            await self._client().get(self._ping_path)
         except httpx.HTTPError:
             return False
         return True
 
-    async def version(self) -> str:
-        """The server's version (``GET /api/version``; Ollama and the simulator)."""
-        data = await self._call("GET", "/api/version")
-        return str(data.get("version", ""))
-
-    async def ps(self) -> list[dict[str, Any]]:
-        """The loaded models (``GET /api/ps``: name, size_vram, expires_at, …)."""
-        data = await self._call("GET", "/api/ps")
-        return list(data.get("models", []))
 
 
 class OllamaClient(_BaseClient):
@@ -515,6 +577,16 @@ class OllamaClient(_BaseClient):
                 stamps: list[float]) -> _NdjsonReader:
         return _NdjsonReader(self, row, clock, stamps)
 
+    async def version(self) -> str:
+        """The server's version (``GET /api/version``; Ollama and the simulator)."""
+        data = await self._call("GET", "/api/version")
+        return str(data.get("version", ""))
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """The loaded models (``GET /api/ps``: name, size_vram, expires_at, …)."""
+        data = await self._call("GET", "/api/ps")
+        return list(data.get("models", []))
+
     async def list_models(self) -> list[str]:
         """Names of the models the server has (``GET /api/tags``)."""
         data = await self._call("GET", "/api/tags")
@@ -542,6 +614,11 @@ class OpenAIClient(_BaseClient):
     """
 
     _path = "/v1/chat/completions"
+    #: the OpenAI API's own cheap route: never one of Ollama's native ones (``GET /``)
+    _ping_path = "/v1/models"
+    _what = "an OpenAI-compatible server"
+    _stream_kind = "the OpenAI API's streamed events"
+    _log = ""
 
     def __init__(self, host: str, *, max_connections: int = 32, timeout: float = 600.0,
                  retry: RetryPolicy | None = None, api: str = "openai", stream: bool = True,
@@ -576,6 +653,14 @@ class OpenAIClient(_BaseClient):
         """Model ids the server offers (``GET /v1/models``)."""
         data = await self._call("GET", "/v1/models")
         return [str(m.get("id")) for m in data.get("data", [])]
+
+    async def version(self) -> str:
+        """The server's own name and version where it gives one (``"llama.cpp b6123"``,
+        ``"vLLM 0.10.1"``, its ``Server`` header; ``""`` otherwise), asked as
+        :func:`parallel_kit.backend.discover_server` asks — never a native Ollama route."""
+        from .backend import discover_server
+
+        return (await discover_server(self.host, "openai")).name
 
 
 # -- reading answers -------------------------------------------------------------------------
@@ -686,13 +771,36 @@ class _SseReader(_Reader):
         if usage:
             self.row.prompt_tokens = usage.get("prompt_tokens")
             self.row.output_tokens = usage.get("completion_tokens")
+        timings = obj.get("timings")
+        if isinstance(timings, dict):
+            self._timings(timings)
         if not streaming:
             self.finished = True
+
+    def _timings(self, timings: dict[str, Any]) -> None:
+        """llama-server's own ``timings`` (milliseconds) in its last chunk: the server's prefill
+        and decode durations, and its token counts where no ``usage`` came."""
+        row = self.row
+        prompt_ms, predicted_ms = timings.get("prompt_ms"), timings.get("predicted_ms")
+        if isinstance(prompt_ms, (int, float)):
+            row.server_prompt_eval_s = prompt_ms / 1000.0
+        if isinstance(predicted_ms, (int, float)):
+            row.server_eval_s = predicted_ms / 1000.0
+        if row.prompt_tokens is None and isinstance(timings.get("prompt_n"), int):
+            row.prompt_tokens = timings["prompt_n"]
+        if row.output_tokens is None and isinstance(timings.get("predicted_n"), int):
+            row.output_tokens = timings["predicted_n"]
 
     def finish(self) -> None:
         if not self.finished:
             raise StreamEnded(self.client.host, "the answer ended before `data: [DONE]`")
         self.row.response = "".join(self.pieces)
+        client = self.client
+        if self.row.output_tokens is None and client.stream and client.count_chunks:
+            # No usage from the server: one streamed piece is about one token (the probe
+            # says so in a note; ``count_chunks`` is off by default).
+            self.row.output_tokens = len(self.pieces)
+            client.chunk_counted += 1
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "ServerBusy",
+    "ServerUnavailable",
     "StreamEnded",
     "WorkerLost",
 ]
@@ -79,6 +80,21 @@ class OllamaUnavailable(OllamaError):
         )
 
 
+class ServerUnavailable(OllamaUnavailable):
+    """Nothing answers at the address of an OpenAI-compatible server (``--api openai``): the
+    same type as :class:`OllamaUnavailable` for every caller, with a message that does not send
+    the user to ``ollama serve``."""
+
+    def __init__(self, host: str, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        OllamaError.__init__(
+            self,
+            f"no OpenAI-compatible server answers at {host}{extra} — start it (llama-server, "
+            f"vLLM, `ollama serve`, …) or point --host at a running one",
+            host=host,
+        )
+
+
 class StreamEnded(OllamaUnavailable):
     """The server answered, then its stream was cut off before the last line.
 
@@ -99,11 +115,12 @@ class StreamEnded(OllamaUnavailable):
 class ModelNotFound(OllamaError):
     """The server does not have the model."""
 
-    def __init__(self, model: str, host: str = "", available: list[str] | None = None) -> None:
+    def __init__(self, model: str, host: str = "", available: list[str] | None = None,
+                 fix: str | None = None) -> None:
         have = f"; it has: {', '.join(available)}" if available else ""
         super().__init__(
             f"model '{model}' not found at {host or 'the server'}{have} — "
-            f"pull it with `ollama pull {model}` or choose another with --model",
+            + (fix or f"pull it with `ollama pull {model}` or choose another with --model"),
             host=host,
             status_code=404,
         )

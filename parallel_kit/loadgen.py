@@ -206,7 +206,7 @@ async def pool_session(ctx: ModeContext) -> AsyncIterator[Session]:
     from .modes.pool import EndpointPool, check_endpoints
 
     t_setup = time.perf_counter()
-    await check_endpoints(ctx.endpoints)
+    await check_endpoints(ctx.endpoints, api=ctx.api)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
                             api=ctx.api, prefetch=ctx.queue.prefetch) as pool:

@@ -28,6 +28,16 @@
   rising then flattening with more (``docs/OLLAMA_BEHAVIOUR.md``: ~1.5× at 4 slots).
 
 All figures are model seconds (a simulator's clock ÷ its time scale; real Ollama: scale 1).
+
+Through the OpenAI-compatible API (``api="openai"``: llama.cpp's ``llama-server``, vLLM,
+Ollama's ``/v1``) the same requests go to ``/v1/chat/completions``, streamed, with
+``stream_options: {"include_usage": true}`` for the token counts; no native Ollama route is
+asked (the server's name comes from :func:`parallel_kit.backend.discover_server`). That API
+cannot unload a model, so ``load_s`` is not measured. Prefill and decode speeds and the working
+spans come from the server's own durations where it reports them (llama-server's ``timings``),
+else from the client's clock: decode = (tokens − 1) ÷ (last − first token), no prefill speed.
+A server that sends no usage has its output tokens counted as streamed chunks (about one token
+each), and a note says so.
 """
 
 from __future__ import annotations
@@ -39,13 +49,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .clients import OllamaClient, RetryPolicy
+from .client_factory import make_client
+from .clients import OllamaClient, OpenAIClient, RetryPolicy
 from .config import DEFAULT_MODEL, check_time_scale
 from .errors import ConfigError, ModelNotFound, RequestFailed
 from .records import RequestResult, RequestSpec
 from .timing import ModelClock
 
-__all__ = ["DEFAULT_NUM_PREDICT", "ProbeResult", "decoding_together", "probe", "working_span"]
+__all__ = ["DEFAULT_NUM_PREDICT", "Capacity", "ProbeResult", "decoding_together", "measure_capacity",
+           "probe", "working_span"]
 
 #: Tokens per probe request: enough for decoding spans to be seen, short on a real GPU.
 DEFAULT_NUM_PREDICT = 32
@@ -82,6 +94,8 @@ class ProbeResult:
     prompt_bytes: int | None = None
     repeats: int = 1
     service_cv: float | None = None
+    #: the API measured through: ``generate`` (Ollama's native) or ``openai`` (``/v1``)
+    api: str = "generate"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``speedup``/``concurrent`` keys become strings, NaN becomes None."""
@@ -98,12 +112,17 @@ class ProbeResult:
             "max_k": self.max_k, "num_predict": self.num_predict, "notes": list(self.notes),
             "prompt_tokens": self.prompt_tokens, "prompt_bytes": self.prompt_bytes,
             "repeats": self.repeats, "service_cv": _clean(self.service_cv),
+            "api": self.api,
         }
 
     def table(self) -> str:
         """A small text table for the terminal."""
+        version = self.version
+        if version and self.api != "openai" and not version.startswith("Ollama"):
+            version = f"Ollama {version}"
         lines = [f"probe of {self.host} — model {self.model}"
-                 + (f", Ollama {self.version}" if self.version else "")
+                 + (f", {version}" if version else "")
+                 + (" (OpenAI API, /v1)" if self.api == "openai" else "")
                  + (f", time scale {self.time_scale:g}" if self.time_scale != 1 else ""),
                  f"  {'load (cold)':<22}{_fmt(self.load_s, 's')}",
                  f"  {'prefill':<22}{_fmt(self.prefill_tokens_per_s, 'tok/s')}",
@@ -121,8 +140,8 @@ class ProbeResult:
 
 async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
                 num_predict: int = DEFAULT_NUM_PREDICT, time_scale: float = 1.0,
-                timeout: float = 600.0, repeats: int = 1) -> ProbeResult:
-    """Measure the Ollama server at ``host`` with ``model`` (see the module docstring).
+                timeout: float = 600.0, repeats: int = 1, api: str = "generate") -> ProbeResult:
+    """Measure the server at ``host`` with ``model`` (see the module docstring).
 
     Args:
         host: the server (any ``OLLAMA_HOST`` form).
@@ -133,6 +152,9 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
             (1.0 for real Ollama); converts the client's clock into model seconds.
         timeout: seconds to wait for any answer.
         repeats: times the request alone is timed; its speeds and TTFT are the medians.
+        api: ``generate`` (default) or ``chat`` — Ollama's native API — or ``openai`` (any
+            OpenAI-compatible server; only ``/v1`` routes and the ones
+            :func:`~parallel_kit.backend.discover_server` names).
 
     Raises:
         OllamaUnavailable, ModelNotFound, RequestFailed: the server is missing, lacks the
@@ -149,64 +171,160 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
     check_time_scale(time_scale)
     clock = ModelClock(time_scale)
     # No retries: a busy or failing server should show up in the measurement, not be hidden.
-    async with OllamaClient(host, max_connections=max_k, timeout=timeout,
-                            retry=RetryPolicy(max_retries=0)) as client:
-        version = await client.version()
-        models = await client.list_models()
+    client = make_client(api, host, max_connections=max_k, timeout=timeout,
+                         retry=RetryPolicy(max_retries=0))
+    client.count_chunks = True
+    notes: list[str] = []
+    async with client:
+        if isinstance(client, OpenAIClient):
+            from .backend import discover_server
+
+            facts = await discover_server(client.host, "openai")
+            version = facts.name
+            models = await client.list_models()
+        else:
+            version = await client.version()
+            models = await client.list_models()
         want = model if ":" in model else f"{model}:latest"
         if model not in models and want not in models:
-            raise ModelNotFound(model, client.host, models)
+            raise ModelNotFound(model, client.host, models,
+                                fix=None if api != "openai" else
+                                "name one it lists with --model")
 
-        await client.unload(model)
-        started = clock.now()
-        loaded = await client.load(model)
-        # Real Ollama answers an empty prompt without durations; then the call's own time
-        # (on a real server seconds of loading against milliseconds of HTTP) is the measure.
-        load_ns = loaded.get("load_duration")
-        load_s = load_ns * 1e-9 if isinstance(load_ns, (int, float)) else clock.now() - started
+        load_s: float | None = None
+        if isinstance(client, OllamaClient):
+            await client.unload(model)
+            started = clock.now()
+            loaded = await client.load(model)
+            # Real Ollama answers an empty prompt without durations; then the call's own time
+            # (on a real server seconds of loading against milliseconds of HTTP) is the measure.
+            load_ns = loaded.get("load_duration")
+            load_s = (load_ns * 1e-9 if isinstance(load_ns, (int, float))
+                      else clock.now() - started)
+        else:
+            notes.append("load time not measured: the OpenAI API cannot unload a model")
+            # one short request first, so the first timed one does not pay a load
+            warm = await client.run(_spec(-1, model, _MIN_NUM_PREDICT), clock=clock,
+                                    mode="probe", model=model)
+            if not warm.ok:
+                raise RequestFailed(f"a probe request failed: {warm.error}", host=client.host)
 
-        async def together(k: int, first: int) -> list[RequestResult]:
-            specs = [_spec(first + i, model, num_predict) for i in range(k)]
-            rows = await asyncio.gather(*(client.run(s, clock=clock, mode="probe", model=model)
-                                          for s in specs))
-            failed = [r for r in rows if not r.ok]
-            if failed:
-                raise RequestFailed(f"a probe request failed: {failed[0].error}",
-                                    host=client.host)
-            return list(rows)
-
-        alone = [(await together(1, i))[0] for i in range(repeats)]
-        speedup: dict[int, float] = {}
-        concurrent: dict[int, int] = {}
-        base_rate = math.nan
-        sent = repeats
-        for k in range(1, max_k + 1):
-            rows = await together(k, sent)
-            sent += k
-            rate = _aggregate_tokens_per_s(rows)
-            if k == 1:
-                base_rate = rate
-            speedup[k] = rate / base_rate if base_rate > 0 else math.nan
-            concurrent[k] = decoding_together(rows)
+        alone = [(await _together(client, clock, model, num_predict, 1, i))[0]
+                 for i in range(repeats)]
+        concurrent, speedup = await _scan_k(client, clock, model, num_predict, max_k,
+                                            first=repeats)
 
     effective = max(concurrent.values())
-    notes = []
+    if client.chunk_counted:
+        notes.append(f"{client.chunk_counted} answer(s) came without token usage: their "
+                     f"output tokens are counted as streamed chunks (about one token each)")
     if effective == max_k and max_k > 1:
         notes.append(f"all {max_k} requests ran at once: the server may have more slots — "
                      f"probe again with a larger --max-k")
     prefill = _median([_rate(r.prompt_tokens, r.server_prompt_eval_s) for r in alone])
     if prefill is None:
-        notes.append("prefill too fast to time (no prompt_eval_duration)")
+        notes.append("prefill not timed: the server reported no prefill duration"
+                     if api == "openai" else
+                     "prefill too fast to time (no prompt_eval_duration)")
+    decode = _median([_rate(r.output_tokens, r.server_eval_s) for r in alone])
+    if decode is None and api == "openai":
+        decode = _median([_client_decode_rate(r) for r in alone])
+        if decode is not None:
+            notes.append("decode speed from the client's clock (first to last streamed token): "
+                         "the server reported no durations")
     return ProbeResult(
         host=client.host, model=model, time_scale=time_scale, load_s=load_s,
         prefill_tokens_per_s=prefill,
-        decode_tokens_per_s=_median([_rate(r.output_tokens, r.server_eval_s) for r in alone]),
+        decode_tokens_per_s=decode,
         ttft_s=_median([None if math.isnan(r.ttft_s) else r.ttft_s for r in alone]),
         effective_slots=effective, speedup=speedup, concurrent=concurrent, max_k=max_k,
         num_predict=num_predict, version=version, notes=notes,
         prompt_tokens=alone[0].prompt_tokens or None,
         prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats,
-        service_cv=_cv([_service_s(r) for r in alone]))
+        service_cv=_cv([_service_s(r) for r in alone]), api=api)
+
+
+def _client_decode_rate(row: RequestResult) -> float | None:
+    """(tokens − 1) ÷ (last − first streamed token), model seconds; None when not known."""
+    if not row.output_tokens or row.output_tokens < 2:
+        return None
+    span = row.finished_s - row.first_token_s
+    return (row.output_tokens - 1) / span if span > 0 else None
+
+
+async def _together(client: OllamaClient | OpenAIClient, clock: ModelClock, model: str,
+                    num_predict: int, k: int, first: int) -> list[RequestResult]:
+    """``k`` probe requests sent at once; RequestFailed when any fails."""
+    specs = [_spec(first + i, model, num_predict) for i in range(k)]
+    rows = await asyncio.gather(*(client.run(s, clock=clock, mode="probe", model=model)
+                                  for s in specs))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        raise RequestFailed(f"a probe request failed: {failed[0].error}", host=client.host)
+    return list(rows)
+
+
+async def _scan_k(client: OllamaClient | OpenAIClient, clock: ModelClock, model: str,
+                  num_predict: int, max_k: int, *, first: int = 0
+                  ) -> tuple[dict[int, int], dict[int, float]]:
+    """For k = 1 … ``max_k``: how many of k sent together decoded together, and S(k)."""
+    speedup: dict[int, float] = {}
+    concurrent: dict[int, int] = {}
+    base_rate = math.nan
+    sent = first
+    for k in range(1, max_k + 1):
+        rows = await _together(client, clock, model, num_predict, k, sent)
+        sent += k
+        rate = _aggregate_tokens_per_s(rows)
+        if k == 1:
+            base_rate = rate
+        speedup[k] = rate / base_rate if base_rate > 0 else math.nan
+        concurrent[k] = decoding_together(rows)
+    return concurrent, speedup
+
+
+@dataclass
+class Capacity:
+    """What :func:`measure_capacity` found: ``slots`` (requests decoding together at most, a
+    lower bound when it equals ``max_k``), ``speedup`` S(k) for k = 1 … ``max_k``."""
+
+    slots: int
+    speedup: dict[int, float]
+    max_k: int
+
+    def S(self, k: int) -> float:
+        """S(k) as measured up to ``max_k`` (below 1 too: requests that share a CPU can slow
+        one another); beyond it the last measured value (no more gain is assumed than was
+        seen); 1 where nothing finite was measured."""
+        if k < 1:
+            return 1.0
+        known = [v for kk, v in sorted(self.speedup.items())
+                 if kk <= k and math.isfinite(v) and v > 0]
+        return known[-1] if known else 1.0
+
+
+async def measure_capacity(host: str, model: str, *, api: str = "generate", max_k: int = 4,
+                           num_predict: int = 16, time_scale: float = 1.0,
+                           timeout: float = 600.0) -> Capacity:
+    """A short concurrency scan (no load/unload): k = 1 … ``max_k`` requests of
+    ``num_predict`` tokens sent together, as :func:`probe` does — the server's slots and S(k)
+    for a benchmark to label and predict with (``bench`` on a real server).
+
+    Raises:
+        OllamaUnavailable, RequestFailed: a request of the scan failed. ConfigError: bad
+            arguments.
+    """
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+        raise ConfigError(f"max_k must be a whole number ≥ 1, got {max_k!r}")
+    clock = ModelClock(check_time_scale(time_scale))
+    client = make_client(api, host, max_connections=max_k, timeout=timeout,
+                         retry=RetryPolicy(max_retries=0))
+    client.count_chunks = True
+    async with client:
+        await _together(client, clock, model, _MIN_NUM_PREDICT, 1, -1)  # warm: no load inside
+        concurrent, speedup = await _scan_k(client, clock, model, max(num_predict,
+                                                                      _MIN_NUM_PREDICT), max_k)
+    return Capacity(max(concurrent.values()), speedup, max_k)
 
 
 def _service_s(row: RequestResult) -> float:

@@ -241,6 +241,9 @@ class RunSummary:
     utilisation: float | None = None
     #: everything else about the arrivals, the lag and the prediction (``loadgen`` documents it)
     open_loop: dict[str, Any] = field(default_factory=dict)
+    #: what was measured: the server's own name and version where it gives one ("llama.cpp
+    #: b6123", "vLLM 0.10.1", "Ollama 0.12.3", its ``Server`` header), or the simulator's label
+    server: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _json_safe(v) for k, v in asdict(self).items()}

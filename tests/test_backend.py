@@ -28,11 +28,21 @@ async def test_sim_backend_starts_one_server_per_gpu_and_stops_them():
 
 
 async def test_auto_falls_back_to_the_simulator_and_says_why(monkeypatch):
-    monkeypatch.setenv("OLLAMA_HOST", _closed_port_url())
+    # No server named (OLLAMA_HOST unset): the default address is tried, then simulators.
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    monkeypatch.setattr("parallel_kit.backend.host_from_env", _closed_port_url)
     lines: list[str] = []
     async with open_backend(backend="auto", time_scale=0.02, announce=lines.append) as b:
         assert b.kind == "sim"
     assert len(lines) == 1 and "no Ollama at" in lines[0] and "simulated" in lines[0]
+
+
+async def test_auto_never_replaces_a_server_named_by_ollama_host(monkeypatch):
+    url = _closed_port_url()
+    monkeypatch.setenv("OLLAMA_HOST", url)
+    with pytest.raises(OllamaUnavailable, match="named by OLLAMA_HOST"):
+        async with open_backend(backend="auto"):
+            pass
 
 
 async def test_ollama_backend_never_falls_back(monkeypatch):

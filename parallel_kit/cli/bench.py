@@ -29,20 +29,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, metavar="M[,M…]",
                    help=f"{', '.join(mode_names())} (comma-separated)")
     p.add_argument("--host", action="append", default=None, metavar="URL",
-                   help="an Ollama server; several = one Ollama per GPU")
+                   help="a server (Ollama; with --api openai any OpenAI-compatible one); "
+                        "several = one server per GPU")
     p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
                    help="GPUs (servers) for the multi-server modes when the kit starts them "
                         "(default: number of --host, else 3)")
     p.add_argument("--slots", type=ranged("--slots"), default=None, metavar="K",
-                   help="slots per server (OLLAMA_NUM_PARALLEL of the servers; default 1)")
+                   help="slots per server (OLLAMA_NUM_PARALLEL, llama-server -np). Embedded "
+                        "servers: default the profile's; a real server: default what it "
+                        "reports (llama-server /props), else measured by a short scan")
     p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
                    help="workers of the async/batch queue (default MAX_CONCURRENT_REQUESTS=5)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--n", type=ranged("--n"), default=None, metavar="N",
-                       help="number of requests (cycling over the prompts; default 5)")
-    group.add_argument("--prompts", default=None, metavar="FILE",
-                       help=".jsonl (prompt, model, num_predict, options) or .txt, or a "
-                            "built-in set: original, workshop")
+    p.add_argument("--n", type=ranged("--n"), default=None, metavar="N",
+                   help="number of requests, cycling over the prompts (default: one per "
+                        "prompt of --prompts, else 5)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help=".jsonl (prompt, model, num_predict, options) or .txt, or a "
+                        "built-in set: original, workshop; with --n, cycled")
     p.add_argument("--model", type=model_name, default=None,
                    help="model name (default llama3.2:3b)")
     p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",

@@ -20,7 +20,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "probe", help="measure a server: tokens/s, load time, real slots")
     p.add_argument("--host", action="append", default=None, metavar="URL",
-                   help="the Ollama server (default OLLAMA_HOST, or an embedded simulator)")
+                   help="the server (default OLLAMA_HOST, or an embedded simulator)")
+    p.add_argument("--api", choices=["generate", "openai"], default="generate",
+                   help="Ollama's native API, or any OpenAI-compatible server's /v1 "
+                        "(llama-server, vLLM, Ollama's /v1): streamed chat/completions")
     p.add_argument("--model", type=model_name, default=None,
                    help="model name (default llama3.2:3b)")
     p.add_argument("--max-k", type=ranged("--max-k"), default=4, metavar="K",
@@ -69,19 +72,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
-    """Open the servers like every other command (``open_backend``: real Ollama, or an
-    embedded simulator when none answers) and probe each one."""
+    """Open the servers like every other command (``open_backend``: a named server, or an
+    embedded simulator when none is named and no Ollama answers) and probe each one."""
     from ..backend import open_backend
     from ..config import DEFAULT_MODEL
     from ..probe import DEFAULT_NUM_PREDICT, probe
 
-    model = getattr(args, "model", None) or DEFAULT_MODEL
+    named = getattr(args, "model", None)
+    model = named or DEFAULT_MODEL
+    api = getattr(args, "api", None) or "generate"
     max_k = getattr(args, "max_k", None) or 4
     num_predict = getattr(args, "num_predict", None) or DEFAULT_NUM_PREDICT
     async with open_backend(getattr(args, "host", None), model=model,
                             time_scale=getattr(args, "time_scale", None),
-                            announce=print) as backend:
+                            announce=print, api=api, model_named=named is not None) as backend:
         return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
                             time_scale=backend.time_scale,
-                            repeats=getattr(args, "repeats", None) or 1)
+                            repeats=getattr(args, "repeats", None) or 1, api=api)
                 for ep in backend.endpoints]

@@ -17,7 +17,8 @@ Health checks (:class:`HealthPolicy`): a process that is *frozen* (stopped with 
 a driver, a black-holed route) keeps its socket open and never refuses anything, so no request
 error ever says it is gone — its requests would wait for the client's read timeout (minutes).
 So while a dispatcher is open, a monitor probes every worker that has a ``probe`` (``GET /``
-for an endpoint; a ping through the actor for Ray) every ``interval_s`` with a deadline of
+for an Ollama endpoint, ``GET /v1/models`` for an OpenAI-compatible one — never a native
+Ollama route there, :func:`health_path`; a ping through the actor for Ray) every ``interval_s`` with a deadline of
 ``timeout_s``. A worker that misses ``misses`` probes in a row is marked lost and the requests
 it holds are cancelled and sent elsewhere, exactly as if it had refused a connection. A lost
 worker keeps being probed; after ``readmit_after`` answers in a row it is taken back
@@ -47,7 +48,13 @@ import httpx
 from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..config import DEFAULT_MODEL, Endpoint
-from ..errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
+from ..errors import (
+    AllWorkersLost,
+    ConfigError,
+    OllamaUnavailable,
+    ServerUnavailable,
+    WorkerLost,
+)
 from ..metrics import ItlSketch
 from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
@@ -56,7 +63,7 @@ from .base import ModeContext
 from .health import DEFAULT_HEALTH, HealthPolicy
 
 __all__ = ["Dispatcher", "EndpointPool", "HealthPolicy", "PoolWorker", "check_endpoints",
-           "check_prefetch", "dispatch_all", "probe_endpoint", "run_pool"]
+           "check_prefetch", "dispatch_all", "health_path", "probe_endpoint", "run_pool"]
 
 #: Send = ``await send(spec, submitted_s)`` → the row; raises ``WorkerLost`` when the worker died.
 Send = Callable[[RequestSpec, float], Awaitable[RequestResult]]
@@ -381,17 +388,26 @@ async def _probe_once(w: PoolWorker, timeout_s: float) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def health_path(api: str) -> str:
+    """The route that says a server is up, by API: Ollama's ``GET /`` ("Ollama is running",
+    served outside its scheduler) for the native API; ``GET /v1/models`` for an
+    OpenAI-compatible server (llama-server answers it 200 once its model is loaded and 503
+    while loading; vLLM and Ollama's ``/v1`` answer it too), whose ``GET /`` may be a web page,
+    a 404, or — on Ollama — a native route the OpenAI API must not depend on."""
+    return "/v1/models" if api == "openai" else "/"
+
+
 async def probe_endpoint(client: httpx.AsyncClient, url: str,
-                         timeout_s: float | None = None) -> str | None:
-    """``GET /`` on an Ollama endpoint: ``None`` on HTTP 200, else the reason (never raises
-    for network errors; the caller applies the deadline, ``timeout_s`` the request's own,
-    default the client's)."""
+                         timeout_s: float | None = None, path: str = "/") -> str | None:
+    """``GET path`` on an endpoint (:func:`health_path`): ``None`` on HTTP 200, else the
+    reason (never raises for network errors; the caller applies the deadline, ``timeout_s``
+    the request's own, default the client's)."""
     try:
-        resp = await (client.get(url + "/") if timeout_s is None
-                      else client.get(url + "/", timeout=timeout_s))
+        resp = await (client.get(url + path) if timeout_s is None
+                      else client.get(url + path, timeout=timeout_s))
     except httpx.HTTPError as exc:
         return connect_reason(exc) or type(exc).__name__ + (f": {exc}" if str(exc) else "")
-    return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
+    return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET {path}"
 
 
 def _progress_bar(total: int, mode: str) -> Any:
@@ -400,22 +416,28 @@ def _progress_bar(total: int, mode: str) -> Any:
     return tqdm(total=total, desc=mode, unit="req", leave=False)
 
 
-async def check_endpoints(endpoints: Sequence[Endpoint], timeout_s: float = 3.0) -> None:
-    """Raise :class:`OllamaUnavailable` naming the first endpoint that does not answer ``GET /``."""
+async def check_endpoints(endpoints: Sequence[Endpoint], timeout_s: float = 3.0,
+                          api: str = "generate") -> None:
+    """Raise :class:`OllamaUnavailable` (:class:`~parallel_kit.errors.ServerUnavailable` for
+    ``api="openai"``) naming the first endpoint that does not answer its
+    :func:`health_path` with 200."""
+    path = health_path(api)
+    unavailable = ServerUnavailable if api == "openai" else OllamaUnavailable
     async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
         async def probe(ep: Endpoint) -> str | None:
             try:
-                resp = await client.get(ep.url + "/")
+                resp = await client.get(ep.url + path)
             except httpx.TimeoutException:
                 return f"no answer within {timeout_s:g} s"
             except httpx.HTTPError as exc:
                 return (connect_reason(exc, urlsplit(ep.url).hostname or "") or
                         type(exc).__name__ + (f": {exc}" if str(exc) else ""))
-            return None if resp.status_code == 200 else f"HTTP {resp.status_code} from GET /"
+            return (None if resp.status_code == 200
+                    else f"HTTP {resp.status_code} from GET {path}")
         problems = await asyncio.gather(*(probe(ep) for ep in endpoints))
     for ep, problem in zip(endpoints, problems, strict=True):
         if problem is not None:
-            raise OllamaUnavailable(ep.url, problem)
+            raise unavailable(ep.url, problem)
 
 
 class EndpointPool(Dispatcher):
@@ -426,8 +448,8 @@ class EndpointPool(Dispatcher):
     Args:
         endpoints: the servers (one per GPU); ``worker`` in the rows is ``Endpoint.label``.
         clock: the run's clock; api: ``generate``, ``chat`` or ``openai``.
-        health: the health checks (``GET /`` on each endpoint) run while the pool is open
-            (``async with``); ``None``: off.
+        health: the health checks (:func:`health_path` of ``api`` on each endpoint) run while
+            the pool is open (``async with``); ``None``: off.
     """
 
     def __init__(self, endpoints: Sequence[Endpoint], *, clock: ModelClock, mode: str = "pool",
@@ -449,13 +471,14 @@ class EndpointPool(Dispatcher):
                                  retry=POOL_RETRY)
             self.clients.append(client)
             workers.append(PoolWorker(ep.label, ep.slots, self._sender(client, ep, mode, model),
-                                      node=ep.node, gpu=ep.gpu, probe=self._prober(ep.url)))
+                                      node=ep.node, gpu=ep.gpu,
+                                      probe=self._prober(ep.url, health_path(api))))
         super().__init__(workers, clock=clock, mode=mode, model=model, max_retries=max_retries,
                          prefetch=prefetch, health=health)
 
-    def _prober(self, url: str) -> Probe:
+    def _prober(self, url: str, path: str = "/") -> Probe:
         async def probe() -> str | None:
-            return await probe_endpoint(self._probe_client, url)
+            return await probe_endpoint(self._probe_client, url, path=path)
         return probe
 
     def _sender(self, client: OllamaClient | OpenAIClient, ep: Endpoint, mode: str,
@@ -504,7 +527,7 @@ async def run_pool(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunResult:
         raise ConfigError("pool mode needs endpoints — give --host once per GPU, or let the kit "
                           "start simulated ones")
     t_setup = time.perf_counter()
-    await check_endpoints(ctx.endpoints)
+    await check_endpoints(ctx.endpoints, api=ctx.api)
     clock = ModelClock(ctx.time_scale)
     async with EndpointPool(ctx.endpoints, clock=clock, mode="pool", model=ctx.model,
                             api=ctx.api, prefetch=ctx.queue.prefetch,

@@ -178,10 +178,10 @@ class GpuWorker:
         # request the driver had just sent it — at the first check, one second into the run.
         import httpx
 
-        from .pool import probe_endpoint
+        from .pool import health_path, probe_endpoint
 
         self._probe = httpx.AsyncClient(trust_env=False)
-        await probe_endpoint(self._probe, self.url, 5.0)  # its first request's lazy imports
+        await probe_endpoint(self._probe, self.url, 5.0, health_path(self.plan.api))  # its first request's lazy imports
         return {"gpu": gpu, "gpu_ids": gpu_ids, "node": self.node, "node_id": node_id,
                 "hostname": host, "url": self.url, "slots": self.slots, "kind": self.kind,
                 "pid": os.getpid(), "cuda_visible_devices": os.environ.get(
@@ -262,11 +262,11 @@ class GpuWorker:
         """A health check (control call): ``None`` when the endpoint answers ``GET /`` within
         ``timeout_s``, else the reason. The driver puts its own deadline around the call, so
         a frozen actor is caught as well as a frozen endpoint."""
-        from .pool import probe_endpoint
+        from .pool import health_path, probe_endpoint
 
         if self._probe is None:  # stopped: the check still answers
             return "the actor was stopped"
-        return await probe_endpoint(self._probe, self.url, timeout_s)
+        return await probe_endpoint(self._probe, self.url, timeout_s, health_path(self.plan.api))
 
     async def now(self) -> float:
         """This process's wall clock (``time.time()``), for the driver's offset estimate."""
@@ -381,7 +381,7 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
     plans = plan_workers(ctx)
     ray = raycluster.import_ray()
     if ctx.endpoints and plans[0].url:
-        await check_endpoints(ctx.endpoints)
+        await check_endpoints(ctx.endpoints, api=ctx.api)
     # Blocking on purpose (setup, outside the makespan): ray.init from the loop's own thread
     # keeps Ray's signal handlers where it wants them (the main thread, in a script).
     raycluster.connect(len(plans), ctx.ray.address)

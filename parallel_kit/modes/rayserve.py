@@ -237,7 +237,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
     plans = plan_workers(ctx)
     serve = import_serve()
     if ctx.endpoints and plans[0].url:
-        await check_endpoints(ctx.endpoints)
+        await check_endpoints(ctx.endpoints, api=ctx.api)
     info = raycluster.connect(len(plans), ctx.ray.address)
     raycluster.require_gpus(len(plans))
     slots = _slots_of(ctx, plans)
