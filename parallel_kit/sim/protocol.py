@@ -91,6 +91,9 @@ class Done:
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
+    #: prompt tokens the engine's prompt cache supplied (inside ``prompt_eval_count``, outside
+    #: ``prompt_eval_duration``, as Ollama counts them); not sent on the wire by Ollama.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
