@@ -52,6 +52,7 @@ from .prompt_cache import (
     Slot,
     choose_slot,
     common_prefix_tokens,
+    unsalted,
 )
 from .protocol import (
     BusyError,
@@ -712,7 +713,7 @@ class SimEngine:
             self._stats["truncated"] += 1
         total = profile.output_tokens(request.prompt, seed=request.seed,
                                       num_predict=request.num_predict, model=inst.name)
-        base = stable_hash(request.prompt, request.seed)
+        base = stable_hash(unsalted(request.prompt), request.seed)
         inst.keep_alive_s = request.keep_alive_s
         holding = finished = False
         seq: _Seq | None = None

@@ -26,12 +26,14 @@ prefix of ``b`` bytes is ``b // 4`` tokens. A state's size is ``tokens × kv_byt
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
 __all__ = [
     "DEFAULT_CACHE_RAM_MIB",
     "DEFAULT_KV_BYTES_PER_TOKEN",
+    "SALT_RE",
     "SLOT_PROMPT_SIMILARITY",
     "TOKEN_BYTES",
     "HostCache",
@@ -40,6 +42,7 @@ __all__ = [
     "common_prefix_bytes",
     "common_prefix_tokens",
     "tokens_of",
+    "unsalted",
 ]
 
 #: UTF-8 bytes per simulated token (``Profile.prompt_tokens``).
@@ -51,6 +54,17 @@ SLOT_PROMPT_SIMILARITY = 0.10
 #: KV bytes per token when a profile says 0: Llama 3.x 8B at f16 (2 × 32 layers × 8 KV heads ×
 #: 128 × 2 bytes = 131072).
 DEFAULT_KV_BYTES_PER_TOKEN = 131072
+
+
+#: The salt line the kit puts before a prompt (``parallel_kit.prompts.salt_specs``): ``[``,
+#: 8 hex digits, ``]`` and a newline.
+SALT_RE = re.compile(r"\A\[[0-9a-f]{8}\]\n")
+
+
+def unsalted(text: str) -> str:
+    """``text`` without a leading salt line. The simulator draws an answer's length and words
+    from this, so a salt changes what the server has seen, not the workload."""
+    return SALT_RE.sub("", text, count=1)
 
 
 def tokens_of(data: bytes) -> int:
