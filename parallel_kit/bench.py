@@ -542,10 +542,17 @@ def _cache_check(run: RunResult, comparison: Comparison, salt: str | None,
     """Infer the run's cache hits (``metrics.infer_prompt_cache``) into its summary, and flag
     it in one line when over 10 % of its prompt tokens came from the cache although it did
     not ask for caching (no ``workload``): such a run measured the cache, not the model."""
-    from .metrics import CACHE_WARN_FRACTION, infer_prompt_cache
+    from .metrics import CACHE_WARN_FRACTION, infer_prompt_cache, ttft_by_turn
 
     s = run.summary
     s.salt, s.workload = salt, workload
+    if workload == "multi-turn":
+        turns = ttft_by_turn(run.requests)
+        if turns:
+            line = (f"{s.mode}: TTFT by turn (model s): "
+                    + ", ".join(f"t{t} {v:.3g}" for t, v in turns.items()))
+            s.notes.append(line)
+            say(line)
     own = infer_prompt_cache(run.requests)
     if own is None:
         return
@@ -557,7 +564,10 @@ def _cache_check(run: RunResult, comparison: Comparison, salt: str | None,
     s.cache_hit_rate = inf.hit_rate
     s.cached_tokens = inf.cached_tokens
     s.prefill_tokens_per_s = rate
-    if workload is None and inf.hit_rate > CACHE_WARN_FRACTION:
+    if workload is not None:
+        say(f"{s.mode}: {inf.hit_rate:.0%} of the prompt tokens came from the prompt cache "
+            f"(inferred from prompt_eval_count and prompt_eval_duration)")
+    elif inf.hit_rate > CACHE_WARN_FRACTION:
         s.cache_flagged = True
         line = (f"warning: {s.mode}: {inf.hit_rate:.0%} of its prompt tokens came from the "
                 f"server's prompt cache (inferred) — it measured the cache, not the model; "
