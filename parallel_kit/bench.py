@@ -321,7 +321,7 @@ async def compare(
         salt: measurement hygiene against the server's prompt cache. True (default): a fresh
             random salt; a string: that salt (to repeat a run exactly); False: prompts as
             given. Each mode's run gets ``<salt>-<mode>`` (``summary.salt``) and its prompts a
-            salt line (:func:`~parallel_kit.prompts.salt_specs`: one per request, or one per
+            salt tag (:func:`~parallel_kit.prompts.salt_specs`: one per request, or one per
             run for a ``workload``), so no run sees a prompt an earlier run sent.
         workload: ``shared-prefix`` or ``multi-turn`` (:func:`~parallel_kit.prompts.
             workload_specs`): prompts that share prefixes on purpose, to show the cache.

@@ -247,8 +247,8 @@ def _tag(text: str) -> str:
 
 def salt_specs(specs: Sequence[RequestSpec], salt: str, *,
                per_request: bool = True) -> list[RequestSpec]:
-    """``specs`` with a salt line (``[3fa9c2e1]\\n``) before what the server sees first: the
-    system prompt when there is one, else the prompt.
+    """``specs`` with a salt tag (``[3fa9c2e1]`` and a space) before what the server sees
+    first: the system prompt when there is one, else the prompt.
 
     Since Ollama 0.30 the engine reuses any prompt prefix it has seen (llama-server's
     ``cache_prompt``, which Ollama always turns on, and its host-RAM cache): a prompt sent
@@ -266,7 +266,7 @@ def salt_specs(specs: Sequence[RequestSpec], salt: str, *,
     out = []
     for s in specs:
         tag = _tag(f"{salt}/{s.request_id}" if per_request else salt)
-        line = f"[{tag}]\n"
+        line = f"[{tag}] "  # no newline: a results CSV keeps one line a row
         if s.system:
             out.append(replace(s, system=line + s.system, options=dict(s.options)))
         else:

@@ -133,12 +133,12 @@ def test_salt_specs_changes_only_the_start_and_unsalted_undoes_it(
         first, orig = (o.system, s.system) if system else (o.prompt, s.prompt)
         assert first is not None and unsalted(first) == orig
         assert first != orig
-    lines = {(o.system or o.prompt).split("\n", 1)[0] for o in out}
+    lines = {(o.system or o.prompt).split(" ", 1)[0] for o in out}
     assert len(lines) == (3 if per_request else 1)
 
 
 def test_salt_keeps_the_simulated_workload() -> None:
-    """A salt line changes what the server has seen, not the answer lengths it draws."""
+    """A salt tag changes what the server has seen, not the answer lengths it draws."""
     specs = make_specs(5)
     salted = salt_specs(specs, "s1")
     for a, b in zip(specs, salted, strict=True):
@@ -225,7 +225,7 @@ def test_predicted_turn_hits_match_the_simulator(slots: int, ram: int) -> None:
     inf = infer_prompt_cache(run.requests, prefill)
     assert inf is not None
     # A later turn "hits" when the cache gave it over half its prompt (its history); the
-    # salt line all of a run's conversations share gives a few tokens, never that much.
+    # salt tag all of a run's conversations share gives a few tokens, never that much.
     later = [(r, c) for r, c in zip(run.requests, inf.cached, strict=True)
              if (turn_of(r.request_id) or 0) > 0]
     hits = [c is not None and c > (r.prompt_tokens or 0) / 2 for r, c in later]

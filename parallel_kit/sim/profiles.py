@@ -182,7 +182,7 @@ class Profile:
         lo, hi = self.speed(model).output_tokens
         if lo >= hi:
             return lo
-        # A salt line (the kit's measurement hygiene) does not change the answer.
+        # A salt tag (the kit's measurement hygiene) does not change the answer.
         return lo + stable_hash(unsalted(prompt), seed) % (hi - lo + 1)
 
     def prefill_s(self, prompt_tokens: int, model: str | None = None) -> float:

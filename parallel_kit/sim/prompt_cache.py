@@ -56,13 +56,13 @@ SLOT_PROMPT_SIMILARITY = 0.10
 DEFAULT_KV_BYTES_PER_TOKEN = 131072
 
 
-#: The salt line the kit puts before a prompt (``parallel_kit.prompts.salt_specs``): ``[``,
-#: 8 hex digits, ``]`` and a newline.
-SALT_RE = re.compile(r"\A\[[0-9a-f]{8}\]\n")
+#: The salt tag the kit puts before a prompt (``parallel_kit.prompts.salt_specs``): ``[``,
+#: 8 hex digits, ``]`` and a space.
+SALT_RE = re.compile(r"\A\[[0-9a-f]{8}\] ")
 
 
 def unsalted(text: str) -> str:
-    """``text`` without a leading salt line. The simulator draws an answer's length and words
+    """``text`` without a leading salt tag. The simulator draws an answer's length and words
     from this, so a salt changes what the server has seen, not the workload."""
     return SALT_RE.sub("", text, count=1)
 
