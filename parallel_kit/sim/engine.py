@@ -43,6 +43,7 @@ from typing import Any
 from ..config import check_time_scale, duration_from_body
 from ..errors import ConfigError
 from .faults import Faults
+from .formats import json_answer, json_pieces
 from .profiles import ModelSpeed, Profile, stable_hash
 from .prompt_cache import (
     DEFAULT_CACHE_RAM_MIB,
@@ -714,6 +715,14 @@ class SimEngine:
         total = profile.output_tokens(request.prompt, seed=request.seed,
                                       num_predict=request.num_predict, model=inst.name)
         base = stable_hash(unsalted(request.prompt), request.seed)
+        fixed: list[str] | None = None
+        if request.format not in (None, ""):
+            # Structured output: the grammar lets the model write only JSON, and it stops when
+            # the value is complete (or at num_predict, cut short).
+            fixed = json_pieces(json_answer(request.format, base))
+            limit = request.num_predict if request.num_predict and request.num_predict > 0 \
+                else len(fixed)
+            total = min(limit, len(fixed))
         inst.keep_alive_s = request.keep_alive_s
         holding = finished = False
         seq: _Seq | None = None
@@ -740,7 +749,7 @@ class SimEngine:
             sent = 0
             while True:
                 while sent < seq.produced:
-                    piece = _piece(base, sent)
+                    piece = _piece(base, sent) if fixed is None else fixed[sent]
                     answer.append(piece)
                     yield piece
                     sent += 1
@@ -765,6 +774,8 @@ class SimEngine:
             # negative mean no limit (runner: ``NumPredict > 0 && numPredicted >= NumPredict``).
             reason = "length" if request.num_predict is not None and request.num_predict > 0 \
                 else "stop"
+            if fixed is not None:
+                reason = "length" if total < len(fixed) else "stop"
             yield Done(
                 done_reason=reason,
                 total_duration=round((t_done - t_arrival) * ns),
