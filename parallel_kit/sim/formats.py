@@ -3,9 +3,10 @@
 Ollama turns ``format`` into a grammar for the sampler (``llm/server.go``: ``"json"`` → a JSON
 grammar, an object → the schema's grammar), so the model can only write JSON and stops when
 the value is complete. The simulator writes a value of the schema's shape from its word list:
-``"json"`` gives ``{"response": "<words>"}``; a schema gives an object with every property (its
-``type``: string, integer, number, boolean, array, object, null; ``enum`` and ``const`` take
-their first value; ``$ref``, ``anyOf``/``oneOf`` take their first choice). The text is cut into
+``"json"`` and an object without properties give ``{"response": "<words>"}``; a schema gives an
+object with every property, by its ``type`` (string, integer, number, boolean, array, object,
+null); ``enum`` picks one of its values, ``const`` is itself, ``$ref`` follows ``$defs``, and
+``anyOf``/``oneOf``/``allOf`` take their first choice. The text is cut into
 pieces of about 4 bytes (the simulator's tokens). A ``num_predict`` below the pieces cuts the
 answer short — invalid JSON, as Ollama's is then — with ``done_reason`` ``length``.
 """
@@ -45,7 +46,9 @@ def _value(schema: Any, seed: int, depth: int, defs: dict[str, Any]) -> Any:
         kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
     props = schema.get("properties")
     if kind == "object" or (kind is None and isinstance(props, dict)):
-        props = props if isinstance(props, dict) else {}
+        if not isinstance(props, dict) or not props:
+            # An open object (no properties): what the model writes for "json".
+            return {"response": " ".join(_word(seed, j) for j in range(6))}
         return {k: _value(v, seed + 31 * i, depth + 1, defs)
                 for i, (k, v) in enumerate(props.items())}
     if kind == "array":
