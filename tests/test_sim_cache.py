@@ -521,3 +521,28 @@ def test_routes_answer_as_ollamas_router(sim_url: str, path: str, method: str) -
         assert method == "HEAD" or r.text == "404 page not found"
     else:
         assert r.status_code in (200, 400)
+
+
+@pytest.mark.parametrize(("family", "note"), [("qwen3next", True), ("llama", False)])
+def test_probe_says_asked_for_4_slots_got_1(family: str, note: bool) -> None:
+    from parallel_kit.probe import probe
+    from parallel_kit.sim.server import SimulatedOllama
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        async with SimulatedOllama(_with_family(family), num_parallel=4,
+                                   time_scale=0.0005) as sim:
+            got = await probe(sim.url, MODEL, max_k=4, num_predict=8, time_scale=0.0005)
+            return got, sim.stats()
+
+    loop = asyncio.new_event_loop()
+    try:
+        result, stats = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    said = [n for n in result.notes if "asked for 4 slots, got 1" in n]
+    assert bool(said) == note
+    # The note is read from the server right after the load, before any request ran. The
+    # server's own record agrees: one slot, never two requests decoding together.
+    assert stats["slots"] == {MODEL: 1 if note else 4}
+    if note:
+        assert stats["max_decoding"] == 1 and result.effective_slots == 1
