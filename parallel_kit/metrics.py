@@ -429,7 +429,7 @@ def infer_prompt_cache(rows: Iterable[Any], prefill_tokens_per_s: float | None =
     rate``, clamped to [0, count].
 
     Ollama ≥ 0.30 counts cached tokens in ``prompt_eval_count`` but times only the new ones in
-    ``prompt_eval_duration`` (ollama PR #16428), and reports no cached count (``/v1`` has no
+    ``prompt_eval_duration`` (ollama/ollama#16428), and reports no cached count (``/v1`` has no
     ``cached_tokens``), so this is the only way to see the cache from outside. The rate is
     ``prefill_tokens_per_s`` when given, else the slowest per-token rate among the rows (a row
     the cache did not help shows the true rate; one it helped looks faster). On a real server

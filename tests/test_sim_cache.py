@@ -78,7 +78,7 @@ def test_second_request_with_a_500_token_prefix_prefills_only_its_new_tokens() -
     n2 = RTX.prompt_tokens(second)
     assert d1.cached_tokens == 0
     assert d2.cached_tokens == 500
-    # Ollama's counting (since ollama PR #16428): the count is cached + new tokens ...
+    # Ollama's counting (since ollama/ollama#16428): the count is cached + new tokens ...
     assert d2.prompt_eval_count == n2
     # ... and the duration only the new ones.
     assert d2.prompt_eval_duration == round((n2 - 500) / PREFILL * NS)

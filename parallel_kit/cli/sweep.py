@@ -81,6 +81,9 @@ def _progress(run: Any) -> None:
     s, o = run.summary, run.summary.open_loop
     print(f"rate {s.offered_rps:.4g}/s: {s.ok}/{s.n} ok, latency from arrival "
           f"{o.get('latency_from_arrival_mean_s', float('nan')):.3g} s", file=sys.stderr)
+    if s.cache_flagged:  # the one warning line of measurement hygiene
+        print(next((n for n in s.notes if n.startswith("warning:")), "warning: prompt cache"),
+              file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
