@@ -357,6 +357,8 @@ async def compare(
         schedule = arrivals.schedule(default_n=count)
         specs = specs_for(schedule, base, model=model, num_predict=num_predict)
     if workload is not None:
+        if schedule is not None and schedule.specs is not None:
+            raise ConfigError("--workload and --trace both give the prompts — use one")
         specs = workload_specs(workload, len(specs), questions=base, model=model,
                                num_predict=num_predict)
     slo_obj = Slo.parse(slo) if isinstance(slo, str) else slo

@@ -233,3 +233,40 @@ def test_predicted_turn_hits_match_the_simulator(slots: int, ram: int) -> None:
     assert stats["prompt_cache"]["cached_tokens"] == inf.cached_tokens
     by_turn = ttft_by_turn(run.requests)
     assert sorted(by_turn) == list(range(turns))
+
+
+# -- the command line --------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [["--salt", ""], ["--salt", "a b"], ["--salt", "x/y"]])
+@pytest.mark.parametrize("command", ["bench", "sweep"])
+def test_a_bad_salt_at_the_cli_is_one_error_line_and_exit_2(
+        capsys: pytest.CaptureFixture[str], command: str, args: list[str]) -> None:
+    from parallel_kit.cli import main
+
+    extra = ["--rates", "0.1"] if command == "sweep" else []
+    code = main([command, "--mode", "sequential", "--n", "2", "--time-scale", "0.01",
+                 *extra, *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:") and "--salt" in err[0]
+    assert "--no-salt" in err[0]  # the fix
+
+
+def test_salt_and_no_salt_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from parallel_kit.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--mode", "sequential", "--salt", "a", "--no-salt"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_workload_and_trace_together_are_refused(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Any) -> None:
+    from parallel_kit.cli import main
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"timestamp_s": 0, "prompt": "hi"}\n{"timestamp_s": 1, "prompt": "yo"}\n')
+    code = main(["bench", "--mode", "sequential", "--trace", str(trace), "--workload",
+                 "multi-turn", "--time-scale", "0.01"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error:") and "--workload" in err[-1]

@@ -42,8 +42,9 @@ def add_hygiene_flags(p: argparse.ArgumentParser) -> None:
 
 def hygiene_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``salt`` and ``workload`` for :func:`~parallel_kit.bench.compare` from the flags."""
+    given = getattr(args, "salt", None)
     salt: str | bool = False if getattr(args, "no_salt", False) else (
-        getattr(args, "salt", None) or True)
+        True if given is None else given)  # an empty --salt is refused by compare
     return {"salt": salt, "workload": getattr(args, "workload", None)}
 
 
