@@ -45,7 +45,7 @@ from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
 from .modes.registry import BASELINE, get_info, mode_names, parse_modes
 from .modes.stack_options import ServeOptions, StackOptions
-from .prompts import load_prompts, make_specs
+from .prompts import load_prompts, make_specs, new_salt, salt_specs, workload_specs
 from .records import (
     RequestResult,
     RequestSpec,
@@ -91,6 +91,9 @@ class Comparison:
     interrupted: bool = False
     #: Output tokens per request the kit chose for a real engine (``None``: not capped).
     request_cap: int | None = None
+    #: The slowest prefill rate seen so far (tokens per model second): the reference for
+    #: inferring cache hits in later runs on the same servers (a sweep carries it on).
+    prefill_tokens_per_s: float | None = None
 
     def run(self, mode: str) -> RunResult:
         for r in self.runs:
@@ -288,6 +291,9 @@ async def compare(
     skip_unavailable: bool = False,
     arrivals: Arrivals | None = None,
     slo: Slo | str | None = None,
+    salt: str | bool = True,
+    workload: str | None = None,
+    prefill_tokens_per_s: float | None = None,
     **shortcuts: Unpack[CompareShortcuts],
 ) -> Comparison:
     """Run ``modes`` on the same requests and return every run with predictions filled in.
@@ -322,14 +328,25 @@ async def compare(
             :mod:`parallel_kit.loadgen`): every mode gets the same schedule.
         slo: ``"ttft=2,tpot=0.1,latency=30"`` or a :class:`~parallel_kit.metrics.Slo`: open-loop
             runs then report ``goodput_rps``.
+        salt: measurement hygiene against the server's prompt cache. True (default): a fresh
+            random salt; a string: that salt (to repeat a run exactly); False: prompts as
+            given. Each mode's run gets ``<salt>-<mode>`` (``summary.salt``) and its prompts a
+            salt tag (:func:`~parallel_kit.prompts.salt_specs`: one per request, or one per
+            run for a ``workload``), so no run sees a prompt an earlier run sent.
+        workload: ``shared-prefix`` or ``multi-turn`` (:func:`~parallel_kit.prompts.
+            workload_specs`): prompts that share prefixes on purpose, to show the cache.
+        prefill_tokens_per_s: the reference prefill rate for inferring cache hits (default:
+            the slowest seen in this comparison's runs).
         shortcuts: ``gpus``, ``slots``, ``profile``, ``engine``, ``engine_options``,
             ``concurrency``, ``prefetch``, ``ray_address`` build the records above
             (:class:`CompareShortcuts`); an unknown keyword is a ``TypeError``.
 
     Raises:
-        ConfigError: an unknown mode, a bad count, a shortcut given beside its record.
+        ConfigError: an unknown mode, a bad count, a shortcut given beside its record, an
+            empty salt, an unknown workload.
     """
     server_opts, queue_opts, ray_opts = _records(servers, queue, ray, dict(shortcuts))
+    salt_base = _salt_base(salt)
     engine = server_opts.engine
     engine_options = dict(server_opts.engine_options)
     slots, profile = server_opts.slots, server_opts.profile
@@ -350,6 +367,11 @@ async def compare(
     if arrivals is not None:
         schedule = arrivals.schedule(default_n=count)
         specs = specs_for(schedule, base, model=model, num_predict=num_predict)
+    if workload is not None:
+        if schedule is not None and schedule.specs is not None:
+            raise ConfigError("--workload and --trace both give the prompts — use one")
+        specs = workload_specs(workload, len(specs), questions=base, model=model,
+                               num_predict=num_predict)
     slo_obj = Slo.parse(slo) if isinstance(slo, str) else slo
     gpus = server_opts.count
     if gpus is None:
@@ -358,6 +380,8 @@ async def compare(
         time_scale = time_scale_from_env(1.0)
 
     result = into if into is not None else Comparison()
+    if prefill_tokens_per_s is not None:
+        result.prefill_tokens_per_s = prefill_tokens_per_s
     runs, messages = result.runs, result.messages
     seen: dict[str, list[RequestResult]] = {}
     sequential: RunResult | None = None
@@ -405,7 +429,10 @@ async def compare(
                               on_result=finished)
             setup = await _warm_up(b.endpoints, b.model, api) if b.endpoints else 0.0
             real = b.kind == "ollama" or engine in ("llama-server", "llama-cpp")
-            mode_specs = _with_model(specs, model, b.model)
+            run_salt = f"{salt_base}-{name}" if salt_base is not None else None
+            model_specs = _with_model(specs, model, b.model)
+            mode_specs = (salt_specs(model_specs, run_salt, per_request=workload is None)
+                          if run_salt is not None else model_specs)
             run_specs = _capped(mode_specs, REAL_ENGINE_NUM_PREDICT) if real else mode_specs
             if run_specs is not mode_specs:
                 result.request_cap = REAL_ENGINE_NUM_PREDICT
@@ -417,6 +444,7 @@ async def compare(
                 run.summary.engine = engine if b.kind == "sim" else "ollama"
                 run.summary.server = b.server
                 run.summary.setup_s = (run.summary.setup_s or 0.0) + setup
+                _cache_check(run, result, run_salt, workload, say)
                 runs.append(run)
                 return
             run = await info.load()(run_specs, ctx)
@@ -428,7 +456,7 @@ async def compare(
             # Real servers: predict from the sequential run's service times (its own, for
             # the sequential run itself: what remains is the overhead between requests).
             basis = run if name == BASELINE else sequential
-            pred = _prediction(name, run_specs, b, workers, s.slots, concurrency, basis,
+            pred = _prediction(name, mode_specs, b, workers, s.slots, concurrency, basis,
                                speedup=speedup)
             s.predicted_makespan_s = pred
             if pred and how:
@@ -437,6 +465,7 @@ async def compare(
                 s.efficiency = pred / s.makespan_s
             if name == BASELINE:
                 sequential = run
+            _cache_check(run, result, run_salt, workload, say)
             runs.append(run)
 
     bar = None
@@ -516,6 +545,63 @@ async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Sche
         run.summary.notes.append("no prediction: the servers are not simulated (theory needs "
                                  "the latency model of a profile)")
     return run
+
+
+def _salt_base(salt: str | bool | None) -> str | None:
+    """The comparison's salt: a fresh one for True, none for False/None, else the string.
+
+    Raises:
+        ConfigError: an empty string, or one with characters other than letters, digits,
+            ``.``, ``_`` and ``-``.
+    """
+    if salt is True:
+        return new_salt()
+    if salt is False or salt is None:
+        return None
+    text = str(salt).strip()
+    if not text or not all(c.isalnum() or c in "._-" for c in text):
+        raise ConfigError(f"--salt {salt!r} must be letters, digits, '.', '_' or '-' (or use "
+                          f"--no-salt to send the prompts as they are)")
+    return text
+
+
+def _cache_check(run: RunResult, comparison: Comparison, salt: str | None,
+                 workload: str | None, say: Callable[[str], None]) -> None:
+    """Infer the run's cache hits (``metrics.infer_prompt_cache``) into its summary, and flag
+    it in one line when over 10 % of its prompt tokens came from the cache although it did
+    not ask for caching (no ``workload``): such a run measured the cache, not the model."""
+    from .metrics import CACHE_WARN_FRACTION, infer_prompt_cache, ttft_by_turn
+
+    s = run.summary
+    s.salt, s.workload = salt, workload
+    if workload == "multi-turn":
+        turns = ttft_by_turn(run.requests)
+        if turns:
+            line = (f"{s.mode}: TTFT by turn (model s): "
+                    + ", ".join(f"t{t} {v:.3g}" for t, v in turns.items()))
+            s.notes.append(line)
+            say(line)
+    own = infer_prompt_cache(run.requests)
+    if own is None:
+        return
+    ref = comparison.prefill_tokens_per_s
+    rate = min(own.prefill_tokens_per_s, ref) if ref else own.prefill_tokens_per_s
+    comparison.prefill_tokens_per_s = rate
+    inf = infer_prompt_cache(run.requests, rate)
+    assert inf is not None
+    s.cache_hit_rate = inf.hit_rate
+    s.cached_tokens = inf.cached_tokens
+    s.prefill_tokens_per_s = rate
+    if workload is not None:
+        say(f"{s.mode}: {inf.hit_rate:.0%} of the prompt tokens came from the prompt cache "
+            f"(inferred from prompt_eval_count and prompt_eval_duration)")
+    elif inf.hit_rate > CACHE_WARN_FRACTION:
+        s.cache_flagged = True
+        line = (f"warning: {s.mode}: {inf.hit_rate:.0%} of its prompt tokens came from the "
+                f"server's prompt cache (inferred) — it measured the cache, not the model; "
+                f"run with salting on (the default, no --no-salt) or a fresh server")
+        s.notes.append(line)
+        say(line)
 
 
 def _partial_run(mode: str, specs: Sequence[RequestSpec], rows: Sequence[RequestResult],

@@ -32,13 +32,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .errors import ConfigError
 
 __all__ = [
+    "CACHE_WARN_FRACTION",
+    "CacheInference",
     "Distribution",
     "ItlSketch",
     "Row",
@@ -46,9 +48,11 @@ __all__ = [
     "achieved_concurrency",
     "distribution",
     "goodput_rps",
+    "infer_prompt_cache",
     "percentile",
     "row_tpot_s",
     "tpot_s",
+    "ttft_by_turn",
 ]
 
 
@@ -386,3 +390,93 @@ def achieved_concurrency(rows: Iterable[Row], start: float | None = None,
         return math.nan
     busy = math.fsum(max(0.0, min(f, hi) - max(s, lo)) for s, f in spans)
     return busy / (hi - lo)
+
+
+# -- the prompt cache, seen from outside ------------------------------------------------------
+#: Inferred cache hit rate above which a run that did not ask for caching is flagged.
+CACHE_WARN_FRACTION = 0.10
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInference:
+    """Prompt tokens a server's prompt cache supplied, inferred from Ollama's own fields.
+
+    Attributes:
+        prefill_tokens_per_s: the prefill rate used (tokens per model second).
+        cached: per row, inferred cached tokens (None: the row says nothing — failed, or no
+            ``prompt_eval_*``).
+        cached_tokens, prompt_tokens: sums over the rows with a figure.
+        hit_rate: ``cached_tokens ÷ prompt_tokens`` (NaN without prompt tokens).
+    """
+
+    prefill_tokens_per_s: float
+    cached: tuple[int | None, ...]
+    cached_tokens: int
+    prompt_tokens: int
+    hit_rate: float
+
+
+def _prefill_rate(row: Any) -> float | None:
+    count, dur = getattr(row, "prompt_tokens", None), getattr(row, "server_prompt_eval_s", None)
+    if not getattr(row, "ok", False) or not count or dur is None or not dur > 0:
+        return None
+    return float(count) / float(dur)
+
+
+def infer_prompt_cache(rows: Iterable[Any], prefill_tokens_per_s: float | None = None
+                       ) -> CacheInference | None:
+    """Cached prompt tokens per row: ``prompt_eval_count − prompt_eval_duration × prefill
+    rate``, clamped to [0, count].
+
+    Ollama ≥ 0.30 counts cached tokens in ``prompt_eval_count`` but times only the new ones in
+    ``prompt_eval_duration`` (ollama/ollama#16428), and reports no cached count (``/v1`` has no
+    ``cached_tokens``), so this is the only way to see the cache from outside. The rate is
+    ``prefill_tokens_per_s`` when given, else the slowest per-token rate among the rows (a row
+    the cache did not help shows the true rate; one it helped looks faster). On a real server
+    a short prompt's fixed overhead makes it look slow per token, so the figure is an upper
+    bound there; on the simulator it is exact.
+
+    Args:
+        rows: :class:`~parallel_kit.records.RequestResult` rows (``prompt_tokens``,
+            ``server_prompt_eval_s`` in model seconds, ``ok``).
+        prefill_tokens_per_s: a known rate (a probe's, or the slowest one seen on the same
+            server so far).
+
+    Returns:
+        The inference, or None when no row has a prefill duration (the server reports none,
+        or its prefill takes no time, as in the ``seed`` profile).
+    """
+    rows = list(rows)
+    rates = [r for r in (_prefill_rate(row) for row in rows) if r is not None]
+    if prefill_tokens_per_s is None or not prefill_tokens_per_s > 0:
+        if not rates:
+            return None
+        prefill_tokens_per_s = min(rates)
+    cached: list[int | None] = []
+    total = hits = 0
+    for row in rows:
+        count, dur = getattr(row, "prompt_tokens", None), getattr(row, "server_prompt_eval_s",
+                                                                  None)
+        if not getattr(row, "ok", False) or not count or dur is None:
+            cached.append(None)
+            continue
+        c = int(max(0, min(count, round(count - dur * prefill_tokens_per_s))))
+        cached.append(c)
+        total += count
+        hits += c
+    return CacheInference(float(prefill_tokens_per_s), tuple(cached), hits, total,
+                          hits / total if total else math.nan)
+
+
+def ttft_by_turn(rows: Iterable[Any]) -> dict[int, float]:
+    """Mean TTFT (model s) of the finished rows of each conversation turn, by turn; rows whose
+    ``request_id`` is not ``c<c>.t<t>`` (``prompts.multi_turn_specs``) are left out."""
+    import re
+
+    by: dict[int, list[float]] = {}
+    for row in rows:
+        m = re.fullmatch(r"c\d+\.t(\d+)", getattr(row, "request_id", "") or "")
+        ttft = getattr(row, "ttft_s", math.nan)
+        if m and getattr(row, "ok", False) and not math.isnan(ttft):
+            by.setdefault(int(m.group(1)), []).append(ttft)
+    return {t: sum(v) / len(v) for t, v in sorted(by.items())}

@@ -201,6 +201,11 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
             load_ns = loaded.get("load_duration")
             load_s = (load_ns * 1e-9 if isinstance(load_ns, (int, float))
                       else clock.now() - started)
+            # A simulator says at once when Ollama's scheduler gave fewer slots than asked (a
+            # family forced to one slot, server/sched.go), before any request is measured.
+            slot_note = await _single_slot_note(client.host, model)
+            if slot_note:
+                notes.append(slot_note)
         else:
             notes.append("load time not measured: the OpenAI API cannot unload a model")
             # one short request first, so the first timed one does not pay a load
@@ -393,6 +398,18 @@ def _aggregate_tokens_per_s(rows: Sequence[RequestResult]) -> float:
     window = max(end for _, end in spans) - min(start for start, _ in spans)
     tokens = sum(r.output_tokens or 0 for r in rows)
     return tokens / window if window > 0 else math.nan
+
+
+async def _single_slot_note(host: str, model: str) -> str | None:
+    """``asked for K slots, got 1: …`` from a simulated Ollama's ``/sim/stats``; None for a
+    real Ollama (which does not say) or when the model kept its slots."""
+    from .backend import sim_info
+
+    stats = await sim_info(host)
+    forced = (stats or {}).get("single_slot") or {}
+    want = model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+    note = forced.get(want) if isinstance(forced, dict) else None
+    return str(note) if note else None
 
 
 def _spec(i: int, model: str, num_predict: int) -> RequestSpec:

@@ -21,9 +21,13 @@ naming the file and the line (or record).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import secrets
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,8 +35,11 @@ from typing import Any
 from .errors import ConfigError
 from .records import RequestSpec
 from .sim.options import OptionError, runner_options
+from .sim.prompt_cache import SALT_RE, unsalted
 
-__all__ = ["builtin_prompt_sets", "load_prompts", "make_specs", "original_prompts"]
+__all__ = ["SALT_RE", "WORKLOADS", "builtin_prompt_sets", "load_prompts", "make_specs",
+           "multi_turn_specs", "new_salt", "original_prompts", "salt_specs",
+           "shared_prefix_specs", "turn_of", "unsalted", "workload_specs"]
 
 _ALLOWED_KEYS = {"prompt", "model", "num_predict", "options", "system", "id"}
 _HUMAN = ("human", "user")
@@ -226,3 +233,142 @@ def _number(specs: Iterable[RequestSpec]) -> list[RequestSpec]:
         if not s.request_id:
             s.request_id = f"r{i}"
     return out
+
+
+# -- measurement hygiene: salted prompts -------------------------------------------------------
+def new_salt() -> str:
+    """A fresh random salt (8 hex digits)."""
+    return secrets.token_hex(4)
+
+
+def _tag(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=4).hexdigest()
+
+
+def salt_specs(specs: Sequence[RequestSpec], salt: str, *,
+               per_request: bool = True) -> list[RequestSpec]:
+    """``specs`` with a salt tag (``[3fa9c2e1]`` and a space) before what the server sees
+    first: the system prompt when there is one, else the prompt.
+
+    Since Ollama 0.30 the engine reuses any prompt prefix it has seen (llama-server's
+    ``cache_prompt``, which Ollama always turns on, and its host-RAM cache): a prompt sent
+    again costs one token of prefill, and a benchmark that repeats its prompts measures the
+    cache, not the model (vLLM's benchmark showed TTFT 49× too low that way,
+    vllm-project/vllm#54227). The salt makes each prompt new to the server.
+
+    Args:
+        salt: the run's salt (``new_salt()``, or one the user gives to repeat a run).
+        per_request: True: every request gets its own line (a hash of the salt and its
+            ``request_id``), so no two share even the line; False: one line for the whole run,
+            which keeps what its prompts share on purpose (a common system prompt, a
+            conversation's history) and hides only earlier runs.
+    """
+    out = []
+    for s in specs:
+        tag = _tag(f"{salt}/{s.request_id}" if per_request else salt)
+        line = f"[{tag}] "  # no newline: a results CSV keeps one line a row
+        if s.system:
+            out.append(replace(s, system=line + s.system, options=dict(s.options)))
+        else:
+            out.append(replace(s, prompt=line + s.prompt, options=dict(s.options)))
+    return out
+
+
+# -- workloads that share prefixes on purpose --------------------------------------------------
+#: Workloads made by :func:`workload_specs`: ``shared-prefix`` (one long system prompt, then a
+#: question) and ``multi-turn`` (conversations whose history grows turn by turn).
+WORKLOADS = ("shared-prefix", "multi-turn")
+
+_SYSTEM = ("You are a patient teaching assistant for a course on parallel computing and LLM "
+           "serving. Answer in plain words, give one small example, and say which measurement "
+           "would show the effect. ")
+
+
+def _system_prompt(tokens: int) -> str:
+    """A system prompt of about ``tokens`` simulated tokens (4 bytes each)."""
+    text = _SYSTEM
+    while len(text.encode("utf-8")) < 4 * tokens:
+        text += _SYSTEM
+    return text[: 4 * tokens]
+
+
+def shared_prefix_specs(n: int, *, prefix_tokens: int = 500,
+                        questions: Sequence[RequestSpec] | None = None,
+                        model: str | None = None,
+                        num_predict: int | None = None) -> list[RequestSpec]:
+    """``n`` requests that share a system prompt of ``prefix_tokens`` tokens (in the prompt
+    text, so every API sends it first), each ending with its own question.
+
+    Raises:
+        ConfigError: ``n`` < 1 or ``prefix_tokens`` < 1.
+    """
+    if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int) \
+            or prefix_tokens < 1:
+        raise ConfigError(f"prefix_tokens must be a whole number ≥ 1, got {prefix_tokens!r}")
+    base = make_specs(n, questions, model=model, num_predict=num_predict)
+    system = _system_prompt(prefix_tokens)
+    return [replace(s, prompt=f"{system}\n\nQuestion {i}: {s.prompt}", source_id=f"q{i}")
+            for i, s in enumerate(base)]
+
+
+def multi_turn_specs(conversations: int, turns: int, *, prefix_tokens: int = 100,
+                     questions: Sequence[RequestSpec] | None = None,
+                     model: str | None = None, num_predict: int | None = None,
+                     reply_tokens: int = 30) -> list[RequestSpec]:
+    """Conversations that grow: turn ``t`` of a conversation sends its system prompt, every
+    earlier question with a stand-in reply of ``reply_tokens`` tokens, and its new question.
+    Requests come turn by turn, the conversations taking turns (c0 t0, c1 t0, …, c0 t1, …);
+    ``request_id`` and ``source_id`` are ``c<c>.t<t>`` (:func:`turn_of` reads the turn).
+
+    The stand-in reply is not the server's own answer (the requests are made before any
+    runs), so a slot holding a conversation reuses its history up to the last reply.
+
+    Raises:
+        ConfigError: a count below 1.
+    """
+    for label, v in (("conversations", conversations), ("turns", turns),
+                     ("reply_tokens", reply_tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{label} must be a whole number ≥ 1, got {v!r}")
+    qs = make_specs(conversations * turns, questions, model=model, num_predict=num_predict)
+    system = _system_prompt(prefix_tokens)
+    reply = ("Here is a short answer with an example. " * (reply_tokens // 10 + 1))[
+        : 4 * reply_tokens]
+    out: list[RequestSpec] = []
+    history = [f"System: conversation {c}. {system}" for c in range(conversations)]
+    for t in range(turns):
+        for c in range(conversations):
+            q = qs[t * conversations + c]
+            prompt = f"{history[c]}\nUser: {q.prompt}"
+            rid = f"c{c}.t{t}"
+            out.append(replace(q, prompt=prompt, request_id=rid, source_id=rid))
+            history[c] = f"{prompt}\nAssistant: {reply}"
+    return out
+
+
+def turn_of(row_id: str | None) -> int | None:
+    """The turn in a ``c<c>.t<t>`` id (:func:`multi_turn_specs`); None for another id."""
+    m = re.fullmatch(r"c\d+\.t(\d+)", row_id or "")
+    return int(m.group(1)) if m else None
+
+
+def workload_specs(name: str, n: int, *, questions: Sequence[RequestSpec] | None = None,
+                   model: str | None = None, num_predict: int | None = None,
+                   conversations: int = 3) -> list[RequestSpec]:
+    """``n`` requests of a named workload (:data:`WORKLOADS`); ``multi-turn`` makes
+    ``conversations`` conversations of ⌈n ÷ conversations⌉ turns, cut to ``n`` requests.
+
+    Raises:
+        ConfigError: an unknown name (the known ones listed), a bad count.
+    """
+    if name == "shared-prefix":
+        return shared_prefix_specs(n, questions=questions, model=model,
+                                   num_predict=num_predict)
+    if name == "multi-turn":
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {n!r}")
+        conv = max(1, min(conversations, n))
+        turns = -(-n // conv)
+        return multi_turn_specs(conv, turns, questions=questions, model=model,
+                                num_predict=num_predict)[:n]
+    raise ConfigError(f"unknown workload {name!r} — choose from {', '.join(WORKLOADS)}")

@@ -244,6 +244,18 @@ class RunSummary:
     #: what was measured: the server's own name and version where it gives one ("llama.cpp
     #: b6123", "vLLM 0.10.1", "Ollama 0.12.3", its ``Server`` header), or the simulator's label
     server: str = ""
+    # -- the prompt cache (docs/METRICS.md, "Prompt cache") -----------------------------------
+    #: the salt that made this run's prompts new to the server (None: not salted)
+    salt: str | None = None
+    #: the workload, when it shares prefixes on purpose (``shared-prefix``, ``multi-turn``)
+    workload: str | None = None
+    #: inferred cached ÷ prompt tokens (``metrics.infer_prompt_cache``; None: not inferable)
+    cache_hit_rate: float | None = None
+    #: inferred cached prompt tokens of the run, and the prefill rate the inference used
+    cached_tokens: int | None = None
+    prefill_tokens_per_s: float | None = None
+    #: True when the run did not ask for caching but over 10 % of its prompt was cached
+    cache_flagged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _json_safe(v) for k, v in asdict(self).items()}

@@ -197,6 +197,7 @@ async def sweep(
     slo: str | None = None,
     command: str | None = None,
     on_run: Callable[[RunResult], None] | None = None,
+    salt: str | bool = True,
     **compare_kwargs: Any,
 ) -> Sweep:
     """Run ``mode`` at each rate (``"auto"``: 10 % … 110 % of its measured capacity).
@@ -210,15 +211,28 @@ async def sweep(
         slo: ``"ttft=…,tpot=…,latency=…"`` for goodput.
         command: the command line that made it (kept in the JSON).
         on_run: called with each run as it finishes (progress).
+        salt: True (default): a fresh salt for the sweep, a string: that one, False: none.
+            Cell ``i`` (the capacity burst is cell 0 when there is one) runs with salt
+            ``<salt>-c<i>``, so no cell sees a prompt an earlier cell sent; every run's
+            inferred cache hit rate is in its summary, and a run over 10 % is flagged
+            (``summary.cache_flagged``) unless the ``workload`` asked for caching.
         compare_kwargs: passed to :func:`parallel_kit.bench.compare` (``gpus``, ``slots``,
             ``time_scale``, ``profile``, ``hosts``, …).
 
     Raises:
         ConfigError: bad rates, repeats or n; a capacity burst in which nothing finished.
     """
-    from .bench import compare
+    from .bench import _salt_base, compare
 
     parsed = parse_rates(rates)
+    base_salt = _salt_base(salt)
+    cells = 0
+    prefill: float | None = None
+
+    def cell_salt() -> str | bool:
+        nonlocal cells
+        cells += 1
+        return f"{base_salt}-c{cells - 1}" if base_salt is not None else False
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"--repeats must be a whole number ≥ 1, got {repeats!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -226,7 +240,8 @@ async def sweep(
     result = Sweep(mode)
     chosen: list[float] = []
     if isinstance(parsed, str):
-        burst = await compare([mode], n=n, **compare_kwargs)
+        burst = await compare([mode], n=n, salt=cell_salt(), **compare_kwargs)
+        prefill = burst.prefill_tokens_per_s
         cap = burst.runs[0].summary.throughput_rps
         if not cap or math.isnan(cap):
             raise ConfigError(f"the capacity burst of {mode} finished no request — check the "
@@ -241,7 +256,9 @@ async def sweep(
             arrivals = Arrivals(rate=rate, process=process, burstiness=burstiness,
                                 seed=seed + rep, n=n, warmup=warmup,
                                 max_concurrency=max_concurrency)
-            comp = await compare([mode], arrivals=arrivals, slo=slo, **compare_kwargs)
+            comp = await compare([mode], arrivals=arrivals, slo=slo, salt=cell_salt(),
+                                 prefill_tokens_per_s=prefill, **compare_kwargs)
+            prefill = comp.prefill_tokens_per_s
             result.runs.append(comp.runs[0])
             if on_run is not None:
                 on_run(comp.runs[0])
@@ -254,6 +271,8 @@ async def sweep(
         "time_scale": first.time_scale if first else None,
         "backend": first.backend if first else None,
         "command": command,
+        "salt": base_salt,
+        "flagged_cells": [i for i, r in enumerate(result.runs) if r.summary.cache_flagged],
         "machine": machine_description(),
     }
     return result

@@ -57,6 +57,7 @@ __all__ = [
     "equal_requests_makespan",
     "graham_bound",
     "greedy_makespan",
+    "host_cache_states",
     "jittered_service",
     "karp_flatt_serial_fraction",
     "list_schedule",
@@ -67,6 +68,7 @@ __all__ = [
     "predict",
     "predict_load",
     "predict_topology",
+    "predict_turn_hits",
     "round_robin_makespan",
     "round_robin_schedule",
     "rounds",
@@ -1187,3 +1189,41 @@ def __getattr__(name: str) -> Any:
 
         return mode_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- the prompt cache: which conversation turns find their history ----------------------------
+def host_cache_states(cache_ram_mib: int, kv_bytes_per_token: int, state_tokens: int) -> int:
+    """Conversation states llama-server's host-RAM cache holds: ``cache_ram_mib`` MiB ÷
+    (``state_tokens`` × ``kv_bytes_per_token``), rounded down (0 when either is 0).
+
+    Args:
+        cache_ram_mib: ``--cache-ram`` (default 8192; Ollama passes no flag for it).
+        kv_bytes_per_token: KV bytes per token (a profile's ``kv_bytes_per_token``).
+        state_tokens: tokens of one state (the longest conversation's prompt and answer).
+    """
+    if cache_ram_mib <= 0 or kv_bytes_per_token <= 0 or state_tokens <= 0:
+        return 0
+    return (cache_ram_mib << 20) // (kv_bytes_per_token * state_tokens)
+
+
+def predict_turn_hits(conversations: int, slots: int, host_states: int = 0) -> float:
+    """Fraction of later turns (every turn after a conversation's first) that find their
+    conversation's history cached, when ``conversations`` conversations take turns in a fixed
+    round (c0, c1, …, c0, …), one request at a time, on one server.
+
+    A conversation's state lives in a slot until the slot is taken (llama-server picks the idle
+    slot with the longest common prefix, else the least recently used one), then in the
+    host-RAM cache (least recently used first out). A round touches every conversation once,
+    which is LRU's worst case (Belady's cyclic pattern): with ``C`` conversations, ``K`` slots
+    and room for ``H`` states in RAM, every later turn hits when ``C ≤ K + H`` and none does
+    otherwise — adding a slot matters only at that edge, and Ollama's default 8 GiB of RAM
+    usually holds the states anyway.
+
+    Raises:
+        ConfigError: a count below its minimum (1 conversation, 1 slot, 0 states).
+    """
+    for name, value, low in (("conversations", conversations, 1), ("slots", slots, 1),
+                             ("host_states", host_states, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be a whole number ≥ {low}, got {value!r}")
+    return 1.0 if conversations <= slots + host_states else 0.0

@@ -20,7 +20,32 @@ from ._args import (
 )
 from ._load import add_arrival_flags, add_rate_flags, arrivals_from_args
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_hygiene_flags", "add_parser", "hygiene_kwargs", "run"]
+
+
+def add_hygiene_flags(p: argparse.ArgumentParser) -> None:
+    """``--salt S | --no-salt`` and ``--workload`` (bench and sweep)."""
+    from ..prompts import WORKLOADS
+
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--salt", default=None, metavar="S",
+                       help="salt that makes each run's prompts new to the server's prompt "
+                            "cache (default: a fresh random one; give S to repeat a run)")
+    group.add_argument("--no-salt", action="store_true",
+                       help="send the prompts as they are: a server that saw them before "
+                            "answers from its prompt cache (such runs are flagged)")
+    p.add_argument("--workload", choices=WORKLOADS, default=None,
+                   help="prompts that share prefixes on purpose, to show the prompt cache: "
+                        "a long system prompt (shared-prefix) or growing conversations "
+                        "(multi-turn, 3 of them; TTFT by turn in the summary notes)")
+
+
+def hygiene_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``salt`` and ``workload`` for :func:`~parallel_kit.bench.compare` from the flags."""
+    given = getattr(args, "salt", None)
+    salt: str | bool = False if getattr(args, "no_salt", False) else (
+        True if given is None else given)  # an empty --salt is refused by compare
+    return {"salt": salt, "workload": getattr(args, "workload", None)}
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -70,6 +95,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_engine(p)
     add_rate_flags(p)
     add_arrival_flags(p)
+    add_hygiene_flags(p)
     return p
 
 
@@ -108,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 serve=serve_options(args), stack=stack_options(args),
                 progress=not args.no_progress,
                 announce=lambda m: print(m, file=sys.stderr), into=comparison,
-                arrivals=arrivals, slo=slo))
+                arrivals=arrivals, slo=slo, **hygiene_kwargs(args)))
         except ParallelKitError as exc:
             if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
                 raise  # nothing had finished: the error alone says it all

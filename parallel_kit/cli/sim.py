@@ -42,6 +42,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=non_negative_int, default=None, metavar="T",
                    help="default num_ctx (default OLLAMA_CONTEXT_LENGTH, else by the "
                         "profile's GPU memory: 4096 without one)")
+    p.add_argument("--cache-ram", type=non_negative_int, default=8192, metavar="MIB",
+                   help="llama-server's host-RAM prompt cache in MiB (default 8192, as Ollama "
+                        "leaves it; 0 = none)")
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="no prefix reuse at all (real Ollama ≥ 0.30 always reuses; for "
+                        "experiments)")
     p.add_argument("--fail-fraction", type=fraction, default=0.0, metavar="P",
                    help="fail this fraction of requests (fault lesson)")
     p.add_argument("--jitter", type=fraction, default=0.0, metavar="J",
@@ -95,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         time_scale=time_scale if time_scale is not None else time_scale_from_env(),
         models=models, keep_alive=settings.keep_alive_s, faults=faults, engine=engine,
         bind=settings.bind, port=settings.port, max_loaded_models=settings.max_loaded_models,
-        context_length=settings.context_length)
+        context_length=settings.context_length,
+        cache_ram_mib=getattr(args, "cache_ram", 8192),
+        prompt_cache=not getattr(args, "no_prompt_cache", False))
 
     async def serve() -> None:
         async with sim:

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..modes.registry import mode_names
 from ._args import add_time_scale, ranged
 from ._load import add_arrival_flags, parse_float
+from .bench import add_hygiene_flags, hygiene_kwargs
 
 __all__ = ["add_parser", "run"]
 
@@ -45,6 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="maximum output tokens per request")
     add_time_scale(p)
     add_arrival_flags(p)
+    add_hygiene_flags(p)
     p.add_argument("--json", default=None, metavar="FILE",
                    help="write the sweep: its settings, theory's curve and one run per rate")
     p.add_argument("--plot", default=None, metavar="FILE",
@@ -56,7 +58,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 #: The flags that describe a sweep, in the order its command line is written back.
 _FLAGS = ("mode", "rates", "repeats", "n", "host", "gpus", "slots", "concurrency", "profile",
           "prompts", "model", "num_predict", "time_scale", "arrivals", "burstiness", "seed",
-          "max_concurrency", "warmup", "slo", "json", "plot")
+          "max_concurrency", "warmup", "slo", "salt", "no_salt", "workload", "json", "plot")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -64,7 +66,10 @@ def _command(args: argparse.Namespace) -> str:
     words = ["parallel-kit", "sweep"]
     for name in _FLAGS:
         value = getattr(args, name, None)
-        if value is None or (name == "warmup" and value == 0):
+        if value is None or value is False or (name == "warmup" and value == 0):
+            continue
+        if value is True:
+            words.append("--" + name.replace("_", "-"))
             continue
         flag = "--" + name.replace("_", "-")
         for v in value if isinstance(value, list) else [value]:
@@ -76,6 +81,9 @@ def _progress(run: Any) -> None:
     s, o = run.summary, run.summary.open_loop
     print(f"rate {s.offered_rps:.4g}/s: {s.ok}/{s.n} ok, latency from arrival "
           f"{o.get('latency_from_arrival_mean_s', float('nan')):.3g} s", file=sys.stderr)
+    if s.cache_flagged:  # the one warning line of measurement hygiene
+        print(next((n for n in s.notes if n.startswith("warning:")), "warning: prompt cache"),
+              file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
                             process=args.arrivals, burstiness=burstiness or 1.0,
                             seed=args.seed, warmup=args.warmup,
                             max_concurrency=args.max_concurrency, slo=args.slo,
-                            command=command, on_run=_progress, **kwargs))
+                            command=command, on_run=_progress, **hygiene_kwargs(args),
+                            **kwargs))
     print(result.table())
     if args.json:
         print(f"wrote {result.write_json(args.json)}", file=sys.stderr)

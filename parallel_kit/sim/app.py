@@ -284,13 +284,28 @@ def _go_type(value: Any) -> str:
 def _check_format(value: Any) -> None:
     """``format``: empty, ``"json"`` or a JSON schema object, else the runner's error
     (llm/server.go ``Completion``: ``invalid format: %q; expected "json" or a valid JSON
-    Schema object``, a 500 before the answer starts). The simulator does not shape its text
-    to the format."""
+    Schema object``, a 500 before the answer starts). A valid one shapes the simulated answer
+    (``sim/formats.py``)."""
     if value is None or value in ("", "json") or isinstance(value, dict):
         return
     raw = json.dumps(value, separators=(",", ":"))
     raise OptionError(f"invalid format: {go_quote(raw)}; expected \"json\" or a valid JSON "
                       f"Schema object")
+
+
+def _openai_format(response_format: Any) -> Any:
+    """``response_format`` as openai/openai.go turns it into ``format``: ``json_object`` →
+    ``"json"``, ``json_schema`` → its ``schema``; anything else → free text."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return schema if isinstance(schema, dict) else "json"
+    return None
 
 
 # -- the application -----------------------------------------------------------------------
@@ -571,7 +586,7 @@ class OllamaApp:
         num_predict, seed = options.get("num_predict"), options.get("seed")
         request = GenerateRequest(model=name, prompt=prompt, num_predict=num_predict, seed=seed,
                                   keep_alive_s=keep_alive, messages=messages or None,
-                                  options=options)
+                                  options=options, format=body.get("format") or None)
         fmt: _Format = (_ChatFormat(model) if chat
                         else _GenerateFormat(model, stable_hash(prompt, seed) & 0xFFFF))
         await self._run(receive, send, request, fmt, stream=body.get("stream") is not False)
@@ -658,7 +673,8 @@ class OllamaApp:
                                   num_predict=options.get("num_predict"),
                                   seed=options.get("seed"),
                                   messages=body.get("messages") if chat else None,
-                                  options=options)
+                                  options=options,
+                                  format=_openai_format(body.get("response_format")))
         fmt = _OpenAIFormat(model, chat=chat, include_usage=include_usage)
         await self._run(receive, send, request, fmt, stream=stream)
 

@@ -43,7 +43,18 @@ from typing import Any
 from ..config import check_time_scale, duration_from_body
 from ..errors import ConfigError
 from .faults import Faults
+from .formats import json_answer, json_pieces
 from .profiles import ModelSpeed, Profile, stable_hash
+from .prompt_cache import (
+    DEFAULT_CACHE_RAM_MIB,
+    DEFAULT_KV_BYTES_PER_TOKEN,
+    SLOT_PROMPT_SIMILARITY,
+    HostCache,
+    Slot,
+    choose_slot,
+    common_prefix_tokens,
+    unsalted,
+)
 from .protocol import (
     BusyError,
     Done,
@@ -58,6 +69,7 @@ from .protocol import (
 from .timer import TIMER, sleep_until
 
 __all__ = [
+    "SINGLE_SLOT_FAMILIES",
     "BusyError",
     "Done",
     "Engine",
@@ -70,6 +82,7 @@ __all__ = [
     "canonical_name",
     "default_num_ctx",
     "parse_keep_alive",
+    "single_slot_reason",
 ]
 
 # Kept for callers of the earlier module layout.
@@ -92,6 +105,26 @@ def default_num_ctx(gpu_memory: int | None, context_length: int = 0) -> int:
     if total >= 23 * _GIB:
         return 32768
     return 4096
+
+
+#: Ollama's automatic context tiers, largest first (``server/routes.go``).
+_CTX_TIERS = (262144, 32768, 4096)
+
+#: Model families Ollama runs with one slot whatever ``OLLAMA_NUM_PARALLEL`` says
+#: (``server/sched.go``; ollama/ollama#17556): hybrid/SSM and vision-cross-attention models.
+SINGLE_SLOT_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe",
+                                  "qwen3next", "lfm2", "lfm2moe", "nemotron_h",
+                                  "nemotron_h_moe"})
+
+
+def single_slot_reason(family: str, capabilities: Sequence[str] = ()) -> str | None:
+    """Why Ollama forces one slot for a model (None: it does not): an embedding model, or a
+    family of :data:`SINGLE_SLOT_FAMILIES`."""
+    if "embedding" in capabilities and "completion" not in capabilities:
+        return "an embedding model"
+    if family in SINGLE_SLOT_FAMILIES:
+        return f"family {family} runs one sequence at a time"
+    return None
 
 
 def parse_keep_alive(value: Any) -> float:
@@ -162,6 +195,7 @@ class _Instance:
         self.loading: asyncio.Future[float] | None = None  # result: planned end (loop clock)
         self.load_task: asyncio.Task[None] | None = None
         self.num_ctx = 0  # the context it is (being) loaded with
+        self.asked_ctx = 0  # the context its requests asked for (more, after a step-down)
         self.slots = engine.num_parallel  # slots it is (being) loaded with
         self.expires_at = math.inf  # loop clock
         self.refs = 0  # requests between scheduling and done
@@ -169,7 +203,9 @@ class _Instance:
         self.idle.set()
         self.keep_alive_s: float | None = None  # the latest request's wish
         self.free = 0
-        self.queue: deque[asyncio.Future[float]] = deque()
+        self.slot_list: list[Slot] = []  # llama-server's slots: what each one's KV cache holds
+        self.uses = 0  # slot-use counter (llama-server's t_last_used)
+        self.queue: deque[asyncio.Future[tuple[float, Slot]]] = deque()
         self.batch: list[_Seq] = []
         self.joining: list[_Seq] = []
         self.stepper: asyncio.Task[None] | None = None
@@ -200,6 +236,9 @@ class _Instance:
     def start_load(self, loop: asyncio.AbstractEventLoop, now: float, num_ctx: int,
                    slots: int) -> None:
         self.num_ctx, self.slots, self.free = num_ctx, slots, slots
+        # A fresh llama-server: empty slots (the host cache went with the old process too).
+        self.slot_list = [Slot(i) for i in range(slots)]
+        self.engine._new_host_cache(self)
         load_clock = self.speed.load_s * self.engine.time_scale
         self.engine._count("loads")
         if load_clock <= 0:
@@ -232,30 +271,41 @@ class _Instance:
             self.expires_at = now + keep * self.engine.time_scale
 
     # slots -------------------------------------------------------------------------------
-    async def acquire(self, loop: asyncio.AbstractEventLoop, now: float) -> float:
-        """Wait for a slot, first come first served; returns the planned start (loop clock):
-        ``now`` if one is free, else the moment the previous holder's work was planned to end."""
+    async def acquire(self, loop: asyncio.AbstractEventLoop, now: float,
+                      prompt: bytes) -> tuple[float, Slot, bool]:
+        """Wait for a slot, first come first served; returns (the planned start on the loop
+        clock: ``now`` if one is free, else the moment the previous holder's work was planned
+        to end; the slot; whether the host cache is updated). A free slot is chosen as
+        llama-server chooses (:func:`~.prompt_cache.choose_slot`)."""
         if self.free > 0 and not self.queue:
+            idle = [s for s in self.slot_list if not s.busy]
+            slot, update = choose_slot(idle, prompt, self.engine.slot_similarity)
+            slot.busy = True
             self.free -= 1
-            return now
-        fut: asyncio.Future[float] = loop.create_future()
+            return now, slot, update
+        fut: asyncio.Future[tuple[float, Slot]] = loop.create_future()
         self.queue.append(fut)
         try:
             # Never before this request arrived (the holder may have finished on paper
             # before then and let go of the slot only now).
-            return max(await fut, now)
+            planned, slot = await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release(loop.time())  # it was handed a slot just as it was cancelled
+                # It was handed a slot just as it was cancelled.
+                self.release(loop.time(), fut.result()[1])
             raise
+        # A deferred task meets the one slot just freed: similarity on it, else LRU (update).
+        _, update = choose_slot([slot], prompt, self.engine.slot_similarity)
+        return max(planned, now), slot, update
 
-    def release(self, planned: float) -> None:
-        """Give the slot to the next waiter, who starts at the ``planned`` free time."""
+    def release(self, planned: float, slot: Slot) -> None:
+        """Give ``slot`` to the next waiter, who starts at the ``planned`` free time."""
         while self.queue:
             fut = self.queue.popleft()
             if not fut.done():
-                fut.set_result(planned)
+                fut.set_result((planned, slot))
                 return
+        slot.busy = False
         self.free += 1
 
     # decoding ----------------------------------------------------------------------------
@@ -344,9 +394,19 @@ class SimEngine:
                  max_queue: int = 512, time_scale: float = 1.0,
                  models: Sequence[str] | None = None, keep_alive_s: float = 300.0,
                  faults: Faults | None = None, max_loaded_models: int = 0,
-                 context_length: int = 0) -> None:
+                 context_length: int = 0, prompt_cache: bool = True,
+                 cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
+                 slot_similarity: float = SLOT_PROMPT_SIMILARITY) -> None:
         if num_parallel is None:
             num_parallel = profile.num_parallel
+        if isinstance(cache_ram_mib, bool) or not isinstance(cache_ram_mib, int) \
+                or cache_ram_mib < 0:
+            raise ConfigError(f"cache_ram_mib {cache_ram_mib!r} must be a whole number of MiB "
+                              f"≥ 0 (llama-server's --cache-ram; 0 = no host-RAM cache)")
+        if not isinstance(slot_similarity, (int, float)) or isinstance(slot_similarity, bool) \
+                or not 0 <= slot_similarity <= 1:
+            raise ConfigError(f"slot_similarity {slot_similarity!r} must be between 0 and 1 "
+                              f"(llama-server's --slot-prompt-similarity, default 0.10)")
         if isinstance(num_parallel, bool) or not isinstance(num_parallel, int) or num_parallel < 1:
             raise ConfigError(f"num_parallel {num_parallel!r} must be a whole number ≥ 1 "
                               f"(Ollama's OLLAMA_NUM_PARALLEL)")
@@ -365,6 +425,12 @@ class SimEngine:
         self.gpu_memory = (profile.gpu_memory * max(1, profile.gpus)
                            if profile.gpu_memory else None)
         self.context_length = context_length
+        self.prompt_cache = bool(prompt_cache)
+        self.cache_ram_mib = cache_ram_mib
+        self.slot_similarity = float(slot_similarity)
+        self._host: dict[str, HostCache] = {}
+        self._cache_counts: dict[str, int] = dict.fromkeys(
+            ("prompt_tokens", "cached_tokens", "hits", "host_restores"), 0)
         names = [canonical_name(n) for n in (models or profile.model_names()) if n.strip()]
         if not names:
             raise ConfigError("the simulator needs at least one model name — e.g. llama3.2:3b")
@@ -377,7 +443,9 @@ class SimEngine:
         self._stats: dict[str, int] = dict.fromkeys(
             ("requests", "completed", "failed", "cancelled", "busy", "active", "max_active",
              "max_decoding", "loads", "unloads", "evictions", "reloads", "truncated",
-             "max_resident"), 0)
+             "max_resident", "context_step_downs"), 0)
+        #: models that got fewer slots than asked, and why (Ollama's forced single slot)
+        self._forced: dict[str, str] = {}
 
     # protocol ----------------------------------------------------------------------------
     def models(self) -> list[ModelInfo]:
@@ -424,12 +492,20 @@ class SimEngine:
             and asked > 0 else default_num_ctx(self.gpu_memory, self.context_length)
         return max(1, min(want, inst.speed.context_length))
 
+    def _auto_ctx(self, options: dict[str, Any] | None) -> bool:
+        """Whether the context is Ollama's automatic choice (no ``num_ctx``, no
+        ``OLLAMA_CONTEXT_LENGTH``): only then does it step down on a load out-of-memory."""
+        asked = (options or {}).get("num_ctx")
+        given = isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked > 0
+        return not given and self.context_length <= 0
+
     async def load(self, model: str, keep_alive_s: float | None = None,
                    options: dict[str, Any] | None = None) -> None:
         inst = self._instances[self.resolve(model)]
         loop = asyncio.get_running_loop()
         try:
-            await self._schedule(inst, self.num_ctx_for(model, options), loop, loop.time())
+            await self._schedule(inst, self.num_ctx_for(model, options), loop, loop.time(),
+                                 auto=self._auto_ctx(options))
         except BusyError:
             self._stats["busy"] += 1
             raise
@@ -449,7 +525,45 @@ class SimEngine:
         out["loaded"] = [i.name for i in self._instances.values() if i.loaded]
         out["max_loaded_models"] = self.max_loaded_models
         out["slots"] = {i.name: i.slots for i in self._instances.values() if i.resident}
+        out["num_parallel"] = self.num_parallel
+        out["single_slot"] = dict(self._forced)
+        out["num_ctx"] = {i.name: i.num_ctx for i in self._instances.values() if i.resident}
+        host = [h.stats() for h in self._host.values()]
+        out["prompt_cache"] = {
+            "enabled": self.prompt_cache, "cache_ram_mib": self.cache_ram_mib,
+            **self._cache_counts,
+            "host_entries": sum(h["entries"] for h in host),
+            "host_bytes": sum(h["bytes"] for h in host),
+            "host_saves": sum(h["saves"] for h in host),
+            "host_evictions": sum(h["evictions"] for h in host)}
         return out
+
+    def _new_host_cache(self, inst: _Instance) -> None:
+        """A model (re)loaded gets a new llama-server process, so a new, empty host cache."""
+        kv = inst.speed.kv_bytes_per_token or DEFAULT_KV_BYTES_PER_TOKEN
+        self._host[inst.name] = HostCache(self.cache_ram_mib << 20, kv)
+
+    def host_cache(self, model: str) -> HostCache | None:
+        """The host-RAM prompt cache of a loaded model (None before its first load)."""
+        return self._host.get(self.resolve(model))
+
+    def _reuse(self, inst: _Instance, slot: Slot, prompt: bytes, update: bool,
+               prompt_tokens: int) -> int:
+        """Tokens of ``prompt`` the slot already holds, after the host-cache step
+        (``prompt_save`` then ``prompt_load``); at most ``prompt_tokens − 1``, as llama-server
+        always processes the prompt's last token."""
+        if not self.prompt_cache:
+            slot.content = b""
+            return 0
+        lcp = common_prefix_tokens(slot.content, prompt)
+        host = self._host.get(inst.name)
+        if update and host is not None and slot.content:
+            host.save(slot.content)
+            best = host.take_best(prompt, lcp)
+            if best is not None:
+                slot.content, lcp = best
+                self._cache_counts["host_restores"] += 1
+        return max(0, min(lcp, prompt_tokens - 1))
 
     async def aclose(self) -> None:
         tasks = [t for i in self._instances.values() for t in (i.load_task, i.stepper) if t]
@@ -458,14 +572,27 @@ class SimEngine:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # scheduler ---------------------------------------------------------------------------
+    def wanted_slots(self, model: str) -> int:
+        """Slots Ollama gives ``model`` before memory is looked at: ``num_parallel``, except 1
+        for embedding models and the families ``server/sched.go`` forces to one slot
+        (:data:`SINGLE_SLOT_FAMILIES`), whatever ``OLLAMA_NUM_PARALLEL`` says."""
+        inst = self._instances[self.resolve(model)]
+        reason = single_slot_reason(inst.speed.family, inst.speed.capabilities)
+        if reason and self.num_parallel > 1:
+            self._forced[inst.name] = (f"asked for {self.num_parallel} slots, got 1: {reason} "
+                                       f"(Ollama's server/sched.go)")
+            return 1
+        return self.num_parallel
+
     def _fit_slots(self, inst: _Instance, num_ctx: int) -> int | None:
         """Slots that fit beside the other loaded models (the most, down to 1); None if even
         one does not."""
+        want = self.wanted_slots(inst.name)
         if self.gpu_memory is None:
-            return self.num_parallel
+            return want
         used = sum(i.memory(i.num_ctx, i.slots) for i in self._instances.values()
                    if i is not inst and i.resident)
-        for k in range(self.num_parallel, 0, -1):
+        for k in range(want, 0, -1):
             if inst.memory(num_ctx, k) + used <= self.gpu_memory:
                 return k
         return None
@@ -485,13 +612,28 @@ class SimEngine:
         victim.unload()
         self._evicted_at = asyncio.get_running_loop().time()
 
+    def _stepped_ctx(self, inst: _Instance, num_ctx: int, auto: bool) -> int:
+        """The context a load really gets: an automatically chosen one steps down Ollama's
+        tiers (262144 → 32768 → 4096) while the model with one slot does not fit the GPU
+        memory alone (a load out-of-memory); a context the user set is kept."""
+        if not auto or self.gpu_memory is None:
+            return num_ctx
+        ctx = num_ctx
+        while inst.memory(ctx, 1) > self.gpu_memory:
+            lower = next((t for t in _CTX_TIERS if t < ctx), None)
+            if lower is None:
+                break
+            ctx = lower
+            self._stats["context_step_downs"] += 1
+        return ctx
+
     async def _schedule(self, inst: _Instance, num_ctx: int,
-                        loop: asyncio.AbstractEventLoop, now: float) -> float:
+                        loop: asyncio.AbstractEventLoop, now: float, auto: bool = False) -> float:
         """Make ``inst`` loaded with ``num_ctx`` and take a reference on it (the caller must
         call ``after_use``). ``now`` is the request's arrival (loop clock). Returns the planned
         time the model was ready: the arrival when it already was, else when it was loaded."""
         inst.expire_if_due(now)
-        if (inst.loaded and inst.num_ctx == num_ctx and not self._sched_lock.locked()):
+        if (inst.loaded and inst.asked_ctx == num_ctx and not self._sched_lock.locked()):
             inst.use()
             return now
         if self._scheduling >= self.max_queue:
@@ -504,19 +646,21 @@ class SimEngine:
                     t = loop.time()
                     for other in self._instances.values():
                         other.expire_if_due(t)
-                    if inst.resident and inst.num_ctx == num_ctx:
+                    if inst.resident and inst.asked_ctx == num_ctx:
                         break
                     if inst.resident:  # another num_ctx: reload once its requests are done
                         self._stats["reloads"] += 1
                         await self._evict(inst)
                         continue
                     count = sum(1 for i in self._instances.values() if i.resident)
-                    slots = self._fit_slots(inst, num_ctx)
+                    load_ctx = self._stepped_ctx(inst, num_ctx, auto)
+                    slots = self._fit_slots(inst, load_ctx)
                     if count < self.max_loaded_models and (slots is not None or count == 0):
                         # The scheduler's own work takes no model time: the load starts at
                         # the arrival, or when the last eviction made room.
                         start = max(now, self._evicted_at)
-                        inst.start_load(loop, start, num_ctx, slots or 1)
+                        inst.start_load(loop, start, load_ctx, slots or 1)
+                        inst.asked_ctx = num_ctx
                         ready_at = start
                         resident = sum(1 for i in self._instances.values() if i.resident)
                         self._stats["max_resident"] = max(self._stats["max_resident"], resident)
@@ -552,11 +696,13 @@ class SimEngine:
                               f"(fail_fraction={self.faults.fail_fraction})", 500)
         num_ctx = self.num_ctx_for(inst.name, request.options)
         try:
-            t_loaded = await self._schedule(inst, num_ctx, loop, t_arrival)
+            t_loaded = await self._schedule(inst, num_ctx, loop, t_arrival,
+                                            auto=self._auto_ctx(request.options))
         except BusyError:
             self._stats["busy"] += 1
             self._stats["failed"] += 1
             raise
+        num_ctx = inst.num_ctx or num_ctx  # after a step-down, the smaller one
         scale = self.time_scale
         factor = self.faults.duration_factor(index)
         profile = self.profile
@@ -568,15 +714,34 @@ class SimEngine:
             self._stats["truncated"] += 1
         total = profile.output_tokens(request.prompt, seed=request.seed,
                                       num_predict=request.num_predict, model=inst.name)
-        base = stable_hash(request.prompt, request.seed)
+        base = stable_hash(unsalted(request.prompt), request.seed)
+        fixed: list[str] | None = None
+        if request.format not in (None, ""):
+            # Structured output: the grammar lets the model write only JSON, and it stops when
+            # the value is complete (or at num_predict, cut short).
+            fixed = json_pieces(json_answer(request.format, base))
+            limit = request.num_predict if request.num_predict and request.num_predict > 0 \
+                else len(fixed)
+            total = min(limit, len(fixed))
         inst.keep_alive_s = request.keep_alive_s
         holding = finished = False
         seq: _Seq | None = None
+        slot: Slot | None = None
+        key = request.prompt.encode("utf-8")
+        answer: list[str] = []
         try:
-            t_slot = await inst.acquire(loop, t_loaded)
+            t_slot, slot, update = await inst.acquire(loop, t_loaded, key)
             holding = True
             self._active(+1)
-            t_prefilled = t_slot + profile.prefill_s(prompt_tokens, inst.name) * factor * scale
+            # cache_prompt: only what follows the prefix the slot holds is processed.
+            cached = self._reuse(inst, slot, key, update, prompt_tokens)
+            slot.content = key
+            counts = self._cache_counts
+            counts["prompt_tokens"] += prompt_tokens
+            counts["cached_tokens"] += cached
+            counts["hits"] += cached > 0
+            t_prefilled = t_slot + (profile.prefill_s(prompt_tokens - cached, inst.name)
+                                    * factor * scale)
             await sleep_until(t_prefilled)
             seq = _Seq(total, 1.0 / factor, t_prefilled)
             if total > 0:
@@ -584,7 +749,9 @@ class SimEngine:
             sent = 0
             while True:
                 while sent < seq.produced:
-                    yield _piece(base, sent)
+                    piece = _piece(base, sent) if fixed is None else fixed[sent]
+                    answer.append(piece)
+                    yield piece
                     sent += 1
                 if sent >= seq.total:
                     break
@@ -596,7 +763,9 @@ class SimEngine:
             t_done = seq.t_last
             holding = False
             self._active(-1)
-            inst.release(t_done)
+            # The slot keeps prompt and answer (llama-server's slot.prompt.tokens).
+            slot.content = key + "".join(answer).encode("utf-8")
+            self._let_go(inst, slot, t_done)
             finished = True
             inst.after_use(t_done)
             self._stats["completed"] += 1
@@ -605,6 +774,8 @@ class SimEngine:
             # negative mean no limit (runner: ``NumPredict > 0 && numPredicted >= NumPredict``).
             reason = "length" if request.num_predict is not None and request.num_predict > 0 \
                 else "stop"
+            if fixed is not None:
+                reason = "length" if total < len(fixed) else "stop"
             yield Done(
                 done_reason=reason,
                 total_duration=round((t_done - t_arrival) * ns),
@@ -613,16 +784,23 @@ class SimEngine:
                 prompt_eval_duration=round((t_prefilled - t_slot) * ns),
                 eval_count=total,
                 eval_duration=round((t_done - t_prefilled) * ns),
+                cached_tokens=cached,
             )
         finally:
             if not finished:
                 self._stats["cancelled"] += 1
                 if seq is not None:
                     inst.leave(seq)
-                if holding:
+                if holding and slot is not None:
                     self._active(-1)
-                    inst.release(loop.time())
+                    self._let_go(inst, slot, loop.time())
                 inst.after_use(loop.time())
+
+    @staticmethod
+    def _let_go(inst: _Instance, slot: Slot, planned: float) -> None:
+        slot.last_used = inst.uses
+        inst.uses += 1
+        inst.release(planned, slot)
 
     # counters ----------------------------------------------------------------------------
     def _count(self, key: str) -> None:

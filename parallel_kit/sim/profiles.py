@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .prompt_cache import unsalted
 
 __all__ = [
     "PROFILES_ENV",
@@ -181,7 +182,8 @@ class Profile:
         lo, hi = self.speed(model).output_tokens
         if lo >= hi:
             return lo
-        return lo + stable_hash(prompt, seed) % (hi - lo + 1)
+        # A salt tag (the kit's measurement hygiene) does not change the answer.
+        return lo + stable_hash(unsalted(prompt), seed) % (hi - lo + 1)
 
     def prefill_s(self, prompt_tokens: int, model: str | None = None) -> float:
         """Model seconds to process the prompt."""

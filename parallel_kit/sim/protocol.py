@@ -69,6 +69,8 @@ class GenerateRequest:
         keep_alive_s: model seconds to keep the model loaded afterwards; ``None`` = the
             server's default; ``math.inf`` = forever; 0 = unload when done.
         messages: the chat messages, for engines that apply a chat template themselves.
+        options: the runner options (``num_ctx``, ``temperature``, …).
+        format: ``"json"`` or a JSON schema: the answer is JSON text of that shape.
     """
 
     model: str
@@ -78,6 +80,8 @@ class GenerateRequest:
     keep_alive_s: float | None = None
     messages: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``format``: ``"json"`` or a JSON schema object (structured output); None = free text.
+    format: Any = None
 
 
 @dataclass(slots=True)
@@ -91,6 +95,9 @@ class Done:
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
+    #: prompt tokens the engine's prompt cache supplied (inside ``prompt_eval_count``, outside
+    #: ``prompt_eval_duration``, as Ollama counts them); not sent on the wire by Ollama.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

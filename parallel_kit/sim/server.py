@@ -27,6 +27,7 @@ from .app import OllamaApp
 from .engine import SimEngine
 from .faults import Faults
 from .profiles import Profile, load_profile
+from .prompt_cache import DEFAULT_CACHE_RAM_MIB
 from .protocol import Engine
 from .settings import sim_settings
 
@@ -47,6 +48,10 @@ class SimulatedOllama:
             ``OLLAMA_KEEP_ALIVE``, else 5m.
         max_loaded_models: models loaded at once (``OLLAMA_MAX_LOADED_MODELS``; 0 = 3 per GPU).
         context_length: default ``num_ctx`` (``OLLAMA_CONTEXT_LENGTH``; 0 = by GPU memory).
+        cache_ram_mib: llama-server's host-RAM prompt cache, MiB (``--cache-ram``; default
+            8192 as Ollama leaves it; 0 = none).
+        prompt_cache: reuse each slot's common prefix (Ollama ≥ 0.30 always sends
+            ``cache_prompt: true``; False only for experiments).
         faults: fault switches (fail a fraction, jitter, stop after N).
         engine: another :class:`~parallel_kit.sim.engine.Engine` to serve instead.
         bind, port: where to listen; port 0 picks a free one.
@@ -57,7 +62,8 @@ class SimulatedOllama:
                  models: Sequence[str] | None = None, keep_alive: float | str | None = None,
                  faults: Faults | None = None, engine: Engine | None = None,
                  bind: str = "127.0.0.1", port: int = 0, max_loaded_models: int | None = None,
-                 context_length: int | None = None) -> None:
+                 context_length: int | None = None, cache_ram_mib: int = DEFAULT_CACHE_RAM_MIB,
+                 prompt_cache: bool = True) -> None:
         self.profile = load_profile(profile)
         settings = sim_settings(bind=bind, port=port, num_parallel=num_parallel,
                                 max_queue=max_queue, keep_alive=keep_alive,
@@ -70,7 +76,8 @@ class SimulatedOllama:
                                time_scale=time_scale, models=models,
                                keep_alive_s=settings.keep_alive_s, faults=self.faults,
                                max_loaded_models=settings.max_loaded_models,
-                               context_length=settings.context_length)
+                               context_length=settings.context_length,
+                               cache_ram_mib=cache_ram_mib, prompt_cache=prompt_cache)
             num_parallel = engine.num_parallel
         else:
             # A real engine decides its own slots, and runs on the clock (time scale 1).
