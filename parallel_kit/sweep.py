@@ -176,11 +176,15 @@ def read_sweep(path: str | os.PathLike[str]) -> Sweep:
 
 
 def _f(x: float | None, width: int, digits: int) -> str:
+    """A right-aligned cell, always with a space before it (a wide number pushes the row
+    right instead of running into its neighbour)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return f"{'—':>{width}}"
-    if math.isinf(x):
-        return f"{'∞':>{width}}"
-    return f"{x:>{width}.{digits}f}"
+        text = "—"
+    elif math.isinf(x):
+        text = "∞"
+    else:
+        text = f"{x:.{digits}f}"
+    return " " + text.rjust(width - 1)
 
 
 async def sweep(
