@@ -31,9 +31,6 @@ from .errors import ConfigError, MissingDependency
 __all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "keep_signal_handlers",
            "require_gpus", "shutdown", "started_by_kit"]
 
-#: Environment variable naming the address a local cluster listens on (default loopback).
-RAY_NODE_IP_ENV = "PARALLEL_KIT_RAY_NODE_IP"
-LOOPBACK = "127.0.0.1"
 
 #: Clock seconds to wait for a cluster's address to accept a TCP connection before joining it
 #: (``ray.init`` itself retries an unreachable GCS for minutes and does not heed Ctrl-C).
@@ -123,8 +120,7 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
                     ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
                              include_dashboard=False, log_to_driver=False,
                              object_store_memory=OBJECT_STORE_BYTES,
-                             ignore_reinit_error=True, configure_logging=False,
-                             **_loopback_kwargs())
+                             ignore_reinit_error=True, configure_logging=False)
                 _started_by_kit = True
         ctx = ray.get_runtime_context()
         addr = str(getattr(ctx, "gcs_address", "") or "")
@@ -159,6 +155,12 @@ def _private_files() -> Iterator[None]:
     """Files created while a local cluster starts are private (umask 077), and Ray's token
     file is made 0600 afterwards.
 
+    The token is what guards a local cluster: Ray cannot be held to loopback from
+    ``ray.init`` — it replaces a loopback ``_node_ip_address`` with the machine's address
+    (``services.resolve_ip_for_localhost``) and its gRPC servers listen on every interface
+    (measured: ``tests/test_signals_all_modes.py``, docs/ROBUSTNESS.md) — so the kit leaves
+    Ray's token authentication on and keeps the token private.
+
     Ray's token authentication (on by default for a new local cluster) writes its secret to
     ``~/.ray/auth_token`` with the process's umask — readable by every user of the machine
     (``ray/_private/authentication/authentication_token_setup.py``, ``generate_and_save_token``).
@@ -178,13 +180,6 @@ def ray_token_path() -> Path:
     """Where Ray keeps its authentication token (``~/.ray/auth_token``, Ray's
     ``_get_default_token_path``)."""
     return Path.home() / ".ray" / "auth_token"
-
-
-def _loopback_kwargs() -> dict[str, Any]:
-    """Where a local cluster listens: loopback unless ``PARALLEL_KIT_RAY_NODE_IP`` names an
-    address (a cluster other machines must join). Ray's default is the machine's outward
-    address; a laptop's benchmark has no reason to accept connections from the network."""
-    return {"_node_ip_address": os.environ.get(RAY_NODE_IP_ENV) or LOOPBACK}
 
 
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:

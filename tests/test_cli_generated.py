@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,173 @@ def test_jsonl_id_reaches_every_row(tmp_path, capsys) -> None:
                  "--time-scale", "0.0001", "--no-progress", "--json", str(out)]) == 0
     for run in json.loads(out.read_text())["runs"]:
         assert [r["source_id"] for r in run["requests"]] == ["first", "2", None]
+
+
+# -- reports that hide nothing ---------------------------------------------------------------------
+_FIGURES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none())
+
+
+@seed(20261205)
+@settings(max_examples=200, deadline=None, database=None)
+@given(values=st.lists(st.tuples(_FIGURES, _FIGURES, _FIGURES, _FIGURES), min_size=1,
+                       max_size=4),
+       mode=st.sampled_from(["sequential", "production", "a-long-mode-name"]))
+def test_open_loop_table_columns_never_run_together(values, mode) -> None:
+    """Any width of figure: every line has one cell per column, split on white space (the
+    offered rate and ρ used to print as "100.0000250.00")."""
+    from parallel_kit.loadgen import _LOAD_COLUMNS, format_load_table
+    from parallel_kit.records import RunResult, RunSummary
+
+    runs = []
+    for offered, rho, latency, sent in values:
+        s = RunSummary(mode=mode, backend="sim", time_scale=1.0, n=3, ok=3, failed=0,
+                       workers=1, slots=1, makespan_s=1.0, wall_s=1.0)
+        s.offered_rps = math.nan if offered is None else offered
+        s.utilisation = math.nan if rho is None else rho
+        s.open_loop = {"latency_from_arrival_mean_s": latency, "sent_rps": sent,
+                       "lag_p95_clock_ms": 0.5}
+        runs.append(RunResult(s, []))
+    lines = format_load_table(runs).splitlines()
+    columns = len(_LOAD_COLUMNS) + 2  # and mode, ok/n
+    body = [ln for ln in lines[2:-1] if ln.startswith(mode)]
+    assert len(body) == len(values)
+    assert all(len(ln.split()) == columns for ln in body), lines
+
+
+def test_the_table_says_when_max_concurrency_held_the_rate_down(capsys) -> None:
+    code = main(["bench", "--mode", "async", "--rate", "1000", "--n", "6",
+                 "--max-concurrency", "1", "--time-scale", "0.0001", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "--max-concurrency 1 bound" in out and "offered/s" in out and "sent/s" in out
+
+
+class _App:
+    replicas = [{"replica": "abc123", "rank": 0, "actor_id": "ff01", "url": "http://h:1"},
+                {"replica": "def456", "rank": 1, "actor_id": "ff02", "url": "http://h:2"}]
+
+
+class _Died(RuntimeError):
+    def __init__(self, actor_id: str) -> None:
+        super().__init__("The actor died unexpectedly before finishing this task.")
+        self.actor_id = actor_id
+
+
+@pytest.mark.parametrize(("exc", "replica", "cause"), [
+    (RuntimeError("ray::ServeReplica.handle_request() (pid=1)\n  replica def456 (gpu1): its "
+                  "Ollama stopped answering — connection refused"), "def456",
+     "stopped answering"),
+    (_Died("ff01"), "abc123", "died unexpectedly"),
+])
+def test_a_lost_replica_is_named_with_its_cause(exc, replica, cause) -> None:
+    from parallel_kit.modes.rayserve import _lost_replica
+
+    lost = _lost_replica(_App(), exc)  # type: ignore[arg-type]
+    assert lost["worker"] == f"replica {replica}" and lost["replica"] == replica
+    assert cause in lost["reason"]
+
+
+# -- secrets and the stack's Redis ---------------------------------------------------------------
+@seed(20261205)
+@settings(max_examples=100, deadline=None, database=None)
+@given(password=st.text(alphabet=st.characters(blacklist_characters="@/\x00",
+                                               blacklist_categories=("Cs",)), min_size=1,
+                        max_size=30))
+def test_a_masked_url_never_holds_the_password(password) -> None:
+    from parallel_kit.production.redis_server import mask_url
+
+    shown = mask_url(f"redis://:{password}@127.0.0.1:6379/0")
+    assert shown == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_the_kits_redis_has_a_password_and_a_wrong_one_is_called_that() -> None:
+    from parallel_kit.errors import ConfigError
+    from parallel_kit.production.redis_server import RedisServer, check_redis
+
+    with RedisServer.start() as server:
+        assert "***" in server.shown_url and server.url != server.shown_url
+        secret = server.url.split(":")[2].split("@")[0]
+        check_redis(server.url)
+        bad = server.url.replace(secret, "wrong")
+        for url in (bad, server.url.replace(f":{secret}@", "")):
+            with pytest.raises(ConfigError) as err:
+                check_redis(url)
+            text = str(err.value)
+            assert "refused the password" in text and secret not in text
+            assert "\n" not in text
+        assert oct(Path(server.workdir, "redis.conf").stat().st_mode & 0o777) == "0o600"
+
+
+# -- the APIs: text that cannot be encoded, keys ---------------------------------------------------
+def _api(key: str | None = None, production: bool = False):  # type: ignore[no-untyped-def]
+    from parallel_kit.api import ApiBackend, ApiSettings, create_app
+    from parallel_kit.records import RequestResult
+    from parallel_kit.timing import ModelClock
+
+    async def backend(spec):  # type: ignore[no-untyped-def]
+        return RequestResult(request_id="", mode="async", prompt=spec.prompt, model="m",
+                             ok=True, response="ok", finished_s=0.0)
+
+    cfg = ApiSettings(api_key=key)
+    if production:
+        from parallel_kit.api_production import create_production_app
+
+        return create_production_app(object(), cfg)
+    return create_app(ApiBackend(backend, ModelClock(1.0), model="m"), cfg)
+
+
+_LONE = st.integers(0xD800, 0xDFFF).map(lambda c: f"\\u{c:04x}")
+
+
+@seed(20261205)
+@settings(max_examples=30, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(escape=_LONE, field=st.sampled_from(["prompt", "model", "options"]),
+       production=st.booleans())
+def test_a_lone_surrogate_in_a_body_is_a_422_in_both_apis(escape, field, production) -> None:
+    import asyncio
+
+    import httpx
+
+    value = f'"a {escape} b"'
+    body = {"prompt": '"hi"', field: value if field != "options" else
+            f'{{"stop": [{value}]}}'}
+    raw = "{" + ", ".join(f'"{k}": {v}' for k, v in body.items()) + "}"
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=_api(production=production))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            return await http.post("/inference", content=raw.encode(),
+                                   headers={"content-type": "application/json"})
+
+    r = asyncio.run(go())
+    assert r.status_code == 422, r.text
+    assert "lone surrogate" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("key", ["clé-ü", "abc ", " abc\n", "ключ"])
+def test_api_keys_that_are_not_plain_ascii_or_end_in_space_match(key) -> None:
+    import asyncio
+
+    import httpx
+
+    async def go() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=_api(key))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            good = await http.get("/no-such-path", headers={
+                "authorization": b"Bearer " + key.strip().encode()})
+            bad = await http.get("/no-such-path", headers={"authorization": b"Bearer nope"})
+            return good.status_code, bad.status_code
+
+    good, bad = asyncio.run(go())
+    assert good != 401 and bad == 401
+
+
+@pytest.mark.parametrize("key", ["a\nb", "a\x00b", "a\x7fb", "a\ud800b"])
+def test_an_api_key_a_header_cannot_carry_is_refused_at_start(key) -> None:
+    from parallel_kit.api import ApiSettings
+    from parallel_kit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot carry") as err:
+        ApiSettings(api_key=key)
+    assert "\n" not in str(err.value)

@@ -235,10 +235,10 @@ def test_sigterm_during_demo_writes_the_finished_modes_and_leaves_no_process(tmp
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_local_ray_cluster_is_advertised_on_loopback_and_keeps_its_token_private() -> None:
-    """The kit's own cluster: its node address is loopback and Ray's token file, when there
-    is one, is 0600. (Ray's gRPC servers still listen on every interface whatever the node
-    address — measured here, see docs/ROBUSTNESS.md — so the token is what guards them.)"""
+def test_a_local_ray_cluster_keeps_token_auth_on_and_its_token_private() -> None:
+    """The kit's own cluster: Ray's gRPC servers listen on every interface (Ray offers no
+    loopback-only start from ``ray.init``; measured here), so the token guards them: it
+    exists and is 0600, and the kit's start does not switch authentication off."""
     code = ("import psutil, ray\n"
             "from parallel_kit import raycluster\n"
             "raycluster.connect(1)\n"
@@ -259,10 +259,11 @@ def test_a_local_ray_cluster_is_advertised_on_loopback_and_keeps_its_token_priva
             "raycluster.shutdown()\n")
     env = {**os.environ, "PYTHONPATH": REPO, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_AUTH_MODE", None)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines()
                  if line.startswith(("BAD", "MODE", "NODE")))
-    assert lines["MODE"] in ("0o600", "none")
-    assert lines["NODE"] == "127.0.0.1"
+    assert lines["MODE"] == "0o600"
+    assert lines["BAD"] != "[]"  # what the docs say: every interface (if Ray changes, say so)
