@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
@@ -246,7 +247,7 @@ def test_the_table_says_when_max_concurrency_held_the_rate_down(capsys) -> None:
 
 
 class _App:
-    replicas = [{"replica": "abc123", "rank": 0, "actor_id": "ff01", "url": "http://h:1"},
+    replicas: ClassVar[list[dict[str, object]]] = [{"replica": "abc123", "rank": 0, "actor_id": "ff01", "url": "http://h:1"},
                 {"replica": "def456", "rank": 1, "actor_id": "ff02", "url": "http://h:2"}]
 
 
