@@ -131,8 +131,11 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
             path = Path(args.plot)
             for fig, out in ((plots_load.latency_vs_load(result), path),
                              (plots_load.throughput_vs_load(result), _throughput_path(path))):
-                print(f"wrote {write_or_rescue(out, lambda p, f=fig: plots.save(f, p))}",
-                      file=sys.stderr)
+
+                def save(p: Path, f: Any = fig) -> Path:
+                    return Path(plots.save(f, p))
+
+                print(f"wrote {write_or_rescue(out, save)}", file=sys.stderr)
     if interrupted:
         print("interrupted: the table and files hold the finished runs (unfinished requests "
               "= failed rows)", file=sys.stderr)
