@@ -98,16 +98,17 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_stack_args(p: argparse.ArgumentParser) -> None:
     """``--max-ongoing`` (rayserve, production) and ``--redis``/``--workers``/
     ``--worker-concurrency`` (production)."""
-    p.add_argument("--max-ongoing", type=int, default=None, metavar="N",
+    p.add_argument("--max-ongoing", type=arg("--max-ongoing"), default=None, metavar="N",
                    help="rayserve/production: requests one Serve replica takes at once "
                         "(max_ongoing_requests; default: its Ollama's slots)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
                         "the kit starts one for the run)")
-    p.add_argument("--workers", type=non_negative_int, default=1, metavar="N",
+    p.add_argument("--workers", type=arg("--workers"), default=1, metavar="N",
                    help="production: Celery worker processes to start (default 1; 0: started "
                         "by hand with `parallel-kit worker`)")
-    p.add_argument("--worker-concurrency", type=positive_int, default=None, metavar="C",
+    p.add_argument("--worker-concurrency", type=arg("--worker-concurrency"), default=None,
+                   metavar="C",
                    help="production: tasks per Celery worker at once (default 4 × replicas × "
                         "max-ongoing, at least 8)")
 
