@@ -98,7 +98,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_stack_args(p: argparse.ArgumentParser) -> None:
     """``--max-ongoing`` (rayserve, production) and ``--redis``/``--workers``/
     ``--worker-concurrency`` (production)."""
-    p.add_argument("--max-ongoing", type=arg("--max-ongoing"), default=None, metavar="N",
+    p.add_argument("--max-ongoing", type=int, default=None, metavar="N",
                    help="rayserve/production: requests one Serve replica takes at once "
                         "(max_ongoing_requests; default: its Ollama's slots)")
     p.add_argument("--redis", default=None, metavar="URL",
