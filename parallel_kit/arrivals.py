@@ -270,7 +270,6 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
             raise ConfigError(
                 f"no request arrived within --duration {d:g} s at --rate {r:g} req/s "
                 f"(seed {seed}) — make the duration longer")
-    check_span(float(times[-1]) if times.size else 0.0, f"--rate {r:g} with these arrivals")
     return Schedule(times_s=times, process=process, rate=r, burstiness=b, seed=seed)
 
 
@@ -516,6 +515,11 @@ class Arrivals:
             sched = make_schedule(self.rate, n=n, duration_s=self.duration_s,
                                   process=self.process, burstiness=self.burstiness,
                                   seed=self.seed)
+            # A run waits through its schedule (theory's schedules, built by make_schedule
+            # too, are only computed: they may be as long as they like).
+            times = sched.times_s
+            check_span(float(times[-1]) if len(times) else 0.0,
+                       f"--rate {sched.rate:g} with these arrivals")
         if self.warmup >= len(sched):
             raise ConfigError(f"--warmup {self.warmup} leaves none of the {len(sched)} "
                               f"requests to measure — lower it or send more requests")

@@ -375,3 +375,12 @@ def test_an_api_key_a_header_cannot_carry_is_refused_at_start(key) -> None:
     with pytest.raises(ConfigError, match="cannot carry") as err:
         ApiSettings(api_key=key)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("command", sorted(BASE))
+def test_each_base_command_line_runs(command, capsys) -> None:
+    """The generated lines add flags to these; they must run, or every case would be an
+    error (a sweep's theory curve once tripped the schedule-span bound, making every sweep
+    line exit 2)."""
+    code, err = _run(list(BASE[command]), capsys)
+    assert code == 0, err[-2000:]
