@@ -62,7 +62,7 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .api_backends import ApiBackend, open_api_backend  # the backends: their own module
 from .config import max_concurrent_from_env
@@ -142,6 +142,7 @@ class ApiSettings:
     max_request_s: float = DEFAULT_MAX_REQUEST_S
 
     def __post_init__(self) -> None:
+        self.api_key = check_api_key(self.api_key)
         for name in ("concurrency", "max_queued", "max_finished", "max_batch",
                      "max_prompt_chars", "max_body_bytes", "retry_after_s", "max_num_predict",
                      "max_held_bytes", "max_kept_bytes"):
@@ -167,6 +168,11 @@ class InferenceRequest(BaseModel):
                               description="model name; default the server's")
     options: dict[str, Any] | None = Field(
         default=None, description="Ollama options: num_predict, temperature, seed, …")
+
+    @field_validator("prompt", "model", "options")
+    @classmethod
+    def _encodable(cls, value: Any, info: ValidationInfo) -> Any:
+        return _check_body_text(value, str(info.field_name))
 
 
 class TaskAccepted(BaseModel):
@@ -377,6 +383,69 @@ def _is_json_type(content_type: str) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+def check_api_key(key: str | None) -> str | None:
+    """The API key as a client can send it: surrounding white space dropped (HTTP trims it
+    from a header value, RFC 9110 §5.5, so a key that ends in a space never matched), ``None``
+    when nothing is left.
+
+    Raises:
+        ConfigError: a character an HTTP header cannot carry (a control character such as a
+            newline, or text that is not valid Unicode) — one line naming the position.
+    """
+    if key is None:
+        return None
+    key = key.strip(" \t\r\n")
+    if not key:
+        return None
+    for i, ch in enumerate(key):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F or 0xD800 <= ord(ch) <= 0xDFFF:
+            raise ConfigError(f"{API_KEY_ENV} holds a character an HTTP header cannot carry "
+                              f"({ch!a} at position {i}) — use printable characters, e.g. "
+                              f"`python -c 'import secrets; print(secrets.token_urlsafe())'`")
+    return key
+
+
+def _unencodable_text(body: bytes) -> str | None:
+    """Why a JSON body cannot be served, when it holds a lone surrogate (``"\\ud800"``).
+
+    Such a string parses as JSON but cannot be encoded again: the validation error that
+    quotes it, the request to Ollama and the task record all failed with a 500 and a reset
+    connection. Only bodies with a ``\\u`` escape of a surrogate are parsed here.
+    """
+    lowered = body.lower()
+    if b"\\ud8" not in lowered and b"\\ud9" not in lowered and b"\\uda" not in lowered \
+            and b"\\udb" not in lowered and b"\\udc" not in lowered \
+            and b"\\udd" not in lowered and b"\\ude" not in lowered \
+            and b"\\udf" not in lowered:
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the route's own 422 says so
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return ("the body holds a lone surrogate (a JSON escape like \\ud800 without its "
+                "pair), which is not valid Unicode text — remove it or send the whole pair")
+    return None
+
+
+def _check_body_text(value: Any, where: str) -> Any:
+    """``value`` when every string in it can be encoded as UTF-8 (no lone surrogate from a
+    JSON escape like ``\\ud800``); a ``ValueError`` (→ 422 naming the field) otherwise."""
+    texts = [value] if isinstance(value, str) else (
+        [str(k) for k in value] + [v for v in value.values() if isinstance(v, str)]
+        if isinstance(value, dict) else [])
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where} holds {text[exc.start]!a} at position {exc.start}, a "
+                             f"lone surrogate that is not valid Unicode text — remove it or "
+                             f"send the whole pair") from None
+    return value
+
+
 class _Guard:
     """ASGI middleware: the bearer key, then the body size limit, before any route runs."""
 
@@ -393,11 +462,13 @@ class _Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         if self.api_key and scope.get("path") not in _OPEN_PATHS:
-            given = headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            # compare_digest: the time taken does not tell how much of the key was right.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode(), self.api_key.encode()):
+            raw = next((v for k, v in scope.get("headers", []) if k.lower() == b"authorization"),
+                       b"")
+            scheme, _, token = bytes(raw).partition(b" ")
+            # Bytes against bytes (the key as UTF-8, the header as sent: a non-ASCII key
+            # matches); compare_digest: the time taken does not tell how much was right.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                    token.strip(b" \t"), self.api_key.encode("utf-8")):
                 await _send_json(send, 401, {
                     "detail": "missing or wrong API key — send 'Authorization: Bearer <key>' "
                               f"with the key the server was given in {API_KEY_ENV}"},
@@ -430,6 +501,10 @@ class _Guard:
                 if not message.get("more_body", False):
                     break
             body = b"".join(chunks)
+            problem = _unencodable_text(body)
+            if problem:
+                await _send_json(send, 422, {"detail": problem})
+                return
             replayed = False
 
             async def replay() -> Any:

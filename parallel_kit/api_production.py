@@ -199,10 +199,15 @@ async def serve_production(sock: Any, ctx: Any, *, settings: ApiSettings | None 
         return
     async with open_production_api(ctx, ctx.stack, announce=announce) as client:
         if announce:
+            from .production.redis_server import mask_url
+
+            shown = mask_url(client.redis_url)
             announce(f"the stack is up: Serve application {client.app_name!r}, Redis "
-                     f"{client.redis_url} — more API processes: parallel-kit serve --mode "
-                     f"production --workers 0 --redis {client.redis_url} --serve-app "
-                     f"{client.app_name}")
+                     f"{shown} — more API processes: parallel-kit serve --mode "
+                     f"production --workers 0 --redis {shown} --serve-app "
+                     f"{client.app_name} (*** = the Redis password; the kit's own Redis "
+                     f"lives only as long as this process — use --redis URL for a shared "
+                     f"one)")
         await uvicorn_server(create_production_app(client, cfg),
                              log_level="info").serve(sockets=[sock])
 

@@ -40,6 +40,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from .errors import ConfigError
+from .ranges import MAX_REQUESTS as _MAX_REQUESTS
+from .ranges import MAX_RUN_PROMPT_BYTES, RANGES, check_span, check_text, read_bounded
 from .records import RequestSpec
 
 __all__ = [
@@ -62,8 +64,9 @@ __all__ = [
 Process = Literal["poisson", "constant", "gamma"]
 PROCESSES: tuple[str, ...] = get_args(Process)
 
-#: The most requests one schedule may hold (a guard against a duration × rate typo).
-MAX_REQUESTS = 1_000_000
+#: The most requests one schedule may hold (a guard against a duration × rate typo): the bound
+#: of ``--n`` (:data:`parallel_kit.ranges.MAX_REQUESTS`), whatever the path.
+MAX_REQUESTS = _MAX_REQUESTS
 #: The highest offered rate accepted, requests per model second: far above what one machine's
 #: load generator holds (benchmarks/queueing.py measures that limit), low enough that a typo
 #: such as 1e300 is caught before it turns into zero gaps and meaningless figures.
@@ -230,11 +233,16 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
                           "--rate, not both and not neither")
     rng = np.random.default_rng(check_seed(seed))
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"--n must be a whole number of requests ≥ 1, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REQUESTS:
+            raise ConfigError(f"--n must be a whole number of requests within "
+                              f"1..{MAX_REQUESTS}, got {n!r}")
         times = np.cumsum(gaps(process, r, n, burstiness=b, rng=rng))
     else:
         d = _number(duration_s, "--duration", "model seconds")
+        dr = RANGES["--duration"]
+        if not dr.lo <= d <= dr.hi:
+            raise ConfigError(f"--duration {d:g} is outside {dr.text()} ({dr.what}) — choose a "
+                              f"value in that range")
         if d * r < 1.0:
             raise ConfigError(
                 f"--duration {d:g} s at --rate {r:g} req/s expects {d * r:.2g} requests — "
@@ -242,7 +250,8 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
         expected = d * r
         if expected > MAX_REQUESTS:
             raise ConfigError(f"--duration {d:g} s at --rate {r:g} req/s means about "
-                              f"{expected:.3g} requests — more than {MAX_REQUESTS:,}")
+                              f"{expected:.3g} requests — more than {MAX_REQUESTS:,}, the most "
+                              f"one run holds (the bound of --n); shorten it or lower the rate")
         # Draw in chunks until the arrivals pass the duration.
         parts: list[np.ndarray] = []
         last = 0.0
@@ -253,6 +262,10 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
             last = float(t[-1])
         times = np.concatenate(parts)
         times = times[times < d]
+        if times.size > MAX_REQUESTS:
+            raise ConfigError(f"--duration {d:g} s at --rate {r:g} req/s drew {times.size:,} "
+                              f"requests — more than {MAX_REQUESTS:,}, the most one run holds; "
+                              f"shorten it or lower the rate")
         if times.size == 0:
             raise ConfigError(
                 f"no request arrived within --duration {d:g} s at --rate {r:g} req/s "
@@ -299,10 +312,13 @@ class Trace:
             ConfigError: ``speed`` not a number above 0.
         """
         s = _number(speed, "--trace-speed", "how many times faster than recorded, e.g. 2")
-        if not s > 0:
-            raise ConfigError(f"--trace-speed must be above 0 (2 = twice as fast), got {speed!r}")
+        r = RANGES["--trace-speed"]
+        if not r.lo <= s <= r.hi:
+            raise ConfigError(f"--trace-speed {speed!r} is outside {r.text()} ({r.what}; 2 = "
+                              f"twice as fast)")
         times = self.times_s / s
         span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+        check_span(span, f"trace {self.source or ''} at --trace-speed {s:g}".replace("  ", " "))
         rate = (len(times) - 1) / span if span > 0 else math.inf
         return Schedule(times_s=times, process="trace", rate=rate, burstiness=0.0,
                         specs=self.specs, source=self.source)
@@ -320,15 +336,21 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         raise ConfigError(f"trace file {p} does not exist — give a JSONL file with one "
                           f'{{"timestamp_s": …, "prompt": …}} per line')
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read trace file {p}: {exc}") from None
+        text = read_bounded(p, "trace file")
+    except OSError as exc:
+        raise ConfigError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
     times: list[float] = []
     specs: list[RequestSpec] = []
+    prompt_bytes = 0
+    pt_range = RANGES["prompt_tokens"]
+    np_range = RANGES["--num-predict"]
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"trace {p}, line {lineno}"
+        if len(specs) >= MAX_REQUESTS:
+            raise ConfigError(f"{where}: more than {MAX_REQUESTS:,} requests, the most one run "
+                              f"holds (the bound of --n) — split the trace")
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -352,24 +374,45 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
             pt = obj.get("prompt_tokens")
             if pt is None:
                 raise ConfigError(f'{where}: missing "prompt" or "prompt_tokens" — give one')
-            if isinstance(pt, bool) or not isinstance(pt, int) or pt < 1:
-                raise ConfigError(f'{where}: "prompt_tokens" must be a whole number ≥ 1, '
-                                  f"got {pt!r}")
+            if (isinstance(pt, bool) or not isinstance(pt, int)
+                    or not pt_range.lo <= pt <= pt_range.hi):
+                raise ConfigError(f'{where}: "prompt_tokens" must be a whole number within '
+                                  f"{pt_range.text()} ({pt_range.what}), got {pt!r}")
             prompt = synthetic_prompt(pt)
         elif not isinstance(prompt, str) or not prompt.strip():
             raise ConfigError(f'{where}: "prompt" must be a non-empty string')
+        else:
+            check_text(prompt, f'{where}: "prompt"')
+        prompt_bytes += 4 * len(prompt)  # at most 4 UTF-8 bytes a character, no encoding
+        if prompt_bytes > MAX_RUN_PROMPT_BYTES:
+            raise ConfigError(f"{where}: the trace's prompts pass "
+                              f"{MAX_RUN_PROMPT_BYTES // (1024 * 1024)} MiB, the most one run "
+                              f"holds — fewer or shorter requests")
         num_predict = obj.get("num_predict")
         if num_predict is not None and (isinstance(num_predict, bool)
-                                        or not isinstance(num_predict, int) or num_predict < 1):
-            raise ConfigError(f'{where}: "num_predict" must be a whole number ≥ 1, '
-                              f"got {num_predict!r}")
+                                        or not isinstance(num_predict, int)
+                                        or not np_range.lo <= num_predict <= np_range.hi):
+            raise ConfigError(f'{where}: "num_predict" must be a whole number within '
+                              f"{np_range.text()} ({np_range.what}), got {num_predict!r}")
         model = obj.get("model")
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ConfigError(f'{where}: "model" must be a non-empty string, got {model!r}')
+        if model is not None:
+            check_text(model, f'{where}: "model"')
+        source_id = obj.get("id")
+        if source_id is not None and (isinstance(source_id, bool)
+                                      or not isinstance(source_id, (str, int))):
+            raise ConfigError(f'{where}: "id" must be a string or a whole number')
+        if isinstance(source_id, str):
+            check_text(source_id, f'{where}: "id"')
         times.append(float(ts))
         specs.append(RequestSpec(prompt=prompt, model=model, num_predict=num_predict,
-                                 request_id=str(obj.get("id", f"r{len(specs)}"))))
+                                 request_id=f"r{len(specs)}",
+                                 source_id=None if source_id is None else str(source_id)))
     if not specs:
         raise ConfigError(f"trace file {p} has no requests — one JSON object per line")
     arr = np.asarray(times, dtype=float)
+    check_span(float(arr[-1] - arr[0]), f"trace {p}")
     return Trace(times_s=arr - arr[0], specs=tuple(specs), source=str(p))
 
 
@@ -472,6 +515,11 @@ class Arrivals:
             sched = make_schedule(self.rate, n=n, duration_s=self.duration_s,
                                   process=self.process, burstiness=self.burstiness,
                                   seed=self.seed)
+            # A run waits through its schedule (theory's schedules, built by make_schedule
+            # too, are only computed: they may be as long as they like).
+            times = sched.times_s
+            check_span(float(times[-1]) if len(times) else 0.0,
+                       f"--rate {sched.rate:g} with these arrivals")
         if self.warmup >= len(sched):
             raise ConfigError(f"--warmup {self.warmup} leaves none of the {len(sched)} "
                               f"requests to measure — lower it or send more requests")

@@ -516,6 +516,7 @@ async def compare(
             ticker.cancel()
         if bar is not None:
             bar.close()
+        _carry_source_ids(runs, specs)
 
     if sequential is not None:
         base_span = sequential.summary.makespan_s
@@ -523,6 +524,17 @@ async def compare(
             if _finite(base_span) and _finite(r.summary.makespan_s) and r.summary.makespan_s:
                 r.summary.speedup_vs_sequential = base_span / r.summary.makespan_s
     return result
+
+
+def _carry_source_ids(runs: Sequence[RunResult], specs: Sequence[RequestSpec]) -> None:
+    """Give every row the ``id`` its prompt had in its file (``source_id``), by request id."""
+    ids = {s.request_id: s.source_id for s in specs if s.source_id is not None}
+    if not ids:
+        return
+    for run in runs:
+        for row in run.requests:
+            if row.source_id is None:
+                row.source_id = ids.get(row.request_id)
 
 
 async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Schedule,

@@ -383,6 +383,11 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
     sub = sorted(r.queued_s for r in measured)
     span = sub[-1] - sub[0] if len(sub) > 1 else math.nan
     achieved = (len(sub) - 1) / span if span and span > 0 else math.nan
+    sent = sorted(r.submitted_s for r in measured if not math.isnan(r.submitted_s))
+    sent_span = sent[-1] - sent[0] if len(sent) > 1 else math.nan
+    sent_rps = (len(sent) - 1) / sent_span if sent_span and sent_span > 0 else math.nan
+    peak = _peak_in_flight(measured)
+    cap_bound = bool(max_concurrency) and peak >= (max_concurrency or 0)
     first_arrival = min(r.scheduled_s for r in measured)
     last_end = max((r.finished_s for r in measured if not math.isnan(r.finished_s)),
                    default=math.nan)
@@ -404,6 +409,9 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
         "warmup": warmup,
         "max_concurrency": max_concurrency,
         "achieved_rps": achieved,
+        "sent_rps": sent_rps,
+        "peak_in_flight": peak,
+        "cap_bound": cap_bound,
         "duration_s": duration,
         "lag_mean_s": math.fsum(lag) / len(lag) if lag else math.nan,
         "lag_max_s": lag_max,
@@ -477,41 +485,78 @@ def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], sc
     })
 
 
+def _peak_in_flight(rows: Sequence[RequestResult]) -> int:
+    """The most requests sent and not yet finished at one moment (from the rows' own times)."""
+    events = sorted([(r.submitted_s, 1) for r in rows if not math.isnan(r.submitted_s)]
+                    + [(r.finished_s, -1) for r in rows
+                       if not math.isnan(r.submitted_s) and not math.isnan(r.finished_s)],
+                    key=lambda e: (e[0], e[1]))
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+#: The open-loop table's columns: header, digits, and where the value comes from.
+_LOAD_COLUMNS: tuple[tuple[str, int, Callable[[Any, dict[str, Any]], Any]], ...] = (
+    ("offered/s", 4, lambda s, o: s.offered_rps),
+    ("sent/s", 4, lambda s, o: o.get("sent_rps")),
+    ("ρ", 2, lambda s, o: s.utilisation),
+    ("lat mean", 2, lambda s, o: o.get("latency_from_arrival_mean_s")),
+    ("run", 2, lambda s, o: o.get("replay_latency_mean_s")),
+    ("pred", 2, lambda s, o: s.predicted_latency_mean_s),
+    ("lat p95", 2, lambda s, o: o.get("latency_from_arrival_p95_s")),
+    ("pred", 2, lambda s, o: s.predicted_latency_p95_s),
+    ("ttft mean", 2, lambda s, o: o.get("ttft_from_arrival_mean_s")),
+    ("pred", 2, lambda s, o: s.predicted_ttft_mean_s),
+    ("good/s", 4, lambda s, o: s.goodput_rps),
+    ("lag ms", 2, lambda s, o: o.get("lag_p95_clock_ms")),
+)
+
+
 def format_load_table(runs: Sequence[RunResult]) -> str:
     """A plain-text table of open-loop runs: one line per mode, measured beside predicted.
 
-    Latency and TTFT from each request's arrival (model seconds); ``pred`` is theory's steady
-    state at the offered rate, ``run`` theory for the run's own arrivals; ``lag`` the p95 of
-    the generator's lag in clock milliseconds.
+    ``offered/s`` is the schedule's rate, ``sent/s`` the rate requests really reached the
+    servers (requests per model second); latency and TTFT from each request's arrival (model
+    seconds); ``pred`` is theory's steady state at the offered rate, ``run`` theory for the
+    run's own arrivals; ``lag`` the p95 of the generator's lag in clock milliseconds. Every
+    column is as wide as its widest cell, with at least one space before it, whatever the
+    numbers. A line under a run says when ``--max-concurrency`` held the rate down.
     """
-    head = (f"{'mode':<11}{'rate/s':>8}{'ρ':>6}{'lat mean':>10}{'run':>8}{'pred':>8}"
-            f"{'lat p95':>9}{'pred':>8}{'ttft mean':>10}{'pred':>8}{'good/s':>8}"
-            f"{'lag ms':>8}{'ok/n':>8}")
+    table = [r for r in runs if r.summary.open_loop]
+    cells = [[r.summary.mode] + [_num(get(r.summary, r.summary.open_loop), digits)
+                                 for _, digits, get in _LOAD_COLUMNS]
+             + [f"{r.summary.ok}/{r.summary.n}"] for r in table]
+    heads = ["mode"] + [h for h, _, _ in _LOAD_COLUMNS] + ["ok/n"]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+
+    def line(values: Sequence[str]) -> str:
+        first = f"{values[0]:<{widths[0]}}"
+        return first + "".join(f" {v:>{w}}" for v, w in zip(values[1:], widths[1:], strict=True))
+
+    head = line(heads)
     lines = [head, "-" * len(head)]
-    for r in runs:
-        s, o = r.summary, r.summary.open_loop
-        if not o:
-            continue
-        lines.append(
-            f"{s.mode:<11}{_num(s.offered_rps, 8, 4)}{_num(s.utilisation, 6, 2)}"
-            f"{_num(o.get('latency_from_arrival_mean_s'), 10, 2)}"
-            f"{_num(o.get('replay_latency_mean_s'), 8, 2)}"
-            f"{_num(s.predicted_latency_mean_s, 8, 2)}"
-            f"{_num(o.get('latency_from_arrival_p95_s'), 9, 2)}"
-            f"{_num(s.predicted_latency_p95_s, 8, 2)}"
-            f"{_num(o.get('ttft_from_arrival_mean_s'), 10, 2)}"
-            f"{_num(s.predicted_ttft_mean_s, 8, 2)}{_num(s.goodput_rps, 8, 4)}"
-            f"{_num(o.get('lag_p95_clock_ms'), 8, 2)}{f'{s.ok}/{s.n}':>8}")
+    for r, row in zip(table, cells, strict=True):
+        lines.append(line(row))
+        o = r.summary.open_loop
+        if o.get("cap_bound"):
+            lines.append(f"{'':<{widths[0]}} --max-concurrency {o.get('max_concurrency')} bound: "
+                         f"{o.get('peak_in_flight')} requests in flight at the peak, sent at "
+                         f"{_num(o.get('sent_rps'), 4).strip()}/s of "
+                         f"{_num(r.summary.offered_rps, 4).strip()}/s offered (later arrivals "
+                         f"waited at the client)")
         if o.get("fell_behind"):
-            lines.append(f"{'':<11}the load generator fell behind (see the notes)")
+            lines.append(f"{'':<{widths[0]}} the load generator fell behind (see the notes)")
     lines.append("(requests arriving over time: latency and TTFT from arrival, model seconds; "
                  "run = theory for this run's arrivals, pred = steady state, ∞ past capacity)")
     return "\n".join(lines)
 
 
-def _num(x: float | None, width: int, digits: int) -> str:
+def _num(x: float | None, digits: int) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return f"{'—':>{width}}"
+        return "—"
     if math.isinf(x):
-        return f"{'∞':>{width}}"
-    return f"{x:>{width}.{digits}f}"
+        return "∞"
+    return f"{x:.{digits}f}"

@@ -34,6 +34,10 @@ def check_writable(paths: Iterable[tuple[str, str | os.PathLike[str] | None]], *
     Raises:
         ConfigError: the first path that cannot be written, naming the flag and the reason.
     """
+    for flag, raw in [*paths, *folders]:
+        if raw is not None and "\x00" in os.fspath(raw):
+            raise ConfigError(f"{flag} {os.fspath(raw)!a} holds a NUL byte, which no file name "
+                              f"can — choose another path")
     for flag, raw in paths:
         if raw is None or raw == "":
             continue

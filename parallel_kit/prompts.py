@@ -74,10 +74,12 @@ def load_prompts(source: str | os.PathLike[str]) -> list[RequestSpec]:
             f"prompt file {name} does not exist — give a .jsonl, .json (ShareGPT) or .txt file, "
             f"or a built-in set: {', '.join(builtin_prompt_sets())}"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is dropped
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read prompt file {name}: {exc}") from exc
+    from .ranges import read_bounded
+
+    try:  # -sig: a byte-order mark is dropped; at most MAX_FILE_BYTES are read
+        text = read_bounded(path, "prompt file", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConfigError(f"cannot read prompt file {name}: {exc.strerror or exc}") from None
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         specs = _parse_jsonl(text, f"prompt file {name}")
@@ -92,7 +94,31 @@ def load_prompts(source: str | os.PathLike[str]) -> list[RequestSpec]:
         )
     if not specs:
         raise ConfigError(f"prompt file {name} has no prompts — add one prompt per line")
+    _check_bounds(specs, f"prompt file {name}")
     return _number(specs)
+
+
+def _check_bounds(specs: Sequence[RequestSpec], where: str) -> None:
+    """The bounds of :mod:`parallel_kit.ranges` on what a file holds: prompts, text, tokens."""
+    from .ranges import MAX_REQUESTS, MAX_RUN_PROMPT_BYTES, RANGES, check_text
+
+    if len(specs) > MAX_REQUESTS:
+        raise ConfigError(f"{where} holds {len(specs):,} prompts — more than {MAX_REQUESTS:,}, "
+                          f"the most one run holds (the bound of --n); split it")
+    np_range = RANGES["--num-predict"]
+    total = 0
+    for i, s in enumerate(specs, start=1):
+        for label, text in (("prompt", s.prompt), ("system", s.system), ("model", s.model),
+                            ("id", s.source_id)):
+            if text is not None:
+                check_text(text, f'{where}, prompt {i}: "{label}"')
+        if s.num_predict is not None and not np_range.lo <= s.num_predict <= np_range.hi:
+            raise ConfigError(f'{where}, prompt {i}: "num_predict" {s.num_predict} is outside '
+                              f"{np_range.text()} ({np_range.what})")
+        total += len(s.prompt) + len(s.system or "")
+    if total > MAX_RUN_PROMPT_BYTES:
+        raise ConfigError(f"{where}: its prompts pass {MAX_RUN_PROMPT_BYTES // 2**20} MiB, the "
+                          f"most one run holds — fewer or shorter prompts")
 
 
 def make_specs(n: int, prompts: Sequence[RequestSpec] | None = None, *,
@@ -137,6 +163,7 @@ def _parse_jsonl(text: str, where: str) -> list[RequestSpec]:
         specs.append(_spec(obj, at))
     if not specs:
         raise ConfigError(f"{where} has no prompts — add one JSON object per line")
+    _check_bounds(specs, where)
     return _number(specs)
 
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["RANGES", "Range", "arg", "check"]
+__all__ = ["MAX_FILE_BYTES", "MAX_REQUESTS", "MAX_RUN_PROMPT_BYTES", "MAX_SPAN_S", "RANGES",
+           "Range", "arg", "check", "check_span", "check_text", "read_bounded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,28 @@ RANGES: dict[str, Range] = {
     "--max-concurrency": Range(1, 100_000, True, "requests in flight from the load generator"),
     "--shutdown-timeout-s": Range(0.1, 3600, False,
                                   "clock seconds accepted tasks get at shutdown"),
+    "--max-ongoing": Range(1, 4096, True, "requests one Serve replica takes at once"),
+    "--workers": Range(0, 64, True, "Celery worker processes the kit starts"),
+    "--worker-concurrency": Range(1, 4096, True, "tasks one Celery worker runs at once"),
+    "--warmup": Range(0, 100_000, True, "requests sent but left out of the figures"),
+    "--duration": Range(1e-6, 604_800, False, "model seconds of arrivals (at most a week)"),
+    "--trace-speed": Range(1e-3, 1e6, False, "times faster than the trace was recorded"),
+    "prompt_tokens": Range(1, 131_072, True, "prompt tokens of one trace request"),
 }
+
+# -- Bounds of what the kit reads, whatever the path (file, trace, JSONL, schedule) ------------
+#: Requests in one run, from any source (``--n``, ``--rate`` × ``--duration``, a trace's lines,
+#: a prompt file's entries): the same bound as ``--n``.
+MAX_REQUESTS = int(RANGES["--n"].hi)
+#: Bytes of one prompt file or trace file; read up to this and refused past it (a 4 GB file, or
+#: ``/dev/zero``, used to be read whole before anything was checked).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Bytes of prompt text one run may hold in all (a trace of 100,000 lines of 131,072
+#: ``prompt_tokens`` each made 50 GB of synthetic prompts).
+MAX_RUN_PROMPT_BYTES = 256 * 1024 * 1024
+#: Model seconds from the first arrival of a schedule to its last (a week): a 10¹² s gap in a
+#: trace, or ``--rate 1e-9``, was a run that waited for ever.
+MAX_SPAN_S = 604_800.0
 
 
 def _problem(flag: str, value: float, r: Range) -> str:
@@ -107,3 +130,60 @@ def arg(flag: str) -> Callable[[str], float]:
 
     parse.__name__ = flag.lstrip("-").replace("-", "_")  # argparse names it in errors
     return parse
+
+
+def read_bounded(path: str | os.PathLike[str], what: str, *,
+                 limit: int = MAX_FILE_BYTES, encoding: str = "utf-8") -> str:
+    """The text of ``path``, read at most ``limit`` bytes (a device or a pipe too).
+
+    Raises:
+        ConfigError: larger than ``limit`` (the limit in the message), not text in
+            ``encoding`` (the byte offset), or unreadable.
+        FileNotFoundError: it does not exist (the caller words that).
+    """
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit // (1024 * 1024)} MiB, the "
+                          f"most the kit reads from one file — split it, or give fewer "
+                          f"requests")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}) "
+                          f"— save it as UTF-8") from None
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` when it can be encoded as UTF-8 (what every request body is).
+
+    JSON allows escapes such as ``"\\ud800"`` that decode to a lone surrogate, which no
+    UTF-8 encoder takes: such a prompt used to reach the HTTP client and fail there with a
+    traceback (or an HTTP 500 and a reset connection from the kit's API).
+
+    Raises:
+        ConfigError: naming ``where`` and the character's position.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{where} holds a character that is not valid Unicode text "
+                          f"({text[exc.start]!a} at position {exc.start}: a lone surrogate, "
+                          f"from a JSON escape like \\ud800) — remove it or write the whole "
+                          f"pair") from None
+    return text
+
+
+def check_span(span_s: float, what: str) -> float:
+    """``span_s`` (model seconds from the first arrival to the last) when at most
+    :data:`MAX_SPAN_S`.
+
+    Raises:
+        ConfigError: longer (or not finite); ``what`` says where the schedule came from.
+    """
+    if not math.isfinite(span_s) or span_s > MAX_SPAN_S:
+        raise ConfigError(f"{what} spans {span_s:.4g} model seconds from the first arrival to "
+                          f"the last — more than {MAX_SPAN_S:,.0f} s (a week); a run that "
+                          f"long would wait for ever — raise the rate, shorten the trace or "
+                          f"replay it faster (--trace-speed)")
+    return span_s

@@ -13,18 +13,24 @@ not have waits forever: :func:`require_gpus` says how many GPUs exist and how to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from .errors import ConfigError, MissingDependency
 
-__all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "require_gpus", "shutdown", "started_by_kit"]
+__all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "keep_signal_handlers",
+           "require_gpus", "shutdown", "started_by_kit"]
+
 
 #: Clock seconds to wait for a cluster's address to accept a TCP connection before joining it
 #: (``ray.init`` itself retries an unreachable GCS for minutes and does not heed Ctrl-C).
@@ -98,7 +104,9 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
             if address:
                 check_reachable(address)
                 try:
-                    ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+                    with keep_signal_handlers():
+                        ray.init(address=address, log_to_driver=False,
+                                 ignore_reinit_error=True)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise ConfigError(
                         f"cannot join the Ray cluster at {address!r} ({exc}) — check "
@@ -108,16 +116,70 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
                 _quiet_token_auth_notice()
                 # num_cpus: the actors ask for none, so the machine's cores stay for the
                 # servers; logical GPUs let a laptop rehearse a GPU cluster.
-                ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
-                         include_dashboard=False, log_to_driver=False,
-                         object_store_memory=OBJECT_STORE_BYTES, ignore_reinit_error=True,
-                         configure_logging=False)
+                with keep_signal_handlers(), _private_files():
+                    ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
+                             include_dashboard=False, log_to_driver=False,
+                             object_store_memory=OBJECT_STORE_BYTES,
+                             ignore_reinit_error=True, configure_logging=False)
                 _started_by_kit = True
         ctx = ray.get_runtime_context()
         addr = str(getattr(ctx, "gcs_address", "") or "")
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
                            time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def keep_signal_handlers() -> Iterator[None]:
+    """Put back this process's SIGINT/SIGTERM handlers after the block (main thread only).
+
+    ``ray.init`` installs its own SIGTERM handler in the driver (``sys.exit(signum)`` —
+    ``ray/_private/worker.py``, ``init``), which replaced the kit's: SIGTERM then ended a run
+    with no results written and, from inside the event loop, exit 134. The kit's handler
+    (the CLI's one shutdown path) must win, so it is restored as soon as Ray is up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """Files created while a local cluster starts are private (umask 077), and Ray's token
+    file is made 0600 afterwards.
+
+    The token is what guards a local cluster: Ray cannot be held to loopback from
+    ``ray.init`` — it replaces a loopback ``_node_ip_address`` with the machine's address
+    (``services.resolve_ip_for_localhost``) and its gRPC servers listen on every interface
+    (measured: ``tests/test_signals_all_modes.py``, docs/ROBUSTNESS.md) — so the kit leaves
+    Ray's token authentication on and keeps the token private.
+
+    Ray's token authentication (on by default for a new local cluster) writes its secret to
+    ``~/.ray/auth_token`` with the process's umask — readable by every user of the machine
+    (``ray/_private/authentication/authentication_token_setup.py``, ``generate_and_save_token``).
+    """
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+        token = ray_token_path()
+        with contextlib.suppress(OSError):
+            if token.exists() and token.stat().st_mode & 0o077:
+                token.chmod(0o600)
+
+
+def ray_token_path() -> Path:
+    """Where Ray keeps its authentication token (``~/.ray/auth_token``, Ray's
+    ``_get_default_token_path``)."""
+    return Path.home() / ".ray" / "auth_token"
 
 
 def check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:

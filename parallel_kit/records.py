@@ -133,6 +133,9 @@ class RequestResult:
     #: (``accepted``, ``picked_up``, ``replica_entered``, ``replica_done``, …; see
     #: ``parallel_kit.production``). Empty for modes without layers.
     hops: dict[str, float] = field(default_factory=dict)
+    #: the ``id`` its prompt had in the prompt file or trace (JSONL/ShareGPT ``id``); ``None``
+    #: when it had none. Filled in by :func:`parallel_kit.bench.compare` for every mode.
+    source_id: str | None = None
 
     def finalize(self) -> RequestResult:
         """Derive ``latency_s``, ``ttft_s`` and ``queue_wait_s`` from the moments (returns self).

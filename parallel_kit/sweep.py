@@ -176,11 +176,15 @@ def read_sweep(path: str | os.PathLike[str]) -> Sweep:
 
 
 def _f(x: float | None, width: int, digits: int) -> str:
+    """A right-aligned cell, always with a space before it (a wide number pushes the row
+    right instead of running into its neighbour)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return f"{'—':>{width}}"
-    if math.isinf(x):
-        return f"{'∞':>{width}}"
-    return f"{x:>{width}.{digits}f}"
+        text = "—"
+    elif math.isinf(x):
+        text = "∞"
+    else:
+        text = f"{x:.{digits}f}"
+    return " " + text.rjust(width - 1)
 
 
 async def sweep(
@@ -197,6 +201,7 @@ async def sweep(
     slo: str | None = None,
     command: str | None = None,
     on_run: Callable[[RunResult], None] | None = None,
+    into: Sweep | None = None,
     salt: str | bool = True,
     **compare_kwargs: Any,
 ) -> Sweep:
@@ -216,66 +221,103 @@ async def sweep(
             ``<salt>-c<i>``, so no cell sees a prompt an earlier cell sent; every run's
             inferred cache hit rate is in its summary, and a run over 10 % is flagged
             (``summary.cache_flagged``) unless the ``workload`` asked for caching.
+        into: a :class:`Sweep` to fill as runs finish. When the sweep is cancelled (Ctrl-C,
+            SIGTERM) it holds every finished run plus the interrupted one, whose unfinished
+            requests are failed rows ("cancelled"), and its settings — so it can be written.
         compare_kwargs: passed to :func:`parallel_kit.bench.compare` (``gpus``, ``slots``,
             ``time_scale``, ``profile``, ``hosts``, …).
 
     Raises:
         ConfigError: bad rates, repeats or n; a capacity burst in which nothing finished.
     """
-    from .bench import _salt_base, compare
+    import asyncio
+
+    from .bench import _salt_base
 
     parsed = parse_rates(rates)
     base_salt = _salt_base(salt)
-    cells = 0
-    prefill: float | None = None
-
-    def cell_salt() -> str | bool:
-        nonlocal cells
-        cells += 1
-        return f"{base_salt}-c{cells - 1}" if base_salt is not None else False
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"--repeats must be a whole number ≥ 1, got {repeats!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"--n must be at least 2 requests per rate, got {n!r}")
-    result = Sweep(mode)
+    result = into if into is not None else Sweep(mode)
+    result.mode = mode
     chosen: list[float] = []
+
+    def settle() -> None:
+        first = result.runs[0].summary if result.runs else None
+        result.meta = {
+            "rates": list(chosen), "repeats": repeats, "n": n, "process": process,
+            "burstiness": burstiness if process == "gamma" else None, "seed": seed,
+            "warmup": warmup, "max_concurrency": max_concurrency, "slo": slo,
+            "time_scale": first.time_scale if first else None,
+            "backend": first.backend if first else None,
+            "command": command,
+            "salt": base_salt,
+            "flagged_cells": [i for i, r in enumerate(result.runs) if r.summary.cache_flagged],
+            "machine": machine_description(),
+        }
+
+    try:
+        await _sweep_runs(result, mode, parsed, chosen, n, repeats, process, burstiness, seed,
+                          warmup, max_concurrency, slo, on_run, compare_kwargs, base_salt)
+    except asyncio.CancelledError:
+        settle()
+        result.meta["interrupted"] = True
+        raise
+    _add_curve(result, mode, compare_kwargs, process, burstiness, max_concurrency)
+    settle()
+    return result
+
+
+async def _sweep_runs(result: Sweep, mode: str, parsed: list[float] | str, chosen: list[float],
+                      n: int, repeats: int, process: str, burstiness: float, seed: int,
+                      warmup: int, max_concurrency: int | None, slo: str | None,
+                      on_run: Callable[[RunResult], None] | None,
+                      compare_kwargs: dict[str, Any], base_salt: str | None) -> None:
+    """The capacity burst (for ``"auto"``) and one run per rate and repeat, into ``result``;
+    an interrupted run is kept (its unfinished requests failed rows). Cell ``i`` is salted
+    ``<base_salt>-c<i>``; the reference prefill rate for cache inference is carried from cell
+    to cell."""
+    from .bench import Comparison, compare
+
+    cells = 0
+    prefill: float | None = None
+
+    async def one(**kwargs: Any) -> RunResult:
+        nonlocal cells, prefill
+        salt = f"{base_salt}-c{cells}" if base_salt is not None else False
+        cells += 1
+        comp = Comparison()
+        try:
+            await compare([mode], into=comp, salt=salt, prefill_tokens_per_s=prefill,
+                          **kwargs, **compare_kwargs)
+        finally:
+            if comp.interrupted:
+                result.runs.extend(comp.runs)
+        prefill = comp.prefill_tokens_per_s
+        return comp.runs[0]
+
     if isinstance(parsed, str):
-        burst = await compare([mode], n=n, salt=cell_salt(), **compare_kwargs)
-        prefill = burst.prefill_tokens_per_s
-        cap = burst.runs[0].summary.throughput_rps
+        burst = await one(n=n)
+        cap = burst.summary.throughput_rps
         if not cap or math.isnan(cap):
             raise ConfigError(f"the capacity burst of {mode} finished no request — check the "
                               f"servers, or give --rates r1,r2,…")
         result.capacity_rps = float(cap)
         result.capacity_from = f"measured: a burst of {n} requests, finished ÷ makespan"
-        chosen = [cap * f for f in AUTO_FRACTIONS]
+        chosen[:] = [cap * f for f in AUTO_FRACTIONS]
     else:
-        chosen = list(parsed)
+        chosen[:] = list(parsed)
     for rate in chosen:
         for rep in range(repeats):
             arrivals = Arrivals(rate=rate, process=process, burstiness=burstiness,
                                 seed=seed + rep, n=n, warmup=warmup,
                                 max_concurrency=max_concurrency)
-            comp = await compare([mode], arrivals=arrivals, slo=slo, salt=cell_salt(),
-                                 prefill_tokens_per_s=prefill, **compare_kwargs)
-            prefill = comp.prefill_tokens_per_s
-            result.runs.append(comp.runs[0])
+            run = await one(arrivals=arrivals, slo=slo)
+            result.runs.append(run)
             if on_run is not None:
-                on_run(comp.runs[0])
-    _add_curve(result, mode, compare_kwargs, process, burstiness, max_concurrency)
-    first = result.runs[0].summary if result.runs else None
-    result.meta = {
-        "rates": list(chosen), "repeats": repeats, "n": n, "process": process,
-        "burstiness": burstiness if process == "gamma" else None, "seed": seed,
-        "warmup": warmup, "max_concurrency": max_concurrency, "slo": slo,
-        "time_scale": first.time_scale if first else None,
-        "backend": first.backend if first else None,
-        "command": command,
-        "salt": base_salt,
-        "flagged_cells": [i for i, r in enumerate(result.runs) if r.summary.cache_flagged],
-        "machine": machine_description(),
-    }
-    return result
+                on_run(run)
 
 
 def _add_curve(result: Sweep, mode: str, kwargs: dict[str, Any], process: str,

@@ -53,8 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from . import _signals
+
         print("interrupted", file=sys.stderr)
-        return 130
+        return _signals.last_exit_code or 130
 
 
 if __name__ == "__main__":  # pragma: no cover

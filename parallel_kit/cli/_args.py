@@ -9,7 +9,7 @@ from ..ranges import arg
 
 __all__ = ["add_engine", "add_stack_args", "add_time_scale", "engine_options", "fraction",
            "model_name", "non_negative_int", "positive_float", "positive_int", "ranged",
-           "serve_options", "stack_options"]
+           "serve_options", "stack_options", "unique_hosts"]
 
 #: An argparse ``type=`` checking a flag's sane range (:mod:`parallel_kit.ranges`).
 ranged = arg
@@ -111,10 +111,11 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis", default=None, metavar="URL",
                    help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
                         "the kit starts one for the run)")
-    p.add_argument("--workers", type=non_negative_int, default=1, metavar="N",
+    p.add_argument("--workers", type=arg("--workers"), default=1, metavar="N",
                    help="production: Celery worker processes to start (default 1; 0: started "
                         "by hand with `parallel-kit worker`)")
-    p.add_argument("--worker-concurrency", type=positive_int, default=None, metavar="C",
+    p.add_argument("--worker-concurrency", type=arg("--worker-concurrency"), default=None,
+                   metavar="C",
                    help="production: tasks per Celery worker at once (default 4 × replicas × "
                         "max-ongoing, at least 8)")
 
@@ -132,3 +133,43 @@ def stack_options(args: argparse.Namespace) -> Any:
 
     return StackOptions(redis=getattr(args, "redis", None), workers=getattr(args, "workers", 1),
                         worker_concurrency=getattr(args, "worker_concurrency", None))
+
+
+def unique_hosts(hosts: list[str] | None) -> list[str] | None:
+    """The ``--host`` values, each checked, duplicates refused.
+
+    Each value is read as Ollama reads ``OLLAMA_HOST`` (:func:`parallel_kit.config.normalize_host`)
+    and must then be a URL one can connect to (an IPv6 literal must be a valid address:
+    ``::::`` is not). The same server named twice (``--host a --host a``, or ``localhost`` and
+    ``http://localhost:11434``) is refused rather than deduplicated: several ``--host`` mean
+    one server per GPU, so a repeat would silently count one server as two GPUs — and a
+    silent deduplication would run fewer GPUs than the user believes they asked for.
+
+    Raises:
+        ConfigError: a value that is not an address, or a repeated server (both named).
+    """
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from ..config import normalize_host
+    from ..errors import ConfigError
+
+    if not hosts:
+        return hosts
+    seen: dict[str, str] = {}
+    for raw in hosts:
+        url = normalize_host(raw)
+        try:
+            name = urlsplit(url).hostname or ""
+            if ":" in name:
+                ipaddress.IPv6Address(name.split("%")[0])
+        except ValueError:
+            raise ConfigError(f"--host {raw!r} is not a valid address — write it like "
+                              f"127.0.0.1:11434, http://localhost:11434 or "
+                              f"http://[::1]:11434") from None
+        if url in seen:
+            raise ConfigError(f"--host {raw!r} names the same server as --host {seen[url]!r} "
+                              f"({url}) — give each server once (several --host = one "
+                              f"server per GPU)")
+        seen[url] = raw
+    return list(seen)

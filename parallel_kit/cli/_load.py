@@ -35,7 +35,7 @@ def add_arrival_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrency", type=ranged("--max-concurrency"), default=None, metavar="C",
                    help="at most C requests in flight from the generator; later arrivals wait "
                         "at the client")
-    p.add_argument("--warmup", type=int, default=0, metavar="K",
+    p.add_argument("--warmup", type=ranged("--warmup"), default=0, metavar="K",
                    help="send the first K requests but leave them out of the figures")
     p.add_argument("--slo", default=None, metavar="ttft=…,tpot=…,latency=…",
                    help="service-level objectives in seconds: goodput counts the requests "

@@ -17,6 +17,7 @@ from ._args import (
     ranged,
     serve_options,
     stack_options,
+    unique_hosts,
 )
 from ._load import add_arrival_flags, add_rate_flags, arrivals_from_args
 
@@ -107,16 +108,23 @@ def run(args: argparse.Namespace) -> int:
     (:class:`~parallel_kit.errors.ParallelKitError`), also after writing the runs that
     finished before it.
     """
-    from ..bench import Comparison, compare, run_interruptibly, write_outputs
+    from ._signals import shutdown_path
+
+    with shutdown_path() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
+    from ..bench import Comparison, compare, write_outputs
     from ..errors import ParallelKitError
     from ..modes.options import QueueOptions, RayOptions, ServerOptions
     from ..outputs import check_writable
-    from ._signals import sigterm_as_interrupt
 
     # Outputs first: a bad path must not cost the run.
     check_writable([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)])
     from ..metrics import Slo
 
+    hosts = unique_hosts(args.host)
     arrivals = arrivals_from_args(args)
     slo = Slo.parse(args.slo) if args.slo else None
     servers = ServerOptions(count=args.gpus, slots=args.slots, profile=args.profile,
@@ -124,33 +132,34 @@ def run(args: argparse.Namespace) -> int:
     queue = QueueOptions(concurrency=args.concurrency) if args.concurrency else None
     comparison = Comparison()
     error: ParallelKitError | None = None
-    with sigterm_as_interrupt() as term:
-        try:
-            interrupted = run_interruptibly(compare(
-                args.mode, args.prompts, n=args.n, hosts=args.host, model=args.model,
-                num_predict=args.num_predict, time_scale=args.time_scale, api=args.api,
-                servers=servers, queue=queue,
-                ray=RayOptions(address=args.ray_address or os.environ.get("RAY_ADDRESS")),
-                serve=serve_options(args), stack=stack_options(args),
-                progress=not args.no_progress,
-                announce=lambda m: print(m, file=sys.stderr), into=comparison,
-                arrivals=arrivals, slo=slo, **hygiene_kwargs(args)))
-        except ParallelKitError as exc:
-            if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
-                raise  # nothing had finished: the error alone says it all
-            error, interrupted = exc, False
-    print(comparison.table())
-    if arrivals is not None:
-        from ..loadgen import format_load_table
+    try:
+        _, interrupted = stop.run(compare(
+            args.mode, args.prompts, n=args.n, hosts=hosts, model=args.model,
+            num_predict=args.num_predict, time_scale=args.time_scale, api=args.api,
+            servers=servers, queue=queue,
+            ray=RayOptions(address=args.ray_address or os.environ.get("RAY_ADDRESS")),
+            serve=serve_options(args), stack=stack_options(args),
+            progress=not args.no_progress,
+            announce=lambda m: print(m, file=sys.stderr), into=comparison,
+            arrivals=arrivals, slo=slo, **hygiene_kwargs(args)))
+    except ParallelKitError as exc:
+        if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
+            raise  # nothing had finished: the error alone says it all
+        error, interrupted = exc, False
+    with stop.deferred():  # a signal now must not cost the finished rows
+        print(comparison.table())
+        if arrivals is not None:
+            from ..loadgen import format_load_table
 
-        print(format_load_table(comparison.runs))
-    write_outputs(comparison, json_path=args.json, csv_path=args.csv, plot_path=args.plot)
+            print(format_load_table(comparison.runs))
+        write_outputs(comparison, json_path=args.json, csv_path=args.csv,
+                      plot_path=args.plot)
     if error is not None:
         raise error  # after the finished runs were printed and written
     if interrupted:
         print("interrupted: the table and files hold what finished (unfinished = failed rows)",
               file=sys.stderr)
-        return 143 if term.terminated else 130
+        return int(stop.exit_code) or 130
     failed = sum(r.summary.failed for r in comparison.runs)
     if failed:
         print(f"{failed} request(s) failed — see the 'error' column", file=sys.stderr)

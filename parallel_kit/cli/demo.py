@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ._args import add_engine, add_time_scale, engine_options, model_name, ranged
+from ._args import add_engine, add_time_scale, engine_options, model_name, ranged, unique_hosts
 
 __all__ = ["add_parser", "run"]
 
@@ -41,37 +41,43 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo, print the table, write the files; 130 when Ctrl-C cut it short."""
-    from ..bench import Comparison, run_interruptibly
+    from ._signals import shutdown_path
+
+    with shutdown_path() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
+    from ..bench import Comparison
     from ..config import time_scale_from_env
     from ..demo import run_demo, write_demo_outputs
     from ..errors import ParallelKitError
     from ..outputs import check_writable
-    from ._signals import sigterm_as_interrupt
 
     check_writable([], folders=[("--out", args.out)])  # before the run, not after it
     scale = args.time_scale if args.time_scale is not None else (
         None if args.host else time_scale_from_env(1.0))
     comparison = Comparison()
     error: ParallelKitError | None = None
-    with sigterm_as_interrupt() as term:
-        try:
-            interrupted = run_interruptibly(run_demo(
-                into=comparison, time_scale=scale, hosts=args.host, model=args.model,
-                modes=args.modes, gpus=args.gpus,
-                ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-                engine=args.engine, engine_options=engine_options(args), progress=True,
-                announce=lambda m: print(m, file=sys.stderr), redis=args.redis))
-        except ParallelKitError as exc:
-            if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
-                raise
-            error, interrupted = exc, False
-    print(comparison.table())
-    for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
-        print(f"wrote {path}")
+    try:
+        _, interrupted = stop.run(run_demo(
+            into=comparison, time_scale=scale, hosts=unique_hosts(args.host),
+            model=args.model, modes=args.modes, gpus=args.gpus,
+            ray_address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+            engine=args.engine, engine_options=engine_options(args), progress=True,
+            announce=lambda m: print(m, file=sys.stderr), redis=args.redis))
+    except ParallelKitError as exc:
+        if len(comparison.runs) <= 1 and not any(r.summary.ok for r in comparison.runs):
+            raise
+        error, interrupted = exc, False
+    with stop.deferred():  # a signal now must not cost the finished rows
+        print(comparison.table())
+        for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
+            print(f"wrote {path}")
     if error is not None:
         raise error
     if interrupted:
         print("interrupted: the files hold what finished (unfinished = failed rows)",
               file=sys.stderr)
-        return 143 if term.terminated else 130
+        return int(stop.exit_code) or 130
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,22 +46,45 @@ def run(args: argparse.Namespace) -> int:
 
     Reads ``args.host`` (list or None), ``model``, ``json``, ``time_scale``, ``max_k``,
     ``num_predict``, ``repeats`` and ``save_profile`` (all optional). Expected errors propagate as
-    ``ParallelKitError`` for :func:`parallel_kit.cli.main` to print in one line.
+    ``ParallelKitError`` for :func:`parallel_kit.cli.main` to print in one line. ``--json`` is
+    checked before the probe and falls back to the temporary folder when it cannot be
+    written; Ctrl-C or SIGTERM writes the hosts already probed and exits 130 / 143.
     """
-    from .._sync import run_sync
+    from ._signals import shutdown_path
 
-    results = run_sync(_probe_backend(args))
-    for result in results:
-        print(result.table())
+    with shutdown_path() as stop:
+        return _run(args, stop)
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
+    from ..outputs import check_writable, write_or_rescue
+    from ._args import unique_hosts
+
     path = getattr(args, "json", None)
-    if path:
-        doc = results[0].to_dict()
-        if len(results) > 1:
-            doc["hosts"] = [r.to_dict() for r in results]
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        print(f"wrote {out}")
+    check_writable([("--json", path)])
+    if getattr(args, "host", None):
+        args.host = unique_hosts(args.host)
+    results: list[ProbeResult] = []
+    _, interrupted = stop.run(_probe_backend(args, into=results))
+    with stop.deferred():
+        for result in results:
+            print(result.table())
+        if path and results:
+            doc = results[0].to_dict()
+            if len(results) > 1:
+                doc["hosts"] = [r.to_dict() for r in results]
+
+            def write(out: Path) -> Path:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n",
+                               encoding="utf-8")
+                return out
+
+            print(f"wrote {write_or_rescue(path, write)}")
+    if interrupted:
+        print(f"interrupted: {len(results)} server(s) probed"
+              + (", written" if path and results else ""), file=sys.stderr)
+        return int(stop.exit_code) or 130
     name = getattr(args, "save_profile", None)
     if name:
         from ..calibrate import save_profile
@@ -71,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
+async def _probe_backend(args: argparse.Namespace,
+                         into: list[ProbeResult] | None = None) -> list[ProbeResult]:
     """Open the servers like every other command (``open_backend``: a named server, or an
     embedded simulator when none is named and no Ollama answers) and probe each one."""
     from ..backend import open_backend
@@ -86,7 +111,9 @@ async def _probe_backend(args: argparse.Namespace) -> list[ProbeResult]:
     async with open_backend(getattr(args, "host", None), model=model,
                             time_scale=getattr(args, "time_scale", None),
                             announce=print, api=api, model_named=named is not None) as backend:
-        return [await probe(ep.url, backend.model, max_k=max_k, num_predict=num_predict,
-                            time_scale=backend.time_scale,
-                            repeats=getattr(args, "repeats", None) or 1, api=api)
-                for ep in backend.endpoints]
+        results = into if into is not None else []
+        for ep in backend.endpoints:
+            results.append(await probe(ep.url, backend.model, max_k=max_k,
+                                       num_predict=num_predict, time_scale=backend.time_scale,
+                                       repeats=getattr(args, "repeats", None) or 1, api=api))
+        return results

@@ -8,7 +8,15 @@ import sys
 from typing import Any
 
 from ..modes.registry import modes
-from ._args import add_stack_args, add_time_scale, model_name, ranged, serve_options, stack_options
+from ._args import (
+    add_stack_args,
+    add_time_scale,
+    model_name,
+    ranged,
+    serve_options,
+    stack_options,
+    unique_hosts,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -71,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     """
     from ..api import ApiSettings, bind_warning, create_app, open_api_backend, uvicorn_server
     from ..config import max_concurrent_from_env
+
+    args.host = unique_hosts(args.host)  # an address that is not one, or a repeat: one line
     from ..netutil import listen, socket_url
 
     mib = 1024 * 1024

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..modes.registry import mode_names
-from ._args import add_time_scale, ranged
+from ._args import add_time_scale, ranged, unique_hosts
 from ._load import add_arrival_flags, parse_float
 from .bench import add_hygiene_flags, hygiene_kwargs
 
@@ -87,10 +87,28 @@ def _progress(run: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the sweep, print its table, write what was asked."""
-    from .._sync import run_sync
-    from ..sweep import parse_rates, sweep
+    """Run the sweep, print its table, write what was asked.
 
+    Output paths are checked before the run; a write that still fails goes to a fallback in
+    the temporary folder (said). Ctrl-C or SIGTERM: the finished runs (and the interrupted
+    one, its unfinished requests failed rows) are printed and written; exit 130 / 143.
+    """
+    from ._signals import shutdown_path
+
+    with shutdown_path() as stop:
+        return _run(args, stop)
+
+
+def _throughput_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_throughput{path.suffix or '.png'}")
+
+
+def _run(args: argparse.Namespace, stop: Any) -> int:
+    from ..outputs import check_writable, write_or_rescue
+    from ..sweep import Sweep, parse_rates, sweep
+
+    check_writable([("--json", args.json), ("--plot", args.plot),
+                    ("--plot", str(_throughput_path(Path(args.plot))) if args.plot else None)])
     rates = parse_rates(args.rates)
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
@@ -98,27 +116,37 @@ def run(args: argparse.Namespace) -> int:
     if burstiness is not None and args.arrivals != "gamma":
         raise ConfigError("--burstiness only applies to --arrivals gamma")
     kwargs: dict[str, Any] = {
-        "hosts": args.host, "gpus": args.gpus, "slots": args.slots,
+        "hosts": unique_hosts(args.host), "gpus": args.gpus, "slots": args.slots,
         "concurrency": args.concurrency, "profile": args.profile, "model": args.model,
         "num_predict": args.num_predict, "time_scale": args.time_scale}
     if args.prompts:
         kwargs["prompts"] = args.prompts
     command = _command(args)
-    result = run_sync(sweep(args.mode, rates, n=args.n, repeats=args.repeats,
-                            process=args.arrivals, burstiness=burstiness or 1.0,
-                            seed=args.seed, warmup=args.warmup,
-                            max_concurrency=args.max_concurrency, slo=args.slo,
-                            command=command, on_run=_progress, **hygiene_kwargs(args),
-                            **kwargs))
-    print(result.table())
-    if args.json:
-        print(f"wrote {result.write_json(args.json)}", file=sys.stderr)
-    if args.plot:
-        from .. import plots, plots_load
+    result = Sweep(args.mode)
+    _, interrupted = stop.run(sweep(args.mode, rates, n=args.n, repeats=args.repeats,
+                                    process=args.arrivals, burstiness=burstiness or 1.0,
+                                    seed=args.seed, warmup=args.warmup,
+                                    max_concurrency=args.max_concurrency, slo=args.slo,
+                                    command=command, on_run=_progress, into=result,
+                                    **hygiene_kwargs(args),
+                                    **kwargs))
+    with stop.deferred():  # a signal now must not cost the finished runs
+        print(result.table())
+        if args.json:
+            print(f"wrote {write_or_rescue(args.json, result.write_json)}", file=sys.stderr)
+        if args.plot and result.runs:
+            from .. import plots, plots_load
 
-        path = Path(args.plot)
-        print(f"wrote {plots.save(plots_load.latency_vs_load(result), path)}", file=sys.stderr)
-        other = path.with_name(f"{path.stem}_throughput{path.suffix or '.png'}")
-        print(f"wrote {plots.save(plots_load.throughput_vs_load(result), other)}",
-              file=sys.stderr)
+            path = Path(args.plot)
+            for fig, out in ((plots_load.latency_vs_load(result), path),
+                             (plots_load.throughput_vs_load(result), _throughput_path(path))):
+
+                def save(p: Path, f: Any = fig) -> Path:
+                    return Path(plots.save(f, p))
+
+                print(f"wrote {write_or_rescue(out, save)}", file=sys.stderr)
+    if interrupted:
+        print("interrupted: the table and files hold the finished runs (unfinished requests "
+              "= failed rows)", file=sys.stderr)
+        return int(stop.exit_code) or 130
     return 0

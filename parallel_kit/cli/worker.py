@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._args import positive_int
+from ._args import ranged
 
 __all__ = ["add_parser", "run"]
 
@@ -22,7 +22,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="the stack's Redis (default PARALLEL_KIT_REDIS_URL)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="the Ray cluster that runs the Serve application (default RAY_ADDRESS)")
-    p.add_argument("--concurrency", type=positive_int, default=8, metavar="C",
+    p.add_argument("--concurrency", type=ranged("--worker-concurrency"), default=8, metavar="C",
                    help="tasks this worker runs at once (threads; default 8)")
     p.add_argument("--name", default=None, help="Celery hostname (default: generated)")
     return p

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -133,7 +134,10 @@ class OllamaReplica:
         if "error" in info:
             # Serve retries the constructor, then marks the deployment unhealthy with this text.
             raise RuntimeError(f"replica {rank} could not bring up its Ollama: {info['error']}")
-        self.info = {**info, "rank": rank, "replica": self.replica}
+        import ray
+
+        self.info = {**info, "rank": rank, "replica": self.replica,
+                     "actor_id": ray.get_runtime_context().get_actor_id()}
         self.lost: str | None = None
         self.active = 0
         self.served = 0
@@ -152,7 +156,8 @@ class OllamaReplica:
                                    submitted_s=submitted_s, raise_for=(OllamaUnavailable,))
         except OllamaUnavailable as exc:
             self.lost = str(exc)  # check_health fails now, and Serve replaces this replica
-            raise EndpointLost(f"{self._gpu.worker}: {exc}") from None
+            raise EndpointLost(f"replica {self.replica} ({self._gpu.worker}): its Ollama "
+                               f"stopped answering — {exc}") from None
         finally:
             self.active -= 1
         self.served += 1
@@ -335,8 +340,7 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         try:
             out = await app.handle.remote(_spec_to_wire(spec), submitted_s, epoch, hops)
         except lost_errors as exc:
-            app.lost.append({"worker": "replica", "at_s": round(clock.now(), 6),
-                             "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"})
+            app.lost.append({**_lost_replica(app, exc), "at_s": round(clock.now(), 6)})
             retries += 1
             if retries > app.workers:
                 return _failed(spec, mode, app.model, submitted_s, clock, retries - 1,
@@ -348,6 +352,36 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         row = _row_from_wire(out)
         row.retries += retries
         return row
+
+
+_REPLICA_IN_TEXT = re.compile(r"replica (?P<replica>\S+) \((?P<worker>[^)]*)\)")
+
+
+def _lost_replica(app: ServeApp, exc: BaseException) -> dict[str, Any]:
+    """Which replica was lost and why: ``{"worker", "replica", "rank", "reason"}``.
+
+    An endpoint that stopped answering names its replica in the error raised inside it; a
+    replica whose process died is found by its actor id (``ActorDiedError.actor_id``) among
+    the replicas seen at warm-up. ``worker`` is ``replica <id>`` (``replica ?`` only when Ray
+    names neither).
+    """
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    found = next((m for m in map(_REPLICA_IN_TEXT.search, lines) if m), None)
+    info: dict[str, Any] = {}
+    if found:
+        info = next((r for r in app.replicas if r.get("replica") == found["replica"]),
+                    {"replica": found["replica"], "worker": found["worker"]})
+    else:
+        actor_id = getattr(exc, "actor_id", None)
+        if actor_id is not None:
+            info = next((r for r in app.replicas if r.get("actor_id") == str(actor_id)), {})
+    cause = next((ln for ln in lines if "replica " in ln and "stopped answering" in ln),
+                 lines[0] if lines else "")
+    replica = info.get("replica") or "?"
+    return {"worker": f"replica {replica}", "replica": replica, "rank": info.get("rank"),
+            "endpoint": info.get("url") or info.get("worker"),
+            "reason": f"{type(exc).__name__}: {cause[:300]}"}
 
 
 def _failed(spec: RequestSpec, mode: str, model: str, submitted_s: float, clock: ModelClock,

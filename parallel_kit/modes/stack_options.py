@@ -28,6 +28,9 @@ def check_max_ongoing(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"--max-ongoing {value!r} must be a whole number ≥ 1 (requests one "
                           f"replica takes at once; default: its Ollama's slots)")
+    from ..ranges import check
+
+    check("--max-ongoing", value)  # and at most its upper bound (the message gives the range)
     return value
 
 

@@ -75,6 +75,9 @@ class WorkerProcess:
                  "--concurrency", str(concurrency), "--name", name],
                 env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
+        from ..children import register
+
+        register(proc)
         return cls(name, proc, log)
 
     def alive(self) -> bool:
@@ -88,7 +91,10 @@ class WorkerProcess:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL after ``grace_s``."""
+        from ..children import forget
+
         stop_process(self.process, grace_s)
+        forget(self.process)
         self.log_path.unlink(missing_ok=True)
 
     def log_tail(self, chars: int = 800) -> str:
