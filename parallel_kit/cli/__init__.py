@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 from ..errors import ParallelKitError
 from ..modes.registry import mode_names
-from . import bench, demo, probe, serve, sim, sweep, worker
+from . import bench, capacity, demo, probe, serve, sim, sweep, worker
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The commands, in the order ``--help`` lists them; each module has ``add_parser`` and ``run``.
-COMMANDS = {"demo": demo, "bench": bench, "sweep": sweep, "sim": sim, "serve": serve,
-            "probe": probe, "worker": worker}
+COMMANDS = {"demo": demo, "bench": bench, "sweep": sweep, "capacity": capacity, "sim": sim,
+            "serve": serve, "probe": probe, "worker": worker}
 
 
 def build_parser() -> argparse.ArgumentParser:
