@@ -49,6 +49,7 @@ __all__ = [
     "Miss",
     "PercentileSlo",
     "Traffic",
+    "auto_time_scale",
     "json_safe",
     "load_calibrated",
     "max_rate",
@@ -70,6 +71,11 @@ MEASURE_N = 100
 DEFAULT_MODES = ("pool",)
 DEFAULT_SLOTS = (1, 2, 4)
 DEFAULT_MAX_GPUS = 8
+#: Clock seconds one request alone takes on a measuring simulator when no time scale is given:
+#: long enough that the kit's own overhead (a few clock ms per request on a busy 2-core
+#: machine) stays a few per cent of it — at 0.05 s a request, latency p95 measured 17 % above
+#: theory; at 0.2 s, 2.5 % (docs/CAPACITY.md).
+AUTO_SERVICE_CLOCK_S = 0.2
 #: Measured runs one max-rate search may spend, and theory's bracket around its own answer.
 MAX_RATE_RUNS = 6
 BRACKET = (0.85, 1.15)
@@ -710,6 +716,18 @@ class Measurement:
                 "failed": self.failed}
 
 
+def auto_time_scale(service: Any) -> float:
+    """The time scale a measurement uses when none is given: ``PARALLEL_KIT_TIME_SCALE`` when
+    set, else one request alone takes :data:`AUTO_SERVICE_CLOCK_S` clock seconds (at most 1)."""
+    from .config import time_scale_from_env
+
+    env = time_scale_from_env(0.0)
+    if env > 0:
+        return env
+    mean = statistics.fmean(service.solo_s)
+    return min(1.0, AUTO_SERVICE_CLOCK_S / mean) if mean > 0 else 1.0
+
+
 def measured_figures(run: Any) -> dict[str, float]:
     """A run's figures under the SLO keys: latency/TTFT from arrival (``open_loop``), TPOT."""
     s = run.summary
@@ -741,13 +759,15 @@ async def measure_config(mode: str, servers: int, slots: int, traffic: Traffic,
     prof = load_profile(profile)
     schedule = traffic.finite(rate, seed)
     arrivals = _arrivals_for(traffic, schedule)
+    service = _service(prof, traffic, model, num_predict)
+    if time_scale is None:
+        time_scale = auto_time_scale(service)
     with _profile_registered(prof) as name:
-        comp = await compare([mode], model=model or prof.default_model,
+        comp = await compare([mode], model=model or prof.default_model, backend="sim",
                              num_predict=num_predict, time_scale=time_scale, arrivals=arrivals,
                              servers=ServerOptions(count=servers, slots=slots, profile=name))
     run = comp.runs[0]
     figs = measured_figures(run)
-    service = _service(prof, traffic, model, num_predict)
     pred = theory.predict_load(mode, service, schedule=schedule, workers=servers, slots=slots)
     return Measurement(mode, servers, slots, schedule.rate, schedule.seed, figs,
                        _figures(pred, service), slo.misses(figs), run.summary.failed, run)

@@ -69,7 +69,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=ranged("--repeats"), default=3, metavar="K",
                    help="--max-rate: searches with seeds S, S+1, … for a confidence interval "
                         "(default 3)")
-    add_time_scale(p, "; for --measure and --max-rate")
+    add_time_scale(p, "; for --measure and --max-rate (default: one request alone takes "
+                      "0.2 clock seconds)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the plan as JSON")
     p.add_argument("--html", default=None, metavar="FILE",
                    help="write one self-contained HTML report (no network)")
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
         if plan.measurements:
             plan.time_scale = plan.measurements[0].run.summary.time_scale
         print(_measured_text(plan))
+        if plan.time_scale is not None:
+            print(f"(simulated Ollama at time scale {plan.time_scale:g}; latency and TTFT from "
+                  f"arrival, model seconds; theory = the same arrivals through the latency "
+                  f"model)")
         if interrupted:
             status = 130
         elif not _agrees(plan):
