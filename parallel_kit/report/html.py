@@ -266,7 +266,8 @@ def _plan_sections(plan: Any) -> list[dict[str, Any]]:
         out.append(_section("Predicted vs measured", table={
             "head": ["configuration", *[f"{k} s measured (theory, this run)" for k in keys],
                      "ok/n", "verdict"], "rows": rows}))
-        out += _run_sections([m.run for m in plan.measurements])[1:3]
+        out += [s for s in _run_sections([m.run for m in plan.measurements])
+                if s["title"] == "Request timeline"]
     curve = _plan_curve(plan)
     if curve is not None:
         out.append(_section("Against load", figures=[(svg_of(curve), (
