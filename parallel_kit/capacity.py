@@ -30,6 +30,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import statistics
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -480,7 +481,8 @@ class CapacityPlan:
         parts = ["parallel-kit bench", f"--mode {c.mode}", f"--gpus {c.servers}",
                  f"--slots {c.slots}"]
         if t.process == "trace":
-            parts.append("--trace FILE")
+            parts.append(f"--trace {shlex.quote(t.trace or 'FILE')}"
+                         + (f" --trace-speed {t.trace_speed:g}" if t.trace_speed != 1 else ""))
         else:
             parts += [f"--rate {t.rate:g}", f"--arrivals {t.process}"]
             if t.process == "gamma":
@@ -494,7 +496,8 @@ class CapacityPlan:
         t = self.traffic
         parts = ["parallel-kit capacity"]
         if t.process == "trace":
-            parts.append("--trace FILE")
+            parts.append(f"--trace {shlex.quote(t.trace or 'FILE')}"
+                         + (f" --trace-speed {t.trace_speed:g}" if t.trace_speed != 1 else ""))
         else:
             parts += [f"--rate {t.rate:g}", f"--arrivals {t.process}"]
             if t.process == "gamma":
@@ -949,7 +952,7 @@ async def max_rate(mode: str, servers: int, slots: int, traffic: Traffic, slo: P
     ci = None
     if repeats >= 2:
         half = t95(repeats) * statistics.stdev(answers) / math.sqrt(repeats)
-        ci = (mean - half, mean + half)
+        ci = (max(0.0, mean - half), mean + half)  # a rate is never below 0
     return MaxRateResult(mode, servers, slots, str(slo), mean, ci, statistics.fmean(predicted),
                          (min(b[0] for b in brackets), max(b[1] for b in brackets)), searches,
                          all_runs)

@@ -270,3 +270,17 @@ def test_max_rate_repeats_give_a_confidence_interval():
     for s in r.searches:  # theory measured against itself lands on theory's answer
         assert abs(s["answer"] - s["predicted_rps"]) <= 0.3 / 2**cap.MAX_RATE_RUNS * s[
             "predicted_rps"] + 1e-12
+
+
+def test_a_trace_plans_and_names_itself_in_the_commands(capsys, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(f'{{"timestamp_s": {t}, "prompt_tokens": 20, "num_predict": 50}}\n'
+                             for t in (0, 2, 3, 9, 10, 11, 20)))
+    out = tmp_path / "plan.json"
+    assert main(["capacity", "--trace", str(trace), "--slo", "latency_p95=12", "--max-gpus",
+                 "3", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["traffic"]["process"] == "trace"
+    assert str(trace) in doc["measure_command"]
+    best = doc["recommended"][0]
+    assert best["meets"] and all(v is None or v <= 12 for v in [best["figures"]["latency_p95"]])

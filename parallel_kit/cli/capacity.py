@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             plan.time_scale = plan.measurements[0].run.summary.time_scale
         print(_measured_text(plan))
         if plan.time_scale is not None:
-            print(f"(simulated Ollama at time scale {plan.time_scale:g}; latency and TTFT from "
+            print(f"(simulated Ollama at time scale {plan.time_scale:.3g}; latency and TTFT from "
                   f"arrival, model seconds; theory = the same arrivals through the latency "
                   f"model)")
         if interrupted:
