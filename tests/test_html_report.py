@@ -95,3 +95,24 @@ def test_bench_html_flag_writes_the_report(tmp_path, capsys):
     assert main(["bench", "--mode", "pool", "--n", "3", "--time-scale", "0.01",
                  "--no-progress", "--html", str(out)]) == 0
     assert "<svg" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--mode", "pool", "--gpus", "2", "--rates", "0.1,0.2", "--n", "4"],
+    ["demo", "--modes", "sequential,pool", "--no-plots"],
+])
+def test_sweep_and_demo_write_the_report_too(tmp_path, capsys, argv):
+    from parallel_kit.cli import main
+
+    out = tmp_path / "r.html"
+    extra = ["--out", str(tmp_path / "demo")] if argv[0] == "demo" else []
+    assert main([*argv, *extra, "--time-scale", "0.01", "--html", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.count("<svg") >= 2 and external_references(page) == []
+
+
+def test_a_bad_html_path_is_refused_before_the_run(tmp_path, capsys):
+    from parallel_kit.cli import main
+
+    assert main(["sweep", "--mode", "pool", "--rates", "0.1", "--html", str(tmp_path)]) == 2
+    assert "--html" in capsys.readouterr().err

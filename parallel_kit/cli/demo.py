@@ -32,6 +32,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write one self-contained HTML report (no network)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
                         "the kit starts one for the run)")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_writable
     from ._signals import sigterm_as_interrupt
 
-    check_writable([], folders=[("--out", args.out)])  # before the run, not after it
+    check_writable([("--html", getattr(args, "html", None))],
+                   folders=[("--out", args.out)])  # before the run, not after it
     scale = args.time_scale if args.time_scale is not None else (
         None if args.host else time_scale_from_env(1.0))
     comparison = Comparison()
@@ -68,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
     print(comparison.table())
     for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
         print(f"wrote {path}")
+    if getattr(args, "html", None) and comparison.runs:
+        import shlex
+
+        from ..report import write_html_report
+
+        command = "parallel-kit " + " ".join(map(shlex.quote, sys.argv[1:]))
+        page = write_html_report(args.html, title="parallel-kit demo", runs=comparison,
+                                 command=command)
+        print(f"wrote {page}")
     if error is not None:
         raise error
     if interrupted:

@@ -50,6 +50,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write latency/TTFT against load (FILE) and throughput/goodput "
                         "(FILE with _throughput before the suffix)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write one self-contained HTML report (no network)")
     return p
 
 
@@ -81,8 +83,10 @@ def _progress(run: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the sweep, print its table, write what was asked."""
     from .._sync import run_sync
+    from ..outputs import check_writable
     from ..sweep import parse_rates, sweep
 
+    check_writable([("--html", getattr(args, "html", None))])
     rates = parse_rates(args.rates)
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
@@ -112,4 +116,10 @@ def run(args: argparse.Namespace) -> int:
         other = path.with_name(f"{path.stem}_throughput{path.suffix or '.png'}")
         print(f"wrote {plots.save(plots_load.throughput_vs_load(result), other)}",
               file=sys.stderr)
+    if getattr(args, "html", None) and result.runs:
+        from ..report import write_html_report
+
+        path = write_html_report(args.html, title=f"parallel-kit sweep of {args.mode}",
+                                 sweep=result, command=command)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
