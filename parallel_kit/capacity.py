@@ -468,6 +468,8 @@ class CapacityPlan:
     measurements: list[Measurement] = field(default_factory=list)
     time_scale: float | None = None
     command: str | None = None
+    #: The calibration file the server's speeds came from (``--calibrated``), if any.
+    calibrated: str | None = None
     #: The profile itself (a calibrated one has no name to load it by); not in ``to_dict``.
     server_profile: Any = field(default=None, repr=False)
 
@@ -488,7 +490,8 @@ class CapacityPlan:
             if t.process == "gamma":
                 parts.append(f"--burstiness {t.burstiness:g}")
             parts += [f"--n {t.n or MEASURE_N}", f"--seed {t.seed}"]
-        parts.append(f"--profile {self.profile}")
+        parts.append(f"--profile {self.profile}" if not self.calibrated else
+                     "--profile NAME  # after: parallel-kit probe --save-profile NAME")
         return " ".join(parts)
 
     def measure_command(self) -> str:
@@ -505,7 +508,9 @@ class CapacityPlan:
             if t.n:
                 parts.append(f"--n {t.n}")
             parts.append(f"--seed {t.seed}")
-        parts += [f"--slo {self.slo}", f"--profile {self.profile}",
+        server = (f"--calibrated {shlex.quote(self.calibrated)}" if self.calibrated
+                  else f"--profile {self.profile}")
+        parts += [f"--slo {self.slo}", server,
                   f"--modes {','.join(self.modes)}", f"--max-gpus {self.max_gpus}",
                   f"--slots {','.join(map(str, self.slots))}", "--measure"]
         return " ".join(parts)
@@ -555,6 +560,7 @@ class CapacityPlan:
     def to_dict(self) -> dict[str, Any]:
         return {"traffic": self.traffic.to_dict(), "slo": str(self.slo),
                 "slo_bounds": dict(self.slo.bounds), "profile": self.profile,
+                "calibrated": self.calibrated,
                 "model": self.model, "max_gpus": self.max_gpus, "modes": self.modes,
                 "slots": self.slots, "time_scale": self.time_scale, "command": self.command,
                 "recommended": [c.to_dict() for c in self.recommended],
@@ -651,13 +657,17 @@ def plan_capacity(traffic: Traffic, slo: PercentileSlo, *, profile: Any = "seed"
                                      slots=k).capacity_rps, w, k, m) for w, k, m in configs]
         top = max(caps)
         if traffic.rate >= top[0]:
-            one = max(c for c in caps if c[1] == 1 and c[2] == top[2])
-            need = math.ceil(traffic.rate / one[0] * 1.0001) + (
-                1 if traffic.rate / one[0] == int(traffic.rate / one[0]) else 0)
+            if get_info(top[3]).multi_server:
+                # W servers of this kind finish W × one's capacity: ρ < 1 needs more than
+                # rate / one of them.
+                one = top[0] / top[1]
+                fix = f"raise --max-gpus to at least {math.floor(traffic.rate / one) + 1}"
+            else:
+                fix = "consider a mode that spreads requests over servers (--modes pool)"
             raise ConfigError(
                 f"--rate {traffic.rate:g} req/s is at or above what the largest configuration "
                 f"can serve at all: {top[1]} server(s) × {top[2]} slot(s) ({top[3]}) finish "
-                f"{top[0]:.3g} req/s — lower --rate, or raise --max-gpus to at least {need}")
+                f"{top[0]:.3g} req/s — lower --rate, or {fix}")
     candidates = [predict_config(m, w, k, service, traffic, slo, requests=requests)
                   for w, k, m in configs]
     meeting = [c for c in candidates if c.meets]

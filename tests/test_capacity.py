@@ -284,3 +284,21 @@ def test_a_trace_plans_and_names_itself_in_the_commands(capsys, tmp_path):
     assert str(trace) in doc["measure_command"]
     best = doc["recommended"][0]
     assert best["meets"] and all(v is None or v <= 12 for v in [best["figures"]["latency_p95"]])
+
+
+def test_the_calibrated_file_is_named_in_the_measure_command(capsys, tmp_path):
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"model": "llama3.2:3b", "decode_tokens_per_s": 20.0,
+                                 "num_predict": 100, "speedup": {"1": 1.0},
+                                 "effective_slots": 1}))
+    assert main(["capacity", "--rate", "0.1", "--slo", "latency_p95=20", "--calibrated",
+                 str(probe), "--max-gpus", "2", "--slots", "1"]) == 0
+    assert f"--calibrated {probe}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("modes, fix", [("pool", "--max-gpus to at least 4"),
+                                        ("async", "--modes pool")])
+def test_a_rate_above_capacity_says_what_would_serve_it(capsys, modes, fix):
+    line = _one_line_error(capsys, ["capacity", "--rate", "0.35", "--slo", "latency_p95=60",
+                                    "--max-gpus", "3", "--slots", "1", "--modes", modes])
+    assert fix in line

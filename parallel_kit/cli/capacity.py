@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     plan = cap.plan_capacity(traffic, slo, profile=profile, model=args.model, modes=modes,
                              max_gpus=args.max_gpus, slots=slots, num_predict=args.num_predict)
     plan.command = command
+    plan.calibrated = args.calibrated
     print(plan.report())
     status = 0
     if args.measure and plan.recommended:
