@@ -1,5 +1,5 @@
-"""``parallel-kit`` (also ``python -m parallel_kit``): demo | bench | sweep | sim | serve | probe |
-worker.
+"""``parallel-kit`` (also ``python -m parallel_kit``): demo | bench | sweep | capacity | sim | serve |
+probe | worker.
 
 One module per command, each with ``add_parser(subparsers)`` (its arguments) and
 ``run(args) -> int`` (parse → call the library → print). The library never imports this
