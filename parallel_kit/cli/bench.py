@@ -85,6 +85,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write the runs as JSON")
     p.add_argument("--csv", default=None, metavar="FILE", help="write one row per request")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a timeline PNG")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write one self-contained HTML report (no network)")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true",
@@ -121,7 +123,8 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..outputs import check_writable
 
     # Outputs first: a bad path must not cost the run.
-    check_writable([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)])
+    check_writable([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot),
+                    ("--html", getattr(args, "html", None))])
     from ..metrics import Slo
 
     hosts = unique_hosts(args.host)
@@ -154,6 +157,15 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
             print(format_load_table(comparison.runs))
         write_outputs(comparison, json_path=args.json, csv_path=args.csv,
                       plot_path=args.plot)
+        if getattr(args, "html", None) and comparison.runs:
+            import shlex
+
+            from ..report import write_html_report
+
+            page = write_html_report(args.html, title="parallel-kit bench", runs=comparison,
+                                     command="parallel-kit " + " ".join(
+                                         map(shlex.quote, sys.argv[1:])))
+            print(f"wrote {page}", file=sys.stderr)
     if error is not None:
         raise error  # after the finished runs were printed and written
     if interrupted:

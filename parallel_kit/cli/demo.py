@@ -32,6 +32,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write one self-contained HTML report (no network)")
     p.add_argument("--redis", default=None, metavar="URL",
                    help="production: an existing Redis (default PARALLEL_KIT_REDIS_URL, else "
                         "the kit starts one for the run)")
@@ -54,7 +56,8 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..errors import ParallelKitError
     from ..outputs import check_writable
 
-    check_writable([], folders=[("--out", args.out)])  # before the run, not after it
+    check_writable([("--html", getattr(args, "html", None))],
+                   folders=[("--out", args.out)])  # before the run, not after it
     scale = args.time_scale if args.time_scale is not None else (
         None if args.host else time_scale_from_env(1.0))
     comparison = Comparison()
@@ -74,6 +77,15 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
         print(comparison.table())
         for path in write_demo_outputs(comparison, args.out, plots=not args.no_plots):
             print(f"wrote {path}")
+        if getattr(args, "html", None) and comparison.runs:
+            import shlex
+
+            from ..report import write_html_report
+
+            command = "parallel-kit " + " ".join(map(shlex.quote, sys.argv[1:]))
+            page = write_html_report(args.html, title="parallel-kit demo", runs=comparison,
+                                     command=command)
+            print(f"wrote {page}")
     if error is not None:
         raise error
     if interrupted:

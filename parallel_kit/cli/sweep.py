@@ -52,6 +52,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write latency/TTFT against load (FILE) and throughput/goodput "
                         "(FILE with _throughput before the suffix)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="write one self-contained HTML report (no network)")
     return p
 
 
@@ -108,6 +110,7 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..sweep import Sweep, parse_rates, sweep
 
     check_writable([("--json", args.json), ("--plot", args.plot),
+                    ("--html", getattr(args, "html", None)),
                     ("--plot", str(_throughput_path(Path(args.plot))) if args.plot else None)])
     rates = parse_rates(args.rates)
     if args.warmup < 0:
@@ -145,6 +148,12 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
                     return Path(plots.save(f, p))
 
                 print(f"wrote {write_or_rescue(out, save)}", file=sys.stderr)
+        if getattr(args, "html", None) and result.runs:
+            from ..report import write_html_report
+
+            page = write_html_report(args.html, title=f"parallel-kit sweep of {args.mode}",
+                                     sweep=result, command=command)
+            print(f"wrote {page}", file=sys.stderr)
     if interrupted:
         print("interrupted: the table and files hold the finished runs (unfinished requests "
               "= failed rows)", file=sys.stderr)
