@@ -135,6 +135,12 @@ def browser(lab_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 # -- helpers -----------------------------------------------------------------------------------
 
+#: The notebook panel, in JavaScript: the shell's current widget, or — when the headless window
+#: has no focus, so the shell tracks none — the main area's notebook panel.
+PANEL = ("(window.jupyterapp.shell.currentWidget || [...window.jupyterapp.shell.widgets('main')]"
+         ".find(w => w.content && w.content.widgets))")
+
+
 def wait(driver: Any, condition: Any, what: str, timeout: float = STEP_TIMEOUT_S) -> Any:
     t0 = time.monotonic()
     try:
@@ -175,7 +181,7 @@ def command(driver: Any, name: str, args: dict[str, Any] | None = None) -> None:
 
 def kernel_idle(driver: Any) -> bool:
     return bool(driver.execute_script(
-        "const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        "const w = window.jupyterapp && " + PANEL + ";"
         "const k = w && w.sessionContext && w.sessionContext.session"
         "  && w.sessionContext.session.kernel;"
         "return !!k && k.status === 'idle' && !w.content.widgets.some("
@@ -184,7 +190,7 @@ def kernel_idle(driver: Any) -> bool:
 
 def all_cells_ran(driver: Any) -> bool:
     return bool(driver.execute_script(
-        "const w = window.jupyterapp.shell.currentWidget;"
+        "const w = " + PANEL + ";"
         "return w.content.widgets.filter(c => c.model.type === 'code')"
         "  .every(c => c.model.executionCount !== null"
         "             && c.model.executionState !== 'running');")) and kernel_idle(driver)
@@ -220,7 +226,7 @@ def move_slider(driver: Any, description: str, keys: str) -> None:
 def run_new_cell(driver: Any, source: str) -> None:
     """Append a code cell at the end, and run it (as a learner typing into a new cell)."""
     driver.execute_script(
-        "const nb = window.jupyterapp.shell.currentWidget.content;"
+        "const nb = " + PANEL + ".content;"
         "nb.model.sharedModel.insertCell(nb.model.cells.length,"
         "  {cell_type: 'code', source: arguments[0]});"
         "nb.activeCellIndex = nb.model.cells.length - 1;", source)
@@ -229,7 +235,7 @@ def run_new_cell(driver: Any, source: str) -> None:
 
 def last_cell_output(driver: Any) -> str:
     return str(driver.execute_script(
-        "const cells = window.jupyterapp.shell.currentWidget.content.widgets;"
+        "const cells = " + PANEL + ".content.widgets;"
         "const c = cells[cells.length - 1];"
         "return c.outputArea ? c.outputArea.node.innerText : '';"))
 
@@ -244,16 +250,15 @@ def lab_output_text(driver: Any) -> str:
 # -- the steps, in order ------------------------------------------------------------------------
 
 def test_1_run_all_finishes_without_error_and_the_widgets_render(browser: Any) -> None:
-    wait(browser, lambda d: d.execute_script("return !!(window.jupyterapp && "
-                                             "window.jupyterapp.shell.currentWidget && "
-                                             "window.jupyterapp.shell.currentWidget.content)"),
+    wait(browser, lambda d: d.execute_script("return !!(window.jupyterapp && " + PANEL
+                                             + " && " + PANEL + ".content)"),
          "the notebook opens")
     wait(browser, kernel_idle, "the kernel starts")
     shot(browser, "opened")
     # Start from a notebook without outputs, so that what shows below is this run's.
     command(browser, "notebook:clear-all-cell-outputs")
     wait(browser, lambda d: d.execute_script(
-        "return window.jupyterapp.shell.currentWidget.content.widgets"
+        "return " + PANEL + ".content.widgets"
         "  .every(c => c.model.type !== 'code' || c.model.executionCount === null);"),
         "the saved outputs are cleared")
     command(browser, "notebook:run-all-cells")
