@@ -336,6 +336,11 @@ def test_third_request_with_two_slots_waits(two_slots: tuple[str, LlamaServerEng
     first_end_at = min(events.index(("end", i)) for i in range(3))
     started = {i for kind, i in events[:first_end_at] if kind == "token"}
     assert len(started) == 2, "the third request got no token before a slot was free"
+    # The engine lets go of a slot when the server has closed each stream (just after the
+    # client read its last line): wait for that, bounded, then read its records.
+    deadline = time.monotonic() + 30
+    while engine.stats()["active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
     stats = engine.stats()
     assert stats["max_active"] == 2 and stats["active"] == 0 and stats["waiting"] == 0
 
