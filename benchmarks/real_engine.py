@@ -94,7 +94,8 @@ def hand_server(slots: int) -> Iterator[str]:
     from parallel_kit.launcher import free_port
 
     port = free_port()
-    args = server_args(default_gguf(), port=port, num_parallel=slots, num_ctx=1024)
+    args = [*server_args(default_gguf(), port=port, num_parallel=slots, num_ctx=1024),
+            "--alias", MODEL]  # the name it serves the model under
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([str(ensure_llama_server()), *args], stdout=log,
                                 stderr=subprocess.STDOUT)

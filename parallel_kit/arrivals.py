@@ -67,6 +67,9 @@ PROCESSES: tuple[str, ...] = get_args(Process)
 #: The most requests one schedule may hold (a guard against a duration × rate typo): the bound
 #: of ``--n`` (:data:`parallel_kit.ranges.MAX_REQUESTS`), whatever the path.
 MAX_REQUESTS = _MAX_REQUESTS
+#: The most arrivals :func:`make_schedule` draws for ``n`` (theory's schedules are only
+#: computed, 8 bytes each: 10 million is 80 MB); a run is bounded by ``MAX_REQUESTS``.
+MAX_SCHEDULE = 10_000_000
 #: The highest offered rate accepted, requests per model second: far above what one machine's
 #: load generator holds (benchmarks/queueing.py measures that limit), low enough that a typo
 #: such as 1e300 is caught before it turns into zero gaps and meaningless figures.
@@ -233,9 +236,9 @@ def make_schedule(rate: Any, *, n: int | None = None, duration_s: float | None =
                           "--rate, not both and not neither")
     rng = np.random.default_rng(check_seed(seed))
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REQUESTS:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SCHEDULE:
             raise ConfigError(f"--n must be a whole number of requests within "
-                              f"1..{MAX_REQUESTS}, got {n!r}")
+                              f"1..{MAX_SCHEDULE}, got {n!r}")
         times = np.cumsum(gaps(process, r, n, burstiness=b, rng=rng))
     else:
         d = _number(duration_s, "--duration", "model seconds")
@@ -512,6 +515,10 @@ class Arrivals:
             n = self.n
             if n is None and self.duration_s is None:
                 n = default_n
+            if n is not None and not isinstance(n, bool) and isinstance(n, int) \
+                    and n > MAX_REQUESTS:
+                raise ConfigError(f"--n must be a whole number of requests within "
+                                  f"1..{MAX_REQUESTS}, got {n!r} (the most one run holds)")
             sched = make_schedule(self.rate, n=n, duration_s=self.duration_s,
                                   process=self.process, burstiness=self.burstiness,
                                   seed=self.seed)
