@@ -338,9 +338,10 @@ def test_n_with_a_prompt_file_cycles_it(lines, n, tmp_path_factory):
 
 # -- a real llama-server, when one is named ------------------------------------------------------
 @pytest.mark.real
-def test_a_real_llama_server_needs_no_glue(tmp_path):
-    """``PARALLEL_KIT_LLAMA_SERVER`` names a llama-server binary: start it with 2 slots on the
-    Gemma 3 270M GGUF, then bench it through /v1 as a user would, with no flag but the API."""
+def test_a_real_llama_server_needs_no_glue(tmp_path, llama_server_binary):
+    """Start llama-server by hand (the kit's build, or ``PARALLEL_KIT_LLAMA_SERVER``) with 2
+    slots on the Gemma 3 270M GGUF, then bench it through /v1 as a user would, with no flag but
+    the API."""
     import subprocess
     import time
 
@@ -350,9 +351,7 @@ def test_a_real_llama_server_needs_no_glue(tmp_path):
     from parallel_kit.launcher import stop_process
     from parallel_kit.sim.gguf import default_gguf
 
-    binary = os.environ.get("PARALLEL_KIT_LLAMA_SERVER")
-    if not binary or not shutil.which(binary):
-        pytest.skip("PARALLEL_KIT_LLAMA_SERVER (a llama-server binary) is not set")
+    binary = llama_server_binary
     try:
         gguf = default_gguf()
     except MissingDependency as exc:
