@@ -11,7 +11,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import socket
 
 import pytest
