@@ -14,16 +14,30 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
+def _start_two_nodes(attempts: int = 3):
+    """A head and a second node, each with 2 logical GPUs. Ray waits a fixed 30 s for a raylet
+    to register (``ray._private.node``); with both cores busy a start can miss it, so a failed
+    start is torn down and tried again, up to ``attempts`` times."""
+    for attempt in range(1, attempts + 1):
+        cluster = cluster_utils.Cluster(initialize_head=False)
+        try:
+            cluster.add_node(num_gpus=2, num_cpus=1, include_dashboard=False,
+                             object_store_memory=100 * 1024 * 1024)
+            cluster.add_node(num_gpus=2, num_cpus=1, object_store_memory=100 * 1024 * 1024)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def two_nodes():
     if ray.is_initialized():  # a cluster left by an earlier test module
         ray.shutdown()
-    cluster = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_gpus": 2, "num_cpus": 1, "include_dashboard": False,
-                        "object_store_memory": 100 * 1024 * 1024})
-    cluster.add_node(num_gpus=2, num_cpus=1, object_store_memory=100 * 1024 * 1024)
-    cluster.wait_for_nodes()
+    cluster = _start_two_nodes()
     yield cluster
     ray.shutdown()
     cluster.shutdown()
