@@ -116,17 +116,46 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
                 _quiet_token_auth_notice()
                 # num_cpus: the actors ask for none, so the machine's cores stay for the
                 # servers; logical GPUs let a laptop rehearse a GPU cluster.
-                with keep_signal_handlers(), _private_files():
-                    ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
-                             include_dashboard=False, log_to_driver=False,
-                             object_store_memory=OBJECT_STORE_BYTES,
-                             ignore_reinit_error=True, configure_logging=False)
+                _start_local(ray, gpus)
                 _started_by_kit = True
         ctx = ray.get_runtime_context()
         addr = str(getattr(ctx, "gcs_address", "") or "")
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
                            time.perf_counter() - t0)
+
+
+#: local starts tried before giving up: Ray waits a fixed 30 s for its raylet to register
+#: (``ray/_private/node.py``, ``raylet_start_wait_time_s``), which a busy laptop can miss
+LOCAL_START_ATTEMPTS = 3
+
+
+def _start_local(ray: Any, gpus: int) -> None:
+    """``ray.init`` a local cluster with ``gpus`` logical GPUs, again after a start that timed
+    out (torn down first), up to :data:`LOCAL_START_ATTEMPTS` times.
+
+    Raises:
+        ConfigError: every attempt timed out; the message names the cause and the fixes.
+    """
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            with keep_signal_handlers(), _private_files():
+                ray.init(num_gpus=gpus, num_cpus=os.cpu_count() or 1,
+                         include_dashboard=False, log_to_driver=False,
+                         object_store_memory=OBJECT_STORE_BYTES,
+                         ignore_reinit_error=True, configure_logging=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                raise ConfigError(
+                    f"Ray's local cluster did not start: its raylet missed Ray's 30 s start "
+                    f"wait {LOCAL_START_ATTEMPTS} times (the machine is busy) — close other "
+                    f"work and run again, or start one first with `ray start --head "
+                    f"--num-gpus {gpus}` and pass --ray-address auto") from exc
 
 
 @contextlib.contextmanager

@@ -1,0 +1,51 @@
+"""A local Ray start that misses Ray's fixed 30 s raylet wait is torn down and tried again; one
+that keeps missing it ends in one clear line. (The stand-in replaces only ``ray.init``'s timing
+out, which cannot be provoked on demand; the retry and the message are the kit's.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from parallel_kit import raycluster
+from parallel_kit.errors import ConfigError
+
+TIMEOUT = Exception("The current node timed out during startup. This could happen because some "
+                    "of the raylet failed to startup or the GCS has become overloaded.")
+
+
+class _Ray:
+    def __init__(self, failures: int, error: Exception = TIMEOUT) -> None:
+        self.failures, self.error = failures, error
+        self.inits = self.shutdowns = 0
+
+    def init(self, **kwargs: object) -> None:
+        self.inits += 1
+        assert kwargs["num_gpus"] == 3
+        if self.inits <= self.failures:
+            raise self.error
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("failures", range(raycluster.LOCAL_START_ATTEMPTS))
+def test_a_start_that_timed_out_is_tried_again(failures: int) -> None:
+    ray = _Ray(failures)
+    raycluster._start_local(ray, 3)
+    assert ray.inits == failures + 1 and ray.shutdowns == failures
+
+
+def test_a_start_that_keeps_timing_out_says_why_and_what_to_do() -> None:
+    ray = _Ray(raycluster.LOCAL_START_ATTEMPTS)
+    with pytest.raises(ConfigError) as err:
+        raycluster._start_local(ray, 3)
+    msg = str(err.value)
+    assert "30 s" in msg and "ray start --head --num-gpus 3" in msg and "\n" not in msg
+    assert ray.inits == raycluster.LOCAL_START_ATTEMPTS
+
+
+def test_another_error_is_not_retried() -> None:
+    ray = _Ray(1, ValueError("bad argument"))
+    with pytest.raises(ValueError):
+        raycluster._start_local(ray, 3)
+    assert ray.inits == 1
