@@ -3,8 +3,8 @@
 It sends each prompt once, ``concurrency`` at a time, streams the answer and records per request:
 sent → first token (TTFT), sent → last token (latency), output tokens (the server's own count
 from the final message), and the run's makespan. Two wire formats: Ollama's native
-``/api/generate`` (NDJSON lines) and the OpenAI-compatible ``/v1/completions`` (server-sent
-events, usage from ``stream_options.include_usage``). Only httpx and the standard library.
+``/api/generate`` (NDJSON lines) and the OpenAI-compatible ``/v1/chat/completions`` (the
+prompt as one user message; server-sent events, usage from ``stream_options.include_usage``). Only httpx and the standard library.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ async def _one(client: httpx.AsyncClient, url: str, api: str, model: str, prompt
         path, body = "/api/generate", {"model": model, "prompt": prompt, "stream": True,
                                        "options": {"num_predict": num_predict}}
     else:
-        path, body = "/v1/completions", {"model": model, "prompt": prompt, "stream": True,
-                                         "max_tokens": num_predict,
-                                         "stream_options": {"include_usage": True}}
+        path, body = "/v1/chat/completions", {
+            "model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": num_predict, "stream_options": {"include_usage": True}}
     sent = time.perf_counter()
     first = None
     tokens = 0
@@ -39,7 +39,7 @@ async def _one(client: httpx.AsyncClient, url: str, api: str, model: str, prompt
                 continue
             msg = json.loads(line)
             text = msg.get("response") if api == "ollama" else (
-                (msg.get("choices") or [{}])[0].get("text"))
+                ((msg.get("choices") or [{}])[0].get("delta") or {}).get("content"))
             if text and first is None:
                 first = time.perf_counter()
             if api == "ollama" and msg.get("done"):
@@ -55,8 +55,10 @@ async def run(url: str, prompts: list[str], *, api: str, model: str, num_predict
               concurrency: int) -> list[dict]:
     """Every prompt once, at most ``concurrency`` in flight; one dict per request."""
     gate = asyncio.Semaphore(concurrency)
+    # a new connection per request: llama-server closes one after each streamed answer, and
+    # httpx would otherwise reuse it once and fail (a loopback connect costs ~0.1 ms)
     async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(
-            max_connections=concurrency)) as client:
+            max_connections=concurrency, max_keepalive_connections=0)) as client:
         async def guarded(p: str) -> dict:
             async with gate:
                 return await _one(client, url, api, model, p, num_predict)

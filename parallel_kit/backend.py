@@ -71,6 +71,9 @@ class Backend:
     model: str
     message: str = ""
     profile: str | None = None
+    #: the simulators' profile as ``/sim/stats`` gives it (``Profile.to_dict()``), so a run can
+    #: predict from a calibrated profile that is not built in; None when not known
+    profile_spec: dict[str, Any] | None = None
     started: list[Any] = field(default_factory=list)
     #: what makes the tokens of simulated servers: "sim" or "llama-server" (real model)
     engine: str = "sim"
@@ -315,6 +318,7 @@ async def open_backend(
         kinds: set[str] = set()
         scales: set[float] = set()
         profiles: set[str | None] = set()
+        specs: list[dict[str, Any]] = []
         engines: set[str] = set()
         for i, url in enumerate(urls):
             facts = await discover_server(url, api)
@@ -331,6 +335,8 @@ async def open_backend(
                 scales.add(float(info.get("time_scale", time_scale or 1.0)))
                 engines.add(str(info.get("engine", "sim")))
                 profiles.add(info.get("profile"))
+                if isinstance(info.get("profile_spec"), dict):
+                    specs.append(info["profile_spec"])
                 ep_slots = int(info.get("num_parallel", slots or 1))
             else:
                 kinds.add("ollama")
@@ -384,8 +390,10 @@ async def open_backend(
             announce(msg)
         profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
                         and engine_name == "sim" else None)
+        spec = specs[0] if profile_name and specs and all(x == specs[0] for x in specs) \
+            else None
         yield Backend(endpoints, kind, scale, model, msg, profile=profile_name,
-                      engine=engine_name if kind == "sim" else "ollama",
+                      profile_spec=spec, engine=engine_name if kind == "sim" else "ollama",
                       server=server_name if kind == "ollama" else label,
                       slots_source=source if kind == "ollama" else "simulator")
         return

@@ -200,10 +200,13 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
     service times with ``speedup`` S(k) (a real server's measured one; None: S(k) = 1)."""
     topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
     if backend.kind == "sim" and backend.profile and backend.engine == "sim":
-        from .sim.profiles import load_profile
+        from .sim.profiles import load_profile, profile_from_dict
 
-        # The simulator's own latency model, step by step (prefill at full speed).
-        service = theory.service_model_from_profile(load_profile(backend.profile), specs)
+        # The simulator's own latency model, step by step (prefill at full speed), from the
+        # profile the simulators themselves report (a calibrated one need not be built in).
+        profile = (profile_from_dict(backend.profile, backend.profile_spec)
+                   if backend.profile_spec else load_profile(backend.profile))
+        service = theory.service_model_from_profile(profile, specs)
         return float(theory.predict_topology(topology, service=service).makespan_s)
     if sequential is not None and sequential.summary.ok == len(sequential.requests):
         times = [(r.finished_s - r.started_s) for r in sequential.requests]

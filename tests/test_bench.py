@@ -67,3 +67,31 @@ def test_table_marks_missing_predictions():
                               slots=1), [])
     text = format_table([run])
     assert "a real server, which gave no name" in text and "—" in text
+
+
+async def test_a_simulator_with_a_calibrated_profile_is_predicted_from_that_profile() -> None:
+    """A profile that is not built in (a calibrated one) reaches bench through /sim/stats: the
+    prediction is the simulator's own step rules for that profile, not an unknown-name error."""
+    from parallel_kit import theory
+    from parallel_kit.records import RequestSpec
+    from parallel_kit.sim.profiles import profile_from_dict
+    from parallel_kit.sim.server import SimulatedOllama
+
+    mine = profile_from_dict("calibrated-here", {
+        "num_parallel": 2, "scaling": {"points": [[1, 1.0], [2, 1.5]]},
+        "models": {"llama3.2:3b": {"decode_tps": 40.0, "prefill_tps": None, "load_s": 0.0,
+                                   "output_tokens": [20, 20]}}})
+    specs = [RequestSpec(f"q{i}", request_id=f"r{i}") for i in range(4)]
+    sim = SimulatedOllama(mine, num_parallel=2, time_scale=0.02)
+    sim.start_in_thread()
+    try:
+        runs = await compare(["async"], specs, hosts=[sim.url], backend="sim", salt=False,
+                             concurrency=2)
+    finally:
+        sim.stop()
+    run = runs["async"]
+    assert run.summary.ok == 4
+    service = theory.service_model_from_profile(mine, specs)
+    want = theory.predict("async", servers=1, slots=2, speedup=mine, concurrency=2,
+                          service=service).makespan_s
+    assert run.summary.predicted_makespan_s == pytest.approx(want, rel=1e-6)

@@ -212,7 +212,9 @@ class SimulatedOllama:
         return out
 
     def _extra_stats(self) -> dict[str, Any]:
-        return {"profile": self.profile.name, "engine": self.engine_name,
+        # the profile itself, so a client can predict from one that is not built in
+        return {"profile": self.profile.name, "profile_spec": self.profile.to_dict(),
+                "engine": self.engine_name,
                 "num_parallel": self.num_parallel,
                 "time_scale": self.time_scale, "max_queue": self.max_queue,
                 "stopped": self._halted}
