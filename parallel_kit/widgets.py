@@ -825,6 +825,7 @@ class SloAdvisor:
         keys = list(dict.fromkeys(["latency_p95", "ttft_p95", *plan.slo.keys]))
         bounds = dict(plan.slo.bounds)
         best = plan.best
+        pad = "style='padding: 2px 12px; text-align: right'"
         rows = []
         for k in keys:
             bound = bounds.get(k)
@@ -832,11 +833,13 @@ class SloAdvisor:
             cells = [k, "—" if bound is None else f"{bound:g}",
                      f"{best.figures[k]:.3g}", f"{m.predicted[k]:.3g}", f"{m.figures[k]:.3g}",
                      ok]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            rows.append("<tr>" + "".join(f"<td {pad}>{html.escape(c)}</td>" for c in cells)
                         + "</tr>")
-        head = ("<tr><th>figure (model s)</th><th>SLO</th><th>predicted (steady state)</th>"
-                "<th>predicted (these arrivals)</th><th>measured</th><th>meets</th></tr>")
-        return ("<table class='slo-advisor-result'>" + head + "".join(rows) + "</table>")
+        head = "<tr>" + "".join(f"<th {pad}>{h}</th>" for h in (
+            "figure (model s)", "SLO", "predicted (steady state)", "predicted (these arrivals)",
+            "measured", "meets")) + "</tr>"
+        return ("<table class='slo-advisor-result' style='border-collapse: collapse'>" + head
+                + "".join(rows) + "</table>")
 
 
 def slo_advisor(**kwargs: Any) -> SloAdvisor:
