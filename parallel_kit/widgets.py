@@ -39,6 +39,16 @@ shows each mode's utilisation ρ and its predicted mean latency from arrival
 measured mean latency beside the predicted one — theory's steady state, and theory for this run's
 own arrivals (a few requests are a small sample of a random process).
 
+**The SLO advisor** (:class:`SloAdvisor`, ``slo_advisor()``) asks the other question: not
+"how long does this batch take" but "how many servers and slots does this *traffic* need to meet
+a latency SLO". Its sliders (arrival rate, latency/TTFT/TPOT p95 targets, profile, modes, max
+GPUs, slots) re-plan with :func:`parallel_kit.capacity.plan_capacity` — the planning function of
+``parallel-kit capacity``, not a copy — and its Run button measures the recommendation with
+:func:`parallel_kit.capacity.measure_config` in the background, as the lab runs. It is a widget
+of its own, shown beside the lab in notebook 06 rather than a tab inside it: a plan costs about a
+second of theory, which the lab should not pay each time it is built, and the lab's own controls
+stay as they were.
+
 Headless use (tests, scripts): ``ExperimentLab(run_in_background=False)`` runs inside
 ``run_button.click()``; or set the controls and ``await lab.run(**lab.settings())``.
 """
@@ -66,7 +76,8 @@ from .loadgen import format_load_table
 from .modes.registry import get_info, mode_names
 from .records import RequestResult, RunResult
 
-__all__ = ["ARRIVAL_GAPS", "TIME_SCALES", "ExperimentLab", "LabRun", "Step"]
+__all__ = ["ADVISOR_RATES", "ARRIVAL_GAPS", "SLO_TARGETS", "TIME_SCALES", "TPOT_TARGETS",
+           "ExperimentLab", "LabRun", "SloAdvisor", "Step", "slo_advisor"]
 
 #: Tokens per model second of the ``seed`` profile (every default request: 100 tokens, 10 s).
 SEED_TOKENS_PER_S = 10
@@ -527,3 +538,310 @@ def _figure_output(fig: Any, alt: str) -> dict[str, Any]:
 def captions(outputs: Sequence[dict[str, Any]]) -> list[str]:
     """The plain-text parts of an Output's ``outputs`` (for tests and scripts)."""
     return [o.get("data", {}).get("text/plain", "") or o.get("text", "") for o in outputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# The SLO advisor
+# ---------------------------------------------------------------------------------------------
+#: Arrival rates the advisor's slider offers (requests per model second; the seed profile's
+#: 10 s requests: one server × one slot finishes 0.1 req/s).
+ADVISOR_RATES: tuple[float, ...] = (0.01, 0.02, 0.05, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
+                                    0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+#: SLO targets the latency and TTFT sliders offer (model seconds; 0 = no bound, TTFT only).
+SLO_TARGETS: tuple[float, ...] = (0.5, 1, 2, 3, 5, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 90,
+                                  120)
+#: TPOT p95 targets (model seconds per output token; 0 = no bound). The seed profile decodes
+#: 10 tokens/s: 0.1 s a token on a server with one slot busy.
+TPOT_TARGETS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1.0)
+#: Slot counts offered ("slots per server up to K" considers each of these ≤ K).
+ADVISOR_SLOTS: tuple[int, ...] = (1, 2, 4, 8)
+
+
+def _target_label(seconds: float) -> str:
+    return "off" if seconds == 0 else f"{seconds:g} s"
+
+
+class SloAdvisor:
+    """Which configuration meets a latency SLO for a traffic — predicted, then measured.
+
+    Sliders set the traffic (Poisson arrivals at a rate, steady state) and the SLO (latency
+    p95, TTFT p95, optional TPOT p95, model seconds); the choices are the server profile, the
+    modes, the most servers (GPUs) and the most slots per server. Every change re-plans with
+    :func:`parallel_kit.capacity.plan_capacity` (the same call as ``parallel-kit capacity``,
+    ≈ 1 s of theory on the kernel, so sliders update when released) and shows the smallest
+    configuration meeting the SLO with its predicted latency and TTFT p95, and the next
+    smaller one and why it misses — or, when nothing meets, what the command line says (the
+    closest configuration and by how much; a rate no configuration can serve at all).
+
+    **Run on simulator** measures the recommended configuration with
+    :func:`parallel_kit.capacity.measure_config` — embedded simulated servers, ``requests
+    measured`` open-loop Poisson arrivals at the rate (seed :attr:`seed`) — in the background
+    as :class:`ExperimentLab` runs (the kit's event loop in another thread; the kernel stays
+    free), then shows measured beside predicted figures and the SLO verdict.
+
+    Args:
+        time_scale: clock seconds per model second of the measurement; None picks
+            :func:`parallel_kit.capacity.auto_time_scale` (``PARALLEL_KIT_TIME_SCALE`` when set,
+            else one request alone takes 0.2 clock seconds).
+        run_in_background: as :class:`ExperimentLab`'s.
+        seed: seed of the arrivals, planned and measured (``capacity --seed``; default 0).
+
+    Attributes:
+        plan: the current :class:`~parallel_kit.capacity.CapacityPlan` (None when the inputs
+            have no plan: ``error`` says why).
+        error: the one-line reason there is no plan or no recommendation, else "".
+        recommendation: HTML of :meth:`recommendation_text`.
+        status, result: the measurement's progress line and its table (HTML).
+        measurement: the last :class:`~parallel_kit.capacity.Measurement` (None before).
+        measured_plan: the plan the last measurement measured the recommendation of.
+        task: the background measurement (``await advisor.wait()``).
+    """
+
+    def __init__(self, *, time_scale: float | None = None, run_in_background: bool = True,
+                 seed: int = 0) -> None:
+        from .capacity import DEFAULT_MAX_GPUS, MEASURE_N
+        from .sim.profiles import list_profiles
+
+        if time_scale is not None and not time_scale > 0:
+            raise ValueError(f"time_scale must be > 0 clock s per model s, got {time_scale}")
+        self.run_in_background = run_in_background
+        self.seed = seed
+        style = {"description_width": "190px"}
+        layout = W.Layout(width="460px")
+
+        def choice(description: str, options: list[tuple[str, Any]], value: Any) -> Any:
+            return W.SelectionSlider(options=options, value=value, description=description,
+                                     continuous_update=False, style=style, layout=layout)
+
+        self.rate = choice("arrival rate (req/s)",
+                           [(f"{r:g}", r) for r in ADVISOR_RATES], 0.125)
+        self.latency_p95 = choice("latency p95 target",
+                                  [(_target_label(s), float(s)) for s in SLO_TARGETS], 30.0)
+        self.ttft_p95 = choice("TTFT p95 target", [(_target_label(s), float(s))
+                                                   for s in (0, *SLO_TARGETS)], 20.0)
+        self.tpot_p95 = choice("TPOT p95 target", [(_target_label(s), float(s))
+                                                   for s in (0, *TPOT_TARGETS)], 0.0)
+        self.max_gpus = W.IntSlider(DEFAULT_MAX_GPUS, min=1, max=8, description="max GPUs",
+                                    continuous_update=False, style=style, layout=layout)
+        self.max_slots = choice("slots per server up to",
+                                [(str(k), k) for k in ADVISOR_SLOTS], 4)
+        self.profile = W.Dropdown(options=list_profiles(), value=LAB_PROFILE,
+                                  description="server profile", style=style, layout=layout)
+        # Modes that need an optional extra (Ray, Ray Serve) are left out: measuring them needs
+        # a cluster; `parallel-kit capacity --modes` plans for them.
+        self.modes = W.SelectMultiple(
+            options=[m for m in mode_names() if not get_info(m).needs], value=("pool",),
+            rows=4, description="modes", style=style, layout=layout)
+        self.requests = W.IntSlider(MEASURE_N, min=10, max=400, step=10,
+                                    description="requests measured", continuous_update=False,
+                                    style=style, layout=layout)
+        scales = sorted({*TIME_SCALES, *([float(time_scale)] if time_scale else [])})
+        self.time_scale = choice("measure at time scale",
+                                 [("auto", 0.0), *((_time_scale_label(s), s) for s in scales)],
+                                 float(time_scale or 0.0))
+        self.recommendation = W.HTML("")
+        self.run_button = W.Button(description="Run on simulator", button_style="primary",
+                                   icon="play")
+        self.status = W.HTML("")
+        self.result = W.HTML("")
+        self.plan: Any = None
+        self.error = ""
+        self.measurement: Any = None
+        self.measured_plan: Any = None
+        self.task: asyncio.Task[Any] | None = None
+        self._running = False
+        self.run_button.on_click(self._on_click)
+        for w in self.controls():
+            w.observe(self._replan, names="value")
+        self._replan()
+
+    # -- what the reader sees -------------------------------------------------------------
+    def controls(self) -> list[W.ValueWidget]:
+        """Every control the plan or the measurement uses."""
+        return [self.rate, self.latency_p95, self.ttft_p95, self.tpot_p95, self.profile,
+                self.modes, self.max_gpus, self.max_slots, self.requests, self.time_scale]
+
+    @property
+    def widget(self) -> W.Widget:
+        return W.VBox([W.HTML("<b>SLO advisor</b> — the smallest configuration meeting a "
+                              "latency SLO (parallel-kit capacity)"),
+                       self.rate, self.latency_p95, self.ttft_p95, self.tpot_p95,
+                       self.profile, self.modes, self.max_gpus, self.max_slots,
+                       self.recommendation, self.requests, self.time_scale,
+                       self.run_button, self.status, self.result])
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
+        from IPython.display import display
+
+        display(self.widget)
+
+    def inputs(self) -> dict[str, Any]:
+        """What the controls ask for, as :func:`parallel_kit.capacity.plan_capacity`'s
+        arguments: ``traffic``, ``slo``, ``profile``, ``modes``, ``max_gpus``, ``slots``.
+
+        Raises:
+            ConfigError: no mode selected (the fix is named).
+        """
+        from .capacity import PercentileSlo, Traffic
+        from .errors import ConfigError
+
+        if not self.modes.value:
+            raise ConfigError("no mode selected — select at least one mode (e.g. pool)")
+        bounds = [(k, float(w.value)) for k, w in (("latency_p95", self.latency_p95),
+                                                   ("ttft_p95", self.ttft_p95),
+                                                   ("tpot_p95", self.tpot_p95)) if w.value]
+        return {"traffic": Traffic(rate=float(self.rate.value), seed=self.seed),
+                "slo": PercentileSlo(tuple(bounds)), "profile": self.profile.value,
+                "modes": list(self.modes.value), "max_gpus": int(self.max_gpus.value),
+                "slots": [k for k in ADVISOR_SLOTS if k <= self.max_slots.value]}
+
+    def recommendation_text(self) -> str:
+        """The advice as plain text, one line each: the recommended configuration and its
+        predicted figures; the next smaller one and why it misses. Without a recommendation,
+        the reason (``capacity``'s message: the closest configuration and by how much)."""
+        plan = self.plan
+        if plan is None or plan.best is None:
+            return self.error
+        best = plan.best
+        keys = list(dict.fromkeys(["latency_p95", "ttft_p95", *plan.slo.keys]))
+        lines = [f"recommended: {best.label} — predicted "
+                 + ", ".join(f"{k} {best.figures[k]:.3g} s" for k in keys)
+                 + f" (SLO {plan.slo}, {plan.traffic.describe()})"]
+        others = [c.mode for c in plan.recommended[1:]]
+        if others:
+            lines.append(f"also meets at this size: {', '.join(others)}")
+        if plan.next_smaller is not None:
+            lines.append(f"next smaller: {plan.next_smaller.label} misses: "
+                         f"{plan.next_smaller.why()}")
+        else:
+            lines.append("next smaller: none (this is the smallest configuration offered)")
+        return "\n".join(lines)
+
+    def _replan(self, _change: Any = None) -> None:
+        from .capacity import plan_capacity
+        from .errors import ConfigError
+
+        self.plan, self.error = None, ""
+        try:
+            self.plan = plan_capacity(**self.inputs())
+            self.plan.check()
+        except ConfigError as exc:
+            self.error = str(exc)
+        text = self.recommendation_text()
+        markup = "<br>".join(html.escape(line) for line in text.splitlines())
+        self.recommendation.value = (markup if self.plan is not None and self.plan.best
+                                     else f"<b>no recommendation:</b> {markup}")
+        self.run_button.disabled = self._running or self.plan is None or self.plan.best is None
+        if not self._running:
+            self.status.value = ("press Run on simulator to measure the recommendation"
+                                 if not self.run_button.disabled else "nothing to measure")
+
+    # -- measuring --------------------------------------------------------------------------
+    def _on_click(self, _button: Any = None) -> None:
+        if self._running:
+            self.status.value = "already measuring — wait for it to finish"
+            return
+        plan = self.plan
+        if plan is None or plan.best is None:
+            self.status.value = f"<b>nothing to measure:</b> {html.escape(self.error)}"
+            return
+        self.run_button.disabled = True
+        self._running = True
+        self.status.value = "starting…"
+        time_scale = float(self.time_scale.value) or None
+        coro = self.measure(plan, requests=int(self.requests.value), time_scale=time_scale)
+        if self.run_in_background:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self.task = loop.create_task(ExperimentLab._off_the_loop(coro))
+                return
+        from ._sync import run_sync
+
+        run_sync(coro)
+
+    async def wait(self) -> Any:
+        """Wait for the background measurement (if any) and return the last
+        :class:`~parallel_kit.capacity.Measurement`; re-send the widgets' state (as
+        :meth:`ExperimentLab.wait`, for headless runners)."""
+        result = await self.task if self.task is not None else self.measurement
+        for w in (*self.controls(), self.recommendation, self.run_button, self.status,
+                  self.result):
+            w.send_state()
+        return result
+
+    async def measure(self, plan: Any, *, requests: int, time_scale: float | None = None
+                      ) -> Any:
+        """Measure ``plan``'s recommended configuration on embedded simulated servers:
+        ``requests`` arrivals of the plan's traffic (same process, rate and seed), judged
+        against its SLO; the table goes to ``result``.
+
+        Returns the :class:`~parallel_kit.capacity.Measurement`, or None when the run failed
+        (``status`` says why).
+        """
+        from dataclasses import replace
+
+        from .capacity import measure_config
+
+        self._running = True
+        self.run_button.disabled = True
+        best = plan.best
+        traffic = replace(plan.traffic, n=requests)
+        self.status.value = html.escape(
+            f"measuring {best.label}: {requests} requests, {traffic.describe()}…")
+        try:
+            m = await measure_config(best.mode, best.servers, best.slots, traffic, plan.slo,
+                                     profile=plan.server_profile, model=plan.model,
+                                     time_scale=time_scale)
+        except Exception as exc:  # shown in the advisor; the kernel stays usable
+            self.status.value = (f"<b>measurement failed:</b> "
+                                 f"{html.escape(f'{type(exc).__name__}: {exc}')}")
+            return None
+        finally:
+            self._running = False
+            self.run_button.disabled = self.plan is None or self.plan.best is None
+        self.measurement, self.measured_plan = m, plan
+        self.status.value = html.escape(self.verdict_text(m))
+        self.result.value = self._table(plan, m)
+        return m
+
+    @staticmethod
+    def verdict_text(m: Any) -> str:
+        """The measured verdict, e.g. ``measured 2 servers × 1 slot (pool): meets the SLO —
+        100 of 100 requests ok on 2 simulated servers, time scale 0.02``."""
+        s = m.run.summary
+        servers = len({r.worker for r in m.run.requests if r.worker})
+        verdict = ("meets the SLO" if m.meets else "misses the SLO: "
+                   + "; ".join(x.describe() for x in m.misses)
+                   + (f"; {m.failed} request(s) failed" if m.failed else ""))
+        return (f"measured {m.label}: {verdict} — {s.ok} of {s.n} requests ok on {servers} "
+                f"simulated server{'s' if servers != 1 else ''}, time scale "
+                f"{s.time_scale:.3g}")
+
+    @staticmethod
+    def _table(plan: Any, m: Any) -> str:
+        keys = list(dict.fromkeys(["latency_p95", "ttft_p95", *plan.slo.keys]))
+        bounds = dict(plan.slo.bounds)
+        best = plan.best
+        pad = "style='padding: 2px 12px; text-align: right'"
+        rows = []
+        for k in keys:
+            bound = bounds.get(k)
+            ok = "—" if bound is None else ("✓" if m.figures[k] <= bound else "✗")
+            cells = [k, "—" if bound is None else f"{bound:g}",
+                     f"{best.figures[k]:.3g}", f"{m.predicted[k]:.3g}", f"{m.figures[k]:.3g}",
+                     ok]
+            rows.append("<tr>" + "".join(f"<td {pad}>{html.escape(c)}</td>" for c in cells)
+                        + "</tr>")
+        head = "<tr>" + "".join(f"<th {pad}>{h}</th>" for h in (
+            "figure (model s)", "SLO", "predicted (steady state)", "predicted (these arrivals)",
+            "measured", "meets")) + "</tr>"
+        return ("<table class='slo-advisor-result' style='border-collapse: collapse'>" + head
+                + "".join(rows) + "</table>")
+
+
+def slo_advisor(**kwargs: Any) -> SloAdvisor:
+    """A :class:`SloAdvisor` (keyword arguments as its constructor's)."""
+    return SloAdvisor(**kwargs)

@@ -2,7 +2,8 @@
 
 nbval runs notebooks without a front end, so it cannot see what a learner sees: whether the
 widgets render, whether a slider's value is the one that runs, whether a run started with the
-button draws, whether the kernel stays free while a run (and a Ray start) is in progress. This
+button draws, whether the kernel stays free while a run (and a Ray start) is in progress, and
+whether the SLO advisor's advice follows its sliders and its Run shows a measured verdict. This
 test opens ``notebooks/06_widget_lab.ipynb`` (a temporary copy) in JupyterLab served from the
 project's environment and checks each of those, step by step, with a screenshot per step in
 ``test-artifacts/browser/`` (git-ignored).
@@ -327,4 +328,57 @@ def test_4_another_cell_runs_while_ray_starts(browser: Any) -> None:
     run_new_cell(browser, "from parallel_kit import raycluster\n"
                           "print('ray stopped:', raycluster.shutdown())")
     wait(browser, lambda d: "ray stopped" in last_cell_output(d), "Ray is stopped")
+    assert errors_shown(browser) == [], errors_shown(browser)
+
+
+def _advice(rate: float, slo: str) -> tuple[str, str, Any]:
+    """What the advisor must show for these inputs: ``parallel-kit capacity``'s plan, computed
+    here (its own defaults: profile seed, pool, up to 8 servers × 1, 2, 4 slots)."""
+    from parallel_kit import capacity as cap
+
+    plan = cap.plan_capacity(cap.Traffic(rate), cap.PercentileSlo.parse(slo), profile="seed",
+                             modes=["pool"], max_gpus=8, slots=[1, 2, 4])
+    best, smaller = plan.best, plan.next_smaller
+    assert best is not None and smaller is not None
+    first = (f"recommended: {best.label} — predicted latency_p95 "
+             f"{best.figures['latency_p95']:.3g} s, ttft_p95 {best.figures['ttft_p95']:.3g} s "
+             f"(SLO {plan.slo}")
+    return first, f"next smaller: {smaller.label} misses: {smaller.why()}", best
+
+
+def test_5_the_slo_advisor_follows_its_sliders_and_measures_the_recommendation(
+        browser: Any) -> None:
+    before, _, best_before = _advice(0.125, "latency_p95=30,ttft_p95=20")
+    wait(browser, lambda d: before in page_text(d), "the advisor shows the default plan")
+    assert readout(browser, "arrival rate (req/s)") == "0.125"
+    move_slider(browser, "arrival rate (req/s)", Keys.ARROW_RIGHT * 2)  # 0.125 → 0.15 → 0.2
+    move_slider(browser, "latency p95 target", Keys.ARROW_LEFT)  # 30 s → 25 s
+    wait(browser, lambda d: readout(d, "arrival rate (req/s)") == "0.2"
+         and readout(d, "latency p95 target") == "25 s", "the advisor's sliders move")
+    first, smaller, best = _advice(0.2, "latency_p95=25,ttft_p95=20")
+    assert best.label != best_before.label  # the advice has to change to pass
+    wait(browser, lambda d: first in page_text(d) and smaller in page_text(d),
+         "the recommendation becomes capacity's plan for 0.2 req/s, latency p95 ≤ 25 s")
+    shot(browser, "advisor-replanned", show=".widget-html")
+    browser.find_element(By.XPATH, "//button[normalize-space()='Run on simulator']").click()
+    verdict = f"measured {best.label}: "
+    wait(browser, lambda d: verdict in page_text(d)
+         and d.find_elements(By.CSS_SELECTOR, "table.slo-advisor-result"),
+         "the measured verdict appears")
+    shot(browser, "advisor-measured", show="table.slo-advisor-result")
+    text = page_text(browser)
+    line = text[text.index(verdict):].splitlines()[0]
+    assert "the SLO" in line, line
+    assert f"100 of 100 requests ok on {best.servers} simulated servers" in line, line
+    # The verdict is the kernel's measurement: rows the simulated servers answered.
+    run_new_cell(browser, "m = advisor.measurement\n"
+                          "print('advisor measured:', m.label, len(m.run.requests),\n"
+                          "      len({r.worker for r in m.run.requests}),\n"
+                          "      m.run.summary.backend, 'meets' if m.meets else 'misses')")
+    wait(browser, lambda d: "advisor measured:" in last_cell_output(d),
+         "the kernel reports the advisor's measurement")
+    out = last_cell_output(browser)
+    meets = "meets the SLO" in line
+    assert (f"advisor measured: {best.label} 100 {best.servers} sim "
+            f"{'meets' if meets else 'misses'}") in out, out
     assert errors_shown(browser) == [], errors_shown(browser)

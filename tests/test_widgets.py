@@ -8,6 +8,7 @@ of one model second, so each run takes a few hundredths of a second of clock.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 
@@ -344,3 +345,122 @@ def test_a_run_with_a_rate_is_open_loop_and_shows_predicted_latency() -> None:
     assert f"latency vs predicted, {ran.caption}" in text
     assert "lat mean" in text and "pred" in text  # the open-loop table, not the makespan one
     assert sum("image/png" in o.get("data", {}) for o in lab.output.outputs) == 2
+
+
+# -- the SLO advisor ---------------------------------------------------------------------------
+
+def _plan_for(rate: float, slo: str, *, max_gpus: int, slots: list[int],
+              modes: tuple[str, ...] = ("pool",)) -> object:
+    from parallel_kit import capacity as cap
+
+    return cap.plan_capacity(cap.Traffic(rate), cap.PercentileSlo.parse(slo), profile="seed",
+                             modes=modes, max_gpus=max_gpus, slots=slots)
+
+
+def test_advisor_recommends_what_capacity_plans_for_the_same_inputs() -> None:
+    from parallel_kit.widgets import SloAdvisor
+
+    advisor = SloAdvisor(time_scale=TIME_SCALE, run_in_background=False)
+    advisor.max_gpus.value = 4
+    advisor.max_slots.value = 2
+    advisor.latency_p95.value = 40.0
+    advisor.ttft_p95.value = 15.0
+    advisor.rate.value = 0.3
+    plan = _plan_for(0.3, "latency_p95=40,ttft_p95=15", max_gpus=4, slots=[1, 2])
+    assert plan.best is not None and plan.next_smaller is not None  # type: ignore[attr-defined]
+    got = advisor.plan
+    assert got.best.label == plan.best.label  # type: ignore[attr-defined]
+    assert got.best.figures == plan.best.figures  # type: ignore[attr-defined]
+    assert got.next_smaller.label == plan.next_smaller.label  # type: ignore[attr-defined]
+    assert [c.label for c in got.candidates] == [c.label for c in plan.candidates]  # type: ignore[attr-defined]
+    text = advisor.recommendation_text()
+    best = plan.best  # type: ignore[attr-defined]
+    assert text.startswith(f"recommended: {best.label} — predicted latency_p95 "
+                           f"{best.figures['latency_p95']:.3g} s, ttft_p95 "
+                           f"{best.figures['ttft_p95']:.3g} s")
+    assert f"next smaller: {plan.next_smaller.label} misses: " in text  # type: ignore[attr-defined]
+    assert plan.next_smaller.why() in text  # type: ignore[attr-defined]
+    assert best.label in advisor.recommendation.value
+    assert not advisor.run_button.disabled
+    # Moving a slider re-plans: a slower rate needs fewer servers.
+    advisor.rate.value = 0.05
+    lower = _plan_for(0.05, "latency_p95=40,ttft_p95=15", max_gpus=4, slots=[1, 2])
+    assert advisor.plan.best.label == lower.best.label  # type: ignore[attr-defined]
+    assert lower.best.label != best.label  # type: ignore[attr-defined]
+
+
+def test_advisor_names_the_closest_configuration_when_nothing_meets() -> None:
+    from parallel_kit.errors import ConfigError
+    from parallel_kit.widgets import SloAdvisor
+
+    advisor = SloAdvisor(time_scale=TIME_SCALE, run_in_background=False)
+    advisor.max_gpus.value = 2
+    advisor.ttft_p95.value = 0.0  # off
+    advisor.latency_p95.value = 5.0  # below one 10 s request alone
+    plan = _plan_for(0.125, "latency_p95=5", max_gpus=2, slots=[1, 2, 4])
+    with pytest.raises(ConfigError) as info:
+        plan.check()  # type: ignore[attr-defined]
+    assert advisor.recommendation_text() == str(info.value)
+    assert f"closest: {plan.closest.label}" in advisor.recommendation_text()  # type: ignore[attr-defined]
+    assert "no recommendation" in advisor.recommendation.value
+    assert advisor.run_button.disabled
+    advisor.run_button.click()
+    assert "nothing to measure" in advisor.status.value and advisor.measurement is None
+    # A rate no configuration can serve at all: capacity's message, naming the fix.
+    advisor.rate.value = 5.0
+    assert "at or above what the largest configuration can serve" in advisor.error
+    assert "raise --max-gpus" in advisor.recommendation_text()
+
+
+def test_advisor_run_measures_the_recommendation_on_the_simulator() -> None:
+    from parallel_kit.metrics import percentile
+    from parallel_kit.widgets import SloAdvisor
+
+    advisor = SloAdvisor(time_scale=TIME_SCALE, run_in_background=False)
+    advisor.requests.value = 20
+    best = advisor.plan.best
+    advisor.run_button.click()
+    m = advisor.measurement
+    assert m is not None, advisor.status.value
+    assert (m.mode, m.servers, m.slots) == (best.mode, best.servers, best.slots)
+    rows = m.run.requests
+    # Every row is a request the simulated servers answered: their own durations and token
+    # counts, spread over exactly the recommended number of servers.
+    assert len(rows) == 20 and all(r.ok for r in rows)
+    assert all(r.server_total_s is not None and r.server_total_s > 0 for r in rows)
+    assert all(r.output_tokens for r in rows)
+    assert len({r.worker for r in rows}) == best.servers
+    assert m.run.summary.backend == "sim" and m.run.summary.time_scale == TIME_SCALE
+    # The arrivals are the plan's traffic (rate, seed), n of them (the run's axis starts a
+    # moment before the first arrival's offset: compare the gaps) …
+    from dataclasses import replace
+
+    schedule = replace(advisor.plan.traffic, n=20).finite()
+    sent = sorted(r.scheduled_s for r in rows)
+    assert [b - a for a, b in itertools.pairwise(sent)] == pytest.approx(
+        [float(g) for g in schedule.gaps_s], abs=1e-6)
+    # … and the measured figures are those rows' percentiles, latency from arrival.
+    assert m.figures["latency_p95"] == pytest.approx(
+        percentile([r.finished_s - r.scheduled_s for r in rows], 95))
+    assert advisor.status.value.startswith(f"measured {best.label}: ")
+    assert ("meets the SLO" if m.meets else "misses the SLO") in advisor.status.value
+    assert "20 of 20 requests ok" in advisor.status.value
+    assert f"{m.figures['latency_p95']:.3g}" in advisor.result.value
+    assert not advisor.run_button.disabled
+
+
+async def test_advisor_measures_in_the_background_and_refuses_a_second_click() -> None:
+    from parallel_kit.widgets import SloAdvisor
+
+    advisor = SloAdvisor(time_scale=TIME_SCALE)
+    advisor.requests.value = 10
+    advisor.run_button.click()
+    assert advisor.task is not None and not advisor.task.done()
+    assert advisor.run_button.disabled
+    advisor.run_button.click()
+    assert "already measuring" in advisor.status.value
+    first = advisor.task
+    m = await asyncio.wait_for(first, timeout=60)
+    assert advisor.task is first
+    assert m is not None and m.run.summary.ok == 10
+    assert not advisor.run_button.disabled
