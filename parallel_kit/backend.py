@@ -88,6 +88,21 @@ class Backend:
     def slots(self) -> int:
         return self.endpoints[0].slots if self.endpoints else 1
 
+    def sim_profile(self) -> Any:
+        """The simulators' :class:`~parallel_kit.sim.profiles.Profile`: from the spec they
+        report when there is one (a calibrated profile need not be built in), else by name.
+
+        Raises:
+            ConfigError: a simulated backend without a profile, or an unknown name.
+        """
+        from .sim.profiles import load_profile, profile_from_dict
+
+        if not self.profile:
+            raise ConfigError("this backend is not a simulator with a latency model")
+        if self.profile_spec:
+            return profile_from_dict(self.profile, self.profile_spec)
+        return load_profile(self.profile)
+
 
 async def sim_info(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """The ``/sim/stats`` of a simulated Ollama at ``url``, or None for anything else."""

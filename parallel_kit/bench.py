@@ -200,13 +200,9 @@ def _prediction(mode: str, specs: Sequence[RequestSpec], backend: Backend, worke
     service times with ``speedup`` S(k) (a real server's measured one; None: S(k) = 1)."""
     topology = get_info(mode).topology(gpus=workers, slots=slots, concurrency=concurrency)
     if backend.kind == "sim" and backend.profile and backend.engine == "sim":
-        from .sim.profiles import load_profile, profile_from_dict
-
         # The simulator's own latency model, step by step (prefill at full speed), from the
         # profile the simulators themselves report (a calibrated one need not be built in).
-        profile = (profile_from_dict(backend.profile, backend.profile_spec)
-                   if backend.profile_spec else load_profile(backend.profile))
-        service = theory.service_model_from_profile(profile, specs)
+        service = theory.service_model_from_profile(backend.sim_profile(), specs)
         return float(theory.predict_topology(topology, service=service).makespan_s)
     if sequential is not None and sequential.summary.ok == len(sequential.requests):
         times = [(r.finished_s - r.started_s) for r in sequential.requests]
@@ -550,9 +546,8 @@ async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Sche
                               max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup,
                               slo=slo)
     if b.kind == "sim" and b.profile and b.engine == "sim":
-        from .sim.profiles import load_profile
 
-        fill_predictions(run, name, specs, schedule, load_profile(b.profile), workers=workers,
+        fill_predictions(run, name, specs, schedule, b.sim_profile(), workers=workers,
                          slots=run.summary.slots, concurrency=concurrency,
                          max_concurrency=arrivals.max_concurrency, warmup=arrivals.warmup,
                          max_ongoing=ctx.serve.max_ongoing)

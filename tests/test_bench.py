@@ -95,3 +95,25 @@ async def test_a_simulator_with_a_calibrated_profile_is_predicted_from_that_prof
     want = theory.predict("async", servers=1, slots=2, speedup=mine, concurrency=2,
                           service=service).makespan_s
     assert run.summary.predicted_makespan_s == pytest.approx(want, rel=1e-6)
+
+
+async def test_an_open_loop_run_on_a_calibrated_simulator_is_predicted_too() -> None:
+    from parallel_kit.arrivals import Arrivals
+    from parallel_kit.records import RequestSpec
+    from parallel_kit.sim.profiles import profile_from_dict
+    from parallel_kit.sim.server import SimulatedOllama
+
+    mine = profile_from_dict("calibrated-here", {
+        "num_parallel": 1, "models": {"llama3.2:3b": {
+            "decode_tps": 40.0, "prefill_tps": None, "load_s": 0.0, "output_tokens": [20, 20]}}})
+    specs = [RequestSpec(f"q{i}", request_id=f"r{i}") for i in range(4)]
+    sim = SimulatedOllama(mine, num_parallel=1, time_scale=0.02)
+    sim.start_in_thread()
+    try:
+        runs = await compare(["async"], specs, hosts=[sim.url], backend="sim", salt=False,
+                             arrivals=Arrivals(rate=1.0, seed=3, n=4))
+    finally:
+        sim.stop()
+    s = runs["async"].summary
+    assert s.ok == 4
+    assert s.predicted_latency_mean_s is not None and s.predicted_latency_mean_s >= 0.5
