@@ -2,7 +2,7 @@
 
 Usage: ``python scripts/slide_outline.py [NOTEBOOK …] [--out FILE]`` (default: every numbered
 notebook in ``notebooks/``, printed). One section per notebook (its ``#`` title and its
-*Time* line), one slide per ``##`` heading, and under each slide its figures: a figure is a code
+*Time* line), one slide per ``##`` heading (wherever it stands in a Markdown cell), and under each slide its figures: a figure is a code
 cell whose saved outputs hold an image, and its caption is the first sentence of the Markdown
 cell right after it (the notebooks' "What it means" paragraphs), else of the Markdown that
 introduces it. The "In three lines" summaries are kept as bullets. Nothing is written by hand:
@@ -33,8 +33,13 @@ def _plain(text: str) -> str:
 
 
 def _first_sentence(markdown: str) -> str:
-    body = [ln for ln in markdown.splitlines()
-            if ln.strip() and not ln.lstrip().startswith(("#", "*[", "<"))]
+    """The first sentence of the first paragraph of ``markdown`` (before any heading)."""
+    body = []
+    for ln in markdown.splitlines():
+        if _HEADING.match(ln) and body:
+            break
+        if ln.strip() and not ln.lstrip().startswith(("#", "*[", "<")):
+            body.append(ln)
     text = _plain(" ".join(body))
     text = re.sub(r"^\*\*What it means\.\*\*\s*", "", text)
     match = re.match(r"(.+?[.!?])(\s|$)", text)
@@ -57,30 +62,34 @@ def outline(path: Path) -> list[str]:
     last_caption = None
     for i, cell in enumerate(cells):
         if cell.cell_type == "markdown":
-            src = cell.source
-            first = src.strip().splitlines()[0] if src.strip() else ""
-            m = _HEADING.match(first)
-            if not m:
-                continue
-            level, title = len(m.group(1)), _plain(m.group(2))
-            if level == 1:
-                lines.append(f"## {title}")
-                time_line = re.search(r"\*\*Time:\*\*\s*([^·\n]+)", src)
-                if time_line:
-                    lines.append(f"*{time_line.group(1).strip()}* · `{path.name}`")
-                lines.append("")
-            elif level == 2:
-                section = title
-                lines.append(f"### {title}")
-                if title.lower().startswith("in three lines"):
-                    lines += [ln.strip() for ln in src.splitlines()[1:]
-                              if re.match(r"^\s*\d+\.", ln)]
-                lines.append("")
+            src_lines = cell.source.splitlines()
+            for j, line in enumerate(src_lines):
+                m = _HEADING.match(line)
+                if not m:
+                    continue
+                level, title = len(m.group(1)), _plain(m.group(2))
+                rest = []
+                for ln in src_lines[j + 1:]:
+                    if _HEADING.match(ln):
+                        break
+                    rest.append(ln)
+                if level == 1:
+                    lines.append(f"## {title}")
+                    time_line = re.search(r"\*\*Time:\*\*\s*([^·\n]+)", "\n".join(rest))
+                    if time_line:
+                        lines.append(f"*{time_line.group(1).strip()}* · `{path.name}`")
+                    lines.append("")
+                elif level == 2:
+                    section = title
+                    lines.append(f"### {title}")
+                    if title.lower().startswith("in three lines"):
+                        lines += [ln.strip() for ln in rest if re.match(r"^\s*\d+\.", ln)]
+                    lines.append("")
         elif _has_figure(cell):
             after = cells[i + 1] if i + 1 < len(cells) else None
             caption = ""
             if (after is not None and after.cell_type == "markdown"
-                    and not _HEADING.match(after.source.strip())):
+                    and not _HEADING.match(after.source.strip().split("\n")[0])):
                 caption = _first_sentence(after.source)
             if not caption:
                 before = next((c for c in reversed(cells[:i]) if c.cell_type == "markdown"),
