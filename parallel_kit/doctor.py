@@ -273,7 +273,8 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
         return Check("engine", "ok", line, "", took)
     fix = (f"unset {BINARY_ENV} to use the kit's own build, or point it at a working "
            "llama-server" if named else "parallel-kit engine build --force")
-    return Check("engine", "fail", f"the real engine does not run: {line}", fix, took)
+    cause = line.split(" — ")[0]  # the child's own hint is replaced by the fix above
+    return Check("engine", "fail", f"the real engine does not run: {cause}", fix, took)
 
 
 def check_ports(jupyter_port: int = 8888) -> list[Check]:

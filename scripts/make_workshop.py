@@ -74,8 +74,8 @@ def build_wheel(into: Path) -> Path:
 
 INSTALL = """# Installing for the workshop
 
-You need Python 3.10–3.13 (any OS) and about 2 GB of disk (Ray, JupyterLab and the small
-model notebook 08 runs). In this folder:
+You need Python 3.10–3.13 (any OS) and about 1.5 GB of disk (the environment below took 1.3 GB
+on Linux: Ray, JupyterLab and the small model notebook 08 runs). In this folder:
 
 ```bash
 python -m venv .venv

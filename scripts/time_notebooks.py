@@ -6,7 +6,7 @@ each numbered notebook (a copy in memory: the committed files are not changed) w
 ``--time-scale`` (default 0.05, the notebooks' own default), and writes
 ``parallel_kit/data/notebook_times.json``:
 
-``{"time_scale", "backend", "calibration_s", "machine": {…}, "recorded_at",
+``{"time_scale", "backend", "calibration_s", "machine": {…}, "load_average_end", "recorded_at",
 "notebooks": {"00_start_here": {"seconds", "ok", "error"}, …}}``
 
 ``calibration_s`` is :func:`parallel_kit.doctor.calibration_run` timed on this machine just
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[path.stem] = row
         print(f"{path.stem}: {row['seconds']} s" if row["ok"] else
               f"{path.stem}: failed — {row['error']}", flush=True)
+        record["load_average_end"] = machine()["load_average"]
         args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 0
 
