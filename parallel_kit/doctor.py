@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -108,10 +107,9 @@ class Report:
 
 
 def _version() -> str:
-    try:
-        return importlib.metadata.version("parallel_kit")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.0.0"
+    from . import __version__
+
+    return __version__
 
 
 def install_hint(extras: str) -> str:
