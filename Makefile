@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-dev
 REAL_STAMP := $(VENV)/.installed-real
 TIME_SCALE ?= 0.1
 
-.PHONY: demo test test-fast lab notebooks workshop bench bench-quick peers lint typecheck clean venv real engine
+.PHONY: demo test test-fast lab notebooks workshop dist doctor bench bench-quick peers lint typecheck clean venv real engine
 
 venv: $(STAMP)
 
@@ -56,9 +56,19 @@ lab: $(STAMP)
 notebooks: $(STAMP)
 	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.05} $(BIN)/python scripts/execute_notebooks.py
 
-# The learners' copy: notebooks without outputs, CI checks folded, in workshop/ (git-ignored).
-workshop: $(STAMP)
-	$(BIN)/python scripts/make_workshop.py
+# The wheel and sdist in dist/ (PyPA's `build`, in its isolated build environment).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
+# The workshop bundle in workshop/ and workshop.zip (git-ignored): the wheel from dist/, the
+# learners' copy of the notebooks (no outputs, CI checks folded), data/, INSTALL.md.
+workshop: dist
+	$(BIN)/python scripts/make_workshop.py --wheel $$(ls dist/parallel_kit-*.whl)
+
+# The workshop pre-flight on this machine (what learners run before the day).
+doctor: $(STAMP)
+	$(BIN)/parallel-kit doctor
 
 bench: $(STAMP) $(REAL_STAMP) engine
 	$(BIN)/python benchmarks/run_all.py
@@ -71,4 +81,4 @@ peers: $(STAMP)
 	$(BIN)/python benchmarks/peers.py
 
 clean:
-	rm -rf results workshop test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf results workshop workshop.zip dist test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

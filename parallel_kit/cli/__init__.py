@@ -1,5 +1,5 @@
 """``parallel-kit`` (also ``python -m parallel_kit``): demo | bench | sweep | capacity | sim | serve |
-probe | worker | engine.
+probe | worker | engine | doctor.
 
 One module per command, each with ``add_parser(subparsers)`` (its arguments) and
 ``run(args) -> int`` (parse → call the library → print). The library never imports this
@@ -18,13 +18,14 @@ from collections.abc import Sequence
 
 from ..errors import ParallelKitError
 from ..modes.registry import mode_names
-from . import bench, capacity, demo, engine, probe, serve, sim, sweep, worker
+from . import bench, capacity, demo, doctor, engine, probe, serve, sim, sweep, worker
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The commands, in the order ``--help`` lists them; each module has ``add_parser`` and ``run``.
 COMMANDS = {"demo": demo, "bench": bench, "sweep": sweep, "capacity": capacity, "sim": sim,
-            "serve": serve, "probe": probe, "worker": worker, "engine": engine}
+            "serve": serve, "probe": probe, "worker": worker, "engine": engine,
+            "doctor": doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:
