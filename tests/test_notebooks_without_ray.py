@@ -84,3 +84,13 @@ def test_04_when_ray_does_not_start_in_time_it_says_why_and_goes_on(
     assert "Ray could not start its workers here" in text
     assert "did not start within" in text  # the cause, from the kit's error
     assert "pool" in text and "Ray stopped" in text  # the cluster it did start is stopped
+
+
+@pytest.mark.ray
+def test_09_when_ray_does_not_start_in_time_it_keeps_the_pool_and_skips_the_stack(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, text = execute("09_production_stack", "pass", monkeypatch,
+                      PARALLEL_KIT_RAY_START_TIMEOUT="0.001")
+    assert "Ray could not start its workers here" in text and "did not start within" in text
+    assert "skipped: Ray did not start" in text  # the stack's cells say why, no NameError
+    assert "5/5" in text and "Ray stopped" in text
