@@ -8,6 +8,7 @@ is caught before a learner sees it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -136,3 +137,153 @@ def test_the_learners_copy_refuses_to_overwrite_the_notebooks() -> None:
     import make_workshop
 
     assert make_workshop.main(["--out", str(ROOT / "notebooks")]) == 2
+
+
+# --- What a learner's copy may hide, what it must show, and the exercises ---------------------
+
+#: Calls that draw or display: they belong in visible cells.
+DRAWING = re.compile(r"\b(plots|plots_load)\.\w+\(|\bdisplay\(|\bFigure\(|\.show\(")
+#: Calls that make a figure: a cell that makes one must show it.
+FIGURE = re.compile(r"\b(plots|plots_load)\.\w+\(|\bFigure\(")
+
+
+def code_ast(source: str) -> Any:
+    """The cell's code as an AST (IPython magics dropped, top-level ``await`` allowed)."""
+    import ast
+
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line
+             for line in source.splitlines()]
+    return compile("\n".join(lines), "<cell>", "exec",
+                   flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+
+
+def bound_and_used(tree: Any) -> tuple[set[str], set[str]]:
+    """Names a cell binds at any depth, and names it reads."""
+    import ast
+
+    bound, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, ast.Store) else used).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return bound, used
+
+
+def is_ci_check(cell: Any) -> bool:
+    return cell.cell_type == "code" and "ci-check" in cell.metadata.get("tags", [])
+
+
+def test_ci_check_cells_hold_checks_only_and_teach_nothing(notebook: Any) -> None:
+    """The learners' copy folds ci-check cells, so they may only check: no drawing or
+    displaying, no experiment of their own (nothing awaited), no value shown as the cell's
+    result, and nothing a later visible cell needs."""
+    import ast
+
+    name = notebook.metadata["_name"]
+    problems = []
+    visible_bound: set[str] = set()
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code":
+            continue
+        tree = code_ast(cell.source)
+        bound, _ = bound_and_used(tree)
+        if not is_ci_check(cell):
+            visible_bound |= bound
+            continue
+        if DRAWING.search(cell.source):
+            problems.append(f"cell {i} draws or displays: {DRAWING.search(cell.source)[0]!r}")
+        if any(isinstance(n, (ast.Await, ast.AsyncWith, ast.AsyncFor)) for n in ast.walk(tree)):
+            problems.append(f"cell {i} runs an experiment (await): move it to a visible cell")
+        last = tree.body[-1] if tree.body else None
+        if isinstance(last, ast.Expr) and not (
+                isinstance(last.value, ast.Call) and getattr(last.value.func, "id", "") == "print"):
+            problems.append(f"cell {i} shows a value as its result: move it to a visible cell")
+        for j, later in enumerate(notebook.cells[i + 1:], start=i + 1):
+            if later.cell_type != "code" or is_ci_check(later):
+                continue
+            later_bound, later_used = bound_and_used(code_ast(later.source))
+            needed = (bound & later_used) - visible_bound - later_bound
+            if needed:
+                problems.append(f"cell {i} defines {sorted(needed)}, which visible cell {j} uses")
+    assert not problems, f"{name}:\n" + "\n".join(problems)
+
+
+def shows_a_figure(cell: Any) -> bool:
+    return any(o["output_type"] in ("display_data", "execute_result")
+               and "image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def test_every_figure_a_cell_draws_is_shown(notebook: Any) -> None:
+    """A cell that draws must display what it drew (a figure assigned to a name and never
+    shown is a figure the prose describes and nobody sees), unless it printed why it skipped."""
+    name = notebook.metadata["_name"]
+    missing = []
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or not FIGURE.search(cell.source) or is_ci_check(cell):
+            continue
+        skipped = any("skipped" in str(o.get("text", "")).lower() for o in cell.outputs)
+        if not (shows_a_figure(cell) or skipped):
+            missing.append(f"cell {i}: {cell.source.splitlines()[0][:80]!r}")
+    assert not missing, f"{name}: figures drawn and not shown:\n" + "\n".join(missing)
+
+
+def test_every_notebook_has_two_predict_then_measure_exercises(notebook: Any) -> None:
+    """At least two ``check(name, prediction, measured, …)`` calls in visible cells; each
+    prediction is a variable an earlier cell sets to None (or a dict of Nones), so the notebook
+    runs unattended; each saved check printed its ✓/✗/· line; the solutions live apart."""
+    import ast
+
+    name = notebook.metadata["_name"]
+    placeholders: dict[str, Any] = {}
+    checks = []
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type != "code" or is_ci_check(cell):
+            continue
+        tree = code_ast(cell.source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                placeholders.setdefault(node.targets[0].id, node.value)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "check":
+                checks.append((i, node))
+    assert len(checks) >= 2, f"{name}: {len(checks)} exercise check(s), at least 2 wanted"
+    for i, call in checks:
+        assert len(call.args) >= 3 and any(k.arg == "rel" for k in call.keywords), \
+            f"{name} cell {i}: check(name, predicted, measured, rel=…) states its tolerance"
+        pred = call.args[1]
+        var = pred.value if isinstance(pred, ast.Subscript) else pred
+        assert isinstance(var, ast.Name) and var.id in placeholders, \
+            f"{name} cell {i}: the prediction is a learner's variable set in an earlier cell"
+        init = placeholders[var.id]
+        nones = ([init] if isinstance(pred, ast.Name)
+                 else list(getattr(init, "values", [])))
+        assert nones and all(isinstance(v, ast.Constant) and v.value is None for v in nones), \
+            f"{name}: {var.id} ships as None (no prediction yet), so nbval runs unattended"
+        printed = "".join(str(o.get("text", "")) for o in notebook.cells[i].outputs)
+        assert re.search(r"^[✓✗·] ", printed, re.M), \
+            f"{name} cell {i}: the saved output shows the check's line"
+    nn = name[:2]
+    markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+    assert f"solutions/{nn}_solutions.md" in markdown, f"{name}: links its solutions"
+    solutions = ROOT / "notebooks" / "solutions" / f"{nn}_solutions.md"
+    assert solutions.exists() and solutions.read_text().count("## Exercise") >= 2, solutions
+
+
+def test_the_contents_and_the_links_between_notebooks_reach_every_notebook() -> None:
+    names = [p.name for p in NOTEBOOKS]
+    start = nbformat.read(NOTEBOOKS[0], as_version=4)
+    index = "\n".join(c.source for c in start.cells if c.cell_type == "markdown")
+    readme = (ROOT / "notebooks" / "README.md").read_text()
+    for n in names:
+        assert f"({n})" in index, f"00's list of notebooks lacks {n}"
+        assert f"({n})" in readme, f"notebooks/README.md lacks {n}"
+    for before, after in itertools.pairwise(NOTEBOOKS):
+        nb = nbformat.read(before, as_version=4)
+        for cell in (nb.cells[0], nb.cells[-1]):
+            assert f"({after.name})" in cell.source, f"{before.name} links on to {after.name}"
+        nb = nbformat.read(after, as_version=4)
+        for cell in (nb.cells[0], nb.cells[-1]):
+            assert f"({before.name})" in cell.source, f"{after.name} links back to {before.name}"
