@@ -97,10 +97,13 @@ def run(args: argparse.Namespace) -> int:
     sock = listen(bind, args.port, what="API")
     if args.mode == "production":
         try:
-            asyncio.run(_serve_production(args, sock, settings))
+            signals = asyncio.run(_serve_production(args, sock, settings))
+        except KeyboardInterrupt:  # Ctrl-C while the stack came up (the server handles later)
+            print("parallel-kit serve: stopped", file=sys.stderr)
+            return 130
         finally:
             sock.close()
-        return 0
+        return 130 if signals else 0
 
     async def serve() -> None:
         async with open_api_backend(
@@ -126,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
     return 130 if any(stopped_by_signal) else 0  # 130: the shell's code for Ctrl-C
 
 
-async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) -> None:
-    """``serve --mode production``: the stack (or only an API process) on ``sock``."""
+async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) -> int:
+    """``serve --mode production``: the stack (or only an API process) on ``sock``; the
+    number of signals that stopped it."""
     from dataclasses import replace
 
     from ..api_production import serve_production
@@ -147,8 +151,8 @@ async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) 
                                     announce=lambda m: print(m, file=sys.stderr)))
     print(f"parallel-kit API (production) at {socket_url_of(sock)} — Ctrl-C stops",
           file=sys.stderr)
-    await serve_production(sock, ctx, settings=settings, serve_app=args.serve_app,
-                           announce=lambda m: print(m, file=sys.stderr))
+    return await serve_production(sock, ctx, settings=settings, serve_app=args.serve_app,
+                                  announce=lambda m: print(m, file=sys.stderr))
 
 
 def socket_url_of(sock: Any) -> str:

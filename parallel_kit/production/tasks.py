@@ -4,8 +4,17 @@ Used by the production API (any number of API processes, each answering from Red
 ``production`` mode of ``bench``/``demo`` (the same Celery app, without HTTP in between).
 
 A task is accepted only once Redis holds it: first the kit's record (:data:`TASK_KEY`: the
-spec, when it was accepted), then Celery's message. If either write fails the caller gets
-:class:`RedisUnavailable` and nothing was accepted (a record without a message is removed).
+spec, when it was accepted, its prompt bytes), then Celery's message. If either write fails the
+caller gets :class:`RedisUnavailable` and nothing was accepted (a record without a message is
+removed).
+
+Admission (the ``serve`` limits, :class:`Admission`) is decided inside Redis, by one Lua script
+that reads the stack's counters and writes the record only if the task fits — so the bounds
+hold across any number of API processes: tasks accepted and not finished past
+``max_unfinished`` → :class:`~parallel_kit.taskqueue.QueueFull` (503); prompt bytes those tasks
+hold past ``max_held_bytes`` → :class:`~parallel_kit.taskqueue.TooMuchHeld` (429, or 413 for
+one prompt larger than the bound). The worker gives the bytes back when the task finishes
+(:mod:`.celery_app`, ``_FINISH_LUA``).
 
 States for ``GET /tasks/{id}`` (:meth:`TaskClient.status`): no record → :class:`UnknownTask`
 (404) — Celery alone would say ``PENDING`` for any id (celery/celery#4450); a record whose
@@ -40,10 +49,43 @@ from .celery_app import (
     app,
 )
 
-__all__ = ["ExpiredTask", "RedisUnavailable", "TaskClient", "UnknownTask", "shared_epoch",
+__all__ = ["Admission", "ExpiredTask", "RedisUnavailable", "TaskClient", "UnknownTask", "shared_epoch",
            "wait_for_meta"]
 
 META_PREFIX = "celery-task-meta-"
+
+#: Admit one task if it fits the bounds (module docstring). KEYS: the task's record, the stats
+#: hash. ARGV: spec JSON, accepted time, record TTL, prompt bytes, max unfinished (0: none),
+#: max held bytes (0: none). Returns {0, 0} when admitted, {1, unfinished} or {2, held}.
+_ADMIT_LUA = """
+local s = redis.call('hmget', KEYS[2], 'accepted', 'completed', 'failed', 'held_bytes')
+local unfinished = (tonumber(s[1]) or 0) - (tonumber(s[2]) or 0) - (tonumber(s[3]) or 0)
+local held = tonumber(s[4]) or 0
+local size = tonumber(ARGV[4])
+if tonumber(ARGV[5]) > 0 and unfinished >= tonumber(ARGV[5]) then return {1, unfinished} end
+if tonumber(ARGV[6]) > 0 and held + size > tonumber(ARGV[6]) then return {2, held} end
+redis.call('hset', KEYS[1], 'spec', ARGV[1], 'accepted', ARGV[2], 'bytes', ARGV[4])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('hincrby', KEYS[2], 'accepted', 1)
+redis.call('hincrby', KEYS[2], 'held_bytes', size)
+return {0, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Bounds a task must fit to be accepted (0: no bound).
+
+    Args:
+        max_unfinished: tasks accepted and not yet finished, over every API process of the
+            stack (``serve --max-queued``).
+        max_held_bytes: UTF-8 bytes of the prompts those tasks hold (``serve --max-held-mb``).
+        retry_after_s: the hint the refusals carry (seconds).
+    """
+
+    max_unfinished: int = 0
+    max_held_bytes: int = 0
+    retry_after_s: float = 1.0
 
 
 class RedisUnavailable(ParallelKitError):
@@ -110,6 +152,8 @@ class TaskClient:
         time_scale: clock seconds per model second of the rows.
         epoch: the rows' origin as wall-clock seconds (``time.time()``).
         model: the model for specs that name none.
+        stack: the :class:`~parallel_kit.production.stack.Stack` it fronts, when the stack
+            was brought up in this process (``None`` for an API-only process).
     """
 
     redis_url: str
@@ -117,9 +161,11 @@ class TaskClient:
     time_scale: float
     epoch: float
     model: str = ""
+    stack: Any = None
 
     def __post_init__(self) -> None:
         self._redis = _client(self.redis_url)
+        self._admit = self._redis.register_script(_ADMIT_LUA)
 
     def now(self) -> float:
         """Model seconds since the epoch."""
@@ -127,13 +173,16 @@ class TaskClient:
 
     # -- accept ----------------------------------------------------------------------------
     def submit(self, spec: RequestSpec, *, task_id: str | None = None,
-               submitted_s: float | None = None) -> str:
+               submitted_s: float | None = None, admission: Admission | None = None) -> str:
         """Put one request on the queue; returns its task id once Redis holds it.
 
         Raises:
             RedisUnavailable: Redis does not answer (nothing was accepted).
+            QueueFull, TooMuchHeld: the task does not fit ``admission`` (nothing accepted).
         """
         import redis
+
+        from ..taskqueue import QueueFull, TooMuchHeld
 
         task_id = task_id or uuid.uuid4().hex
         accepted = self.now()
@@ -141,15 +190,20 @@ class TaskClient:
                      "options": dict(spec.options), "system": spec.system,
                      "request_id": spec.request_id or task_id}
         key = TASK_KEY.format(id=task_id)
+        size = len(spec.prompt.encode("utf-8", "surrogatepass"))
+        limits = admission or Admission()
         try:
-            pipe = self._redis.pipeline()
-            pipe.hset(key, mapping={"spec": json.dumps(spec_dict),
-                                    "accepted": repr(time.time())})
-            pipe.expire(key, int(2 * (app.conf.result_expires or RESULT_EXPIRES_S)))
-            pipe.hincrby(STATS_KEY, "accepted", 1)
-            pipe.execute()
+            verdict, count = self._admit(
+                keys=[key, STATS_KEY],
+                args=[json.dumps(spec_dict), repr(time.time()),
+                      int(2 * (app.conf.result_expires or RESULT_EXPIRES_S)), size,
+                      limits.max_unfinished, limits.max_held_bytes])
         except redis.exceptions.RedisError as exc:
             raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        if int(verdict) == 1:
+            raise QueueFull(limits.max_unfinished, retry_after_s=limits.retry_after_s)
+        if int(verdict) == 2:
+            raise TooMuchHeld(int(count), size, limits.max_held_bytes, limits.retry_after_s)
         run = {"app": self.app_name, "epoch": self.epoch, "time_scale": self.time_scale,
                "submitted_s": accepted if submitted_s is None else submitted_s,
                "hops": {"accepted": accepted}, "model": self.model}
@@ -157,8 +211,11 @@ class TaskClient:
             app.send_task(TASK_NAME, args=(spec_dict, run), task_id=task_id)
         except Exception as exc:  # kombu's OperationalError and friends
             try:
-                self._redis.delete(key)
-                self._redis.hincrby(STATS_KEY, "accepted", -1)
+                pipe = self._redis.pipeline()
+                pipe.delete(key)
+                pipe.hincrby(STATS_KEY, "accepted", -1)
+                pipe.hincrby(STATS_KEY, "held_bytes", -size)
+                pipe.execute()
             except redis.exceptions.RedisError:
                 pass
             raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
@@ -206,7 +263,9 @@ class TaskClient:
         done = counts.get("completed", 0) + counts.get("failed", 0)
         return {"accepted": accepted, "queued": queued,
                 "running": max(accepted - done - queued, 0),
-                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0)}
+                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
+                "unfinished": max(accepted - done, 0),
+                "held_bytes": max(counts.get("held_bytes", 0), 0)}
 
     def ping(self) -> None:
         """Raise :class:`RedisUnavailable` unless Redis answers."""
