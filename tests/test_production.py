@@ -148,13 +148,21 @@ async def test_worker_killed_mid_task_is_replaced_its_tasks_handed_back_and_comp
             assert resp.status_code == 503 and resp.json()["status"] == "degraded"
             assert "no Celery worker" in resp.json()["problem"]
             assert supervisor.events[1].replacement is None
+        # a run on a stack with no worker left ends at once, each request a failed row
+        run = await run_on_stack(stack, specs(2, "noworker"), ctx())
+        assert run.summary.n == 2 and run.summary.ok == 0
+        assert all("no Celery worker is left" in r.error for r in run.requests)
     finally:
         supervisor.stop()
         stack.supervisor = None
-        client.close()
         if not stack.workers:  # the session's stack gets its worker back
             stack.start_worker()
             await asyncio.to_thread(wait_for_workers, stack.workers)
+        # the queued tasks of the run above are run by it; the next test starts from none
+        deadline = time.monotonic() + 60
+        while client.stats()["unfinished"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        client.close()
 
 
 async def test_replica_killed_mid_request_completes_on_a_replica(production_stack) -> None:

@@ -84,11 +84,20 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
 
     per_request = float(celery_app.conf.get("parallel_kit_request_timeout_s") or 600.0)
     budget = timeout_s or per_request * (len(specs) + 1)
+    why = f"did not finish within {budget:g} s — is a Celery worker running?"
+    waiting = asyncio.ensure_future(client.wait(ids, timeout_s=budget, on_done=on_done))
+    supervisor = getattr(stack, "supervisor", None)
+    # Every worker dead and not replaced: the run ends now, not after the budget.
+    gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
+                                    else asyncio.Event().wait())
     try:
-        await client.wait(ids, timeout_s=budget, on_done=on_done)
-    except asyncio.TimeoutError:
-        pass
+        await asyncio.wait((waiting, gave_up), return_when=asyncio.FIRST_COMPLETED)
+        if gave_up.done() and not waiting.done():
+            why = f"did not finish: {gave_up.result()}"
     finally:
+        for fut in (waiting, gave_up):
+            fut.cancel()
+        await asyncio.gather(waiting, gave_up, return_exceptions=True)
         client.close()
     out: list[RequestResult] = []
     for task_id, spec in zip(ids, specs, strict=True):
@@ -97,8 +106,7 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
             row = RequestResult(request_id=spec.request_id or task_id, mode="production",
                                 prompt=spec.prompt, model=spec.model or ctx.model,
                                 submitted_s=submitted[task_id], ok=False,
-                                error=f"task {task_id} did not finish within {budget:g} s — "
-                                      f"is a Celery worker running?").finalize()
+                                error=f"task {task_id} {why}").finalize()
         out.append(row)
     redelivered = sum(1 for r in out if r.hops.get("deliveries", 1) > 1)
     notes = []

@@ -259,7 +259,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         ray_actor_options=actor_options, max_ongoing_requests=ongoing,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=ctx.serve.health_check_timeout_s,
-        graceful_shutdown_timeout_s=5.0, graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=1.0, graceful_shutdown_wait_loop_s=0.2,
         request_router_config={"request_router_class": ROUTER_CLASS_PATH,
                                "initial_backoff_s": min(0.005, ROUTER_MAX_BACKOFF_S),
                                "max_backoff_s": ROUTER_MAX_BACKOFF_S})

@@ -36,7 +36,9 @@ per-request subscriptions would each receive every result. A sweep of the stored
 A task waits at most the request timeout × (tasks then unfinished + 1) — the burst run's
 bound, counted from each task's own submission; a task not back by then is a failed row naming
 the likely cause (no Celery worker running, e.g. ``--workers 0`` with no ``parallel-kit
-worker`` started), never a missing one.
+worker`` started), never a missing one. A worker that dies is replaced and its tasks handed
+back by the stack's supervisor (:mod:`parallel_kit.production.supervisor`); once its restarts
+are used up and no worker is left, every waiting task ends at once as a failed row saying so.
 """
 
 from __future__ import annotations
@@ -238,16 +240,26 @@ class _StackSession:
         except BaseException:
             self._results.forget(task_id)
             raise
+        why = f"did not finish within {budget:g} s — is a Celery worker running?"
+        supervisor = getattr(self.stack, "supervisor", None)
+        gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
+                                        else asyncio.Event().wait())
         try:
-            meta = await asyncio.wait_for(done, budget)
-        except asyncio.TimeoutError:
+            await asyncio.wait((done, gave_up), timeout=budget,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gave_up.cancel()
+        if done.done() and not done.cancelled():
+            meta = done.result()
+        else:
             self._results.forget(task_id)
+            if gave_up.done() and not gave_up.cancelled():
+                why = f"did not finish: {gave_up.result()}"
             return RequestResult(
                 request_id=spec.request_id or task_id, mode="production", prompt=spec.prompt,
                 model=spec.model or self.model, queued_s=submitted_s, submitted_s=submitted_s,
                 finished_s=self.client.now(), ok=False,
-                error=f"task {task_id} did not finish within {budget:g} s — is a Celery "
-                      f"worker running?").finalize()
+                error=f"task {task_id} {why}").finalize()
         return row_from_body(body_from_meta(task_id, meta), spec, mode="production",
                              model=self.model, submitted_s=submitted_s,
                              done_s=self.client.now())

@@ -110,6 +110,25 @@ class WorkerSupervisor:
         """Worker processes running now."""
         return sum(1 for w in list(self.stack.workers) if w.alive())
 
+    @property
+    def gave_up(self) -> str | None:
+        """Why no task can run any more (every worker dead, restarts used up), or ``None``."""
+        if self.events and self.restarts >= self.max_restarts and self.alive() == 0:
+            return (f"no Celery worker is left: {len(self.events)} died and the "
+                    f"{self.max_restarts} restart(s) allowed are used up — see the worker "
+                    f"logs")
+        return None
+
+    async def until_gave_up(self, poll_s: float = POLL_S) -> str:
+        """Return :attr:`gave_up` once it is set (for a run that waits on its tasks)."""
+        import asyncio
+
+        while True:
+            reason = self.gave_up
+            if reason:
+                return reason
+            await asyncio.sleep(poll_s)
+
     def start(self) -> WorkerSupervisor:
         import redis
 
