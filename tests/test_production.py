@@ -456,3 +456,89 @@ async def test_demo_without_a_redis_binary_says_so_in_one_line_and_runs_the_rest
     assert [r.summary.mode for r in comparison.runs] == ["sequential"]
     skipped = [m for m in said if m.startswith("production: skipped")]
     assert len(skipped) == 1 and "parallel_kit[production]" in skipped[0]
+
+
+# -- Redis faults under `bench --mode production` (a real redis-server the kit started) --------
+
+def _redis_child(parent: int) -> tuple[int, str]:
+    """The pid and URL of the redis-server that process ``parent`` started (its own record:
+    its process title names the port; its working folder holds the 0600 config file the kit
+    wrote, with the password)."""
+    import re
+
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and argv and "redis-server" in argv[0]:
+            port = re.search(r"127\.0\.0\.1:(\d+)", " ".join(argv))
+            if port is None:
+                continue
+            with open(os.path.join(os.readlink(f"/proc/{entry}/cwd"), "redis.conf")) as f:
+                password = f.read().split("requirepass", 1)[1].split()[0]
+            return int(entry), f"redis://:{password}@127.0.0.1:{port.group(1)}/0"
+    raise LookupError("no redis-server child yet")
+
+
+def test_bench_rides_out_a_frozen_redis_and_writes_every_row_when_redis_dies(tmp_path) -> None:
+    """SIGSTOP of the run's Redis past every socket timeout, SIGCONT: the run resumes (Redis's
+    own counter goes on). Then SIGKILL: every request is a row (ok, or failed naming Redis),
+    the results file is written, and the exit is 2 with one line naming Redis."""
+    import json
+
+    import redis
+
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_kit", "bench", "--mode", "production", "--n", "60",
+         "--time-scale", "0.02", "--gpus", "3", "--no-progress", "--json", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        env={**os.environ, "PARALLEL_KIT_REDIS_OUTAGE_S": "8"})
+    try:
+        deadline = time.monotonic() + 180
+        pid = url = None
+        while pid is None and time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(LookupError, OSError):
+                pid, url = _redis_child(proc.pid)
+            time.sleep(0.05)
+        assert pid is not None and url is not None, (
+            f"the run's Redis was not found: {proc.stderr.read().decode()[-2000:]}"
+            if proc.poll() is not None and proc.stderr else "the run's Redis was not found")
+        r = redis.Redis.from_url(url, socket_timeout=5)
+
+        def completed() -> int:
+            return int(r.hget("parallel_kit:stats", "completed") or 0)
+
+        while completed() < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(7)  # the fault's length: past the 5 s socket timeouts of every client
+        os.kill(pid, signal.SIGCONT)
+        resumed_from = completed()
+        while completed() < resumed_from + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert completed() >= resumed_from + 3  # the run went on after the freeze
+        before_kill = completed()
+        os.kill(pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    text = err.decode()
+    assert proc.returncode == 2, text[-2000:]
+    assert "Traceback" not in text
+    last = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(last) == 1 and "Redis at" in last[0] and "unreachable" in last[0]
+    rows = json.loads(out.read_text())["runs"][0]["requests"]
+    assert len(rows) == 60  # every request a row
+    ok = [r for r in rows if r["ok"]]
+    failed = [r for r in rows if not r["ok"]]
+    assert len(ok) >= before_kill and failed
+    assert all("Redis" in r["error"] for r in failed)

@@ -57,7 +57,8 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     """
     import asyncio
 
-    from ..production.tasks import TaskClient, row_from_body
+    from ..production.redis_server import mask_url
+    from ..production.tasks import RedisUnavailable, TaskClient, row_from_body
 
     epoch = time.time()
     client = TaskClient(stack.redis_url, stack.app.name, ctx.time_scale, epoch, ctx.model)
@@ -90,10 +91,18 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     # Every worker dead and not replaced: the run ends now, not after the budget.
     gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
                                     else asyncio.Event().wait())
+    lost: list[dict[str, Any]] = []
     try:
         await asyncio.wait((waiting, gave_up), return_when=asyncio.FIRST_COMPLETED)
         if gave_up.done() and not waiting.done():
             why = f"did not finish: {gave_up.result()}"
+        elif waiting.done() and isinstance(waiting.exception(), RedisUnavailable):
+            exc = waiting.exception()
+            why = f"was lost with Redis: {exc}"
+            # the run's broker and result backend is gone: bench writes every row, then
+            # exits non-zero with this one line
+            lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
+                         "error": str(exc), "fatal": True})
     finally:
         for fut in (waiting, gave_up):
             fut.cancel()
@@ -117,6 +126,7 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     summary = summarize(out, mode="production", backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=app.workers, slots=app.slots, submit_s=submit_s,
                         setup_s=stack.setup_s, model=ctx.model, notes=notes)
+    summary.lost_workers.extend(lost)
     if math.isnan(summary.makespan_s):
         summary.notes.append("no request finished")
     return RunResult(summary, out)

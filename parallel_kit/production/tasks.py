@@ -30,6 +30,7 @@ so a waiting caller needs no polling loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -49,8 +50,8 @@ from .celery_app import (
     app,
 )
 
-__all__ = ["Admission", "ExpiredTask", "RedisUnavailable", "TaskClient", "UnknownTask", "shared_epoch",
-           "wait_for_meta"]
+__all__ = ["REDIS_OUTAGE_S", "Admission", "ExpiredTask", "RedisUnavailable", "TaskClient",
+           "UnknownTask", "shared_epoch", "wait_for_meta", "waiting_client"]
 
 META_PREFIX = "celery-task-meta-"
 
@@ -91,10 +92,10 @@ class Admission:
 class RedisUnavailable(ParallelKitError):
     """Redis does not answer: nothing can be accepted or looked up (the API answers 503)."""
 
-    def __init__(self, url: str, detail: str) -> None:
+    def __init__(self, url: str, detail: str, outcome: str = "nothing was accepted") -> None:
         super().__init__(f"Redis at {_safe(url)} is unreachable ({detail}) — start it again, or "
-                         f"point --redis / PARALLEL_KIT_REDIS_URL at a running Redis; nothing "
-                         f"was accepted")
+                         f"point --redis / PARALLEL_KIT_REDIS_URL at a running Redis; "
+                         f"{outcome}")
         self.url = url
 
 
@@ -285,6 +286,7 @@ class TaskClient:
 
         Raises:
             asyncio.TimeoutError: ``timeout_s`` passed first.
+            RedisUnavailable: Redis did not answer for about :data:`REDIS_OUTAGE_S`.
         """
         out: dict[str, dict[str, Any]] = {}
 
@@ -293,29 +295,94 @@ class TaskClient:
             if on_done is not None:
                 on_done(task_id, out[task_id])
 
-        await wait_for_meta(self.redis_url, task_ids, timeout_s=timeout_s, on_meta=take)
+        await wait_for_meta(self.redis_url, task_ids, timeout_s=timeout_s, on_meta=take,
+                            check_records=True)
         return out
 
     def close(self) -> None:
         self._redis.close()
 
 
+#: Seconds a waiting caller rides out a Redis that does not answer (refused, reset, frozen)
+#: before its tasks are given up: redis-py's ``Retry`` with exponential backoff (0.1 s doubling
+#: to 2 s between tries, :func:`waiting_retry`) reconnects and re-subscribes meanwhile.
+#: ``PARALLEL_KIT_REDIS_OUTAGE_S`` overrides it.
+REDIS_OUTAGE_S = 60.0
+REDIS_OUTAGE_ENV = "PARALLEL_KIT_REDIS_OUTAGE_S"
+
+
+def redis_outage_s() -> float:
+    """:data:`REDIS_OUTAGE_S`, or ``PARALLEL_KIT_REDIS_OUTAGE_S`` when set (a positive number).
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    import os
+
+    from ..errors import ConfigError
+
+    raw = os.environ.get(REDIS_OUTAGE_ENV)
+    if not raw:
+        return REDIS_OUTAGE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400:
+        raise ConfigError(f"{REDIS_OUTAGE_ENV}={raw!r} must be seconds within 0..86400 — "
+                          f"unset it for {REDIS_OUTAGE_S:g} s")
+    return value
+#: Seconds between two reads of the stored results of the tasks still awaited (a result
+#: published while the subscription was reconnecting is not missed; a task whose record is
+#: gone — Redis restarted without its data — is known lost).
+SWEEP_S = 1.0
+
+
+def waiting_retry() -> Any:
+    """redis-py's asyncio ``Retry`` for a caller waiting on results: exponential backoff, as
+    many tries as fit in :data:`REDIS_OUTAGE_S` when the connection is refused at once
+    (https://redis.readthedocs.io/en/stable/retry.html)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    tries, total, pause, outage = 0, 0.0, 0.1, redis_outage_s()
+    while total < outage:
+        total += min(pause, 2.0)
+        pause *= 2
+        tries += 1
+    return Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=tries)
+
+
+def waiting_client(redis_url: str) -> Any:
+    """An asyncio Redis client that rides out an outage of up to about :data:`REDIS_OUTAGE_S`
+    (a frozen Redis: each try also waits out the 5 s socket timeout)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(redis_url, retry=waiting_retry(), socket_timeout=5.0,
+                                   socket_connect_timeout=2.0)
+
+
 async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
-                        timeout_s: float | None = None, on_meta: Any = None
-                        ) -> dict[str, dict[str, Any]]:
+                        timeout_s: float | None = None, on_meta: Any = None,
+                        check_records: bool = False) -> dict[str, dict[str, Any]]:
     """Celery's final result meta of each task, as it is stored (Redis pub/sub, no polling).
 
     Subscribes to ``celery-task-meta-*`` first, then reads what is stored already, so no result
-    is missed. ``on_meta(task_id, meta)`` is called as each arrives.
+    is missed; every :data:`SWEEP_S` the stored results are read again (a message published
+    while the subscription reconnected). ``on_meta(task_id, meta)`` is called as each arrives.
+    With ``check_records`` a task whose record (:data:`TASK_KEY`) is gone — Redis restarted
+    without its data — ends at once with a ``FAILURE`` meta saying so.
 
     Raises:
         asyncio.TimeoutError: ``timeout_s`` passed first.
+        RedisUnavailable: Redis did not answer for about :data:`REDIS_OUTAGE_S`.
     """
-    import redis.asyncio as aioredis
+    import redis
 
     pending = set(task_ids)
     out: dict[str, dict[str, Any]] = {}
-    client = aioredis.Redis.from_url(redis_url)
+    outage = redis_outage_s()
+    client = waiting_client(redis_url)
     pubsub = client.pubsub()
 
     def take(task_id: str, meta: dict[str, Any]) -> None:
@@ -325,8 +392,7 @@ async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
             if on_meta is not None:
                 on_meta(task_id, meta)
 
-    async def run() -> None:
-        await pubsub.psubscribe(META_PREFIX + "*")
+    async def sweep() -> None:
         ids = list(pending)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
@@ -334,18 +400,43 @@ async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
             for task_id, raw in zip(chunk, stored, strict=True):
                 if raw:
                     take(task_id, json.loads(raw))
+            if check_records:
+                pipe = client.pipeline(transaction=False)
+                for task_id in chunk:
+                    pipe.exists(TASK_KEY.format(id=task_id))
+                for task_id, there in zip(chunk, await pipe.execute(), strict=True):
+                    if not there:
+                        take(task_id, {"status": "FAILURE", "result": {
+                            "exc_type": "TaskLost",
+                            "exc_message": f"task {task_id} is no longer in Redis at "
+                                           f"{_safe(redis_url)} (it restarted without its "
+                                           f"data?) — send the request again"}})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await pubsub.psubscribe(META_PREFIX + "*")
+        await sweep()
+        swept = loop.time()
         while pending:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if msg is None or msg.get("type") != "pmessage":
-                continue
-            channel = msg["channel"].decode()
-            take(channel[len(META_PREFIX):], json.loads(msg["data"]))
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SWEEP_S)
+            if msg is not None and msg.get("type") == "pmessage":
+                channel = msg["channel"].decode()
+                take(channel[len(META_PREFIX):], json.loads(msg["data"]))
+            if loop.time() - swept >= SWEEP_S:
+                await sweep()
+                swept = loop.time()
 
     try:
         await asyncio.wait_for(run(), timeout_s)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(redis_url, f"no answer for about {outage:g} s: "
+                                          f"{_first_line(exc)}",
+                               "the tasks still awaited are given up") from None
     finally:
-        await pubsub.aclose()
-        await client.aclose()
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await client.aclose()
     return out
 
 
