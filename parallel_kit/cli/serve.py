@@ -48,8 +48,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="production with --workers 0: only an API process, in front of the "
                         "Serve application NAME of a stack that runs already (needs --redis)")
     limits = p.add_argument_group(
-        "limits", "what one API process holds and does at most; each refusal is a 4xx "
-                  "naming the limit (tasks live in this process's memory)")
+        "limits", "what the API holds and does at most; each refusal is a 4xx naming the "
+                  "limit (--mode production: decided in Redis for every API process of the "
+                  "stack; --max-request-s is the workers' request timeout)")
     limits.add_argument("--max-num-predict", type=ranged("--max-num-predict"), default=4096,
                         metavar="T", help="output tokens one request may ask for; more, or "
                                           "unbounded (< 0), is refused with 422 (default 4096)")
@@ -58,7 +59,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                            "once; past it 429 (default 256)")
     limits.add_argument("--max-kept-mb", type=ranged("--max-kept-mb"), default=256,
                         metavar="MB", help="MiB of finished tasks kept for GET /tasks/{id}, "
-                                           "oldest forgotten first (default 256)")
+                                           "oldest forgotten first (default 256; production: "
+                                           "results live in Redis for a day instead)")
     limits.add_argument("--max-request-s", type=ranged("--max-request-s"), default=600.0,
                         metavar="S", help="clock seconds one request may run before it fails "
                                           "(default 600)")

@@ -123,11 +123,11 @@ class _Results:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
+        from ..production.tasks import META_PREFIX, waiting_client
 
-        from ..production.tasks import META_PREFIX
-
-        self._client = aioredis.Redis.from_url(self.redis_url)
+        # redis-py's Retry with exponential backoff reconnects (and re-subscribes) after a
+        # Redis outage; the sweep below re-reads what was published meanwhile.
+        self._client = waiting_client(self.redis_url)
         self._pubsub = self._client.pubsub()
         await self._pubsub.psubscribe(META_PREFIX + "*")
         self._task = asyncio.ensure_future(self._listen())
