@@ -460,6 +460,32 @@ async def test_demo_without_a_redis_binary_says_so_in_one_line_and_runs_the_rest
 
 # -- Redis faults under `bench --mode production` (a real redis-server the kit started) --------
 
+async def test_a_waiting_caller_gives_up_a_redis_gone_past_the_outage_bound_and_a_lost_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose record is not in Redis (Redis restarted without its data) ends at once as
+    TaskLost; a Redis that stops while a caller waits is RedisUnavailable once redis-py's
+    Retry has ridden out the outage bound — never a wait for the whole budget."""
+    import redis
+
+    from parallel_kit.production.tasks import RedisUnavailable, wait_for_meta
+
+    monkeypatch.setenv("PARALLEL_KIT_REDIS_OUTAGE_S", "1")
+    server = RedisServer.start()
+    try:
+        lost = await wait_for_meta(server.url, ["gone"], timeout_s=30, check_records=True)
+        assert lost["gone"]["status"] == "FAILURE"
+        assert "no longer in Redis" in lost["gone"]["result"]["exc_message"]
+        redis.Redis.from_url(server.url).hset("parallel_kit:task:held", "spec", "{}")
+        waiting = asyncio.create_task(wait_for_meta(server.url, ["held"], timeout_s=60,
+                                                    check_records=True))
+        await asyncio.sleep(0)  # the caller is waiting (or subscribing) when the server goes
+        await asyncio.to_thread(server.stop)
+        with pytest.raises(RedisUnavailable, match=r"is unreachable .* given up"):
+            await waiting
+    finally:
+        server.stop()
+
+
 def _redis_child(parent: int) -> tuple[int, str]:
     """The pid and URL of the redis-server that process ``parent`` started (its own record:
     its process title names the port; its working folder holds the 0600 config file the kit

@@ -64,15 +64,29 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     client = TaskClient(stack.redis_url, stack.app.name, ctx.time_scale, epoch, ctx.model)
     ids: list[str] = []
     submitted: dict[str, float] = {}
+    rows: dict[str, RequestResult] = {}
+    lost: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for spec in specs:
         s = client.now()
-        task_id = client.submit(spec)
+        try:
+            if lost:  # Redis already failed to accept one: the rest are not tried
+                raise RedisUnavailable(stack.redis_url, "it failed to accept an earlier "
+                                                        "request of this run")
+            task_id = client.submit(spec)
+        except RedisUnavailable as exc:  # not accepted: a failed row, and Redis is lost
+            task_id = f"unaccepted-{len(ids)}"
+            rows[task_id] = RequestResult(
+                request_id=spec.request_id or task_id, mode="production", prompt=spec.prompt,
+                model=spec.model or ctx.model, submitted_s=s, ok=False,
+                error=f"not accepted: {exc}").finalize()
+            if not lost:
+                lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
+                             "error": str(exc), "fatal": True})
         ids.append(task_id)
         submitted[task_id] = s
     submit_s = time.perf_counter() - t0
     by_id = dict(zip(ids, specs, strict=True))
-    rows: dict[str, RequestResult] = {}
 
     def on_done(task_id: str, body: dict[str, Any]) -> None:
         spec = by_id[task_id]
@@ -86,23 +100,24 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     per_request = float(celery_app.conf.get("parallel_kit_request_timeout_s") or 600.0)
     budget = timeout_s or per_request * (len(specs) + 1)
     why = f"did not finish within {budget:g} s — is a Celery worker running?"
-    waiting = asyncio.ensure_future(client.wait(ids, timeout_s=budget, on_done=on_done))
+    waiting = asyncio.ensure_future(client.wait([i for i in ids if i not in rows],
+                                                timeout_s=budget, on_done=on_done))
     supervisor = getattr(stack, "supervisor", None)
     # Every worker dead and not replaced: the run ends now, not after the budget.
     gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
                                     else asyncio.Event().wait())
-    lost: list[dict[str, Any]] = []
     try:
         await asyncio.wait((waiting, gave_up), return_when=asyncio.FIRST_COMPLETED)
         if gave_up.done() and not waiting.done():
             why = f"did not finish: {gave_up.result()}"
         elif waiting.done() and isinstance(waiting.exception(), RedisUnavailable):
-            exc = waiting.exception()
-            why = f"was lost with Redis: {exc}"
+            gone = waiting.exception()
+            why = f"was lost with Redis: {gone}"
             # the run's broker and result backend is gone: bench writes every row, then
             # exits non-zero with this one line
-            lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
-                         "error": str(exc), "fatal": True})
+            if not lost:
+                lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
+                             "error": str(gone), "fatal": True})
     finally:
         for fut in (waiting, gave_up):
             fut.cancel()
