@@ -24,6 +24,8 @@ decided where the tasks live — in Redis, for every API process of the stack to
   larger than the bound);
 * ``--max-request-s``: the workers' request timeout — a request running longer is cancelled at
   its replica and its task ends ``failed`` saying so (:mod:`parallel_kit.production.celery_app`);
+  an API-only process (``--serve-app``) cannot set its workers' bound (they were started with
+  their own), and uses it for how long ``POST /inference`` waits before answering the status;
 * ``--shutdown-timeout-s``: at Ctrl-C/SIGTERM clients waiting on ``POST /inference`` are
   answered 503 with their task id at once; with the stack started by this process, accepted
   tasks get the timeout to finish, then the workers are stopped (SIGTERM, SIGKILL after a
