@@ -172,6 +172,12 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
         print("interrupted: the table and files hold what finished (unfinished = failed rows)",
               file=sys.stderr)
         return int(stop.exit_code) or 130
+    fatal = [w for r in comparison.runs for w in r.summary.lost_workers if w.get("fatal")]
+    if fatal:  # the run's infrastructure itself went (the production stack's Redis)
+        failed = sum(r.summary.failed for r in comparison.runs)
+        print(f"error: {fatal[0]['error']} — {failed} request(s) are failed rows; the table "
+              f"and files hold every row", file=sys.stderr)
+        return 2
     failed = sum(r.summary.failed for r in comparison.runs)
     if failed:
         print(f"{failed} request(s) failed — see the 'error' column", file=sys.stderr)

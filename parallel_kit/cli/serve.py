@@ -48,8 +48,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="production with --workers 0: only an API process, in front of the "
                         "Serve application NAME of a stack that runs already (needs --redis)")
     limits = p.add_argument_group(
-        "limits", "what one API process holds and does at most; each refusal is a 4xx "
-                  "naming the limit (tasks live in this process's memory)")
+        "limits", "what the API holds and does at most; each refusal is a 4xx naming the "
+                  "limit (--mode production: decided in Redis for every API process of the "
+                  "stack; --max-request-s is the workers' request timeout)")
     limits.add_argument("--max-num-predict", type=ranged("--max-num-predict"), default=4096,
                         metavar="T", help="output tokens one request may ask for; more, or "
                                           "unbounded (< 0), is refused with 422 (default 4096)")
@@ -58,7 +59,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                                            "once; past it 429 (default 256)")
     limits.add_argument("--max-kept-mb", type=ranged("--max-kept-mb"), default=256,
                         metavar="MB", help="MiB of finished tasks kept for GET /tasks/{id}, "
-                                           "oldest forgotten first (default 256)")
+                                           "oldest forgotten first (default 256; production: "
+                                           "results live in Redis for a day instead)")
     limits.add_argument("--max-request-s", type=ranged("--max-request-s"), default=600.0,
                         metavar="S", help="clock seconds one request may run before it fails "
                                           "(default 600)")
@@ -97,10 +99,13 @@ def run(args: argparse.Namespace) -> int:
     sock = listen(bind, args.port, what="API")
     if args.mode == "production":
         try:
-            asyncio.run(_serve_production(args, sock, settings))
+            signals = asyncio.run(_serve_production(args, sock, settings))
+        except KeyboardInterrupt:  # Ctrl-C while the stack came up (the server handles later)
+            print("parallel-kit serve: stopped", file=sys.stderr)
+            return 130
         finally:
             sock.close()
-        return 0
+        return 130 if signals else 0
 
     async def serve() -> None:
         async with open_api_backend(
@@ -126,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
     return 130 if any(stopped_by_signal) else 0  # 130: the shell's code for Ctrl-C
 
 
-async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) -> None:
-    """``serve --mode production``: the stack (or only an API process) on ``sock``."""
+async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) -> int:
+    """``serve --mode production``: the stack (or only an API process) on ``sock``; the
+    number of signals that stopped it."""
     from dataclasses import replace
 
     from ..api_production import serve_production
@@ -147,8 +153,8 @@ async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) 
                                     announce=lambda m: print(m, file=sys.stderr)))
     print(f"parallel-kit API (production) at {socket_url_of(sock)} — Ctrl-C stops",
           file=sys.stderr)
-    await serve_production(sock, ctx, settings=settings, serve_app=args.serve_app,
-                           announce=lambda m: print(m, file=sys.stderr))
+    return await serve_production(sock, ctx, settings=settings, serve_app=args.serve_app,
+                                  announce=lambda m: print(m, file=sys.stderr))
 
 
 def socket_url_of(sock: Any) -> str:

@@ -57,21 +57,36 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     """
     import asyncio
 
-    from ..production.tasks import TaskClient, row_from_body
+    from ..production.redis_server import mask_url
+    from ..production.tasks import RedisUnavailable, TaskClient, row_from_body
 
     epoch = time.time()
     client = TaskClient(stack.redis_url, stack.app.name, ctx.time_scale, epoch, ctx.model)
     ids: list[str] = []
     submitted: dict[str, float] = {}
+    rows: dict[str, RequestResult] = {}
+    lost: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for spec in specs:
         s = client.now()
-        task_id = client.submit(spec)
+        try:
+            if lost:  # Redis already failed to accept one: the rest are not tried
+                raise RedisUnavailable(stack.redis_url, "it failed to accept an earlier "
+                                                        "request of this run")
+            task_id = client.submit(spec)
+        except RedisUnavailable as exc:  # not accepted: a failed row, and Redis is lost
+            task_id = f"unaccepted-{len(ids)}"
+            rows[task_id] = RequestResult(
+                request_id=spec.request_id or task_id, mode="production", prompt=spec.prompt,
+                model=spec.model or ctx.model, submitted_s=s, ok=False,
+                error=f"not accepted: {exc}").finalize()
+            if not lost:
+                lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
+                             "error": str(exc), "fatal": True})
         ids.append(task_id)
         submitted[task_id] = s
     submit_s = time.perf_counter() - t0
     by_id = dict(zip(ids, specs, strict=True))
-    rows: dict[str, RequestResult] = {}
 
     def on_done(task_id: str, body: dict[str, Any]) -> None:
         spec = by_id[task_id]
@@ -84,11 +99,29 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
 
     per_request = float(celery_app.conf.get("parallel_kit_request_timeout_s") or 600.0)
     budget = timeout_s or per_request * (len(specs) + 1)
+    why = f"did not finish within {budget:g} s — is a Celery worker running?"
+    waiting = asyncio.ensure_future(client.wait([i for i in ids if i not in rows],
+                                                timeout_s=budget, on_done=on_done))
+    supervisor = getattr(stack, "supervisor", None)
+    # Every worker dead and not replaced: the run ends now, not after the budget.
+    gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
+                                    else asyncio.Event().wait())
     try:
-        await client.wait(ids, timeout_s=budget, on_done=on_done)
-    except asyncio.TimeoutError:
-        pass
+        await asyncio.wait((waiting, gave_up), return_when=asyncio.FIRST_COMPLETED)
+        if gave_up.done() and not waiting.done():
+            why = f"did not finish: {gave_up.result()}"
+        elif waiting.done() and isinstance(waiting.exception(), RedisUnavailable):
+            gone = waiting.exception()
+            why = f"was lost with Redis: {gone}"
+            # the run's broker and result backend is gone: bench writes every row, then
+            # exits non-zero with this one line
+            if not lost:
+                lost.append({"worker": "redis", "url": mask_url(stack.redis_url),
+                             "error": str(gone), "fatal": True})
     finally:
+        for fut in (waiting, gave_up):
+            fut.cancel()
+        await asyncio.gather(waiting, gave_up, return_exceptions=True)
         client.close()
     out: list[RequestResult] = []
     for task_id, spec in zip(ids, specs, strict=True):
@@ -97,8 +130,7 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
             row = RequestResult(request_id=spec.request_id or task_id, mode="production",
                                 prompt=spec.prompt, model=spec.model or ctx.model,
                                 submitted_s=submitted[task_id], ok=False,
-                                error=f"task {task_id} did not finish within {budget:g} s — "
-                                      f"is a Celery worker running?").finalize()
+                                error=f"task {task_id} {why}").finalize()
         out.append(row)
     redelivered = sum(1 for r in out if r.hops.get("deliveries", 1) > 1)
     notes = []
@@ -109,6 +141,7 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     summary = summarize(out, mode="production", backend=ctx.backend, time_scale=ctx.time_scale,
                         workers=app.workers, slots=app.slots, submit_s=submit_s,
                         setup_s=stack.setup_s, model=ctx.model, notes=notes)
+    summary.lost_workers.extend(lost)
     if math.isnan(summary.makespan_s):
         summary.notes.append("no request finished")
     return RunResult(summary, out)

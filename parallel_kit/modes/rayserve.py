@@ -78,6 +78,7 @@ __all__ = [
     "open_serve_app",
     "run_on_app",
     "run_rayserve",
+    "running_replicas",
 ]
 
 #: Clock seconds between Serve's health checks of a replica (Serve's default is 10 s).
@@ -258,7 +259,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         ray_actor_options=actor_options, max_ongoing_requests=ongoing,
         health_check_period_s=HEALTH_CHECK_PERIOD_S,
         health_check_timeout_s=ctx.serve.health_check_timeout_s,
-        graceful_shutdown_timeout_s=5.0, graceful_shutdown_wait_loop_s=0.5,
+        graceful_shutdown_timeout_s=1.0, graceful_shutdown_wait_loop_s=0.2,
         request_router_config={"request_router_class": ROUTER_CLASS_PATH,
                                "initial_backoff_s": min(0.005, ROUTER_MAX_BACKOFF_S),
                                "max_backoff_s": ROUTER_MAX_BACKOFF_S})
@@ -282,6 +283,22 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         if not keep:
             with contextlib.suppress(Exception):
                 serve.delete(name)
+
+
+def running_replicas(app_name: str) -> int | None:
+    """Replicas of ``app_name`` in Serve's ``RUNNING`` state (``serve.status()``, a call to
+    Serve's controller); ``None`` when it could not be asked (no Ray, no controller)."""
+    try:
+        from ray import serve
+
+        status = serve.status().applications.get(app_name)
+    except Exception:
+        return None
+    if status is None:
+        return 0
+    return sum(int(n) for d in status.deployments.values()
+               for state, n in (d.replica_states or {}).items()
+               if str(getattr(state, "value", state)).upper().endswith("RUNNING"))
 
 
 class _RouterWaitFilter(logging.Filter):

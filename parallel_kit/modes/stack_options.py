@@ -70,6 +70,10 @@ class StackOptions:
         visibility_timeout_s: the broker's visibility timeout (``None``: derived from the
             request timeout, longer than it).
         announce: told in one line which Redis the run uses.
+        stop_grace_s: clock seconds the workers get to finish their tasks when the stack
+            stops (SIGTERM to all at once, then SIGKILL); ``serve`` passes what is left of its
+            ``--shutdown-timeout-s``.
+        max_worker_restarts: dead workers the supervisor replaces over the stack's life.
     """
 
     redis: str | None = None
@@ -78,6 +82,8 @@ class StackOptions:
     request_timeout_s: float | None = None
     visibility_timeout_s: float | None = None
     announce: Callable[[str], None] | None = None
+    stop_grace_s: float = 10.0
+    max_worker_restarts: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or \
@@ -88,6 +94,13 @@ class StackOptions:
                 or not isinstance(self.worker_concurrency, int) or self.worker_concurrency < 1):
             raise ConfigError(f"--worker-concurrency {self.worker_concurrency!r} must be a "
                               f"whole number ≥ 1")
+        if not 0 <= self.stop_grace_s <= 86_400:
+            raise ConfigError(f"stop_grace_s must be within 0..86400 s, got "
+                              f"{self.stop_grace_s!r}")
+        if isinstance(self.max_worker_restarts, bool) or not isinstance(
+                self.max_worker_restarts, int) or self.max_worker_restarts < 0:
+            raise ConfigError(f"max_worker_restarts {self.max_worker_restarts!r} must be a "
+                              f"whole number ≥ 0")
         for name in ("request_timeout_s", "visibility_timeout_s"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -36,7 +36,9 @@ per-request subscriptions would each receive every result. A sweep of the stored
 A task waits at most the request timeout × (tasks then unfinished + 1) — the burst run's
 bound, counted from each task's own submission; a task not back by then is a failed row naming
 the likely cause (no Celery worker running, e.g. ``--workers 0`` with no ``parallel-kit
-worker`` started), never a missing one.
+worker`` started), never a missing one. A worker that dies is replaced and its tasks handed
+back by the stack's supervisor (:mod:`parallel_kit.production.supervisor`); once its restarts
+are used up and no worker is left, every waiting task ends at once as a failed row saying so.
 """
 
 from __future__ import annotations
@@ -119,13 +121,15 @@ class _Results:
         self.redis_url = redis_url
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Set once Redis was gone for longer than the outage bound (the awaited tasks failed).
+        self.gave_up: BaseException | None = None
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
+        from ..production.tasks import META_PREFIX, waiting_client
 
-        from ..production.tasks import META_PREFIX
-
-        self._client = aioredis.Redis.from_url(self.redis_url)
+        # redis-py's Retry with exponential backoff reconnects (and re-subscribes) after a
+        # Redis outage; the sweep below re-reads what was published meanwhile.
+        self._client = waiting_client(self.redis_url)
         self._pubsub = self._client.pubsub()
         await self._pubsub.psubscribe(META_PREFIX + "*")
         self._task = asyncio.ensure_future(self._listen())
@@ -151,41 +155,51 @@ class _Results:
             fut.set_result(meta)
 
     async def _listen(self) -> None:
-        from ..production.tasks import META_PREFIX
+        import redis
+
+        from ..production.tasks import META_PREFIX, RedisUnavailable, redis_outage_s
 
         loop = asyncio.get_running_loop()
         swept = loop.time()
         while True:
             try:
+                # redis-py's Retry (waiting_client) rides out an outage inside these calls;
+                # what reaches here is an outage longer than redis_outage_s().
                 msg = await self._pubsub.get_message(ignore_subscribe_messages=True,
                                                      timeout=SWEEP_S)
-            except (ConnectionError, OSError):
-                msg = None
-                await asyncio.sleep(SWEEP_S)
-            except Exception as exc:  # redis-py's ConnectionError is not the builtin one
-                if "Connection" not in type(exc).__name__:
-                    raise
-                msg = None
-                await asyncio.sleep(SWEEP_S)
-            if msg is not None and msg.get("type") == "pmessage":
-                self._take(msg["channel"].decode()[len(META_PREFIX):], json.loads(msg["data"]))
-            if loop.time() - swept >= SWEEP_S:
-                swept = loop.time()
-                await self._sweep()
+                if msg is not None and msg.get("type") == "pmessage":
+                    self._take(msg["channel"].decode()[len(META_PREFIX):],
+                               json.loads(msg["data"]))
+                if loop.time() - swept >= SWEEP_S:
+                    swept = loop.time()
+                    await self._sweep()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    OSError) as exc:
+                text = str(exc).strip().splitlines()
+                self._give_up(RedisUnavailable(
+                    self.redis_url, f"no answer for about {redis_outage_s():g} s: "
+                                    f"{text[0] if text else type(exc).__name__}",
+                    "the tasks still awaited are given up"))
+                await asyncio.sleep(SWEEP_S)  # keep listening: later tasks may get an answer
+
+    def _give_up(self, exc: BaseException) -> None:
+        """Fail every awaited task with ``exc`` (Redis gone for longer than the outage bound)."""
+        self.gave_up = exc
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
 
     async def _sweep(self) -> None:
         from ..production.tasks import META_PREFIX
 
         ids = list(self._waiting)
-        if not ids:
-            return
-        with contextlib.suppress(Exception):  # Redis away for a moment: the next sweep
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                stored = await self._client.mget([META_PREFIX + t for t in chunk])
-                for task_id, raw in zip(chunk, stored, strict=True):
-                    if raw:
-                        self._take(task_id, json.loads(raw))
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            stored = await self._client.mget([META_PREFIX + t for t in chunk])
+            for task_id, raw in zip(chunk, stored, strict=True):
+                if raw:
+                    self._take(task_id, json.loads(raw))
 
     async def close(self) -> None:
         if self._task is not None:
@@ -235,22 +249,52 @@ class _StackSession:
         try:
             # TaskClient stamps the moment it writes the task (hops["accepted"], queued_s).
             await asyncio.to_thread(self.client.submit, spec, task_id=task_id)
-        except BaseException:
+        except BaseException as exc:
+            from ..production.tasks import RedisUnavailable
+
             self._results.forget(task_id)
+            if isinstance(exc, RedisUnavailable):
+                self._lose_redis(exc)
             raise
+        why = f"did not finish within {budget:g} s — is a Celery worker running?"
+        supervisor = getattr(self.stack, "supervisor", None)
+        gave_up = asyncio.ensure_future(supervisor.until_gave_up() if supervisor is not None
+                                        else asyncio.Event().wait())
         try:
-            meta = await asyncio.wait_for(done, budget)
-        except asyncio.TimeoutError:
-            self._results.forget(task_id)
+            await asyncio.wait((done, gave_up), timeout=budget,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gave_up.cancel()
+        if done.done() and not done.cancelled() and done.exception() is not None:
+            gone = done.exception()
+            self._lose_redis(gone)
             return RequestResult(
                 request_id=spec.request_id or task_id, mode="production", prompt=spec.prompt,
                 model=spec.model or self.model, queued_s=submitted_s, submitted_s=submitted_s,
                 finished_s=self.client.now(), ok=False,
-                error=f"task {task_id} did not finish within {budget:g} s — is a Celery "
-                      f"worker running?").finalize()
+                error=f"task {task_id} was lost with Redis: {gone}").finalize()
+        if done.done() and not done.cancelled():
+            meta = done.result()
+        else:
+            self._results.forget(task_id)
+            if gave_up.done() and not gave_up.cancelled():
+                why = f"did not finish: {gave_up.result()}"
+            return RequestResult(
+                request_id=spec.request_id or task_id, mode="production", prompt=spec.prompt,
+                model=spec.model or self.model, queued_s=submitted_s, submitted_s=submitted_s,
+                finished_s=self.client.now(), ok=False,
+                error=f"task {task_id} {why}").finalize()
         return row_from_body(body_from_meta(task_id, meta), spec, mode="production",
                              model=self.model, submitted_s=submitted_s,
                              done_s=self.client.now())
+
+    def _lose_redis(self, exc: BaseException | None) -> None:
+        """Record the run's Redis as lost, once (bench then exits 2 after writing every row)."""
+        from ..production.redis_server import mask_url
+
+        if exc is not None and not any(w.get("worker") == "redis" for w in self.lost_workers):
+            self.lost_workers.append({"worker": "redis", "url": mask_url(self.stack.redis_url),
+                                      "error": str(exc), "fatal": True})
 
     def itl(self) -> ItlSketch | None:
         return None  # the clients live inside the replicas

@@ -4,6 +4,7 @@
 ``celery_app``    the Celery app, its one task, and the delivery settings (acks late, …)
 ``tasks``         the caller's side: accept a task into Redis, look it up, wait for it
 ``worker``        Celery workers as child processes, or ``parallel-kit worker`` by hand
+``supervisor``    watch the workers: replace a dead one, hand its tasks back at once
 ``stack``         bring Redis + Serve + workers up for a run, and down again
 
 Needs the ``production`` extra: ``pip install "parallel_kit[production]"``. Nothing here is

@@ -29,6 +29,17 @@ Delivery (Celery's and kombu's own mechanisms, no retry loop of the kit's):
   (Celery's retry, counted in ``retries``) and Serve's router sends it to a live replica.
 * ``worker_prefetch_multiplier=1``: a worker reserves no more tasks than it runs, so a queued
   task waits in Redis, where any worker can take it.
+* A worker *process* that dies (SIGKILL, OOM) is noticed by the stack's supervisor
+  (:mod:`.supervisor`) within a fraction of a second, not after the visibility timeout: each
+  worker records the tasks it holds (received, not yet acknowledged) with their delivery tags
+  in Redis (:data:`HELD_KEY`, written on Celery's ``task_received`` signal, removed on
+  ``task_postrun``), and the supervisor hands those messages back to the queue at once with
+  kombu's ``QoS.restore_by_tag`` — the same call kombu makes when the visibility timeout
+  passes. A task delivered :data:`MAX_DELIVERIES` times (every worker that ran it died) ends as
+  a failed row instead of killing the next worker too.
+* A request past the request timeout (``serve --max-request-s``) is *cancelled* at its replica
+  (``DeploymentResponse.cancel()``: Ray cancels the replica's asyncio task, which closes the
+  stream to Ollama, so Ollama frees the slot) and ends as a failed row saying so.
 
 Unknown ids: Celery reports an id it never saw as ``PENDING``
 (https://github.com/celery/celery/issues/4450); the API therefore keeps its own record of each
@@ -47,7 +58,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-__all__ = ["DELIVERIES_KEY", "EPOCH_KEY", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
+__all__ = ["DELIVERIES_KEY", "EPOCH_KEY", "HELD_KEY", "MAX_DELIVERIES", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
            "STATS_KEY", "TASK_KEY", "TASK_NAME", "app", "configure", "visibility_timeout_for"]
 
 TASK_NAME = "parallel_kit.infer"
@@ -62,6 +73,23 @@ TASK_KEY = "parallel_kit:task:{id}"
 DELIVERIES_KEY = "parallel_kit:deliveries:{id}"
 STATS_KEY = "parallel_kit:stats"
 EPOCH_KEY = "parallel_kit:epoch"
+#: The tasks a worker holds (hash: task id → kombu delivery tag), ``{worker}`` its hostname.
+HELD_KEY = "parallel_kit:held:{worker}"
+#: Deliveries of one task after which it is a failed row (each worker that ran it died).
+MAX_DELIVERIES = 3
+
+#: Mark a task finished once (a redelivered task may finish twice), count it, and give back
+#: the prompt bytes it held (``serve --max-held-mb``). KEYS: task record, stats;
+#: ARGV: time, "completed" | "failed".
+_FINISH_LUA = """
+if redis.call('hsetnx', KEYS[1], 'finished', ARGV[1]) == 1 then
+  local held = redis.call('hget', KEYS[1], 'bytes')
+  if held then redis.call('hincrby', KEYS[2], 'held_bytes', -tonumber(held)) end
+  redis.call('hincrby', KEYS[2], ARGV[2], 1)
+  return 1
+end
+return 0
+"""
 
 REDIS_URL_ENV = "PARALLEL_KIT_REDIS_URL"
 REQUEST_TIMEOUT_ENV = "PARALLEL_KIT_REQUEST_TIMEOUT_S"
@@ -128,6 +156,14 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
                                   "socket_timeout": 5.0, "socket_connect_timeout": 2.0},
         result_backend_transport_options={"socket_timeout": 5.0,
                                           "socket_connect_timeout": 2.0},
+        # A worker that cannot store a result while Redis is away retries with exponential
+        # backoff (up to 2 s apart, about a minute in all) instead of dropping the result,
+        # which left the caller waiting for good ("result_backend_always_retry",
+        # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend-always-retry).
+        result_backend_always_retry=True,
+        result_backend_max_retries=40,
+        result_backend_base_sleep_between_retries_ms=100,
+        result_backend_max_sleep_between_retries_ms=2000,
         redis_socket_timeout=5.0, redis_socket_connect_timeout=2.0,
         parallel_kit_request_timeout_s=timeout,
         parallel_kit_visibility_timeout_s=visibility,
@@ -209,7 +245,7 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
             ``model``.
     """
     from ..modes.ray_gpu import _row_from_wire, _spec_to_wire
-    from ..records import RequestResult, RequestSpec
+    from ..records import RequestSpec
 
     epoch, scale = float(run["epoch"]), float(run["time_scale"])
     picked = (time.time() - epoch) / scale
@@ -219,29 +255,40 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
     request = RequestSpec(**spec)
     timeout = float(app.conf.get("parallel_kit_request_timeout_s") or REQUEST_TIMEOUT_S)
     deliveries = 1
+    if (self.request.delivery_info or {}).get("redelivered"):
+        deliveries = _count_delivery(task_id)
+        if deliveries > MAX_DELIVERIES:
+            row = _failed_row(request, run, hops, f"delivered {deliveries - 1} times and "
+                              f"each Celery worker running it died — not sent again (see "
+                              f"the workers' logs)")
+            row.retries = deliveries - 2
+            row.hops["deliveries"] = float(deliveries)
+            return row.to_dict()
+    response = None
     try:
         response = _handle(run["app"]).remote(_spec_to_wire(request), run["submitted_s"],
                                               epoch, hops)
         # Counted while Serve routes the request (off its critical path), before the task
         # can finish: a redelivered task finds the count of the deliveries before it.
-        deliveries = _count_delivery(task_id)
+        if deliveries == 1:
+            deliveries = _count_delivery(task_id)
         out = response.result(timeout_s=timeout)
     except _lost_errors() as exc:
         raise ReplicaLost(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     except TimeoutError:
-        row = RequestResult(request_id=request.request_id, mode="production",
-                            prompt=request.prompt, model=request.model or run.get("model", ""),
-                            submitted_s=run["submitted_s"],
-                            finished_s=(time.time() - epoch) / scale, ok=False,
-                            error=f"no answer within the request timeout ({timeout:g} s)",
-                            hops=hops).finalize()
+        # Cancel at the replica, not just abandon: Ray cancels the replica's asyncio task,
+        # whose stream to Ollama closes, and Ollama frees the slot.
+        with contextlib.suppress(Exception):
+            if response is not None:
+                response.cancel()
+        row = _failed_row(request, run, hops,
+                          f"no answer within the request timeout ({timeout:g} s, serve "
+                          f"--max-request-s) — cancelled at its replica; ask for fewer "
+                          f"tokens (num_predict) or raise the bound")
     except Exception as exc:  # an error inside the replica: a failed row, never a lost one
-        row = RequestResult(request_id=request.request_id, mode="production",
-                            prompt=request.prompt, model=request.model or run.get("model", ""),
-                            submitted_s=run["submitted_s"],
-                            finished_s=(time.time() - epoch) / scale, ok=False,
-                            error=f"error inside the Serve replica: {str(exc).splitlines()[0]}",
-                            hops=hops).finalize()
+        text = str(exc).strip()
+        row = _failed_row(request, run, hops, f"error inside the Serve replica: "
+                          f"{text.splitlines()[0] if text else type(exc).__name__}")
     else:
         row = _row_from_wire(out)
     row.mode = "production"
@@ -252,6 +299,17 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
     if deliveries > 1:
         row.hops["deliveries"] = float(deliveries)
     return row.to_dict()
+
+
+def _failed_row(request: Any, run: dict[str, Any], hops: dict[str, float], error: str) -> Any:
+    """A failed :class:`~parallel_kit.records.RequestResult` of ``request`` (finished now)."""
+    from ..records import RequestResult
+
+    epoch, scale = float(run["epoch"]), float(run["time_scale"])
+    return RequestResult(request_id=request.request_id, mode="production", prompt=request.prompt,
+                         model=request.model or run.get("model", ""),
+                         submitted_s=run["submitted_s"], finished_s=(time.time() - epoch) / scale,
+                         ok=False, error=error, hops=dict(hops)).finalize()
 
 
 @app.task(name=PING_NAME)
@@ -270,30 +328,46 @@ def _count_success(sender: Any = None, result: Any = None, **_: Any) -> None:
     """After Celery stored the result: mark the task finished (the API's 410 needs it)."""
     if getattr(sender, "name", "") != TASK_NAME:
         return
-    try:
-        task_id = sender.request.id
-        r = _redis()
-        ok = bool(result.get("ok")) if isinstance(result, dict) else False
-        pipe = r.pipeline()
-        pipe.hset(TASK_KEY.format(id=task_id), "finished", json.dumps(time.time()))
-        pipe.hincrby(STATS_KEY, "completed" if ok else "failed", 1)
-        pipe.execute()
-    except Exception:
-        pass
+    ok = bool(result.get("ok")) if isinstance(result, dict) else False
+    _finish(sender.request.id, "completed" if ok else "failed")
+
+
+def _finish(task_id: str, outcome: str) -> None:
+    """Mark ``task_id`` finished once (:data:`_FINISH_LUA`); best effort."""
+    with contextlib.suppress(Exception):
+        _redis().eval(_FINISH_LUA, 2, TASK_KEY.format(id=task_id), STATS_KEY,
+                      json.dumps(time.time()), outcome)
 
 
 @signals.task_failure.connect
 def _count_failure(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
     if getattr(sender, "name", "") != TASK_NAME or task_id is None:
         return
-    try:
-        r = _redis()
-        pipe = r.pipeline()
-        pipe.hset(TASK_KEY.format(id=task_id), "finished", json.dumps(time.time()))
-        pipe.hincrby(STATS_KEY, "failed", 1)
+    _finish(task_id, "failed")
+
+
+@signals.task_received.connect
+def _hold(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """A worker received a task (reserved or about to run): record its delivery tag, so the
+    supervisor can hand it back at once if this worker process dies (module docstring)."""
+    if request is None or getattr(request, "name", "") != TASK_NAME:
+        return
+    with contextlib.suppress(Exception):
+        tag = request.message.delivery_tag
+        key = HELD_KEY.format(worker=request.hostname)
+        pipe = _redis().pipeline(transaction=False)
+        pipe.hset(key, request.id, str(tag))
+        pipe.expire(key, int(app.conf.get("parallel_kit_visibility_timeout_s") or 3600) + 60)
         pipe.execute()
-    except Exception:
-        pass
+
+
+@signals.task_postrun.connect
+def _release(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
+    """The task ran (its message is acknowledged next, ``acks_late``): no longer held."""
+    if getattr(sender, "name", "") != TASK_NAME or task_id is None:
+        return
+    with contextlib.suppress(Exception):
+        _redis().hdel(HELD_KEY.format(worker=sender.request.hostname), task_id)
 
 
 _url = os.environ.get(REDIS_URL_ENV)

@@ -5,7 +5,8 @@
 1. Redis — the one named by ``--redis``/``PARALLEL_KIT_REDIS_URL``, or a ``redis-server`` the
    kit starts (:mod:`.redis_server`);
 2. the Ray Serve application, one replica per GPU (:func:`parallel_kit.modes.rayserve.open_serve_app`);
-3. ``workers`` Celery worker processes (:mod:`.worker`) joined to the same Ray cluster by its
+3. ``workers`` Celery worker processes (:mod:`.worker`), watched by a supervisor that replaces
+   a dead one and hands its tasks back at once (:mod:`.supervisor`), joined to the same Ray cluster by its
    address, each running ``concurrency`` task threads (:func:`default_concurrency`), warmed up
    before the run by a ping per task thread (Ray joined, the Serve handle's router primed, the
    threads started, Redis connections in the pool: :func:`warm_up`).
@@ -54,6 +55,34 @@ class Stack:
     settings: StackOptions = field(default_factory=StackOptions)
     setup_s: float = 0.0
     concurrency: int = 1
+    #: Watches the workers (:mod:`.supervisor`); ``None`` until :meth:`supervise`.
+    supervisor: Any = None
+
+    def supervise(self, max_restarts: int = 5) -> Any:
+        """Start a :class:`~parallel_kit.production.supervisor.WorkerSupervisor` (once)."""
+        from .supervisor import WorkerSupervisor
+
+        if self.supervisor is None:
+            self.supervisor = WorkerSupervisor(self, max_restarts=max_restarts).start()
+        return self.supervisor
+
+    def health(self) -> dict[str, Any]:
+        """What can serve now: ``workers`` alive (of those the kit started), ``replicas``
+        RUNNING in Serve (``None`` when Serve's controller did not answer), restarts so far;
+        ``problem``: why nothing can serve, or ``None``."""
+        from ..modes.rayserve import running_replicas
+
+        workers = sum(1 for w in list(self.workers) if w.alive())
+        replicas = running_replicas(self.app.name)
+        problem = None
+        if self.settings.workers and workers == 0:
+            problem = ("no Celery worker is running (each that died was replaced until "
+                       "the restarts ran out — see the log)")
+        elif replicas == 0:
+            problem = "no Serve replica is running (Serve is replacing them, or cannot)"
+        return {"workers": workers, "replicas": replicas,
+                "worker_restarts": self.supervisor.restarts if self.supervisor else 0,
+                "problem": problem}
 
     def start_worker(self, name: str | None = None) -> Any:
         """Start one more Celery worker process (joined to the same Redis and Ray)."""
@@ -82,7 +111,7 @@ async def open_stack(ctx: ModeContext, settings: StackOptions | None = None, *,
     from ..modes.rayserve import open_serve_app
     from .celery_app import configure
     from .redis_server import open_redis
-    from .worker import wait_for_workers
+    from .worker import stop_workers, wait_for_workers
 
     cfg = settings or ctx.stack
     announce = announce or cfg.announce
@@ -101,12 +130,15 @@ async def open_stack(ctx: ModeContext, settings: StackOptions | None = None, *,
                 if stack.workers:
                     await asyncio.to_thread(wait_for_workers, stack.workers)
                     await warm_up(stack)
+                    stack.supervise(cfg.max_worker_restarts)
                 stack.setup_s = time.perf_counter() - t0
                 yield stack
             finally:
                 # Synchronously: this also runs while the run is being cancelled (Ctrl-C),
                 # when awaiting a thread could be cut short and leave a worker behind.
-                _stop_workers(stack.workers)
+                if stack.supervisor is not None:
+                    stack.supervisor.stop()
+                stop_workers(stack.workers, cfg.stop_grace_s)
 
 
 def default_concurrency(capacity: int) -> int:
@@ -120,12 +152,6 @@ def default_concurrency(capacity: int) -> int:
     no CPU.
     """
     return max(8, 4 * capacity)
-
-
-def _stop_workers(workers: list[Any]) -> None:
-    for w in workers:
-        with contextlib.suppress(Exception):
-            w.stop()
 
 
 async def warm_up(stack: Stack, timeout_s: float = 120.0) -> None:

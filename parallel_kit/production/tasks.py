@@ -4,8 +4,17 @@ Used by the production API (any number of API processes, each answering from Red
 ``production`` mode of ``bench``/``demo`` (the same Celery app, without HTTP in between).
 
 A task is accepted only once Redis holds it: first the kit's record (:data:`TASK_KEY`: the
-spec, when it was accepted), then Celery's message. If either write fails the caller gets
-:class:`RedisUnavailable` and nothing was accepted (a record without a message is removed).
+spec, when it was accepted, its prompt bytes), then Celery's message. If either write fails the
+caller gets :class:`RedisUnavailable` and nothing was accepted (a record without a message is
+removed).
+
+Admission (the ``serve`` limits, :class:`Admission`) is decided inside Redis, by one Lua script
+that reads the stack's counters and writes the record only if the task fits — so the bounds
+hold across any number of API processes: tasks accepted and not finished past
+``max_unfinished`` → :class:`~parallel_kit.taskqueue.QueueFull` (503); prompt bytes those tasks
+hold past ``max_held_bytes`` → :class:`~parallel_kit.taskqueue.TooMuchHeld` (429, or 413 for
+one prompt larger than the bound). The worker gives the bytes back when the task finishes
+(:mod:`.celery_app`, ``_FINISH_LUA``).
 
 States for ``GET /tasks/{id}`` (:meth:`TaskClient.status`): no record → :class:`UnknownTask`
 (404) — Celery alone would say ``PENDING`` for any id (celery/celery#4450); a record whose
@@ -21,6 +30,7 @@ so a waiting caller needs no polling loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -40,19 +50,52 @@ from .celery_app import (
     app,
 )
 
-__all__ = ["ExpiredTask", "RedisUnavailable", "TaskClient", "UnknownTask", "shared_epoch",
-           "wait_for_meta"]
+__all__ = ["REDIS_OUTAGE_S", "Admission", "ExpiredTask", "RedisUnavailable", "TaskClient",
+           "UnknownTask", "shared_epoch", "wait_for_meta", "waiting_client"]
 
 META_PREFIX = "celery-task-meta-"
+
+#: Admit one task if it fits the bounds (module docstring). KEYS: the task's record, the stats
+#: hash. ARGV: spec JSON, accepted time, record TTL, prompt bytes, max unfinished (0: none),
+#: max held bytes (0: none). Returns {0, 0} when admitted, {1, unfinished} or {2, held}.
+_ADMIT_LUA = """
+local s = redis.call('hmget', KEYS[2], 'accepted', 'completed', 'failed', 'held_bytes')
+local unfinished = (tonumber(s[1]) or 0) - (tonumber(s[2]) or 0) - (tonumber(s[3]) or 0)
+local held = tonumber(s[4]) or 0
+local size = tonumber(ARGV[4])
+if tonumber(ARGV[5]) > 0 and unfinished >= tonumber(ARGV[5]) then return {1, unfinished} end
+if tonumber(ARGV[6]) > 0 and held + size > tonumber(ARGV[6]) then return {2, held} end
+redis.call('hset', KEYS[1], 'spec', ARGV[1], 'accepted', ARGV[2], 'bytes', ARGV[4])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('hincrby', KEYS[2], 'accepted', 1)
+redis.call('hincrby', KEYS[2], 'held_bytes', size)
+return {0, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Bounds a task must fit to be accepted (0: no bound).
+
+    Args:
+        max_unfinished: tasks accepted and not yet finished, over every API process of the
+            stack (``serve --max-queued``).
+        max_held_bytes: UTF-8 bytes of the prompts those tasks hold (``serve --max-held-mb``).
+        retry_after_s: the hint the refusals carry (seconds).
+    """
+
+    max_unfinished: int = 0
+    max_held_bytes: int = 0
+    retry_after_s: float = 1.0
 
 
 class RedisUnavailable(ParallelKitError):
     """Redis does not answer: nothing can be accepted or looked up (the API answers 503)."""
 
-    def __init__(self, url: str, detail: str) -> None:
+    def __init__(self, url: str, detail: str, outcome: str = "nothing was accepted") -> None:
         super().__init__(f"Redis at {_safe(url)} is unreachable ({detail}) — start it again, or "
-                         f"point --redis / PARALLEL_KIT_REDIS_URL at a running Redis; nothing "
-                         f"was accepted")
+                         f"point --redis / PARALLEL_KIT_REDIS_URL at a running Redis; "
+                         f"{outcome}")
         self.url = url
 
 
@@ -110,6 +153,8 @@ class TaskClient:
         time_scale: clock seconds per model second of the rows.
         epoch: the rows' origin as wall-clock seconds (``time.time()``).
         model: the model for specs that name none.
+        stack: the :class:`~parallel_kit.production.stack.Stack` it fronts, when the stack
+            was brought up in this process (``None`` for an API-only process).
     """
 
     redis_url: str
@@ -117,9 +162,11 @@ class TaskClient:
     time_scale: float
     epoch: float
     model: str = ""
+    stack: Any = None
 
     def __post_init__(self) -> None:
         self._redis = _client(self.redis_url)
+        self._admit = self._redis.register_script(_ADMIT_LUA)
 
     def now(self) -> float:
         """Model seconds since the epoch."""
@@ -127,13 +174,16 @@ class TaskClient:
 
     # -- accept ----------------------------------------------------------------------------
     def submit(self, spec: RequestSpec, *, task_id: str | None = None,
-               submitted_s: float | None = None) -> str:
+               submitted_s: float | None = None, admission: Admission | None = None) -> str:
         """Put one request on the queue; returns its task id once Redis holds it.
 
         Raises:
             RedisUnavailable: Redis does not answer (nothing was accepted).
+            QueueFull, TooMuchHeld: the task does not fit ``admission`` (nothing accepted).
         """
         import redis
+
+        from ..taskqueue import QueueFull, TooMuchHeld
 
         task_id = task_id or uuid.uuid4().hex
         accepted = self.now()
@@ -141,15 +191,20 @@ class TaskClient:
                      "options": dict(spec.options), "system": spec.system,
                      "request_id": spec.request_id or task_id}
         key = TASK_KEY.format(id=task_id)
+        size = len(spec.prompt.encode("utf-8", "surrogatepass"))
+        limits = admission or Admission()
         try:
-            pipe = self._redis.pipeline()
-            pipe.hset(key, mapping={"spec": json.dumps(spec_dict),
-                                    "accepted": repr(time.time())})
-            pipe.expire(key, int(2 * (app.conf.result_expires or RESULT_EXPIRES_S)))
-            pipe.hincrby(STATS_KEY, "accepted", 1)
-            pipe.execute()
+            verdict, count = self._admit(
+                keys=[key, STATS_KEY],
+                args=[json.dumps(spec_dict), repr(time.time()),
+                      int(2 * (app.conf.result_expires or RESULT_EXPIRES_S)), size,
+                      limits.max_unfinished, limits.max_held_bytes])
         except redis.exceptions.RedisError as exc:
             raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
+        if int(verdict) == 1:
+            raise QueueFull(limits.max_unfinished, retry_after_s=limits.retry_after_s)
+        if int(verdict) == 2:
+            raise TooMuchHeld(int(count), size, limits.max_held_bytes, limits.retry_after_s)
         run = {"app": self.app_name, "epoch": self.epoch, "time_scale": self.time_scale,
                "submitted_s": accepted if submitted_s is None else submitted_s,
                "hops": {"accepted": accepted}, "model": self.model}
@@ -157,8 +212,11 @@ class TaskClient:
             app.send_task(TASK_NAME, args=(spec_dict, run), task_id=task_id)
         except Exception as exc:  # kombu's OperationalError and friends
             try:
-                self._redis.delete(key)
-                self._redis.hincrby(STATS_KEY, "accepted", -1)
+                pipe = self._redis.pipeline()
+                pipe.delete(key)
+                pipe.hincrby(STATS_KEY, "accepted", -1)
+                pipe.hincrby(STATS_KEY, "held_bytes", -size)
+                pipe.execute()
             except redis.exceptions.RedisError:
                 pass
             raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
@@ -206,7 +264,9 @@ class TaskClient:
         done = counts.get("completed", 0) + counts.get("failed", 0)
         return {"accepted": accepted, "queued": queued,
                 "running": max(accepted - done - queued, 0),
-                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0)}
+                "completed": counts.get("completed", 0), "failed": counts.get("failed", 0),
+                "unfinished": max(accepted - done, 0),
+                "held_bytes": max(counts.get("held_bytes", 0), 0)}
 
     def ping(self) -> None:
         """Raise :class:`RedisUnavailable` unless Redis answers."""
@@ -226,6 +286,7 @@ class TaskClient:
 
         Raises:
             asyncio.TimeoutError: ``timeout_s`` passed first.
+            RedisUnavailable: Redis did not answer for about :data:`REDIS_OUTAGE_S`.
         """
         out: dict[str, dict[str, Any]] = {}
 
@@ -234,29 +295,94 @@ class TaskClient:
             if on_done is not None:
                 on_done(task_id, out[task_id])
 
-        await wait_for_meta(self.redis_url, task_ids, timeout_s=timeout_s, on_meta=take)
+        await wait_for_meta(self.redis_url, task_ids, timeout_s=timeout_s, on_meta=take,
+                            check_records=True)
         return out
 
     def close(self) -> None:
         self._redis.close()
 
 
+#: Seconds a waiting caller rides out a Redis that does not answer (refused, reset, frozen)
+#: before its tasks are given up: redis-py's ``Retry`` with exponential backoff (0.1 s doubling
+#: to 2 s between tries, :func:`waiting_retry`) reconnects and re-subscribes meanwhile.
+#: ``PARALLEL_KIT_REDIS_OUTAGE_S`` overrides it.
+REDIS_OUTAGE_S = 60.0
+REDIS_OUTAGE_ENV = "PARALLEL_KIT_REDIS_OUTAGE_S"
+
+
+def redis_outage_s() -> float:
+    """:data:`REDIS_OUTAGE_S`, or ``PARALLEL_KIT_REDIS_OUTAGE_S`` when set (a positive number).
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    import os
+
+    from ..errors import ConfigError
+
+    raw = os.environ.get(REDIS_OUTAGE_ENV)
+    if not raw:
+        return REDIS_OUTAGE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400:
+        raise ConfigError(f"{REDIS_OUTAGE_ENV}={raw!r} must be seconds within 0..86400 — "
+                          f"unset it for {REDIS_OUTAGE_S:g} s")
+    return value
+#: Seconds between two reads of the stored results of the tasks still awaited (a result
+#: published while the subscription was reconnecting is not missed; a task whose record is
+#: gone — Redis restarted without its data — is known lost).
+SWEEP_S = 1.0
+
+
+def waiting_retry() -> Any:
+    """redis-py's asyncio ``Retry`` for a caller waiting on results: exponential backoff, as
+    many tries as fit in :data:`REDIS_OUTAGE_S` when the connection is refused at once
+    (https://redis.readthedocs.io/en/stable/retry.html)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    tries, total, pause, outage = 0, 0.0, 0.1, redis_outage_s()
+    while total < outage:
+        total += min(pause, 2.0)
+        pause *= 2
+        tries += 1
+    return Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=tries)
+
+
+def waiting_client(redis_url: str) -> Any:
+    """An asyncio Redis client that rides out an outage of up to about :data:`REDIS_OUTAGE_S`
+    (a frozen Redis: each try also waits out the 5 s socket timeout)."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(redis_url, retry=waiting_retry(), socket_timeout=5.0,
+                                   socket_connect_timeout=2.0)
+
+
 async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
-                        timeout_s: float | None = None, on_meta: Any = None
-                        ) -> dict[str, dict[str, Any]]:
+                        timeout_s: float | None = None, on_meta: Any = None,
+                        check_records: bool = False) -> dict[str, dict[str, Any]]:
     """Celery's final result meta of each task, as it is stored (Redis pub/sub, no polling).
 
     Subscribes to ``celery-task-meta-*`` first, then reads what is stored already, so no result
-    is missed. ``on_meta(task_id, meta)`` is called as each arrives.
+    is missed; every :data:`SWEEP_S` the stored results are read again (a message published
+    while the subscription reconnected). ``on_meta(task_id, meta)`` is called as each arrives.
+    With ``check_records`` a task whose record (:data:`TASK_KEY`) is gone — Redis restarted
+    without its data — ends at once with a ``FAILURE`` meta saying so.
 
     Raises:
         asyncio.TimeoutError: ``timeout_s`` passed first.
+        RedisUnavailable: Redis did not answer for about :data:`REDIS_OUTAGE_S`.
     """
-    import redis.asyncio as aioredis
+    import redis
 
     pending = set(task_ids)
     out: dict[str, dict[str, Any]] = {}
-    client = aioredis.Redis.from_url(redis_url)
+    outage = redis_outage_s()
+    client = waiting_client(redis_url)
     pubsub = client.pubsub()
 
     def take(task_id: str, meta: dict[str, Any]) -> None:
@@ -266,8 +392,7 @@ async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
             if on_meta is not None:
                 on_meta(task_id, meta)
 
-    async def run() -> None:
-        await pubsub.psubscribe(META_PREFIX + "*")
+    async def sweep() -> None:
         ids = list(pending)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
@@ -275,18 +400,43 @@ async def wait_for_meta(redis_url: str, task_ids: Iterable[str], *,
             for task_id, raw in zip(chunk, stored, strict=True):
                 if raw:
                     take(task_id, json.loads(raw))
+            if check_records:
+                pipe = client.pipeline(transaction=False)
+                for task_id in chunk:
+                    pipe.exists(TASK_KEY.format(id=task_id))
+                for task_id, there in zip(chunk, await pipe.execute(), strict=True):
+                    if not there:
+                        take(task_id, {"status": "FAILURE", "result": {
+                            "exc_type": "TaskLost",
+                            "exc_message": f"task {task_id} is no longer in Redis at "
+                                           f"{_safe(redis_url)} (it restarted without its "
+                                           f"data?) — send the request again"}})
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await pubsub.psubscribe(META_PREFIX + "*")
+        await sweep()
+        swept = loop.time()
         while pending:
-            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if msg is None or msg.get("type") != "pmessage":
-                continue
-            channel = msg["channel"].decode()
-            take(channel[len(META_PREFIX):], json.loads(msg["data"]))
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SWEEP_S)
+            if msg is not None and msg.get("type") == "pmessage":
+                channel = msg["channel"].decode()
+                take(channel[len(META_PREFIX):], json.loads(msg["data"]))
+            if loop.time() - swept >= SWEEP_S:
+                await sweep()
+                swept = loop.time()
 
     try:
         await asyncio.wait_for(run(), timeout_s)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise RedisUnavailable(redis_url, f"no answer for about {outage:g} s: "
+                                          f"{_first_line(exc)}",
+                               "the tasks still awaited are given up") from None
     finally:
-        await pubsub.aclose()
-        await client.aclose()
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()
+        with contextlib.suppress(Exception):
+            await client.aclose()
     return out
 
 

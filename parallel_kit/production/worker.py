@@ -15,6 +15,7 @@ start one Ray driver per child (seconds and ~100 MB each).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..launcher import stop_process
 
-__all__ = ["WorkerProcess", "run_worker", "wait_for_workers", "worker_argv"]
+__all__ = ["WorkerProcess", "run_worker", "stop_workers", "wait_for_workers", "worker_argv"]
 
 
 def worker_argv(*, concurrency: int, hostname: str) -> list[str]:
@@ -47,6 +48,8 @@ class WorkerProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    #: Set when the kit stops it on purpose (the supervisor leaves such a worker alone).
+    stopping: bool = False
 
     @property
     def pid(self) -> int:
@@ -91,9 +94,14 @@ class WorkerProcess:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL after ``grace_s``."""
+        self.stopping = True
+        stop_process(self.process, grace_s)
+        self.discard()
+
+    def discard(self) -> None:
+        """Forget an exited worker: no longer a child to clean up; its log removed."""
         from ..children import forget
 
-        stop_process(self.process, grace_s)
         forget(self.process)
         self.log_path.unlink(missing_ok=True)
 
@@ -102,6 +110,21 @@ class WorkerProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+
+def stop_workers(workers: Sequence[WorkerProcess], grace_s: float = 10.0) -> None:
+    """Stop every worker at once: SIGTERM to all (Celery's warm shutdown: running tasks get
+    to finish), then SIGKILL to those still running after ``grace_s`` — one grace for all, not
+    one each. An unfinished task stays unacknowledged in Redis (``acks_late``)."""
+    for w in workers:
+        w.stopping = True
+        if w.alive():
+            with contextlib.suppress(ProcessLookupError):
+                w.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        stop_process(w.process, max(0.0, deadline - time.monotonic()))
+        w.discard()
 
 
 def wait_for_workers(workers: Sequence[WorkerProcess], timeout_s: float = 120.0) -> None:
