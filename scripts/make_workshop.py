@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         nb = nbformat.read(path, as_version=4)
         nbformat.write(learners_copy(nb), out / "notebooks" / path.name)
     shutil.copy(NOTEBOOKS / "README.md", out / "notebooks" / "README.md")
+    if (NOTEBOOKS / "solutions").is_dir():  # the exercises' worked answers, linked from each
+        shutil.copytree(NOTEBOOKS / "solutions", out / "notebooks" / "solutions",
+                        dirs_exist_ok=True)
     glossary = ROOT / "docs" / "GLOSSARY.md"
     if glossary.exists():
         shutil.copy(glossary, out / "docs" / "GLOSSARY.md")

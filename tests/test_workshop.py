@@ -60,6 +60,11 @@ def test_bundle_holds_wheel_notebooks_data_and_install(bundle: Path) -> None:
     assert needed, "notebook 10 no longer names its sweeps this way: update this test"
     runs = bundle / "notebooks" / ".." / "data" / "runs"
     assert needed <= {p.stem for p in runs.glob("sweep_*.json")}
+    # every link from a notebook into its worked solutions resolves in the bundle
+    for path in (bundle / "notebooks").glob("*.ipynb"):
+        text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        for target in set(re.findall(r"\((solutions/[^)#\s]+)", text)):
+            assert (bundle / "notebooks" / target).is_file(), (path.name, target)
     # the learners' copy has no outputs
     nb = nbformat.read(bundle / "notebooks" / "00_start_here.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
