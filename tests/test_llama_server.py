@@ -449,3 +449,41 @@ def test_bad_real_engine_input_at_the_cli_is_one_clear_line(
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], (
                 argv, err)
+
+
+@pytest.mark.real
+@needs_gemma
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_no_llama_server_outlives_a_kit_stopped_by_a_signal(llama_server_binary: str,
+                                                             sig: str) -> None:
+    """``parallel-kit sim --engine llama-server`` stopped by SIGTERM (caught: the atexit net)
+    or SIGKILL (uncatchable: the child's parent-death signal) leaves no llama-server behind."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parallel_kit", "sim", "--engine", "llama-server",
+         "--num-parallel", "1", "--num-ctx", "512", "--port", "0", "--keep-alive", "-1",
+         "--llama-server", llama_server_binary],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        found = re.search(r"listening on (\S+)", proc.stdout.readline())
+        assert found, "the kit's server did not start"
+        url = found.group(1)
+        r = httpx.post(f"{url}/api/generate", json={"model": MODEL, "prompt": "Hi",
+                                                     "stream": False,
+                                                     "options": {"num_predict": 2}},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        pid = _stats(url)["pid"]
+        assert pid and Path(f"/proc/{pid}").exists()
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(60)
+        _wait_gone(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)

@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 
+from .. import children
 from ..config import num_parallel_from_env
 from ..errors import ConfigError
 from ..launcher import free_port, stop_process
@@ -128,6 +129,30 @@ def _signal_name(code: int) -> str:
             return signal.Signals(-code).name
         return f"signal {-code}"
     return f"exit status {code}"
+
+
+#: prctl(2) option: the signal a child gets when the thread that started it ends
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` that makes llama-server get SIGKILL when the kit's thread that started
+    it ends (Linux ``prctl(PR_SET_PDEATHSIG)``), so no model process outlives a kit killed by
+    a signal it cannot catch; None elsewhere (the atexit net of :mod:`parallel_kit.children`
+    still covers every exit Python sees)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+    return preexec
 
 
 class LlamaServerEngine:
@@ -402,7 +427,9 @@ class LlamaServerEngine:
                            num_ctx=self.num_ctx, threads=self.threads)
         with os.fdopen(fd, "wb") as out:
             self._proc = subprocess.Popen([str(self.binary), *args], stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT)
+                                          stdout=out, stderr=subprocess.STDOUT,
+                                          preexec_fn=_die_with_parent())
+        children.register(self._proc)  # stopped at exit whatever path the exit took
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
                                          limits=httpx.Limits(max_keepalive_connections=0))
         deadline = time.monotonic() + self.load_timeout_s
@@ -476,6 +503,7 @@ class LlamaServerEngine:
             await client.aclose()
         if proc is not None:
             await asyncio.get_running_loop().run_in_executor(None, stop_process, proc, 10.0)
+            children.forget(proc)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
