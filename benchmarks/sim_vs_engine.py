@@ -8,8 +8,12 @@ as Vidur (MLSys'24: < 9 % E2E), BLIS-Evolved (11.79 % E2E, 22.81 % TTFT over 38 
 APEX (10.7 %) report theirs.
 
 The simulator is calibrated once from the engine, as a user would (``probe`` for one request
-alone, ``calibrate.measure_speedup_samples`` for S(k), k = 1…4, medians of ``--repeats``), with
-no per-configuration fitting. Configurations (21):
+alone, ``calibrate.measure_speedup_samples`` for S(k), k = 1…4, medians of ``--repeats``, and
+whether the engine reuses a slot's common prefix at all, from its own count of cached tokens),
+with no per-configuration fitting. Gemma 3 is a sliding-window-attention model, and llama-server
+re-processes its whole prompt on every request (llama.cpp PR #13194, #13833: the reduced SWA
+cache cannot be rolled back), so with this model the simulator's prompt cache is turned off;
+``--assume-reuse`` keeps it on, to show what the wrong assumption costs. Configurations (21):
 
 * slots 1, 2, 4 (``-np``);
 * load: a closed loop of 2 × slots clients, and Poisson arrivals at utilisation ρ ≈ 0.5 and 0.8
@@ -41,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import statistics
 import sys
 import time
@@ -95,18 +100,40 @@ def configurations(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _figures(run: RunResult) -> dict[str, float]:
+def _figures(run: RunResult, profile: Any = None) -> dict[str, float]:
+    """Per-configuration means (model s). With ``profile`` (the engine's runs), also what the
+    latency model leaves out, measured from the rows: ``client_outside_server_s`` = the
+    client's latency − the server's ``total_duration`` (HTTP and the client), ``server_other_s``
+    = ``total_duration`` − prefill − decode − load durations (queue wait at the server and
+    whatever llama-server does outside its own timings), and ``prompt_tokens_over_model`` =
+    the server's prompt token count ÷ the simulator's count for the same text (the chat
+    template's tokens, and the tokenizer's)."""
     rows = [r for r in run.requests if r.ok]
     s = run.summary
-    return {"e2e_s": statistics.mean(r.latency_s for r in rows),
-            "ttft_s": statistics.mean(r.ttft_s for r in rows),
-            "itl_s": float(s.itl_mean_s), "makespan_s": float(s.makespan_s),
-            "ok": s.ok, "n": s.n}
+    out = {"e2e_s": statistics.mean(r.latency_s for r in rows),
+           "ttft_s": statistics.mean(r.ttft_s for r in rows if math.isfinite(r.ttft_s)),
+           "itl_s": float(s.itl_mean_s), "makespan_s": float(s.makespan_s),
+           "ok": s.ok, "n": s.n}
+    if profile is not None:
+        timed = [r for r in rows if r.server_eval_s is not None
+                 and r.server_prompt_eval_s is not None and r.server_total_s is not None]
+        if timed:
+            out["client_outside_server_s"] = statistics.mean(
+                r.latency_s - (r.server_total_s or 0) for r in timed)
+            out["server_other_s"] = statistics.mean(
+                (r.server_total_s or 0) - (r.server_prompt_eval_s or 0) - (r.server_eval_s or 0)
+                - (r.server_load_s or 0) for r in timed)
+        counted = [(r.prompt_tokens, profile.prompt_tokens(r.prompt)) for r in rows
+                   if r.prompt_tokens]
+        if counted:
+            out["prompt_tokens_over_model"] = statistics.mean(a / b for a, b in counted if b)
+    return out
 
 
 @contextlib.contextmanager
-def sim_server(profile: Any, slots: int) -> Iterator[str]:
-    sim = SimulatedOllama(profile, num_parallel=slots, time_scale=SIM_SCALE)
+def sim_server(profile: Any, slots: int, prompt_cache: bool = True) -> Iterator[str]:
+    sim = SimulatedOllama(profile, num_parallel=slots, time_scale=SIM_SCALE,
+                          prompt_cache=prompt_cache)
     sim.start_in_thread()
     try:
         yield sim.url
@@ -115,7 +142,8 @@ def sim_server(profile: Any, slots: int) -> Iterator[str]:
 
 
 async def one(url: str, *, simulated: bool, mode: str, specs: list[RequestSpec],
-              concurrency: int, arrivals: Arrivals | None) -> dict[str, float]:
+              concurrency: int, arrivals: Arrivals | None,
+              profile: Any = None) -> dict[str, float]:
     kw: dict[str, Any] = ({"backend": "sim", "time_scale": SIM_SCALE} if simulated
                           else {"backend": "ollama"})
     hosts = url.split(",")
@@ -124,11 +152,31 @@ async def one(url: str, *, simulated: bool, mode: str, specs: list[RequestSpec],
                          **kw))[mode]
     failed = [r.error for r in run.requests if not r.ok]
     assert not failed, failed[:3]
-    return _figures(run)
+    return _figures(run, None if simulated else profile)
 
 
 def _ape(sim: float, real: float) -> float:
     return (sim - real) / real
+
+
+async def prefix_reuse(url: str) -> dict[str, Any]:
+    """Does the engine reuse a slot's common prefix? Two requests sharing a ~300-token prefix
+    on one slot, and the engine's own count of cached tokens (``/sim/stats``) before and after.
+    (llama-server re-processes the whole prompt of a sliding-window-attention model such as
+    Gemma 3, whose reduced SWA cache cannot be rolled back: llama.cpp PR #13194, #13833.)"""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=120, trust_env=False) as http:
+        before = (await http.get(f"{url}/sim/stats")).json().get("cached_tokens", 0)
+        counts = []
+        for p in prompts("reuse-check", "long-shared", 2):
+            r = await http.post(f"{url}/api/generate", json={
+                "model": MODEL, "prompt": p, "stream": False, "options": {"num_predict": 2}})
+            r.raise_for_status()
+            counts.append(r.json().get("prompt_eval_count"))
+        after = (await http.get(f"{url}/sim/stats")).json().get("cached_tokens", 0)
+    return {"cached_tokens_on_second": after - before, "prompt_eval_counts": counts,
+            "reuses_prefix": after - before > 0}
 
 
 async def calibrate(url: str, repeats: int, num_predict: int) -> tuple[Any, dict[str, Any]]:
@@ -137,7 +185,9 @@ async def calibrate(url: str, repeats: int, num_predict: int) -> tuple[Any, dict
                                       repeats=repeats)
     profile = profile_from_probe("llama-server-here", {**alone.to_dict(), "speedup": s.median},
                                  num_parallel=4, output_tokens=(num_predict, num_predict))
-    return profile, {"probe_alone": alone.to_dict(), "speedup": s.to_dict()}
+    reuse = await prefix_reuse(url)
+    return profile, {"probe_alone": alone.to_dict(), "speedup": s.to_dict(),
+                     "prefix_reuse": reuse}
 
 
 def _rate(profile: Any, slots: int, rho: float, specs: list[RequestSpec]) -> float:
@@ -156,10 +206,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                            "command": " ".join(["benchmarks/sim_vs_engine.py", *args.argv])}
     with kit_server(4) as url:
         profile, doc["calibration"] = await calibrate(url, args.repeats, args.num_predict)
+    # the simulator reuses prefixes only when the engine was measured to (``--assume-reuse``
+    # keeps the simulator's default, to show what a wrong assumption costs)
+    cache = args.assume_reuse or doc["calibration"]["prefix_reuse"]["reuses_prefix"]
+    doc["simulator_prompt_cache"] = cache
     rows: list[dict[str, Any]] = []
     for slots in (1, 2, 4):
         grid = [c for c in configurations(args.quick) if c["slots"] == slots]
-        with kit_server(slots) as real_url, sim_server(profile, slots) as sim_url:
+        with kit_server(slots) as real_url, \
+                sim_server(profile, slots, cache) as sim_url:
             for c in grid:
                 tag = f"s{slots}-{c['load']}-{c['prompts']}"
                 specs = [RequestSpec(p, model=MODEL, num_predict=args.num_predict,
@@ -172,7 +227,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                         n=args.n)
                 conc = 2 * slots
                 real = await one(real_url, simulated=False, mode="async", specs=specs,
-                                 concurrency=conc, arrivals=arrivals)
+                                 concurrency=conc, arrivals=arrivals, profile=profile)
                 # the simulator gets the same text under another tag: its cache starts cold too
                 sim_specs = [RequestSpec(p, model=MODEL, num_predict=args.num_predict,
                                          request_id=f"sim-{tag}-{i}")
@@ -192,6 +247,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     doc["mean_signed_error"] = {k: round(statistics.mean(r["error"][k] for r in rows), 4)
                                 for k in TARGETS}
     doc["within_target"] = {k: doc["mape"][k] <= t for k, t in TARGETS.items()}
+    args.sim_cache = cache
     doc["pool"] = await pool_figure(profile, args)
     doc["elapsed_s"] = round(time.time() - started, 1)
     doc["machine_after"] = machine()
@@ -207,8 +263,8 @@ async def pool_figure(profile: Any, args: argparse.Namespace) -> dict[str, Any]:
                  for i, p in enumerate(prompts("sim-pool", "short", args.n))]
     with kit_server(1) as a, kit_server(1) as b:
         real = await one(f"{a},{b}", simulated=False, mode="pool", specs=specs,
-                         concurrency=2, arrivals=None)
-    with sim_server(profile, 1) as a, sim_server(profile, 1) as b:
+                         concurrency=2, arrivals=None, profile=profile)
+    with sim_server(profile, 1, args.sim_cache) as a, sim_server(profile, 1, args.sim_cache) as b:
         sim = await one(f"{a},{b}", simulated=True, mode="pool", specs=sim_specs,
                         concurrency=2, arrivals=None)
     return {"servers": 2, "slots": 1,
@@ -224,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-predict", type=int, default=32)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--assume-reuse", action="store_true",
+                        help="the simulator reuses prefixes whatever the engine does")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

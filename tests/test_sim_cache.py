@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parallel_kit.sim import timer as timer_module
-from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
+from parallel_kit.sim.engine import NO_PREFIX_REUSE_FAMILIES, Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import Profile, load_profile
 from parallel_kit.sim.prompt_cache import (
     TOKEN_BYTES,
@@ -271,6 +271,30 @@ def test_http_counts_cached_tokens_as_ollama_does() -> None:
 def _with_family(family: str, capabilities: tuple[str, ...] = ("completion",)) -> Profile:
     speed = replace(RTX.speed(MODEL), family=family, capabilities=capabilities)
     return replace(RTX, models={MODEL: speed})
+
+
+@pytest.mark.parametrize("family", [*sorted(NO_PREFIX_REUSE_FAMILIES), "llama", "qwen2"])
+def test_sliding_window_families_prefill_the_whole_prompt_every_time(family: str) -> None:
+    """llama-server re-processes a sliding-window model's whole prompt (its SWA cache cannot
+    be rolled back to a common prefix); other families reuse the prefix."""
+    prefix = "p" * (500 * TOKEN_BYTES)
+    second = prefix + "B another question"
+    profile = _with_family(family)
+
+    async def main() -> Done:
+        e = engine(profile, num_parallel=1)
+        await e.load(MODEL)
+        await answer(e, prefix + "A first question?")
+        return await answer(e, second)
+
+    d2 = run(main)
+    n2 = RTX.prompt_tokens(second)
+    assert d2.prompt_eval_count == n2
+    if family in NO_PREFIX_REUSE_FAMILIES:
+        assert d2.cached_tokens == 0
+        assert d2.prompt_eval_duration == round(n2 / PREFILL * NS)
+    else:
+        assert d2.cached_tokens == 500
 
 
 @pytest.mark.parametrize("family", ["qwen3next", "lfm2", "mllama", "nemotron_h", "qwen35moe"])

@@ -69,6 +69,7 @@ from .protocol import (
 from .timer import TIMER, sleep_until
 
 __all__ = [
+    "NO_PREFIX_REUSE_FAMILIES",
     "SINGLE_SLOT_FAMILIES",
     "BusyError",
     "Done",
@@ -115,6 +116,15 @@ _CTX_TIERS = (262144, 32768, 4096)
 SINGLE_SLOT_FAMILIES = frozenset({"mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe",
                                   "qwen3next", "lfm2", "lfm2moe", "nemotron_h",
                                   "nemotron_h_moe"})
+
+
+#: Sliding-window-attention families whose prompt llama-server re-processes whole on every
+#: request: their SWA cache holds only the window, and a slot's state cannot be rolled back to
+#: a common prefix ("forcing full prompt re-processing due to lack of cache data"; llama.cpp
+#: PR #13194, #13833). Measured on the kit's llama-server with Gemma 3 270M: a second prompt
+#: sharing 300 of its 310 tokens is prefilled whole (``benchmarks/sim_vs_engine.py``).
+NO_PREFIX_REUSE_FAMILIES = frozenset({"gemma2", "gemma3", "gemma3n", "gpt-oss", "gptoss",
+                                      "cohere2"})
 
 
 def single_slot_reason(family: str, capabilities: Sequence[str] = ()) -> str | None:
@@ -552,7 +562,8 @@ class SimEngine:
         """Tokens of ``prompt`` the slot already holds, after the host-cache step
         (``prompt_save`` then ``prompt_load``); at most ``prompt_tokens − 1``, as llama-server
         always processes the prompt's last token."""
-        if not self.prompt_cache:
+        if not self.prompt_cache or \
+                self.profile.speed(inst.name).family in NO_PREFIX_REUSE_FAMILIES:
             slot.content = b""
             return 0
         lcp = common_prefix_tokens(slot.content, prompt)
