@@ -4,8 +4,9 @@ A run can take minutes; an unwritable ``--json`` path found only when the run is
 of it away (a traceback, no file). So:
 
 * :func:`check_writable` runs before the clock starts: each path's folder must exist or be
-  creatable and be writable, and the path must not be a folder — a
-  :class:`~parallel_kit.errors.ConfigError` naming the flag and the cause otherwise;
+  creatable and be writable, the path must not be a folder, and a figure's suffix must be a
+  format matplotlib writes — a :class:`~parallel_kit.errors.ConfigError` naming the flag and
+  the cause otherwise;
 * :func:`write_or_rescue` writes a file and, when that still fails (disk full, the folder removed
   meanwhile), writes it to a fallback file in the system's temporary folder and says where.
 """
@@ -21,19 +22,47 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["check_writable", "fallback_path", "write_or_rescue"]
+__all__ = ["check_figure_format", "check_writable", "fallback_path", "write_or_rescue"]
+
+
+def figure_formats() -> list[str]:
+    """The file suffixes (no dot, lower case) matplotlib's default canvas can write."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def check_figure_format(flag: str, raw: str | os.PathLike[str] | None) -> None:
+    """Check that a figure path's suffix is a format matplotlib writes (none means PNG).
+
+    Raises:
+        ConfigError: naming the flag, the suffix and the formats there are.
+    """
+    if raw is None or raw == "":
+        return
+    suffix = Path(raw).suffix.lower().lstrip(".")
+    if suffix and suffix not in figure_formats():
+        raise ConfigError(f"{flag} {os.fspath(raw)}: a figure cannot be written as .{suffix} — "
+                          f"end the name in one of {', '.join('.' + f for f in figure_formats())}")
 
 
 def check_writable(paths: Iterable[tuple[str, str | os.PathLike[str] | None]], *,
-                   folders: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
+                   folders: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+                   figures: Iterable[tuple[str, str | os.PathLike[str] | None]] = ()) -> None:
     """Check output paths before a run: ``(flag, path)`` pairs; ``None`` paths are skipped.
 
     ``paths`` are files (their folder is created when missing); ``folders`` are output
-    folders (created when missing).
+    folders (created when missing); ``figures`` are files whose suffix must also be a figure
+    format (:func:`check_figure_format`).
 
     Raises:
         ConfigError: the first path that cannot be written, naming the flag and the reason.
     """
+    figures = list(figures)
+    for flag, raw in figures:
+        check_figure_format(flag, raw)
+    paths = [*paths, *figures]
+    folders = list(folders)
     for flag, raw in [*paths, *folders]:
         if raw is not None and "\x00" in os.fspath(raw):
             raise ConfigError(f"{flag} {os.fspath(raw)!a} holds a NUL byte, which no file name "

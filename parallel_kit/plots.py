@@ -606,7 +606,13 @@ def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = SAVE_DPI) -> P
     """Write the figure (format from the suffix, PNG by default) and return the path.
 
     Creates missing parent folders.
+
+    Raises:
+        ConfigError: the suffix is not a format matplotlib writes.
     """
+    from .outputs import check_figure_format
+
+    check_figure_format("figure path", path)
     p = Path(path)
     if not p.suffix:
         p = p.with_suffix(".png")

@@ -40,7 +40,10 @@ REACH_TIMEOUT_S = 10.0
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 
 _lock = threading.Lock()
-_started_by_kit = False
+#: GCS address of the local cluster the kit started in this process (None: none). A cluster
+#: is the kit's to stop or resize only while Ray is still connected to that very address —
+#: a caller may have shut it down and started its own since.
+_started_gcs: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +73,23 @@ def import_ray() -> ModuleType:
     return ray
 
 
+def _current_gcs(ray: Any) -> str:
+    if not ray.is_initialized():
+        return ""
+    try:
+        return str(getattr(ray.get_runtime_context(), "gcs_address", "") or "")
+    except Exception:  # a half-torn-down Ray
+        return ""
+
+
+def _ours(ray: Any) -> bool:
+    return _started_gcs is not None and _current_gcs(ray) == _started_gcs
+
+
 def started_by_kit() -> bool:
     """Whether the Ray this process uses was started by the kit (and so may be stopped by it)."""
-    return _started_by_kit
+    ray = import_ray()
+    return _ours(ray)
 
 
 def connect(gpus: int, address: str | None = None) -> ClusterInfo:
@@ -87,22 +104,28 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
         ConfigError: ``gpus`` < 1, or the address cannot be reached.
         MissingDependency: Ray is not installed.
     """
-    global _started_by_kit
+    global _started_gcs
     if gpus < 1:
         raise ConfigError(f"--gpus must be at least 1, got {gpus} — the ray mode runs one "
                           f"worker per GPU")
     ray = import_ray()
     address = address or os.environ.get("RAY_ADDRESS") or None
     t0 = time.perf_counter()
+    if address:
+        # Always, even with Ray already up: a dead address must be named, never replaced by
+        # whatever cluster this process happens to hold.
+        check_reachable(address)
     with _lock:
-        # Started by us for fewer GPUs: restart it bigger (it is ours to change).
-        if (ray.is_initialized() and _started_by_kit and not address
-                and _total_gpus(ray) < gpus):
+        ours = _ours(ray)
+        # Ours and too small, or ours while the caller names another cluster: it is ours to
+        # stop (a cluster someone else started is never touched).
+        if ours and ((address and address != "auto") or _total_gpus(ray) < gpus):
             ray.shutdown()
-            _started_by_kit = False
+            ours = False
+        if not ours:
+            _started_gcs = None
         if not ray.is_initialized():
             if address:
-                check_reachable(address)
                 try:
                     with keep_signal_handlers():
                         ray.init(address=address, log_to_driver=False,
@@ -117,11 +140,10 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
                 # num_cpus: the actors ask for none, so the machine's cores stay for the
                 # servers; logical GPUs let a laptop rehearse a GPU cluster.
                 _start_local(ray, gpus)
-                _started_by_kit = True
-        ctx = ray.get_runtime_context()
-        addr = str(getattr(ctx, "gcs_address", "") or "")
+                _started_gcs = _current_gcs(ray)
+        addr = _current_gcs(ray)
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        return ClusterInfo(addr, _started_by_kit, _total_gpus(ray), nodes,
+        return ClusterInfo(addr, _ours(ray), _total_gpus(ray), nodes,
                            time.perf_counter() - t0)
 
 
@@ -291,12 +313,12 @@ def require_gpus(gpus: int, grace_s: float = 10.0) -> None:
 
 def shutdown(force: bool = False) -> bool:
     """Stop the local cluster if the kit started it (or ``force``); returns whether it did."""
-    global _started_by_kit
+    global _started_gcs
     ray = import_ray()
     with _lock:
-        if ray.is_initialized() and (_started_by_kit or force):
+        if ray.is_initialized() and (_ours(ray) or force):
             ray.shutdown()
-            _started_by_kit = False
+            _started_gcs = None
             return True
     return False
 

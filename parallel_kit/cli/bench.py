@@ -123,8 +123,8 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..outputs import check_writable
 
     # Outputs first: a bad path must not cost the run.
-    check_writable([("--json", args.json), ("--csv", args.csv), ("--plot", args.plot),
-                    ("--html", getattr(args, "html", None))])
+    check_writable([("--json", args.json), ("--csv", args.csv),
+                    ("--html", getattr(args, "html", None))], figures=[("--plot", args.plot)])
     from ..metrics import Slo
 
     hosts = unique_hosts(args.host)

@@ -109,9 +109,10 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..outputs import check_writable, write_or_rescue
     from ..sweep import Sweep, parse_rates, sweep
 
-    check_writable([("--json", args.json), ("--plot", args.plot),
-                    ("--html", getattr(args, "html", None)),
-                    ("--plot", str(_throughput_path(Path(args.plot))) if args.plot else None)])
+    check_writable([("--json", args.json), ("--html", getattr(args, "html", None))],
+                   figures=[("--plot", args.plot),
+                            ("--plot", str(_throughput_path(Path(args.plot)))
+                             if args.plot else None)])
     rates = parse_rates(args.rates)
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be 0 or more, got {args.warmup}")
