@@ -69,10 +69,12 @@ TOPICS = ["the sea", "a lighthouse", "the weather", "a harbour", "the night shif
 
 
 @contextlib.contextmanager
-def kit_server(slots: int) -> Iterator[str]:
-    """``parallel-kit sim --engine llama-server`` in a child process; yields its URL."""
+def kit_server(slots: int, threads: int | None = None) -> Iterator[str]:
+    """``parallel-kit sim --engine llama-server`` in a child process; yields its URL.
+    ``threads``: llama-server's ``-t`` (default: its own, every core)."""
     cmd = [PYTHON, "-m", "parallel_kit", "sim", "--engine", "llama-server", "--num-parallel",
-           str(slots), "--num-ctx", "1024", "--port", "0", "--keep-alive", "-1"]
+           str(slots), "--num-ctx", "1024", "--port", "0", "--keep-alive", "-1",
+           *(["--threads", str(threads)] if threads else [])]
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
                                 env=dict(os.environ, PYTHONPATH=str(ROOT)))

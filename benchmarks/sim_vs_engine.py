@@ -26,7 +26,9 @@ configurations; within one, the shared prefix is what llama-server's slots reuse
 (``cache_prompt``) and what the simulator's prompt cache must reproduce.
 
 Plus one pool figure: the pool mode on 2 servers of 1 slot each, closed loop, engine vs
-simulator.
+simulator. Both servers run on this one CPU, so each gets half the cores (``--pool-threads``,
+as the kit itself gives servers it starts together), and the simulator is calibrated from one
+such server alone; ``--pool-threads 0`` leaves llama-server's default (every core, each).
 
 Targets: E2E ≤ 5 %, TTFT ≤ 10 %, ITL ≤ 10 % MAPE. Where one is missed, the per-configuration
 rows say where, and the signed errors say which way.
@@ -46,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import statistics
 import sys
 import time
@@ -256,18 +259,25 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 async def pool_figure(profile: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The pool mode on 2 servers of 1 slot each, closed loop of 2, engine vs simulator."""
+    threads = args.pool_threads or None
+    if threads:  # the simulator is calibrated from one such server alone
+        with kit_server(1, threads) as url:
+            alone = await probe(url, MODEL, max_k=1, num_predict=args.num_predict,
+                                repeats=args.repeats)
+        profile = profile_from_probe("llama-server-pool", alone.to_dict(), num_parallel=1,
+                                     output_tokens=(args.num_predict, args.num_predict))
     specs = [RequestSpec(p, model=MODEL, num_predict=args.num_predict, request_id=f"pool-{i}")
              for i, p in enumerate(prompts("pool", "short", args.n))]
     sim_specs = [RequestSpec(p, model=MODEL, num_predict=args.num_predict,
                              request_id=f"sim-pool-{i}")
                  for i, p in enumerate(prompts("sim-pool", "short", args.n))]
-    with kit_server(1) as a, kit_server(1) as b:
+    with kit_server(1, threads) as a, kit_server(1, threads) as b:
         real = await one(f"{a},{b}", simulated=False, mode="pool", specs=specs,
                          concurrency=2, arrivals=None, profile=profile)
     with sim_server(profile, 1, args.sim_cache) as a, sim_server(profile, 1, args.sim_cache) as b:
         sim = await one(f"{a},{b}", simulated=True, mode="pool", specs=sim_specs,
                         concurrency=2, arrivals=None)
-    return {"servers": 2, "slots": 1,
+    return {"servers": 2, "slots": 1, "threads_each": threads or "llama-server's default",
             "engine": {k: round(v, 4) for k, v in real.items()},
             "simulator": {k: round(v, 4) for k, v in sim.items()},
             "error": {k: round(_ape(sim[k], real[k]), 4)
@@ -282,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--assume-reuse", action="store_true",
                         help="the simulator reuses prefixes whatever the engine does")
+    parser.add_argument("--pool-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="llama-server -t of each pool server (0: its default, every core)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

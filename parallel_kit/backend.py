@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -445,7 +446,7 @@ async def open_backend(
                 sim = SimulatedOllama(profile_name, num_parallel=slots, time_scale=scale,
                                       models=[model],
                                       engine=make_engine(engine, engine_options, slots=slots,
-                                                         model=model))
+                                                         model=model, sharing=servers))
                 await stack.enter_async_context(sim)
                 started.append(sim)
                 endpoints.append(Endpoint(sim.url, slots=sim.num_parallel,
@@ -462,15 +463,25 @@ async def open_backend(
 
 
 def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None = None,
-                model: str | None = None) -> Any:
+                model: str | None = None, sharing: int = 1) -> Any:
     """The token engine of an embedded server: None = the simulator's latency model.
 
     Engines are found by name in :mod:`parallel_kit.sim.registry`; ``llama-server`` builds a real
-    model on the CPU serving ``model`` with ``slots`` instances; ``options`` may carry ``gguf``
-    and ``threads_per_slot``.
+    model on the CPU serving ``model`` with ``slots`` slots; ``options`` may carry ``gguf``,
+    ``threads`` and ``num_ctx``.
+
+    ``sharing``: real engines started on this machine at once (a pool or Ray run of N servers).
+    Without ``threads``, each then gets an equal share of the cores, ``max(1, cores // N)``:
+    llama-server's default is every core (``common/common.cpp``, ``cpu_get_num_math``), and N
+    servers each spinning that many threads on the same cores measured 15× slower tokens
+    than one server alone (2 servers, 2 cores: ``benchmarks/sim_vs_engine.py``).
     """
+    from .sim.registry import engine_info
     from .sim.registry import make_engine as build
 
     opts = dict(options or {})
     opts.setdefault("num_parallel", slots)
+    if (sharing > 1 and engine_info(name).real_time and opts.get("threads") is None
+            and opts.get("threads_per_slot") is None):
+        opts["threads"] = max(1, (os.cpu_count() or 1) // sharing)
     return build(name, models=[model] if model else None, **opts)

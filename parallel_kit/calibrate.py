@@ -103,7 +103,8 @@ def speedup_points(speedup: Mapping[Any, Any]) -> tuple[list[list[float]], str]:
 def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None,
                        output_tokens: tuple[int, int] | None = None,
                        num_parallel: int | None = None, description: str = "",
-                       details: Mapping[str, Any] | None = None) -> Profile:
+                       details: Mapping[str, Any] | None = None,
+                       prefill_in_batch: bool = True) -> Profile:
     """A simulator profile from one probe (a ``ProbeResult`` or its dict / JSON form).
 
     Args:
@@ -121,6 +122,10 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         num_parallel: slots per model (default the probe's ``effective_slots``).
         details: ``/api/tags`` details to keep (``size``, ``parameter_size``,
             ``quantization_level``, ``family``, ``context_length``).
+        prefill_in_batch: the profile's :attr:`~parallel_kit.sim.profiles.Profile.
+            prefill_in_batch`. True by default: every server a probe measures batches prompt
+            tokens with the other slots' decode tokens (llama-server's ``update_slots``, which
+            Ollama ≥ 0.30 runs; Ollama's earlier runner built one batch the same way).
 
     The simulator counts a prompt's tokens as about 4 UTF-8 bytes each
     (:meth:`Profile.prompt_tokens`); a real tokenizer differs (Gemma 3 counts 46 tokens in the
@@ -173,7 +178,8 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         name=name.strip(), models={model: speed}, default_model=model,
         scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
         description=description or f"Calibrated from a probe of {host} ({model}).",
-        scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result))
+        scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result),
+        prefill_in_batch=prefill_in_batch)
     counted = _get(probe_result, "prompt_tokens")
     nbytes = _get(probe_result, "prompt_bytes")
     if prefill is not None and _whole(counted) and _whole(nbytes):

@@ -47,3 +47,18 @@ async def test_a_real_engine_behind_host_is_labelled_by_its_name(llama_server_bi
             assert b.engine == "llama-server"
         assert "llama.cpp llama-server (Ollama's engine)" in seen[0]
         assert "simulated Ollama" not in seen[0]
+
+
+@pytest.mark.skipif(not HAVE_REAL, reason="the [real] extra (the Gemma GGUF) is not installed")
+@pytest.mark.parametrize("servers", [1, 2, 3, 8])
+def test_real_engines_started_together_share_the_cores(servers: int) -> None:
+    import os
+
+    from parallel_kit.backend import make_engine as engine_for
+
+    engine = engine_for("llama-server", {}, slots=1, model="gemma3:270m", sharing=servers)
+    assert engine.threads == (None if servers == 1 else max(1, (os.cpu_count() or 1) // servers))
+    # asked for explicitly: kept, whatever the sharing
+    assert engine_for("llama-server", {"threads": 3}, slots=1, model="gemma3:270m",
+                      sharing=servers).threads == 3
+    assert engine_for("sim", {}, slots=1, sharing=servers) is None

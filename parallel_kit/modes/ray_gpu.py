@@ -118,6 +118,8 @@ class WorkerPlan:
     profile: str = "seed"
     engine: str = "sim"
     engine_options: dict[str, Any] = field(default_factory=dict)
+    #: real engines this run starts on one machine (their cores are shared: ``make_engine``)
+    sharing: int = 1
     ollama_env: dict[str, str] = field(default_factory=dict)
     warm_up: bool = True
     ready_timeout_s: float = 120.0
@@ -209,7 +211,8 @@ class GpuWorker:
             sim = SimulatedOllama(plan.profile, num_parallel=plan.slots,
                                   time_scale=plan.time_scale, models=[plan.model],
                                   engine=make_engine(plan.engine, plan.engine_options,
-                                                     slots=plan.slots, model=plan.model))
+                                                     slots=plan.slots, model=plan.model,
+                                                     sharing=plan.sharing))
             await sim.__aenter__()
             self._sim = sim
             self.url, self.kind = sim.url, "sim"
@@ -328,7 +331,10 @@ def plan_workers(ctx: ModeContext) -> list[WorkerPlan]:
                               f"mode binds GPU i to endpoint i, so give one --host per GPU")
         return [WorkerPlan(url=ep.url, launch="given", slots=ep.slots, warm_up=False, **common)
                 for ep in ctx.endpoints]
-    return [WorkerPlan(launch=launch or "auto", slots=servers.slots, **common)
+    # A local cluster's actors start their engines on this one machine: they share its cores.
+    local = not (ctx.ray.address or os.environ.get("RAY_ADDRESS"))
+    return [WorkerPlan(launch=launch or "auto", slots=servers.slots,
+                       sharing=gpus if local else 1, **common)
             for _ in range(gpus)]
 
 

@@ -25,7 +25,12 @@ cut to ``num_ctx`` tokens, as Ollama's runner truncates it — in ``prompt_token
 prefill_tps``, then decodes in the model's batch: with k requests decoding at once each step
 takes ``k / (decode_tps × S(k))`` model seconds and gives every one of them a token, as
 llama.cpp's continuous batching does. A request that finishes its prompt while a step runs joins
-at the next step. All deadlines are absolute (``loop.time()``), so late wake-ups never add up,
+at the next step. With a profile's ``prefill_in_batch`` (profiles measured on llama-server) the
+prompt is processed inside that same batch instead, as llama-server's ``update_slots`` builds
+one batch of every decoding slot's next token plus prompt tokens up to ``n_batch``
+(:data:`N_BATCH`): a step then takes its decode time plus the prompt tokens' prefill time, a
+prompt waits for the step under way, and the requests decoding wait for the prompt. All
+deadlines are absolute (``loop.time()``), so late wake-ups never add up,
 and the durations reported are the model's own (model seconds → nanoseconds), not measured
 ones. ``time_scale`` F multiplies every wait.
 """
@@ -85,6 +90,10 @@ __all__ = [
     "parse_keep_alive",
     "single_slot_reason",
 ]
+
+#: llama-server's default logical batch, ``-b`` / ``n_batch`` (``common/common.h``): the most
+#: prompt tokens one batch takes; a longer prompt continues in the next steps.
+N_BATCH = 2048
 
 # Kept for callers of the earlier module layout.
 _sleep_until = sleep_until
@@ -189,6 +198,19 @@ class _Seq:
             w.set_result(None)
 
 
+class _Prefill:
+    """A prompt waiting for, or being processed in, the model's batch (``prefill_in_batch``)."""
+
+    __slots__ = ("done", "factor", "left", "seq")
+
+    def __init__(self, tokens: int, factor: float, seq: _Seq,
+                 done: asyncio.Future[float]) -> None:
+        self.left = tokens
+        self.factor = factor  # the request's duration factor (jitter)
+        self.seq = seq  # joins the decode batch when the prompt is done
+        self.done = done  # result: the planned end of the step that finished the prompt
+
+
 class _Instance:
     """One served model: its load state, memory, slots, FIFO queue and decode batch."""
 
@@ -218,6 +240,7 @@ class _Instance:
         self.queue: deque[asyncio.Future[tuple[float, Slot]]] = deque()
         self.batch: list[_Seq] = []
         self.joining: list[_Seq] = []
+        self.prompts: list[_Prefill] = []  # prompts the batch processes (prefill_in_batch)
         self.stepper: asyncio.Task[None] | None = None
 
     # memory --------------------------------------------------------------------------------
@@ -326,24 +349,54 @@ class _Instance:
         else:
             self.joining.append(seq)
 
+    def prefill_in_batch(self, job: _Prefill, t_start: float) -> None:
+        """Hand a prompt to the batch (``prefill_in_batch``); ``job.done`` gets the planned
+        end of the step that finishes it, and its request then decodes from the next step."""
+        job.seq.t_last = t_start
+        self.prompts.append(job)
+        if self.stepper is None:
+            self.stepper = asyncio.get_running_loop().create_task(self._step_loop(t_start))
+
     def leave(self, seq: _Seq) -> None:
         seq.cancelled = True
         if seq in self.batch:
             self.batch.remove(seq)
         if seq in self.joining:
             self.joining.remove(seq)
+        self.prompts = [j for j in self.prompts if j.seq is not seq]
 
     def _gives_first_or_last_token(self) -> bool:
         """Whether the next step starts or ends a request in the batch (what a client sees:
-        its first token, its last); the steps in between may wake a little late."""
+        its first token, its last) or ends a prompt; the steps in between may wake a little
+        late."""
+        if self.prompts:
+            return True
         for seq in self.batch:
             after = seq.progress + seq.gain + 1e-9
             if after >= 1.0 and (seq.produced == 0 or seq.produced + int(after) >= seq.total):
                 return True
         return False
 
+    def _take_prompts(self, t: float) -> tuple[float, float, list[_Prefill]]:
+        """The prompt tokens this step processes, up to :data:`N_BATCH` in arrival order:
+        (the step's start, its prefill time in clock seconds, the prompts it finishes)."""
+        budget, prefill, finished = N_BATCH, 0.0, []
+        for job in self.prompts:
+            t = max(t, job.seq.t_last)  # handed over after this boundary: from then
+            take = min(job.left, budget)
+            prefill += (self.engine.profile.prefill_s(take, self.name) * job.factor
+                        * self.engine.time_scale)
+            job.left -= take
+            budget -= take
+            if job.left <= 0:
+                finished.append(job)
+            if budget <= 0:
+                break
+        return t, prefill, finished
+
     async def _step_loop(self, t: float) -> None:
-        """Run decode steps until the batch is empty; ``t`` is the planned step boundary."""
+        """Run steps until the batch is empty and no prompt waits; ``t`` is the planned step
+        boundary."""
         profile, scale = self.engine.profile, self.engine.time_scale
         decode_tps = self.speed.decode_tps
         try:
@@ -355,12 +408,25 @@ class _Instance:
                         t = max(t, seq.t_last)
                     self.batch.extend(self.joining)
                     self.joining.clear()
-                if not self.batch:
+                if not self.batch and not self.prompts:
                     return
                 k = len(self.batch)
-                self.engine._note_decoding(k)
-                t += scale * k / (decode_tps * profile.S(k))
+                if self.prompts:
+                    t, prefill, finished = self._take_prompts(t)
+                else:
+                    prefill, finished = 0.0, []
+                if k:
+                    self.engine._note_decoding(k)
+                    t += scale * k / (decode_tps * profile.S(k))
+                t += prefill
                 await sleep_until(t, precise=self._gives_first_or_last_token())
+                for job in finished:
+                    self.prompts.remove(job)
+                    job.seq.t_last = t
+                    if job.seq.total > 0:
+                        self.joining.append(job.seq)  # decodes from the next step
+                    if not job.done.done():
+                        job.done.set_result(t)
                 for seq in self.batch:
                     seq.progress += seq.gain
                     # 1e-9: a gain of exactly 1 must give exactly one token per step.
@@ -751,12 +817,20 @@ class SimEngine:
             counts["prompt_tokens"] += prompt_tokens
             counts["cached_tokens"] += cached
             counts["hits"] += cached > 0
-            t_prefilled = t_slot + (profile.prefill_s(prompt_tokens - cached, inst.name)
-                                    * factor * scale)
-            await sleep_until(t_prefilled)
-            seq = _Seq(total, 1.0 / factor, t_prefilled)
-            if total > 0:
-                inst.join(seq, t_prefilled)
+            new_tokens = prompt_tokens - cached
+            if profile.prefill_in_batch and new_tokens > 0 and inst.speed.prefill_tps:
+                # The prompt goes through the shared batch; the step that finishes it also
+                # hands the request to the decode batch (at the next step).
+                seq = _Seq(total, 1.0 / factor, t_slot)
+                job = _Prefill(new_tokens, factor, seq, loop.create_future())
+                inst.prefill_in_batch(job, t_slot)
+                t_prefilled = await job.done
+            else:
+                t_prefilled = t_slot + profile.prefill_s(new_tokens, inst.name) * factor * scale
+                await sleep_until(t_prefilled)
+                seq = _Seq(total, 1.0 / factor, t_prefilled)
+                if total > 0:
+                    inst.join(seq, t_prefilled)
             sent = 0
             while True:
                 while sent < seq.produced:

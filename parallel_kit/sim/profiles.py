@@ -14,6 +14,7 @@ so measured profiles (``save_profile``) can override and extend the packaged one
     {"schema": 1, "profiles": {"<name>": {
         "description": str, "num_parallel": int, "gpu_memory": bytes | null, "gpus": int,
         "service_cv": float (optional, default 0),
+        "prefill_in_batch": bool (optional, default false),
         "scaling": {"points": [[k, S(k)], ...], "source": str},
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
@@ -118,6 +119,13 @@ class Profile:
             request (a real machine's jitter, measured by ``probe`` with repeats; 0 for the
             packaged profiles). The simulator itself stays deterministic; theory's latency
             predictions under load draw it in (``theory.predict_load``).
+        prefill_in_batch: prompt tokens are processed in the same batch as the other slots'
+            decode tokens, one batch at a time, as llama-server's ``update_slots`` builds it
+            (``tools/server/server.cpp``: decode tokens first, then prompt tokens up to
+            ``n_batch``): a prompt being processed lengthens the step of every request that
+            decodes, and waits for the step under way. ``False`` (the packaged profiles, the
+            teaching model): a prompt is processed beside the batch and costs the others
+            nothing. Profiles measured on llama-server set it.
     """
 
     name: str
@@ -130,6 +138,7 @@ class Profile:
     gpu_memory: int | None = None
     gpus: int = 1
     service_cv: float = 0.0
+    prefill_in_batch: bool = False
 
     # -- the latency model ---------------------------------------------------------------
     def S(self, k: int) -> float:
@@ -213,6 +222,7 @@ class Profile:
             "description": self.description, "num_parallel": self.num_parallel,
             "gpu_memory": self.gpu_memory, "gpus": self.gpus,
             **({"service_cv": self.service_cv} if self.service_cv else {}),
+            **({"prefill_in_batch": True} if self.prefill_in_batch else {}),
             "scaling": {"points": [list(p) for p in self.scaling],
                         "source": self.scaling_source},
             "default_model": self.default_model,
@@ -363,10 +373,13 @@ def profile_from_dict(name: str, entry: Any) -> Profile:
     if (isinstance(service_cv, bool) or not isinstance(service_cv, (int, float))
             or not math.isfinite(service_cv) or service_cv < 0):
         raise ConfigError(f"{where}: service_cv must be a number ≥ 0 (0: no jitter)")
+    in_batch = entry.get("prefill_in_batch", False)
+    if not isinstance(in_batch, bool):
+        raise ConfigError(f"{where}: prefill_in_batch must be true or false")
     return Profile(name=name, models=models, default_model=default, scaling=points,
                    num_parallel=num_parallel, description=str(entry.get("description", "")),
                    scaling_source=str(scaling_raw.get("source", "")), gpu_memory=gpu_memory,
-                   gpus=gpus, service_cv=float(service_cv))
+                   gpus=gpus, service_cv=float(service_cv), prefill_in_batch=in_batch)
 
 
 def _scaling_points(raw: Any, where: str) -> tuple[tuple[int, float], ...]:

@@ -1,0 +1,124 @@
+"""Prompts processed inside the decode batch (``prefill_in_batch``, as llama-server's
+``update_slots`` builds one batch of decode and prompt tokens): numbers from the engine's own
+reported durations, never the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parallel_kit.sim.engine import N_BATCH, Done, GenerateRequest, SimEngine
+from parallel_kit.sim.profiles import ModelSpeed, Profile, load_profile, profile_from_dict
+
+MODEL = "m:1b"
+SCALE = 0.002
+NS = 1e9
+
+
+def _profile(in_batch: bool, prefill_tps: float = 100.0, decode_tps: float = 10.0,
+             scaling: tuple[tuple[int, float], ...] = ((1, 1.0), (2, 1.6), (4, 2.0))) -> Profile:
+    speed = ModelSpeed(name=MODEL, decode_tps=decode_tps, prefill_tps=prefill_tps)
+    return Profile(name="t", models={MODEL: speed}, default_model=MODEL, scaling=scaling,
+                   num_parallel=4, prefill_in_batch=in_batch)
+
+
+async def _run(profile: Profile, jobs: list[tuple[float, str, int]], slots: int
+               ) -> list[Done]:
+    """Each job: (start in model seconds, prompt, num_predict)."""
+    engine = SimEngine(profile, num_parallel=slots, time_scale=SCALE)
+    await engine.load(MODEL)
+
+    async def one(start: float, prompt: str, n: int) -> Done:
+        await asyncio.sleep(start * SCALE)
+        async for item in engine.generate(GenerateRequest(model=MODEL, prompt=prompt,
+                                                          num_predict=n)):
+            if isinstance(item, Done):
+                return item
+        raise AssertionError("no Done")
+
+    return list(await asyncio.gather(*(one(*j) for j in jobs)))
+
+
+def _slack(model_s: float = 0.0) -> float:
+    """ns of rounding the float clock, scaled, can add (see test_sim_engine)."""
+    return 8 * math.ulp(time.monotonic()) / SCALE * NS + 2 + model_s * 1e-9
+
+
+def test_two_prompts_at_once_share_one_batch_and_the_decode_follows() -> None:
+    prompt = "abcd" * 10  # 10 simulator tokens: 0.1 s alone at 100 tok/s
+    pair = [(0, "A" + prompt, 5), (0, "B" + prompt, 5)]  # no common prefix to reuse
+    done = asyncio.run(_run(_profile(True), pair, slots=2))
+    # One step takes both prompts; each request waits for the whole step. (The step starts
+    # when the later prompt is handed over: the earlier one may count the clock's few µs
+    # between the two, time-scaled, on top.)
+    tokens = [d.prompt_eval_count for d in done]
+    both = sum(tokens) / 100
+    durations = sorted(d.prompt_eval_duration for d in done)
+    assert durations[0] == pytest.approx(both * NS, abs=_slack())
+    assert durations[1] >= both * NS - _slack()
+    for d in done:
+        # then five steps of two decoding at once: 2 / (10 × 1.6) s each
+        assert d.eval_duration == pytest.approx(5 * 2 / 16 * NS, abs=_slack())
+    apart = asyncio.run(_run(_profile(False), pair, slots=2))
+    assert [d.prompt_eval_duration for d in apart] == pytest.approx(
+        [t / 100 * NS for t in tokens], abs=_slack())
+
+
+def test_a_prompt_lengthens_the_step_of_the_request_decoding() -> None:
+    long_prompt = "x" * 400  # 100 tokens: 1 s of prefill
+    done = asyncio.run(_run(_profile(True), [(0, "abcd", 20), (0.55, long_prompt, 1)],
+                            slots=2))
+    assert [d.cached_tokens for d in done] == [0, 0]
+    first, second = done
+    alone = 0.01 + 20 / 10  # its own prompt (1 token), then 20 tokens alone
+    # The second prompt rode in one of the first request's steps: that step took 1 s more,
+    # and the steps after it decode two requests at once.
+    assert first.total_duration >= (alone + 1.0) * NS - _slack()
+    # The second waited for the step under way (≤ one decode step, 0.1 s), then the step of
+    # its prompt and the first's next token (1 s + 0.1 s).
+    assert 1.1 * NS - _slack() <= second.prompt_eval_duration <= 1.2 * NS + _slack()
+    without = asyncio.run(_run(_profile(False), [(0, "abcd", 20), (0.55, long_prompt, 1)],
+                               slots=2))
+    assert first.total_duration > without[0].total_duration + 0.9 * NS
+
+
+def test_a_prompt_longer_than_n_batch_takes_several_steps_and_the_same_prefill_time() -> None:
+    prompt = "y" * (4 * (N_BATCH + 10))
+    (done,) = asyncio.run(_run(_profile(True, prefill_tps=10_000), [(0, prompt, 1)], slots=1))
+    assert done.prompt_eval_duration == pytest.approx((N_BATCH + 10) / 10_000 * NS,
+                                                      abs=_slack())
+
+
+def test_the_flag_round_trips_through_the_profile_file() -> None:
+    prof = replace(load_profile("seed"), prefill_in_batch=True)
+    again = profile_from_dict(prof.name, prof.to_dict())
+    assert again.prefill_in_batch and not load_profile("seed").prefill_in_batch
+    assert "prefill_in_batch" not in load_profile("seed").to_dict()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(jobs=st.lists(st.tuples(st.floats(0, 2), st.integers(1, 60), st.integers(1, 8)),
+                     min_size=1, max_size=5),
+       slots=st.integers(1, 4))
+def test_prompts_never_overlap_and_nobody_is_faster_than_alone(jobs, slots) -> None:
+    profile = _profile(True)
+    specs = [(start, chr(65 + i) + "p" * (4 * tokens - 1), n)
+             for i, (start, tokens, n) in enumerate(jobs)]
+    done = asyncio.run(_run(profile, specs, slots))
+    for d, (_, _, n) in zip(done, specs, strict=True):
+        alone = profile.service_time_s(d.prompt_eval_count - d.cached_tokens, n, 1, MODEL)
+        assert d.total_duration >= alone * NS - _slack(alone)
+        assert d.eval_count == n
+    # One batch at a time: the prompts' processing never overlaps, so the last request ends
+    # no earlier than every prompt's prefill laid end to end after the first arrival.
+    first = min(s for s, _, _ in specs)
+    last_end = max(s + d.total_duration / NS for (s, _, _), d in zip(specs, done, strict=True))
+    prefill = sum(profile.prefill_s(d.prompt_eval_count - d.cached_tokens, MODEL)
+                  for d in done)
+    assert last_end - first >= prefill - 1e-6
