@@ -36,6 +36,10 @@ rows say where, and the signed errors say which way.
 Usage::
 
     .venv/bin/python benchmarks/sim_vs_engine.py [--n 12] [--repeats 3] [--num-predict 32]
+        [--save-profile NAME]
+
+The packaged profile ``cpu-llama-server`` was made by ``--n 10 --save-profile
+cpu-llama-server`` (the command is in its results file).
 
 Writes ``benchmarks/results/sim_vs_engine.json`` (``--quick``: 6 configurations, into the
 git-ignored ``benchmarks/results/quick/``). Needs the real engine (``make engine``). The machine
@@ -182,12 +186,36 @@ async def prefix_reuse(url: str) -> dict[str, Any]:
             "reuses_prefix": after - before > 0}
 
 
-async def calibrate(url: str, repeats: int, num_predict: int) -> tuple[Any, dict[str, Any]]:
+async def _details(url: str) -> dict[str, Any]:
+    """The model's ``/api/tags`` details (family, size, context…) as the kit's server lists
+    them: the family decides the simulator's prefix-reuse rule."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        tags = (await http.get(f"{url}/api/tags")).json().get("models", [])
+    for m in tags:
+        if m.get("name") == MODEL:
+            d = dict(m.get("details") or {})
+            return {"size": m.get("size"), **d}
+    return {}
+
+
+async def calibrate(url: str, repeats: int, num_predict: int,
+                    name: str = "llama-server-here") -> tuple[Any, dict[str, Any]]:
     alone = await probe(url, MODEL, max_k=1, num_predict=num_predict, repeats=repeats)
     s = await measure_speedup_samples(url, MODEL, (1, 2, 3, 4), num_predict=num_predict,
                                       repeats=repeats)
-    profile = profile_from_probe("llama-server-here", {**alone.to_dict(), "speedup": s.median},
-                                 num_parallel=4, output_tokens=(num_predict, num_predict))
+    details = {k: v for k, v in (await _details(url)).items()
+               if k in ("size", "parameter_size", "quantization_level", "family",
+                        "context_length") and v}
+    profile = profile_from_probe(
+        name, {**alone.to_dict(), "speedup": s.median}, num_parallel=4,
+        output_tokens=(num_predict, num_predict), details=details,
+        description=(f"{MODEL} on llama.cpp's llama-server (the kit's engine, started as "
+                     f"Ollama starts it) on a {os.cpu_count()}-core x86-64 CPU, measured by "
+                     f"benchmarks/sim_vs_engine.py: one request alone ({repeats} repeats, "
+                     f"medians), S(k) for k = 1…4 (medians of {repeats}), prompts processed "
+                     f"in the decode batch."))
     reuse = await prefix_reuse(url)
     return profile, {"probe_alone": alone.to_dict(), "speedup": s.to_dict(),
                      "prefix_reuse": reuse}
@@ -208,7 +236,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                            "sim_time_scale": SIM_SCALE, "targets_mape": TARGETS,
                            "command": " ".join(["benchmarks/sim_vs_engine.py", *args.argv])}
     with kit_server(4) as url:
-        profile, doc["calibration"] = await calibrate(url, args.repeats, args.num_predict)
+        profile, doc["calibration"] = await calibrate(url, args.repeats, args.num_predict,
+                                                      args.save_profile or "llama-server-here")
+    doc["calibrated_profile"] = profile.to_dict()
+    if args.save_profile:
+        from parallel_kit.sim.profiles import save_profile
+
+        packaged = Path(__file__).resolve().parent.parent / "parallel_kit" / "data"
+        save_profile(profile, packaged / "profiles.json")
+        doc["saved_profile"] = args.save_profile
     # the simulator reuses prefixes only when the engine was measured to (``--assume-reuse``
     # keeps the simulator's default, to show what a wrong assumption costs)
     cache = args.assume_reuse or doc["calibration"]["prefix_reuse"]["reuses_prefix"]
@@ -294,6 +330,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the simulator reuses prefixes whatever the engine does")
     parser.add_argument("--pool-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="llama-server -t of each pool server (0: its default, every core)")
+    parser.add_argument("--save-profile", default=None, metavar="NAME",
+                        help="also write the calibrated profile into the kit's packaged "
+                             "profiles (parallel_kit/data/profiles.json) as NAME")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

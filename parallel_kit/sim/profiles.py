@@ -340,7 +340,7 @@ def save_profile(profile: Profile, path: str | os.PathLike[str] | None = None) -
         doc["profiles"] = _read_file(target, "to update")
     doc["profiles"][profile.name] = profile.to_dict()
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    target.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
 
 
