@@ -33,6 +33,7 @@ from .sim.profiles import ModelSpeed, Profile
 __all__ = [
     "SpeedupSamples",
     "default_profiles_path",
+    "measure_prompt_tokens",
     "measure_speedup",
     "measure_speedup_samples",
     "profile_from_probe",
@@ -104,7 +105,8 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
                        output_tokens: tuple[int, int] | None = None,
                        num_parallel: int | None = None, description: str = "",
                        details: Mapping[str, Any] | None = None,
-                       prefill_in_batch: bool = True) -> Profile:
+                       prefill_in_batch: bool = True,
+                       tokenizer: tuple[int, float] | None = None) -> Profile:
     """A simulator profile from one probe (a ``ProbeResult`` or its dict / JSON form).
 
     Args:
@@ -126,6 +128,8 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
             prefill_in_batch`. True by default: every server a probe measures batches prompt
             tokens with the other slots' decode tokens (llama-server's ``update_slots``, which
             Ollama ≥ 0.30 runs; Ollama's earlier runner built one batch the same way).
+        tokenizer: ``(template tokens, bytes per token)`` from :func:`measure_prompt_tokens`:
+            the simulator then counts a prompt's tokens as the server does.
 
     The simulator counts a prompt's tokens as about 4 UTF-8 bytes each
     (:meth:`Profile.prompt_tokens`); a real tokenizer differs (Gemma 3 counts 46 tokens in the
@@ -179,7 +183,9 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
         description=description or f"Calibrated from a probe of {host} ({model}).",
         scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result),
-        prefill_in_batch=prefill_in_batch)
+        prefill_in_batch=prefill_in_batch,
+        **({"template_tokens": int(tokenizer[0]), "bytes_per_token": float(tokenizer[1])}
+           if tokenizer else {}))
     counted = _get(probe_result, "prompt_tokens")
     nbytes = _get(probe_result, "prompt_bytes")
     if prefill is not None and _whole(counted) and _whole(nbytes):
@@ -309,6 +315,44 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
     if alone <= 0:
         raise RequestFailed(f"could not time one request alone at {url}", host=url)
     return SpeedupSamples({k: [r / alone for r in v] for k, v in rates.items() if v}, alone)
+
+
+async def measure_prompt_tokens(url: str, model: str, *, timeout: float = 300.0
+                                ) -> tuple[int, float]:
+    """How the server counts a prompt's tokens: ``(template tokens, UTF-8 bytes per token)``.
+
+    Two prompts of ordinary English, one short and one about 16× longer, each with one token
+    to predict; the server's own ``prompt_eval_count`` of each gives a line, tokens =
+    template + bytes ÷ bytes-per-token. The intercept is what the server adds to every prompt
+    (Ollama applies the model's chat template to ``/api/generate`` prompts too, plus BOS); the
+    slope is the tokenizer's. For :class:`~parallel_kit.sim.profiles.Profile`'s
+    ``template_tokens`` and ``bytes_per_token``.
+
+    Raises:
+        RequestFailed: a request failed or reported no token count.
+    """
+    from .clients import OllamaClient, RetryPolicy
+    from .records import RequestSpec
+    from .timing import ModelClock
+
+    points = []
+    async with OllamaClient(url, timeout=timeout, retry=RetryPolicy(max_retries=0)) as client:
+        for i, repeat in enumerate((1, 16)):
+            text = f"[tokens {i}] " + " ".join([_PROMPT] * repeat)
+            row = await client.run(RequestSpec(text, model=model, num_predict=1,
+                                               request_id=f"tokens-{i}"),
+                                   clock=ModelClock(1.0), mode="calibrate")
+            if not row.ok or not row.prompt_tokens:
+                raise RequestFailed(f"could not count a prompt's tokens at {url}: "
+                                    f"{row.error or 'no prompt_eval_count'}", host=url)
+            points.append((len(text.encode("utf-8")), row.prompt_tokens))
+    (b1, c1), (b2, c2) = points
+    if c2 <= c1:
+        raise RequestFailed(f"the server at {url} counted {c1} and {c2} tokens for prompts "
+                            f"of {b1} and {b2} bytes — it does not count prompt tokens",
+                            host=url)
+    per_token = (b2 - b1) / (c2 - c1)
+    return max(0, round(c1 - b1 / per_token)), per_token
 
 
 async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,

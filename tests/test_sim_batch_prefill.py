@@ -122,3 +122,25 @@ def test_prompts_never_overlap_and_nobody_is_faster_than_alone(jobs, slots) -> N
     prefill = sum(profile.prefill_s(d.prompt_eval_count - d.cached_tokens, MODEL)
                   for d in done)
     assert last_end - first >= prefill - 1e-6
+
+
+# -- the server's token count, measured and reproduced ------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(template=st.integers(0, 40), per_token=st.floats(2.5, 6.0))
+def test_measured_token_count_is_the_profiles_own(template: int, per_token: float) -> None:
+    """A simulator told to count like a tokenizer is measured back by
+    ``calibrate.measure_prompt_tokens`` (within the rounding of whole tokens)."""
+    from parallel_kit.calibrate import measure_prompt_tokens
+    from parallel_kit.sim.server import SimulatedOllama
+
+    prof = replace(load_profile("rtx4090"), template_tokens=template, bytes_per_token=per_token)
+    assert profile_from_dict(prof.name, prof.to_dict()).prompt_tokens("x" * 1000) == \
+        template + math.ceil(1000 / per_token)
+
+    async def main() -> tuple[int, float]:
+        async with SimulatedOllama(prof, time_scale=0.001) as sim:
+            return await measure_prompt_tokens(sim.url, "llama3.2:3b")
+
+    got_template, got_per_token = asyncio.run(main())
+    assert abs(got_template - template) <= 1
+    assert got_per_token == pytest.approx(per_token, rel=0.02)

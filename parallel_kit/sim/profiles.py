@@ -15,6 +15,8 @@ so measured profiles (``save_profile``) can override and extend the packaged one
         "description": str, "num_parallel": int, "gpu_memory": bytes | null, "gpus": int,
         "service_cv": float (optional, default 0),
         "prefill_in_batch": bool (optional, default false),
+        "prompt_tokens": {"template": int, "bytes_per_token": float} (optional; default
+            0 and 4.0),
         "scaling": {"points": [[k, S(k)], ...], "source": str},
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
@@ -126,6 +128,11 @@ class Profile:
             decodes, and waits for the step under way. ``False`` (the packaged profiles, the
             teaching model): a prompt is processed beside the batch and costs the others
             nothing. Profiles measured on llama-server set it.
+        template_tokens: tokens the server adds to every prompt (the model's chat template
+            and BOS, which Ollama applies to ``/api/generate`` prompts too); 0 for the packaged
+            profiles.
+        bytes_per_token: UTF-8 bytes per token of the model's tokenizer on ordinary text (4.0,
+            the usual rule of thumb for English, unless measured).
     """
 
     name: str
@@ -139,6 +146,8 @@ class Profile:
     gpus: int = 1
     service_cv: float = 0.0
     prefill_in_batch: bool = False
+    template_tokens: int = 0
+    bytes_per_token: float = 4.0
 
     # -- the latency model ---------------------------------------------------------------
     def S(self, k: int) -> float:
@@ -176,10 +185,12 @@ class Profile:
         return names
 
     def prompt_tokens(self, prompt: str) -> int:
-        """Tokens in a prompt: about 4 UTF-8 bytes per token (0 for an empty prompt)."""
+        """Tokens the server processes for a prompt: the template's tokens plus one per
+        ``bytes_per_token`` UTF-8 bytes (at least one; 0 for an empty prompt)."""
         if not prompt:
             return 0
-        return max(1, math.ceil(len(prompt.encode("utf-8")) / 4))
+        return self.template_tokens + max(
+            1, math.ceil(len(prompt.encode("utf-8")) / self.bytes_per_token))
 
     def output_tokens(self, prompt: str, *, seed: int | None = None,
                       num_predict: int | None = None, model: str | None = None) -> int:
@@ -223,6 +234,9 @@ class Profile:
             "gpu_memory": self.gpu_memory, "gpus": self.gpus,
             **({"service_cv": self.service_cv} if self.service_cv else {}),
             **({"prefill_in_batch": True} if self.prefill_in_batch else {}),
+            **({"prompt_tokens": {"template": self.template_tokens,
+                                  "bytes_per_token": self.bytes_per_token}}
+               if (self.template_tokens, self.bytes_per_token) != (0, 4.0) else {}),
             "scaling": {"points": [list(p) for p in self.scaling],
                         "source": self.scaling_source},
             "default_model": self.default_model,
@@ -376,10 +390,19 @@ def profile_from_dict(name: str, entry: Any) -> Profile:
     in_batch = entry.get("prefill_in_batch", False)
     if not isinstance(in_batch, bool):
         raise ConfigError(f"{where}: prefill_in_batch must be true or false")
+    tok = entry.get("prompt_tokens", {})
+    template = tok.get("template", 0) if isinstance(tok, dict) else None
+    bpt = tok.get("bytes_per_token", 4.0) if isinstance(tok, dict) else None
+    if (isinstance(template, bool) or not isinstance(template, int) or template < 0
+            or isinstance(bpt, bool) or not isinstance(bpt, (int, float))
+            or not math.isfinite(bpt) or bpt <= 0):
+        raise ConfigError(f"{where}: prompt_tokens must be {{\"template\": a whole number ≥ 0, "
+                          f"\"bytes_per_token\": a number > 0}}")
     return Profile(name=name, models=models, default_model=default, scaling=points,
                    num_parallel=num_parallel, description=str(entry.get("description", "")),
                    scaling_source=str(scaling_raw.get("source", "")), gpu_memory=gpu_memory,
-                   gpus=gpus, service_cv=float(service_cv), prefill_in_batch=in_batch)
+                   gpus=gpus, service_cv=float(service_cv), prefill_in_batch=in_batch,
+                   template_tokens=template, bytes_per_token=float(bpt))
 
 
 def _scaling_points(raw: Any, where: str) -> tuple[tuple[int, float], ...]:
