@@ -10,8 +10,9 @@ APEX (10.7 %) report theirs.
 The simulator is calibrated once from the engine, as a user would (``probe`` for one request
 alone, ``calibrate.measure_speedup_samples`` for S(k), k = 1…4, medians of ``--repeats``, and
 whether the engine reuses a slot's common prefix at all, from its own count of cached tokens),
-and the server's own count of prompt tokens (``calibrate.measure_prompt_tokens``: the chat
-template's tokens on every prompt, and the tokenizer's bytes per token), with no
+and how the server counts and processes prompts (``calibrate.measure_prompts``: the chat
+template's tokens on every prompt, the tokenizer's bytes per token, and the prefill line, rate
+and per-prompt overhead, from two prompt sizes), with no
 per-configuration fitting. Gemma 3 is a sliding-window-attention model, and llama-server
 re-processes its whole prompt on every request (llama.cpp PR #13194, #13833: the reduced SWA
 cache cannot be rolled back), so with this model the simulator's prompt cache is turned off;
@@ -70,7 +71,7 @@ from real_engine import MODEL, TOPICS, kit_server
 from parallel_kit.arrivals import Arrivals
 from parallel_kit.bench import compare
 from parallel_kit.calibrate import (
-    measure_prompt_tokens,
+    measure_prompts,
     measure_speedup_samples,
     profile_from_probe,
 )
@@ -211,13 +212,13 @@ async def calibrate(url: str, repeats: int, num_predict: int,
     alone = await probe(url, MODEL, max_k=1, num_predict=num_predict, repeats=repeats)
     s = await measure_speedup_samples(url, MODEL, (1, 2, 3, 4), num_predict=num_predict,
                                       repeats=repeats)
-    tokenizer = await measure_prompt_tokens(url, MODEL)
+    fit = await measure_prompts(url, MODEL, repeats=repeats)
     details = {k: v for k, v in (await _details(url)).items()
                if k in ("size", "parameter_size", "quantization_level", "family",
                         "context_length") and v}
     profile = profile_from_probe(
         name, {**alone.to_dict(), "speedup": s.median}, num_parallel=4,
-        output_tokens=(num_predict, num_predict), details=details, tokenizer=tokenizer,
+        output_tokens=(num_predict, num_predict), details=details, prompts=fit,
         description=(f"{MODEL} on llama.cpp's llama-server (the kit's engine, started as "
                      f"Ollama starts it) on a {os.cpu_count()}-core x86-64 CPU, measured by "
                      f"benchmarks/sim_vs_engine.py: one request alone ({repeats} repeats, "
@@ -226,8 +227,7 @@ async def calibrate(url: str, repeats: int, num_predict: int,
     reuse = await prefix_reuse(url)
     return profile, {"probe_alone": alone.to_dict(), "speedup": s.to_dict(),
                      "prefix_reuse": reuse,
-                     "prompt_tokens": {"template": tokenizer[0],
-                                       "bytes_per_token": round(tokenizer[1], 3)}}
+                     "prompts": fit.to_dict()}
 
 
 def _rate(profile: Any, slots: int, rho: float, specs: list[RequestSpec]) -> float:
@@ -309,10 +309,10 @@ async def pool_figure(profile: Any, args: argparse.Namespace) -> dict[str, Any]:
         with kit_server(1, threads) as url:
             alone = await probe(url, MODEL, max_k=1, num_predict=args.num_predict,
                                 repeats=args.repeats)
+            pool_fit = await measure_prompts(url, MODEL, repeats=args.repeats)
         profile = profile_from_probe("llama-server-pool", alone.to_dict(), num_parallel=1,
                                      output_tokens=(args.num_predict, args.num_predict),
-                                     tokenizer=(profile.template_tokens,
-                                                profile.bytes_per_token),
+                                     prompts=pool_fit,
                                      details={"family": profile.speed(MODEL).family})
     specs = [RequestSpec(p, model=MODEL, num_predict=args.num_predict, request_id=f"pool-{i}")
              for i, p in enumerate(prompts("pool", "short", args.n))]

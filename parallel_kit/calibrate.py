@@ -31,9 +31,10 @@ from .sim import profiles as _profiles
 from .sim.profiles import ModelSpeed, Profile
 
 __all__ = [
+    "PromptFit",
     "SpeedupSamples",
     "default_profiles_path",
-    "measure_prompt_tokens",
+    "measure_prompts",
     "measure_speedup",
     "measure_speedup_samples",
     "profile_from_probe",
@@ -106,7 +107,7 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
                        num_parallel: int | None = None, description: str = "",
                        details: Mapping[str, Any] | None = None,
                        prefill_in_batch: bool = True,
-                       tokenizer: tuple[int, float] | None = None) -> Profile:
+                       prompts: PromptFit | None = None) -> Profile:
     """A simulator profile from one probe (a ``ProbeResult`` or its dict / JSON form).
 
     Args:
@@ -128,8 +129,9 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
             prefill_in_batch`. True by default: every server a probe measures batches prompt
             tokens with the other slots' decode tokens (llama-server's ``update_slots``, which
             Ollama ≥ 0.30 runs; Ollama's earlier runner built one batch the same way).
-        tokenizer: ``(template tokens, bytes per token)`` from :func:`measure_prompt_tokens`:
-            the simulator then counts a prompt's tokens as the server does.
+        prompts: :func:`measure_prompts`'s fit: the simulator then counts a prompt's tokens
+            as the server does, and its prefill follows the measured line (rate and
+            per-prompt overhead) instead of the probe's one short prompt.
 
     The simulator counts a prompt's tokens as about 4 UTF-8 bytes each
     (:meth:`Profile.prompt_tokens`); a real tokenizer differs (Gemma 3 counts 46 tokens in the
@@ -184,11 +186,22 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         description=description or f"Calibrated from a probe of {host} ({model}).",
         scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result),
         prefill_in_batch=prefill_in_batch,
-        **({"template_tokens": int(tokenizer[0]), "bytes_per_token": float(tokenizer[1])}
-           if tokenizer else {}))
+        template_tokens=prompts.template_tokens if prompts else 0,
+        bytes_per_token=prompts.bytes_per_token if prompts else 4.0)
     counted = _get(probe_result, "prompt_tokens")
     nbytes = _get(probe_result, "prompt_bytes")
-    if prefill is not None and _whole(counted) and _whole(nbytes):
+    if prompts is not None:
+        # The measured line, in the server's own tokens (which the profile now counts).
+        note = (f"; prompts measured at {len(prompts.points)} sizes: "
+                f"{prompts.prefill_tps:.4g} tokens/s + {prompts.prefill_overhead_s:.3g} s each, "
+                f"{prompts.template_tokens} template tokens, "
+                f"{prompts.bytes_per_token:.3g} bytes/token")
+        speed = replace(speed, prefill_tps=prompts.prefill_tps,
+                        prefill_overhead_s=prompts.prefill_overhead_s,
+                        sources={**speed.sources, "prefill_tps": source + note,
+                                 "prefill_overhead_s": source + note})
+        profile = replace(profile, models={model: speed})
+    elif prefill is not None and _whole(counted) and _whole(nbytes):
         # The simulator's count for a text of the probe prompt's size (it depends on the size).
         sim_tokens = profile.prompt_tokens("x" * int(nbytes))
         note = (f"; in the simulator's tokens: measured {prefill:.4g} tokens/s × {sim_tokens} "
@@ -317,42 +330,85 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
     return SpeedupSamples({k: [r / alone for r in v] for k, v in rates.items() if v}, alone)
 
 
-async def measure_prompt_tokens(url: str, model: str, *, timeout: float = 300.0
-                                ) -> tuple[int, float]:
-    """How the server counts a prompt's tokens: ``(template tokens, UTF-8 bytes per token)``.
+@dataclass(frozen=True, slots=True)
+class PromptFit:
+    """How a server counts and processes prompts, measured (:func:`measure_prompts`).
 
-    Two prompts of ordinary English, one short and one about 16× longer, each with one token
-    to predict; the server's own ``prompt_eval_count`` of each gives a line, tokens =
-    template + bytes ÷ bytes-per-token. The intercept is what the server adds to every prompt
-    (Ollama applies the model's chat template to ``/api/generate`` prompts too, plus BOS); the
-    slope is the tokenizer's. For :class:`~parallel_kit.sim.profiles.Profile`'s
-    ``template_tokens`` and ``bytes_per_token``.
+    Attributes:
+        template_tokens: tokens it adds to every prompt (the chat template, BOS).
+        bytes_per_token: UTF-8 bytes per token of its tokenizer on ordinary English.
+        prefill_tps: prompt tokens/s, the slope of prefill time over prompt tokens.
+        prefill_overhead_s: seconds every prompt costs on top (the line's intercept, ≥ 0).
+        points: ``(bytes, tokens counted, median prefill seconds)`` per prompt size.
+    """
+
+    template_tokens: int
+    bytes_per_token: float
+    prefill_tps: float
+    prefill_overhead_s: float
+    points: tuple[tuple[int, int, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"template_tokens": self.template_tokens,
+                "bytes_per_token": round(self.bytes_per_token, 4),
+                "prefill_tps": round(self.prefill_tps, 2),
+                "prefill_overhead_s": round(self.prefill_overhead_s, 5),
+                "points": [list(p) for p in self.points]}
+
+
+async def measure_prompts(url: str, model: str, *, repeats: int = 3, time_scale: float = 1.0,
+                          timeout: float = 300.0) -> PromptFit:
+    """How the server counts and processes a prompt, from its own records.
+
+    Prompts of ordinary English at two sizes (about 1× and 16× a 140-byte sentence), each
+    sent alone ``repeats`` times with one token to predict, every one unique from its first
+    character (so no prompt cache shortens it). Two straight lines through the server's own
+    figures: ``prompt_eval_count`` = template + bytes ÷ bytes-per-token (Ollama applies the
+    model's chat template to ``/api/generate`` prompts too) and the median
+    ``prompt_eval_duration`` = overhead + tokens ÷ prefill rate. A single short probe prompt
+    reads the rate low when part of its time is the fixed overhead.
 
     Raises:
-        RequestFailed: a request failed or reported no token count.
+        RequestFailed: a request failed, or the server reported no counts or durations.
+        ConfigError: ``repeats`` < 1.
     """
     from .clients import OllamaClient, RetryPolicy
     from .records import RequestSpec
     from .timing import ModelClock
 
-    points = []
+    if repeats < 1:
+        raise ConfigError(f"repeats must be a whole number ≥ 1, got {repeats}")
+    points: list[tuple[int, int, float]] = []
     async with OllamaClient(url, timeout=timeout, retry=RetryPolicy(max_retries=0)) as client:
-        for i, repeat in enumerate((1, 16)):
-            text = f"[tokens {i}] " + " ".join([_PROMPT] * repeat)
-            row = await client.run(RequestSpec(text, model=model, num_predict=1,
-                                               request_id=f"tokens-{i}"),
-                                   clock=ModelClock(1.0), mode="calibrate")
-            if not row.ok or not row.prompt_tokens:
-                raise RequestFailed(f"could not count a prompt's tokens at {url}: "
-                                    f"{row.error or 'no prompt_eval_count'}", host=url)
-            points.append((len(text.encode("utf-8")), row.prompt_tokens))
-    (b1, c1), (b2, c2) = points
-    if c2 <= c1:
-        raise RequestFailed(f"the server at {url} counted {c1} and {c2} tokens for prompts "
-                            f"of {b1} and {b2} bytes — it does not count prompt tokens",
+        sizes = (1, 16)
+        seen: dict[int, list[tuple[int, int, float]]] = {n: [] for n in sizes}
+        for r in range(repeats):
+            for n in sizes:  # interleaved, so a slow moment touches both sizes
+                text = f"[{r}-{n}] " + " ".join([_PROMPT] * n)
+                row = await client.run(RequestSpec(text, model=model, num_predict=1,
+                                                   request_id=f"prompt-{r}-{n}"),
+                                       clock=ModelClock(time_scale), mode="calibrate")
+                if not row.ok or not row.prompt_tokens or row.server_prompt_eval_s is None:
+                    raise RequestFailed(f"could not time a prompt at {url}: "
+                                        f"{row.error or 'no prompt_eval_count/duration'}",
+                                        host=url)
+                seen[n].append((len(text.encode("utf-8")), row.prompt_tokens,
+                                row.server_prompt_eval_s))
+        for n in sizes:
+            nbytes = round(statistics.median(b for b, _, _ in seen[n]))
+            tokens = round(statistics.median(c for _, c, _ in seen[n]))
+            points.append((nbytes, tokens, statistics.median(d for _, _, d in seen[n])))
+    (b1, c1, d1), (b2, c2, d2) = points
+    if c2 <= c1 or d2 <= d1:
+        raise RequestFailed(f"the server at {url} counted {c1} and {c2} tokens in {d1:.3g} and "
+                            f"{d2:.3g} s for prompts of {b1} and {b2} bytes — it does not "
+                            f"report prompt tokens and durations the way Ollama does",
                             host=url)
     per_token = (b2 - b1) / (c2 - c1)
-    return max(0, round(c1 - b1 / per_token)), per_token
+    tps = (c2 - c1) / (d2 - d1)
+    return PromptFit(template_tokens=max(0, round(c1 - b1 / per_token)),
+                     bytes_per_token=per_token, prefill_tps=tps,
+                     prefill_overhead_s=max(0.0, d1 - c1 / tps), points=tuple(points))
 
 
 async def measure_speedup(url: str, model: str, ks: Iterable[int] = (1, 2, 3), *,

@@ -124,23 +124,31 @@ def test_prompts_never_overlap_and_nobody_is_faster_than_alone(jobs, slots) -> N
     assert last_end - first >= prefill - 1e-6
 
 
-# -- the server's token count, measured and reproduced ------------------------------------
+# -- the server's prompts, measured and reproduced ------------------------------------------
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(template=st.integers(0, 40), per_token=st.floats(2.5, 6.0))
-def test_measured_token_count_is_the_profiles_own(template: int, per_token: float) -> None:
-    """A simulator told to count like a tokenizer is measured back by
-    ``calibrate.measure_prompt_tokens`` (within the rounding of whole tokens)."""
-    from parallel_kit.calibrate import measure_prompt_tokens
+@given(template=st.integers(0, 40), per_token=st.floats(2.5, 6.0),
+       tps=st.floats(200, 20_000), overhead=st.floats(0, 0.2), in_batch=st.booleans())
+def test_measured_prompts_are_the_profiles_own(template: int, per_token: float, tps: float,
+                                               overhead: float, in_batch: bool) -> None:
+    """A simulator told to count and process prompts like a given server is measured back by
+    ``calibrate.measure_prompts`` (within whole tokens and the clock's rounding)."""
+    from parallel_kit.calibrate import measure_prompts
     from parallel_kit.sim.server import SimulatedOllama
 
-    prof = replace(load_profile("rtx4090"), template_tokens=template, bytes_per_token=per_token)
-    assert profile_from_dict(prof.name, prof.to_dict()).prompt_tokens("x" * 1000) == \
-        template + math.ceil(1000 / per_token)
+    base = load_profile("rtx4090")
+    speed = replace(base.speed("llama3.2:3b"), prefill_tps=tps, prefill_overhead_s=overhead)
+    prof = replace(base, template_tokens=template, bytes_per_token=per_token,
+                   prefill_in_batch=in_batch, models={"llama3.2:3b": speed})
+    again = profile_from_dict(prof.name, prof.to_dict())
+    assert again.prompt_tokens("x" * 1000) == template + math.ceil(1000 / per_token)
+    assert again.prefill_s(100, "llama3.2:3b") == pytest.approx(overhead + 100 / tps)
 
-    async def main() -> tuple[int, float]:
+    async def main() -> object:
         async with SimulatedOllama(prof, time_scale=0.001) as sim:
-            return await measure_prompt_tokens(sim.url, "llama3.2:3b")
+            return await measure_prompts(sim.url, "llama3.2:3b", repeats=1, time_scale=0.001)
 
-    got_template, got_per_token = asyncio.run(main())
-    assert abs(got_template - template) <= 1
-    assert got_per_token == pytest.approx(per_token, rel=0.02)
+    fit = asyncio.run(main())
+    assert abs(fit.template_tokens - template) <= 1
+    assert fit.bytes_per_token == pytest.approx(per_token, rel=0.02)
+    assert fit.prefill_tps == pytest.approx(tps, rel=0.02)
+    assert fit.prefill_overhead_s == pytest.approx(overhead, abs=0.02 * overhead + 2e-3)

@@ -201,11 +201,12 @@ class _Seq:
 class _Prefill:
     """A prompt waiting for, or being processed in, the model's batch (``prefill_in_batch``)."""
 
-    __slots__ = ("done", "factor", "left", "seq")
+    __slots__ = ("done", "factor", "left", "seq", "started")
 
     def __init__(self, tokens: int, factor: float, seq: _Seq,
                  done: asyncio.Future[float]) -> None:
         self.left = tokens
+        self.started = False
         self.factor = factor  # the request's duration factor (jitter)
         self.seq = seq  # joins the decode batch when the prompt is done
         self.done = done  # result: the planned end of the step that finished the prompt
@@ -379,13 +380,16 @@ class _Instance:
 
     def _take_prompts(self, t: float) -> tuple[float, float, list[_Prefill]]:
         """The prompt tokens this step processes, up to :data:`N_BATCH` in arrival order:
-        (the step's start, its prefill time in clock seconds, the prompts it finishes)."""
+        (the step's start, its prefill time in clock seconds, the prompts it finishes). A
+        prompt's ``prefill_overhead_s`` is paid once, in its first step."""
         budget, prefill, finished = N_BATCH, 0.0, []
+        tps = self.speed.prefill_tps or math.inf
         for job in self.prompts:
             t = max(t, job.seq.t_last)  # handed over after this boundary: from then
             take = min(job.left, budget)
-            prefill += (self.engine.profile.prefill_s(take, self.name) * job.factor
-                        * self.engine.time_scale)
+            first = self.speed.prefill_overhead_s if not job.started else 0.0
+            job.started = True
+            prefill += (first + take / tps) * job.factor * self.engine.time_scale
             job.left -= take
             budget -= take
             if job.left <= 0:

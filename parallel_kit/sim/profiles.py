@@ -20,6 +20,7 @@ so measured profiles (``save_profile``) can override and extend the packaged one
         "scaling": {"points": [[k, S(k)], ...], "source": str},
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
+                               "prefill_overhead_s": float (optional, default 0),
                                "load_s": float, "output_tokens": [min, max],
                                "aliases": [str], "size": bytes, "parameter_size": str,
                                "quantization_level": str, "family": str,
@@ -65,6 +66,9 @@ class ModelSpeed:
         name: the model's name as Ollama lists it (``llama3.2:3b``).
         decode_tps: tokens/s of one request decoding alone.
         prefill_tps: prompt tokens/s; ``None`` means prompt processing takes no time.
+        prefill_overhead_s: model seconds every prompt costs on top of its tokens (the
+            batch's fixed cost; measured by :func:`~parallel_kit.calibrate.measure_prompts`,
+            0 for the packaged profiles).
         load_s: seconds to load the model before its first request.
         output_tokens: (min, max) answer length when the request gives no ``num_predict``.
         aliases: other names for the same model (``llama3.2:latest``).
@@ -81,6 +85,7 @@ class ModelSpeed:
     prefill_tps: float | None = None
     load_s: float = 0.0
     output_tokens: tuple[int, int] = (100, 100)
+    prefill_overhead_s: float = 0.0
     aliases: tuple[str, ...] = ()
     size: int = 2_000_000_000
     parameter_size: str = ""
@@ -94,6 +99,8 @@ class ModelSpeed:
     def to_dict(self) -> dict[str, Any]:
         return {
             "decode_tps": self.decode_tps, "prefill_tps": self.prefill_tps,
+            **({"prefill_overhead_s": self.prefill_overhead_s}
+               if self.prefill_overhead_s else {}),
             "load_s": self.load_s, "output_tokens": list(self.output_tokens),
             "aliases": list(self.aliases), "size": self.size,
             "parameter_size": self.parameter_size,
@@ -206,9 +213,12 @@ class Profile:
         return lo + stable_hash(unsalted(prompt), seed) % (hi - lo + 1)
 
     def prefill_s(self, prompt_tokens: int, model: str | None = None) -> float:
-        """Model seconds to process the prompt."""
-        tps = self.speed(model).prefill_tps
-        return 0.0 if not tps else prompt_tokens / tps
+        """Model seconds to process ``prompt_tokens`` prompt tokens (none: 0): the model's
+        ``prefill_overhead_s`` plus the tokens at ``prefill_tps``."""
+        speed = self.speed(model)
+        if not speed.prefill_tps or prompt_tokens <= 0:
+            return 0.0
+        return speed.prefill_overhead_s + prompt_tokens / speed.prefill_tps
 
     def per_request_tps(self, concurrent: int, model: str | None = None) -> float:
         """Tokens/s each of ``concurrent`` requests decoding together gets."""
@@ -446,6 +456,8 @@ def _model_from_dict(name: str, raw: Any, where: str) -> ModelSpeed:
         decode_tps=positive("decode_tps", raw.get("decode_tps")),
         prefill_tps=positive("prefill_tps", raw.get("prefill_tps"), allow_none=True),
         load_s=positive("load_s", raw.get("load_s", 0.0), allow_zero=True),
+        prefill_overhead_s=positive("prefill_overhead_s", raw.get("prefill_overhead_s", 0.0),
+                                    allow_zero=True),
         output_tokens=(int(out[0]), int(out[1])),
         aliases=tuple(str(a) for a in raw.get("aliases", [])),
         size=int(raw.get("size", 2_000_000_000)),
