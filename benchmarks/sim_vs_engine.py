@@ -120,8 +120,9 @@ def _figures(run: RunResult, profile: Any = None) -> dict[str, float]:
     client's latency − the server's ``total_duration`` (HTTP and the client), ``server_other_s``
     = ``total_duration`` − prefill − decode − load durations (queue wait at the server and
     whatever llama-server does outside its own timings), and ``prompt_tokens_over_model`` =
-    the server's prompt token count ÷ the simulator's count for the same text (the chat
-    template's tokens, and the tokenizer's)."""
+    the server's prompt token count ÷ the simulator's count for the same text (after
+    calibration ≈ 1), and ``server_s_per_token`` = the engine's own decode seconds per token
+    (``eval_duration ÷ eval_count``), to set beside the client's ITL."""
     rows = [r for r in run.requests if r.ok]
     s = run.summary
     out = {"e2e_s": statistics.mean(r.latency_s for r in rows),
@@ -137,6 +138,12 @@ def _figures(run: RunResult, profile: Any = None) -> dict[str, float]:
             out["server_other_s"] = statistics.mean(
                 (r.server_total_s or 0) - (r.server_prompt_eval_s or 0) - (r.server_eval_s or 0)
                 - (r.server_load_s or 0) for r in timed)
+        per_token = [r.server_eval_s / r.output_tokens for r in rows
+                     if r.server_eval_s and r.output_tokens]
+        if per_token:
+            # llama-server's own decode time per token: the client's ITL above it is time
+            # spent outside the engine's decode timing (streaming, the relay, the machine)
+            out["server_s_per_token"] = statistics.mean(per_token)
         counted = [(r.prompt_tokens, profile.prompt_tokens(r.prompt)) for r in rows
                    if r.prompt_tokens]
         if counted:
