@@ -339,6 +339,29 @@ async def pool_figure(profile: Any, args: argparse.Namespace) -> dict[str, Any]:
                       for k in ("e2e_s", "ttft_s", "itl_s", "makespan_s")}}
 
 
+def table(doc: dict[str, Any]) -> str:
+    """The recorded results as a Markdown table (written beside the JSON)."""
+    def pct(x: float) -> str:
+        return f"{x:+.0%}"
+
+    lines = ["| slots | load | prompts | engine E2E / TTFT / ITL (s) | simulator | error E2E / "
+             "TTFT / ITL |", "|---|---|---|---|---|---|"]
+    for r in doc["configurations"]:
+        e, m, err = r["engine"], r["simulator"], r["error"]
+        lines.append(f"| {r['slots']} | {r['load']} | {r['prompts']} | "
+                     f"{e['e2e_s']:.3f} / {e['ttft_s']:.3f} / {e['itl_s']:.4f} | "
+                     f"{m['e2e_s']:.3f} / {m['ttft_s']:.3f} / {m['itl_s']:.4f} | "
+                     f"{pct(err['e2e_s'])} / {pct(err['ttft_s'])} / {pct(err['itl_s'])} |")
+    mape, p = doc["mape"], doc["pool"]
+    lines += ["", f"MAPE over {len(doc['configurations'])} configurations: E2E "
+              f"{mape['e2e_s']:.1%}, TTFT {mape['ttft_s']:.1%}, ITL {mape['itl_s']:.1%} "
+              f"(targets 5 %, 10 %, 10 %). Pool of {p['servers']} × {p['slots']} slot, "
+              f"{p['threads_each']} thread(s) each: error E2E {pct(p['error']['e2e_s'])}, "
+              f"TTFT {pct(p['error']['ttft_s'])}, ITL {pct(p['error']['itl_s'])}, makespan "
+              f"{pct(p['error']['makespan_s'])}.", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=12)
@@ -359,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.n, args.repeats = 6, 1
     doc = asyncio.run(main_async(args))
     path = write_result("sim_vs_engine", doc, results_dir(args.quick, args.out))
-    print(f"wrote {path}")
+    path.with_suffix(".md").write_text(table(doc), encoding="utf-8")
+    print(f"wrote {path} and {path.with_suffix('.md').name}")
     print("MAPE", doc["mape"], "pool", doc["pool"]["error"])
     return doc
 
