@@ -204,6 +204,44 @@ def task_body(task: Task) -> dict[str, Any]:
 
 # -- the app -------------------------------------------------------------------------------
 
+#: What each error answer means, for the OpenAPI schema (every answer a route can give is
+#: documented there; ``tests/test_api_generated.py`` checks it with generated requests).
+_ERROR_MEANINGS = {
+    401: "the API key is missing or wrong (Authorization: Bearer KEY)",
+    404: "no such task (never existed, forgotten, or lost with a restart)",
+    410: "the task's result expired from the store",
+    413: "the body, or one prompt's bytes, can never fit the limits",
+    429: "the queued and running prompts hold too many bytes now; Retry-After says when",
+    503: "the queue is full, the server is stopping, or a service behind it is down; "
+         "Retry-After says when to try again",
+}
+
+
+def document_errors(app: FastAPI, *, task_codes: tuple[int, ...] = (404,),
+                    everywhere: tuple[int, ...] = ()) -> None:
+    """Add to the app's OpenAPI schema the error answers its routes give besides their own:
+    401 (every route but the open ones), 413/429/503 (every POST: body and held-byte limits,
+    a full or stopping queue), ``task_codes`` (``/tasks/{task_id}``), 503 (``/health``) and
+    ``everywhere`` (e.g. 503 when the production stack's Redis is down)."""
+    from fastapi.routing import APIRoute
+
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        codes = set(everywhere)
+        if route.path not in _OPEN_PATHS:
+            codes.add(401)
+        if "POST" in (route.methods or ()):
+            codes |= {413, 429, 503}
+        if "{task_id}" in route.path:
+            codes |= set(task_codes)
+        if route.path == "/health":
+            codes.add(503)
+        for code in sorted(codes):
+            route.responses.setdefault(code, {"description": _ERROR_MEANINGS[code]})
+    app.openapi_schema = None  # built again, with these, when first asked for
+
+
 def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> FastAPI:
     """The FastAPI app: a :class:`TaskQueue` in front of ``backend``.
 
@@ -359,6 +397,7 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
             return JSONResponse(body, status_code=503)
         return body
 
+    document_errors(app)
     return app
 
 

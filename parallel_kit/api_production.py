@@ -62,6 +62,7 @@ from .api import (
     TaskStatus,
     _Guard,
     check_num_predict,
+    document_errors,
 )
 from .records import RequestSpec
 
@@ -252,6 +253,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
                 return JSONResponse(body, status_code=503)
         return JSONResponse(body)
 
+    document_errors(app, task_codes=(404, 410), everywhere=(503,))
     return app
 
 
