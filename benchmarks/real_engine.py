@@ -54,7 +54,7 @@ from _common import ROOT, machine, results_dir, write_result
 
 from parallel_kit import theory
 from parallel_kit.bench import compare
-from parallel_kit.calibrate import measure_speedup_samples, profile_from_probe
+from parallel_kit.calibrate import measure_prompts, measure_speedup_samples, profile_from_probe
 from parallel_kit.modes.options import QueueOptions
 from parallel_kit.probe import probe
 from parallel_kit.records import RequestSpec
@@ -187,8 +187,10 @@ async def prediction(url: str, *, repeats: int, n: int, num_predict: int) -> dic
     alone = await probe(url, MODEL, max_k=1, num_predict=num_predict, repeats=repeats)
     s = await measure_speedup_samples(url, MODEL, (1, 2, 3, 4), num_predict=num_predict,
                                       repeats=repeats)
+    fit = await measure_prompts(url, MODEL, repeats=repeats)
     profile = profile_from_probe("llama-server-here", {**alone.to_dict(), "speedup": s.median},
-                                 num_parallel=4, output_tokens=(num_predict, num_predict))
+                                 num_parallel=4, output_tokens=(num_predict, num_predict),
+                                 prompts=fit)
     rows = []
     for c in (1, 2, 4, 8):
         specs = [RequestSpec(p, model=MODEL, num_predict=num_predict, request_id=f"c{c}-{i}")
@@ -203,7 +205,8 @@ async def prediction(url: str, *, repeats: int, n: int, num_predict: int) -> dic
                      "predicted_s": round(predicted, 3),
                      "measured_over_predicted": round(measured / predicted, 4),
                      "ok": run.summary.ok, "n": run.summary.n})
-    return {"speedup": s.to_dict(), "probe_alone": alone.to_dict(), "rows": rows,
+    return {"speedup": s.to_dict(), "probe_alone": alone.to_dict(), "prompts": fit.to_dict(),
+            "rows": rows,
             "within_10_percent": all(abs(r["measured_over_predicted"] - 1) <= 0.10
                                      for r in rows)}
 

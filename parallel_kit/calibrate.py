@@ -118,7 +118,8 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
             server's count for the probe's prompt) and ``prompt_bytes`` (its UTF-8 size) the
             prefill speed is converted to the simulator's own token count (see below); its
             ``service_cv`` (the request's jitter over the probe's repeats) becomes the
-            profile's.
+            profile's, and its ``request_overhead_s`` the model's (from a probe at time scale
+            1 only: through a scaled simulator the client's milliseconds are scaled up too).
         model: the model name (default the probe's, else ``llama3.2:3b``).
         output_tokens: (min, max) answer length without num_predict; default the probe's
             ``num_predict`` for both.
@@ -160,6 +161,13 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ConfigError(f"num_parallel / effective_slots must be a whole number ≥ 1, "
                           f"got {slots!r}")
+    # Kept only from a probe on the clock (time scale 1): through a scaled simulator the
+    # client's own milliseconds become whole model seconds, an artefact of the scale.
+    outside = _get(probe_result, "request_overhead_s")
+    on_clock = _get(probe_result, "time_scale") in (None, 1, 1.0)
+    request_overhead = (float(outside) if on_clock and isinstance(outside, (int, float))
+                        and not isinstance(outside, bool) and math.isfinite(outside)
+                        and outside > 0 else 0.0)
     model = model or _get(probe_result, "model") or DEFAULT_MODEL
     n = _get(probe_result, "num_predict")
     if output_tokens is None:
@@ -171,6 +179,7 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
     d = dict(details or {})
     speed = ModelSpeed(
         name=model, decode_tps=decode, prefill_tps=prefill, load_s=load_s,
+        request_overhead_s=request_overhead,
         output_tokens=(int(output_tokens[0]), int(output_tokens[1])),
         size=int(d.get("size", 2_000_000_000)),
         parameter_size=str(d.get("parameter_size", "")),
@@ -178,6 +187,8 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         family=str(d.get("family", "llama")),
         context_length=int(d.get("context_length", 4096)),
         sources={"decode_tps": source, "prefill_tps": source, "load_s": source,
+                 "request_overhead_s": source + " (the client's latency alone minus the "
+                                                "server's durations, median)",
                  "output_tokens": "the probe's num_predict" if isinstance(n, int) else
                  "default: 100 tokens"})
     profile = Profile(

@@ -94,6 +94,9 @@ class ProbeResult:
     prompt_bytes: int | None = None
     repeats: int = 1
     service_cv: float | None = None
+    #: model seconds a request alone takes beyond the server's prefill, decode and load
+    #: durations, as the client sees it (median of the tries alone; None when not timed)
+    request_overhead_s: float | None = None
     #: the API measured through: ``generate`` (Ollama's native) or ``openai`` (``/v1``)
     api: str = "generate"
 
@@ -112,7 +115,7 @@ class ProbeResult:
             "max_k": self.max_k, "num_predict": self.num_predict, "notes": list(self.notes),
             "prompt_tokens": self.prompt_tokens, "prompt_bytes": self.prompt_bytes,
             "repeats": self.repeats, "service_cv": _clean(self.service_cv),
-            "api": self.api,
+            "request_overhead_s": _clean(self.request_overhead_s), "api": self.api,
         }
 
     def table(self) -> str:
@@ -131,6 +134,9 @@ class ProbeResult:
                  f"  {'effective slots':<22}{self.effective_slots}",
                  *([f"  {'service time CV':<22}{self.service_cv:.3f} over {self.repeats} "
                     f"tries alone"] if self.service_cv is not None else []),
+                 *([f"  {'outside its timings':<22}{_fmt(self.request_overhead_s, 's')} per "
+                    f"request (HTTP, template, bookkeeping)"]
+                   if self.request_overhead_s is not None else []),
                  "  k at once   decoding together   S(k) aggregate speed-up"]
         for k in sorted(self.speedup):
             lines.append(f"  {k:>9}   {self.concurrent.get(k, 0):>17}   {self.speedup[k]:>6.2f}×")
@@ -246,7 +252,8 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         num_predict=num_predict, version=version, notes=notes,
         prompt_tokens=alone[0].prompt_tokens or None,
         prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats,
-        service_cv=_cv([_service_s(r) for r in alone]), api=api)
+        service_cv=_cv([_service_s(r) for r in alone]),
+        request_overhead_s=_median([_outside_s(r) for r in alone]), api=api)
 
 
 def _client_decode_rate(row: RequestResult) -> float | None:
@@ -337,6 +344,15 @@ def _service_s(row: RequestResult) -> float:
     if row.server_prompt_eval_s is not None and row.server_eval_s is not None:
         return row.server_prompt_eval_s + row.server_eval_s
     return row.latency_s
+
+
+def _outside_s(row: RequestResult) -> float | None:
+    """The client's latency minus the server's prefill, decode and load durations (≥ 0);
+    None without the server's durations."""
+    if row.server_prompt_eval_s is None or row.server_eval_s is None:
+        return None
+    return max(0.0, row.latency_s - row.server_prompt_eval_s - row.server_eval_s
+               - (row.server_load_s or 0.0))
 
 
 def _cv(values: Sequence[float]) -> float | None:

@@ -883,7 +883,8 @@ class ServiceModel:
 
 def service_model_from_profile(profile: Any, specs: Iterable[Any], *, seed: int | None = None
                                ) -> ServiceModel:
-    """The simulator's own latency model for ``specs``: the profile's ``prefill_s``,
+    """The simulator's own latency model for ``specs``: the profile's ``request_overhead_s`` +
+    ``prefill_s`` (the phase before decoding),
     ``output_tokens`` and ``speed().decode_tps``, and its ``S(k)`` (see
     :func:`service_times_from_profile`, which gives the same requests' solo times).
 
@@ -904,7 +905,9 @@ def service_model_from_profile(profile: Any, specs: Iterable[Any], *, seed: int 
             options = getattr(spec, "options", None) or {}
             num_predict = getattr(spec, "num_predict", None) or options.get("num_predict")
             spec_seed = options.get("seed", seed)
-        prefill.append(float(profile.prefill_s(profile.prompt_tokens(prompt), model)))
+        # the request's own overhead holds its slot before the prompt, as in the simulator
+        overhead = float(getattr(profile.speed(model), "request_overhead_s", 0.0) or 0.0)
+        prefill.append(overhead + float(profile.prefill_s(profile.prompt_tokens(prompt), model)))
         tokens.append(int(profile.output_tokens(prompt, seed=spec_seed, num_predict=num_predict,
                                                 model=model)))
     if not tokens:

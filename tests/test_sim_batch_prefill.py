@@ -152,3 +152,32 @@ def test_measured_prompts_are_the_profiles_own(template: int, per_token: float, 
     assert fit.bytes_per_token == pytest.approx(per_token, rel=0.02)
     assert fit.prefill_tps == pytest.approx(tps, rel=0.02)
     assert fit.prefill_overhead_s == pytest.approx(overhead, abs=0.02 * overhead + 2e-3)
+
+
+# -- the time a request takes outside the server's own timings -----------------------------
+@pytest.mark.parametrize("overhead", [0.0, 0.05, 0.3])
+def test_a_requests_own_overhead_holds_its_slot_and_is_measured_back(overhead: float) -> None:
+    """The simulator spends ``request_overhead_s`` before the prompt, outside the durations
+    it reports; ``probe`` (on the clock) measures it back as latency minus those durations,
+    and a profile saved from the probe carries it. Bounds from below are exact; from above
+    they allow the client's own milliseconds on a busy machine."""
+    from parallel_kit.calibrate import profile_from_probe
+    from parallel_kit.probe import probe
+    from parallel_kit.sim.server import SimulatedOllama
+
+    base = _profile(False, prefill_tps=1000.0, decode_tps=200.0)
+    prof = replace(base, models={MODEL: replace(base.speed(MODEL),
+                                                request_overhead_s=overhead)})
+    assert prof.service_time_s(10, 4, 1, MODEL) == pytest.approx(overhead + 0.01 + 0.02)
+    assert profile_from_dict("t", prof.to_dict()).speed(MODEL).request_overhead_s == overhead
+
+    async def main() -> object:
+        async with SimulatedOllama(prof, time_scale=1.0, models=[MODEL]) as sim:
+            return await probe(sim.url, MODEL, max_k=1, num_predict=8, repeats=3)
+
+    found = asyncio.run(main())
+    assert overhead <= found.request_overhead_s <= overhead + 0.25, found
+    saved = profile_from_probe("x", found.to_dict())
+    assert saved.speed(MODEL).request_overhead_s == pytest.approx(found.request_overhead_s)
+    scaled = profile_from_probe("y", {**found.to_dict(), "time_scale": 0.01})
+    assert scaled.speed(MODEL).request_overhead_s == 0.0

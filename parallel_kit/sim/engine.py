@@ -822,6 +822,12 @@ class SimEngine:
             counts["cached_tokens"] += cached
             counts["hits"] += cached > 0
             new_tokens = prompt_tokens - cached
+            overhead = inst.speed.request_overhead_s * factor * scale
+            if overhead > 0:
+                # The request's own overhead (HTTP, template, bookkeeping) holds the slot
+                # before its prompt; the durations reported below leave it out, as a server's do.
+                t_slot += overhead
+                await sleep_until(t_slot)
             if profile.prefill_in_batch and new_tokens > 0 and inst.speed.prefill_tps:
                 # The prompt goes through the shared batch; the step that finishes it also
                 # hands the request to the decode batch (at the next step).

@@ -21,6 +21,7 @@ so measured profiles (``save_profile``) can override and extend the packaged one
         "default_model": str,
         "models": {"<model>": {"decode_tps": float, "prefill_tps": float | null (instant),
                                "prefill_overhead_s": float (optional, default 0),
+                               "request_overhead_s": float (optional, default 0),
                                "load_s": float, "output_tokens": [min, max],
                                "aliases": [str], "size": bytes, "parameter_size": str,
                                "quantization_level": str, "family": str,
@@ -69,6 +70,10 @@ class ModelSpeed:
         prefill_overhead_s: model seconds every prompt costs on top of its tokens (the
             batch's fixed cost; measured by :func:`~parallel_kit.calibrate.measure_prompts`,
             0 for the packaged profiles).
+        request_overhead_s: model seconds every request takes, holding its slot, besides its
+            prefill and decode as the server times them (HTTP, the chat template, the
+            server's bookkeeping before and after; measured by ``probe`` as the client's
+            latency alone minus the server's durations; 0 for the packaged profiles).
         load_s: seconds to load the model before its first request.
         output_tokens: (min, max) answer length when the request gives no ``num_predict``.
         aliases: other names for the same model (``llama3.2:latest``).
@@ -86,6 +91,7 @@ class ModelSpeed:
     load_s: float = 0.0
     output_tokens: tuple[int, int] = (100, 100)
     prefill_overhead_s: float = 0.0
+    request_overhead_s: float = 0.0
     aliases: tuple[str, ...] = ()
     size: int = 2_000_000_000
     parameter_size: str = ""
@@ -101,6 +107,8 @@ class ModelSpeed:
             "decode_tps": self.decode_tps, "prefill_tps": self.prefill_tps,
             **({"prefill_overhead_s": self.prefill_overhead_s}
                if self.prefill_overhead_s else {}),
+            **({"request_overhead_s": self.request_overhead_s}
+               if self.request_overhead_s else {}),
             "load_s": self.load_s, "output_tokens": list(self.output_tokens),
             "aliases": list(self.aliases), "size": self.size,
             "parameter_size": self.parameter_size,
@@ -227,10 +235,11 @@ class Profile:
 
     def service_time_s(self, prompt_tokens: int, output_tokens: int, concurrent: int = 1,
                        model: str | None = None) -> float:
-        """Model seconds one request takes once it has a slot: prefill, then decoding while
+        """Model seconds one request takes once it has a slot: its ``request_overhead_s``, its
+        prefill, then decoding while
         ``concurrent`` requests (itself included) decode the whole time. Load and queueing
         are not included (see :meth:`load_s`)."""
-        return (self.prefill_s(prompt_tokens, model)
+        return (self.speed(model).request_overhead_s + self.prefill_s(prompt_tokens, model)
                 + output_tokens / self.per_request_tps(concurrent, model))
 
     def load_s(self, model: str | None = None) -> float:
@@ -457,6 +466,8 @@ def _model_from_dict(name: str, raw: Any, where: str) -> ModelSpeed:
         prefill_tps=positive("prefill_tps", raw.get("prefill_tps"), allow_none=True),
         load_s=positive("load_s", raw.get("load_s", 0.0), allow_zero=True),
         prefill_overhead_s=positive("prefill_overhead_s", raw.get("prefill_overhead_s", 0.0),
+                                    allow_zero=True),
+        request_overhead_s=positive("request_overhead_s", raw.get("request_overhead_s", 0.0),
                                     allow_zero=True),
         output_tokens=(int(out[0]), int(out[1])),
         aliases=tuple(str(a) for a in raw.get("aliases", [])),
