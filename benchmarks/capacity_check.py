@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import clean, write_result
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.sim.profiles import load_profile
 
 PROFILES = ("seed", "rtx4090", "m1-max")

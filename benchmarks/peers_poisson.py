@@ -62,9 +62,9 @@ from peers import (
 )
 
 from parallel_kit import theory
-from parallel_kit.arrivals import Schedule, make_schedule
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.workload.arrivals import Schedule, make_schedule
 
 PROFILE = C4_PROFILE
 SLOTS = 4
@@ -79,9 +79,9 @@ NOISE_DRAWS = 20
 _KIT_SNIPPET = """
 import asyncio, json, sys
 import numpy as np
-from parallel_kit.arrivals import Schedule, make_schedule
+from parallel_kit.workload.arrivals import Schedule, make_schedule
 from parallel_kit.config import Endpoint
-from parallel_kit.loadgen import run_open_loop
+from parallel_kit.bench.loadgen import run_open_loop
 from parallel_kit.modes.base import ModeContext, QueueOptions
 from parallel_kit.records import RequestSpec
 url, rate, n, seed, prompts, times, out, model, tokens = sys.argv[1:10]

@@ -235,7 +235,7 @@ class RunSummary:
     engine: str = ""
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # -- open-loop runs (requests arriving over time; ``parallel_kit.loadgen``) ------------
+    # -- open-loop runs (requests arriving over time; ``parallel_kit.bench.loadgen``) ------------
     #: theory's steady-state figures for this mode at this rate (latency and TTFT from arrival)
     predicted_latency_mean_s: float | None = None
     predicted_latency_p95_s: float | None = None

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.cli import main
 from parallel_kit.errors import ConfigError
 from parallel_kit.sim.profiles import load_profile

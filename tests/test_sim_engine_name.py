@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 
-from parallel_kit.backend import open_backend
 from parallel_kit.bench import _engine_label
 from parallel_kit.errors import ConfigError
 from parallel_kit.plots import _backend_phrase
+from parallel_kit.servers.backend import open_backend
 from parallel_kit.sim.engine import SimEngine
 from parallel_kit.sim.profiles import load_profile
 from parallel_kit.sim.registry import engine_info, engine_names, make_engine

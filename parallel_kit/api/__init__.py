@@ -25,7 +25,7 @@ oversized batch → 422 saying the bound; body too large → 413; a body that is
 unknown task → 404; queue full → 503 with ``Retry-After``; missing/wrong key → 401. A request
 that runs past ``--max-request-s`` ends as a failed task saying so.
 
-Where tasks live: in the API process's memory (:class:`~parallel_kit.taskqueue.TaskQueue`); a
+Where tasks live: in the API process's memory (:class:`~parallel_kit.modes.taskqueue.TaskQueue`); a
 restart loses them, and ``/health`` and the 404 say so. The Redis-backed production mode keeps
 them. ``/health`` reports ``ok``, ``degraded`` (some servers of a pool lost; they are probed and
 taken back when they answer) or ``down`` (none left: HTTP 503).
@@ -39,9 +39,9 @@ Security: binds 127.0.0.1 unless ``--bind`` says otherwise (a warning when it li
 loopback without a key); ``PARALLEL_KIT_API_KEY`` set → every path but ``/health`` wants
 ``Authorization: Bearer <key>`` (``/docs`` and ``/openapi.json`` included).
 
-What sends the requests is an :class:`~parallel_kit.api_backends.ApiBackend`: any
+What sends the requests is an :class:`~parallel_kit.api.backends.ApiBackend`: any
 ``async (spec) -> RequestResult`` plus the clock its rows are on; the backends, one per mode,
-live in :mod:`parallel_kit.api_backends` (this module is the app and its serving): ``--mode
+live in :mod:`parallel_kit.api.backends` (this module is the app and its serving): ``--mode
 async`` is one Ollama, ``--mode pool`` one Ollama per GPU behind
 :class:`~parallel_kit.modes.pool.EndpointPool`, ``--mode ray`` one GPU actor per server
 (:func:`~parallel_kit.modes.ray_gpu.open_ray_dispatcher`).
@@ -64,12 +64,10 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .api_backends import ApiBackend, open_api_backend  # the backends: their own module
-from .config import max_concurrent_from_env
-from .errors import ConfigError
-from .netutil import listen, socket_url
-from .records import RequestSpec
-from .taskqueue import (
+from ..clients.netutil import listen, socket_url
+from ..config import max_concurrent_from_env
+from ..errors import ConfigError
+from ..modes.taskqueue import (
     DEFAULT_MAX_FINISHED,
     DEFAULT_MAX_HELD_BYTES,
     DEFAULT_MAX_KEPT_BYTES,
@@ -83,6 +81,8 @@ from .taskqueue import (
     TooMuchHeld,
     UnknownTask,
 )
+from ..records import RequestSpec
+from .backends import ApiBackend, open_api_backend  # the backends: their own module
 
 __all__ = [
     "API_KEY_ENV",

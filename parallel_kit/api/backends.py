@@ -2,7 +2,7 @@
 
 An :class:`ApiBackend` is any ``async (spec) -> RequestResult`` plus the clock its rows are on.
 :func:`open_api_backend` opens the servers (the Ollama at ``--host``, or embedded simulators via
-:func:`parallel_kit.backend.open_backend`) and hands them to the opener the mode names in its
+:func:`parallel_kit.servers.backend.open_backend`) and hands them to the opener the mode names in its
 registry record (``ModeInfo.api_backend``): one server behind the queue (:func:`open_single`),
 one Ollama per GPU behind :class:`~parallel_kit.modes.pool.EndpointPool` (:func:`open_pool`), or
 one GPU actor per server (:func:`open_ray`). A new mode serves the API by naming its own opener
@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .config import DEFAULT_MODEL, max_concurrent_from_env
-from .errors import ConfigError
-from .records import RequestResult, RequestSpec
-from .taskqueue import RequestFn
-from .timing import ModelClock
+from ..config import DEFAULT_MODEL, max_concurrent_from_env
+from ..errors import ConfigError
+from ..modes.taskqueue import RequestFn
+from ..records import RequestResult, RequestSpec
+from ..timing import ModelClock
 
 if TYPE_CHECKING:
-    from .backend import Backend
+    from ..servers.backend import Backend
 
 __all__ = ["ApiBackend", "BackendOpener", "ServeOptions", "dispatcher_health",
            "open_api_backend", "open_pool",
@@ -100,7 +100,7 @@ async def open_api_backend(
 
     Args:
         hosts: Ollama URL(s); ``None``: ``OLLAMA_HOST``, or an embedded simulator when none
-            answers (``parallel_kit.backend.open_backend`` decides and says so).
+            answers (``parallel_kit.servers.backend.open_backend`` decides and says so).
         mode: a mode whose registry record names an ``api_backend`` (``async``: one server
             behind the queue; ``pool``: ``gpus`` servers, or one per host, least outstanding
             first; ``ray``: one GPU actor per host, or ``gpus`` actors each starting its own).
@@ -110,8 +110,8 @@ async def open_api_backend(
     Raises:
         ConfigError: a mode that cannot serve the API, several hosts for a one-server mode.
     """
-    from .backend import open_backend
-    from .modes.registry import get_info, modes
+    from ..modes.registry import get_info, modes
+    from ..servers.backend import open_backend
 
     info = get_info(mode)
     if info.api_backend is None:
@@ -136,7 +136,7 @@ async def open_api_backend(
 @contextlib.asynccontextmanager
 async def open_single(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
     """One server behind the queue (``async``): one pooled client, ``concurrency`` lanes."""
-    from .client_factory import make_client
+    from ..clients.factory import make_client
 
     clock = ModelClock(servers.time_scale)
     endpoint = servers.endpoints[0]
@@ -155,7 +155,7 @@ async def open_single(servers: Backend, options: ServeOptions) -> AsyncIterator[
 @contextlib.asynccontextmanager
 async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
     """One Ollama per GPU behind an :class:`~parallel_kit.modes.pool.EndpointPool`."""
-    from .modes.pool import EndpointPool
+    from ..modes.pool import EndpointPool
 
     clock = ModelClock(servers.time_scale)
     async with EndpointPool(servers.endpoints, clock=clock, mode=options.mode,
@@ -167,9 +167,9 @@ async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[Ap
 @contextlib.asynccontextmanager
 async def open_ray(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
     """One Ray GPU actor per server (each starting its own when no endpoints were given)."""
-    from .modes.base import ModeContext
-    from .modes.options import RayOptions, ServerOptions
-    from .modes.ray_gpu import open_ray_dispatcher
+    from ..modes.base import ModeContext
+    from ..modes.options import RayOptions, ServerOptions
+    from ..modes.ray_gpu import open_ray_dispatcher
 
     clock = ModelClock(servers.time_scale)
     launched = (ServerOptions(launch="sim" if servers.kind == "sim" else "ollama",

@@ -34,26 +34,19 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Unpack
 
-from . import theory
-from ._sync import run_sync
-from .arrivals import Arrivals, Schedule, specs_for
-from .backend import Backend, open_backend
-from .config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
-from .errors import AllWorkersLost, ConfigError, MissingDependency
-from .metrics import Slo
-from .modes.base import ModeContext
-from .modes.options import QueueOptions, RayOptions, ServerOptions
-from .modes.registry import BASELINE, get_info, mode_names, parse_modes
-from .modes.stack_options import ServeOptions, StackOptions
-from .prompts import load_prompts, make_specs, new_salt, salt_specs, workload_specs
-from .records import (
-    RequestResult,
-    RequestSpec,
-    RunResult,
-    summarize,
-    write_csv,
-    write_json,
-)
+from .. import theory
+from .._sync import run_sync
+from ..config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scale_from_env
+from ..errors import AllWorkersLost, ConfigError, MissingDependency
+from ..metrics import Slo
+from ..modes.base import ModeContext
+from ..modes.options import QueueOptions, RayOptions, ServerOptions
+from ..modes.registry import BASELINE, get_info, mode_names, parse_modes
+from ..modes.stack_options import ServeOptions, StackOptions
+from ..records import RequestResult, RequestSpec, RunResult, summarize, write_csv, write_json
+from ..servers.backend import Backend, open_backend
+from ..workload.arrivals import Arrivals, Schedule, specs_for
+from ..workload.prompts import load_prompts, make_specs, new_salt, salt_specs, workload_specs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,14 +147,14 @@ def format_table(runs: Sequence[RunResult]) -> str:
 
 def _engine_default_model(engine: str | None) -> str:
     """The model a run uses when none is named: the engine's own (registry), else the kit's."""
-    from .sim.registry import engine_info
+    from ..sim.registry import engine_info
 
     return engine_info(engine).default_model or DEFAULT_MODEL
 
 
 def _engine_label(engine: str) -> str:
     """What produced a simulator run's tokens, from the engine registry."""
-    from .sim.registry import engine_info
+    from ..sim.registry import engine_info
 
     try:
         return engine_info(engine if engine != "ollama" else None).label
@@ -324,15 +317,15 @@ async def compare(
             binary, Ray Serve not installed) is skipped with one line instead of failing the
             comparison (the demo).
         arrivals: requests arrive over time instead of all at once (open loop,
-            :mod:`parallel_kit.loadgen`): every mode gets the same schedule.
+            :mod:`parallel_kit.bench.loadgen`): every mode gets the same schedule.
         slo: ``"ttft=2,tpot=0.1,latency=30"`` or a :class:`~parallel_kit.metrics.Slo`: open-loop
             runs then report ``goodput_rps``.
         salt: measurement hygiene against the server's prompt cache. True (default): a fresh
             random salt; a string: that salt (to repeat a run exactly); False: prompts as
             given. Each mode's run gets ``<salt>-<mode>`` (``summary.salt``) and its prompts a
-            salt tag (:func:`~parallel_kit.prompts.salt_specs`: one per request, or one per
+            salt tag (:func:`~parallel_kit.workload.prompts.salt_specs`: one per request, or one per
             run for a ``workload``), so no run sees a prompt an earlier run sent.
-        workload: ``shared-prefix`` or ``multi-turn`` (:func:`~parallel_kit.prompts.
+        workload: ``shared-prefix`` or ``multi-turn`` (:func:`~parallel_kit.workload.prompts.
             workload_specs`): prompts that share prefixes on purpose, to show the cache.
         prefill_tokens_per_s: the reference prefill rate for inferring cache hits (default:
             the slowest seen in this comparison's runs).
@@ -580,7 +573,7 @@ def _cache_check(run: RunResult, comparison: Comparison, salt: str | None,
     """Infer the run's cache hits (``metrics.infer_prompt_cache``) into its summary, and flag
     it in one line when over 10 % of its prompt tokens came from the cache although it did
     not ask for caching (no ``workload``): such a run measured the cache, not the model."""
-    from .metrics import CACHE_WARN_FRACTION, infer_prompt_cache, ttft_by_turn
+    from ..metrics import CACHE_WARN_FRACTION, infer_prompt_cache, ttft_by_turn
 
     s = run.summary
     s.salt, s.workload = salt, workload
@@ -644,12 +637,12 @@ async def _real_capacity(b: Backend, api: str, say: Callable[[str], None]
     """Slots and S(k) of real servers: (slots, S or None, what the prediction assumes).
 
     Slots from ``--slots`` or the server's own report (llama-server's ``/props``), else
-    measured; S(k) measured by a short concurrency scan (:func:`~parallel_kit.probe.
+    measured; S(k) measured by a short concurrency scan (:func:`~parallel_kit.measure.probe.
     measure_capacity`, on the first server, up to 4 at once) whenever there may be more than
     one slot. A scan that fails leaves the slots as they were and S(k) = 1, and says so.
     """
-    from .errors import ParallelKitError
-    from .probe import measure_capacity
+    from ..errors import ParallelKitError
+    from ..measure.probe import measure_capacity
 
     slots = b.endpoints[0].slots
     known = bool(b.slots_source)
@@ -711,7 +704,7 @@ def write_outputs(comparison: Comparison, *, json_path: str | None = None,
     message says where (:func:`~parallel_kit.outputs.write_or_rescue`): a finished run is
     never lost to a bad path.
     """
-    from .outputs import write_or_rescue
+    from ..outputs import write_or_rescue
 
     runs = comparison.runs
     written = []
@@ -720,7 +713,7 @@ def write_outputs(comparison: Comparison, *, json_path: str | None = None,
     if csv_path:
         written.append(write_or_rescue(csv_path, lambda p: write_csv(p, runs)))
     if plot_path and runs:
-        from . import plots
+        from .. import plots
 
         fig = plots.timeline(runs)
         written.append(write_or_rescue(plot_path, lambda p: plots.save(fig, p)))

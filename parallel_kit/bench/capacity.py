@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arrivals import PROCESSES, Schedule, check_burstiness, check_rate, make_schedule
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..workload.arrivals import PROCESSES, Schedule, check_burstiness, check_rate, make_schedule
 
 __all__ = [
     "SLO_KEYS",
@@ -240,7 +240,7 @@ class Traffic:
         Raises:
             ConfigError: an unreadable or malformed trace (the line is named).
         """
-        from .arrivals import load_trace
+        from ..workload.arrivals import load_trace
 
         schedule = load_trace(path).schedule(speed)
         return cls(rate=schedule.rate, process="trace", n=len(schedule), schedule=schedule,
@@ -286,8 +286,8 @@ def load_calibrated(path: str | os.PathLike[str], *, model: str | None = None) -
         ConfigError: unreadable or malformed file; a file that measured another model (the
             message names both and the fix).
     """
-    from .calibrate import profile_from_probe
-    from .sim.profiles import profile_from_dict
+    from ..measure.calibrate import profile_from_probe
+    from ..sim.profiles import profile_from_dict
 
     p = Path(path)
     try:
@@ -325,7 +325,7 @@ def load_calibrated(path: str | os.PathLike[str], *, model: str | None = None) -
 def _profile_registered(profile: Any) -> Iterator[str]:
     """Make ``profile`` loadable by name for servers started in this process (a temporary
     profile file named by ``PARALLEL_KIT_PROFILES``, restored afterwards)."""
-    from .sim.profiles import PROFILES_ENV, list_profiles, save_profile
+    from ..sim.profiles import PROFILES_ENV, list_profiles, save_profile
 
     if profile.name in list_profiles():
         yield profile.name
@@ -346,8 +346,8 @@ def _profile_registered(profile: Any) -> Iterator[str]:
 
 def _service(profile: Any, traffic: Traffic, model: str | None, num_predict: int | None) -> Any:
     """The service model of the requests the measured runs send (the same prompts, cycled)."""
-    from . import theory
-    from .arrivals import specs_for
+    from .. import theory
+    from ..workload.arrivals import specs_for
 
     model = model or profile.default_model
     sched = traffic.schedule or make_schedule(1.0, n=5, process="constant")
@@ -426,7 +426,7 @@ def predict_config(mode: str, servers: int, slots: int, service: Any, traffic: T
     Steady state when the traffic has no ``n`` and no trace (``requests`` arrivals of the
     discrete-event run), else the same run over the finite schedule a measurement uses.
     """
-    from . import theory
+    from .. import theory
 
     common: dict[str, Any] = {"workers": servers, "slots": slots}
     if traffic.steady and rate is None:
@@ -592,7 +592,7 @@ def _num(x: float) -> str:
 
 
 def _checked_modes(modes: Sequence[str]) -> list[str]:
-    from .modes.registry import mode_names
+    from ..modes.registry import mode_names
 
     names = [m.strip() for m in modes if m.strip()]
     if not names:
@@ -638,8 +638,8 @@ def plan_capacity(traffic: Traffic, slo: PercentileSlo, *, profile: Any = "seed"
         ConfigError: bad modes/slots/max_gpus; a rate at or above what the largest
             configuration can serve at all (no steady state anywhere) — naming its capacity.
     """
-    from .modes.registry import get_info
-    from .sim.profiles import load_profile
+    from ..modes.registry import get_info
+    from ..sim.profiles import load_profile
 
     if isinstance(max_gpus, bool) or not isinstance(max_gpus, int) or max_gpus < 1:
         raise ConfigError(f"--max-gpus must be a whole number ≥ 1, got {max_gpus!r}")
@@ -651,7 +651,7 @@ def plan_capacity(traffic: Traffic, slo: PercentileSlo, *, profile: Any = "seed"
                       for w in (range(1, max_gpus + 1) if get_info(m).multi_server else (1,))
                       for k in ks}, key=lambda c: (c[0], c[1], names.index(c[2])))
     if traffic.steady:
-        from . import theory
+        from .. import theory
 
         caps = [(theory.predict_load(m, service, rate=1.0, requests=50, workers=w,
                                      slots=k).capacity_rps, w, k, m) for w, k, m in configs]
@@ -732,7 +732,7 @@ class Measurement:
 def auto_time_scale(service: Any) -> float:
     """The time scale a measurement uses when none is given: ``PARALLEL_KIT_TIME_SCALE`` when
     set, else one request alone takes :data:`AUTO_SERVICE_CLOCK_S` clock seconds (at most 1)."""
-    from .config import time_scale_from_env
+    from ..config import time_scale_from_env
 
     env = time_scale_from_env(0.0)
     if env > 0:
@@ -764,10 +764,10 @@ async def measure_config(mode: str, servers: int, slots: int, traffic: Traffic,
     Raises:
         ConfigError: bad arguments (from :func:`parallel_kit.bench.compare`).
     """
-    from . import theory
-    from .bench import compare
-    from .modes.options import ServerOptions
-    from .sim.profiles import load_profile
+    from .. import theory
+    from ..modes.options import ServerOptions
+    from ..sim.profiles import load_profile
+    from . import compare
 
     prof = load_profile(profile)
     schedule = traffic.finite(rate, seed)
@@ -787,8 +787,8 @@ async def measure_config(mode: str, servers: int, slots: int, traffic: Traffic,
 
 
 def _arrivals_for(traffic: Traffic, schedule: Schedule) -> Any:
-    """The :class:`~parallel_kit.arrivals.Arrivals` whose schedule is ``schedule``."""
-    from .arrivals import Arrivals
+    """The :class:`~parallel_kit.workload.arrivals.Arrivals` whose schedule is ``schedule``."""
+    from ..workload.arrivals import Arrivals
 
     if traffic.trace is not None:
         return Arrivals(trace=traffic.trace, trace_speed=traffic.trace_speed)
@@ -865,7 +865,7 @@ def predicted_max_rate(mode: str, servers: int, slots: int, service: Any, traffi
     """Theory's highest rate within ``slo`` for the traffic's finite schedule at ``seed``
     (bisection on :func:`predict_config`; the same seed scales the same gaps, so the figures
     rise with the rate)."""
-    from . import theory
+    from .. import theory
 
     cap = theory.predict_load(mode, service, rate=1.0, requests=50, workers=servers,
                               slots=slots).capacity_rps
@@ -915,7 +915,7 @@ async def max_rate(mode: str, servers: int, slots: int, traffic: Traffic, slo: P
         ConfigError: a trace (no rate to vary); runs or repeats < 1; an SLO missed even at a
             tiny rate.
     """
-    from .sim.profiles import load_profile
+    from ..sim.profiles import load_profile
 
     if traffic.schedule is not None:
         raise ConfigError("--max-rate varies the rate: give --rate and --arrivals, not --trace")

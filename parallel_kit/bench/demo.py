@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .bench import Comparison, compare
-from .modes.registry import BASELINE, mode_names
-from .modes.stack_options import StackOptions
-from .records import write_csv, write_json
+from ..modes.registry import BASELINE, mode_names
+from ..modes.stack_options import StackOptions
+from ..records import write_csv, write_json
+from . import Comparison, compare
 
 __all__ = ["DEMO_REQUESTS", "run_demo", "write_demo_outputs"]
 
@@ -47,7 +47,7 @@ async def run_demo(*, into: Comparison | None = None, time_scale: float | None =
 def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
                        plots: bool = True) -> list[Path]:
     """``results.json``, ``requests.csv`` and (optionally) the PNG plots in ``out``."""
-    from .outputs import write_or_rescue
+    from ..outputs import write_or_rescue
 
     folder = Path(out)
     runs = comparison.runs
@@ -55,7 +55,7 @@ def write_demo_outputs(comparison: Comparison, out: str | os.PathLike[str],
     written = [write_or_rescue(folder / "results.json", lambda p: write_json(p, runs)),
                write_or_rescue(folder / "requests.csv", lambda p: write_csv(p, runs))]
     if plots and runs:
-        from . import plots as P
+        from .. import plots as P
 
         written.append(write_or_rescue(folder / "timeline.png",
                                        lambda p: P.save(P.timeline(runs), p)))

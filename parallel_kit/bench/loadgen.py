@@ -9,14 +9,14 @@ by its registry record, ``ModeInfo.session``):
 
 * ``sequential`` — one request at a time on one server: arrivals wait at the client, first come
   first served (an ``asyncio.Lock``, whose waiters are served in order);
-* ``async`` / ``batch`` — the kit's :class:`~parallel_kit.taskqueue.TaskQueue` with
+* ``async`` / ``batch`` — the kit's :class:`~parallel_kit.modes.taskqueue.TaskQueue` with
   ``ctx.concurrency`` workers in front of one server; each arrival is submitted as it comes (a
   batch of one, for ``batch``);
 * ``pool`` — the least-outstanding :class:`~parallel_kit.modes.pool.EndpointPool` (one FIFO
   queue in front of every slot of every server);
 * ``ray`` — the same dispatcher over one Ray actor per GPU;
 * ``rayserve`` / ``production`` — Ray Serve's router (one handle call per arrival), behind
-  Celery on Redis for ``production``: :mod:`parallel_kit.modes.stack_sessions`.
+  Celery on Redis for ``production``: :mod:`parallel_kit.production.sessions`.
 
 Pacing: the driver sleeps until about 2 ms before an arrival and then yields to the loop until
 the arrival's clock time has come, so that a request leaves within well under a millisecond of
@@ -60,12 +60,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .arrivals import Schedule
-from .errors import AllWorkersLost, ConfigError, OllamaError, ParallelKitError
-from .metrics import ItlSketch, Slo, distribution, goodput_rps
-from .modes.base import ModeContext
-from .records import RequestResult, RequestSpec, RunResult, summarize
-from .timing import ModelClock
+from ..errors import AllWorkersLost, ConfigError, OllamaError, ParallelKitError
+from ..metrics import ItlSketch, Slo, distribution, goodput_rps
+from ..modes.base import ModeContext
+from ..records import RequestResult, RequestSpec, RunResult, summarize
+from ..timing import ModelClock
+from ..workload.arrivals import Schedule
 
 __all__ = ["LAG_LIMIT_CLOCK_S", "Session", "async_session", "batch_session",
            "fill_predictions", "format_load_table", "open_session", "pool_session",
@@ -134,7 +134,7 @@ def open_session(mode: str, ctx: ModeContext) -> contextlib.AbstractAsyncContext
     """
     import importlib
 
-    from .modes.registry import get_info, modes
+    from ..modes.registry import get_info, modes
 
     target = get_info(mode).session
     if target is None:
@@ -172,7 +172,7 @@ async def _client_session(mode: str, ctx: ModeContext) -> AsyncIterator[Session]
             clock.start()
             yield _Session(clock, 1, ctx.slots, send_one, setup, clients=[client])
             return
-        from .taskqueue import TaskQueue
+        from ..modes.taskqueue import TaskQueue
 
         setup = time.perf_counter() - t_setup
         clock.start()
@@ -203,7 +203,7 @@ def batch_session(ctx: ModeContext) -> contextlib.AbstractAsyncContextManager[Se
 @contextlib.asynccontextmanager
 async def pool_session(ctx: ModeContext) -> AsyncIterator[Session]:
     """``pool``: the least-outstanding dispatcher over ``ctx.endpoints``."""
-    from .modes.pool import EndpointPool, check_endpoints
+    from ..modes.pool import EndpointPool, check_endpoints
 
     t_setup = time.perf_counter()
     await check_endpoints(ctx.endpoints, api=ctx.api)
@@ -219,7 +219,7 @@ async def pool_session(ctx: ModeContext) -> AsyncIterator[Session]:
 @contextlib.asynccontextmanager
 async def ray_session(ctx: ModeContext) -> AsyncIterator[Session]:
     """``ray``: the same dispatcher over one Ray actor per GPU."""
-    from .modes.ray_gpu import open_ray_dispatcher
+    from ..modes.ray_gpu import open_ray_dispatcher
 
     async with open_ray_dispatcher(ctx) as dispatcher:
         yield _dispatcher_session(dispatcher, dispatcher.setup_s)
@@ -451,7 +451,7 @@ def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], sc
     steady-state figures are the replay's. ``max_ongoing``: Ray Serve's
     ``max_ongoing_requests`` of ``rayserve``/``production`` (``None``: the slots).
     """
-    from . import theory
+    from .. import theory
 
     service = theory.service_model_from_profile(profile, specs)
     common: dict[str, Any] = {"workers": workers, "slots": slots, "concurrency": concurrency,

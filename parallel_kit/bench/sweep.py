@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .arrivals import Arrivals, check_rate
-from .errors import ConfigError
-from .records import RequestSpec, RunResult
+from ..errors import ConfigError
+from ..records import RequestSpec, RunResult
+from ..workload.arrivals import Arrivals, check_rate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,7 +141,7 @@ class Sweep:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        from .records import _json_safe
+        from ..records import _json_safe
 
         meta = {"mode": self.mode, "capacity_rps": self.capacity_rps,
                 "capacity_from": self.capacity_from, "predicted": self.predicted, **self.meta}
@@ -212,7 +212,7 @@ async def sweep(
         rates: ``"auto"``, a list of rates, or ``"r1,r2,…"`` (requests per model second).
         n: requests per run (and in the capacity burst).
         repeats: runs per rate (seeds ``seed``, ``seed + 1``, …).
-        process, burstiness, warmup, max_concurrency: as :class:`~parallel_kit.arrivals.Arrivals`.
+        process, burstiness, warmup, max_concurrency: as :class:`~parallel_kit.workload.arrivals.Arrivals`.
         slo: ``"ttft=…,tpot=…,latency=…"`` for goodput.
         command: the command line that made it (kept in the JSON).
         on_run: called with each run as it finishes (progress).
@@ -232,7 +232,7 @@ async def sweep(
     """
     import asyncio
 
-    from .bench import _salt_base
+    from . import _salt_base
 
     parsed = parse_rates(rates)
     base_salt = _salt_base(salt)
@@ -279,7 +279,7 @@ async def _sweep_runs(result: Sweep, mode: str, parsed: list[float] | str, chose
     an interrupted run is kept (its unfinished requests failed rows). Cell ``i`` is salted
     ``<base_salt>-c<i>``; the reference prefill rate for cache inference is carried from cell
     to cell."""
-    from .bench import Comparison, compare
+    from . import Comparison, compare
 
     cells = 0
     prefill: float | None = None
@@ -329,9 +329,9 @@ def _add_curve(result: Sweep, mode: str, kwargs: dict[str, Any], process: str,
     profile_name = o.get("profile")
     if not profile_name:
         return
-    from . import theory
-    from .config import max_concurrent_from_env
-    from .sim.profiles import load_profile
+    from .. import theory
+    from ..config import max_concurrent_from_env
+    from ..sim.profiles import load_profile
 
     s = result.runs[0].summary
     # The requests as they ran: their prompts, and the lengths the server gave them.
@@ -372,7 +372,7 @@ def predicted_curve(mode: Any, service: Any, *, fractions: Sequence[float] = CUR
         ``utilisation``, ``latency_{mean,p50,p95,p99}_s``, ``ttft_{mean,p50,p95,p99}_s``,
         ``throughput_rps``; model seconds, latency from arrival).
     """
-    from . import theory
+    from .. import theory
 
     capacity = theory.predict_load(mode, service, rate=1.0, requests=200,
                                    **topology).capacity_rps

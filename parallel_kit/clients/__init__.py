@@ -1,6 +1,6 @@
 """Talking to Ollama: the native API (``OllamaClient``) and the OpenAI-compatible one (``OpenAIClient``).
 
-Both clients are async (the streaming hot path on :mod:`parallel_kit._http1`, the other calls on
+Both clients are async (the streaming hot path on :mod:`parallel_kit.clients._http1`, the other calls on
 httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
 interface"): ``run(spec, clock=…, mode=…)`` sends one request and returns one
 :class:`~parallel_kit.records.RequestResult` — a failed request is a row with ``ok=False`` and the
@@ -16,7 +16,7 @@ The hot path: keep-alive HTTP/1.1 lanes parsed by httptools
 -----------------------------------------------------------
 A load generator's own CPU per request caps what it can measure. ``run`` therefore does not go
 through a general HTTP client: each client keeps ``max_connections`` *lanes*, keep-alive
-connections of :mod:`parallel_kit._http1` (asyncio protocols whose responses the httptools C
+connections of :mod:`parallel_kit.clients._http1` (asyncio protocols whose responses the httptools C
 parser decodes), handed out last-in first-out so the warmest is reused. A request is one
 prebuilt ``bytes`` write; each streamed line is handled in the protocol's ``data_received``
 callback — so ``first_token_s`` and the inter-token gaps are read the moment a line arrives —
@@ -76,9 +76,8 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from . import _http1
-from .config import DEFAULT_MODEL, normalize_host
-from .errors import (
+from ..config import DEFAULT_MODEL, normalize_host
+from ..errors import (
     ModelNotFound,
     OllamaError,
     OllamaUnavailable,
@@ -87,10 +86,11 @@ from .errors import (
     ServerBusy,
     StreamEnded,
 )
-from .metrics import ItlSketch
+from ..metrics import ItlSketch
+from ..records import RequestResult, RequestSpec
+from ..timing import ModelClock
+from . import _http1
 from .neterrors import connect_reason
-from .records import RequestResult, RequestSpec
-from .timing import ModelClock
 
 __all__ = ["OllamaClient", "OpenAIClient", "RetryPolicy"]
 
@@ -657,8 +657,8 @@ class OpenAIClient(_BaseClient):
     async def version(self) -> str:
         """The server's own name and version where it gives one (``"llama.cpp b6123"``,
         ``"vLLM 0.10.1"``, its ``Server`` header; ``""`` otherwise), asked as
-        :func:`parallel_kit.backend.discover_server` asks — never a native Ollama route."""
-        from .backend import discover_server
+        :func:`parallel_kit.servers.backend.discover_server` asks — never a native Ollama route."""
+        from ..servers.backend import discover_server
 
         return (await discover_server(self.host, "openai")).name
 
@@ -871,7 +871,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _short(exc: BaseException) -> str:
     """A one-line reason from an httpx error, naming the root cause when it is known
-    (:func:`~parallel_kit.neterrors.connect_reason`; anyio wraps a refused connection as
+    (:func:`~parallel_kit.clients.neterrors.connect_reason`; anyio wraps a refused connection as
     "All connection attempts failed")."""
     known = connect_reason(exc)  # DNS failure, refused, unreachable: the real cause
     if known is not None:

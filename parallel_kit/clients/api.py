@@ -27,8 +27,8 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from ._sync import run_sync
-from .errors import ConfigError, ParallelKitError
+from .._sync import run_sync
+from ..errors import ConfigError, ParallelKitError
 
 __all__ = ["ApiClient", "ApiError", "ApiRun", "format_api_table"]
 

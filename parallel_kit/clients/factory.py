@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .clients import OllamaClient, OpenAIClient, RetryPolicy
+    from . import OllamaClient, OpenAIClient, RetryPolicy
 
 __all__ = ["API_NAMES", "Api", "make_client"]
 
@@ -37,7 +37,7 @@ def make_client(api: str, url: str, *, max_connections: int = 32,
     Raises:
         ConfigError: an unknown ``api``, naming the three.
     """
-    from .clients import OllamaClient, OpenAIClient
+    from . import OllamaClient, OpenAIClient
 
     kwargs: dict[str, Any] = {"max_connections": max_connections, "retry": retry, **extra}
     if timeout is not None:

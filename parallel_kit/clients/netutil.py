@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["listen", "socket_url"]
 

@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_MODEL
-from .errors import ConfigError, RequestFailed
-from .sim import profiles as _profiles
-from .sim.profiles import ModelSpeed, Profile
+from ..config import DEFAULT_MODEL
+from ..errors import ConfigError, RequestFailed
+from ..sim import profiles as _profiles
+from ..sim.profiles import ModelSpeed, Profile
 
 __all__ = [
     "SpeedupSamples",
@@ -269,10 +269,10 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
         RequestFailed: a request failed (nothing is averaged over failures).
         ConfigError: bad arguments.
     """
-    from .clients import OllamaClient, RetryPolicy
+    from ..clients import OllamaClient, RetryPolicy
+    from ..records import RequestSpec
+    from ..timing import ModelClock
     from .probe import working_span
-    from .records import RequestSpec
-    from .timing import ModelClock
 
     ks = sorted(set(ks) | {1})
     if ks[0] < 1 or num_predict < 1 or repeats < 1:

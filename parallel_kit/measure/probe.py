@@ -14,7 +14,7 @@
   from request to request on a busy 2-core machine). ``prompt_tokens`` and ``prompt_bytes``
   record the server's token count for the probe's prompt and its UTF-8 size, so that a profile
   can convert the prefill speed to the simulator's own count of tokens
-  (:func:`parallel_kit.calibrate.profile_from_probe`). ``service_cv`` is the coefficient of
+  (:func:`parallel_kit.measure.calibrate.profile_from_probe`). ``service_cv`` is the coefficient of
   variation of its service time (the server's prefill + decode durations) over the repeats —
   the machine's request-to-request jitter, which a calibrated profile keeps for theory's
   latency predictions under load (None with one try).
@@ -32,7 +32,7 @@ All figures are model seconds (a simulator's clock ÷ its time scale; real Ollam
 Through the OpenAI-compatible API (``api="openai"``: llama.cpp's ``llama-server``, vLLM,
 Ollama's ``/v1``) the same requests go to ``/v1/chat/completions``, streamed, with
 ``stream_options: {"include_usage": true}`` for the token counts; no native Ollama route is
-asked (the server's name comes from :func:`parallel_kit.backend.discover_server`). That API
+asked (the server's name comes from :func:`parallel_kit.servers.backend.discover_server`). That API
 cannot unload a model, so ``load_s`` is not measured. Prefill and decode speeds and the working
 spans come from the server's own durations where it reports them (llama-server's ``timings``),
 else from the client's clock: decode = (tokens − 1) ÷ (last − first token), no prefill speed.
@@ -49,12 +49,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client_factory import make_client
-from .clients import OllamaClient, OpenAIClient, RetryPolicy
-from .config import DEFAULT_MODEL, check_time_scale
-from .errors import ConfigError, ModelNotFound, RequestFailed
-from .records import RequestResult, RequestSpec
-from .timing import ModelClock
+from ..clients import OllamaClient, OpenAIClient, RetryPolicy
+from ..clients.factory import make_client
+from ..config import DEFAULT_MODEL, check_time_scale
+from ..errors import ConfigError, ModelNotFound, RequestFailed
+from ..records import RequestResult, RequestSpec
+from ..timing import ModelClock
 
 __all__ = ["DEFAULT_NUM_PREDICT", "Capacity", "ProbeResult", "decoding_together", "measure_capacity",
            "probe", "working_span"]
@@ -154,7 +154,7 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         repeats: times the request alone is timed; its speeds and TTFT are the medians.
         api: ``generate`` (default) or ``chat`` — Ollama's native API — or ``openai`` (any
             OpenAI-compatible server; only ``/v1`` routes and the ones
-            :func:`~parallel_kit.backend.discover_server` names).
+            :func:`~parallel_kit.servers.backend.discover_server` names).
 
     Raises:
         OllamaUnavailable, ModelNotFound, RequestFailed: the server is missing, lacks the
@@ -177,7 +177,7 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
     notes: list[str] = []
     async with client:
         if isinstance(client, OpenAIClient):
-            from .backend import discover_server
+            from ..servers.backend import discover_server
 
             facts = await discover_server(client.host, "openai")
             version = facts.name
@@ -403,7 +403,7 @@ def _aggregate_tokens_per_s(rows: Sequence[RequestResult]) -> float:
 async def _single_slot_note(host: str, model: str) -> str | None:
     """``asked for K slots, got 1: …`` from a simulated Ollama's ``/sim/stats``; None for a
     real Ollama (which does not say) or when the model kept its slots."""
-    from .backend import sim_info
+    from ..servers.backend import sim_info
 
     stats = await sim_info(host)
     forced = (stats or {}).get("single_slot") or {}

@@ -45,8 +45,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
+from ..clients.factory import make_client
+from ..clients.neterrors import connect_reason
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import (
     AllWorkersLost,
@@ -56,7 +57,6 @@ from ..errors import (
     WorkerLost,
 )
 from ..metrics import ItlSketch
-from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext

@@ -165,7 +165,7 @@ class GpuWorker:
             await self._bring_up(gpu_ids)
         except Exception as exc:  # reported to the driver, which raises a typed error
             return {"error": f"{type(exc).__name__}: {exc}", "node": self.node, "gpu": gpu}
-        from ..client_factory import make_client
+        from ..clients.factory import make_client
 
         conns = self.slots + 1 + self.plan.prefetch
         self._client = make_client(self.plan.api, self.url, max_connections=conns,
@@ -191,7 +191,7 @@ class GpuWorker:
         plan = self.plan
         if plan.url:
             return  # an endpoint given with --host: the driver checked it answers
-        from ..launcher import OllamaServer, find_ollama, has_real_gpus
+        from ..servers.launcher import OllamaServer, find_ollama, has_real_gpus
 
         launch = plan.launch
         if launch == "auto":
@@ -203,7 +203,7 @@ class GpuWorker:
             self._server = server
             self.url, self.kind = server.url, "ollama"
         elif launch == "sim":
-            from ..backend import make_engine
+            from ..servers.backend import make_engine
             from ..sim.server import SimulatedOllama
 
             sim = SimulatedOllama(plan.profile, num_parallel=plan.slots,
@@ -375,7 +375,7 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
     Long-lived use (``parallel-kit serve --mode ray``): ``await dispatcher(spec)`` per request.
     ``clock`` is the axis of the rows (default: a new one started once the actors are up).
     """
-    from .. import raycluster
+    from ..servers import raycluster
 
     t_setup = time.perf_counter()
     plans = plan_workers(ctx)

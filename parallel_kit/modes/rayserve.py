@@ -235,7 +235,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         MissingDependency: Ray Serve is not installed.
         OllamaUnavailable: a ``--host`` does not answer (named).
     """
-    from .. import raycluster
+    from ..servers import raycluster
 
     t0 = time.perf_counter()
     max_ongoing = check_max_ongoing(max_ongoing if max_ongoing is not None

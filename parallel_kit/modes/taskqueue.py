@@ -42,9 +42,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError, ParallelKitError
-from .records import RequestResult, RequestSpec
-from .timing import ModelClock
+from ..errors import ConfigError, ParallelKitError
+from ..records import RequestResult, RequestSpec
+from ..timing import ModelClock
 
 __all__ = [
     "DEFAULT_MAX_FINISHED",

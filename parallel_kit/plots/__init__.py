@@ -32,10 +32,10 @@ from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from . import theory
-from .errors import ConfigError
-from .modes.registry import BASELINE
-from .records import RequestResult, RunResult, percentile
+from .. import theory
+from ..errors import ConfigError
+from ..modes.registry import BASELINE
+from ..records import RequestResult, RunResult, percentile
 
 __all__ = [
     "FOOTER_GID",
@@ -85,7 +85,7 @@ def _as_runs(run_or_runs: Runs) -> list[RunResult]:
 
 
 def _backend_phrase(backend: str, time_scale: float, engine: str = "") -> str:
-    from .sim.registry import engine_info
+    from ..sim.registry import engine_info
 
     if engine not in ("", "sim", "ollama"):
         try:
@@ -610,7 +610,7 @@ def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = SAVE_DPI) -> P
     Raises:
         ConfigError: the suffix is not a format matplotlib writes.
     """
-    from .outputs import check_figure_format
+    from ..outputs import check_figure_format
 
     check_figure_format("figure path", path)
     p = Path(path)

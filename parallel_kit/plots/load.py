@@ -19,8 +19,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .plots import _new_figure, _set_footer, footer_text
-from .sweep import Sweep
+from ..bench.sweep import Sweep
+from . import _new_figure, _set_footer, footer_text
 
 __all__ = ["latency_vs_load", "self_replay", "throughput_vs_load"]
 

@@ -54,7 +54,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from .api import (
+from ..api import (
     ApiSettings,
     BatchAccepted,
     InferenceRequest,
@@ -63,7 +63,7 @@ from .api import (
     _Guard,
     check_num_predict,
 )
-from .records import RequestSpec
+from ..records import RequestSpec
 
 _log = logging.getLogger("uvicorn.error")
 
@@ -88,9 +88,9 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
         drain: at shutdown, give accepted tasks ``settings.shutdown_timeout_s`` to finish (the
             process that runs the stack, which stops with it).
     """
-    from .production.celery_app import visibility_timeout_for
-    from .production.tasks import Admission, ExpiredTask, RedisUnavailable, UnknownTask
-    from .taskqueue import QueueFull, TooMuchHeld
+    from ..modes.taskqueue import QueueFull, TooMuchHeld
+    from .celery_app import visibility_timeout_for
+    from .tasks import Admission, ExpiredTask, RedisUnavailable, UnknownTask
 
     cfg = settings or ApiSettings(mode="production")
     wait_s = wait_timeout_s or visibility_timeout_for(cfg.max_request_s)
@@ -278,7 +278,7 @@ async def _drain(client: Any, force: asyncio.Event, timeout_s: float) -> None:
 
 def celery_health(timeout_s: float = 0.5) -> dict[str, Any]:
     """``/health`` of an API-only process: the Celery workers that answer ``ping``."""
-    from .production.celery_app import app as celery_app
+    from .celery_app import app as celery_app
 
     try:
         replies = celery_app.control.ping(timeout=timeout_s) or []
@@ -297,8 +297,8 @@ async def open_production_api(ctx: Any, stack_settings: Any, *, app_name: str | 
     """Bring the stack up (:func:`~parallel_kit.production.stack.open_stack`) and yield a
     :class:`~parallel_kit.production.tasks.TaskClient` for the API; all stopped on exit.
     """
-    from .production.stack import open_stack
-    from .production.tasks import TaskClient, shared_epoch
+    from .stack import open_stack
+    from .tasks import TaskClient, shared_epoch
 
     async with open_stack(ctx, stack_settings, app_name=app_name, announce=announce) as stack:
         client = TaskClient(stack.redis_url, stack.app.name, ctx.time_scale,
@@ -326,11 +326,11 @@ async def serve_production(sock: Any, ctx: Any, *, settings: ApiSettings | None 
     """
     import os
 
-    from .api import uvicorn_server
-    from .errors import ConfigError
-    from .production.celery_app import configure
-    from .production.redis_server import REDIS_URL_ENV, check_redis
-    from .production.tasks import TaskClient, shared_epoch
+    from ..api import uvicorn_server
+    from ..errors import ConfigError
+    from .celery_app import configure
+    from .redis_server import REDIS_URL_ENV, check_redis
+    from .tasks import TaskClient, shared_epoch
 
     cfg = settings or ApiSettings(mode="production")
     if serve_app:
@@ -356,7 +356,7 @@ async def serve_production(sock: Any, ctx: Any, *, settings: ApiSettings | None 
                         or cfg.max_request_s, stop_grace_s=1.0)
     async with open_production_api(ctx, stack_cfg, announce=announce) as client:
         if announce:
-            from .production.redis_server import mask_url
+            from .redis_server import mask_url
 
             shown = mask_url(client.redis_url)
             announce(f"the stack is up: Serve application {client.app_name!r}, Redis "
@@ -380,11 +380,11 @@ async def open_production_backend(servers: Any, options: Any) -> AsyncIterator[A
     memory) can front the stack too. ``parallel-kit serve --mode production`` uses
     :func:`create_production_app` instead, whose tasks live in Redis.
     """
-    from .api_backends import ApiBackend
-    from .modes.base import ModeContext
-    from .modes.options import RayOptions, ServerOptions
-    from .modes.ray_gpu import EpochClock
-    from .production.tasks import row_from_body
+    from ..api.backends import ApiBackend
+    from ..modes.base import ModeContext
+    from ..modes.options import RayOptions, ServerOptions
+    from ..modes.ray_gpu import EpochClock
+    from .tasks import row_from_body
 
     launched = (ServerOptions(launch="sim" if servers.kind == "sim" else "ollama",
                               profile=servers.profile or "seed")

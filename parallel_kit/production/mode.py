@@ -27,8 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..modes.base import ModeContext
 from ..records import RequestResult, RequestSpec, RunResult, summarize
-from .base import ModeContext
 
 __all__ = ["run_on_stack", "run_production"]
 
@@ -42,7 +42,7 @@ async def run_production(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunR
         ConfigError: ``--redis`` names nothing or not Redis; ``--max-ongoing`` < 1; too few GPUs.
         OllamaUnavailable: a ``--host`` does not answer (named).
     """
-    from ..production.stack import open_stack
+    from .stack import open_stack
 
     async with open_stack(ctx) as stack:
         return await run_on_stack(stack, specs, ctx)
@@ -57,8 +57,8 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
     """
     import asyncio
 
-    from ..production.redis_server import mask_url
-    from ..production.tasks import RedisUnavailable, TaskClient, row_from_body
+    from .redis_server import mask_url
+    from .tasks import RedisUnavailable, TaskClient, row_from_body
 
     epoch = time.time()
     client = TaskClient(stack.redis_url, stack.app.name, ctx.time_scale, epoch, ctx.model)
@@ -95,7 +95,7 @@ async def run_on_stack(stack: Any, specs: Sequence[RequestSpec], ctx: ModeContex
         rows[task_id] = row
         ctx.notify(row)
 
-    from ..production.celery_app import app as celery_app
+    from .celery_app import app as celery_app
 
     per_request = float(celery_app.conf.get("parallel_kit_request_timeout_s") or 600.0)
     budget = timeout_s or per_request * (len(specs) + 1)

@@ -1,6 +1,6 @@
 """Open-loop sessions of the two stack modes: ``rayserve`` and ``production``.
 
-A session is the seam :mod:`parallel_kit.loadgen` drives for requests that arrive over time
+A session is the seam :mod:`parallel_kit.bench.loadgen` drives for requests that arrive over time
 (``bench --rate/--trace``): the mode is brought up once, outside the measured window, and each
 arrival is sent as it comes (``ModeInfo.session`` names these openers).
 
@@ -52,9 +52,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..metrics import ItlSketch
+from ..modes.base import ModeContext
 from ..records import RequestResult, RequestSpec
 from ..timing import ModelClock
-from .base import ModeContext
 
 __all__ = ["SWEEP_S", "app_session", "production_session", "rayserve_session", "stack_session"]
 
@@ -83,7 +83,7 @@ class _AppSession:
         return list(self.app.lost[self._lost_before:])
 
     async def send(self, spec: RequestSpec, submitted_s: float) -> RequestResult:
-        from .rayserve import call_app
+        from ..modes.rayserve import call_app
 
         return await call_app(self.app, spec, submitted_s=submitted_s, epoch=self._epoch,
                               clock=self.clock, mode=self.mode)
@@ -108,7 +108,7 @@ async def rayserve_session(ctx: ModeContext) -> AsyncIterator[_AppSession]:
         As :func:`~parallel_kit.modes.rayserve.open_serve_app`: ConfigError (``--gpus``,
         ``--max-ongoing``, replicas that never start), MissingDependency, OllamaUnavailable.
     """
-    from .rayserve import open_serve_app
+    from ..modes.rayserve import open_serve_app
 
     async with open_serve_app(ctx) as app:
         yield app_session(app, ctx)
@@ -125,7 +125,7 @@ class _Results:
         self.gave_up: BaseException | None = None
 
     async def start(self) -> None:
-        from ..production.tasks import META_PREFIX, waiting_client
+        from .tasks import META_PREFIX, waiting_client
 
         # redis-py's Retry with exponential backoff reconnects (and re-subscribes) after a
         # Redis outage; the sweep below re-reads what was published meanwhile.
@@ -157,7 +157,7 @@ class _Results:
     async def _listen(self) -> None:
         import redis
 
-        from ..production.tasks import META_PREFIX, RedisUnavailable, redis_outage_s
+        from .tasks import META_PREFIX, RedisUnavailable, redis_outage_s
 
         loop = asyncio.get_running_loop()
         swept = loop.time()
@@ -191,7 +191,7 @@ class _Results:
                 fut.set_exception(exc)
 
     async def _sweep(self) -> None:
-        from ..production.tasks import META_PREFIX
+        from .tasks import META_PREFIX
 
         ids = list(self._waiting)
         for i in range(0, len(ids), 500):
@@ -218,9 +218,9 @@ class _StackSession:
     """A running production stack, opened for requests that arrive one by one."""
 
     def __init__(self, stack: Any, ctx: ModeContext, results: _Results) -> None:
-        from ..production.celery_app import REQUEST_TIMEOUT_S
-        from ..production.celery_app import app as celery_app
-        from ..production.tasks import TaskClient
+        from .celery_app import REQUEST_TIMEOUT_S
+        from .celery_app import app as celery_app
+        from .tasks import TaskClient
 
         self.stack = stack
         self.model = ctx.model
@@ -241,7 +241,7 @@ class _StackSession:
         Raises:
             RedisUnavailable: Redis does not answer (the driver makes it a failed row).
         """
-        from ..production.tasks import body_from_meta, row_from_body
+        from .tasks import body_from_meta, row_from_body
 
         task_id = uuid.uuid4().hex
         budget = self._request_timeout_s * (self._results.unfinished + 1)
@@ -250,7 +250,7 @@ class _StackSession:
             # TaskClient stamps the moment it writes the task (hops["accepted"], queued_s).
             await asyncio.to_thread(self.client.submit, spec, task_id=task_id)
         except BaseException as exc:
-            from ..production.tasks import RedisUnavailable
+            from .tasks import RedisUnavailable
 
             self._results.forget(task_id)
             if isinstance(exc, RedisUnavailable):
@@ -290,7 +290,7 @@ class _StackSession:
 
     def _lose_redis(self, exc: BaseException | None) -> None:
         """Record the run's Redis as lost, once (bench then exits 2 after writing every row)."""
-        from ..production.redis_server import mask_url
+        from .redis_server import mask_url
 
         if exc is not None and not any(w.get("worker") == "redis" for w in self.lost_workers):
             self.lost_workers.append({"worker": "redis", "url": mask_url(self.stack.redis_url),
@@ -331,7 +331,7 @@ async def production_session(ctx: ModeContext) -> AsyncIterator[_StackSession]:
         ``production`` extra), ConfigError (``--redis`` names nothing or not Redis, bad
         settings, a worker that does not start), OllamaUnavailable.
     """
-    from ..production.stack import open_stack
+    from .stack import open_stack
 
     async with open_stack(ctx) as stack, stack_session(stack, ctx) as session:
         yield session

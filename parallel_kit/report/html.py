@@ -139,7 +139,7 @@ def _run_sections(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
 # -- sweeps ----------------------------------------------------------------------------------
 def _sweep_sections(sweep: Any) -> list[dict[str, Any]]:
-    from .. import plots_load
+    from ..plots import load as plots_load
 
     figs = [(svg_of(plots_load.latency_vs_load(sweep)),
              "Latency and TTFT against offered load: points measured, lines theory"),
@@ -192,8 +192,8 @@ def _plan_curve(plan: Any) -> Any | None:
     """Latency/TTFT of the recommended and next smaller configuration against load."""
     import matplotlib.pyplot as plt
 
-    from ..capacity import _service
-    from ..sweep import predicted_curve
+    from ..bench.capacity import _service
+    from ..bench.sweep import predicted_curve
 
     prof = getattr(plan, "server_profile", None)
     if prof is None or plan.best is None or plan.traffic.process == "trace":
@@ -307,7 +307,7 @@ def _max_rate_sections(result: Any) -> list[dict[str, Any]]:
 # -- the page --------------------------------------------------------------------------------
 def _provenance(runs: Sequence[Any], command: str | None, extra: dict[str, Any]) -> list[list[str]]:
     from .. import __version__
-    from ..sweep import machine_description
+    from ..bench.sweep import machine_description
 
     rows = [["parallel_kit version", __version__]]
     if runs:
@@ -367,9 +367,9 @@ def write_html_report(path: str | os.PathLike[str], *, title: str = "parallel_ki
         path: the file to write (its folder is created).
         runs: a :class:`~parallel_kit.bench.Comparison` or a list of
             :class:`~parallel_kit.records.RunResult` (``bench``, ``demo``).
-        sweep: a :class:`~parallel_kit.sweep.Sweep`.
-        plan: a :class:`~parallel_kit.capacity.CapacityPlan` (with its measurements).
-        max_rate: a :class:`~parallel_kit.capacity.MaxRateResult`.
+        sweep: a :class:`~parallel_kit.bench.sweep.Sweep`.
+        plan: a :class:`~parallel_kit.bench.capacity.CapacityPlan` (with its measurements).
+        max_rate: a :class:`~parallel_kit.bench.capacity.MaxRateResult`.
         command: the command line that produced the numbers.
 
     Raises:

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import (
+from ..clients.neterrors import connect_reason
+from ..config import (
     DEFAULT_MODEL,
     Endpoint,
     backend_from_env,
@@ -42,9 +43,8 @@ from .config import (
     ollama_var,
     time_scale_from_env,
 )
-from .errors import ConfigError, ModelNotFound, OllamaUnavailable, ServerUnavailable
-from .neterrors import connect_reason
-from .sim.registry import engine_info
+from ..errors import ConfigError, ModelNotFound, OllamaUnavailable, ServerUnavailable
+from ..sim.registry import engine_info
 
 __all__ = ["Backend", "ServerFacts", "discover_server", "make_engine", "open_backend",
            "sim_info"]
@@ -95,7 +95,7 @@ class Backend:
         Raises:
             ConfigError: a simulated backend without a profile, or an unknown name.
         """
-        from .sim.profiles import load_profile, profile_from_dict
+        from ..sim.profiles import load_profile, profile_from_dict
 
         if not self.profile:
             raise ConfigError("this backend is not a simulator with a latency model")
@@ -439,7 +439,7 @@ async def open_backend(
         started = []
         endpoints = []
         if start_servers:
-            from .sim.server import SimulatedOllama
+            from ..sim.server import SimulatedOllama
 
             for i in range(servers):
                 sim = SimulatedOllama(profile_name, num_parallel=slots, time_scale=scale,
@@ -469,7 +469,7 @@ def make_engine(name: str, options: dict[str, Any] | None, *, slots: int | None 
     model on the CPU serving ``model`` with ``slots`` instances; ``options`` may carry ``gguf``
     and ``threads_per_slot``.
     """
-    from .sim.registry import make_engine as build
+    from ..sim.registry import make_engine as build
 
     opts = dict(options or {})
     opts.setdefault("num_parallel", slots)

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from .errors import ConfigError, OllamaUnavailable
+from ..errors import ConfigError, OllamaUnavailable
 
 __all__ = ["OllamaServer", "find_ollama", "free_port", "has_real_gpus", "stop_process"]
 

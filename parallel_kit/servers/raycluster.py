@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import ConfigError, MissingDependency
+from ..errors import ConfigError, MissingDependency
 
 __all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "keep_signal_handlers",
            "require_gpus", "shutdown", "started_by_kit"]

@@ -27,7 +27,7 @@ Beyond the headline:
 :func:`predict` is the one call ``bench`` makes per mode; :func:`predict_load` is its
 counterpart for requests that arrive over time (mean and percentile latency and TTFT, and the
 utilisation ρ, by queueing theory and a discrete-event run of the simulator's latency model —
-see :mod:`parallel_kit.queueing`).
+see :mod:`parallel_kit.theory.queueing`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import ConfigError
-from .topology import Dispatch, Topology
+from ..errors import ConfigError
+from ..topology import Dispatch, Topology
 
 __all__ = [
     "CurvePoint",
@@ -600,7 +600,7 @@ def predict(
     else:
         if servers is None:
             raise ConfigError(f"predict({mode!r}, ...) needs servers= (servers available)")
-        from .modes.registry import get_info
+        from ..modes.registry import get_info
 
         if concurrency is not None:
             _count("concurrency", concurrency)
@@ -623,7 +623,7 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
     scheduling (least-loaded: Graham's greedy bound; round-robin: fixed order). Several busy
     slots: with ``service`` (each request's prefill and tokens, the simulator's own latency
     model, :func:`service_model_from_profile`), the simulator's step rules
-    (:func:`parallel_kit.queueing.simulate`: the prompt at full speed in its slot, then decode
+    (:func:`parallel_kit.theory.queueing.simulate`: the prompt at full speed in its slot, then decode
     steps of ``k / (decode_tps·S(k))`` for the k decoding, a newcomer joining at the next step
     boundary) — the model ``tests/test_theory_matches_engine.py`` pins against the simulator's
     engine; without it, processor sharing of whole service times with S(k)
@@ -975,7 +975,7 @@ def mode_topology(mode: str, *, workers: int, slots: int, concurrency: int | Non
     Raises:
         ConfigError: an unknown mode, bad counts.
     """
-    from .modes.registry import get_info
+    from ..modes.registry import get_info
 
     w = _count("workers", workers)
     k = _count("slots", slots)
@@ -1035,17 +1035,17 @@ def predict_load(
     ``round_robin`` dispatch keeps one queue per server). Two questions, one function:
 
     * ``rate`` (and ``process``/``burstiness``): the **steady state** — a discrete-event run
-      (:func:`parallel_kit.queueing.simulate`) of ``requests`` arrivals drawn with ``seed``,
+      (:func:`parallel_kit.theory.queueing.simulate`) of ``requests`` arrivals drawn with ``seed``,
       the service model's requests cycled; the mean is the closed form where one is exact
       (M/G/1: Pollaczek–Khinchine, when the mode uses one single-slot server and arrivals are
       Poisson).
-    * ``schedule`` (an :class:`parallel_kit.arrivals.Schedule`, its ``times_s`` in order):
+    * ``schedule`` (an :class:`parallel_kit.workload.arrivals.Schedule`, its ``times_s`` in order):
       **this run** — the same discrete-event run over exactly these arrivals and requests
       (``service`` has one entry per arrival, or is cycled), leaving out ``warmup`` first ones.
 
     ``max_ongoing`` bounds what one server accepts under ``power_of_two`` routing (Ray Serve's
     ``max_ongoing_requests``; the rest wait in the router's FIFO queue, see
-    :func:`parallel_kit.queueing.simulate`). ``None``: for a mode whose registry record routes
+    :func:`parallel_kit.theory.queueing.simulate`). ``None``: for a mode whose registry record routes
     by power of two (``rayserve``, ``production``) the slots — the kit's default
     ``--max-ongoing`` — so that nothing queues inside a server; for ``routing="power_of_two"``
     asked for explicitly, no bound (every request joins a server's own queue).
@@ -1106,7 +1106,7 @@ def predict_load(
         skip = warmup
         how = "discrete-event (this run's arrivals)"
     else:
-        from .arrivals import make_schedule
+        from ..workload.arrivals import make_schedule
 
         lam = float(rate)  # type: ignore[arg-type]
         sched = make_schedule(lam, n=requests, process=process, burstiness=burstiness,
@@ -1185,7 +1185,7 @@ def __getattr__(name: str) -> Any:
     # ``theory.MODES``: the registered modes' names (read from the mode registry on use, so
     # that theory itself knows no mode by name).
     if name == "MODES":
-        from .modes.registry import mode_names
+        from ..modes.registry import mode_names
 
         return mode_names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

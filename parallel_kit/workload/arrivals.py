@@ -3,7 +3,7 @@
 A closed-loop run sends every request at once (a burst) or keeps C in flight; an **open-loop**
 run sends each request at its own arrival time, whether or not the earlier ones have finished —
 how a service sees its users. The schedule is fixed before the run, so the same seed gives the
-same run, and so queueing theory can be asked what it should cost (:mod:`parallel_kit.queueing`).
+same run, and so queueing theory can be asked what it should cost (:mod:`parallel_kit.theory.queueing`).
 
 Processes (the gap between two arrivals, rate R requests per model second):
 
@@ -39,10 +39,10 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from .errors import ConfigError
-from .ranges import MAX_REQUESTS as _MAX_REQUESTS
-from .ranges import MAX_RUN_PROMPT_BYTES, RANGES, check_span, check_text, read_bounded
-from .records import RequestSpec
+from ..errors import ConfigError
+from ..ranges import MAX_REQUESTS as _MAX_REQUESTS
+from ..ranges import MAX_RUN_PROMPT_BYTES, RANGES, check_span, check_text, read_bounded
+from ..records import RequestSpec
 
 __all__ = [
     "PROCESSES",

@@ -32,10 +32,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .records import RequestSpec
-from .sim.options import OptionError, runner_options
-from .sim.prompt_cache import SALT_RE, unsalted
+from ..errors import ConfigError
+from ..records import RequestSpec
+from ..sim.options import OptionError, runner_options
+from ..sim.prompt_cache import SALT_RE, unsalted
 
 __all__ = ["SALT_RE", "WORKLOADS", "builtin_prompt_sets", "load_prompts", "make_specs",
            "multi_turn_specs", "new_salt", "original_prompts", "salt_specs",
@@ -74,7 +74,7 @@ def load_prompts(source: str | os.PathLike[str]) -> list[RequestSpec]:
             f"prompt file {name} does not exist — give a .jsonl, .json (ShareGPT) or .txt file, "
             f"or a built-in set: {', '.join(builtin_prompt_sets())}"
         )
-    from .ranges import read_bounded
+    from ..ranges import read_bounded
 
     try:  # -sig: a byte-order mark is dropped; at most MAX_FILE_BYTES are read
         text = read_bounded(path, "prompt file", encoding="utf-8-sig")
@@ -100,7 +100,7 @@ def load_prompts(source: str | os.PathLike[str]) -> list[RequestSpec]:
 
 def _check_bounds(specs: Sequence[RequestSpec], where: str) -> None:
     """The bounds of :mod:`parallel_kit.ranges` on what a file holds: prompts, text, tokens."""
-    from .ranges import MAX_REQUESTS, MAX_RUN_PROMPT_BYTES, RANGES, check_text
+    from ..ranges import MAX_REQUESTS, MAX_RUN_PROMPT_BYTES, RANGES, check_text
 
     if len(specs) > MAX_REQUESTS:
         raise ConfigError(f"{where} holds {len(specs):,} prompts — more than {MAX_REQUESTS:,}, "

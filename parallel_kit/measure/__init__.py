@@ -1,0 +1,1 @@
+"""Measuring a server: the probe (speed, slots, S(k)) and calibration of simulator profiles."""

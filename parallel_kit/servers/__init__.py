@@ -1,0 +1,1 @@
+"""Inference servers the kit starts, finds and stops: backends, Ollama launches, Ray clusters."""

@@ -1,0 +1,1 @@
+"""What is sent: prompts and request specs, and arrival schedules over time."""
