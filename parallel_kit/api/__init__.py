@@ -1,4 +1,6 @@
-"""The original demo's HTTP API (``parallel-kit serve``), in front of a task queue.
+"""The kit's HTTP API (this package): the app here; ``backends`` runs its requests (the production app is ``production.api``).
+
+The original demo's HTTP API (``parallel-kit serve``), in front of a task queue.
 
 Endpoints (``docs/CONTRACTS.md``, "HTTP API"; OpenAPI docs at ``/docs``):
 
@@ -64,7 +66,6 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ..clients.netutil import listen, socket_url
 from ..config import max_concurrent_from_env
 from ..errors import ConfigError
 from ..modes.taskqueue import (
@@ -82,6 +83,7 @@ from ..modes.taskqueue import (
     UnknownTask,
 )
 from ..records import RequestSpec
+from ..system.netutil import listen, socket_url
 from .backends import ApiBackend, open_api_backend  # the backends: their own module
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""Run several modes on the same prompts, side by side, and compare them with theory.
+"""Benchmarks (this package): compare modes side by side here; ``loadgen`` (open loop), ``sweep``, ``demo``, ``capacity``.
+
+Run several modes on the same prompts, side by side, and compare them with theory.
 
 >>> comparison = await compare(["sequential", "pool"], n=5, gpus=3, time_scale=0.02)
 >>> comparison.summary_frame()          # one row per mode: predicted vs measured, speedup

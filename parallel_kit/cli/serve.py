@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import max_concurrent_from_env
 
     args.host = unique_hosts(args.host)  # an address that is not one, or a repeat: one line
-    from ..clients.netutil import listen, socket_url
+    from ..system.netutil import listen, socket_url
 
     mib = 1024 * 1024
     settings = ApiSettings(concurrency=args.concurrency or max_concurrent_from_env(),
@@ -158,6 +158,6 @@ async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) 
 
 
 def socket_url_of(sock: Any) -> str:
-    from ..clients.netutil import socket_url
+    from ..system.netutil import socket_url
 
     return str(socket_url(sock))

@@ -1,4 +1,6 @@
-"""Talking to Ollama: the native API (``OllamaClient``) and the OpenAI-compatible one (``OpenAIClient``).
+"""HTTP clients (this package): Ollama/OpenAI here; ``api`` (the kit's own API), ``factory``, ``_http1``, ``neterrors``, ``netutil``.
+
+Talking to Ollama: the native API (``OllamaClient``) and the OpenAI-compatible one (``OpenAIClient``).
 
 Both clients are async (the streaming hot path on :mod:`parallel_kit.clients._http1`, the other calls on
 httpx) and have the same shape (docs/ARCHITECTURE.md, "Client
@@ -88,9 +90,9 @@ from ..errors import (
 )
 from ..metrics import ItlSketch
 from ..records import RequestResult, RequestSpec
+from ..system.neterrors import connect_reason
 from ..timing import ModelClock
 from . import _http1
-from .neterrors import connect_reason
 
 __all__ = ["OllamaClient", "OpenAIClient", "RetryPolicy"]
 
@@ -871,7 +873,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _short(exc: BaseException) -> str:
     """A one-line reason from an httpx error, naming the root cause when it is known
-    (:func:`~parallel_kit.clients.neterrors.connect_reason`; anyio wraps a refused connection as
+    (:func:`~parallel_kit.system.neterrors.connect_reason`; anyio wraps a refused connection as
     "All connection attempts failed")."""
     known = connect_reason(exc)  # DNS failure, refused, unreachable: the real cause
     if known is not None:

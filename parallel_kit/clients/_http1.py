@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import httptools
 
-from .neterrors import connect_reason
+from ..system.neterrors import connect_reason
 
 __all__ = [
     "ConnectFailed",

@@ -47,7 +47,6 @@ import httpx
 
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
 from ..clients.factory import make_client
-from ..clients.neterrors import connect_reason
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import (
     AllWorkersLost,
@@ -58,6 +57,7 @@ from ..errors import (
 )
 from ..metrics import ItlSketch
 from ..records import RequestResult, RequestSpec, RunResult, summarize
+from ..system.neterrors import connect_reason
 from ..timing import ModelClock
 from .base import ModeContext
 from .health import DEFAULT_HEALTH, HealthPolicy

@@ -1,4 +1,6 @@
-"""Pictures of runs and predictions (matplotlib, no display needed).
+"""Pictures (this package): runs and predictions here; ``load`` for open-loop sweeps.
+
+Pictures of runs and predictions (matplotlib, no display needed).
 
 Every function builds its figure with ``matplotlib.figure.Figure`` (not pyplot), so it works
 headless (Agg), leaves no global state behind, and shows once in a notebook when it is the last

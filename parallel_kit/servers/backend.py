@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..clients.neterrors import connect_reason
 from ..config import (
     DEFAULT_MODEL,
     Endpoint,
@@ -45,6 +44,7 @@ from ..config import (
 )
 from ..errors import ConfigError, ModelNotFound, OllamaUnavailable, ServerUnavailable
 from ..sim.registry import engine_info
+from ..system.neterrors import connect_reason
 
 __all__ = ["Backend", "ServerFacts", "discover_server", "make_engine", "open_backend",
            "sim_info"]

@@ -17,45 +17,19 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from ..errors import ConfigError, OllamaUnavailable
+from ..system.children import stop_process
+from ..system.netutil import free_port
 
 __all__ = ["OllamaServer", "find_ollama", "free_port", "has_real_gpus", "stop_process"]
-
-
-def stop_process(proc: subprocess.Popen[Any], grace_s: float = 10.0, *,
-                 group: bool = False) -> int | None:
-    """Stop a child process: SIGTERM, then SIGKILL if it has not exited after ``grace_s``
-    clock seconds; reaped either way. Nothing happens to one that already exited.
-
-    ``group``: signal its whole process group (a child started with ``start_new_session``,
-    so that what it started stops too). Returns its exit status.
-    """
-    if proc.poll() is not None:
-        return proc.returncode
-
-    def signal_it(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-
-    signal_it(signal.SIGTERM)
-    try:
-        return proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        signal_it(signal.SIGKILL)
-        return proc.wait()
 
 
 def find_ollama(path: str | None = None) -> str | None:
@@ -67,13 +41,6 @@ def has_real_gpus() -> bool:
     """Whether this machine has NVIDIA GPUs (driver loaded), not just Ray's logical ones."""
     gpus = Path("/proc/driver/nvidia/gpus")
     return (gpus.is_dir() and any(gpus.iterdir())) or shutil.which("nvidia-smi") is not None
-
-
-def free_port(bind: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``bind`` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((bind, 0))
-        return int(s.getsockname()[1])
 
 
 class OllamaServer:

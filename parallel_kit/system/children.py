@@ -10,11 +10,14 @@ leave them running with no parent. :func:`stop_all` runs at interpreter exit (``
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import signal
 import subprocess
 import threading
 from typing import Any
 
-__all__ = ["forget", "register", "running", "stop_all"]
+__all__ = ["forget", "register", "running", "stop_all", "stop_process"]
 
 _lock = threading.Lock()
 _children: dict[int, tuple[subprocess.Popen[Any], bool]] = {}
@@ -40,8 +43,6 @@ def running() -> list[int]:
 
 def stop_all(grace_s: float = 3.0) -> None:
     """Stop every registered child still running (SIGTERM, SIGKILL after ``grace_s``)."""
-    from .launcher import stop_process
-
     with _lock:
         items = list(_children.values())
         _children.clear()
@@ -53,3 +54,29 @@ def stop_all(grace_s: float = 3.0) -> None:
 
 
 atexit.register(stop_all)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 10.0, *,
+                 group: bool = False) -> int | None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited after ``grace_s``
+    clock seconds; reaped either way. Nothing happens to one that already exited.
+
+    ``group``: signal its whole process group (a child started with ``start_new_session``,
+    so that what it started stops too). Returns its exit status.
+    """
+    if proc.poll() is not None:
+        return proc.returncode
+
+    def signal_it(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    signal_it(signal.SIGTERM)
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        signal_it(signal.SIGKILL)
+        return proc.wait()

@@ -1,4 +1,5 @@
-"""Listening sockets shared by the kit's servers (the simulated Ollama and the HTTP API).
+"""Sockets: listening sockets shared by the kit's servers (the simulated Ollama and the HTTP
+API), and a free port for a child server.
 
 Each server binds its own socket before the event loop serves it, so that a taken port is a
 clear :class:`~parallel_kit.errors.ConfigError` at once (and ``port=0`` picks a free port whose
@@ -11,7 +12,7 @@ import socket
 
 from ..errors import ConfigError
 
-__all__ = ["listen", "socket_url"]
+__all__ = ["free_port", "listen", "socket_url"]
 
 
 def listen(bind: str, port: int, *, what: str = "server", backlog: int = 2048) -> socket.socket:
@@ -53,3 +54,10 @@ def socket_url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def free_port(bind: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``bind`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((bind, 0))
+        return int(s.getsockname()[1])

@@ -1,4 +1,6 @@
-"""Predicted makespans: how long a set of requests *should* take on given resources.
+"""Predictions (this package): makespans here; ``queueing`` for requests arriving over time.
+
+Predicted makespans: how long a set of requests *should* take on given resources.
 
 Every time here is in **model seconds** (what a request takes on the model, whatever the
 simulator's time scale). A "service time" is what one request takes when it has a server to
