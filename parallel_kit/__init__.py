@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .config import VERSION as __version__
 from .config import Endpoint
 from .errors import (
     AllWorkersLost,
@@ -63,8 +64,6 @@ if TYPE_CHECKING:
     from .servers.backend import open_backend
     from .sim.profiles import list_profiles, load_profile
     from .sim.server import SimulatedOllama, simulated_ollama
-
-__version__ = "0.2.0"
 
 #: name → module that defines it, imported on first access.
 _LAZY = {

@@ -107,9 +107,9 @@ class Report:
 
 
 def _version() -> str:
-    from . import __version__
+    from .config import VERSION
 
-    return __version__
+    return VERSION
 
 
 def install_hint(extras: str) -> str:
@@ -253,9 +253,9 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
     named = os.environ.get(BINARY_ENV)
     built = built_llama_server()
     if not named and built is None:
-        from .sim.llama_build import _compiler
+        from .sim.llama_build import find_compiler
 
-        compiler = _compiler()
+        compiler = find_compiler()
         return Check("engine", "warn", "the real engine (llama-server) is not built: notebook "
                      "08 skips its measurements"
                      + ("" if compiler else "; no C++ compiler found (c++, g++, clang++)"),

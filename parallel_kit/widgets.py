@@ -365,9 +365,9 @@ class ExperimentLab:
     @staticmethod
     async def _off_the_loop(coro: Any) -> Comparison | None:
         """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
-        from ._sync import _background_loop
+        from ._sync import background_loop
 
-        future = asyncio.run_coroutine_threadsafe(coro, _background_loop())
+        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -487,7 +487,7 @@ def latency_vs_predicted(runs: Sequence[RunResult], *, title: str = "") -> Any:
     """
     from . import plots
 
-    fig = plots._new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2)
+    fig = plots.new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2)
     ax = fig.subplots()
     series = [("predicted (steady state)", "#c6dbef", lambda r: r.summary.predicted_latency_mean_s),
               ("predicted (these arrivals)", "#6baed6",
@@ -513,7 +513,7 @@ def latency_vs_predicted(runs: Sequence[RunResult], *, title: str = "") -> Any:
     ax.set_title(f"Latency under load — {title}" if title else "Latency under load",
                  fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
-    plots._set_footer(fig, plots.footer_text(runs))
+    plots.set_footer(fig, plots.footer_text(runs))
     return fig
 
 

@@ -253,7 +253,7 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
                     "serve more requests at a time.",
         lifespan=lifespan,
     )
-    app.add_middleware(_Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
     app.state.stopping = asyncio.Event()
     app.state.force = asyncio.Event()
@@ -448,7 +448,7 @@ def _check_body_text(value: Any, where: str) -> Any:
     return value
 
 
-class _Guard:
+class Guard:
     """ASGI middleware: the bearer key, then the body size limit, before any route runs."""
 
     def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:

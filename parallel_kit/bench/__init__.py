@@ -340,7 +340,7 @@ async def compare(
             empty salt, an unknown workload.
     """
     server_opts, queue_opts, ray_opts = _records(servers, queue, ray, dict(shortcuts))
-    salt_base = _salt_base(salt)
+    salt_base = comparison_salt(salt)
     engine = server_opts.engine
     engine_options = dict(server_opts.engine_options)
     slots, profile = server_opts.slots, server_opts.profile
@@ -552,7 +552,7 @@ async def _open_loop_run(name: str, specs: Sequence[RequestSpec], schedule: Sche
     return run
 
 
-def _salt_base(salt: str | bool | None) -> str | None:
+def comparison_salt(salt: str | bool | None) -> str | None:
     """The comparison's salt: a fresh one for True, none for False/None, else the string.
 
     Raises:

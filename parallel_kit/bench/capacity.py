@@ -344,7 +344,7 @@ def _profile_registered(profile: Any) -> Iterator[str]:
                 os.environ[PROFILES_ENV] = old
 
 
-def _service(profile: Any, traffic: Traffic, model: str | None, num_predict: int | None) -> Any:
+def service_model(profile: Any, traffic: Traffic, model: str | None, num_predict: int | None) -> Any:
     """The service model of the requests the measured runs send (the same prompts, cycled)."""
     from .. import theory
     from ..workload.arrivals import specs_for
@@ -646,7 +646,7 @@ def plan_capacity(traffic: Traffic, slo: PercentileSlo, *, profile: Any = "seed"
     names = _checked_modes(modes)
     ks = _checked_slots(slots)
     prof = load_profile(profile)
-    service = _service(prof, traffic, model, num_predict)
+    service = service_model(prof, traffic, model, num_predict)
     configs = sorted({(w, k, m) for m in names
                       for w in (range(1, max_gpus + 1) if get_info(m).multi_server else (1,))
                       for k in ks}, key=lambda c: (c[0], c[1], names.index(c[2])))
@@ -772,7 +772,7 @@ async def measure_config(mode: str, servers: int, slots: int, traffic: Traffic,
     prof = load_profile(profile)
     schedule = traffic.finite(rate, seed)
     arrivals = _arrivals_for(traffic, schedule)
-    service = _service(prof, traffic, model, num_predict)
+    service = service_model(prof, traffic, model, num_predict)
     if time_scale is None:
         time_scale = auto_time_scale(service)
     with _profile_registered(prof) as name:
@@ -923,7 +923,7 @@ async def max_rate(mode: str, servers: int, slots: int, traffic: Traffic, slo: P
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name} must be a whole number ≥ 1, got {v!r}")
     prof = load_profile(profile)
-    service = _service(prof, traffic, model, num_predict)
+    service = service_model(prof, traffic, model, num_predict)
     finite = Traffic(traffic.rate, traffic.process, traffic.burstiness, traffic.seed,
                      traffic.n or MEASURE_N)
 

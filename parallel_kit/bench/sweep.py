@@ -141,11 +141,11 @@ class Sweep:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        from ..records import _json_safe
+        from ..records import nan_to_none
 
         meta = {"mode": self.mode, "capacity_rps": self.capacity_rps,
                 "capacity_from": self.capacity_from, "predicted": self.predicted, **self.meta}
-        return {"sweep": _json_safe(meta), "runs": [r.to_dict() for r in self.runs]}
+        return {"sweep": nan_to_none(meta), "runs": [r.to_dict() for r in self.runs]}
 
     def write_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the sweep (module docstring's schema); returns the path."""
@@ -232,10 +232,10 @@ async def sweep(
     """
     import asyncio
 
-    from . import _salt_base
+    from . import comparison_salt
 
     parsed = parse_rates(rates)
-    base_salt = _salt_base(salt)
+    base_salt = comparison_salt(salt)
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError(f"--repeats must be a whole number ≥ 1, got {repeats!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:

@@ -235,7 +235,7 @@ class GpuWorker:
                   ) -> tuple[Any, ...] | dict[str, str]:
         """Run one request; times on the driver's axis via ``epoch`` (module docstring).
 
-        Takes and returns plain tuples (:func:`_spec_to_wire`, :func:`_row_from_wire`): Ray
+        Takes and returns plain tuples (:func:`spec_to_wire`, :func:`row_from_wire`): Ray
         pickles a tuple of plain values faster than a dataclass, which is ~0.4 ms of every
         request's round trip on the critical path. Returns the row's values, or
         ``{"lost": reason}`` when the endpoint stopped answering.
@@ -256,7 +256,7 @@ class GpuWorker:
             self.active -= 1
         self.served += 1
         row.hops = {**row.hops, "actor_entered": entered, "actor_done": clock.now()}
-        return _row_to_wire(row)
+        return row_to_wire(row)
 
     async def ping(self, timeout_s: float = 5.0) -> str | None:
         """A health check (control call): ``None`` when the endpoint answers ``GET /`` within
@@ -499,7 +499,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
 
     async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
         sent = clock.now()
-        ref = actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
+        ref = actor.handle.run.remote(spec_to_wire(spec), submitted_s, actor_epoch)
         try:
             out = await ref
         except asyncio.CancelledError:
@@ -518,7 +518,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
                                  error=f"error inside the GPU actor: {exc}").finalize()
         if isinstance(out, dict):
             raise WorkerLost(name, out.get("lost", "endpoint stopped answering"))
-        row = _row_from_wire(out)
+        row = row_from_wire(out)
         row.worker = name
         row.hops = {**row.hops, "sent": sent, "returned": clock.now()}
         return row
@@ -530,15 +530,15 @@ _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RequestSpec))
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(RequestResult))
 
 
-def _spec_to_wire(spec: RequestSpec) -> tuple[Any, ...]:
+def spec_to_wire(spec: RequestSpec) -> tuple[Any, ...]:
     return tuple(getattr(spec, name) for name in _SPEC_FIELDS)
 
 
-def _row_to_wire(row: RequestResult) -> tuple[Any, ...]:
+def row_to_wire(row: RequestResult) -> tuple[Any, ...]:
     return tuple(getattr(row, name) for name in _ROW_FIELDS)
 
 
-def _row_from_wire(values: tuple[Any, ...]) -> RequestResult:
+def row_from_wire(values: tuple[Any, ...]) -> RequestResult:
     return RequestResult(*values)
 
 

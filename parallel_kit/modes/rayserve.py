@@ -59,10 +59,10 @@ from .ray_gpu import (
     EpochClock,
     GpuWorker,
     WorkerPlan,
-    _row_from_wire,
-    _row_to_wire,
-    _spec_to_wire,
     plan_workers,
+    row_from_wire,
+    row_to_wire,
+    spec_to_wire,
 )
 from .stack_options import check_max_ongoing
 
@@ -117,7 +117,7 @@ class OllamaReplica:
     """The body of one Serve replica: one GPU, one Ollama (deployed by :func:`open_serve_app`).
 
     ``__call__(spec_fields, submitted_s, epoch, hops)`` runs one request and returns the row as
-    a tuple (``ray_gpu._row_to_wire``); ``describe()`` says where the replica runs.
+    a tuple (``ray_gpu.row_to_wire``); ``describe()`` says where the replica runs.
     """
 
     # Serve awaits an async constructor (the endpoint comes up inside it).
@@ -164,7 +164,7 @@ class OllamaReplica:
         self.served += 1
         row.replica = self.replica
         row.hops = {**(hops or {}), "replica_entered": entered, "replica_done": clock.now()}
-        return _row_to_wire(row)
+        return row_to_wire(row)
 
     async def describe(self) -> dict[str, Any]:
         """Where this replica runs (gpu, node, url, slots, replica, rank, pid) and its counts."""
@@ -336,7 +336,7 @@ async def _warm_up(app: ServeApp, workers: int) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda d: d["rank"])
 
 
-def _lost_errors() -> tuple[type[BaseException], ...]:
+def ray_lost_errors() -> tuple[type[BaseException], ...]:
     import ray
 
     return (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
@@ -351,11 +351,11 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
     Serve's router does not re-send a request that was already inside a replica (module
     docstring), so this does, at most ``app.workers`` times; ``retries`` counts it.
     """
-    lost_errors = _lost_errors()
+    lost_errors = ray_lost_errors()
     retries = 0
     while True:
         try:
-            out = await app.handle.remote(_spec_to_wire(spec), submitted_s, epoch, hops)
+            out = await app.handle.remote(spec_to_wire(spec), submitted_s, epoch, hops)
         except lost_errors as exc:
             app.lost.append({**_lost_replica(app, exc), "at_s": round(clock.now(), 6)})
             retries += 1
@@ -366,7 +366,7 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         except Exception as exc:  # an error inside the replica: the request fails, kept
             return _failed(spec, mode, app.model, submitted_s, clock, retries,
                            f"error inside the Serve replica: {str(exc).splitlines()[0]}")
-        row = _row_from_wire(out)
+        row = row_from_wire(out)
         row.retries += retries
         return row
 

@@ -139,7 +139,7 @@ def _measured_phrase(backend: str | None, time_scale: float | None) -> str:
     return "measured: " + _backend_phrase(backend, 1.0 if time_scale is None else time_scale)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     # Keep the bottom 0.3 inch free for the footer, which constrained layout does not see.
     engine = fig.get_layout_engine()
@@ -151,7 +151,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def _figure_and_axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
     if ax is not None:
         return _root_figure(ax), ax
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     return fig, fig.add_subplot()
 
 
@@ -161,7 +161,7 @@ def _root_figure(ax: Axes) -> Figure:
     return getattr(fig, "figure", None) or fig  # type: ignore[no-any-return]
 
 
-def _set_footer(fig: Figure, text: str) -> None:
+def set_footer(fig: Figure, text: str) -> None:
     """One footer per figure: replaced, not stacked, when a figure is drawn into twice."""
     for t in fig.texts:
         if t.get_gid() == FOOTER_GID:
@@ -346,7 +346,7 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
     panels = max(len(runs), 1)
     if ax is None:
         heights = [max(len(assign_lanes(r.requests)[0]), 1) + 1.2 for r in runs] or [2.0]
-        fig = _new_figure(9.0, min(1.0 + 0.32 * sum(heights), 14.0))
+        fig = new_figure(9.0, min(1.0 + 0.32 * sum(heights), 14.0))
         axes = list(fig.subplots(panels, 1, sharex=True, squeeze=False,
                                  height_ratios=heights)[:, 0])
     else:
@@ -375,7 +375,7 @@ def timeline(run_or_runs: Runs, *, ax: Axes | Sequence[Axes] | None = None,
                    ncol=len(handles), frameon=False, title=heading, title_fontsize=12)
     else:
         fig.suptitle(heading, fontsize=12)
-    _set_footer(fig, footer_text(runs))
+    set_footer(fig, footer_text(runs))
     return fig
 
 
@@ -442,7 +442,7 @@ def predicted_vs_measured(runs: Runs, *, ax: Axes | None = None,
         ax.legend(fontsize=8, loc="upper right")
     ax.set_ylabel(f"makespan ({seconds_unit(runs)})")
     ax.set_title(title or "Predicted vs measured makespan", fontsize=11)
-    _set_footer(fig, footer_text(runs))
+    set_footer(fig, footer_text(runs))
     return fig
 
 
@@ -508,7 +508,7 @@ def _finish_curve(fig: Figure, ax: Axes, xticks: Sequence[int], theory_source: s
     ax.legend(fontsize=8, loc="upper left")
     source = (footer_text(runs) if runs else _measured_phrase(backend, time_scale)
               if has_points else "no measurement")
-    _set_footer(fig, f"{theory_source}; {source}")
+    set_footer(fig, f"{theory_source}; {source}")
 
 
 def speedup_vs_slots(speedup: theory.SpeedupFn | Any, ks: int | Iterable[int],
@@ -596,7 +596,7 @@ def latency_percentiles(runs: Runs, *, ax: Axes | None = None,
         ax.legend(fontsize=8, loc="upper right")
     ax.set_ylabel(f"latency, submitted → finished ({seconds_unit(runs)})")
     ax.set_title(title or "Request latency per mode", fontsize=11)
-    _set_footer(fig, footer_text(runs))
+    set_footer(fig, footer_text(runs))
     return fig
 
 

@@ -15,12 +15,14 @@ axis on top shows it as a fraction of capacity (the load, ρ for the servers as 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 
-from ..bench.sweep import Sweep
-from . import _new_figure, _set_footer, footer_text
+from . import footer_text, new_figure, set_footer
+
+if TYPE_CHECKING:  # a sweep is drawn, never run, here: bench imports plots, not back
+    from ..bench.sweep import Sweep
 
 __all__ = ["latency_vs_load", "self_replay", "throughput_vs_load"]
 
@@ -32,7 +34,7 @@ def _footer(fig: Figure, sweep: Sweep) -> None:
     text = footer_text(sweep.runs) if sweep.runs else "no runs"
     if sweep.predicted:
         text += "; curves: theory (discrete-event run of the profile's latency model)"
-    _set_footer(fig, text)
+    set_footer(fig, text)
 
 
 def _load_axis(ax: Any, capacity: float | None) -> None:
@@ -56,7 +58,7 @@ def latency_vs_load(sweep: Sweep, *, width: float = 11.0, height: float = 4.4) -
     own arrivals (the discrete-event replay), which a short run should match. The y axis is logarithmic: past the knee
     latency grows by orders of magnitude.
     """
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     axes = fig.subplots(1, 2)
     frame = sweep.frame() if sweep.runs else None
     pred = sweep.predicted_frame() if sweep.predicted else None
@@ -92,7 +94,7 @@ def latency_vs_load(sweep: Sweep, *, width: float = 11.0, height: float = 4.4) -
 
 def throughput_vs_load(sweep: Sweep, *, width: float = 6.5, height: float = 4.4) -> Figure:
     """Achieved throughput and goodput (requests per model second) against the offered rate."""
-    fig = _new_figure(width, height)
+    fig = new_figure(width, height)
     ax = fig.subplots()
     frame = sweep.frame() if sweep.runs else None
     if frame is not None and len(frame):

@@ -57,10 +57,10 @@ from fastapi.responses import JSONResponse
 from ..api import (
     ApiSettings,
     BatchAccepted,
+    Guard,
     InferenceRequest,
     TaskAccepted,
     TaskStatus,
-    _Guard,
     check_num_predict,
 )
 from ..records import RequestSpec
@@ -110,7 +110,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
                   description="Tasks go to a Celery queue on Redis; Celery workers call a Ray "
                               "Serve application with one replica per GPU. Any API process "
                               "answers GET /tasks/{id} from Redis.", lifespan=lifespan)
-    app.add_middleware(_Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
     app.state.stopping = asyncio.Event()
     app.state.force = asyncio.Event()

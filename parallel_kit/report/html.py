@@ -192,13 +192,13 @@ def _plan_curve(plan: Any) -> Any | None:
     """Latency/TTFT of the recommended and next smaller configuration against load."""
     import matplotlib.pyplot as plt
 
-    from ..bench.capacity import _service
+    from ..bench.capacity import service_model
     from ..bench.sweep import predicted_curve
 
     prof = getattr(plan, "server_profile", None)
     if prof is None or plan.best is None or plan.traffic.process == "trace":
         return None
-    service = _service(prof, plan.traffic, plan.model, None)
+    service = service_model(prof, plan.traffic, plan.model, None)
     keys = [k for k in plan.slo.keys if not k.startswith("tpot")][:2] or ["latency_p95"]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
     for c, colour in ((plan.best, "#31a354"), (plan.next_smaller, "#de2d26")):
@@ -306,10 +306,10 @@ def _max_rate_sections(result: Any) -> list[dict[str, Any]]:
 
 # -- the page --------------------------------------------------------------------------------
 def _provenance(runs: Sequence[Any], command: str | None, extra: dict[str, Any]) -> list[list[str]]:
-    from .. import __version__
     from ..bench.sweep import machine_description
+    from ..config import VERSION
 
-    rows = [["parallel_kit version", __version__]]
+    rows = [["parallel_kit version", VERSION]]
     if runs:
         s = runs[0].summary
         rows += [["backend", "simulated Ollama" if s.backend == "sim" else "real Ollama"],
