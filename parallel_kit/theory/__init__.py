@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..topology import Dispatch, Topology
+from .queueing import checked_speedup, speedup_fn
 
 __all__ = [
     "CurvePoint",
@@ -120,30 +121,6 @@ def _count(name: str, value: int) -> int:
     """A positive whole number of workers/slots/… or a ConfigError naming it."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a whole number ≥ 1, got {value!r}")
-    return value
-
-
-def _speedup_fn(speedup: SpeedupFn | Any | None) -> SpeedupFn:
-    """A callable S(k) from a callable, an object with ``.S(k)`` (a sim Profile), or None (S=1).
-
-    ``None`` means the server gains nothing from decoding several at once: S(k) = 1.
-    """
-    if speedup is None:
-        return lambda k: 1.0
-    if callable(speedup):
-        return speedup  # type: ignore[no-any-return]
-    method = getattr(speedup, "S", None)
-    if callable(method):
-        return method  # type: ignore[no-any-return]
-    raise ConfigError(
-        f"speedup must be a function S(k) or a profile with .S(k), got {type(speedup).__name__}"
-    )
-
-
-def _checked_S(S: SpeedupFn, k: int) -> float:
-    value = float(S(k))
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"S({k}) = {value!r} — a speed-up must be a finite number above 0")
     return value
 
 
@@ -371,7 +348,7 @@ def simulate_processor_sharing(
     times = _times(service_times_s)
     w = _count("workers", workers)
     k_max = _count("slots", slots)
-    S = _speedup_fn(speedup)
+    S = speedup_fn(speedup)
     if dispatch not in _DISPATCHES:
         raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got {dispatch!r}")
     n = len(times)
@@ -383,7 +360,7 @@ def simulate_processor_sharing(
             raise ConfigError(
                 f"arrivals_s has {len(arrivals)} times for {n} requests — give one per request"
             )
-    rate = {k: _checked_S(S, k) / k for k in range(1, k_max + 1)}  # per-request speed
+    rate = {k: checked_speedup(S, k) / k for k in range(1, k_max + 1)}  # per-request speed
     eps = _EPS * max([1.0, *times])
 
     arrival_order = deque(sorted(range(n), key=lambda i: (arrivals[i], i)))
@@ -478,14 +455,14 @@ def equal_requests_makespan(n: int, t: float, *, workers: int = 1, slots: int = 
     (t,) = _times([t])
     w = _count("workers", workers)
     k = _count("slots", slots)
-    S = _speedup_fn(speedup)
+    S = speedup_fn(speedup)
     if n == 0:
         return 0.0
     m = -(-n // w)
     full, r = divmod(m, k)
-    total = full * k * t / _checked_S(S, k)
+    total = full * k * t / checked_speedup(S, k)
     if r:
-        total += r * t / _checked_S(S, r)
+        total += r * t / checked_speedup(S, r)
     return total
 
 
@@ -494,8 +471,8 @@ def _ps_lower_bound(times: Sequence[float], workers: int, slots: int, S: Speedup
     if not times:
         return 0.0
     ks = range(1, slots + 1)
-    best_aggregate = max(_checked_S(S, k) for k in ks)
-    best_single = max(_checked_S(S, k) / k for k in ks)
+    best_aggregate = max(checked_speedup(S, k) for k in ks)
+    best_single = max(checked_speedup(S, k) / k for k in ks)
     return max(math.fsum(times) / (workers * best_aggregate), max(times) / best_single)
 
 
@@ -660,7 +637,7 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
         raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got "
                           f"{topology.dispatch!r}")
     dispatch = topology.dispatch
-    S = _speedup_fn(speedup)
+    S = speedup_fn(speedup)
     eff = topology.busy_slots
     label = topology.label or (f"{servers} server(s) × {k} slot(s)")
     n = len(times)
@@ -701,7 +678,7 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
             why += " (concurrency 1 leaves the extra slots idle.)"
     elif servers == 1 and eff > 1:
         why = (f"one server with {eff} slots decoding together at S({eff}) = "
-               f"{_checked_S(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
+               f"{checked_speedup(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
     elif servers == 1:
         why = f"one request at a time on one server: Σt = {_s(total)}."
     elif eff == 1:
@@ -712,7 +689,7 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
         why += f", {total / span:.2f}× faster than sequential." if span > 0 else "."
     else:
         why = (f"{n} requests on {servers} servers × {eff} slots (S({eff}) = "
-               f"{_checked_S(S, eff):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
+               f"{checked_speedup(S, eff):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
                f" (lower bound {_s(bound)}).")
     return Prediction(label, span, bound, n_rounds, servers, eff, f"{label}: {why}")
 
@@ -802,13 +779,13 @@ def speedup_vs_slots(speedup: SpeedupFn | Any, ks: Iterable[int], *, n: int | No
     batch of K requests of t seconds takes, ``K·t/S(K)``. With ``n``: the makespan of n equal
     requests (:func:`equal_requests_makespan`) and the speed-up over one slot.
     """
-    S = _speedup_fn(speedup)
+    S = speedup_fn(speedup)
     (t,) = _times([t])
     points = []
     for k in ks:
         _count("slots", k)
         if n is None:
-            gain = _checked_S(S, k)
+            gain = checked_speedup(S, k)
             points.append(CurvePoint(k, k * t / gain, gain))
         else:
             span = equal_requests_makespan(n, t, slots=k, speedup=S)
@@ -912,7 +889,7 @@ def service_model_from_profile(profile: Any, specs: Iterable[Any], *, seed: int 
     if not tokens:
         raise ConfigError("no requests to model — give at least one prompt")
     return ServiceModel(tuple(prefill), tuple(tokens), float(profile.speed().decode_tps),
-                        _speedup_fn(profile), float(getattr(profile, "service_cv", 0.0) or 0.0))
+                        speedup_fn(profile), float(getattr(profile, "service_cv", 0.0) or 0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1090,7 +1067,7 @@ def predict_load(
     mean_pre = sum(service.prefill_s) / len(solo)
     mean_tok = sum(service.tokens) / len(solo)
     S = service.speedup
-    full_batch_s = mean_pre + mean_tok * eff / (service.decode_tps * _checked_S(S, eff))
+    full_batch_s = mean_pre + mean_tok * eff / (service.decode_tps * checked_speedup(S, eff))
     capacity = servers * eff / full_batch_s if full_batch_s > 0 else math.inf
     mean_s = sum(solo) / len(solo)
     cv = service.service_cv

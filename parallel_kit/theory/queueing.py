@@ -296,8 +296,8 @@ def simulate(
         raise ConfigError(f"routing {routing!r} is not known — choose from {', '.join(ROUTINGS)}")
     cap = math.inf if max_in_flight is None else _servers(max_in_flight)
     accept_max = math.inf if max_ongoing is None else _servers(max_ongoing)
-    S = _speedup(speedup)
-    step_of = [0.0] + [k / (tps * _checked_S(S, k)) for k in range(1, k_max + 1)]
+    S = speedup_fn(speedup)
+    step_of = [0.0] + [k / (tps * checked_speedup(S, k)) for k in range(1, k_max + 1)]
     rng = np.random.default_rng(seed)
 
     start = np.full(n, math.nan)
@@ -455,7 +455,12 @@ def simulate(
     return Simulation(arr.copy(), start, first, finish, server)
 
 
-def _speedup(speedup: SpeedupFn | Any | None) -> SpeedupFn:
+def speedup_fn(speedup: SpeedupFn | Any | None) -> SpeedupFn:
+    """A callable S(k) from a callable, an object with ``.S(k)`` (a sim Profile), or None (S=1).
+
+    ``None`` means the server gains nothing from decoding several at once: S(k) = 1. Both
+    :mod:`parallel_kit.theory` and this module read a speed-up through it.
+    """
     if speedup is None:
         return lambda k: 1.0
     if callable(speedup):
@@ -463,11 +468,13 @@ def _speedup(speedup: SpeedupFn | Any | None) -> SpeedupFn:
     method = getattr(speedup, "S", None)
     if callable(method):
         return method  # type: ignore[no-any-return]
-    raise ConfigError(f"speedup must be a function S(k) or a profile with .S(k), got "
-                      f"{type(speedup).__name__}")
+    raise ConfigError(
+        f"speedup must be a function S(k) or a profile with .S(k), got {type(speedup).__name__}"
+    )
 
 
-def _checked_S(S: SpeedupFn, k: int) -> float:
+def checked_speedup(S: SpeedupFn, k: int) -> float:
+    """S(k), refused unless a finite number above 0."""
     value = float(S(k))
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"S({k}) = {value!r} — a speed-up must be a finite number above 0")
