@@ -253,50 +253,13 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
                     "serve more requests at a time.",
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
-    # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
-    app.state.stopping = asyncio.Event()
-    app.state.force = asyncio.Event()
-    app.state.shutdown_timeout_s = cfg.shutdown_timeout_s
+    prepare_app(app, cfg, unavailable=(QueueFull, QueueClosed), unknown=UnknownTask)
 
     def queue_of(request: Request) -> TaskQueue:
         return request.app.state.queue  # type: ignore[no-any-return]
 
-    @app.exception_handler(QueueFull)
-    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(QueueClosed)
-    async def _closed(request: Request, exc: QueueClosed) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(TooMuchHeld)
-    async def _too_much(request: Request, exc: TooMuchHeld) -> JSONResponse:
-        if exc.never_fits:
-            return JSONResponse({"detail": str(exc)}, status_code=413)
-        return JSONResponse({"detail": str(exc)}, status_code=429,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(UnknownTask)
-    async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-
     def to_spec(body: InferenceRequest, loc: list[Any]) -> RequestSpec:
-        if len(body.prompt) > cfg.max_prompt_chars:
-            raise HTTPException(422, detail=[{
-                "type": "string_too_long", "loc": [*loc, "prompt"],
-                "msg": f"prompt has {len(body.prompt)} characters; the limit is "
-                       f"{cfg.max_prompt_chars} — shorten it",
-            }])
-        options = dict(body.options or {})
-        limit = check_num_predict(options.get("num_predict"), cfg.max_num_predict)
-        if limit is not None:
-            raise HTTPException(422, detail=[{
-                "type": "num_predict_limit", "loc": [*loc, "options", "num_predict"],
-                "msg": limit}])
-        return RequestSpec(prompt=body.prompt, model=body.model, options=options)
+        return spec_from_body(body, loc, cfg)
 
     @app.post("/inference", response_model=TaskStatus,
               summary="Run one prompt and wait for the answer")
@@ -329,12 +292,7 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
     @app.post("/inference/batch", response_model=BatchAccepted,
               summary="Queue several prompts in one call")
     async def inference_batch(request: Request, body: list[InferenceRequest]) -> dict[str, Any]:
-        if not 1 <= len(body) <= cfg.max_batch:
-            raise HTTPException(422, detail=[{
-                "type": "batch_size", "loc": ["body"],
-                "msg": f"a batch holds 1 to {cfg.max_batch} requests; got {len(body)} — "
-                       f"split it into batches of at most {cfg.max_batch}",
-            }])
+        check_batch_size(len(body), cfg)
         specs = [to_spec(item, ["body", i]) for i, item in enumerate(body)]
         ids = queue_of(request).submit_batch(specs)
         return {"task_ids": ids, "count": len(ids)}
@@ -362,6 +320,65 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
         return body
 
     return app
+
+
+def prepare_app(app: FastAPI, cfg: ApiSettings, *,
+                unavailable: tuple[type[Exception], ...], unknown: type[Exception]) -> None:
+    """What both HTTP APIs (this one and ``production.api``) set up alike: the key and
+    body-size guard, the stop events the server sets, and the answers to ``unavailable``
+    (503 with ``Retry-After``), :class:`~parallel_kit.modes.taskqueue.TooMuchHeld` (429, or
+    413 when the request can never fit) and ``unknown`` tasks (404)."""
+    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
+    # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
+    app.state.stopping = asyncio.Event()
+    app.state.force = asyncio.Event()
+    app.state.shutdown_timeout_s = cfg.shutdown_timeout_s
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
+    for exc_type in unavailable:
+        app.add_exception_handler(exc_type, _unavailable)
+
+    @app.exception_handler(TooMuchHeld)
+    async def _too_much(request: Request, exc: TooMuchHeld) -> JSONResponse:
+        if exc.never_fits:
+            return JSONResponse({"detail": str(exc)}, status_code=413)
+        return JSONResponse({"detail": str(exc)}, status_code=429,
+                            headers={"Retry-After": str(cfg.retry_after_s)})
+
+    @app.exception_handler(unknown)
+    async def _unknown(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+def spec_from_body(body: InferenceRequest, loc: list[Any], cfg: ApiSettings) -> RequestSpec:
+    """The request a body asks for, or a 422 naming the field over its bound (``loc``: where
+    the body sits in the request)."""
+    if len(body.prompt) > cfg.max_prompt_chars:
+        raise HTTPException(422, detail=[{
+            "type": "string_too_long", "loc": [*loc, "prompt"],
+            "msg": f"prompt has {len(body.prompt)} characters; the limit is "
+                   f"{cfg.max_prompt_chars} — shorten it",
+        }])
+    options = dict(body.options or {})
+    limit = check_num_predict(options.get("num_predict"), cfg.max_num_predict)
+    if limit is not None:
+        raise HTTPException(422, detail=[{
+            "type": "num_predict_limit", "loc": [*loc, "options", "num_predict"],
+            "msg": limit}])
+    return RequestSpec(prompt=body.prompt, model=body.model, options=options)
+
+
+def check_batch_size(n: int, cfg: ApiSettings) -> None:
+    """A 422 unless a batch holds 1 to ``cfg.max_batch`` requests."""
+    if not 1 <= n <= cfg.max_batch:
+        raise HTTPException(422, detail=[{
+            "type": "batch_size", "loc": ["body"],
+            "msg": f"a batch holds 1 to {cfg.max_batch} requests; got {n} — "
+                   f"split it into batches of at most {cfg.max_batch}",
+        }])
 
 
 def check_num_predict(value: Any, limit: int) -> str | None:

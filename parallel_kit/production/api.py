@@ -57,11 +57,12 @@ from fastapi.responses import JSONResponse
 from ..api import (
     ApiSettings,
     BatchAccepted,
-    Guard,
     InferenceRequest,
     TaskAccepted,
     TaskStatus,
-    check_num_predict,
+    check_batch_size,
+    prepare_app,
+    spec_from_body,
 )
 from ..records import RequestSpec
 
@@ -110,50 +111,14 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
                   description="Tasks go to a Celery queue on Redis; Celery workers call a Ray "
                               "Serve application with one replica per GPU. Any API process "
                               "answers GET /tasks/{id} from Redis.", lifespan=lifespan)
-    app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
-    # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
-    app.state.stopping = asyncio.Event()
-    app.state.force = asyncio.Event()
-    app.state.shutdown_timeout_s = cfg.shutdown_timeout_s
-
-    @app.exception_handler(RedisUnavailable)
-    async def _redis_down(request: Request, exc: RedisUnavailable) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(QueueFull)
-    async def _full(request: Request, exc: QueueFull) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(TooMuchHeld)
-    async def _too_much(request: Request, exc: TooMuchHeld) -> JSONResponse:
-        if exc.never_fits:
-            return JSONResponse({"detail": str(exc)}, status_code=413)
-        return JSONResponse({"detail": str(exc)}, status_code=429,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(UnknownTask)
-    async def _unknown(request: Request, exc: UnknownTask) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+    prepare_app(app, cfg, unavailable=(RedisUnavailable, QueueFull), unknown=UnknownTask)
 
     @app.exception_handler(ExpiredTask)
     async def _expired(request: Request, exc: ExpiredTask) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=410)
 
     def to_spec(body: InferenceRequest, loc: list[Any]) -> RequestSpec:
-        if len(body.prompt) > cfg.max_prompt_chars:
-            raise HTTPException(422, detail=[{
-                "type": "string_too_long", "loc": [*loc, "prompt"],
-                "msg": f"prompt has {len(body.prompt)} characters; the limit is "
-                       f"{cfg.max_prompt_chars} — shorten it"}])
-        options = dict(body.options or {})
-        limit = check_num_predict(options.get("num_predict"), cfg.max_num_predict)
-        if limit is not None:
-            raise HTTPException(422, detail=[{
-                "type": "num_predict_limit", "loc": [*loc, "options", "num_predict"],
-                "msg": limit}])
-        return RequestSpec(prompt=body.prompt, model=body.model, options=options)
+        return spec_from_body(body, loc, cfg)
 
     def refuse_when_stopping(request: Request) -> None:
         if request.app.state.stopping.is_set():
@@ -204,11 +169,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
     @app.post("/inference/batch", response_model=BatchAccepted,
               summary="Queue several prompts in one call")
     async def inference_batch(request: Request, body: list[InferenceRequest]) -> Any:
-        if not 1 <= len(body) <= cfg.max_batch:
-            raise HTTPException(422, detail=[{
-                "type": "batch_size", "loc": ["body"],
-                "msg": f"a batch holds 1 to {cfg.max_batch} requests; got {len(body)} — "
-                       f"split it into batches of at most {cfg.max_batch}"}])
+        check_batch_size(len(body), cfg)
         specs = [to_spec(item, ["body", i]) for i, item in enumerate(body)]
         refuse_when_stopping(request)
         ids: list[str] = []
