@@ -24,6 +24,7 @@ from ..records import RequestResult, RequestSpec
 from ..timing import ModelClock
 
 if TYPE_CHECKING:
+    from ..modes.base import ModeContext
     from ..servers.backend import Backend
 
 __all__ = ["ApiBackend", "BackendOpener", "ServeOptions", "dispatcher_health",
@@ -164,20 +165,25 @@ async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[Ap
                          kind=servers.kind, health=lambda: dispatcher_health(pool))
 
 
+def stack_context(servers: Backend, options: ServeOptions) -> ModeContext:
+    """The run context of an API over Ray actors or the production stack: the given servers,
+    or (``options.start_own``) one launched per GPU on the backend's kind and profile."""
+    from ..modes.base import ModeContext
+    from ..modes.options import RayOptions, launched_servers
+
+    launched = launched_servers(servers.kind, servers.profile, start_own=options.start_own)
+    return ModeContext(endpoints=list(servers.endpoints), backend=servers.kind,
+                       time_scale=servers.time_scale, model=servers.model, gpus=options.servers,
+                       servers=launched, ray=RayOptions(address=options.ray_address))
+
+
 @contextlib.asynccontextmanager
 async def open_ray(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
     """One Ray GPU actor per server (each starting its own when no endpoints were given)."""
-    from ..modes.base import ModeContext
-    from ..modes.options import RayOptions, ServerOptions
     from ..modes.ray_gpu import open_ray_dispatcher
 
     clock = ModelClock(servers.time_scale)
-    launched = (ServerOptions(launch="sim" if servers.kind == "sim" else "ollama",
-                              profile=servers.profile or "seed")
-                if options.start_own else ServerOptions())
-    ctx = ModeContext(endpoints=list(servers.endpoints), backend=servers.kind,
-                      time_scale=servers.time_scale, model=servers.model, gpus=options.servers,
-                      servers=launched, ray=RayOptions(address=options.ray_address))
+    ctx = stack_context(servers, options)
     async with open_ray_dispatcher(ctx, clock=clock, mode=options.mode) as dispatcher:
         yield ApiBackend(dispatcher, clock, model=servers.model, description=servers.message,
                          kind=servers.kind, health=lambda: dispatcher_health(dispatcher))

@@ -42,7 +42,7 @@ from ..config import DEFAULT_MODEL, Endpoint, max_concurrent_from_env, time_scal
 from ..errors import AllWorkersLost, ConfigError, MissingDependency
 from ..metrics import Slo
 from ..modes.base import ModeContext
-from ..modes.options import QueueOptions, RayOptions, ServerOptions
+from ..modes.options import QueueOptions, RayOptions, ServerOptions, launched_servers
 from ..modes.registry import BASELINE, get_info, mode_names, parse_modes
 from ..modes.stack_options import ServeOptions, StackOptions
 from ..records import RequestResult, RequestSpec, RunResult, summarize, write_csv, write_json
@@ -409,10 +409,7 @@ async def compare(
                     capacities[key] = await _real_capacity(b, api, say)
                 found, speedup, how = capacities[key]
                 b.endpoints = [replace(ep, slots=found) for ep in b.endpoints]
-            launched = ServerOptions()
-            if in_actor:
-                launched = replace(server_opts, launch="sim" if b.kind == "sim" else "ollama",
-                                   profile=b.profile or "seed")
+            launched = launched_servers(b.kind, b.profile, start_own=in_actor, base=server_opts)
             ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
                               time_scale=b.time_scale, model=b.model,
                               api=api, progress=False,  # type: ignore[arg-type]

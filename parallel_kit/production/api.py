@@ -341,18 +341,11 @@ async def open_production_backend(servers: Any, options: Any) -> AsyncIterator[A
     memory) can front the stack too. ``parallel-kit serve --mode production`` uses
     :func:`create_production_app` instead, whose tasks live in Redis.
     """
-    from ..api.backends import ApiBackend
-    from ..modes.base import ModeContext
-    from ..modes.options import RayOptions, ServerOptions
+    from ..api.backends import ApiBackend, stack_context
     from ..modes.ray_gpu import EpochClock
     from .tasks import row_from_body
 
-    launched = (ServerOptions(launch="sim" if servers.kind == "sim" else "ollama",
-                              profile=servers.profile or "seed")
-                if options.start_own else ServerOptions())
-    ctx = ModeContext(endpoints=list(servers.endpoints), backend=servers.kind,
-                      time_scale=servers.time_scale, model=servers.model, gpus=options.servers,
-                      servers=launched, ray=RayOptions(address=options.ray_address))
+    ctx = stack_context(servers, options)
     async with open_production_api(ctx, ctx.stack) as client:
 
         async def call(spec: RequestSpec) -> Any:
