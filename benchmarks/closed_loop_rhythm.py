@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LINEAR_PROFILE, clean, median, write_result, zero_profile_file
-from peers import C4_PROFILE, TOKENS, prompt
+from _peers_common import C4_PROFILE, TOKENS, prompt
 
 from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine

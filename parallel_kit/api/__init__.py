@@ -60,7 +60,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -100,6 +100,7 @@ __all__ = [
 API_KEY_ENV = "PARALLEL_KIT_API_KEY"
 #: uvicorn's error logger: shutdown notes appear beside uvicorn's own lines.
 _log = logging.getLogger("uvicorn.error")
+_T = TypeVar("_T")
 #: Paths that answer without a key: a load balancer's health check carries none.
 _OPEN_PATHS = frozenset({"/health"})
 
@@ -267,15 +268,7 @@ def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> Fast
         queue = queue_of(request)
         task_id = queue.submit(to_spec(body, ["body"]))
         # Wait for the answer, or for shutdown: a waiting client is told, never left hanging.
-        stopping: asyncio.Event = request.app.state.stopping
-        done = asyncio.ensure_future(queue.result(task_id))
-        stop = asyncio.ensure_future(stopping.wait())
-        try:
-            await asyncio.wait((done, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not done.done():
-                done.cancel()
+        done = await unless_stopping(queue.result(task_id), request.app.state.stopping)
         if not done.done() or done.cancelled():
             return JSONResponse({
                 "detail": f"the API is shutting down; task {task_id} was accepted but not "
@@ -351,6 +344,21 @@ def prepare_app(app: FastAPI, cfg: ApiSettings, *,
     @app.exception_handler(unknown)
     async def _unknown(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def unless_stopping(awaitable: Awaitable[_T], stopping: asyncio.Event) -> asyncio.Future[_T]:
+    """Wait for ``awaitable`` or for ``stopping`` to be set, whichever comes first: a waiting
+    client is told of a shutdown, never left hanging. Returns the awaitable's future
+    (cancelled when the shutdown came first)."""
+    done = asyncio.ensure_future(awaitable)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((done, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not done.done():
+            done.cancel()
+    return done
 
 
 def spec_from_body(body: InferenceRequest, loc: list[Any], cfg: ApiSettings) -> RequestSpec:

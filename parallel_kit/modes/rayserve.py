@@ -54,7 +54,7 @@ from ..errors import ConfigError, MissingDependency, OllamaUnavailable
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
-from .pool import check_endpoints
+from .pool import check_endpoints, gather_rows
 from .ray_gpu import (
     EpochClock,
     GpuWorker,
@@ -427,16 +427,7 @@ async def run_on_app(app: ServeApp, specs: Sequence[RequestSpec], ctx: ModeConte
         ctx.notify(row)
         return row
 
-    t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(one(s, clock.now())) for s in specs]
-    submit_s = time.perf_counter() - t0
-    try:
-        rows = list(await asyncio.gather(*tasks))
-    finally:
-        for t in tasks:
-            t.cancel()
-        if bar is not None:
-            bar.close()
+    rows, submit_s = await gather_rows(specs, lambda s: one(s, clock.now()), bar)
     lost = app.lost[lost_before:]
     notes = [f"a replica was lost at {w['at_s']:.2f} s (model time) and its request sent "
              f"again: {w['reason']}" for w in lost]

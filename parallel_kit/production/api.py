@@ -63,6 +63,7 @@ from ..api import (
     check_batch_size,
     prepare_app,
     spec_from_body,
+    unless_stopping,
 )
 from ..records import RequestSpec
 
@@ -138,14 +139,8 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
         refuse_when_stopping(request)
         task_id = await submit(spec)
         # Wait for the answer, or for shutdown: a waiting client is told, never left hanging.
-        done = asyncio.ensure_future(client.wait([task_id], timeout_s=wait_s))
-        stop = asyncio.ensure_future(request.app.state.stopping.wait())
-        try:
-            await asyncio.wait((done, stop), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not done.done():
-                done.cancel()
+        done = await unless_stopping(client.wait([task_id], timeout_s=wait_s),
+                                     request.app.state.stopping)
         if done.done() and not done.cancelled() and done.exception() is None:
             result = done.result()
             if task_id in result:
