@@ -13,3 +13,5 @@
 Needs the ``production`` extra: ``pip install "parallel_kit[production]"``. Nothing here is
 imported by ``import parallel_kit``.
 """
+
+__all__: list[str] = []
