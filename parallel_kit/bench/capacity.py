@@ -481,14 +481,8 @@ class CapacityPlan:
         """The ``parallel-kit bench`` line that measures configuration ``c`` under the traffic."""
         t = self.traffic
         parts = ["parallel-kit bench", f"--mode {c.mode}", f"--gpus {c.servers}",
-                 f"--slots {c.slots}"]
-        if t.process == "trace":
-            parts.append(f"--trace {shlex.quote(t.trace or 'FILE')}"
-                         + (f" --trace-speed {t.trace_speed:g}" if t.trace_speed != 1 else ""))
-        else:
-            parts += [f"--rate {t.rate:g}", f"--arrivals {t.process}"]
-            if t.process == "gamma":
-                parts.append(f"--burstiness {t.burstiness:g}")
+                 f"--slots {c.slots}", *_arrival_flags(t)]
+        if t.process != "trace":
             parts += [f"--n {t.n or MEASURE_N}", f"--seed {t.seed}"]
         parts.append(f"--profile {self.profile}" if not self.calibrated else
                      "--profile NAME  # after: parallel-kit probe --save-profile NAME")
@@ -497,14 +491,8 @@ class CapacityPlan:
     def measure_command(self) -> str:
         """One line that predicts and measures both configurations: ``capacity … --measure``."""
         t = self.traffic
-        parts = ["parallel-kit capacity"]
-        if t.process == "trace":
-            parts.append(f"--trace {shlex.quote(t.trace or 'FILE')}"
-                         + (f" --trace-speed {t.trace_speed:g}" if t.trace_speed != 1 else ""))
-        else:
-            parts += [f"--rate {t.rate:g}", f"--arrivals {t.process}"]
-            if t.process == "gamma":
-                parts.append(f"--burstiness {t.burstiness:g}")
+        parts = ["parallel-kit capacity", *_arrival_flags(t)]
+        if t.process != "trace":
             if t.n:
                 parts.append(f"--n {t.n}")
             parts.append(f"--seed {t.seed}")
@@ -569,6 +557,18 @@ class CapacityPlan:
                 "measure_command": self.measure_command() if self.recommended else None,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "measurements": [m.to_dict() for m in self.measurements]}
+
+
+def _arrival_flags(t: Traffic) -> list[str]:
+    """The command-line flags that give ``t``'s arrivals: a trace (and its speed), or the rate,
+    the process and a gamma process's burstiness."""
+    if t.process == "trace":
+        return [f"--trace {shlex.quote(t.trace or 'FILE')}"
+                + (f" --trace-speed {t.trace_speed:g}" if t.trace_speed != 1 else "")]
+    parts = [f"--rate {t.rate:g}", f"--arrivals {t.process}"]
+    if t.process == "gamma":
+        parts.append(f"--burstiness {t.burstiness:g}")
+    return parts
 
 
 def json_safe(value: Any) -> Any:
