@@ -227,7 +227,7 @@ class SimFarm:
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
-            from parallel_kit.launcher import stop_process
+            from parallel_kit.servers.launcher import stop_process
 
             stop_process(self._proc, 10.0)
             self._proc = None

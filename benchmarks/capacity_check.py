@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import clean, write_result
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.sim.profiles import load_profile
 
 PROFILES = ("seed", "rtx4090", "m1-max")
@@ -44,7 +44,7 @@ N = 40
 def gap_case(profile: str, process: tuple[str, float], seed: int, key: str) -> Any:
     """(profile, traffic, SLO, the configuration that should be chosen), or None without a gap."""
     prof = load_profile(profile)
-    service = cap._service(prof, cap.Traffic(1.0), None, None)
+    service = cap.service_model(prof, cap.Traffic(1.0), None, None)
     loose = cap.PercentileSlo.parse(f"{key}=1e9")
     one = cap.predict_config("pool", 1, 1, service, cap.Traffic(1.0, n=10), loose).capacity_rps
     traffic = cap.Traffic(one * 1.3, process[0], process[1], seed, n=N)

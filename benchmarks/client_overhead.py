@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ZERO_PROFILE, SimFarm, clean, interleaved, median, quantile, write_result
 
 from parallel_kit.config import Endpoint
-from parallel_kit.launcher import stop_process
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import QueueOptions
 from parallel_kit.modes.queued import run_async
 from parallel_kit.records import RequestSpec
+from parallel_kit.servers.launcher import stop_process
 
 MODEL = "llama3.2:3b"
 PROMPT = "Why is the sky blue?"

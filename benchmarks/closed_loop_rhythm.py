@@ -14,7 +14,7 @@ request, 8.7 ms CPU at concurrency 64) lets the streams drift apart, so one pref
 three decode (k = 3: 10.2 ms a token): lower ITL, lower latency, more requests/s.
 
 This script runs the simulator's own engine on a virtual clock
-(:mod:`parallel_kit.virtual_clock`: the engine's step rules, exactly, whatever the machine's
+(:mod:`parallel_kit.sim.virtual_clock`: the engine's step rules, exactly, whatever the machine's
 load) with four closed-loop streams and a client turnaround between one answer and the next
 request drawn from: nothing; a constant; an exponential with the same mean (the turnaround
 means are what ``peers.json`` implies: 4 ÷ requests/s − mean latency). Model seconds = clock
@@ -41,12 +41,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import LINEAR_PROFILE, clean, median, write_result, zero_profile_file
-from peers import C4_PROFILE, TOKENS, prompt
+from _peers_common import C4_PROFILE, TOKENS, prompt
 
 from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import load_profile
-from parallel_kit.virtual_clock import VirtualClockLoop, loop_timer
+from parallel_kit.sim.virtual_clock import VirtualClockLoop, loop_timer
 
 N = 100
 STREAMS = 4

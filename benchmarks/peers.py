@@ -48,12 +48,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +66,22 @@ from _common import (
     machine,
     write_result,
 )
+from _peers_common import (
+    C4_PROFILE,
+    MODEL,
+    PEER_PACKAGES,
+    TOKENS,
+    VENV,
+    guidellm_raw,
+    guidellm_stat,
+    pct,
+    prompt_lines,
+    run_tool,
+    signed,
+    venv_bin,
+    warm,
+)
 
-HERE = Path(__file__).resolve().parent
-VENV = HERE / ".peers-venv"
-PEER_PACKAGES = {"guidellm": "guidellm==0.8.1", "servebench": "servebench==1.1.3"}
-MODEL = "llama3.2:3b"
-TOKENS = 32
 #: STEADY_PROFILE decodes 100 tokens/s per stream, whatever the number of streams
 IDEAL_S = TOKENS / 100.0
 TOOLS = ("kit", "servebench", "guidellm")
@@ -82,18 +89,12 @@ SECTIONS = ("sequential", "c4", "c4_linear", "c64", "poisson")
 #: Interleaved rounds of the c = 64 section (medians): one run of each tool differed by a few
 #: per cent from the next.
 C64_ROUNDS = 3
-#: the concurrency-4 comparison's server (the profile of the first side-by-side comparison)
-C4_PROFILE = "rtx4090"
 #: the same requests on a server whose speed per request does not depend on the load (S(k) = k)
 C4_LINEAR_PROFILE = LINEAR_PROFILE
 #: the figures each tool's concurrency-4 agreement with the kit is reported for
 AGREEMENT_KEYS = ("latency_p50_s", "ttft_p50_s", "itl_p50_s", "requests_per_s")
 
 # -- the peers' venv -----------------------------------------------------------------------------
-
-
-def venv_bin(name: str) -> Path:
-    return VENV / "bin" / name
 
 
 def ensure_venv(tools: list[str]) -> None:
@@ -130,60 +131,12 @@ run = asyncio.run(run_async(specs, ctx))
 write_json(out, [run])  # the kit's own results file, as `bench --json` writes it
 """
 
-#: filler that makes a prompt long (≈ 1 token per 4 characters in the simulator)
-_FILLER = ("Light from the sun is scattered by the molecules of the air, and shorter "
-           "wavelengths scatter more than longer ones. ")
-
-
-def prompt(i: int, long: bool) -> str:
-    """Prompt ``i``: a short question, or the same with ≈ 600 tokens of context."""
-    head = f"Why is the sky blue? ({i})"
-    return head + (" " + _FILLER * 20).rstrip() if long else head
-
-
-def _prompt_lines(folder: Path, n: int, long: bool) -> Path:
-    path = folder / f"prompts_{n}_{int(long)}.txt"
-    path.write_text("".join(prompt(i, long) + "\n" for i in range(n)), encoding="utf-8")
-    return path
-
-
-def _pin(core: int | None) -> Callable[[], None] | None:
-    if core is None:
-        return None
-    return lambda: os.sched_setaffinity(0, {core})
-
-
-def _run(cmd: list[str], core: int | None, env: dict[str, str] | None = None,
-         timeout: float = 900.0) -> tuple[float, float]:
-    """Run ``cmd``; returns (CPU seconds of its process tree, wall seconds)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          preexec_fn=_pin(core), cwd=ROOT)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout)[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return cpu, wall
-
-
-def _prompts_file(folder: Path, n: int, tokens: int, long: bool) -> Path:
-    path = folder / f"prompts_{n}_{tokens}_{int(long)}.jsonl"
-    with path.open("w", encoding="utf-8") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"prompt": prompt(i, long),
-                                 "output_tokens_count": tokens}) + "\n")
-    return path
-
-
 def run_kit(url: str, n: int, c: int, tokens: int, folder: Path, core: int | None,
             long: bool = False) -> dict[str, Any]:
     out = folder / f"kit_{n}_{c}_{tokens}.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cpu, wall = _run([PYTHON, "-c", _KIT_SNIPPET, url, str(c), str(tokens),
-                      str(_prompt_lines(folder, n, long)), str(out), MODEL], core, env)
+    cpu, wall = run_tool([PYTHON, "-c", _KIT_SNIPPET, url, str(c), str(tokens),
+                      str(prompt_lines(folder, n, long)), str(out), MODEL], core, env)
     doc = json.loads(out.read_text())["runs"][0]
     s = doc["summary"]
     return {"cpu_s": cpu, "wall_s": wall, "ok": s["ok"], "requests_per_s": s["throughput_rps"],
@@ -200,11 +153,11 @@ def run_kit(url: str, n: int, c: int, tokens: int, folder: Path, core: int | Non
 def run_servebench(url: str, n: int, c: int, tokens: int, folder: Path, core: int | None,
                    long: bool = False) -> dict[str, Any]:
     out = folder / f"servebench_{n}_{c}_{tokens}.json"
-    prompts = _prompt_lines(folder, n, long)
+    prompts = prompt_lines(folder, n, long)
     cmd = [str(venv_bin("servebench")), "run", "--url", f"{url}/v1", "--model", MODEL,
            "--concurrency", str(c), "--num-requests", str(n), "--output-len", str(tokens),
            "--prompts", str(prompts), "--warmup", "0", "--seed", "1", "--out", str(out)]
-    cpu, wall = _run(cmd, core)
+    cpu, wall = run_tool(cmd, core)
     level = json.loads(out.read_text())["levels"][0]
     s, reqs = level["summary"], [r for r in level["requests"] if r.get("ok")]
     e2e = sorted(r["e2e"] for r in reqs if r.get("e2e") is not None)
@@ -219,38 +172,6 @@ def run_servebench(url: str, n: int, c: int, tokens: int, folder: Path, core: in
             "tpot_mean_s": s["tpot"]["mean"],
             "span_per_request_s": (max(ends) - min(starts)) / max(len(reqs), 1),
             "achieved_concurrency": sum(e2e) / (max(ends) - min(starts))}
-
-
-def guidellm_raw(url: str, n: int, tokens: int, folder: Path, core: int | None, long: bool,
-                 profile: dict[str, Any], tag: str, settings: dict[str, str] | None = None
-                 ) -> tuple[float, float, dict[str, Any]]:
-    """Run GuideLLM once (``profile``: its scenario's profile, e.g. ``{"kind": "poisson",
-    "rate": 4.5}``; ``settings``: extra ``GUIDELLM__*`` environment variables); returns (CPU
-    seconds, wall seconds, its benchmark's JSON)."""
-    out = folder / f"guidellm_{tag}.json"
-    scenario = folder / f"guidellm_{tag}.scenario.json"
-    scenario.write_text(json.dumps({"spec": {
-        "backend": {"kind": "openai_http", "target": url, "model": MODEL,
-                    "request_format": "/v1/chat/completions", "validate_backend": False,
-                    # Ollama's /v1 (and the simulator) read max_tokens, not the
-                    # max_completion_tokens GuideLLM's chat requests carry.
-                    "extras": {"body": {"max_tokens": tokens}}},
-        "profile": profile,
-        "data": [{"kind": "json_file", "path": str(_prompts_file(folder, n, tokens, long))}],
-        "constraints": [{"kind": "max_requests", "count": n}]}}))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", **(settings or {}))
-    cmd = [str(venv_bin("guidellm")), "run", "--scenario", str(scenario), "--disable-progress",
-           "--output", f"kind=json,path={out}"]
-    cpu, wall = _run(cmd, core, env)
-    return cpu, wall, json.loads(out.read_text())["benchmarks"][0]
-
-
-def guidellm_stat(b: dict[str, Any], name: str, key: str, scale: float = 1.0) -> float:
-    """One of GuideLLM's own summary figures (``key``: ``p50`` or ``mean``), × ``scale``."""
-    ok = b["metrics"][name]["successful"]
-    value = ok["percentiles"]["p50"] if key == "p50" else ok[key]
-    return float(value) * scale
 
 
 def run_guidellm(url: str, n: int, c: int, tokens: int, folder: Path, core: int | None,
@@ -321,7 +242,7 @@ def measure_c4(tools: list[str], n: int, folder: Path, pinned: bool, client_core
     """Concurrency 4 on ``profile`` with 4 slots, ≈ 600 prompt tokens, 32 output tokens."""
     with SimFarm(1, profile=profile, slots=4) as farm:
         url = _pin_farm(farm, pinned)
-        _warm(url)
+        warm(url)
         c4 = {}
         for tool in tools:
             print(f"  {tool}: concurrency 4 on {profile} …", flush=True)
@@ -394,21 +315,6 @@ def measure(tools: list[str], quick: bool,
     return out
 
 
-def _warm(url: str) -> None:
-    """One request, so the model's load time falls on nobody's measurement."""
-    import httpx
-
-    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
-    httpx.post(f"{url}/api/generate", json=body, timeout=60).raise_for_status()
-
-
-def pct(a: float | None, b: float | None) -> float | None:
-    """``a / b − 1`` (None when either is missing or ``b`` is 0)."""
-    if a is None or b is None or not b or a != a or b != b:
-        return None
-    return a / b - 1.0
-
-
 def _agreement(c4: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Each peer's headline latency and TTFT (p50) relative to the kit's (target within 5 %):
     ``kit ÷ peer − 1`` per figure, and the pair servebench ÷ GuideLLM where both ran."""
@@ -426,10 +332,6 @@ def _agreement(c4: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return res
 
 
-def _signed(x: float | None) -> str:
-    return "—" if x is None else f"{x * 100:+.1f} %"
-
-
 def _c4_table(section: dict[str, Any], tools: list[str]) -> list[str]:
     ms = 1000.0
     c4 = section["by_tool"]
@@ -443,7 +345,7 @@ def _c4_table(section: dict[str, Any], tools: list[str]) -> list[str]:
     for tool in tools:
         v = c4[tool]
         a = agree.get(tool)
-        diff = ("—" if a is None else " · ".join(_signed(a[k]) for k in AGREEMENT_KEYS))
+        diff = ("—" if a is None else " · ".join(signed(a[k]) for k in AGREEMENT_KEYS))
         lines.append(f"| {tool} | {v['latency_p50_s'] * ms:.1f} | {v['ttft_p50_s'] * ms:.1f} | "
                      f"{v['itl_p50_s'] * ms:.2f} | {v['requests_per_s']:.2f} | "
                      f"{v.get('output_tokens_mean', float('nan')):.1f} | {diff} |")

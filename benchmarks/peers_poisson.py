@@ -48,23 +48,24 @@ from typing import Any
 
 import numpy as np
 from _common import PYTHON, ROOT, SimFarm
-from peers import (
+from _peers_common import (
     C4_PROFILE,
     MODEL,
     TOKENS,
-    _prompt_lines,
-    _run,
-    _signed,
-    _warm,
     guidellm_raw,
     guidellm_stat,
     pct,
+    prompt,
+    prompt_lines,
+    run_tool,
+    signed,
+    warm,
 )
 
 from parallel_kit import theory
-from parallel_kit.arrivals import Schedule, make_schedule
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.workload.arrivals import Schedule, make_schedule
 
 PROFILE = C4_PROFILE
 SLOTS = 4
@@ -79,9 +80,9 @@ NOISE_DRAWS = 20
 _KIT_SNIPPET = """
 import asyncio, json, sys
 import numpy as np
-from parallel_kit.arrivals import Schedule, make_schedule
+from parallel_kit.workload.arrivals import Schedule, make_schedule
 from parallel_kit.config import Endpoint
-from parallel_kit.loadgen import run_open_loop
+from parallel_kit.bench.loadgen import run_open_loop
 from parallel_kit.modes.base import ModeContext, QueueOptions
 from parallel_kit.records import RequestSpec
 url, rate, n, seed, prompts, times, out, model, tokens = sys.argv[1:10]
@@ -101,8 +102,6 @@ json.dump(run.to_dict(), open(out, "w"))
 
 
 def _specs(n: int) -> list[RequestSpec]:
-    from peers import prompt
-
     return [RequestSpec(prompt(i, True), num_predict=TOKENS) for i in range(n)]
 
 
@@ -204,8 +203,8 @@ def run_kit(url: str, rate: float, n: int, folder: Path, core: int | None,
         path.write_text(json.dumps(times_s))
         times_arg = str(path)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cpu, wall = _run([PYTHON, "-c", _KIT_SNIPPET, url, repr(rate), str(n), str(SEED),
-                      str(_prompt_lines(folder, n, True)), times_arg, str(out), MODEL,
+    cpu, wall = run_tool([PYTHON, "-c", _KIT_SNIPPET, url, repr(rate), str(n), str(SEED),
+                      str(prompt_lines(folder, n, True)), times_arg, str(out), MODEL,
                       str(TOKENS)], core, env)
     doc = json.loads(out.read_text())
     s, rows = doc["summary"], [r for r in doc["requests"] if r.get("ok")]
@@ -244,7 +243,7 @@ def measure(tools: list[str], quick: bool, folder: Path, pinned: bool,
         if pinned:
             os.sched_setaffinity(farm.pid, {0})
         url = farm.urls[0]
-        _warm(url)
+        warm(url)
         if "guidellm" in tools:
             print("  guidellm: poisson, one worker process …", flush=True)
             runs["guidellm"] = run_guidellm(url, rate, n, folder, client_core, 1)
@@ -304,12 +303,12 @@ def table(section: dict[str, Any]) -> list[str]:
             f"| {name} | {v['latency_mean_s'] * ms:.1f} · {v['latency_p50_s'] * ms:.1f} | "
             f"{v['ttft_mean_s'] * ms:.1f} · {v['ttft_p50_s'] * ms:.1f} | "
             f"{m['latency_mean_s'] * ms:.1f} · {m['ttft_mean_s'] * ms:.1f} | "
-            f"{_signed(vs['latency_mean_s'])} · {_signed(vs['ttft_mean_s'])} | "
+            f"{signed(vs['latency_mean_s'])} · {signed(vs['ttft_mean_s'])} | "
             f"{v['achieved_rps']:.2f} | {v['distinct_gap_fraction']:.2f} | {own} |")
     for key, a in section["agreement"].items():
         lines.append("")
-        lines.append(f"{key.replace('_', ' ')}: latency mean {_signed(a['latency_mean_s'])}, "
-                     f"TTFT mean {_signed(a['ttft_mean_s'])}, latency p50 "
-                     f"{_signed(a['latency_p50_s'])}, TTFT p50 {_signed(a['ttft_p50_s'])} "
+        lines.append(f"{key.replace('_', ' ')}: latency mean {signed(a['latency_mean_s'])}, "
+                     f"TTFT mean {signed(a['ttft_mean_s'])}, latency p50 "
+                     f"{signed(a['latency_p50_s'])}, TTFT p50 {signed(a['ttft_p50_s'])} "
                      f"(kit ÷ GuideLLM − 1; means within 5 %: {a['means_within_5pct']}).")
     return lines

@@ -21,11 +21,11 @@ import asyncio
 
 from parallel_kit import theory
 from parallel_kit.bench import compare
+from parallel_kit.bench.sweep import sweep
 from parallel_kit.metrics import infer_prompt_cache, ttft_by_turn
-from parallel_kit.prompts import shared_prefix_specs, turn_of
 from parallel_kit.sim.profiles import load_profile
 from parallel_kit.sim.server import SimulatedOllama
-from parallel_kit.sweep import sweep
+from parallel_kit.workload.prompts import shared_prefix_specs, turn_of
 
 PROFILE, SCALE, CONVERSATIONS, TURNS = "m4-mac-mini", 0.05, 3, 4
 

@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import ZERO_PROFILE, SimFarm, clean, machine, results_dir, write_result
 
 from parallel_kit import theory
-from parallel_kit.arrivals import make_schedule, specs_for
+from parallel_kit.bench.loadgen import run_open_loop
 from parallel_kit.config import Endpoint
-from parallel_kit.loadgen import run_open_loop
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import QueueOptions
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.workload.arrivals import make_schedule, specs_for
 
 RHOS = (0.3, 0.5, 0.7, 0.9)
 GENERATOR_RATES = (100, 200, 400, 800, 1600, 3200)

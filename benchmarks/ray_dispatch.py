@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n = 300 if args.quick else 1000
     reps = 2 if args.quick else 3
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # Ray refuses logical GPUs when it is set
-    from parallel_kit import raycluster
+    from parallel_kit.servers import raycluster
 
     result: dict[str, Any] = {"requests": n, "workers": WORKERS, "slots_per_server": SLOTS,
                               "repetitions": reps}

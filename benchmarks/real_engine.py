@@ -54,9 +54,13 @@ from _common import ROOT, machine, results_dir, write_result
 
 from parallel_kit import theory
 from parallel_kit.bench import compare
-from parallel_kit.calibrate import measure_prompts, measure_speedup_samples, profile_from_probe
+from parallel_kit.measure.calibrate import (
+    measure_prompts,
+    measure_speedup_samples,
+    profile_from_probe,
+)
+from parallel_kit.measure.probe import probe
 from parallel_kit.modes.options import QueueOptions
-from parallel_kit.probe import probe
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.gguf import default_gguf
 from parallel_kit.sim.llama_build import ensure_llama_server
@@ -93,7 +97,7 @@ def kit_server(slots: int, threads: int | None = None) -> Iterator[str]:
 @contextlib.contextmanager
 def hand_server(slots: int) -> Iterator[str]:
     """llama-server started directly, as a user would; yields its URL."""
-    from parallel_kit.launcher import free_port
+    from parallel_kit.servers.launcher import free_port
 
     port = free_port()
     args = [*server_args(default_gguf(), port=port, num_parallel=slots, num_ctx=1024),

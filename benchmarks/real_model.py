@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from parallel_kit.bench import compare
-from parallel_kit.calibrate import measure_speedup, save_profile
-from parallel_kit.probe import probe
+from parallel_kit.measure.calibrate import measure_speedup, save_profile
+from parallel_kit.measure.probe import probe
 from parallel_kit.sim.llama_server import DEFAULT_MODEL_NAME, create_engine
 from parallel_kit.sim.server import SimulatedOllama
 

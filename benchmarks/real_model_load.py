@@ -69,17 +69,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import PYTHON, ROOT, clean, machine, quantile, results_dir, write_result
 
-from parallel_kit import queueing, theory
-from parallel_kit.arrivals import make_schedule
-from parallel_kit.calibrate import save_profile
+from parallel_kit import theory
+from parallel_kit.bench.loadgen import fill_predictions, run_open_loop
 from parallel_kit.config import Endpoint
-from parallel_kit.launcher import stop_process
-from parallel_kit.loadgen import fill_predictions, run_open_loop
+from parallel_kit.measure.calibrate import save_profile
+from parallel_kit.measure.probe import probe
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import QueueOptions
-from parallel_kit.probe import probe
 from parallel_kit.records import RequestResult, RequestSpec, RunResult
+from parallel_kit.servers.launcher import stop_process
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.theory import queueing
+from parallel_kit.workload.arrivals import make_schedule
 
 MODEL = "gemma3:270m"
 RHOS = (0.3, 0.5, 0.7, 0.9)

@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.headline:  # the same cell with one request queued ahead at each server
         cells += sweep(["pool"], ws, ns, prefetch=1)
     if "ray" in modes:
-        from parallel_kit import raycluster
+        from parallel_kit.servers import raycluster
 
         raycluster.shutdown()
     memory = memory_per_record(100, 1000) if args.quick else memory_per_record(1000, 10_000)

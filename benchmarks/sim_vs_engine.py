@@ -68,17 +68,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, results_dir, write_result
 from real_engine import MODEL, TOPICS, kit_server
 
-from parallel_kit.arrivals import Arrivals
 from parallel_kit.bench import compare
-from parallel_kit.calibrate import (
+from parallel_kit.measure.calibrate import (
     measure_prompts,
     measure_speedup_samples,
     profile_from_probe,
 )
+from parallel_kit.measure.probe import probe
 from parallel_kit.modes.options import QueueOptions
-from parallel_kit.probe import probe
 from parallel_kit.records import RequestSpec, RunResult
 from parallel_kit.sim.server import SimulatedOllama
+from parallel_kit.workload.arrivals import Arrivals
 
 SIM_SCALE = 0.25  # the simulator runs 4× faster than the clock; figures are in model seconds
 TARGETS = {"e2e_s": 0.05, "ttft_s": 0.10, "itl_s": 0.10}

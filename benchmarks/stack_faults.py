@@ -33,12 +33,12 @@ from _common import PYTHON, ROOT, write_result
 
 
 async def worker_loss(workers: int) -> dict[str, Any]:
-    from parallel_kit.backend import sim_info
     from parallel_kit.modes.base import ModeContext, ServerOptions
     from parallel_kit.modes.stack_options import StackOptions
     from parallel_kit.production.stack import open_stack
     from parallel_kit.production.tasks import TaskClient
     from parallel_kit.records import RequestSpec
+    from parallel_kit.servers.backend import sim_info
 
     ctx = ModeContext([], backend="sim", time_scale=0.02, gpus=3,
                       servers=ServerOptions(launch="sim", profile="seed"),
@@ -71,7 +71,7 @@ async def worker_loss(workers: int) -> dict[str, Any]:
 def shutdown() -> dict[str, Any]:
     import httpx
 
-    from parallel_kit.launcher import free_port
+    from parallel_kit.servers.launcher import free_port
 
     port = free_port()
     proc = subprocess.Popen([PYTHON, "-m", "parallel_kit", "serve", "--mode", "production",

@@ -73,8 +73,8 @@ def _hop_gaps(rows: list[RequestResult]) -> dict[str, float]:
 
 async def _measure(n_seq: int, n_burst: int, urls: list[str]) -> dict[str, Any]:
     from parallel_kit.modes.pool import EndpointPool, run_pool
-    from parallel_kit.modes.production import run_on_stack
     from parallel_kit.modes.rayserve import call_app, open_serve_app, run_on_app
+    from parallel_kit.production.mode import run_on_stack
     from parallel_kit.production.stack import open_stack
 
     ctx = ModeContext([Endpoint(u, slots=SLOTS) for u in urls], backend="sim", time_scale=1.0,
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_seq, n_burst = (20, 100) if args.quick else (100, 500)
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from parallel_kit import raycluster
+    from parallel_kit.servers import raycluster
 
     result: dict[str, Any] = {"servers": SERVERS, "slots_per_server": SLOTS,
                               "sequential_requests": n_seq, "burst_requests": n_burst}

@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from parallel_kit.arrivals import make_schedule, write_trace  # noqa: E402
-from parallel_kit.prompts import load_prompts, make_specs  # noqa: E402
+from parallel_kit.workload.arrivals import make_schedule, write_trace  # noqa: E402
+from parallel_kit.workload.prompts import load_prompts, make_specs  # noqa: E402
 
 SEED = 14
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .config import VERSION as __version__
 from .config import Endpoint
 from .errors import (
     AllWorkersLost,
@@ -39,7 +40,6 @@ from .errors import (
 from .modes.base import ModeContext
 from .modes.options import QueueOptions, RayOptions, ServerOptions
 from .modes.registry import MODE_NAMES, ModeInfo, get_mode, mode_names, register_mode
-from .prompts import load_prompts, make_specs, original_prompts
 from .records import (
     RequestResult,
     RequestSpec,
@@ -51,38 +51,37 @@ from .records import (
 )
 from .timing import ModelClock
 from .topology import Topology
+from .workload.prompts import load_prompts, make_specs, original_prompts
 
 if TYPE_CHECKING:
     from . import plots, theory
-    from .api_client import ApiClient
-    from .backend import open_backend
     from .bench import Comparison, compare, compare_sync
-    from .client_factory import make_client
     from .clients import OllamaClient, OpenAIClient, RetryPolicy
-    from .probe import probe
+    from .clients.api import ApiClient
+    from .clients.factory import make_client
+    from .measure.probe import probe
+    from .modes.taskqueue import TaskQueue
+    from .servers.backend import open_backend
     from .sim.profiles import list_profiles, load_profile
     from .sim.server import SimulatedOllama, simulated_ollama
-    from .taskqueue import TaskQueue
-
-__version__ = "0.2.0"
 
 #: name → module that defines it, imported on first access.
 _LAZY = {
-    "ApiClient": "parallel_kit.api_client",
+    "ApiClient": "parallel_kit.clients.api",
     "Comparison": "parallel_kit.bench",
     "compare": "parallel_kit.bench",
     "compare_sync": "parallel_kit.bench",
     "OllamaClient": "parallel_kit.clients",
     "OpenAIClient": "parallel_kit.clients",
     "RetryPolicy": "parallel_kit.clients",
-    "make_client": "parallel_kit.client_factory",
-    "open_backend": "parallel_kit.backend",
-    "probe": "parallel_kit.probe",
+    "make_client": "parallel_kit.clients.factory",
+    "open_backend": "parallel_kit.servers.backend",
+    "probe": "parallel_kit.measure.probe",
     "list_profiles": "parallel_kit.sim.profiles",
     "load_profile": "parallel_kit.sim.profiles",
     "SimulatedOllama": "parallel_kit.sim.server",
     "simulated_ollama": "parallel_kit.sim.server",
-    "TaskQueue": "parallel_kit.taskqueue",
+    "TaskQueue": "parallel_kit.modes.taskqueue",
 }
 _SUBMODULES = {"plots", "theory"}
 

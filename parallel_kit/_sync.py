@@ -21,7 +21,7 @@ _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
 
 
-def _background_loop() -> asyncio.AbstractEventLoop:
+def background_loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _lock:
         if _loop is None or _loop.is_closed():
@@ -49,7 +49,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         # Outside the ``except`` block: an error from the run must not come chained to an
         # unrelated "RuntimeError: no running event loop".
         return asyncio.run(coro)
-    future = asyncio.run_coroutine_threadsafe(coro, _background_loop())
+    future = asyncio.run_coroutine_threadsafe(coro, background_loop())
     try:
         return future.result()
     except KeyboardInterrupt:

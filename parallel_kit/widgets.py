@@ -33,7 +33,7 @@ comparison after a run predicts from the measured sequential run instead.
 
 **Requests arriving over time.** With "requests arrive" set to *every G s*, a run sends its
 requests open loop at Poisson arrivals of rate 1/G per model second (seed :attr:`ExperimentLab.seed`,
-``compare(arrivals=Arrivals(rate=1/G, seed=…))``, :mod:`parallel_kit.loadgen`); the prediction line
+``compare(arrivals=Arrivals(rate=1/G, seed=…))``, :mod:`parallel_kit.bench.loadgen`); the prediction line
 shows each mode's utilisation ρ and its predicted mean latency from arrival
 (:func:`parallel_kit.theory.predict_load` on the seed profile's latency model), and the run draws
 measured mean latency beside the predicted one — theory's steady state, and theory for this run's
@@ -42,9 +42,9 @@ own arrivals (a few requests are a small sample of a random process).
 **The SLO advisor** (:class:`SloAdvisor`, ``slo_advisor()``) asks the other question: not
 "how long does this batch take" but "how many servers and slots does this *traffic* need to meet
 a latency SLO". Its sliders (arrival rate, latency/TTFT/TPOT p95 targets, profile, modes, max
-GPUs, slots) re-plan with :func:`parallel_kit.capacity.plan_capacity` — the planning function of
+GPUs, slots) re-plan with :func:`parallel_kit.bench.capacity.plan_capacity` — the planning function of
 ``parallel-kit capacity``, not a copy — and its Run button measures the recommendation with
-:func:`parallel_kit.capacity.measure_config` in the background, as the lab runs. It is a widget
+:func:`parallel_kit.bench.capacity.measure_config` in the background, as the lab runs. It is a widget
 of its own, shown beside the lab in notebook 06 rather than a tab inside it: a plan costs about a
 second of theory, which the lab should not pay each time it is built, and the lab's own controls
 stay as they were.
@@ -69,12 +69,12 @@ from typing import Any
 import ipywidgets as W
 
 from . import theory
-from .arrivals import Arrivals
 from .bench import Comparison, compare
+from .bench.loadgen import format_load_table
 from .config import DEFAULT_MODEL, max_concurrent_from_env
-from .loadgen import format_load_table
 from .modes.registry import get_info, mode_names
 from .records import RequestResult, RunResult
+from .workload.arrivals import Arrivals
 
 __all__ = ["ADVISOR_RATES", "ARRIVAL_GAPS", "SLO_TARGETS", "TIME_SCALES", "TPOT_TARGETS",
            "ExperimentLab", "LabRun", "SloAdvisor", "Step", "slo_advisor"]
@@ -292,7 +292,7 @@ class ExperimentLab:
                 for m in modes}
 
     def _specs(self) -> list[Any]:
-        from .prompts import make_specs
+        from .workload.prompts import make_specs
 
         settings = self.settings()
         return make_specs(settings["n"], None, model=DEFAULT_MODEL,
@@ -365,9 +365,9 @@ class ExperimentLab:
     @staticmethod
     async def _off_the_loop(coro: Any) -> Comparison | None:
         """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
-        from ._sync import _background_loop
+        from ._sync import background_loop
 
-        future = asyncio.run_coroutine_threadsafe(coro, _background_loop())
+        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -431,7 +431,7 @@ class ExperimentLab:
 
         try:
             if not self.hosts and any("ray" in get_info(m).needs for m in modes):
-                from . import raycluster
+                from .servers import raycluster
 
                 self.status.value = f"run {number}: starting Ray ({gpus} GPUs)…"
                 await self._step("ray cluster start", raycluster.connect, gpus)
@@ -487,7 +487,7 @@ def latency_vs_predicted(runs: Sequence[RunResult], *, title: str = "") -> Any:
     """
     from . import plots
 
-    fig = plots._new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2)
+    fig = plots.new_figure(max(5.0, 1.6 * len(runs) + 2.5), 4.2)
     ax = fig.subplots()
     series = [("predicted (steady state)", "#c6dbef", lambda r: r.summary.predicted_latency_mean_s),
               ("predicted (these arrivals)", "#6baed6",
@@ -513,7 +513,7 @@ def latency_vs_predicted(runs: Sequence[RunResult], *, title: str = "") -> Any:
     ax.set_title(f"Latency under load — {title}" if title else "Latency under load",
                  fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
-    plots._set_footer(fig, plots.footer_text(runs))
+    plots.set_footer(fig, plots.footer_text(runs))
     return fig
 
 
@@ -567,39 +567,39 @@ class SloAdvisor:
     Sliders set the traffic (Poisson arrivals at a rate, steady state) and the SLO (latency
     p95, TTFT p95, optional TPOT p95, model seconds); the choices are the server profile, the
     modes, the most servers (GPUs) and the most slots per server. Every change re-plans with
-    :func:`parallel_kit.capacity.plan_capacity` (the same call as ``parallel-kit capacity``,
+    :func:`parallel_kit.bench.capacity.plan_capacity` (the same call as ``parallel-kit capacity``,
     ≈ 1 s of theory on the kernel, so sliders update when released) and shows the smallest
     configuration meeting the SLO with its predicted latency and TTFT p95, and the next
     smaller one and why it misses — or, when nothing meets, what the command line says (the
     closest configuration and by how much; a rate no configuration can serve at all).
 
     **Run on simulator** measures the recommended configuration with
-    :func:`parallel_kit.capacity.measure_config` — embedded simulated servers, ``requests
+    :func:`parallel_kit.bench.capacity.measure_config` — embedded simulated servers, ``requests
     measured`` open-loop Poisson arrivals at the rate (seed :attr:`seed`) — in the background
     as :class:`ExperimentLab` runs (the kit's event loop in another thread; the kernel stays
     free), then shows measured beside predicted figures and the SLO verdict.
 
     Args:
         time_scale: clock seconds per model second of the measurement; None picks
-            :func:`parallel_kit.capacity.auto_time_scale` (``PARALLEL_KIT_TIME_SCALE`` when set,
+            :func:`parallel_kit.bench.capacity.auto_time_scale` (``PARALLEL_KIT_TIME_SCALE`` when set,
             else one request alone takes 0.2 clock seconds).
         run_in_background: as :class:`ExperimentLab`'s.
         seed: seed of the arrivals, planned and measured (``capacity --seed``; default 0).
 
     Attributes:
-        plan: the current :class:`~parallel_kit.capacity.CapacityPlan` (None when the inputs
+        plan: the current :class:`~parallel_kit.bench.capacity.CapacityPlan` (None when the inputs
             have no plan: ``error`` says why).
         error: the one-line reason there is no plan or no recommendation, else "".
         recommendation: HTML of :meth:`recommendation_text`.
         status, result: the measurement's progress line and its table (HTML).
-        measurement: the last :class:`~parallel_kit.capacity.Measurement` (None before).
+        measurement: the last :class:`~parallel_kit.bench.capacity.Measurement` (None before).
         measured_plan: the plan the last measurement measured the recommendation of.
         task: the background measurement (``await advisor.wait()``).
     """
 
     def __init__(self, *, time_scale: float | None = None, run_in_background: bool = True,
                  seed: int = 0) -> None:
-        from .capacity import DEFAULT_MAX_GPUS, MEASURE_N
+        from .bench.capacity import DEFAULT_MAX_GPUS, MEASURE_N
         from .sim.profiles import list_profiles
 
         if time_scale is not None and not time_scale > 0:
@@ -676,13 +676,13 @@ class SloAdvisor:
         display(self.widget)
 
     def inputs(self) -> dict[str, Any]:
-        """What the controls ask for, as :func:`parallel_kit.capacity.plan_capacity`'s
+        """What the controls ask for, as :func:`parallel_kit.bench.capacity.plan_capacity`'s
         arguments: ``traffic``, ``slo``, ``profile``, ``modes``, ``max_gpus``, ``slots``.
 
         Raises:
             ConfigError: no mode selected (the fix is named).
         """
-        from .capacity import PercentileSlo, Traffic
+        from .bench.capacity import PercentileSlo, Traffic
         from .errors import ConfigError
 
         if not self.modes.value:
@@ -718,7 +718,7 @@ class SloAdvisor:
         return "\n".join(lines)
 
     def _replan(self, _change: Any = None) -> None:
-        from .capacity import plan_capacity
+        from .bench.capacity import plan_capacity
         from .errors import ConfigError
 
         self.plan, self.error = None, ""
@@ -764,7 +764,7 @@ class SloAdvisor:
 
     async def wait(self) -> Any:
         """Wait for the background measurement (if any) and return the last
-        :class:`~parallel_kit.capacity.Measurement`; re-send the widgets' state (as
+        :class:`~parallel_kit.bench.capacity.Measurement`; re-send the widgets' state (as
         :meth:`ExperimentLab.wait`, for headless runners)."""
         result = await self.task if self.task is not None else self.measurement
         for w in (*self.controls(), self.recommendation, self.run_button, self.status,
@@ -778,12 +778,12 @@ class SloAdvisor:
         ``requests`` arrivals of the plan's traffic (same process, rate and seed), judged
         against its SLO; the table goes to ``result``.
 
-        Returns the :class:`~parallel_kit.capacity.Measurement`, or None when the run failed
+        Returns the :class:`~parallel_kit.bench.capacity.Measurement`, or None when the run failed
         (``status`` says why).
         """
         from dataclasses import replace
 
-        from .capacity import measure_config
+        from .bench.capacity import measure_config
 
         self._running = True
         self.run_button.disabled = True

@@ -23,9 +23,9 @@ import asyncio
 import sys
 
 from parallel_kit.api import ApiSettings, create_app, open_api_backend, serve_api
-from parallel_kit.api_client import ApiClient, ApiRun, format_api_table
+from parallel_kit.clients.api import ApiClient, ApiRun, format_api_table
 from parallel_kit.errors import ParallelKitError
-from parallel_kit.prompts import make_specs, original_prompts
+from parallel_kit.workload.prompts import make_specs, original_prompts
 
 MODES = ("sequential", "async", "batch")
 

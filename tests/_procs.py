@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from parallel_kit.launcher import free_port, stop_process
+from parallel_kit.servers.launcher import free_port, stop_process
 
 #: The checkout under test: child processes import the same ``parallel_kit``.
 REPO = str(Path(__file__).resolve().parents[1])

@@ -7,8 +7,8 @@ import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from parallel_kit.backend import sim_info
 from parallel_kit.records import RequestResult
+from parallel_kit.servers.backend import sim_info
 from parallel_kit.sim.faults import Faults
 from parallel_kit.sim.server import SimulatedOllama
 

@@ -291,7 +291,7 @@ async def _five_requests_on_three_gpus(mode: str) -> tuple[list[dict], float]:
 
 @pytest.mark.ray
 async def test_ray_mode_serves_through_one_gpu_actor_per_server() -> None:
-    from parallel_kit import raycluster
+    from parallel_kit.servers import raycluster
 
     try:
         rows, span = await _five_requests_on_three_gpus("ray")

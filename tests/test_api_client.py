@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from parallel_kit.api import ApiSettings, create_app, open_api_backend, serve_api
-from parallel_kit.api_client import ApiClient, ApiError, format_api_table
+from parallel_kit.clients.api import ApiClient, ApiError, format_api_table
 from parallel_kit.sim.server import SimulatedOllama
 
 SCALE = 0.02

@@ -22,9 +22,9 @@ from _procs import REPO, SimProcess
 
 from parallel_kit.api import ApiBackend, ApiSettings, create_app, open_api_backend, serve_api
 from parallel_kit.errors import ConfigError
-from parallel_kit.launcher import free_port
+from parallel_kit.modes.taskqueue import TaskQueue, TooMuchHeld
 from parallel_kit.records import RequestResult, RequestSpec
-from parallel_kit.taskqueue import TaskQueue, TooMuchHeld
+from parallel_kit.servers.launcher import free_port
 from parallel_kit.timing import ModelClock
 
 pytestmark = pytest.mark.timeout(120)

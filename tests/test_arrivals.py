@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parallel_kit.arrivals import (
+from parallel_kit.errors import ConfigError
+from parallel_kit.workload.arrivals import (
     Arrivals,
     gaps,
     load_trace,
@@ -19,7 +20,6 @@ from parallel_kit.arrivals import (
     specs_for,
     synthetic_prompt,
 )
-from parallel_kit.errors import ConfigError
 
 
 def _cv(x: np.ndarray) -> float:

@@ -2,8 +2,8 @@ import socket
 
 import pytest
 
-from parallel_kit.backend import open_backend
 from parallel_kit.errors import ConfigError, ModelNotFound, OllamaUnavailable
+from parallel_kit.servers.backend import open_backend
 from parallel_kit.sim.server import SimulatedOllama
 
 
@@ -30,7 +30,7 @@ async def test_sim_backend_starts_one_server_per_gpu_and_stops_them():
 async def test_auto_falls_back_to_the_simulator_and_says_why(monkeypatch):
     # No server named (OLLAMA_HOST unset): the default address is tried, then simulators.
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
-    monkeypatch.setattr("parallel_kit.backend.host_from_env", _closed_port_url)
+    monkeypatch.setattr("parallel_kit.servers.backend.host_from_env", _closed_port_url)
     lines: list[str] = []
     async with open_backend(backend="auto", time_scale=0.02, announce=lines.append) as b:
         assert b.kind == "sim"

@@ -98,10 +98,10 @@ async def test_a_simulator_with_a_calibrated_profile_is_predicted_from_that_prof
 
 
 async def test_an_open_loop_run_on_a_calibrated_simulator_is_predicted_too() -> None:
-    from parallel_kit.arrivals import Arrivals
     from parallel_kit.records import RequestSpec
     from parallel_kit.sim.profiles import profile_from_dict
     from parallel_kit.sim.server import SimulatedOllama
+    from parallel_kit.workload.arrivals import Arrivals
 
     mine = profile_from_dict("calibrated-here", {
         "num_parallel": 1, "models": {"llama3.2:3b": {

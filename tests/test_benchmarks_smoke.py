@@ -134,7 +134,7 @@ def test_linear_profile_decodes_each_stream_at_one_speed_whatever_the_load() -> 
 
 
 def test_distinct_gap_fraction_tells_poisson_from_gaps_repeated_per_worker() -> None:
-    from parallel_kit.arrivals import make_schedule
+    from parallel_kit.workload.arrivals import make_schedule
 
     poisson = [float(t) for t in make_schedule(4.0, n=200, seed=3).times_s]
     assert peers_poisson.distinct_gap_fraction(poisson) == 1.0

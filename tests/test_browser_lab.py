@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from parallel_kit.launcher import stop_process
+from parallel_kit.servers.launcher import stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.ray]
 
@@ -325,7 +325,7 @@ def test_4_another_cell_runs_while_ray_starts(browser: Any) -> None:
     wait(browser, lambda d: caption in lab_output_text(d), "the Ray run is drawn")
     wait(browser, lambda d: "7 / 7" in page_text(d), "the progress bar reaches 7 / 7")
     shot(browser, "ray-run-drawn", show=".widget-output")
-    run_new_cell(browser, "from parallel_kit import raycluster\n"
+    run_new_cell(browser, "from parallel_kit.servers import raycluster\n"
                           "print('ray stopped:', raycluster.shutdown())")
     wait(browser, lambda d: "ray stopped" in last_cell_output(d), "Ray is stopped")
     assert errors_shown(browser) == [], errors_shown(browser)
@@ -334,7 +334,7 @@ def test_4_another_cell_runs_while_ray_starts(browser: Any) -> None:
 def _advice(rate: float, slo: str) -> tuple[str, str, Any]:
     """What the advisor must show for these inputs: ``parallel-kit capacity``'s plan, computed
     here (its own defaults: profile seed, pool, up to 8 servers × 1, 2, 4 slots)."""
-    from parallel_kit import capacity as cap
+    from parallel_kit.bench import capacity as cap
 
     plan = cap.plan_capacity(cap.Traffic(rate), cap.PercentileSlo.parse(slo), profile="seed",
                              modes=["pool"], max_gpus=8, slots=[1, 2, 4])

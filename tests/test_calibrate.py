@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from parallel_kit.calibrate import (
+from parallel_kit.errors import ConfigError
+from parallel_kit.measure.calibrate import (
     default_profiles_path,
     measure_speedup,
     measure_speedup_samples,
@@ -15,7 +16,6 @@ from parallel_kit.calibrate import (
     save_profile,
     speedup_points,
 )
-from parallel_kit.errors import ConfigError
 from parallel_kit.sim.profiles import list_profiles, load_profile, profile_from_dict
 from parallel_kit.sim.server import SimulatedOllama
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.cli import main
 from parallel_kit.errors import ConfigError
 from parallel_kit.sim.profiles import load_profile
@@ -76,7 +76,7 @@ def test_bench_style_key_gets_a_hint():
 def test_the_plan_names_the_smallest_meeting_configuration(profile, process, load, key,
                                                            slack, seed):
     prof = load_profile(profile)
-    service = cap._service(prof, cap.Traffic(1.0), None, None)
+    service = cap.service_model(prof, cap.Traffic(1.0), None, None)
     one = cap.predict_config("pool", 1, 1, service, cap.Traffic(1.0, n=10),
                              cap.PercentileSlo.parse("latency_p95=1e9")).capacity_rps
     traffic = cap.Traffic(one * load * 2, process[0], process[1], seed, n=60)
@@ -167,7 +167,7 @@ def _case(profile: str, process: tuple[str, float], seed: int, key: str, margin:
     """A traffic and an SLO with a clear gap between the configuration that should be chosen
     and every smaller one (``margin``: their predicted figures differ at least this much)."""
     prof = load_profile(profile)
-    service = cap._service(prof, cap.Traffic(1.0), None, None)
+    service = cap.service_model(prof, cap.Traffic(1.0), None, None)
     loose = cap.PercentileSlo.parse(f"{key}=1e9")
     cap1 = cap.predict_config("pool", 1, 1, service, cap.Traffic(1.0, n=10), loose).capacity_rps
     traffic = cap.Traffic(cap1 * 1.3, process[0], process[1], seed, n=40)
@@ -258,7 +258,7 @@ def test_max_rate_repeats_give_a_confidence_interval():
 
     async def fake(rate, seed):  # theory stands in for the server: the search logic alone
         calls.append((rate, seed))
-        c = cap.predict_config("pool", 2, 1, cap._service(prof, cap.Traffic(1.0), None, None),
+        c = cap.predict_config("pool", 2, 1, cap.service_model(prof, cap.Traffic(1.0), None, None),
                                cap.Traffic(0.1, seed=seed, n=40), slo, rate=rate, seed=seed)
         return cap.Measurement("pool", 2, 1, rate, seed, c.figures, c.figures, c.misses, 0)
 

@@ -222,7 +222,7 @@ _FIGURES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.none())
 def test_open_loop_table_columns_never_run_together(values, mode) -> None:
     """Any width of figure: every line has one cell per column, split on white space (the
     offered rate and ρ used to print as "100.0000250.00")."""
-    from parallel_kit.loadgen import _LOAD_COLUMNS, format_load_table
+    from parallel_kit.bench.loadgen import _LOAD_COLUMNS, format_load_table
     from parallel_kit.records import RunResult, RunSummary
 
     runs = []
@@ -317,7 +317,7 @@ def _api(key: str | None = None, production: bool = False):  # type: ignore[no-u
 
     cfg = ApiSettings(api_key=key)
     if production:
-        from parallel_kit.api_production import create_production_app
+        from parallel_kit.production.api import create_production_app
 
         return create_production_app(object(), cfg)
     return create_app(ApiBackend(backend, ModelClock(1.0), model="m"), cfg)

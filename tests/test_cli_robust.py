@@ -21,10 +21,10 @@ from _procs import REPO, SimProcess
 
 from parallel_kit._sync import run_sync
 from parallel_kit.bench import Comparison, _capped
+from parallel_kit.bench.progress import LineProgress
 from parallel_kit.cli import main
 from parallel_kit.errors import ConfigError
 from parallel_kit.outputs import check_writable, write_or_rescue
-from parallel_kit.progress import LineProgress
 from parallel_kit.ranges import RANGES, check
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.faults import Faults
@@ -85,7 +85,7 @@ def test_numbers_out_of_range_are_refused_up_front_with_the_range(capsys, argv, 
     ["sweep", "--mode", "sequential", "--rates", "1e300", "--n", "3"],
 ])
 def test_an_absurd_arrival_rate_is_refused_with_the_limit(capsys, argv) -> None:
-    from parallel_kit.arrivals import MAX_RATE
+    from parallel_kit.workload.arrivals import MAX_RATE
 
     assert main(argv) == 2
     line = _last_error_line(capsys)
@@ -93,7 +93,7 @@ def test_an_absurd_arrival_rate_is_refused_with_the_limit(capsys, argv) -> None:
 
 
 def test_a_negative_seed_is_refused_by_the_library_too() -> None:
-    from parallel_kit.arrivals import make_schedule
+    from parallel_kit.workload.arrivals import make_schedule
 
     with pytest.raises(ConfigError, match="--seed"):
         make_schedule(1.0, n=3, seed=-5)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from parallel_kit.arrivals import load_trace
-from parallel_kit.prompts import builtin_prompt_sets, load_prompts
-from parallel_kit.sweep import read_sweep
+from parallel_kit.bench.sweep import read_sweep
+from parallel_kit.workload.arrivals import load_trace
+from parallel_kit.workload.prompts import builtin_prompt_sets, load_prompts
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -24,8 +24,8 @@ from parallel_kit.errors import AllWorkersLost, ConfigError
 from parallel_kit.modes.base import ModeContext, get_mode
 from parallel_kit.modes.options import QueueOptions, RayOptions
 from parallel_kit.modes.pool import EndpointPool, HealthPolicy, dispatch_all
-from parallel_kit.raycluster import check_reachable
 from parallel_kit.records import RequestResult, RequestSpec, RunResult
+from parallel_kit.servers.raycluster import check_reachable
 from parallel_kit.timing import ModelClock
 
 pytestmark = pytest.mark.timeout(180)

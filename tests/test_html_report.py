@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.bench import compare_sync
 from parallel_kit.errors import ConfigError
 from parallel_kit.report import MAX_REPORT_BYTES, html, render_html_report, write_html_report

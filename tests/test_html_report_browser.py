@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from parallel_kit import capacity as cap
+from parallel_kit.bench import capacity as cap
 from parallel_kit.bench import compare_sync
 from parallel_kit.report import write_html_report
 

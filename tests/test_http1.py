@@ -1,4 +1,4 @@
-"""The clients' hot path (parallel_kit._http1) fed bytes directly, however the network splits them."""
+"""The clients' hot path (parallel_kit.clients._http1) fed bytes directly, however the network splits them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parallel_kit._http1 import Connection, ConnectionLost, HttpError, ReadTimeout, Response
+from parallel_kit.clients._http1 import Connection, ConnectionLost, HttpError, ReadTimeout, Response
 
 
 class FakeTransport(asyncio.Transport):

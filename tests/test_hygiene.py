@@ -20,9 +20,13 @@ from hypothesis import strategies as st
 
 from parallel_kit import theory
 from parallel_kit.bench import compare
+from parallel_kit.bench.sweep import sweep
 from parallel_kit.errors import ConfigError
 from parallel_kit.metrics import infer_prompt_cache, ttft_by_turn
-from parallel_kit.prompts import (
+from parallel_kit.records import RequestResult, RequestSpec
+from parallel_kit.sim.profiles import load_profile
+from parallel_kit.sim.server import SimulatedOllama
+from parallel_kit.workload.prompts import (
     make_specs,
     multi_turn_specs,
     salt_specs,
@@ -30,10 +34,6 @@ from parallel_kit.prompts import (
     turn_of,
     unsalted,
 )
-from parallel_kit.records import RequestResult, RequestSpec
-from parallel_kit.sim.profiles import load_profile
-from parallel_kit.sim.server import SimulatedOllama
-from parallel_kit.sweep import sweep
 
 SCALE = 0.0005
 RTX = load_profile("rtx4090")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from parallel_kit.errors import ConfigError, OllamaUnavailable
-from parallel_kit.launcher import OllamaServer, find_ollama, stop_process
+from parallel_kit.servers.launcher import OllamaServer, find_ollama, stop_process
 
 FAKE_DIR = Path(__file__).parent / "fake_ollama"
 

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from parallel_kit import queueing
-from parallel_kit.arrivals import Arrivals
 from parallel_kit.bench import compare
 from parallel_kit.errors import ConfigError
+from parallel_kit.theory import queueing
+from parallel_kit.workload.arrivals import Arrivals
 
 SCALE = 0.02  # the bound: time scale ≤ 0.02
 
@@ -148,12 +148,12 @@ async def test_recorded_hand_overs_keep_the_inter_arrival_statistics(process, cv
 
 
 async def test_a_full_task_queue_is_a_failed_row_not_a_lost_one(monkeypatch):
-    from parallel_kit import loadgen
-    from parallel_kit.arrivals import make_schedule, specs_for
+    from parallel_kit.bench import loadgen
     from parallel_kit.config import Endpoint
     from parallel_kit.modes.base import ModeContext
     from parallel_kit.modes.options import QueueOptions
     from parallel_kit.sim.server import SimulatedOllama
+    from parallel_kit.workload.arrivals import make_schedule, specs_for
 
     # Five arrivals within 5 ms on a queue with one worker (1 s requests) and room for two
     # waiting tasks: the later arrivals are refused — and recorded as failed rows.

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from parallel_kit.arrivals import Arrivals
 from parallel_kit.bench import compare
+from parallel_kit.workload.arrivals import Arrivals
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import parallel_kit as pk
 from parallel_kit import theory
 from parallel_kit.bench import compare
-from parallel_kit.client_factory import make_client
 from parallel_kit.clients import OllamaClient, OpenAIClient
+from parallel_kit.clients.factory import make_client
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError
 from parallel_kit.modes import registry

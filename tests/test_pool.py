@@ -16,10 +16,10 @@ from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import AllWorkersLost, ConfigError, OllamaUnavailable, WorkerLost
-from parallel_kit.launcher import free_port, stop_process
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.pool import Dispatcher, EndpointPool, PoolWorker, run_pool
 from parallel_kit.records import RequestResult, RequestSpec
+from parallel_kit.servers.launcher import free_port, stop_process
 from parallel_kit.sim.faults import Faults
 from parallel_kit.sim.server import SimulatedOllama
 from parallel_kit.timing import ModelClock

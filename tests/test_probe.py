@@ -13,12 +13,7 @@ import pytest
 
 from parallel_kit.cli.probe import run as run_probe_command
 from parallel_kit.errors import ConfigError, ModelNotFound, OllamaUnavailable
-from parallel_kit.probe import (
-    ProbeResult,
-    decoding_together,
-    probe,
-    working_span,
-)
+from parallel_kit.measure.probe import ProbeResult, decoding_together, probe, working_span
 from parallel_kit.records import RequestResult
 
 SCALE = 0.05
@@ -171,7 +166,7 @@ async def test_repeated_probe_times_the_request_alone_that_many_times() -> None:
 
 
 def test_service_cv_is_the_sample_cv_of_the_servers_durations() -> None:
-    from parallel_kit.probe import _cv, _service_s
+    from parallel_kit.measure.probe import _cv, _service_s
 
     rows = [RequestResult(request_id=f"r{i}", mode="probe", prompt="p", model="m",
                           queued_s=0.0, submitted_s=0.0, finished_s=9.0, ok=True,

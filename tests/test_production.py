@@ -21,13 +21,13 @@ import httpx
 import pytest
 from conftest import SERVE_TIME_SCALE
 
-from parallel_kit.backend import sim_info
 from parallel_kit.errors import ConfigError
-from parallel_kit.launcher import free_port
 from parallel_kit.modes.base import ModeContext, ServerOptions, get_mode
-from parallel_kit.modes.production import run_on_stack, run_production
+from parallel_kit.production.mode import run_on_stack, run_production
 from parallel_kit.production.redis_server import RedisServer, check_redis, open_redis
 from parallel_kit.records import RequestSpec
+from parallel_kit.servers.backend import sim_info
+from parallel_kit.servers.launcher import free_port
 
 pytest.importorskip("celery")
 pytest.importorskip("ray.serve")
@@ -104,7 +104,7 @@ async def test_worker_killed_mid_task_is_replaced_its_tasks_handed_back_and_comp
     request is a row; /health counts the restart, then says degraded once restarts run out."""
     from test_rayserve import _wait_for_replicas
 
-    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.api import create_production_app
     from parallel_kit.production.supervisor import WorkerSupervisor
     from parallel_kit.production.tasks import TaskClient
     from parallel_kit.production.worker import wait_for_workers
@@ -250,7 +250,7 @@ def _port_of(proc: subprocess.Popen[bytes]) -> int:
 
 async def test_redis_unreachable_api_answers_503_naming_redis_and_accepts_nothing(
         production_stack) -> None:
-    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.api import create_production_app
     from parallel_kit.production.tasks import TaskClient
 
     redis = RedisServer.start()
@@ -272,7 +272,7 @@ async def test_redis_unreachable_api_answers_503_naming_redis_and_accepts_nothin
 
 
 async def test_unknown_task_is_404_and_expired_result_is_410(production_stack) -> None:
-    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.api import create_production_app
     from parallel_kit.production.tasks import TaskClient
 
     stack = production_stack
@@ -305,7 +305,7 @@ async def test_serve_limits_apply_and_a_request_past_the_timeout_is_cancelled_at
     from test_rayserve import _wait_for_replicas
 
     from parallel_kit.api import ApiSettings
-    from parallel_kit.api_production import create_production_app
+    from parallel_kit.production.api import create_production_app
     from parallel_kit.production.tasks import TaskClient
 
     stack = production_stack
@@ -445,7 +445,7 @@ def test_cli_production_without_the_extra_names_the_install(
 
 async def test_demo_without_a_redis_binary_says_so_in_one_line_and_runs_the_rest(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from parallel_kit.demo import run_demo
+    from parallel_kit.bench.demo import run_demo
     from parallel_kit.production import redis_server
 
     monkeypatch.delenv("PARALLEL_KIT_REDIS_URL", raising=False)

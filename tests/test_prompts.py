@@ -1,7 +1,7 @@
 import pytest
 
 from parallel_kit.errors import ConfigError
-from parallel_kit.prompts import load_prompts, make_specs, original_prompts
+from parallel_kit.workload.prompts import load_prompts, make_specs, original_prompts
 
 
 def test_original_set_has_the_five_workshop_prompts():

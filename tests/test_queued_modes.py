@@ -10,10 +10,10 @@ import pytest
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext, get_mode
 from parallel_kit.modes.options import QueueOptions
-from parallel_kit.prompts import make_specs
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.profiles import profile_from_dict
 from parallel_kit.sim.server import SimulatedOllama
+from parallel_kit.workload.prompts import make_specs
 
 SCALE = 0.02
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parallel_kit import queueing as q
 from parallel_kit.errors import ConfigError
+from parallel_kit.theory import queueing as q
 
 
 def test_pollaczek_khinchine_for_the_seed_scenario():

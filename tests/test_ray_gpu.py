@@ -14,11 +14,11 @@ from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError, MissingDependency, OllamaUnavailable
-from parallel_kit.launcher import free_port
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.options import Launch, RayOptions, ServerOptions
 from parallel_kit.modes.ray_gpu import run_ray
 from parallel_kit.records import RequestSpec, RunResult
+from parallel_kit.servers.launcher import free_port
 from parallel_kit.sim.faults import Faults
 from parallel_kit.sim.server import SimulatedOllama
 

@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from parallel_kit import raycluster
 from parallel_kit.errors import ConfigError
+from parallel_kit.servers import raycluster
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from parallel_kit import raycluster
 from parallel_kit.errors import ConfigError
+from parallel_kit.servers import raycluster
 
 TIMEOUT = Exception("The current node timed out during startup. This could happen because some "
                     "of the raylet failed to startup or the GCS has become overloaded.")

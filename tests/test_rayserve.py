@@ -15,13 +15,13 @@ import pytest
 from _sims import server_stats, sims
 from conftest import SERVE_TIME_SCALE
 
-from parallel_kit.backend import sim_info
 from parallel_kit.config import Endpoint
 from parallel_kit.errors import ConfigError
 from parallel_kit.modes.base import ModeContext, ServerOptions, get_mode
 from parallel_kit.modes.rayserve import run_on_app, run_rayserve
 from parallel_kit.modes.stack_options import check_max_ongoing
 from parallel_kit.records import RequestSpec
+from parallel_kit.servers.backend import sim_info
 
 pytest.importorskip("ray.serve")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]

@@ -18,14 +18,14 @@ from _openai_server import MODEL, FakeOpenAIServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallel_kit.backend import discover_server, open_backend
 from parallel_kit.bench import compare
 from parallel_kit.cli import main
-from parallel_kit.client_factory import make_client
 from parallel_kit.clients import RetryPolicy
+from parallel_kit.clients.factory import make_client
 from parallel_kit.errors import OllamaUnavailable, ServerUnavailable
-from parallel_kit.probe import probe
+from parallel_kit.measure.probe import probe
 from parallel_kit.records import RequestSpec
+from parallel_kit.servers.backend import discover_server, open_backend
 from parallel_kit.timing import ModelClock
 
 _SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
@@ -347,7 +347,7 @@ def test_a_real_llama_server_needs_no_glue(tmp_path, llama_server_binary):
     import httpx
 
     from parallel_kit.errors import MissingDependency
-    from parallel_kit.launcher import stop_process
+    from parallel_kit.servers.launcher import stop_process
     from parallel_kit.sim.gguf import default_gguf
 
     binary = llama_server_binary
@@ -407,7 +407,7 @@ def test_a_server_that_answers_another_api_is_told_apart_from_one_that_is_down(
                                st.one_of(st.floats(0.01, 8), st.just(math.nan)),
                                min_size=1), k=st.integers(0, 12))
 def test_capacity_s_of_k_is_the_last_measured_value_up_to_k(speedup, k):
-    from parallel_kit.probe import Capacity
+    from parallel_kit.measure.probe import Capacity
 
     cap = Capacity(slots=1, speedup=speedup, max_k=max(speedup))
     value = cap.S(k)

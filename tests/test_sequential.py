@@ -26,8 +26,8 @@ from starlette.routing import Route
 from parallel_kit.config import Endpoint
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.sequential import RunCancelled, run_sequential
-from parallel_kit.prompts import original_prompts
 from parallel_kit.records import RequestSpec
+from parallel_kit.workload.prompts import original_prompts
 
 SCALE = 0.02
 REQUEST_MODEL_S = 10.0  # what the fake server takes per request, model seconds

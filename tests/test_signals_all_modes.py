@@ -240,7 +240,7 @@ def test_a_local_ray_cluster_keeps_token_auth_on_and_its_token_private() -> None
     loopback-only start from ``ray.init``; measured here), so the token guards them: it
     exists and is 0600, and the kit's start does not switch authentication off."""
     code = ("import psutil, ray\n"
-            "from parallel_kit import raycluster\n"
+            "from parallel_kit.servers import raycluster\n"
             "raycluster.connect(1)\n"
             "me = psutil.Process()\n"
             "bad = []\n"

@@ -132,7 +132,7 @@ def test_measured_prompts_are_the_profiles_own(template: int, per_token: float, 
                                                overhead: float, in_batch: bool) -> None:
     """A simulator told to count and process prompts like a given server is measured back by
     ``calibrate.measure_prompts`` (within whole tokens and the clock's rounding)."""
-    from parallel_kit.calibrate import measure_prompts
+    from parallel_kit.measure.calibrate import measure_prompts
     from parallel_kit.sim.server import SimulatedOllama
 
     base = load_profile("rtx4090")
@@ -161,8 +161,8 @@ def test_a_requests_own_overhead_holds_its_slot_and_is_measured_back(overhead: f
     it reports; ``probe`` (on the clock) measures it back as latency minus those durations,
     and a profile saved from the probe carries it. Bounds from below are exact; from above
     they allow the client's own milliseconds on a busy machine."""
-    from parallel_kit.calibrate import profile_from_probe
-    from parallel_kit.probe import probe
+    from parallel_kit.measure.calibrate import profile_from_probe
+    from parallel_kit.measure.probe import probe
     from parallel_kit.sim.server import SimulatedOllama
 
     base = _profile(False, prefill_tps=1000.0, decode_tps=200.0)

@@ -26,7 +26,7 @@ from parallel_kit.sim.prompt_cache import (
     common_prefix_bytes,
     tokens_of,
 )
-from parallel_kit.virtual_clock import VirtualClockLoop, loop_timer
+from parallel_kit.sim.virtual_clock import VirtualClockLoop, loop_timer
 
 RTX = load_profile("rtx4090")
 MODEL = RTX.default_model
@@ -551,7 +551,7 @@ def test_routes_answer_as_ollamas_router(sim_url: str, path: str, method: str) -
 
 @pytest.mark.parametrize(("family", "note"), [("qwen3next", True), ("llama", False)])
 def test_probe_says_asked_for_4_slots_got_1(family: str, note: bool) -> None:
-    from parallel_kit.probe import probe
+    from parallel_kit.measure.probe import probe
     from parallel_kit.sim.server import SimulatedOllama
 
     async def main() -> tuple[Any, dict[str, Any]]:

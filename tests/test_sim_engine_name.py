@@ -6,10 +6,10 @@ import importlib.util
 
 import pytest
 
-from parallel_kit.backend import open_backend
 from parallel_kit.bench import _engine_label
 from parallel_kit.errors import ConfigError
 from parallel_kit.plots import _backend_phrase
+from parallel_kit.servers.backend import open_backend
 from parallel_kit.sim.engine import SimEngine
 from parallel_kit.sim.profiles import load_profile
 from parallel_kit.sim.registry import engine_info, engine_names, make_engine
@@ -54,7 +54,7 @@ async def test_a_real_engine_behind_host_is_labelled_by_its_name(llama_server_bi
 def test_real_engines_started_together_share_the_cores(servers: int) -> None:
     import os
 
-    from parallel_kit.backend import make_engine as engine_for
+    from parallel_kit.servers.backend import make_engine as engine_for
 
     engine = engine_for("llama-server", {}, slots=1, model="gemma3:270m", sharing=servers)
     assert engine.threads == (None if servers == 1 else max(1, (os.cpu_count() or 1) // servers))

@@ -1,5 +1,5 @@
 """Requests that arrive over time through ``rayserve`` and ``production`` (their open-loop
-sessions, :mod:`parallel_kit.modes.stack_sessions`).
+sessions, :mod:`parallel_kit.production.sessions`).
 
 That requests reached the servers spread over time is read from the servers' own counters
 (``/sim/stats``: how many ran at once), never from wall-clock ratios. One Serve application on
@@ -16,14 +16,14 @@ import threading
 
 import pytest
 
-from parallel_kit.arrivals import make_schedule
+from parallel_kit.bench.loadgen import run_open_loop
 from parallel_kit.config import Endpoint
-from parallel_kit.loadgen import run_open_loop
-from parallel_kit.modes import stack_sessions
 from parallel_kit.modes.base import ModeContext
 from parallel_kit.modes.registry import modes
+from parallel_kit.production import sessions as stack_sessions
 from parallel_kit.records import RequestSpec
 from parallel_kit.sim.server import SimulatedOllama
+from parallel_kit.workload.arrivals import make_schedule
 
 pytest.importorskip("ray.serve")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -148,7 +148,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 def test_rate_with_production_and_a_dead_redis_is_the_bursts_one_line(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from parallel_kit.launcher import free_port
+    from parallel_kit.servers.launcher import free_port
 
     dead = f"redis://127.0.0.1:{free_port()}/0"
     code, err = _cli(["bench", "--mode", "production", "--rate", "0.5", "--n", "2",

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from parallel_kit import plots_load
+from parallel_kit.bench.sweep import AUTO_FRACTIONS, parse_rates, read_sweep, sweep
 from parallel_kit.errors import ConfigError
-from parallel_kit.sweep import AUTO_FRACTIONS, parse_rates, read_sweep, sweep
+from parallel_kit.plots import load as plots_load
 
 SCALE = 0.02
 
@@ -76,9 +76,9 @@ def test_read_sweep_names_a_file_that_is_not_a_sweep(tmp_path):
 
 def test_predicted_curve_rises_towards_the_capacity():
     from parallel_kit import theory
-    from parallel_kit.prompts import original_prompts
+    from parallel_kit.bench.sweep import predicted_curve
     from parallel_kit.sim.profiles import load_profile
-    from parallel_kit.sweep import predicted_curve
+    from parallel_kit.workload.prompts import original_prompts
 
     service = theory.service_model_from_profile(load_profile("seed"), original_prompts())
     capacity, curve = predicted_curve("pool", service, fractions=(0.2, 0.5, 0.9), workers=3)

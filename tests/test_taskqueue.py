@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from parallel_kit.errors import ConfigError, ModelNotFound
+from parallel_kit.modes.taskqueue import QueueClosed, QueueFull, TaskQueue, UnknownTask
 from parallel_kit.records import RequestResult, RequestSpec
-from parallel_kit.taskqueue import QueueClosed, QueueFull, TaskQueue, UnknownTask
 from parallel_kit.timing import ModelClock
 
 

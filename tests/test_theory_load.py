@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from parallel_kit import queueing, theory
+from parallel_kit import theory
 from parallel_kit.errors import ConfigError
-from parallel_kit.prompts import original_prompts
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.theory import queueing
+from parallel_kit.workload.prompts import original_prompts
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_power_of_two_routing_is_predicted_to_wait_longer_than_one_queue(seed_se
 
 
 def test_a_run_replay_uses_its_own_arrivals(seed_service):
-    from parallel_kit.arrivals import make_schedule
+    from parallel_kit.workload.arrivals import make_schedule
 
     sched = make_schedule(0.05, n=30, seed=5)
     p = theory.predict_load("sequential", seed_service, schedule=sched)
@@ -111,7 +112,7 @@ def test_jitter_enters_pollaczek_khinchine_as_the_service_times_variation(seed_s
 
 
 def test_jitter_moves_the_median_off_the_jump_between_waiting_and_not(seed_service):
-    from parallel_kit.arrivals import make_schedule
+    from parallel_kit.workload.arrivals import make_schedule
 
     sched = make_schedule(0.05, n=200, seed=1)
     exact = theory.predict_load("sequential", seed_service, schedule=sched)

@@ -8,7 +8,7 @@ thread exists to beat epoll's whole-millisecond waits on a real clock; on a virt
 loop's timers are exact). Prompt speeds are chosen so that a prompt never ends exactly on a
 step boundary: at such a tie the engine's order is the event loop's (equal timers) and so is
 not defined. The engine's reported durations and the time each token is handed
-out are then compared with :func:`parallel_kit.queueing.simulate` and with
+out are then compared with :func:`parallel_kit.theory.queueing.simulate` and with
 :func:`parallel_kit.theory.predict` on the same prompts, lengths, slots and S(k).
 """
 
@@ -24,12 +24,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parallel_kit import queueing, theory
+from parallel_kit import theory
 from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import Profile, load_profile
+from parallel_kit.sim.virtual_clock import VirtualClockLoop, loop_timer
+from parallel_kit.theory import queueing
 from parallel_kit.topology import Topology
-from parallel_kit.virtual_clock import VirtualClockLoop, loop_timer
 
 SEED = load_profile("seed")
 MODEL = SEED.default_model

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parallel_kit import queueing as q
 from parallel_kit import theory
 from parallel_kit.modes.registry import get_info
-from parallel_kit.prompts import original_prompts
 from parallel_kit.sim.profiles import load_profile
+from parallel_kit.theory import queueing as q
+from parallel_kit.workload.prompts import original_prompts
 
 
 @pytest.fixture(scope="module")

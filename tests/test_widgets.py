@@ -235,7 +235,7 @@ async def test_the_run_itself_is_off_the_callers_loop() -> None:
 @pytest.mark.slow
 async def test_the_kernels_loop_keeps_running_while_ray_starts() -> None:
     ray = pytest.importorskip("ray")
-    from parallel_kit import raycluster
+    from parallel_kit.servers import raycluster
 
     if ray.is_initialized():  # a cluster left by another test module: start a fresh one
         raycluster.shutdown(force=True)
@@ -351,7 +351,7 @@ def test_a_run_with_a_rate_is_open_loop_and_shows_predicted_latency() -> None:
 
 def _plan_for(rate: float, slo: str, *, max_gpus: int, slots: list[int],
               modes: tuple[str, ...] = ("pool",)) -> object:
-    from parallel_kit import capacity as cap
+    from parallel_kit.bench import capacity as cap
 
     return cap.plan_capacity(cap.Traffic(rate), cap.PercentileSlo.parse(slo), profile="seed",
                              modes=modes, max_gpus=max_gpus, slots=slots)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..arrivals import PROCESSES, Arrivals
 from ..errors import ConfigError
+from ..workload.arrivals import PROCESSES, Arrivals
 from ._args import ranged
 
 __all__ = ["add_arrival_flags", "add_rate_flags", "arrivals_from_args", "parse_float"]
@@ -89,6 +89,6 @@ def arrivals_from_args(args: argparse.Namespace) -> Arrivals | None:
 
 
 def _rate(text: str) -> float:
-    from ..arrivals import check_rate
+    from ..workload.arrivals import check_rate
 
     return check_rate(text)

@@ -16,10 +16,10 @@ How (:func:`shutdown_path`):
   grace); a third raises ``KeyboardInterrupt`` at once. Outside a run, a signal raises
   ``KeyboardInterrupt`` (nothing to save yet) — except inside :meth:`Shutdown.deferred`
   (writing the results), where it is only counted.
-* ``ray.init`` installs its own SIGTERM handler in the driver; :mod:`parallel_kit.raycluster`
+* ``ray.init`` installs its own SIGTERM handler in the driver; :mod:`parallel_kit.servers.raycluster`
   puts the kit's back as soon as Ray is up (``keep_signal_handlers``), so it never wins.
 * Children that a second signal could leave behind (the kit's Redis, its Celery workers) are
-  also registered with :mod:`parallel_kit.children`, which stops any still running at exit.
+  also registered with :mod:`parallel_kit.system.children`, which stops any still running at exit.
 """
 
 from __future__ import annotations

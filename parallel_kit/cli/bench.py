@@ -26,7 +26,7 @@ __all__ = ["add_hygiene_flags", "add_parser", "hygiene_kwargs", "run"]
 
 def add_hygiene_flags(p: argparse.ArgumentParser) -> None:
     """``--salt S | --no-salt`` and ``--workload`` (bench and sweep)."""
-    from ..prompts import WORKLOADS
+    from ..workload.prompts import WORKLOADS
 
     group = p.add_mutually_exclusive_group()
     group.add_argument("--salt", default=None, metavar="S",
@@ -152,7 +152,7 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
     with stop.deferred():  # a signal now must not cost the finished rows
         print(comparison.table())
         if arrivals is not None:
-            from ..loadgen import format_load_table
+            from ..bench.loadgen import format_load_table
 
             print(format_load_table(comparison.runs))
         write_outputs(comparison, json_path=args.json, csv_path=args.csv,

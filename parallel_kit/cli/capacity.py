@@ -16,8 +16,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from ..arrivals import PROCESSES
-    from ..capacity import DEFAULT_MAX_GPUS, DEFAULT_MODES, DEFAULT_SLOTS, MEASURE_N, SLO_KEYS
+    from ..bench.capacity import DEFAULT_MAX_GPUS, DEFAULT_MODES, DEFAULT_SLOTS, MEASURE_N, SLO_KEYS
+    from ..workload.arrivals import PROCESSES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "capacity", help="the smallest configuration (servers × slots, modes) that meets a "
@@ -89,7 +89,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def _traffic(args: argparse.Namespace) -> Any:
-    from ..capacity import Traffic
+    from ..bench.capacity import Traffic
 
     if (args.rate is None) == (args.trace is None):
         raise ConfigError("give the traffic: --rate R (requests per model second) or --trace "
@@ -102,7 +102,7 @@ def _traffic(args: argparse.Namespace) -> Any:
         if not speed > 0:
             raise ConfigError(f"--trace-speed must be > 0, got {args.trace_speed!r}")
         return Traffic.from_trace(args.trace, speed)
-    from ..arrivals import check_rate
+    from ..workload.arrivals import check_rate
 
     burst = parse_float(args.burstiness, "--burstiness") if args.burstiness is not None else 1.0
     return Traffic(rate=check_rate(args.rate), process=args.arrivals,
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     measured check disagreed with the prediction; 2 bad input, or no configuration up to
     ``--max-gpus`` meets the SLO (the closest is named) — after writing ``--json``/``--html``.
     """
-    from .. import capacity as cap
+    from ..bench import capacity as cap
     from ..bench import run_interruptibly
     from ..outputs import check_writable
     from ..sim.profiles import load_profile
@@ -219,7 +219,7 @@ def _write(args: argparse.Namespace, doc: dict[str, Any], **report: Any) -> None
     if args.json:
         from pathlib import Path
 
-        from ..capacity import json_safe
+        from ..bench.capacity import json_safe
 
         Path(args.json).write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False)
                                    + "\n", encoding="utf-8")

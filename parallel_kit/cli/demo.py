@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, stop: Any) -> int:
     from ..bench import Comparison
+    from ..bench.demo import run_demo, write_demo_outputs
     from ..config import time_scale_from_env
-    from ..demo import run_demo, write_demo_outputs
     from ..errors import ParallelKitError
     from ..outputs import check_writable
 

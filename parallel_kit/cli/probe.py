@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._args import add_time_scale, model_name, ranged
 
 if TYPE_CHECKING:
-    from ..probe import ProbeResult
+    from ..measure.probe import ProbeResult
 
 __all__ = ["add_parser", "run"]
 
@@ -87,7 +87,7 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
         return int(stop.exit_code) or 130
     name = getattr(args, "save_profile", None)
     if name:
-        from ..calibrate import save_profile
+        from ..measure.calibrate import save_profile
 
         saved = save_profile(name, results[0])
         print(f"saved simulator profile {name!r} to {saved} — simulate this server with "
@@ -99,9 +99,9 @@ async def _probe_backend(args: argparse.Namespace,
                          into: list[ProbeResult] | None = None) -> list[ProbeResult]:
     """Open the servers like every other command (``open_backend``: a named server, or an
     embedded simulator when none is named and no Ollama answers) and probe each one."""
-    from ..backend import open_backend
     from ..config import DEFAULT_MODEL
-    from ..probe import DEFAULT_NUM_PREDICT, probe
+    from ..measure.probe import DEFAULT_NUM_PREDICT, probe
+    from ..servers.backend import open_backend
 
     named = getattr(args, "model", None)
     model = named or DEFAULT_MODEL

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import max_concurrent_from_env
 
     args.host = unique_hosts(args.host)  # an address that is not one, or a repeat: one line
-    from ..netutil import listen, socket_url
+    from ..system.netutil import listen, socket_url
 
     mib = 1024 * 1024
     settings = ApiSettings(concurrency=args.concurrency or max_concurrent_from_env(),
@@ -136,9 +136,9 @@ async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) 
     number of signals that stopped it."""
     from dataclasses import replace
 
-    from ..api_production import serve_production
     from ..config import DEFAULT_MODEL, Endpoint, time_scale_from_env
     from ..modes.base import ModeContext, RayOptions, ServerOptions
+    from ..production.api import serve_production
     from ..production.stack import import_production
 
     import_production()
@@ -158,6 +158,6 @@ async def _serve_production(args: argparse.Namespace, sock: Any, settings: Any) 
 
 
 def socket_url_of(sock: Any) -> str:
-    from ..netutil import socket_url
+    from ..system.netutil import socket_url
 
     return str(socket_url(sock))

@@ -106,8 +106,8 @@ def _throughput_path(path: Path) -> Path:
 
 
 def _run(args: argparse.Namespace, stop: Any) -> int:
+    from ..bench.sweep import Sweep, parse_rates, sweep
     from ..outputs import check_writable, write_or_rescue
-    from ..sweep import Sweep, parse_rates, sweep
 
     check_writable([("--json", args.json), ("--html", getattr(args, "html", None))],
                    figures=[("--plot", args.plot),
@@ -139,7 +139,8 @@ def _run(args: argparse.Namespace, stop: Any) -> int:
         if args.json:
             print(f"wrote {write_or_rescue(args.json, result.write_json)}", file=sys.stderr)
         if args.plot and result.runs:
-            from .. import plots, plots_load
+            from .. import plots
+            from ..plots import load as plots_load
 
             path = Path(args.plot)
             for fig, out in ((plots_load.latency_vs_load(result), path),

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ..client_factory import Api, make_client
+from ..clients.factory import Api, make_client
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import ConfigError
 from ..records import RequestResult, RequestSpec, RunResult

@@ -12,7 +12,7 @@ a bad value a :class:`~parallel_kit.errors.ConfigError` naming the fix.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import ConfigError
@@ -87,6 +87,17 @@ class ServerOptions:
         if not self.ready_timeout_s > 0:
             raise ConfigError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s!r}")
 
+
+
+def launched_servers(kind: str, profile: str | None, *, start_own: bool,
+                     base: ServerOptions | None = None) -> ServerOptions:
+    """The servers a mode starts itself (one per Ray actor or Serve replica): simulators when
+    the backend is the simulator, else Ollama, on the backend's profile (``seed`` when it has
+    none), the rest from ``base``; ``ServerOptions()`` when the mode uses the endpoints given."""
+    if not start_own:
+        return ServerOptions()
+    return replace(base or ServerOptions(), launch="sim" if kind == "sim" else "ollama",
+                   profile=profile or "seed")
 
 @dataclass(frozen=True, slots=True)
 class RayOptions:

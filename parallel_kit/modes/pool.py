@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..client_factory import make_client
 from ..clients import OllamaClient, OpenAIClient, RetryPolicy
+from ..clients.factory import make_client
 from ..config import DEFAULT_MODEL, Endpoint
 from ..errors import (
     AllWorkersLost,
@@ -56,8 +56,8 @@ from ..errors import (
     WorkerLost,
 )
 from ..metrics import ItlSketch
-from ..neterrors import connect_reason
 from ..records import RequestResult, RequestSpec, RunResult, summarize
+from ..system.neterrors import connect_reason
 from ..timing import ModelClock
 from .base import ModeContext
 from .health import DEFAULT_HEALTH, HealthPolicy
@@ -360,8 +360,22 @@ async def dispatch_all(dispatcher: Dispatcher, specs: Sequence[RequestSpec], *,
             on_result(row)
         return row
 
+    rows, submit_s = await gather_rows(specs, lambda s: one(s, dispatcher.clock.now()), bar)
+    if all_lost:
+        error = all_lost[0]
+        error.partial = rows
+        raise error
+    return rows, submit_s
+
+
+async def gather_rows(specs: Sequence[RequestSpec],
+                      start: Callable[[RequestSpec], Awaitable[RequestResult]],
+                      bar: Any = None) -> tuple[list[RequestResult], float]:
+    """Start every request at once and wait for all their rows (in ``specs``' order); a
+    cancelled caller cancels them all, and the progress ``bar`` is closed either way. Returns
+    the rows and the clock seconds it took to start them (``submit_s``)."""
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(one(s, dispatcher.clock.now())) for s in specs]
+    tasks = [asyncio.ensure_future(start(s)) for s in specs]
     submit_s = time.perf_counter() - t0
     try:
         rows = list(await asyncio.gather(*tasks))
@@ -370,10 +384,6 @@ async def dispatch_all(dispatcher: Dispatcher, specs: Sequence[RequestSpec], *,
             t.cancel()
         if bar is not None:
             bar.close()
-    if all_lost:
-        error = all_lost[0]
-        error.partial = rows
-        raise error
     return rows, submit_s
 
 

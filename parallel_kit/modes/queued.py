@@ -1,6 +1,6 @@
 """Modes ``async`` and ``batch``: the original demo's queue in front of one Ollama.
 
-Both put a :class:`~parallel_kit.taskqueue.TaskQueue` with ``ctx.concurrency`` workers
+Both put a :class:`~parallel_kit.modes.taskqueue.TaskQueue` with ``ctx.concurrency`` workers
 (``MAX_CONCURRENT_REQUESTS``) in front of the first endpoint:
 
 * ``async`` submits one request per call, as the demo's clients did with ``POST
@@ -31,9 +31,9 @@ from typing import Literal
 
 from ..errors import OllamaError
 from ..records import RequestResult, RequestSpec, RunResult, summarize
-from ..taskqueue import RequestFn, TaskQueue
 from ..timing import ModelClock
 from .base import ModeContext
+from .taskqueue import RequestFn, TaskQueue
 
 __all__ = ["run_async", "run_batch"]
 

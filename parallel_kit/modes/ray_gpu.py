@@ -167,7 +167,7 @@ class GpuWorker:
             await self._bring_up(gpu_ids)
         except Exception as exc:  # reported to the driver, which raises a typed error
             return {"error": f"{type(exc).__name__}: {exc}", "node": self.node, "gpu": gpu}
-        from ..client_factory import make_client
+        from ..clients.factory import make_client
 
         conns = self.slots + 1 + self.plan.prefetch
         self._client = make_client(self.plan.api, self.url, max_connections=conns,
@@ -193,7 +193,7 @@ class GpuWorker:
         plan = self.plan
         if plan.url:
             return  # an endpoint given with --host: the driver checked it answers
-        from ..launcher import OllamaServer, find_ollama, has_real_gpus
+        from ..servers.launcher import OllamaServer, find_ollama, has_real_gpus
 
         launch = plan.launch
         if launch == "auto":
@@ -205,7 +205,7 @@ class GpuWorker:
             self._server = server
             self.url, self.kind = server.url, "ollama"
         elif launch == "sim":
-            from ..backend import make_engine
+            from ..servers.backend import make_engine
             from ..sim.server import SimulatedOllama
 
             sim = SimulatedOllama(plan.profile, num_parallel=plan.slots,
@@ -238,7 +238,7 @@ class GpuWorker:
                   ) -> tuple[Any, ...] | dict[str, str]:
         """Run one request; times on the driver's axis via ``epoch`` (module docstring).
 
-        Takes and returns plain tuples (:func:`_spec_to_wire`, :func:`_row_from_wire`): Ray
+        Takes and returns plain tuples (:func:`spec_to_wire`, :func:`row_from_wire`): Ray
         pickles a tuple of plain values faster than a dataclass, which is ~0.4 ms of every
         request's round trip on the critical path. Returns the row's values, or
         ``{"lost": reason}`` when the endpoint stopped answering.
@@ -259,7 +259,7 @@ class GpuWorker:
             self.active -= 1
         self.served += 1
         row.hops = {**row.hops, "actor_entered": entered, "actor_done": clock.now()}
-        return _row_to_wire(row)
+        return row_to_wire(row)
 
     async def ping(self, timeout_s: float = 5.0) -> str | None:
         """A health check (control call): ``None`` when the endpoint answers ``GET /`` within
@@ -381,7 +381,7 @@ async def open_ray_dispatcher(ctx: ModeContext, *, clock: ModelClock | None = No
     Long-lived use (``parallel-kit serve --mode ray``): ``await dispatcher(spec)`` per request.
     ``clock`` is the axis of the rows (default: a new one started once the actors are up).
     """
-    from .. import raycluster
+    from ..servers import raycluster
 
     t_setup = time.perf_counter()
     plans = plan_workers(ctx)
@@ -505,7 +505,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
 
     async def send(spec: RequestSpec, submitted_s: float) -> RequestResult:
         sent = clock.now()
-        ref = actor.handle.run.remote(_spec_to_wire(spec), submitted_s, actor_epoch)
+        ref = actor.handle.run.remote(spec_to_wire(spec), submitted_s, actor_epoch)
         try:
             out = await ref
         except asyncio.CancelledError:
@@ -524,7 +524,7 @@ def _sender(ray: Any, actor: _Actor, clock: ModelClock, epoch: float) -> Any:
                                  error=f"error inside the GPU actor: {exc}").finalize()
         if isinstance(out, dict):
             raise WorkerLost(name, out.get("lost", "endpoint stopped answering"))
-        row = _row_from_wire(out)
+        row = row_from_wire(out)
         row.worker = name
         row.hops = {**row.hops, "sent": sent, "returned": clock.now()}
         return row
@@ -536,15 +536,15 @@ _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RequestSpec))
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(RequestResult))
 
 
-def _spec_to_wire(spec: RequestSpec) -> tuple[Any, ...]:
+def spec_to_wire(spec: RequestSpec) -> tuple[Any, ...]:
     return tuple(getattr(spec, name) for name in _SPEC_FIELDS)
 
 
-def _row_to_wire(row: RequestResult) -> tuple[Any, ...]:
+def row_to_wire(row: RequestResult) -> tuple[Any, ...]:
     return tuple(getattr(row, name) for name in _ROW_FIELDS)
 
 
-def _row_from_wire(values: tuple[Any, ...]) -> RequestResult:
+def row_from_wire(values: tuple[Any, ...]) -> RequestResult:
     return RequestResult(*values)
 
 

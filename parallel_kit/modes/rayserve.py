@@ -54,15 +54,15 @@ from ..errors import ConfigError, MissingDependency, OllamaUnavailable
 from ..records import RequestResult, RequestSpec, RunResult, summarize
 from ..timing import ModelClock
 from .base import ModeContext
-from .pool import check_endpoints
+from .pool import check_endpoints, gather_rows
 from .ray_gpu import (
     EpochClock,
     GpuWorker,
     WorkerPlan,
-    _row_from_wire,
-    _row_to_wire,
-    _spec_to_wire,
     plan_workers,
+    row_from_wire,
+    row_to_wire,
+    spec_to_wire,
 )
 from .stack_options import check_max_ongoing
 
@@ -117,7 +117,7 @@ class OllamaReplica:
     """The body of one Serve replica: one GPU, one Ollama (deployed by :func:`open_serve_app`).
 
     ``__call__(spec_fields, submitted_s, epoch, hops)`` runs one request and returns the row as
-    a tuple (``ray_gpu._row_to_wire``); ``describe()`` says where the replica runs.
+    a tuple (``ray_gpu.row_to_wire``); ``describe()`` says where the replica runs.
     """
 
     # Serve awaits an async constructor (the endpoint comes up inside it).
@@ -164,7 +164,7 @@ class OllamaReplica:
         self.served += 1
         row.replica = self.replica
         row.hops = {**(hops or {}), "replica_entered": entered, "replica_done": clock.now()}
-        return _row_to_wire(row)
+        return row_to_wire(row)
 
     async def describe(self) -> dict[str, Any]:
         """Where this replica runs (gpu, node, url, slots, replica, rank, pid) and its counts."""
@@ -235,7 +235,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         MissingDependency: Ray Serve is not installed.
         OllamaUnavailable: a ``--host`` does not answer (named).
     """
-    from .. import raycluster
+    from ..servers import raycluster
 
     t0 = time.perf_counter()
     max_ongoing = check_max_ongoing(max_ongoing if max_ongoing is not None
@@ -336,7 +336,7 @@ async def _warm_up(app: ServeApp, workers: int) -> list[dict[str, Any]]:
     return sorted(seen.values(), key=lambda d: d["rank"])
 
 
-def _lost_errors() -> tuple[type[BaseException], ...]:
+def ray_lost_errors() -> tuple[type[BaseException], ...]:
     import ray
 
     return (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
@@ -351,11 +351,11 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
     Serve's router does not re-send a request that was already inside a replica (module
     docstring), so this does, at most ``app.workers`` times; ``retries`` counts it.
     """
-    lost_errors = _lost_errors()
+    lost_errors = ray_lost_errors()
     retries = 0
     while True:
         try:
-            out = await app.handle.remote(_spec_to_wire(spec), submitted_s, epoch, hops)
+            out = await app.handle.remote(spec_to_wire(spec), submitted_s, epoch, hops)
         except lost_errors as exc:
             app.lost.append({**_lost_replica(app, exc), "at_s": round(clock.now(), 6)})
             retries += 1
@@ -366,7 +366,7 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         except Exception as exc:  # an error inside the replica: the request fails, kept
             return _failed(spec, mode, app.model, submitted_s, clock, retries,
                            f"error inside the Serve replica: {str(exc).splitlines()[0]}")
-        row = _row_from_wire(out)
+        row = row_from_wire(out)
         row.retries += retries
         return row
 
@@ -427,16 +427,7 @@ async def run_on_app(app: ServeApp, specs: Sequence[RequestSpec], ctx: ModeConte
         ctx.notify(row)
         return row
 
-    t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(one(s, clock.now())) for s in specs]
-    submit_s = time.perf_counter() - t0
-    try:
-        rows = list(await asyncio.gather(*tasks))
-    finally:
-        for t in tasks:
-            t.cancel()
-        if bar is not None:
-            bar.close()
+    rows, submit_s = await gather_rows(specs, lambda s: one(s, clock.now()), bar)
     lost = app.lost[lost_before:]
     notes = [f"a replica was lost at {w['at_s']:.2f} s (model time) and its request sent "
              f"again: {w['reason']}" for w in lost]

@@ -49,19 +49,19 @@ class ModeInfo:
         starts_own_servers: given no ``--host``, it starts its servers itself (e.g. one inside
             each Ray GPU actor) instead of using servers the kit opened for it.
         api_backend: ``"module:function"`` of the opener that backs ``parallel-kit serve``
-            with this mode (see :mod:`parallel_kit.api_backends`); ``None``: it cannot.
+            with this mode (see :mod:`parallel_kit.api.backends`); ``None``: it cannot.
         dispatch: how it spreads requests over several servers.
         needs: optional extras it needs (``pip install parallel_kit[ray]``), e.g. ``("ray",)``;
             the widget lab leaves such modes unticked.
         session: ``"module:function"`` of ``open(ctx)`` → an async context manager yielding a
             session that sends one request at a time as it arrives (open-loop load,
-            :mod:`parallel_kit.loadgen`); ``None``: the mode cannot run ``--rate``/``--trace``.
+            :mod:`parallel_kit.bench.loadgen`); ``None``: the mode cannot run ``--rate``/``--trace``.
         routing: how requests wait for its servers when that is not one first-come-first-served
             queue in front of every slot (``None``, what its ``dispatch`` does, or one queue per
             server for ``round_robin``): ``"power_of_two"`` — Ray Serve's router, which sends
             each request to the less loaded of two random replicas that accept it (a replica
             accepts up to ``max_ongoing_requests``) and keeps the rest in its own FIFO queue
-            (:func:`parallel_kit.queueing.simulate`). Theory predicts from it
+            (:func:`parallel_kit.theory.queueing.simulate`). Theory predicts from it
             (:func:`parallel_kit.theory.mode_topology`).
     """
 
@@ -189,37 +189,37 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
 register_mode(ModeInfo(
     "sequential", "one request at a time, each waiting for the last (one server)",
     "parallel_kit.modes.sequential:run_sequential", in_flight="one",
-    session="parallel_kit.loadgen:sequential_session"))
+    session="parallel_kit.bench.loadgen:sequential_session"))
 register_mode(ModeInfo(
     "async", "submit each request to a task queue, poll for results (one server)",
     "parallel_kit.modes.queued:run_async", in_flight="queue",
-    api_backend="parallel_kit.api_backends:open_single",
-    session="parallel_kit.loadgen:async_session"))
+    api_backend="parallel_kit.api.backends:open_single",
+    session="parallel_kit.bench.loadgen:async_session"))
 register_mode(ModeInfo(
     "batch", "submit every request in one call to the task queue (one server)",
     "parallel_kit.modes.queued:run_batch", in_flight="queue",
-    session="parallel_kit.loadgen:batch_session"))
+    session="parallel_kit.bench.loadgen:batch_session"))
 register_mode(ModeInfo(
     "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
     "parallel_kit.modes.pool:run_pool", multi_server=True,
-    api_backend="parallel_kit.api_backends:open_pool",
-    session="parallel_kit.loadgen:pool_session"))
+    api_backend="parallel_kit.api.backends:open_pool",
+    session="parallel_kit.bench.loadgen:pool_session"))
 register_mode(ModeInfo(
     "ray", "one Ray actor per GPU, each with its own Ollama",
     "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
-    api_backend="parallel_kit.api_backends:open_ray", needs=("ray",),
-    session="parallel_kit.loadgen:ray_session"))
+    api_backend="parallel_kit.api.backends:open_ray", needs=("ray",),
+    session="parallel_kit.bench.loadgen:ray_session"))
 register_mode(ModeInfo(
     "rayserve", "a Ray Serve application, one replica per GPU, each with its own Ollama",
     "parallel_kit.modes.rayserve:run_rayserve", multi_server=True, starts_own_servers=True,
     needs=("production",), routing="power_of_two",
-    session="parallel_kit.modes.stack_sessions:rayserve_session"))
+    session="parallel_kit.production.sessions:rayserve_session"))
 register_mode(ModeInfo(
     "production", "the production stack: Celery on a real Redis in front of Ray Serve",
-    "parallel_kit.modes.production:run_production", multi_server=True,
-    starts_own_servers=True, api_backend="parallel_kit.api_production:open_production_backend",
+    "parallel_kit.production.mode:run_production", multi_server=True,
+    starts_own_servers=True, api_backend="parallel_kit.production.api:open_production_backend",
     needs=("production",), routing="power_of_two",
-    session="parallel_kit.modes.stack_sessions:production_session"))
+    session="parallel_kit.production.sessions:production_session"))
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()

@@ -211,7 +211,7 @@ def _handle(app_name: str) -> Any:
 
 
 def _lost_errors() -> tuple[type[BaseException], ...]:
-    from ..modes.rayserve import _lost_errors as lost
+    from ..modes.rayserve import ray_lost_errors as lost
 
     return lost()
 
@@ -244,7 +244,7 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
             rows), ``time_scale``, ``submitted_s`` and ``hops`` (``accepted`` so far),
             ``model``.
     """
-    from ..modes.ray_gpu import _row_from_wire, _spec_to_wire
+    from ..modes.ray_gpu import row_from_wire, spec_to_wire
     from ..records import RequestSpec
 
     epoch, scale = float(run["epoch"]), float(run["time_scale"])
@@ -266,7 +266,7 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
             return row.to_dict()
     response = None
     try:
-        response = _handle(run["app"]).remote(_spec_to_wire(request), run["submitted_s"],
+        response = _handle(run["app"]).remote(spec_to_wire(request), run["submitted_s"],
                                               epoch, hops)
         # Counted while Serve routes the request (off its critical path), before the task
         # can finish: a redelivered task finds the count of the deliveries before it.
@@ -290,7 +290,7 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
         row = _failed_row(request, run, hops, f"error inside the Serve replica: "
                           f"{text.splitlines()[0] if text else type(exc).__name__}")
     else:
-        row = _row_from_wire(out)
+        row = row_from_wire(out)
     row.mode = "production"
     # Every delivery after the first is a Celery retry (a lost replica) or a redelivery (a
     # lost worker): either may have reached Ollama before, so it is counted.

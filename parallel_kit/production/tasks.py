@@ -11,8 +11,8 @@ removed).
 Admission (the ``serve`` limits, :class:`Admission`) is decided inside Redis, by one Lua script
 that reads the stack's counters and writes the record only if the task fits — so the bounds
 hold across any number of API processes: tasks accepted and not finished past
-``max_unfinished`` → :class:`~parallel_kit.taskqueue.QueueFull` (503); prompt bytes those tasks
-hold past ``max_held_bytes`` → :class:`~parallel_kit.taskqueue.TooMuchHeld` (429, or 413 for
+``max_unfinished`` → :class:`~parallel_kit.modes.taskqueue.QueueFull` (503); prompt bytes those tasks
+hold past ``max_held_bytes`` → :class:`~parallel_kit.modes.taskqueue.TooMuchHeld` (429, or 413 for
 one prompt larger than the bound). The worker gives the bytes back when the task finishes
 (:mod:`.celery_app`, ``_FINISH_LUA``).
 
@@ -183,7 +183,7 @@ class TaskClient:
         """
         import redis
 
-        from ..taskqueue import QueueFull, TooMuchHeld
+        from ..modes.taskqueue import QueueFull, TooMuchHeld
 
         task_id = task_id or uuid.uuid4().hex
         accepted = self.now()

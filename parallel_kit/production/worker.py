@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..launcher import stop_process
+from ..system.children import stop_process
 
 __all__ = ["WorkerProcess", "run_worker", "stop_workers", "wait_for_workers", "worker_argv"]
 
@@ -78,7 +78,7 @@ class WorkerProcess:
                  "--concurrency", str(concurrency), "--name", name],
                 env=child_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        from ..children import register
+        from ..system.children import register
 
         register(proc)
         return cls(name, proc, log)
@@ -100,7 +100,7 @@ class WorkerProcess:
 
     def discard(self) -> None:
         """Forget an exited worker: no longer a child to clean up; its log removed."""
-        from ..children import forget
+        from ..system.children import forget
 
         forget(self.process)
         self.log_path.unlink(missing_ok=True)

@@ -139,7 +139,7 @@ def _run_sections(runs: Sequence[Any]) -> list[dict[str, Any]]:
 
 # -- sweeps ----------------------------------------------------------------------------------
 def _sweep_sections(sweep: Any) -> list[dict[str, Any]]:
-    from .. import plots_load
+    from ..plots import load as plots_load
 
     figs = [(svg_of(plots_load.latency_vs_load(sweep)),
              "Latency and TTFT against offered load: points measured, lines theory"),
@@ -192,13 +192,13 @@ def _plan_curve(plan: Any) -> Any | None:
     """Latency/TTFT of the recommended and next smaller configuration against load."""
     import matplotlib.pyplot as plt
 
-    from ..capacity import _service
-    from ..sweep import predicted_curve
+    from ..bench.capacity import service_model
+    from ..bench.sweep import predicted_curve
 
     prof = getattr(plan, "server_profile", None)
     if prof is None or plan.best is None or plan.traffic.process == "trace":
         return None
-    service = _service(prof, plan.traffic, plan.model, None)
+    service = service_model(prof, plan.traffic, plan.model, None)
     keys = [k for k in plan.slo.keys if not k.startswith("tpot")][:2] or ["latency_p95"]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
     for c, colour in ((plan.best, "#31a354"), (plan.next_smaller, "#de2d26")):
@@ -306,10 +306,10 @@ def _max_rate_sections(result: Any) -> list[dict[str, Any]]:
 
 # -- the page --------------------------------------------------------------------------------
 def _provenance(runs: Sequence[Any], command: str | None, extra: dict[str, Any]) -> list[list[str]]:
-    from .. import __version__
-    from ..sweep import machine_description
+    from ..bench.sweep import machine_description
+    from ..config import VERSION
 
-    rows = [["parallel_kit version", __version__]]
+    rows = [["parallel_kit version", VERSION]]
     if runs:
         s = runs[0].summary
         rows += [["backend", "simulated Ollama" if s.backend == "sim" else "real Ollama"],
@@ -367,9 +367,9 @@ def write_html_report(path: str | os.PathLike[str], *, title: str = "parallel_ki
         path: the file to write (its folder is created).
         runs: a :class:`~parallel_kit.bench.Comparison` or a list of
             :class:`~parallel_kit.records.RunResult` (``bench``, ``demo``).
-        sweep: a :class:`~parallel_kit.sweep.Sweep`.
-        plan: a :class:`~parallel_kit.capacity.CapacityPlan` (with its measurements).
-        max_rate: a :class:`~parallel_kit.capacity.MaxRateResult`.
+        sweep: a :class:`~parallel_kit.bench.sweep.Sweep`.
+        plan: a :class:`~parallel_kit.bench.capacity.CapacityPlan` (with its measurements).
+        max_rate: a :class:`~parallel_kit.bench.capacity.MaxRateResult`.
         command: the command line that produced the numbers.
 
     Raises:

@@ -132,7 +132,7 @@ def portable_cmake_flags(cpu_flags: set[str] | None = None,
     return flags
 
 
-def _compiler() -> str:
+def find_compiler() -> str:
     for cc in (os.environ.get("CXX"), "c++", "g++", "clang++"):
         if cc and shutil.which(cc):
             try:
@@ -151,7 +151,7 @@ def _key(flags: Sequence[str], compiler: str, machine: str) -> str:
 
 def _plan() -> BuildInfo:
     flags = portable_cmake_flags()
-    compiler = _compiler()
+    compiler = find_compiler()
     machine = platform.machine()
     return BuildInfo(LLAMA_CPP_PYTHON_VERSION, SDIST_SHA256, flags, compiler, machine,
                      _key(flags, compiler, machine))

@@ -51,10 +51,11 @@ from typing import Any
 
 import httpx
 
-from .. import children
 from ..config import num_parallel_from_env
 from ..errors import ConfigError
-from ..launcher import free_port, stop_process
+from ..system import children
+from ..system.children import stop_process
+from ..system.netutil import free_port
 from .gguf import GGUFInfo, default_gguf, read_gguf_info
 from .llama_build import LLAMA_CPP_PYTHON_VERSION, ensure_llama_server
 from .protocol import (
@@ -138,7 +139,7 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> Any:
     """A ``preexec_fn`` that makes llama-server get SIGKILL when the kit's thread that started
     it ends (Linux ``prctl(PR_SET_PDEATHSIG)``), so no model process outlives a kit killed by
-    a signal it cannot catch; None elsewhere (the atexit net of :mod:`parallel_kit.children`
+    a signal it cannot catch; None elsewhere (the atexit net of :mod:`parallel_kit.system.children`
     still covers every exit Python sees)."""
     if not sys.platform.startswith("linux"):
         return None

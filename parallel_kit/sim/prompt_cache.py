@@ -56,7 +56,7 @@ SLOT_PROMPT_SIMILARITY = 0.10
 DEFAULT_KV_BYTES_PER_TOKEN = 131072
 
 
-#: The salt tag the kit puts before a prompt (``parallel_kit.prompts.salt_specs``): ``[``,
+#: The salt tag the kit puts before a prompt (``parallel_kit.workload.prompts.salt_specs``): ``[``,
 #: 8 hex digits, ``]`` and a space.
 SALT_RE = re.compile(r"\A\[[0-9a-f]{8}\] ")
 

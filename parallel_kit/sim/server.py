@@ -22,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
-from ..netutil import listen
+from ..system.netutil import listen
 from .app import OllamaApp
 from .engine import SimEngine
 from .faults import Faults
