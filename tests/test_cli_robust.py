@@ -127,8 +127,9 @@ def test_blank_model_name_is_refused(capsys, command) -> None:
 # -- outputs checked before the run, rescued after -----------------------------------------------
 @pytest.mark.parametrize("flag", ["--json", "--csv", "--plot"])
 def test_unwritable_output_is_refused_before_the_run(capsys, flag) -> None:
+    name = "out.png" if flag == "--plot" else "out.file"  # a figure must be a figure format
     code = main(["bench", "--mode", "sequential", "--n", "1", "--time-scale", "0.01",
-                 flag, "/proc/no-such-folder/out.file"])
+                 flag, f"/proc/no-such-folder/{name}"])
     out = capsys.readouterr()
     assert code == 2 and "Traceback" not in out.err
     assert flag in out.err and "cannot create the folder" in out.err

@@ -383,9 +383,9 @@ async def measure_prompts(url: str, model: str, *, repeats: int = 3, time_scale:
         RequestFailed: a request failed, or the server reported no counts or durations.
         ConfigError: ``repeats`` < 1.
     """
-    from .clients import OllamaClient, RetryPolicy
-    from .records import RequestSpec
-    from .timing import ModelClock
+    from ..clients import OllamaClient, RetryPolicy
+    from ..records import RequestSpec
+    from ..timing import ModelClock
 
     if repeats < 1:
         raise ConfigError(f"repeats must be a whole number ≥ 1, got {repeats}")
