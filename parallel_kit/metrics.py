@@ -30,7 +30,7 @@ one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -65,6 +65,51 @@ class Row(Protocol):
     latency_s: float
     ttft_s: float
     output_tokens: int | None
+
+
+def parse_slo_bounds(text: str, keys: Sequence[str], *, example: str,
+                     unknown: Callable[[str], str] | None = None,
+                     drop_s_suffix: bool = False) -> dict[str, float]:
+    """``"key=seconds,…"`` → ``{key: seconds}`` in the order given: the parser of every SLO
+    the kit reads (bench's per-request :class:`Slo`, capacity's percentile SLO).
+
+    Keys are lower-cased (``drop_s_suffix``: ``latency_p95_s`` reads as ``latency_p95``) and
+    must be among ``keys``; ``unknown(key)`` words the error for one that is not (default:
+    the valid keys listed); ``example`` is shown in the errors.
+
+    Raises:
+        ConfigError: a part without ``=``, an unknown key, a key given twice, a value that is
+            not a positive finite number, or no part at all.
+    """
+    bounds: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, raw = part.partition("=")
+        key = key.strip().lower()
+        if drop_s_suffix and key.endswith("_s"):
+            key = key[:-2]
+        if not sep:
+            raise ConfigError(f"SLO part {part!r} has no '=' — write key=seconds, e.g. "
+                              f"--slo {example}")
+        if key not in keys:
+            raise ConfigError(unknown(key) if unknown else
+                              f"unknown SLO key {key!r} — valid keys: {', '.join(keys)} "
+                              f"(seconds)")
+        if key in bounds:
+            raise ConfigError(f"SLO key {key!r} is given twice — give it once")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"SLO {key}={raw.strip()!r} is not a number — give seconds, "
+                              f"e.g. {key}=30") from None
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"SLO {key}={raw.strip()} must be a positive number of "
+                              f"seconds — e.g. {key}=30")
+        bounds[key] = value
+    if not bounds:
+        raise ConfigError(f"empty SLO {text!r} — give e.g. --slo {example}")
+    return bounds
 
 
 def _finite(values: Iterable[float | None]) -> list[float]:
@@ -321,28 +366,7 @@ class Slo:
             ConfigError: an unknown key (the valid ones are named), a value that is not a
                 positive number, a key given twice, or nothing at all.
         """
-        bounds: dict[str, float] = {}
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            key, sep, raw = part.partition("=")
-            key = key.strip().lower()
-            if not sep:
-                raise ConfigError(f"SLO part {part!r} has no '=' — write key=seconds, e.g. "
-                                  f"--slo ttft=2,tpot=0.1,latency=30")
-            if key not in _SLO_KEYS:
-                raise ConfigError(f"unknown SLO key {key!r} — valid keys: "
-                                  f"{', '.join(_SLO_KEYS)} (seconds)")
-            if key in bounds:
-                raise ConfigError(f"SLO key {key!r} is given twice — give it once")
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"SLO {key}={raw.strip()!r} is not a number — give seconds, "
-                                  f"e.g. {key}=2") from None
-            bounds[key] = value
-        if not bounds:
-            raise ConfigError(f"empty SLO {text!r} — give e.g. ttft=2,tpot=0.1,latency=30")
+        bounds = parse_slo_bounds(text, _SLO_KEYS, example="ttft=2,tpot=0.1,latency=30")
         return cls(ttft_s=bounds.get("ttft"), tpot_s=bounds.get("tpot"),
                    latency_s=bounds.get("latency"))
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..metrics import parse_slo_bounds
 from ..workload.arrivals import PROCESSES, Schedule, check_burstiness, check_rate, make_schedule
 
 __all__ = [
@@ -143,32 +144,8 @@ class PercentileSlo:
         """
         if not isinstance(text, str):
             raise ConfigError(f"the SLO must be text like latency_p95=30, got {text!r}")
-        bounds: dict[str, float] = {}
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            key, sep, raw = part.partition("=")
-            key = key.strip().lower()
-            if key.endswith("_s"):
-                key = key[:-2]
-            if not sep:
-                raise ConfigError(f"SLO part {part!r} has no '=' — write key=seconds, e.g. "
-                                  f"--slo latency_p95=30,ttft_p95=5")
-            if key not in SLO_KEYS:
-                raise ConfigError(_unknown_key(key))
-            if key in bounds:
-                raise ConfigError(f"SLO key {key!r} is given twice — give it once")
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"SLO {key}={raw.strip()!r} is not a number — give seconds, "
-                                  f"e.g. {key}=30") from None
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"SLO {key}={raw.strip()} must be a positive number of "
-                                  f"seconds — e.g. {key}=30")
-            bounds[key] = value
-        if not bounds:
-            raise ConfigError(f"empty SLO {text!r} — give e.g. --slo latency_p95=30,ttft_p95=5")
+        bounds = parse_slo_bounds(text, SLO_KEYS, example="latency_p95=30,ttft_p95=5",
+                                  unknown=_unknown_key, drop_s_suffix=True)
         return cls(tuple(bounds.items()))
 
     @property
