@@ -172,6 +172,18 @@ def page_text(driver: Any) -> str:
         return ""
 
 
+def advisor_text(driver: Any) -> str:
+    """The text of every HTML widget (the advisor's recommendation among them), read from the
+    DOM's ``textContent``: present whether or not JupyterLab renders that cell right now (its
+    notebook skips laying out cells out of view)."""
+    try:
+        return str(driver.execute_script(
+            "return [...document.querySelectorAll('.widget-html')]"
+            "  .map(e => e.textContent).join('\\n');"))
+    except JavascriptException:
+        return ""
+
+
 def command(driver: Any, name: str, args: dict[str, Any] | None = None) -> None:
     """Run a JupyterLab command (the same as its menu entry) through the exposed app."""
     # Not awaited here (Selenium would wait on the returned promise with its own timeout):
@@ -349,7 +361,7 @@ def _advice(rate: float, slo: str) -> tuple[str, str, Any]:
 def test_5_the_slo_advisor_follows_its_sliders_and_measures_the_recommendation(
         browser: Any) -> None:
     before, _, best_before = _advice(0.125, "latency_p95=30,ttft_p95=20")
-    wait(browser, lambda d: before in page_text(d), "the advisor shows the default plan")
+    wait(browser, lambda d: before in advisor_text(d), "the advisor shows the default plan")
     assert readout(browser, "arrival rate (req/s)") == "0.125"
     move_slider(browser, "arrival rate (req/s)", Keys.ARROW_RIGHT * 2)  # 0.125 → 0.15 → 0.2
     move_slider(browser, "latency p95 target", Keys.ARROW_LEFT)  # 30 s → 25 s
@@ -357,12 +369,22 @@ def test_5_the_slo_advisor_follows_its_sliders_and_measures_the_recommendation(
          and readout(d, "latency p95 target") == "25 s", "the advisor's sliders move")
     first, smaller, best = _advice(0.2, "latency_p95=25,ttft_p95=20")
     assert best.label != best_before.label  # the advice has to change to pass
-    wait(browser, lambda d: first in page_text(d) and smaller in page_text(d),
-         "the recommendation becomes capacity's plan for 0.2 req/s, latency p95 ≤ 25 s")
+    try:
+        wait(browser, lambda d: first in advisor_text(d) and smaller in advisor_text(d),
+             "the recommendation becomes capacity's plan for 0.2 req/s, latency p95 ≤ 25 s")
+    except AssertionError as exc:
+        # Say which side lost the change: what the kernel's advisor holds, and what shows.
+        run_new_cell(browser, "print('advisor in the kernel:', advisor.rate.value,\n"
+                              "      advisor.latency_p95.value, repr(advisor.error),\n"
+                              "      advisor.recommendation_text())")
+        wait(browser, lambda d: "advisor in the kernel:" in last_cell_output(d),
+             "the kernel reports its advisor")
+        raise AssertionError(f"{exc}\n{last_cell_output(browser)}\nthe advisor shows: "
+                             f"{advisor_text(browser)}\nexpected: {first} / {smaller}") from None
     shot(browser, "advisor-replanned", show=".widget-html")
     browser.find_element(By.XPATH, "//button[normalize-space()='Run on simulator']").click()
     verdict = f"measured {best.label}: "
-    wait(browser, lambda d: verdict in page_text(d)
+    wait(browser, lambda d: verdict in advisor_text(d)
          and d.find_elements(By.CSS_SELECTOR, "table.slo-advisor-result"),
          "the measured verdict appears")
     shot(browser, "advisor-measured", show="table.slo-advisor-result")
