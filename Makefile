@@ -37,7 +37,7 @@ demo: $(STAMP)
 test: $(STAMP) $(REAL_STAMP) engine
 	$(BIN)/python -m ruff check parallel_kit tests benchmarks scripts
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 	PARALLEL_KIT_TIME_SCALE=$${PARALLEL_KIT_TIME_SCALE:-0.02} PARALLEL_KIT_BACKEND=$${PARALLEL_KIT_BACKEND:-sim} \
 		$(BIN)/python -m pytest --nbval-lax -p no:randomly notebooks
 

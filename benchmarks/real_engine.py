@@ -65,6 +65,7 @@ from parallel_kit.records import RequestSpec
 from parallel_kit.sim.gguf import default_gguf
 from parallel_kit.sim.llama_build import ensure_llama_server
 from parallel_kit.sim.llama_server import DEFAULT_MODEL_NAME, server_args
+from parallel_kit.system.children import die_with_parent
 
 MODEL = DEFAULT_MODEL_NAME
 PYTHON = sys.executable
@@ -80,8 +81,10 @@ def kit_server(slots: int, threads: int | None = None) -> Iterator[str]:
            str(slots), "--num-ctx", "1024", "--port", "0", "--keep-alive", "-1",
            *(["--threads", str(threads)] if threads else [])]
     with tempfile.TemporaryFile("w+") as log:
+        # Killed with this script (even by SIGKILL), so its llama-server goes too.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                preexec_fn=die_with_parent())
         try:
             assert proc.stdout is not None
             found = re.search(r"listening on (\S+)", proc.stdout.readline())
@@ -104,7 +107,7 @@ def hand_server(slots: int) -> Iterator[str]:
             "--alias", MODEL]  # the name it serves the model under
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen([str(ensure_llama_server()), *args], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
         try:
             import httpx
 

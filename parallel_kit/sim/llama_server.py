@@ -54,7 +54,7 @@ import httpx
 from ..config import num_parallel_from_env
 from ..errors import ConfigError
 from ..system import children
-from ..system.children import stop_process
+from ..system.children import die_with_parent, stop_process
 from ..system.netutil import free_port
 from .gguf import GGUFInfo, default_gguf, read_gguf_info
 from .llama_build import LLAMA_CPP_PYTHON_VERSION, ensure_llama_server
@@ -130,30 +130,6 @@ def _signal_name(code: int) -> str:
             return signal.Signals(-code).name
         return f"signal {-code}"
     return f"exit status {code}"
-
-
-#: prctl(2) option: the signal a child gets when the thread that started it ends
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> Any:
-    """A ``preexec_fn`` that makes llama-server get SIGKILL when the kit's thread that started
-    it ends (Linux ``prctl(PR_SET_PDEATHSIG)``), so no model process outlives a kit killed by
-    a signal it cannot catch; None elsewhere (the atexit net of :mod:`parallel_kit.system.children`
-    still covers every exit Python sees)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-    return preexec
 
 
 class LlamaServerEngine:
@@ -429,7 +405,7 @@ class LlamaServerEngine:
         with os.fdopen(fd, "wb") as out:
             self._proc = subprocess.Popen([str(self.binary), *args], stdin=subprocess.DEVNULL,
                                           stdout=out, stderr=subprocess.STDOUT,
-                                          preexec_fn=_die_with_parent())
+                                          preexec_fn=die_with_parent())
         children.register(self._proc)  # stopped at exit whatever path the exit took
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
                                          limits=httpx.Limits(max_keepalive_connections=0))
