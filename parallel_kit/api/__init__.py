@@ -22,10 +22,11 @@ with that body whether the request completed or failed: read ``status``.
 Errors: bad input → 422 naming the field (``detail[].loc``) — a blank prompt and unknown fields
 included (a typo such as a top-level ``num_predict`` would otherwise be dropped silently);
 ``num_predict`` above ``--max-num-predict`` (or unbounded, < 0) → 422 naming the limit; empty or
-oversized batch → 422 saying the bound; body too large → 413; a body that is not JSON
-(``Content-Type``) → 415; prompts held past ``--max-held-mb`` → 429 with ``Retry-After``;
-unknown task → 404; queue full → 503 with ``Retry-After``; missing/wrong key → 401. A request
-that runs past ``--max-request-s`` ends as a failed task saying so.
+oversized batch → 422 saying the bound; a body whose bytes are not UTF-8 text → 422 saying
+so; body too large → 413; a body that is not JSON (``Content-Type``) → 415; prompts held past
+``--max-held-mb`` → 429 with ``Retry-After``; unknown task → 404; queue full → 503 with
+``Retry-After``; missing/wrong key → 401. A request that runs past ``--max-request-s`` ends as a
+failed task saying so.
 
 Where tasks live: in the API process's memory (:class:`~parallel_kit.modes.taskqueue.TaskQueue`); a
 restart loses them, and ``/health`` and the 404 say so. The Redis-backed production mode keeps
@@ -472,12 +473,20 @@ def check_api_key(key: str | None) -> str | None:
 
 
 def _unencodable_text(body: bytes) -> str | None:
-    """Why a JSON body cannot be served, when it holds a lone surrogate (``"\\ud800"``).
+    """Why a JSON body cannot be served, when it holds a lone surrogate (``"\\ud800"``) or
+    bytes that are not text in JSON's encoding (UTF-8, or UTF-16/32 as ``json.loads`` detects).
 
     Such a string parses as JSON but cannot be encoded again: the validation error that
     quotes it, the request to Ollama and the task record all failed with a 500 and a reset
-    connection. Only bodies with a ``\\u`` escape of a surrogate are parsed here.
+    connection. Bytes that do not decode (``b"\\xff"``, Latin-1 text) got FastAPI's 400, which
+    no route documents. Only bodies with a ``\\u`` escape of a surrogate are parsed here.
     """
+    if not body.isascii():
+        try:
+            body.decode(json.detect_encoding(body))
+        except UnicodeDecodeError as exc:
+            return (f"the body is not UTF-8 text (byte {body[exc.start]:#04x} at position "
+                    f"{exc.start}) — send the JSON encoded as UTF-8")
     lowered = body.lower()
     if b"\\ud8" not in lowered and b"\\ud9" not in lowered and b"\\uda" not in lowered \
             and b"\\udb" not in lowered and b"\\udc" not in lowered \
