@@ -19,6 +19,8 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
@@ -68,7 +70,13 @@ def test_generated_requests_get_documented_answers_and_never_a_500(api_schema) -
     assert len(operations) >= 6, [o.path for o in operations]
 
     for operation in operations:
-        @given(case=operation.as_strategy())
+        # valid requests, and — where the operation takes a body or a path parameter —
+        # invalid ones too (schemathesis' negative generation)
+        cases = operation.as_strategy(GenerationMode.POSITIVE)
+        if operation.body or operation.path_parameters:
+            cases = st.one_of(cases, operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @given(case=cases)
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case: object) -> None:
