@@ -56,6 +56,7 @@ from ..timing import ModelClock
 from .base import ModeContext
 from .pool import check_endpoints, gather_rows
 from .ray_gpu import (
+    DEFAULT_START_TIMEOUT_S,
     EpochClock,
     GpuWorker,
     WorkerPlan,
@@ -231,7 +232,10 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         keep: leave the application running on exit (a stack whose workers use it).
 
     Raises:
-        ConfigError: bad ``--gpus``/``--max-ongoing``, too few GPUs, replicas that never start.
+        ConfigError: bad ``--gpus``/``--max-ongoing``, too few GPUs, replicas that do not
+            start within ``ctx.ray.start_timeout_s`` clock seconds (default
+            :data:`~parallel_kit.modes.ray_gpu.DEFAULT_START_TIMEOUT_S`, as the ``ray`` mode's
+            actors).
         MissingDependency: Ray Serve is not installed.
         OllamaUnavailable: a ``--host`` does not answer (named).
     """
@@ -249,6 +253,7 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
     slots = _slots_of(ctx, plans)
     ongoing = max_ongoing or slots
     name = name or f"parallel_kit-{uuid.uuid4().hex[:8]}"
+    start_timeout_s = float(ctx.ray.start_timeout_s or DEFAULT_START_TIMEOUT_S)
     quiet_serve_logs()
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     actor_options: dict[str, Any] = {"num_gpus": 1, "num_cpus": 0}
@@ -269,9 +274,18 @@ async def open_serve_app(ctx: ModeContext, *, name: str | None = None, mode: str
         try:
             # In a thread: the loop stays free (it may serve the very endpoints the replicas
             # are bound to, e.g. simulators in a notebook or a test).
-            await asyncio.to_thread(serve.run, deployment.bind(plans, mode), name=name,
-                                    route_prefix=None)
+            await asyncio.wait_for(asyncio.to_thread(serve.run, deployment.bind(plans, mode),
+                                                     name=name, route_prefix=None),
+                                   start_timeout_s)
             app.handle = serve.get_app_handle(name)
+        except asyncio.TimeoutError:
+            # serve.run's thread sees its application deleted and ends.
+            with contextlib.suppress(Exception):
+                serve.delete(name, _blocking=False)
+            raise ConfigError(
+                f"the {len(plans)} Serve replicas did not start within {start_timeout_s:g} s — "
+                f"check `ray status` (are the GPUs held by other jobs?) and `serve status`; "
+                f"on a busy machine, allow longer (RayOptions.start_timeout_s)") from None
         except RuntimeError as exc:
             raise ConfigError(f"the Serve application did not start: {exc} — check `serve "
                               f"status` and that parallel_kit is installed on every node"
@@ -450,7 +464,10 @@ async def run_rayserve(specs: Sequence[RequestSpec], ctx: ModeContext) -> RunRes
     runtime_env); ``ctx.serve.max_ongoing`` (``--max-ongoing``).
 
     Raises:
-        ConfigError: bad ``--gpus``/``--max-ongoing``, too few GPUs, replicas that never start.
+        ConfigError: bad ``--gpus``/``--max-ongoing``, too few GPUs, replicas that do not
+            start within ``ctx.ray.start_timeout_s`` clock seconds (default
+            :data:`~parallel_kit.modes.ray_gpu.DEFAULT_START_TIMEOUT_S`, as the ``ray`` mode's
+            actors).
         MissingDependency: Ray Serve is not installed (``pip install "parallel_kit[production]"``).
         OllamaUnavailable: a ``--host`` endpoint does not answer (named).
     """
