@@ -374,8 +374,9 @@ def estimate_times(calibration_s: float | None, recorded: dict[str, Any] | None)
         total += est
         out.append(Check(f"runtime:{name[:2]}", "info", f"{name}: ~{est:.0f} s"))
     measured = sum(1 for c in out if c.detail.endswith(" s"))
+    at = f"time scale {scale}" if scale else "each notebook's own time scale"
     out.append(Check("runtime", "info", f"{measured} measured notebooks: ~{total / 60:.1f} min at "
-                     f"time scale {scale}, {how}"))
+                     f"{at}, {how}"))
     return out
 
 

@@ -2,12 +2,13 @@
 
 Usage: ``python scripts/time_notebooks.py [NAME …] [--out FILE] [--time-scale S]``. Executes
 each numbered notebook (a copy in memory: the committed files are not changed) with nbclient in
-``notebooks/`` (so ``../data`` resolves as in the bundle), against the simulator, at time scale
-``--time-scale`` (default 0.05, the notebooks' own default), and writes
+``notebooks/`` (so ``../data`` resolves as in the bundle), against the simulator, at its own
+workshop time scale (its ``PARALLEL_KIT_TIME_SCALE`` default: 0.05, or 0.02 for a notebook
+whose runs last hundreds of model seconds), or at ``--time-scale`` for all, and writes
 ``parallel_kit/data/notebook_times.json``:
 
-``{"time_scale", "backend", "calibration_s", "machine": {…}, "load_average_end", "recorded_at",
-"notebooks": {"00_start_here": {"seconds", "ok", "error"}, …}}``
+``{"time_scale" (null: each its own), "backend", "calibration_s", "machine": {…}, "load_average_end", "recorded_at",
+"notebooks": {"00_start_here": {"seconds", "time_scale", "ok", "error"}, …}}``
 
 ``calibration_s`` is :func:`parallel_kit.doctor.calibration_run` timed on this machine just
 before the notebooks; doctor times the same run on a learner's machine and scales each recorded
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,18 +59,30 @@ def time_one(path: Path, timeout_s: float) -> dict[str, object]:
     return {"seconds": round(time.perf_counter() - t0, 1), "ok": True, "error": None}
 
 
+def own_time_scale(path: Path) -> float | None:
+    """The notebook's default time scale: ``PARALLEL_KIT_TIME_SCALE``'s fallback in its code."""
+    text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                     if c.cell_type == "code")
+    found = re.search(r'"PARALLEL_KIT_TIME_SCALE",\s*"([0-9.]+)"', text)
+    return float(found.group(1)) if found else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="notebooks to time (a part of the file name)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--time-scale", type=float, default=0.05)
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="one time scale for all (default: each notebook's own)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds one cell may take (default 900)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of notebooks not named from the existing file")
     args = parser.parse_args(argv)
     os.environ["PARALLEL_KIT_BACKEND"] = "sim"
-    os.environ["PARALLEL_KIT_TIME_SCALE"] = str(args.time_scale)
+    if args.time_scale is not None:
+        os.environ["PARALLEL_KIT_TIME_SCALE"] = str(args.time_scale)
+    else:
+        os.environ.pop("PARALLEL_KIT_TIME_SCALE", None)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     sys.path.insert(0, str(ROOT))
@@ -93,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                   f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
               "notebooks": rows}
     for path in paths:
-        row = time_one(path, args.timeout)
+        row = {**time_one(path, args.timeout),
+               "time_scale": args.time_scale or own_time_scale(path)}
         rows[path.stem] = row
         print(f"{path.stem}: {row['seconds']} s" if row["ok"] else
               f"{path.stem}: failed — {row['error']}", flush=True)
