@@ -19,52 +19,31 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from parallel_kit.servers.launcher import stop_process
+from _browser import chromium, jupyter_lab, require_browser
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "06_widget_lab.ipynb"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = os.environ.get("PARALLEL_KIT_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("PARALLEL_KIT_CHROMEDRIVER", "/usr/bin/chromedriver")
-HOW_TO_GET = ("needs Chromium and its driver: `sudo apt-get install -y chromium chromium-driver` "
-              "(Debian/Ubuntu; or set PARALLEL_KIT_CHROMIUM / PARALLEL_KIT_CHROMEDRIVER) and "
-              "`pip install selenium`")
 #: Clock seconds for one step's DOM condition (a Ray start on a busy 2-core machine included).
 STEP_TIMEOUT_S = 120
 #: The notebook's own time scale in the kernel (as under nbval in CI).
 TIME_SCALE = "0.02"
 
-webdriver = pytest.importorskip("selenium.webdriver", reason=HOW_TO_GET)
-if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-    pytest.skip(HOW_TO_GET, allow_module_level=True)
+require_browser()
 
 from selenium.common.exceptions import JavascriptException  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -72,66 +51,23 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """JupyterLab on 127.0.0.1 with a token, over a temporary copy of the notebook."""
     work = tmp_path_factory.mktemp("lab")
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
-    home = work / "jupyter"
-    port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
                "PYTHONPATH", "")]).rstrip(os.pathsep),
            "PARALLEL_KIT_TIME_SCALE": TIME_SCALE, "PARALLEL_KIT_BACKEND": "sim",
-           "RAY_USAGE_STATS_ENABLED": "0", "JUPYTER_CONFIG_DIR": str(home / "config"),
-           "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
+           "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    # No "get Jupyter news?" pop-up over the page (JupyterLab 4's notification setting).
-    settings = home / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    log = (work / "jupyter.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
-         f"--port={port}", "--port-retries=0", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
-         f"--LabApp.user_settings_dir={home / 'settings'}",
-         f"--LabApp.workspaces_dir={home / 'workspaces'}",
-         "--ServerApp.open_browser=False", "--LabApp.extension_manager=readonly",
-         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
-        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.close()
-                    pytest.fail("JupyterLab did not start: "
-                                + (work / "jupyter.log").read_text(errors="replace")[-2000:])
-                time.sleep(0.2)  # polling a server that is starting, not waiting for an outcome
+    with jupyter_lab(work, env) as (url, token):
         yield f"{url}/lab/tree/{NOTEBOOK.name}?token={token}&reset"
-    finally:
-        stop_process(proc, 30.0)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser(lab_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1400,2000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.glob("*.png"):
+            old.unlink()
         driver.get(lab_server)
         yield driver
-    finally:
-        driver.quit()
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ EXPORTED: dict[str, list[str]] = {
     ],
     "parallel_kit.production": [],
     "parallel_kit.report": [
-        "MAX_REPORT_BYTES", "render_html_report", "svg_of", "write_html_report",
+        "MAX_REPORT_BYTES", "plan_curve", "plan_figure", "render_html_report", "svg_of",
+        "write_html_report",
     ],
     "parallel_kit.servers": [],
     "parallel_kit.sim": [

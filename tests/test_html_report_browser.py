@@ -8,11 +8,11 @@ requested no resource at all (the Resource Timing API lists none).
 
 from __future__ import annotations
 
-import os
-import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _browser import chromium, require_browser
 
 from parallel_kit.bench import capacity as cap
 from parallel_kit.bench import compare_sync
@@ -20,35 +20,15 @@ from parallel_kit.report import write_html_report
 
 pytestmark = [pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PARALLEL_KIT_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("PARALLEL_KIT_CHROMEDRIVER", "/usr/bin/chromedriver")
-HOW_TO_GET = ("needs Chromium and its driver: `sudo apt-get install -y chromium chromium-driver` "
-              "(or set PARALLEL_KIT_CHROMIUM / PARALLEL_KIT_CHROMEDRIVER) and "
-              "`pip install selenium`")
-
-webdriver = pytest.importorskip("selenium.webdriver", reason=HOW_TO_GET)
-if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-    pytest.skip(HOW_TO_GET, allow_module_level=True)
-
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+require_browser()
 
 
 @pytest.fixture(scope="module")
-def offline_browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,2000",
-                 "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-report')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+def offline_browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with chromium(tmp_path_factory.mktemp("chromium-report"),
+                  ("--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9")
+                  ) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _reports(tmp_path: Any) -> list[Any]:

@@ -150,12 +150,24 @@ def _sweep_sections(sweep: Any) -> list[dict[str, Any]]:
 
 
 # -- capacity plans --------------------------------------------------------------------------
-def _plan_figure(plan: Any) -> Any:
-    import matplotlib.pyplot as plt
+def plan_figure(plan: Any) -> Any:
+    """Each configuration of a capacity plan against its SLO: one panel per bound (up to
+    three), a bar per configuration (its predicted percentile, model seconds from arrival;
+    green meets, red misses, ∞ where no steady state), the bound as a dashed line, and ◆ for
+    a measured configuration.
+
+    Args:
+        plan: a :class:`~parallel_kit.bench.capacity.CapacityPlan`.
+
+    Returns:
+        A matplotlib ``Figure`` (the capacity report's first figure).
+    """
+    from matplotlib.figure import Figure
 
     keys = plan.slo.keys[:3]
-    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.0, 4.2 * len(keys)), 3.8),
-                             squeeze=False)
+    # Not pyplot's: a notebook shows the returned figure once, and nothing stays registered.
+    fig = Figure(figsize=(max(6.0, 4.2 * len(keys)), 3.8))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     cands = plan.candidates
     labels = [f"{c.servers}×{c.slots}" + ("" if len(plan.modes) == 1 else f"\n{c.mode}")
               for c in cands]
@@ -188,9 +200,19 @@ def _plan_figure(plan: Any) -> Any:
     return fig
 
 
-def _plan_curve(plan: Any) -> Any | None:
-    """Latency/TTFT of the recommended and next smaller configuration against load."""
-    import matplotlib.pyplot as plt
+def plan_curve(plan: Any) -> Any | None:
+    """The recommended and the next smaller configuration against load: theory's percentile
+    curves (model seconds, log scale) over offered load (requests per model second), the SLO
+    and the plan's rate as lines, ◆ for measured points.
+
+    Args:
+        plan: a :class:`~parallel_kit.bench.capacity.CapacityPlan`.
+
+    Returns:
+        A matplotlib ``Figure``, or None when there is no recommendation, no server profile
+        or the traffic is a trace (no rate to vary).
+    """
+    from matplotlib.figure import Figure
 
     from ..bench.capacity import service_model
     from ..bench.sweep import predicted_curve
@@ -200,7 +222,8 @@ def _plan_curve(plan: Any) -> Any | None:
         return None
     service = service_model(prof, plan.traffic, plan.model, None)
     keys = [k for k in plan.slo.keys if not k.startswith("tpot")][:2] or ["latency_p95"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
+    fig = Figure(figsize=(5.5 * len(keys), 3.8))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for c, colour in ((plan.best, "#31a354"), (plan.next_smaller, "#de2d26")):
         if c is None:
             continue
@@ -251,7 +274,7 @@ def _plan_sections(plan: Any) -> list[dict[str, Any]]:
     out.append(_section("Every configuration, predicted", table={
         "head": ["configuration", "capacity req/s", "ρ", *[f"{k} s" for k in keys],
                  "verdict"], "rows": rows},
-        figures=[(svg_of(_plan_figure(plan)), "Predicted figure per configuration; ◆ measured")],
+        figures=[(svg_of(plan_figure(plan)), "Predicted figure per configuration; ◆ measured")],
         text=["Theory: a discrete-event run of the simulator's latency model "
               "(theory.predict_load); latency and TTFT from arrival; TPOT is the full-batch "
               "bound K ÷ (decode tokens/s × S(K))."]))
@@ -268,7 +291,7 @@ def _plan_sections(plan: Any) -> list[dict[str, Any]]:
                      "ok/n", "verdict"], "rows": rows}))
         out += [s for s in _run_sections([m.run for m in plan.measurements])
                 if s["title"] == "Request timeline"]
-    curve = _plan_curve(plan)
+    curve = plan_curve(plan)
     if curve is not None:
         out.append(_section("Against load", figures=[(svg_of(curve), (
             "Theory's steady-state curves of the recommended (green) and next smaller (red) "
