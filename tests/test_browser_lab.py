@@ -318,11 +318,23 @@ def test_5_the_slo_advisor_follows_its_sliders_and_measures_the_recommendation(
         raise AssertionError(f"{exc}\n{last_cell_output(browser)}\nthe advisor shows: "
                              f"{advisor_text(browser)}\nexpected: {first} / {smaller}") from None
     shot(browser, "advisor-replanned", show=".widget-html")
-    browser.find_element(By.XPATH, "//button[normalize-space()='Run on simulator']").click()
+    run = "//button[normalize-space()='Run on simulator']"
+    wait(browser, lambda d: d.find_element(By.XPATH, run).is_enabled(),
+         "Run on simulator is enabled")
+    browser.find_element(By.XPATH, run).click()
     verdict = f"measured {best.label}: "
-    wait(browser, lambda d: verdict in advisor_text(d)
-         and d.find_elements(By.CSS_SELECTOR, "table.slo-advisor-result"),
-         "the measured verdict appears")
+    try:
+        wait(browser, lambda d: verdict in advisor_text(d)
+             and d.find_elements(By.CSS_SELECTOR, "table.slo-advisor-result"),
+             "the measured verdict appears", timeout=2 * STEP_TIMEOUT_S)
+    except AssertionError as exc:
+        # Say where it stopped: the kernel's status line, its task, what the page shows.
+        run_new_cell(browser, "print('advisor status in the kernel:', advisor.status.value,\n"
+                              "      advisor.task, advisor.measurement)")
+        wait(browser, lambda d: "advisor status in the kernel:" in last_cell_output(d),
+             "the kernel reports its advisor")
+        raise AssertionError(f"{exc}\n{last_cell_output(browser)}\nthe advisor shows: "
+                             f"{advisor_text(browser)[-1500:]}") from None
     shot(browser, "advisor-measured", show="table.slo-advisor-result")
     text = page_text(browser)
     line = text[text.index(verdict):].splitlines()[0]
