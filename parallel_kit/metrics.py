@@ -51,6 +51,7 @@ __all__ = [
     "infer_prompt_cache",
     "percentile",
     "row_tpot_s",
+    "server_busy_s",
     "tpot_s",
     "ttft_by_turn",
 ]
@@ -414,6 +415,29 @@ def achieved_concurrency(rows: Iterable[Row], start: float | None = None,
         return math.nan
     busy = math.fsum(max(0.0, min(f, hi) - max(s, lo)) for s, f in spans)
     return busy / (hi - lo)
+
+
+def server_busy_s(rows: Iterable[Any]) -> dict[str, float]:
+    """Each server's busy time by its own stopwatch: per ``worker``, the sum over its rows of
+    ``server_load_s + server_prompt_eval_s + server_eval_s`` (Ollama's ``load_duration``,
+    ``prompt_eval_duration`` and ``eval_duration``; model seconds on the simulator).
+
+    On single-slot servers that run one request at a time this is the work each did, and the
+    largest value is the makespan of the schedule they ran, free of the client's clock: a
+    busy machine stretches the clock between requests, never these durations. (Ollama's
+    ``total_duration`` would not do: it includes the wait for a slot.) Rows without a worker or
+    without server durations (failed requests) are left out.
+
+    Returns:
+        ``{worker: seconds}``, in first-seen order; empty when no row qualifies.
+    """
+    busy: dict[str, float] = {}
+    for r in rows:
+        parts = (r.server_load_s, r.server_prompt_eval_s, r.server_eval_s)
+        if not r.worker or r.server_eval_s is None:
+            continue
+        busy[r.worker] = busy.get(r.worker, 0.0) + math.fsum(x for x in parts if x)
+    return busy
 
 
 # -- the prompt cache, seen from outside ------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from _procs import SimProcess
+from _ray import init_local
 
 from parallel_kit.clients import OllamaClient
 from parallel_kit.config import Endpoint
@@ -258,10 +259,7 @@ def test_unreachable_ray_address_fails_fast_naming_the_cause() -> None:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[object]:
     ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_gpus=3, num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024, configure_logging=False)
+    init_local(num_gpus=3)
     yield ray
     ray.shutdown()
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
+from _ray import init_local
 
 from parallel_kit.bench import compare
 from parallel_kit.workload.arrivals import Arrivals
@@ -17,11 +17,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """A local cluster with 3 logical GPUs for this module."""
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_gpus=3, num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024, configure_logging=False)
+    init_local(num_gpus=3)
     yield
     ray.shutdown()
 

@@ -19,6 +19,7 @@ from parallel_kit.metrics import (
     distribution,
     goodput_rps,
     percentile,
+    server_busy_s,
     tpot_s,
 )
 
@@ -218,3 +219,33 @@ def test_achieved_concurrency_never_exceeds_the_rows_nor_goes_negative(
     value = achieved_concurrency(rows)
     if not math.isnan(value):
         assert 0.0 <= value <= len(rows) + 1e-9
+
+
+# -- each server's busy time, by its own stopwatch ---------------------------------------------
+_durations = st.one_of(st.none(), st.floats(0, 1e4, allow_nan=False))
+
+
+@given(rows=st.lists(st.tuples(st.sampled_from(["", "gpu0", "gpu1", "gpu2"]), _durations,
+                               _durations, _durations), max_size=30))
+def test_busy_time_adds_each_servers_own_durations(rows) -> None:
+    from parallel_kit.records import RequestResult
+
+    results = [RequestResult(f"r{i}", "pool", "p", "m", worker=w, server_load_s=load,
+                             server_prompt_eval_s=prompt, server_eval_s=ev)
+               for i, (w, load, prompt, ev) in enumerate(rows)]
+    busy = server_busy_s(results)
+    counted = [(w, load, prompt, ev) for w, load, prompt, ev in rows if w and ev is not None]
+    assert list(busy) == list(dict.fromkeys(w for w, *_ in counted))
+    for worker, total in busy.items():
+        parts = [x or 0.0 for w, *xs in counted if w == worker for x in xs]
+        assert total == pytest.approx(math.fsum(parts))
+
+
+async def test_the_busiest_server_works_the_makespan_theory_gives() -> None:
+    # 5 × 10 s: one server works 50 s; three work 10, 20, 20 (⌈5/3⌉ rounds) whatever the clock.
+    from parallel_kit.bench import compare
+
+    c = await compare(["sequential", "pool"], n=5, gpus=3, time_scale=0.005, profile="seed",
+                      backend="sim")
+    assert list(server_busy_s(c["sequential"].requests).values()) == pytest.approx([50.0])
+    assert sorted(server_busy_s(c["pool"].requests).values()) == pytest.approx([10, 20, 20])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ray import init_local
 from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
@@ -32,11 +33,7 @@ FAKE_DIR = Path(__file__).parent / "fake_ollama"
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """A user's own local cluster with 3 logical GPUs (the kit reuses it, never stops it)."""
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # conftest; Ray refuses logical GPUs
-    if ray.is_initialized():  # a cluster left by an earlier test module
-        ray.shutdown()
-    ray.init(num_gpus=3, num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=100 * 1024 * 1024, configure_logging=False)
+    init_local(num_gpus=3)
     yield
     ray.shutdown()
 

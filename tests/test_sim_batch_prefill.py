@@ -28,21 +28,33 @@ def _profile(in_batch: bool, prefill_tps: float = 100.0, decode_tps: float = 10.
                    num_parallel=4, prefill_in_batch=in_batch)
 
 
-async def _run(profile: Profile, jobs: list[tuple[float, str, int]], slots: int
-               ) -> list[Done]:
-    """Each job: (start in model seconds, prompt, num_predict)."""
+async def _run(profile: Profile, jobs: list[tuple[float | tuple[int, int], str, int]],
+               slots: int) -> list[Done]:
+    """Each job: (start, prompt, num_predict). A start is model seconds after the run begins,
+    or ``(job, k)``: once job number ``job`` has streamed ``k`` tokens, an order the engine's
+    own stream fixes (a clock offset would let a busy machine reorder the two)."""
     engine = SimEngine(profile, num_parallel=slots, time_scale=SCALE)
     await engine.load(MODEL)
+    streamed = [0] * len(jobs)
+    progress = asyncio.Condition()
 
-    async def one(start: float, prompt: str, n: int) -> Done:
-        await asyncio.sleep(start * SCALE)
+    async def one(i: int, start: float | tuple[int, int], prompt: str, n: int) -> Done:
+        if isinstance(start, tuple):
+            job, k = start
+            async with progress:
+                await progress.wait_for(lambda: streamed[job] >= k)
+        else:
+            await asyncio.sleep(start * SCALE)
         async for item in engine.generate(GenerateRequest(model=MODEL, prompt=prompt,
                                                           num_predict=n)):
             if isinstance(item, Done):
                 return item
+            async with progress:
+                streamed[i] += 1
+                progress.notify_all()
         raise AssertionError("no Done")
 
-    return list(await asyncio.gather(*(one(*j) for j in jobs)))
+    return list(await asyncio.gather(*(one(i, *j) for i, j in enumerate(jobs))))
 
 
 def _slack(model_s: float = 0.0) -> float:
@@ -72,8 +84,10 @@ def test_two_prompts_at_once_share_one_batch_and_the_decode_follows() -> None:
 
 def test_a_prompt_lengthens_the_step_of_the_request_decoding() -> None:
     long_prompt = "x" * 400  # 100 tokens: 1 s of prefill
-    done = asyncio.run(_run(_profile(True), [(0, "abcd", 20), (0.55, long_prompt, 1)],
-                            slots=2))
+    # The second arrives while the first decodes: once it has streamed 5 of its 20 tokens.
+    jobs: list[tuple[float | tuple[int, int], str, int]] = [(0, "abcd", 20),
+                                                            ((0, 5), long_prompt, 1)]
+    done = asyncio.run(_run(_profile(True), jobs, slots=2))
     assert [d.cached_tokens for d in done] == [0, 0]
     first, second = done
     alone = 0.01 + 20 / 10  # its own prompt (1 token), then 20 tokens alone
@@ -83,8 +97,7 @@ def test_a_prompt_lengthens_the_step_of_the_request_decoding() -> None:
     # The second waited for the step under way (≤ one decode step, 0.1 s), then the step of
     # its prompt and the first's next token (1 s + 0.1 s).
     assert 1.1 * NS - _slack() <= second.prompt_eval_duration <= 1.2 * NS + _slack()
-    without = asyncio.run(_run(_profile(False), [(0, "abcd", 20), (0.55, long_prompt, 1)],
-                               slots=2))
+    without = asyncio.run(_run(_profile(False), jobs, slots=2))
     assert first.total_duration > without[0].total_duration + 0.9 * NS
 
 

@@ -116,8 +116,8 @@ def test_slide_outline_has_every_notebook() -> None:
 
 #: Runs every notebook of a folder with nbclient in the learner's venv, one JSON line each:
 #: ``{"name", "seconds", "error", "images"}``; the executed copy is written to the out folder.
-RUN_ALL = """
-import json, sys, time
+RUN_ALL = r"""
+import json, re, sys, time
 from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
@@ -131,7 +131,9 @@ for path in sorted(src.glob("[0-9][0-9]_*.ipynb")):
         NotebookClient(nb, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(src)}}).execute()
     except CellExecutionError as exc:
-        error = str(exc).strip().splitlines()[-1][:300]
+        # the failing line and the assertion's own message, ANSI colours dropped
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+        error = f"{exc.ename}: {exc.evalue} | {text[-900:]}"
     images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
                  if "image/png" in o.get("data", {}))
     nbformat.write(nb, out / path.name)

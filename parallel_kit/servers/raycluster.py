@@ -150,6 +150,9 @@ def connect(gpus: int, address: str | None = None) -> ClusterInfo:
 #: local starts tried before giving up: Ray waits a fixed 30 s for its raylet to register
 #: (``ray/_private/node.py``, ``raylet_start_wait_time_s``), which a busy laptop can miss
 LOCAL_START_ATTEMPTS = 3
+#: how Ray says a local start ran out of one of those fixed waits: the raylet's, or the GCS's
+#: 30 s to publish its port (``RAY_gcs_server_port_wait_time_s`` lengthens only the latter)
+_START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 
 
 def _start_local(ray: Any, gpus: int) -> None:
@@ -168,14 +171,14 @@ def _start_local(ray: Any, gpus: int) -> None:
                          ignore_reinit_error=True, configure_logging=False)
             return
         except Exception as exc:
-            if "timed out during startup" not in str(exc):
+            if not any(text in str(exc) for text in _START_TIMEOUTS):
                 raise
             with contextlib.suppress(Exception):
                 ray.shutdown()
             if attempt == LOCAL_START_ATTEMPTS:
                 raise ConfigError(
-                    f"Ray's local cluster did not start: its raylet missed Ray's 30 s start "
-                    f"wait {LOCAL_START_ATTEMPTS} times (the machine is busy) — close other "
+                    f"Ray's local cluster did not start: it missed Ray's 30 s start waits "
+                    f"{LOCAL_START_ATTEMPTS} times (the machine is busy) — close other "
                     f"work and run again, or start one first with `ray start --head "
                     f"--num-gpus {gpus}` and pass --ray-address auto") from exc
 
