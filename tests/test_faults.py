@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from _procs import SimProcess
-from _ray import init_local
+from _ray import MODULE_TIMEOUT_S, init_local
 
 from parallel_kit.clients import OllamaClient
 from parallel_kit.config import Endpoint
@@ -29,7 +29,7 @@ from parallel_kit.records import RequestResult, RequestSpec, RunResult
 from parallel_kit.servers.raycluster import check_reachable
 from parallel_kit.timing import ModelClock
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(MODULE_TIMEOUT_S)
 
 SCALE = 0.05  # the seed profile's 10 s requests take 0.5 s of clock
 #: Clock seconds any faulty run here must finish within.

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from _ray import init_local
+from _ray import MODULE_TIMEOUT_S, init_local
 
 from parallel_kit.bench import compare
 from parallel_kit.workload.arrivals import Arrivals
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,6 +19,7 @@ import time
 
 import httpx
 import pytest
+from _ray import MODULE_TIMEOUT_S
 from conftest import SERVE_TIME_SCALE
 
 from parallel_kit.errors import ConfigError
@@ -31,7 +32,7 @@ from parallel_kit.servers.launcher import free_port
 
 pytest.importorskip("celery")
 pytest.importorskip("ray.serve")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 HOP_ORDER = ("accepted", "picked_up", "replica_entered", "replica_done", "worker_done", "done")
 

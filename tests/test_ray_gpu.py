@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _ray import init_local
+from _ray import MODULE_TIMEOUT_S, init_local
 from _sims import assert_two_rounds_one_at_a_time, server_stats, sims
 
 from parallel_kit.config import Endpoint
@@ -24,7 +24,7 @@ from parallel_kit.sim.faults import Faults
 from parallel_kit.sim.server import SimulatedOllama
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 SCALE = 0.02
 FAKE_DIR = Path(__file__).parent / "fake_ollama"

@@ -12,6 +12,7 @@ import os
 import signal
 
 import pytest
+from _ray import MODULE_TIMEOUT_S
 from _sims import server_stats, sims
 from conftest import SERVE_TIME_SCALE
 
@@ -24,7 +25,7 @@ from parallel_kit.records import RequestSpec
 from parallel_kit.servers.backend import sim_info
 
 pytest.importorskip("ray.serve")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 
 def specs(n: int, prefix: str = "r") -> list[RequestSpec]:

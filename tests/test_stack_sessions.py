@@ -15,6 +15,7 @@ import contextlib
 import threading
 
 import pytest
+from _ray import MODULE_TIMEOUT_S
 
 from parallel_kit.bench.loadgen import run_open_loop
 from parallel_kit.config import Endpoint
@@ -26,7 +27,7 @@ from parallel_kit.sim.server import SimulatedOllama
 from parallel_kit.workload.arrivals import make_schedule
 
 pytest.importorskip("ray.serve")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(MODULE_TIMEOUT_S)]
 
 TIME_SCALE = 0.02
 SLOTS = 4
