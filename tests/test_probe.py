@@ -10,10 +10,19 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from parallel_kit.cli.probe import run as run_probe_command
 from parallel_kit.errors import ConfigError, ModelNotFound, OllamaUnavailable
-from parallel_kit.measure.probe import ProbeResult, decoding_together, probe, working_span
+from parallel_kit.measure.probe import (
+    ProbeResult,
+    aggregate_decode_tokens_per_s,
+    decoding_span,
+    decoding_together,
+    probe,
+    working_span,
+)
 from parallel_kit.records import RequestResult
 
 SCALE = 0.05
@@ -180,3 +189,29 @@ def test_service_cv_is_the_sample_cv_of_the_servers_durations() -> None:
 async def test_probe_refuses_zero_repeats() -> None:
     with pytest.raises(ConfigError, match="repeats"):
         await probe("http://127.0.0.1:9", repeats=0)
+
+
+def test_decoding_span_leaves_the_prompt_out() -> None:
+    # Ollama's durations: 0.5 s of prompt, then 3 s of decoding, finished at 4 s.
+    timed = RequestResult("r", "probe", "p", "m", submitted_s=0.0, first_token_s=0.6,
+                          finished_s=4.0, ok=True, server_eval_s=3.0, server_prompt_eval_s=0.5)
+    assert working_span(timed) == pytest.approx((0.5, 4.0))
+    assert decoding_span(timed) == pytest.approx((1.0, 4.0))
+    # No durations: first token to last, as the client saw them.
+    assert decoding_span(row(0.6, 4.0)) == pytest.approx((0.6, 4.0))
+    assert decoding_span(row(math.nan, math.nan)) is None
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 5.0), st.floats(0.01, 5.0), st.floats(0.0, 10.0),
+                          st.integers(1, 500)), min_size=1, max_size=8))
+def test_decode_rate_is_tokens_over_the_decoding_window_whatever_the_prompts(
+        reqs: list[tuple[float, float, float, int]]) -> None:
+    # S(k)'s numerator: the prompt times change the working spans, never the decode rate.
+    rows = [RequestResult("r", "probe", "p", "m", submitted_s=0.0, first_token_s=end - dec,
+                          finished_s=end, ok=True, server_eval_s=dec, server_prompt_eval_s=pre,
+                          output_tokens=tok)
+            for pre, dec, end, tok in ((p, d, e + d, t) for p, d, e, t in reqs)]
+    window = max(r.finished_s for r in rows) - min(r.finished_s - (r.server_eval_s or 0.0)
+                                                    for r in rows)
+    expected = sum(t for *_, t in reqs) / window
+    assert aggregate_decode_tokens_per_s(rows) == pytest.approx(expected)

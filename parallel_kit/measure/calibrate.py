@@ -296,9 +296,12 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
     """Aggregate decode speed-up S(k) of the server at ``url``, ``repeats`` tries per k,
     interleaved (k = 1, 2, …, then again), so that a slow moment of the machine touches every k.
 
-    Tokens/s are counted over the span the server worked (first start of prefill to last
-    finish, from its own durations): client set-up and queueing before it are left out, as
-    in the profile's S(k). A server with fewer slots than k shows it: S stays near its slots'.
+    Tokens/s are counted over the span the server decoded (first start of decoding to last
+    finish, from its own ``eval_duration``; :func:`~parallel_kit.measure.probe.decoding_span`):
+    prefill, client set-up and queueing before it are left out, so S(k) scales the profile's
+    ``decode_tps``, which is the decode alone too. (Counted from the start of prefill instead,
+    S(k) mixed two units: a probe's 83 tokens/s of decode against 71 tokens/s of prompt and
+    decode alone, and theory predicted concurrent makespans about 10 % short.) A server with fewer slots than k shows it: S stays near its slots'.
     Every request's prompt starts differently, so no prompt cache makes a prefill free.
 
     Raises:
@@ -308,7 +311,7 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
     from ..clients import OllamaClient, RetryPolicy
     from ..records import RequestSpec
     from ..timing import ModelClock
-    from .probe import working_span
+    from .probe import aggregate_decode_tokens_per_s
 
     ks = sorted(set(ks) | {1})
     if ks[0] < 1 or num_predict < 1 or repeats < 1:
@@ -330,11 +333,9 @@ async def measure_speedup_samples(url: str, model: str, ks: Iterable[int] = (1, 
                 if bad:
                     raise RequestFailed(f"a speed-up request failed: {bad[0].error}",
                                         host=url)
-                spans = [sp for sp in map(working_span, rows) if sp is not None]
-                window = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
-                tokens = sum(r.output_tokens or 0 for r in rows)
-                if window > 0:
-                    rates[k].append(tokens / window)
+                rate = aggregate_decode_tokens_per_s(rows)
+                if math.isfinite(rate):
+                    rates[k].append(rate)
     alone = statistics.median(rates[1]) if rates[1] else 0.0
     if alone <= 0:
         raise RequestFailed(f"could not time one request alone at {url}", host=url)

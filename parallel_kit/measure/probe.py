@@ -56,8 +56,8 @@ from ..errors import ConfigError, ModelNotFound, RequestFailed
 from ..records import RequestResult, RequestSpec
 from ..timing import ModelClock
 
-__all__ = ["DEFAULT_NUM_PREDICT", "Capacity", "ProbeResult", "decoding_together", "measure_capacity",
-           "probe", "working_span"]
+__all__ = ["DEFAULT_NUM_PREDICT", "Capacity", "ProbeResult", "aggregate_decode_tokens_per_s",
+           "decoding_span", "decoding_together", "measure_capacity", "probe", "working_span"]
 
 #: Tokens per probe request: enough for decoding spans to be seen, short on a real GPU.
 DEFAULT_NUM_PREDICT = 32
@@ -287,7 +287,7 @@ async def _scan_k(client: OllamaClient | OpenAIClient, clock: ModelClock, model:
     for k in range(1, max_k + 1):
         rows = await _together(client, clock, model, num_predict, k, sent)
         sent += k
-        rate = _aggregate_tokens_per_s(rows)
+        rate = aggregate_decode_tokens_per_s(rows)
         if k == 1:
             base_rate = rate
         speedup[k] = rate / base_rate if base_rate > 0 else math.nan
@@ -405,10 +405,31 @@ def working_span(row: RequestResult) -> tuple[float, float] | None:
     return (row.first_token_s, row.finished_s)
 
 
-def _aggregate_tokens_per_s(rows: Sequence[RequestResult]) -> float:
-    """Output tokens of all rows ÷ model seconds from the first start of work to the last
-    finish (queueing before and connection set-up are left out, as in the profile's S(k))."""
-    spans = [span for span in map(working_span, rows) if span is not None]
+def decoding_span(row: RequestResult) -> tuple[float, float] | None:
+    """When the server decoded ``row``'s answer (model seconds on the run's axis), or None.
+
+    From Ollama's own ``eval_duration`` when it reports it (``finished_s`` minus decoding),
+    otherwise from the first token to the last as the client saw them. The prompt is left
+    out: a profile's S(k) scales its ``decode_tps`` (each of k decoding together gets
+    ``decode_tps × S(k) / k``), and that rate is the decode alone, prompt excluded.
+    """
+    if math.isnan(row.finished_s):
+        return None
+    if row.server_eval_s is not None:
+        return (row.finished_s - row.server_eval_s, row.finished_s)
+    if math.isnan(row.first_token_s):
+        return None
+    return (row.first_token_s, row.finished_s)
+
+
+def aggregate_decode_tokens_per_s(rows: Sequence[RequestResult]) -> float:
+    """Output tokens of all rows ÷ model seconds from the first start of decoding to the last
+    finish (:func:`decoding_span`): the k requests' decode rate together, the numerator of
+    S(k) = rate(k) ÷ rate(1) in the units of the profile's ``decode_tps``. Prefill, queueing
+    before it and connection set-up are left out (a prompt that rides in the decode batch
+    still slows the steps it shares, and that is counted). NaN when nothing was timed.
+    """
+    spans = [span for span in map(decoding_span, rows) if span is not None]
     if not spans:
         return math.nan
     window = max(end for _, end in spans) - min(start for start, _ in spans)
