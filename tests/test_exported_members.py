@@ -63,7 +63,7 @@ EXPORTED: dict[str, list[str]] = {
     ],
     "parallel_kit.system": [],
     "parallel_kit.theory": [
-        "CurvePoint", "LoadPrediction", "Prediction", "Schedule", "ScheduledRequest",
+        "CurvePoint", "LoadPrediction", "PredictedSchedule", "Prediction", "ScheduledRequest",
         "ServiceModel", "Topology", "amdahl_speedup", "async_api_makespan",
         "equal_requests_makespan", "graham_bound", "greedy_makespan", "host_cache_states",
         "jittered_service", "karp_flatt_serial_fraction", "list_schedule", "lower_bound",

@@ -206,3 +206,15 @@ def test_each_folder_says_what_it_is(layer: tuple[str, ...]) -> None:
         if init.is_file():
             doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
             assert doc and doc.splitlines()[0].strip(), f"{unit}/__init__.py has no docstring"
+
+
+def test_no_public_class_name_twice() -> None:
+    # One word per concept: a public class name means one thing in the whole package (two
+    # ``ServeOptions`` or two ``Schedule`` left a reader to guess which one a signature took).
+    where: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where[node.name].append(_module_name(path))
+    twice = {name: mods for name, mods in where.items() if len(mods) > 1}
+    assert not twice, f"public class names defined more than once: {twice}"

@@ -33,7 +33,7 @@ def make_run(mode: str, rows: Sequence[tuple[str, float, float, float, bool]], *
     return RunResult(summary, requests)
 
 
-def from_schedule(mode: str, schedule: theory.Schedule, **kw: object) -> RunResult:
+def from_schedule(mode: str, schedule: theory.PredictedSchedule, **kw: object) -> RunResult:
     rows = [(f"gpu{e.server}", 0.0, e.start_s, e.finish_s, True) for e in schedule.entries]
     return make_run(mode, rows, workers=schedule.workers, slots=schedule.slots,
                     predicted=schedule.makespan_s, **kw)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..modes.base import ModeContext
     from ..servers.backend import Backend
 
-__all__ = ["ApiBackend", "BackendOpener", "ServeOptions", "dispatcher_health",
+__all__ = ["ApiBackend", "BackendOpener", "OpenerOptions", "dispatcher_health",
            "open_api_backend", "open_pool",
            "open_ray", "open_single"]
 
@@ -65,7 +65,7 @@ def dispatcher_health(dispatcher: Any) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class ServeOptions:
+class OpenerOptions:
     """What an opener needs besides the servers: the mode's name (written into the rows),
     requests sent at once, the servers' count, whether the mode starts its own servers (no
     endpoints then), and the Ray cluster to join."""
@@ -80,7 +80,7 @@ class ServeOptions:
 class BackendOpener(Protocol):
     """``opener(servers, options)`` → an async context manager yielding the ApiBackend."""
 
-    def __call__(self, servers: Backend, options: ServeOptions
+    def __call__(self, servers: Backend, options: OpenerOptions
                  ) -> contextlib.AbstractAsyncContextManager[ApiBackend]: ...
 
 
@@ -123,7 +123,7 @@ async def open_api_backend(
                           f"were given — give one, or use a mode with several servers (pool)")
     module_name, func = info.api_backend.split(":")
     opener: BackendOpener = getattr(importlib.import_module(module_name), func)
-    options = ServeOptions(mode=mode, concurrency=concurrency or max_concurrent_from_env(),
+    options = OpenerOptions(mode=mode, concurrency=concurrency or max_concurrent_from_env(),
                            servers=info.servers_for(gpus or (len(hosts) if hosts else 3)),
                            start_own=info.starts_own_servers and not hosts,
                            ray_address=ray_address)
@@ -135,7 +135,7 @@ async def open_api_backend(
 
 
 @contextlib.asynccontextmanager
-async def open_single(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
+async def open_single(servers: Backend, options: OpenerOptions) -> AsyncIterator[ApiBackend]:
     """One server behind the queue (``async``): one pooled client, ``concurrency`` lanes."""
     from ..clients.factory import make_client
 
@@ -154,7 +154,7 @@ async def open_single(servers: Backend, options: ServeOptions) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
+async def open_pool(servers: Backend, options: OpenerOptions) -> AsyncIterator[ApiBackend]:
     """One Ollama per GPU behind an :class:`~parallel_kit.modes.pool.EndpointPool`."""
     from ..modes.pool import EndpointPool
 
@@ -165,7 +165,7 @@ async def open_pool(servers: Backend, options: ServeOptions) -> AsyncIterator[Ap
                          kind=servers.kind, health=lambda: dispatcher_health(pool))
 
 
-def stack_context(servers: Backend, options: ServeOptions) -> ModeContext:
+def stack_context(servers: Backend, options: OpenerOptions) -> ModeContext:
     """The run context of an API over Ray actors or the production stack: the given servers,
     or (``options.start_own``) one launched per GPU on the backend's kind and profile."""
     from ..modes.base import ModeContext
@@ -178,7 +178,7 @@ def stack_context(servers: Backend, options: ServeOptions) -> ModeContext:
 
 
 @contextlib.asynccontextmanager
-async def open_ray(servers: Backend, options: ServeOptions) -> AsyncIterator[ApiBackend]:
+async def open_ray(servers: Backend, options: OpenerOptions) -> AsyncIterator[ApiBackend]:
     """One Ray GPU actor per server (each starting its own when no endpoints were given)."""
     from ..modes.ray_gpu import open_ray_dispatcher
 

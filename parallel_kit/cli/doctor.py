@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..doctor import Check, run_checks
+    from ..doctor import PreflightCheck, run_checks
 
-    def show(c: Check) -> None:
+    def show(c: PreflightCheck) -> None:
         line = f"{_MARK[c.status]}  {c.name:<16} {c.detail}"
         if c.fix and c.status in ("fail", "warn"):
             line += f" — fix: {c.fix}"

@@ -93,7 +93,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
     """
     from ..modes.taskqueue import QueueFull, TooMuchHeld
     from .celery_app import visibility_timeout_for
-    from .tasks import Admission, ExpiredTask, RedisUnavailable, UnknownTask
+    from .tasks import Admission, ExpiredTask, RedisUnavailable, UnknownStackTask
 
     cfg = settings or ApiSettings(mode="production")
     wait_s = wait_timeout_s or visibility_timeout_for(cfg.max_request_s)
@@ -113,7 +113,7 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
                   description="Tasks go to a Celery queue on Redis; Celery workers call a Ray "
                               "Serve application with one replica per GPU. Any API process "
                               "answers GET /tasks/{id} from Redis.", lifespan=lifespan)
-    prepare_app(app, cfg, unavailable=(RedisUnavailable, QueueFull), unknown=UnknownTask)
+    prepare_app(app, cfg, unavailable=(RedisUnavailable, QueueFull), unknown=UnknownStackTask)
 
     @app.exception_handler(ExpiredTask)
     async def _expired(request: Request, exc: ExpiredTask) -> JSONResponse:

@@ -16,7 +16,7 @@ hold past ``max_held_bytes`` → :class:`~parallel_kit.modes.taskqueue.TooMuchHe
 one prompt larger than the bound). The worker gives the bytes back when the task finishes
 (:mod:`.celery_app`, ``_FINISH_LUA``).
 
-States for ``GET /tasks/{id}`` (:meth:`TaskClient.status`): no record → :class:`UnknownTask`
+States for ``GET /tasks/{id}`` (:meth:`TaskClient.status`): no record → :class:`UnknownStackTask`
 (404) — Celery alone would say ``PENDING`` for any id (celery/celery#4450); a record whose
 result Celery no longer has although it finished → :class:`ExpiredTask` (410); otherwise
 Celery's state: ``PENDING``/``RETRY`` → ``queued``, ``STARTED`` → ``running``, ``SUCCESS`` →
@@ -51,7 +51,7 @@ from .celery_app import (
 )
 
 __all__ = ["REDIS_OUTAGE_S", "Admission", "ExpiredTask", "RedisUnavailable", "TaskClient",
-           "UnknownTask", "shared_epoch", "wait_for_meta", "waiting_client"]
+           "UnknownStackTask", "shared_epoch", "wait_for_meta", "waiting_client"]
 
 META_PREFIX = "celery-task-meta-"
 
@@ -99,7 +99,7 @@ class RedisUnavailable(ParallelKitError):
         self.url = url
 
 
-class UnknownTask(ParallelKitError, LookupError):
+class UnknownStackTask(ParallelKitError, LookupError):
     """No task was ever accepted with this id (404)."""
 
     def __init__(self, task_id: str) -> None:
@@ -227,7 +227,7 @@ class TaskClient:
         """The ``GET /tasks/{id}`` body: ``task_id``, ``status``, ``result``, ``error``.
 
         Raises:
-            UnknownTask: never accepted (404). ExpiredTask: result expired (410).
+            UnknownStackTask: never accepted (404). ExpiredTask: result expired (410).
             RedisUnavailable: Redis does not answer (503).
         """
         import redis
@@ -240,7 +240,7 @@ class TaskClient:
         except redis.exceptions.RedisError as exc:
             raise RedisUnavailable(self.redis_url, _first_line(exc)) from None
         if not record:
-            raise UnknownTask(task_id)
+            raise UnknownStackTask(task_id)
         meta = json.loads(meta_raw) if meta_raw else None
         if meta is None:
             if b"finished" in record:

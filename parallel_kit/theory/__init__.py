@@ -50,8 +50,8 @@ from .queueing import checked_speedup, speedup_fn
 __all__ = [
     "CurvePoint",
     "LoadPrediction",
+    "PredictedSchedule",
     "Prediction",
-    "Schedule",
     "ScheduledRequest",
     "ServiceModel",
     "Topology",
@@ -142,7 +142,7 @@ class ScheduledRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Schedule:
+class PredictedSchedule:
     """A predicted schedule: one entry per request, in input order.
 
     ``makespan_s`` is the last finish (0 for no requests), in model seconds.
@@ -204,7 +204,7 @@ def graham_bound(service_times_s: Iterable[float], workers: int) -> float:
 
 
 def list_schedule(service_times_s: Iterable[float], workers: int,
-                  order: Sequence[int] | None = None) -> Schedule:
+                  order: Sequence[int] | None = None) -> PredictedSchedule:
     """Greedy list scheduling: each request, in ``order``, runs on the server that frees first.
 
     This is what pull-based dispatch does (a free Ray actor takes the next request) and what
@@ -222,7 +222,7 @@ def list_schedule(service_times_s: Iterable[float], workers: int,
         at, server = heapq.heappop(free)
         entries[i] = ScheduledRequest(i, server, at, at + times[i])
         heapq.heappush(free, (at + times[i], server))
-    return Schedule(tuple(e for e in entries if e is not None), w)
+    return PredictedSchedule(tuple(e for e in entries if e is not None), w)
 
 
 def greedy_makespan(service_times_s: Iterable[float], workers: int) -> float:
@@ -243,7 +243,7 @@ def lpt_makespan(service_times_s: Iterable[float], workers: int) -> float:
     return list_schedule(times, workers, order).makespan_s
 
 
-def round_robin_schedule(service_times_s: Iterable[float], workers: int) -> Schedule:
+def round_robin_schedule(service_times_s: Iterable[float], workers: int) -> PredictedSchedule:
     """Request i goes to server ``i mod W`` up front; each server runs its share one by one.
 
     Blind to lengths, so two long requests can land on one server while another idles —
@@ -257,7 +257,7 @@ def round_robin_schedule(service_times_s: Iterable[float], workers: int) -> Sche
         s = i % w
         entries.append(ScheduledRequest(i, s, busy_until[s], busy_until[s] + t))
         busy_until[s] += t
-    return Schedule(tuple(entries), w)
+    return PredictedSchedule(tuple(entries), w)
 
 
 def round_robin_makespan(service_times_s: Iterable[float], workers: int) -> float:
@@ -318,7 +318,7 @@ def simulate_processor_sharing(
     speedup: SpeedupFn | Any | None = None,
     dispatch: Dispatch = "least_loaded",
     arrivals_s: Sequence[float] | None = None,
-) -> Schedule:
+) -> PredictedSchedule:
     """Event simulation of W servers with K slots each, sharing decode speed by S(k).
 
     Model: a server with k requests in its slots works at ``S(k)`` times its solo speed, shared
@@ -432,7 +432,7 @@ def simulate_processor_sharing(
         now += step
 
     entries = tuple(ScheduledRequest(i, server_of[i], start[i], finish[i]) for i in range(n))
-    return Schedule(entries, w, k_max)
+    return PredictedSchedule(entries, w, k_max)
 
 
 def equal_requests_makespan(n: int, t: float, *, workers: int = 1, slots: int = 1,
