@@ -339,12 +339,56 @@ async def compare(
         ConfigError: an unknown mode, a bad count, a shortcut given beside its record, an
             empty salt, an unknown workload.
     """
-    server_opts, queue_opts, ray_opts = _records(servers, queue, ray, dict(shortcuts))
+    plan = _plan(modes, prompts, n=n, hosts=hosts, model=model, num_predict=num_predict,
+                 time_scale=time_scale, backend=backend, api=api, servers=servers, queue=queue,
+                 ray=ray, serve=serve, stack=stack, arrivals=arrivals, slo=slo, salt=salt,
+                 workload=workload, shortcuts=dict(shortcuts))
+    result = into if into is not None else Comparison()
+    if prefill_tokens_per_s is not None:
+        result.prefill_tokens_per_s = prefill_tokens_per_s
+    comparing = _Comparing(plan, result, announce=announce, on_result=on_result)
+    await comparing.run_all(progress=progress, skip_unavailable=skip_unavailable)
+    comparing.finish()
+    return result
+
+
+@dataclass
+class _Plan:
+    """Step one of :func:`compare`: what runs, resolved from its arguments once for every mode
+    (the mode names, baseline first; the requests; the arrival schedule; the option records)."""
+
+    names: list[str]
+    specs: Sequence[RequestSpec]
+    schedule: Schedule | None
+    arrivals: Arrivals | None
+    slo: Slo | None
+    hosts: Sequence[str] | None
+    model: str
+    model_named: bool
+    backend: str | None
+    api: str
+    time_scale: float | None
+    gpus: int
+    server_opts: ServerOptions
+    queue_opts: QueueOptions
+    ray_opts: RayOptions
+    serve: ServeOptions | None
+    stack: StackOptions | None
+    salt_base: str | None
+    workload: str | None
+
+
+def _plan(modes: str | Sequence[str] | None,
+          prompts: str | os.PathLike[str] | Sequence[RequestSpec] | None, *, n: int | None,
+          hosts: Sequence[str] | None, model: str | None, num_predict: int | None,
+          time_scale: float | None, backend: str | None, api: str,
+          servers: ServerOptions | None, queue: QueueOptions | None, ray: RayOptions | None,
+          serve: ServeOptions | None, stack: StackOptions | None, arrivals: Arrivals | None,
+          slo: Slo | str | None, salt: str | bool, workload: str | None,
+          shortcuts: dict[str, Any]) -> _Plan:
+    """:func:`compare`'s arguments resolved (see there; same errors)."""
+    server_opts, queue_opts, ray_opts = _records(servers, queue, ray, shortcuts)
     salt_base = comparison_salt(salt)
-    engine = server_opts.engine
-    engine_options = dict(server_opts.engine_options)
-    slots, profile = server_opts.slots, server_opts.profile
-    concurrency = queue_opts.concurrency
     names = parse_modes(modes if modes is not None else mode_names())
     if BASELINE in names:
         names.remove(BASELINE)
@@ -355,7 +399,7 @@ async def compare(
         base = list(prompts) if prompts else None
     count = n if n is not None else (len(base) if base else 5)
     model_named = model is not None
-    model = model or _engine_default_model(engine)
+    model = model or _engine_default_model(server_opts.engine)
     specs = make_specs(count, base, model=model, num_predict=num_predict)
     schedule = None
     if arrivals is not None:
@@ -366,155 +410,193 @@ async def compare(
             raise ConfigError("--workload and --trace both give the prompts — use one")
         specs = workload_specs(workload, len(specs), questions=base, model=model,
                                num_predict=num_predict)
-    slo_obj = Slo.parse(slo) if isinstance(slo, str) else slo
     gpus = server_opts.count
     if gpus is None:
         gpus = len(hosts) if hosts and len(hosts) > 1 else 3
     if time_scale is None and not hosts:
         time_scale = time_scale_from_env(1.0)
+    return _Plan(names=names, specs=specs, schedule=schedule, arrivals=arrivals,
+                 slo=Slo.parse(slo) if isinstance(slo, str) else slo, hosts=hosts,
+                 model=model, model_named=model_named, backend=backend, api=api,
+                 time_scale=time_scale, gpus=gpus, server_opts=server_opts,
+                 queue_opts=queue_opts, ray_opts=ray_opts, serve=serve, stack=stack,
+                 salt_base=salt_base, workload=workload)
 
-    result = into if into is not None else Comparison()
-    if prefill_tokens_per_s is not None:
-        result.prefill_tokens_per_s = prefill_tokens_per_s
-    runs, messages = result.runs, result.messages
-    seen: dict[str, list[RequestResult]] = {}
-    sequential: RunResult | None = None
-    capacities: dict[tuple[str, ...], tuple[int, Any, str]] = {}
-    kind, scale = "sim", time_scale or 1.0
 
-    def say(msg: str) -> None:
-        if msg not in messages:
-            messages.append(msg)
-            if announce:
-                announce(msg)
+class _Comparing:
+    """Steps two and three of :func:`compare`: run each mode of a :class:`_Plan` in turn into
+    ``result`` (:meth:`run_mode`; :meth:`run_all` keeps every request of a mode that fails or
+    is cancelled as a row), then :meth:`finish` (speed-ups against the baseline)."""
 
-    async def _run_one(name: str) -> None:
-        nonlocal kind, scale, sequential
+    def __init__(self, plan: _Plan, result: Comparison, *,
+                 announce: Callable[[str], None] | None,
+                 on_result: Callable[[RequestResult], None] | None) -> None:
+        self.plan, self.result = plan, result
+        self.announce, self.on_result = announce, on_result
+        self.seen: dict[str, list[RequestResult]] = {}
+        self.sequential: RunResult | None = None
+        self.capacities: dict[tuple[str, ...], tuple[int, Any, str]] = {}
+        self.kind, self.scale = "sim", plan.time_scale or 1.0
+        self.bar: Any = None
+
+    def say(self, msg: str) -> None:
+        """One line for the caller, once per comparison."""
+        if msg not in self.result.messages:
+            self.result.messages.append(msg)
+            if self.announce:
+                self.announce(msg)
+
+    def finished(self, row: RequestResult) -> None:
+        """Each row as it finishes: kept (for a partial run), counted, handed on."""
+        self.seen.setdefault(row.mode, []).append(row)
+        if self.bar is not None:
+            self.bar.set_postfix_str(row.mode, refresh=False)
+            self.bar.update(1)
+        if self.on_result is not None:
+            self.on_result(row)
+
+    async def run_all(self, *, progress: bool, skip_unavailable: bool) -> None:
+        """Every mode of the plan in order, one progress bar over all their requests."""
+        plan, runs = self.plan, self.result.runs
+        if progress:
+            from .progress import make_progress
+
+            self.bar = make_progress(len(plan.specs) * len(plan.names), "requests")
+        ticker = (asyncio.ensure_future(_tick(self.bar))
+                  if self.bar is not None and hasattr(self.bar, "tick") else None)
+        try:
+            for name in plan.names:
+                try:
+                    await self.run_mode(name)
+                except MissingDependency as exc:
+                    if not (skip_unavailable and get_info(name).needs):
+                        raise
+                    self.say(f"{name}: skipped — {exc}")
+                except asyncio.CancelledError:
+                    runs.append(self._partial(name))
+                    self.result.interrupted = True
+                    raise
+                except AllWorkersLost as exc:
+                    # Every server of this mode was lost: keep what finished (the error's
+                    # partial run, every request a row) and go on with the next mode.
+                    partial = exc.partial if isinstance(exc.partial, RunResult) else None
+                    runs.append(partial or self._partial(name, error=str(exc)))
+                    self.say(f"{name}: {exc}")
+                except Exception as exc:
+                    # A mode that failed to start or broke: its requests become failed rows
+                    # with the cause, the earlier runs stay in ``into``, and the error goes up.
+                    runs.append(self._partial(name, error=f"{name} failed: {exc}"))
+                    raise
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+            if self.bar is not None:
+                self.bar.close()
+            _carry_source_ids(runs, plan.specs)
+
+    def _partial(self, name: str, error: str = "cancelled") -> RunResult:
+        return _partial_run(name, self.plan.specs, self.seen.get(name, []), self.kind,
+                            self.scale, self.plan.gpus, self.plan.model, error=error)
+
+    async def run_mode(self, name: str) -> None:
+        """One mode: its servers opened (or found), warmed up, run, predicted, kept."""
+        plan = self.plan
         info = get_info(name)
-        multi = info.multi_server
-        use_hosts = list(hosts) if (hosts and multi) else single_hosts
+        hosts = plan.hosts
+        use_hosts = list(hosts) if (hosts and info.multi_server) else \
+            (list(hosts[:1]) if hosts else None)
         in_actor = info.starts_own_servers and not hosts
-        async with open_backend(use_hosts, model=model, backend=backend,
-                                servers=info.servers_for(gpus), slots=slots,
-                                time_scale=time_scale, profile=profile, engine=engine,
-                                engine_options=engine_options,
-                                start_servers=not in_actor, announce=say, api=api,
-                                model_named=model_named) as b:
-            kind, scale = b.kind, b.time_scale
-            result.backend, result.time_scale = kind, scale
+        servers = info.servers_for(plan.gpus)
+        opts = plan.server_opts
+        async with open_backend(use_hosts, model=plan.model, backend=plan.backend,
+                                servers=servers, slots=opts.slots,
+                                time_scale=plan.time_scale, profile=opts.profile,
+                                engine=opts.engine, engine_options=dict(opts.engine_options),
+                                start_servers=not in_actor, announce=self.say, api=plan.api,
+                                model_named=plan.model_named) as b:
+            self.kind, self.scale = b.kind, b.time_scale
+            self.result.backend, self.result.time_scale = b.kind, b.time_scale
             speedup, how = None, ""
             if b.kind == "ollama" and b.endpoints:
                 key = tuple(ep.url for ep in b.endpoints)
-                if key not in capacities:
-                    capacities[key] = await _real_capacity(b, api, say)
-                found, speedup, how = capacities[key]
+                if key not in self.capacities:
+                    self.capacities[key] = await _real_capacity(b, plan.api, self.say)
+                found, speedup, how = self.capacities[key]
                 b.endpoints = [replace(ep, slots=found) for ep in b.endpoints]
-            launched = launched_servers(b.kind, b.profile, start_own=in_actor, base=server_opts)
-            ctx = ModeContext(endpoints=list(b.endpoints), backend=b.kind,
-                              time_scale=b.time_scale, model=b.model,
-                              api=api, progress=False,  # type: ignore[arg-type]
-                              gpus=info.servers_for(gpus), queue=queue_opts, servers=launched,
-                              ray=ray_opts, serve=serve or ServeOptions(),
-                              stack=replace(stack or StackOptions(),
-                                            announce=(stack.announce if stack else None) or say),
-                              on_result=finished)
-            setup = await _warm_up(b.endpoints, b.model, api) if b.endpoints else 0.0
-            real = b.kind == "ollama" or engine in ("llama-server", "llama-cpp")
-            run_salt = f"{salt_base}-{name}" if salt_base is not None else None
-            model_specs = _with_model(specs, model, b.model)
-            mode_specs = (salt_specs(model_specs, run_salt, per_request=workload is None)
-                          if run_salt is not None else model_specs)
-            run_specs = _capped(mode_specs, REAL_ENGINE_NUM_PREDICT) if real else mode_specs
-            if run_specs is not mode_specs:
-                result.request_cap = REAL_ENGINE_NUM_PREDICT
-                say(f"real engine: requests without num_predict are capped at "
-                    f"{REAL_ENGINE_NUM_PREDICT} output tokens (--num-predict changes it)")
-            if schedule is not None and arrivals is not None:
-                run = await _open_loop_run(name, run_specs, schedule, arrivals, slo_obj, ctx,
-                                           b, info.servers_for(gpus), concurrency)
-                run.summary.engine = engine if b.kind == "sim" else "ollama"
-                run.summary.server = b.server
-                run.summary.setup_s = (run.summary.setup_s or 0.0) + setup
-                _cache_check(run, result, run_salt, workload, say)
-                runs.append(run)
-                return
-            run = await info.load()(run_specs, ctx)
+            ctx = self._context(b, servers, in_actor)
+            setup = await _warm_up(b.endpoints, b.model, plan.api) if b.endpoints else 0.0
+            run_salt = f"{plan.salt_base}-{name}" if plan.salt_base is not None else None
+            mode_specs, run_specs = self._specs(b, run_salt)
+            if plan.schedule is not None and plan.arrivals is not None:
+                run = await _open_loop_run(name, run_specs, plan.schedule, plan.arrivals,
+                                           plan.slo, ctx, b, servers,
+                                           plan.queue_opts.concurrency)
+            else:
+                run = await info.load()(run_specs, ctx)
             s = run.summary
-            s.engine = engine if b.kind == "sim" else "ollama"
+            s.engine = opts.engine if b.kind == "sim" else "ollama"
             s.server = b.server
             s.setup_s = (s.setup_s or 0.0) + setup
-            workers = s.workers
-            # Real servers: predict from the sequential run's service times (its own, for
-            # the sequential run itself: what remains is the overhead between requests).
-            basis = run if name == BASELINE else sequential
-            pred = _prediction(name, mode_specs, b, workers, s.slots, concurrency, basis,
-                               speedup=speedup)
-            s.predicted_makespan_s = pred
-            if pred and how:
-                s.notes.append(how)
-            if pred and _finite(s.makespan_s) and s.makespan_s > 0:
-                s.efficiency = pred / s.makespan_s
-            if name == BASELINE:
-                sequential = run
-            _cache_check(run, result, run_salt, workload, say)
-            runs.append(run)
+            if plan.schedule is None or plan.arrivals is None:  # open loop: loadgen predicts
+                self._predict(name, run, mode_specs, b, speedup, how)
+            _cache_check(run, self.result, run_salt, plan.workload, self.say)
+            self.result.runs.append(run)
 
-    bar = None
-    if progress:
-        from .progress import make_progress
+    def _context(self, b: Backend, servers: int, in_actor: bool) -> ModeContext:
+        plan, stack = self.plan, self.plan.stack
+        launched = launched_servers(b.kind, b.profile, start_own=in_actor,
+                                    base=plan.server_opts)
+        return ModeContext(endpoints=list(b.endpoints), backend=b.kind,
+                           time_scale=b.time_scale, model=b.model,
+                           api=plan.api, progress=False,  # type: ignore[arg-type]
+                           gpus=servers, queue=plan.queue_opts, servers=launched,
+                           ray=plan.ray_opts, serve=plan.serve or ServeOptions(),
+                           stack=replace(stack or StackOptions(),
+                                         announce=(stack.announce if stack else None)
+                                         or self.say),
+                           on_result=self.finished)
 
-        bar = make_progress(len(specs) * len(names), "requests")
+    def _specs(self, b: Backend, run_salt: str | None
+               ) -> tuple[Sequence[RequestSpec], Sequence[RequestSpec]]:
+        """The mode's requests: on the model the servers serve, salted; and as sent (capped
+        on a real engine)."""
+        plan = self.plan
+        model_specs = _with_model(plan.specs, plan.model, b.model)
+        mode_specs = (salt_specs(model_specs, run_salt, per_request=plan.workload is None)
+                      if run_salt is not None else model_specs)
+        real = b.kind == "ollama" or plan.server_opts.engine in ("llama-server", "llama-cpp")
+        run_specs = _capped(mode_specs, REAL_ENGINE_NUM_PREDICT) if real else mode_specs
+        if run_specs is not mode_specs:
+            self.result.request_cap = REAL_ENGINE_NUM_PREDICT
+            self.say(f"real engine: requests without num_predict are capped at "
+                     f"{REAL_ENGINE_NUM_PREDICT} output tokens (--num-predict changes it)")
+        return mode_specs, run_specs
 
-    def finished(row: RequestResult) -> None:
-        seen.setdefault(row.mode, []).append(row)
-        if bar is not None:
-            bar.set_postfix_str(row.mode, refresh=False)
-            bar.update(1)
-        if on_result is not None:
-            on_result(row)
+    def _predict(self, name: str, run: RunResult, mode_specs: Sequence[RequestSpec],
+                 b: Backend, speedup: Any, how: str) -> None:
+        """Theory's makespan for a closed-loop run, and its efficiency against it."""
+        s = run.summary
+        # Real servers: predict from the sequential run's service times (its own, for the
+        # sequential run itself: what remains is the overhead between requests).
+        basis = run if name == BASELINE else self.sequential
+        pred = _prediction(name, mode_specs, b, s.workers, s.slots,
+                           self.plan.queue_opts.concurrency, basis, speedup=speedup)
+        s.predicted_makespan_s = pred
+        if pred and how:
+            s.notes.append(how)
+        if pred and _finite(s.makespan_s) and s.makespan_s > 0:
+            s.efficiency = pred / s.makespan_s
+        if name == BASELINE:
+            self.sequential = run
 
-    single_hosts = list(hosts[:1]) if hosts else None
-    ticker = (asyncio.ensure_future(_tick(bar)) if bar is not None and hasattr(bar, "tick")
-              else None)
-    try:
-        for name in names:
-            try:
-                await _run_one(name)
-            except MissingDependency as exc:
-                if not (skip_unavailable and get_info(name).needs):
-                    raise
-                say(f"{name}: skipped — {exc}")
-            except asyncio.CancelledError:
-                runs.append(_partial_run(name, specs, seen.get(name, []), kind, scale, gpus,
-                                         model))
-                result.interrupted = True
-                raise
-            except AllWorkersLost as exc:
-                # Every server of this mode was lost: keep what finished (the error's partial
-                # run, every request a row) and go on with the next mode.
-                partial = exc.partial if isinstance(exc.partial, RunResult) else None
-                runs.append(partial or _partial_run(name, specs, seen.get(name, []), kind,
-                                                    scale, gpus, model, error=str(exc)))
-                say(f"{name}: {exc}")
-            except Exception as exc:
-                # A mode that failed to start or broke: its requests become failed rows with
-                # the cause, the earlier runs stay in ``into``, and the error goes up.
-                runs.append(_partial_run(name, specs, seen.get(name, []), kind, scale, gpus,
-                                         model, error=f"{name} failed: {exc}"))
-                raise
-    finally:
-        if ticker is not None:
-            ticker.cancel()
-        if bar is not None:
-            bar.close()
-        _carry_source_ids(runs, specs)
-
-    if sequential is not None:
-        base_span = sequential.summary.makespan_s
-        for r in runs:
+    def finish(self) -> None:
+        """Each run's speed-up against the baseline run, when there is one."""
+        if self.sequential is None:
+            return
+        base_span = self.sequential.summary.makespan_s
+        for r in self.result.runs:
             if _finite(base_span) and _finite(r.summary.makespan_s) and r.summary.makespan_s:
                 r.summary.speedup_vs_sequential = base_span / r.summary.makespan_s
-    return result
 
 
 def _carry_source_ids(runs: Sequence[RunResult], specs: Sequence[RequestSpec]) -> None:
