@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+from parallel_kit.servers.raycluster import reap_failed_start
+
 #: the two ways Ray says a local start ran out of its fixed waits
 _START_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 ATTEMPTS = 3
@@ -49,6 +51,7 @@ def init_local(num_gpus: int, num_cpus: int = 2, **options: Any) -> None:
             return
         except Exception as exc:
             ray.shutdown()
+            reap_failed_start(ray)
             if attempt == ATTEMPTS or not start_timed_out(exc):
                 raise
             print(f"ray start {attempt}/{ATTEMPTS} timed out ({exc}); starting again",

@@ -54,3 +54,24 @@ def test_another_error_is_not_retried() -> None:
     with pytest.raises(ValueError):
         raycluster._start_local(ray, 3)
     assert ray.inits == 1
+
+
+def test_a_failed_start_leaves_none_of_rays_programs_running(tmp_path) -> None:
+    # Stand-ins for what a start that raised left: children whose command line names Ray's
+    # package folder (the GCS binary and the monitors live there), beside a child of our own.
+    import subprocess
+    import sys
+
+    ray = pytest.importorskip("ray")
+    sleeper = [sys.executable, "-c", "import time, sys; time.sleep(120)"]
+    leftover = subprocess.Popen([*sleeper, ray.__file__])
+    ours = subprocess.Popen([*sleeper, str(tmp_path)])
+    try:
+        killed = raycluster.reap_failed_start(ray)
+        assert leftover.pid in killed and ours.pid not in killed
+        assert leftover.wait(timeout=10) == -9
+        assert ours.poll() is None
+    finally:
+        for p in (leftover, ours):
+            p.kill()
+            p.wait()

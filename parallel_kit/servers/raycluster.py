@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ConfigError, MissingDependency
 
 __all__ = ["ClusterInfo", "check_reachable", "connect", "import_ray", "keep_signal_handlers",
-           "require_gpus", "shutdown", "started_by_kit"]
+           "reap_failed_start", "require_gpus", "shutdown", "started_by_kit"]
 
 
 #: Clock seconds to wait for a cluster's address to accept a TCP connection before joining it
@@ -175,12 +175,49 @@ def _start_local(ray: Any, gpus: int) -> None:
                 raise
             with contextlib.suppress(Exception):
                 ray.shutdown()
+            reap_failed_start(ray)
             if attempt == LOCAL_START_ATTEMPTS:
                 raise ConfigError(
                     f"Ray's local cluster did not start: it missed Ray's 30 s start waits "
                     f"{LOCAL_START_ATTEMPTS} times (the machine is busy) — close other "
                     f"work and run again, or start one first with `ray start --head "
                     f"--num-gpus {gpus}` and pass --ray-address auto") from exc
+
+
+def reap_failed_start(ray: Any) -> list[int]:
+    """Stop what a local start that failed left running; returns the pids killed.
+
+    ``ray.init`` starts the GCS, the raylet and Ray's monitors as this process's children. When
+    it raises before Ray holds the node (a raylet that never registered, a GCS that never
+    published its port), ``ray.shutdown()`` has no node to stop and they run on until this
+    process ends (measured: a GCS left logging for ten minutes in a test run). So every child
+    of this process whose command line names Ray's package folder gets SIGKILL. Call it only
+    with Ray not initialised: a running node's processes match too. Linux (``/proc``) only;
+    elsewhere, or for a ``ray`` without ``__file__``, nothing is done.
+    """
+    where = getattr(ray, "__file__", None)
+    proc = Path("/proc")
+    if not where or not proc.is_dir():
+        return []
+    root = os.path.dirname(os.path.abspath(where))
+    me, killed = os.getpid(), []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not readable
+        if root in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
 
 
 @contextlib.contextmanager
