@@ -333,78 +333,68 @@ def summarize(
     given; ``offered_rps`` and ``requested_concurrency`` are recorded as given.
     """
     ok_rows = [r for r in requests if r.ok]
-    starts = [_arrival(r) for r in requests if not math.isnan(_arrival(r))]
-    ends = [r.finished_s for r in requests if not math.isnan(r.finished_s)]
-    makespan = (max(ends) - min(starts)) if starts and ends else math.nan
+    makespan, concurrency = _span(requests)
     if wall_s is None:
         wall_s = makespan * time_scale if not math.isnan(makespan) else math.nan
-    tokens = sum(r.output_tokens or 0 for r in ok_rows)
     has_span = not math.isnan(makespan) and makespan > 0
-    throughput = len(ok_rows) / makespan if has_span else math.nan
-    tok_rate = tokens / makespan if has_span else math.nan
-    efficiency = None
-    if predicted_makespan_s and has_span:
-        efficiency = predicted_makespan_s / makespan
-    latency = distribution(r.latency_s for r in ok_rows)
-    ttft = distribution(r.ttft_s for r in ok_rows)
-    tpot = distribution(_row_tpot_s(r) for r in ok_rows)
-    itl_d = itl.distribution() if itl is not None else distribution(())
-    wait = distribution(r.queue_wait_s for r in ok_rows)
-    sends = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
-    concurrency = (achieved_concurrency(requests, min(sends), max(ends)) if sends and ends
-                   else math.nan)
+    tokens = sum(r.output_tokens or 0 for r in ok_rows)
     goodput = None
     if slo is not None:
         goodput = goodput_rps(requests, slo, makespan) if has_span else math.nan
-    return RunSummary(
-        mode=mode,
-        backend=backend,
-        time_scale=time_scale,
-        n=len(requests),
-        ok=len(ok_rows),
-        failed=len(requests) - len(ok_rows),
-        workers=workers,
-        slots=slots,
-        makespan_s=makespan,
-        wall_s=wall_s,
-        predicted_makespan_s=predicted_makespan_s,
-        throughput_rps=throughput,
-        output_tokens_per_s=tok_rate,
-        latency_p50_s=latency.p50,
-        latency_p95_s=latency.p95,
-        ttft_p50_s=ttft.p50,
-        latency_mean_s=latency.mean,
-        latency_p90_s=latency.p90,
-        latency_p99_s=latency.p99,
-        ttft_mean_s=ttft.mean,
-        ttft_p90_s=ttft.p90,
-        ttft_p95_s=ttft.p95,
-        ttft_p99_s=ttft.p99,
-        tpot_mean_s=tpot.mean,
-        tpot_p50_s=tpot.p50,
-        tpot_p90_s=tpot.p90,
-        tpot_p95_s=tpot.p95,
-        tpot_p99_s=tpot.p99,
-        itl_mean_s=itl_d.mean,
-        itl_p50_s=itl_d.p50,
-        itl_p90_s=itl_d.p90,
-        itl_p95_s=itl_d.p95,
-        itl_p99_s=itl_d.p99,
-        queue_wait_mean_s=wait.mean,
-        queue_wait_p95_s=wait.p95,
-        achieved_concurrency=concurrency,
-        requested_concurrency=requested_concurrency,
-        offered_rps=offered_rps,
-        goodput_rps=goodput,
-        slo=str(slo) if slo is not None else None,
-        submit_s=submit_s,
-        setup_s=setup_s,
-        efficiency=efficiency,
-        retries=sum(r.retries for r in requests),
-        model=model,
-        lost_workers=[dict(w) for w in lost_workers],
-        notes=list(notes),
+    summary = RunSummary(
+        mode=mode, backend=backend, time_scale=time_scale, n=len(requests), ok=len(ok_rows),
+        failed=len(requests) - len(ok_rows), workers=workers, slots=slots,
+        makespan_s=makespan, wall_s=wall_s, predicted_makespan_s=predicted_makespan_s,
+        throughput_rps=len(ok_rows) / makespan if has_span else math.nan,
+        output_tokens_per_s=tokens / makespan if has_span else math.nan,
+        achieved_concurrency=concurrency, requested_concurrency=requested_concurrency,
+        offered_rps=offered_rps, goodput_rps=goodput,
+        slo=str(slo) if slo is not None else None, submit_s=submit_s, setup_s=setup_s,
+        efficiency=(predicted_makespan_s / makespan
+                    if predicted_makespan_s and has_span else None),
+        retries=sum(r.retries for r in requests), model=model,
+        lost_workers=[dict(w) for w in lost_workers], notes=list(notes),
     )
+    _fill_distributions(summary, ok_rows, itl)
+    return summary
+
+
+def _span(requests: Sequence[RequestResult]) -> tuple[float, float]:
+    """The makespan (first arrival to last completion, NaN when not timed) and the achieved
+    concurrency (from the first send to the last completion), model seconds."""
+    starts = [_arrival(r) for r in requests if not math.isnan(_arrival(r))]
+    ends = [r.finished_s for r in requests if not math.isnan(r.finished_s)]
+    makespan = (max(ends) - min(starts)) if starts and ends else math.nan
+    sends = [r.submitted_s for r in requests if not math.isnan(r.submitted_s)]
+    concurrency = (achieved_concurrency(requests, min(sends), max(ends)) if sends and ends
+                   else math.nan)
+    return makespan, concurrency
+
+
+#: The statistics a summary keeps of each distribution (``<name>_<stat>_s`` fields).
+_SUMMARY_STATS: dict[str, tuple[str, ...]] = {
+    "latency": ("mean", "p50", "p90", "p95", "p99"),
+    "ttft": ("mean", "p50", "p90", "p95", "p99"),
+    "tpot": ("mean", "p50", "p90", "p95", "p99"),
+    "itl": ("mean", "p50", "p90", "p95", "p99"),
+    "queue_wait": ("mean", "p95"),
+}
+
+
+def _fill_distributions(summary: RunSummary, ok_rows: Sequence[RequestResult],
+                        itl: ItlSketch | None) -> None:
+    """Set the latency, TTFT, TPOT, ITL and queue-wait statistics of ``summary``: over the
+    rows that finished ok, ITL from the run's sketch (NaN without one)."""
+    dists = {
+        "latency": distribution(r.latency_s for r in ok_rows),
+        "ttft": distribution(r.ttft_s for r in ok_rows),
+        "tpot": distribution(_row_tpot_s(r) for r in ok_rows),
+        "itl": itl.distribution() if itl is not None else distribution(()),
+        "queue_wait": distribution(r.queue_wait_s for r in ok_rows),
+    }
+    for name, stats in _SUMMARY_STATS.items():
+        for stat in stats:
+            setattr(summary, f"{name}_{stat}_s", getattr(dists[name], stat))
 
 
 def _arrival(row: RequestResult) -> float:
