@@ -166,6 +166,43 @@ async def test_worker_killed_mid_task_is_replaced_its_tasks_handed_back_and_comp
         client.close()
 
 
+async def test_worker_frozen_mid_task_is_killed_by_its_heartbeat_and_replaced(
+        production_stack) -> None:
+    """SIGSTOP of the only worker mid-run: alive to ``poll``, but its heartbeat stops; the
+    supervisor kills it after STALL_S of silence, hands its tasks back and starts a
+    replacement, which completes every request."""
+    from test_rayserve import _wait_for_replicas
+
+    from parallel_kit.production.supervisor import STALL_S, WorkerSupervisor
+    from parallel_kit.production.tasks import TaskClient
+
+    stack = production_stack
+    await _wait_for_replicas(stack.app, 3)
+    sims = [d["url"] for d in await asyncio.to_thread(_describe_all, stack.app)]
+    [victim] = stack.workers
+    client = TaskClient(stack.redis_url, stack.app.name, SERVE_TIME_SCALE, time.time())
+    supervisor = WorkerSupervisor(stack, max_restarts=1).start()
+    stack.supervisor = supervisor
+    try:
+        ids = [client.submit(s) for s in specs(3, "wfreeze")]
+        while sum([((await sim_info(u)) or {}).get("active", 0) for u in sims]) < 1:
+            await asyncio.sleep(0.005)
+        os.kill(victim.pid, signal.SIGSTOP)
+        done = await client.wait(ids, timeout_s=120)
+        assert [done[i]["status"] for i in ids] == ["completed"] * 3  # nothing lost
+        [event] = supervisor.events
+        assert event.worker == victim.name and event.exit_code == -signal.SIGKILL
+        assert event.stalled_s is not None and event.stalled_s > STALL_S
+        assert event.replacement and [w.name for w in stack.workers] == [event.replacement]
+        assert not victim.alive()
+    finally:
+        supervisor.stop()
+        stack.supervisor = None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim.pid, signal.SIGKILL)
+        client.close()
+
+
 async def test_replica_killed_mid_request_completes_on_a_replica(production_stack) -> None:
     from test_rayserve import _wait_for_replicas
 

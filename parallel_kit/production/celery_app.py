@@ -37,6 +37,13 @@ Delivery (Celery's and kombu's own mechanisms, no retry loop of the kit's):
   kombu's ``QoS.restore_by_tag`` — the same call kombu makes when the visibility timeout
   passes. A task delivered :data:`MAX_DELIVERIES` times (every worker that ran it died) ends as
   a failed row instead of killing the next worker too.
+* A worker process that is alive but stuck (SIGSTOP, a hung C call, a machine that swaps) holds
+  its tasks just as well, and ``Popen.poll`` cannot see it. Each worker therefore beats: a
+  thread started on Celery's ``worker_ready`` signal increments :data:`BEAT_KEY` in Redis every
+  :data:`BEAT_S` seconds; the supervisor kills a worker whose count stopped moving for
+  :data:`~parallel_kit.production.supervisor.STALL_S` seconds, and its tasks come back by the
+  path above. (Celery's own worker heartbeats are events for monitors, ``--without-heartbeat``
+  here; nothing in Celery acts on a missing one.)
 * A request past the request timeout (``serve --max-request-s``) is *cancelled* at its replica
   (``DeploymentResponse.cancel()``: Ray cancels the replica's asyncio task, which closes the
   stream to Ollama, so Ollama frees the slot) and ends as a failed row saying so.
@@ -58,7 +65,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-__all__ = ["DELIVERIES_KEY", "EPOCH_KEY", "HELD_KEY", "MAX_DELIVERIES", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
+__all__ = ["BEAT_KEY", "BEAT_S", "DELIVERIES_KEY", "EPOCH_KEY", "HELD_KEY", "MAX_DELIVERIES", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
            "STATS_KEY", "TASK_KEY", "TASK_NAME", "app", "configure", "visibility_timeout_for"]
 
 TASK_NAME = "parallel_kit.infer"
@@ -75,6 +82,11 @@ STATS_KEY = "parallel_kit:stats"
 EPOCH_KEY = "parallel_kit:epoch"
 #: The tasks a worker holds (hash: task id → kombu delivery tag), ``{worker}`` its hostname.
 HELD_KEY = "parallel_kit:held:{worker}"
+#: A worker's heartbeat (a counter it increments every :data:`BEAT_S` seconds), ``{worker}``
+#: its hostname; it expires when the worker is gone.
+BEAT_KEY = "parallel_kit:beat:{worker}"
+#: Seconds between two heartbeats of a worker.
+BEAT_S = 1.0
 #: Deliveries of one task after which it is a failed row (each worker that ran it died).
 MAX_DELIVERIES = 3
 
@@ -373,3 +385,23 @@ def _release(sender: Any = None, task_id: str | None = None, **_: Any) -> None:
 _url = os.environ.get(REDIS_URL_ENV)
 if _url:  # `celery -A parallel_kit.production.celery_app worker` with the URL in the env
     configure(_url)
+
+
+@signals.worker_ready.connect
+def _start_beating(sender: Any = None, **_: Any) -> None:
+    """The worker consumes now: beat until its process ends (module docstring)."""
+    hostname = getattr(sender, "hostname", None)
+    if not hostname:
+        return
+    key = BEAT_KEY.format(worker=hostname)
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # Redis away: the supervisor knows that
+                pipe = _redis().pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.expire(key, int(10 * BEAT_S) + 60)
+                pipe.execute()
+            time.sleep(BEAT_S)
+
+    threading.Thread(target=beat, name="pk-worker-beat", daemon=True).start()

@@ -23,12 +23,17 @@ And nothing starts a new worker: with one worker the queue stalls for good.
   task that had reached Ollama runs again (at least once; counted in the row's ``retries`` and
   ``hops["deliveries"]``); one whose workers keep dying ends as a failed row after
   :data:`~parallel_kit.production.celery_app.MAX_DELIVERIES` deliveries;
+* a worker that is alive but stuck (SIGSTOP, a hung call: ``poll`` cannot tell) is found by
+  its heartbeat (:data:`~parallel_kit.production.celery_app.BEAT_KEY`, one count a second): a
+  count that has not moved for :data:`STALL_S` seconds of the supervisor's own clock gets the
+  worker killed (SIGKILL), and it is then dead as above. While Redis itself does not answer no
+  worker is judged (the beats could not arrive), and the wait starts again once it answers;
 * it starts a replacement, at most ``max_restarts`` times over the stack's life (a worker that
   dies at every start is not restarted for ever); each death and restart is logged
   (``parallel_kit.production``) and kept in :attr:`WorkerSupervisor.events`.
 
 Bound: a lost worker's tasks are back on the queue within :data:`POLL_S` plus one Redis round
-trip of its death, and run as soon as a worker is free (at once with a second worker; after the
+trip of its death (of its last heartbeat plus :data:`STALL_S`, for a stuck one), and run as soon as a worker is free (at once with a second worker; after the
 replacement has started — Ray joined, seconds — with one).
 """
 
@@ -41,12 +46,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["POLL_S", "WorkerEvent", "WorkerSupervisor", "hand_back"]
+__all__ = ["POLL_S", "STALL_S", "WorkerEvent", "WorkerSupervisor", "hand_back"]
 
 _log = logging.getLogger("parallel_kit.production")
 
 #: Seconds between two looks at the worker processes.
 POLL_S = 0.2
+#: Seconds without a heartbeat after which a live worker counts as stuck and is killed. Ten
+#: beats: generous for a worker thread on a 2-core machine with both cores busy.
+STALL_S = 10.0
 
 
 @dataclass
@@ -59,6 +67,8 @@ class WorkerEvent:
     tasks_back: list[str]
     replacement: str | None
     at: float = field(default_factory=time.time)
+    #: Seconds the worker had not beaten when the supervisor killed it (``None``: it died).
+    stalled_s: float | None = None
 
 
 def hand_back(redis_client: Any, worker: str) -> list[str]:
@@ -101,6 +111,8 @@ class WorkerSupervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._redis: Any = None
+        self._beats = _Beats()
+        self._stalled: dict[str, float] = {}
 
     @property
     def restarts(self) -> int:
@@ -155,11 +167,34 @@ class WorkerSupervisor:
 
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
+            with contextlib.suppress(Exception):  # never let the watcher die
+                self._kill_stuck()
             for w in list(self.stack.workers):
                 if w.alive() or getattr(w, "stopping", False):
                     continue
                 with contextlib.suppress(Exception):  # never let the watcher die
                     self._replace(w)
+
+    def _kill_stuck(self) -> None:
+        """SIGKILL each live worker whose heartbeat stopped for :data:`STALL_S` seconds."""
+        from .celery_app import BEAT_KEY
+
+        live = [w for w in list(self.stack.workers)
+                if w.alive() and not getattr(w, "stopping", False)]
+        if not live:
+            return
+        try:
+            counts = self._redis.mget([BEAT_KEY.format(worker=w.name) for w in live])
+        except Exception:  # Redis does not answer: no beat could arrive, judge no one
+            self._beats.restart()
+            return
+        for w, count in zip(live, counts, strict=True):
+            silent = self._beats.silent_s(w.name, count)
+            if silent is not None and silent > STALL_S:
+                _log.warning("Celery worker %s sent no heartbeat for %.1f s (stuck or frozen); "
+                             "killing it", w.name, silent)
+                self._stalled[w.name] = silent
+                w.kill()
 
     def _replace(self, dead: Any) -> None:
         code = dead.process.returncode
@@ -175,7 +210,8 @@ class WorkerSupervisor:
         replacement = None
         if self.restarts < self.max_restarts:
             replacement = self.stack.start_worker().name
-        self.events.append(WorkerEvent(dead.name, code, back, replacement))
+        self.events.append(WorkerEvent(dead.name, code, back, replacement,
+                                       stalled_s=self._stalled.pop(dead.name, None)))
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
         if replacement:
             _log.warning("Celery worker %s died (%s); %d task(s) handed back to the queue; "
@@ -185,3 +221,26 @@ class WorkerSupervisor:
             _log.error("Celery worker %s died (%s); %d task(s) handed back; not restarted: "
                        "%d restarts used up — see the worker logs", dead.name, how, len(back),
                        self.max_restarts)
+
+
+class _Beats:
+    """When each worker's heartbeat count last moved, by the supervisor's monotonic clock (so
+    no two machines' clocks are compared)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[bytes, float]] = {}
+
+    def restart(self) -> None:
+        """Forget every count: the wait starts again at the next answer (Redis was away)."""
+        self._last.clear()
+
+    def silent_s(self, worker: str, count: bytes | None) -> float | None:
+        """Seconds since ``worker``'s count last moved; ``None`` before its first beat."""
+        now = time.monotonic()
+        if count is None:
+            return None
+        seen = self._last.get(worker)
+        if seen is None or seen[0] != count:
+            self._last[worker] = (count, now)
+            return 0.0
+        return now - seen[1]
