@@ -166,60 +166,14 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         OllamaUnavailable, ModelNotFound, RequestFailed: the server is missing, lacks the
             model, or a probe request failed. ConfigError: bad arguments.
     """
-    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
-        raise ConfigError(f"--max-k must be a whole number ≥ 1, got {max_k!r}")
-    if isinstance(num_predict, bool) or not isinstance(num_predict, int) \
-            or num_predict < _MIN_NUM_PREDICT:
-        raise ConfigError(f"--num-predict must be at least {_MIN_NUM_PREDICT} tokens for the "
-                          f"probe to see requests overlap, got {num_predict!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"repeats must be a whole number ≥ 1, got {repeats!r}")
+    _check_probe_args(max_k, num_predict, repeats)
     check_time_scale(time_scale)
     clock = ModelClock(time_scale)
-    # No retries: a busy or failing server should show up in the measurement, not be hidden.
-    client = make_client(api, host, max_connections=max_k, timeout=timeout,
-                         retry=RetryPolicy(max_retries=0))
-    client.count_chunks = True
+    client = _probe_client(api, host, max_k, timeout)
     notes: list[str] = []
     async with client:
-        if isinstance(client, OpenAIClient):
-            from ..servers.backend import discover_server
-
-            facts = await discover_server(client.host, "openai")
-            version = facts.name
-            models = await client.list_models()
-        else:
-            version = await client.version()
-            models = await client.list_models()
-        want = model if ":" in model else f"{model}:latest"
-        if model not in models and want not in models:
-            raise ModelNotFound(model, client.host, models,
-                                fix=None if api != "openai" else
-                                "name one it lists with --model")
-
-        load_s: float | None = None
-        if isinstance(client, OllamaClient):
-            await client.unload(model)
-            started = clock.now()
-            loaded = await client.load(model)
-            # Real Ollama answers an empty prompt without durations; then the call's own time
-            # (on a real server seconds of loading against milliseconds of HTTP) is the measure.
-            load_ns = loaded.get("load_duration")
-            load_s = (load_ns * 1e-9 if isinstance(load_ns, (int, float))
-                      else clock.now() - started)
-            # A simulator says at once when Ollama's scheduler gave fewer slots than asked (a
-            # family forced to one slot, server/sched.go), before any request is measured.
-            slot_note = await _single_slot_note(client.host, model)
-            if slot_note:
-                notes.append(slot_note)
-        else:
-            notes.append("load time not measured: the OpenAI API cannot unload a model")
-            # one short request first, so the first timed one does not pay a load
-            warm = await client.run(_spec(-1, model, _MIN_NUM_PREDICT), clock=clock,
-                                    mode="probe", model=model)
-            if not warm.ok:
-                raise RequestFailed(f"a probe request failed: {warm.error}", host=client.host)
-
+        version = await _version_having(client, model, api)
+        load_s = await _load_or_warm(client, clock, model, notes)
         alone = [(await _together(client, clock, model, num_predict, 1, i))[0]
                  for i in range(repeats)]
         concurrent, speedup = await _scan_k(client, clock, model, num_predict, max_k,
@@ -232,17 +186,7 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
     if effective == max_k and max_k > 1:
         notes.append(f"all {max_k} requests ran at once: the server may have more slots — "
                      f"probe again with a larger --max-k")
-    prefill = _median([_rate(r.prompt_tokens, r.server_prompt_eval_s) for r in alone])
-    if prefill is None:
-        notes.append("prefill not timed: the server reported no prefill duration"
-                     if api == "openai" else
-                     "prefill too fast to time (no prompt_eval_duration)")
-    decode = _median([_rate(r.output_tokens, r.server_eval_s) for r in alone])
-    if decode is None and api == "openai":
-        decode = _median([_client_decode_rate(r) for r in alone])
-        if decode is not None:
-            notes.append("decode speed from the client's clock (first to last streamed token): "
-                         "the server reported no durations")
+    prefill, decode = _speeds_alone(alone, api, notes)
     return ProbeResult(
         host=client.host, model=model, time_scale=time_scale, load_s=load_s,
         prefill_tokens_per_s=prefill,
@@ -254,6 +198,95 @@ async def probe(host: str, model: str = DEFAULT_MODEL, *, max_k: int = 4,
         prompt_bytes=len(_spec(0, model, num_predict).prompt.encode("utf-8")), repeats=repeats,
         service_cv=_cv([_service_s(r) for r in alone]),
         request_overhead_s=_median([_outside_s(r) for r in alone]), api=api)
+
+
+def _check_probe_args(max_k: int, num_predict: int, repeats: int) -> None:
+    """ConfigError unless ``max_k`` and ``repeats`` are whole numbers ≥ 1 and ``num_predict``
+    at least the tokens a probe needs to see requests overlap."""
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
+        raise ConfigError(f"--max-k must be a whole number ≥ 1, got {max_k!r}")
+    if isinstance(num_predict, bool) or not isinstance(num_predict, int) \
+            or num_predict < _MIN_NUM_PREDICT:
+        raise ConfigError(f"--num-predict must be at least {_MIN_NUM_PREDICT} tokens for the "
+                          f"probe to see requests overlap, got {num_predict!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be a whole number ≥ 1, got {repeats!r}")
+
+
+def _probe_client(api: str, host: str, max_k: int, timeout: float
+                  ) -> OllamaClient | OpenAIClient:
+    """A client for ``max_k`` requests at once that counts streamed chunks where a server
+    sends no usage. No retries: a busy or failing server should show up in the measurement,
+    not be hidden."""
+    client = make_client(api, host, max_connections=max_k, timeout=timeout,
+                         retry=RetryPolicy(max_retries=0))
+    client.count_chunks = True
+    return client
+
+
+async def _version_having(client: OllamaClient | OpenAIClient, model: str, api: str) -> str:
+    """The server's name and version; ModelNotFound when it does not list ``model``."""
+    if isinstance(client, OpenAIClient):
+        from ..servers.backend import discover_server
+
+        facts = await discover_server(client.host, "openai")
+        version = facts.name
+        models = await client.list_models()
+    else:
+        version = await client.version()
+        models = await client.list_models()
+    want = model if ":" in model else f"{model}:latest"
+    if model not in models and want not in models:
+        raise ModelNotFound(model, client.host, models,
+                            fix=None if api != "openai" else
+                            "name one it lists with --model")
+    return version
+
+
+async def _load_or_warm(client: OllamaClient | OpenAIClient, clock: ModelClock, model: str,
+                        notes: list[str]) -> float | None:
+    """Ollama's native API: the model's cold load time (unloaded, then loaded), model
+    seconds. The OpenAI API, which cannot unload: one short request first, so that the first
+    timed one does not pay a load, and None. Notes go to ``notes``."""
+    if not isinstance(client, OllamaClient):
+        notes.append("load time not measured: the OpenAI API cannot unload a model")
+        warm = await client.run(_spec(-1, model, _MIN_NUM_PREDICT), clock=clock,
+                                mode="probe", model=model)
+        if not warm.ok:
+            raise RequestFailed(f"a probe request failed: {warm.error}", host=client.host)
+        return None
+    await client.unload(model)
+    started = clock.now()
+    loaded = await client.load(model)
+    # Real Ollama answers an empty prompt without durations; then the call's own time
+    # (on a real server seconds of loading against milliseconds of HTTP) is the measure.
+    load_ns = loaded.get("load_duration")
+    load_s: float = (load_ns * 1e-9 if isinstance(load_ns, (int, float))
+                     else clock.now() - started)
+    # A simulator says at once when Ollama's scheduler gave fewer slots than asked (a
+    # family forced to one slot, server/sched.go), before any request is measured.
+    slot_note = await _single_slot_note(client.host, model)
+    if slot_note:
+        notes.append(slot_note)
+    return load_s
+
+
+def _speeds_alone(alone: Sequence[RequestResult], api: str, notes: list[str]
+                  ) -> tuple[float | None, float | None]:
+    """Prefill and decode tokens/s of the requests alone (medians): the server's durations,
+    else (OpenAI API) decode from the client's clock. Notes go to ``notes``."""
+    prefill = _median([_rate(r.prompt_tokens, r.server_prompt_eval_s) for r in alone])
+    if prefill is None:
+        notes.append("prefill not timed: the server reported no prefill duration"
+                     if api == "openai" else
+                     "prefill too fast to time (no prompt_eval_duration)")
+    decode = _median([_rate(r.output_tokens, r.server_eval_s) for r in alone])
+    if decode is None and api == "openai":
+        decode = _median([_client_decode_rate(r) for r in alone])
+        if decode is not None:
+            notes.append("decode speed from the client's clock (first to last streamed token): "
+                         "the server reported no durations")
+    return prefill, decode
 
 
 def _client_decode_rate(row: RequestResult) -> float | None:
@@ -329,9 +362,7 @@ async def measure_capacity(host: str, model: str, *, api: str = "generate", max_
     if isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1:
         raise ConfigError(f"max_k must be a whole number ≥ 1, got {max_k!r}")
     clock = ModelClock(check_time_scale(time_scale))
-    client = make_client(api, host, max_connections=max_k, timeout=timeout,
-                         retry=RetryPolicy(max_retries=0))
-    client.count_chunks = True
+    client = _probe_client(api, host, max_k, timeout)
     async with client:
         await _together(client, clock, model, _MIN_NUM_PREDICT, 1, -1)  # warm: no load inside
         concurrent, speedup = await _scan_k(client, clock, model, max(num_predict,
