@@ -268,17 +268,15 @@ _OPENAI_COMPLETION_FIELDS = {"model": "string", "prompt": "string", "max_tokens"
                              "suffix": "string"}
 
 
+#: Go's ``%T`` of a decoded JSON value, by the value's JSON kind (:func:`~.options.json_kind`).
+_GO_TYPE_OF_KIND = {"bool": "bool", "number": "float64", "string": "string",
+                    "array": "[]interface {}", "object": "map[string]interface {}",
+                    "null": "<nil>"}
+
+
 def _go_type(value: Any) -> str:
     """Go's ``%T`` of a decoded JSON value."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "[]interface {}"
-    return "map[string]interface {}" if isinstance(value, dict) else "<nil>"
+    return _GO_TYPE_OF_KIND[json_kind(value)]
 
 
 def _check_format(value: Any) -> None:

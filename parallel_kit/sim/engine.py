@@ -47,6 +47,7 @@ from typing import Any
 
 from ..config import check_time_scale, duration_from_body
 from ..errors import ConfigError
+from . import protocol
 from .faults import Faults
 from .formats import json_answer, json_pieces
 from .profiles import ModelSpeed, Profile, stable_hash
@@ -60,32 +61,14 @@ from .prompt_cache import (
     common_prefix_tokens,
     unsalted,
 )
-from .protocol import (
-    BusyError,
-    Done,
-    Engine,
-    EngineError,
-    GenerateRequest,
-    ModelInfo,
-    ModelNotFoundError,
-    RunningModel,
-    canonical_name,
-)
+from .protocol import *  # noqa: F403 -- re-exported: callers import the protocol's values here
 from .timer import TIMER, sleep_until
 
 __all__ = [
+    *protocol.__all__,
     "NO_PREFIX_REUSE_FAMILIES",
     "SINGLE_SLOT_FAMILIES",
-    "BusyError",
-    "Done",
-    "Engine",
-    "EngineError",
-    "GenerateRequest",
-    "ModelInfo",
-    "ModelNotFoundError",
-    "RunningModel",
     "SimEngine",
-    "canonical_name",
     "default_num_ctx",
     "parse_keep_alive",
     "single_slot_reason",
@@ -197,6 +180,12 @@ class _Seq:
         if w is not None and not w.done():
             w.set_result(None)
 
+    async def next_step(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the batch's next step (woken by :meth:`wake`)."""
+        self.waiter = loop.create_future()
+        await self.waiter
+        self.waiter = None
+
 
 class _Prefill:
     """A prompt waiting for, or being processed in, the model's batch (``prefill_in_batch``)."""
@@ -212,6 +201,47 @@ class _Prefill:
         self.done = done  # result: the planned end of the step that finished the prompt
 
 
+class _Answer:
+    """What a request answers, settled before it takes a slot: its prompt tokens (cut to the
+    context), its output tokens and its text (pseudo-words, or the pieces of a JSON value)."""
+
+    __slots__ = ("base", "fixed", "prompt_tokens", "total")
+
+    def __init__(self, prompt_tokens: int, total: int, base: int,
+                 fixed: list[str] | None) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.total = total
+        self.base = base  # seed of the pseudo-text
+        self.fixed = fixed  # structured output's pieces (None: free text)
+
+    def piece(self, i: int) -> str:
+        """Token ``i`` of the answer."""
+        return _piece(self.base, i) if self.fixed is None else self.fixed[i]
+
+    def done_reason(self, num_predict: int | None) -> str:
+        """``"length"`` or ``"stop"``. Ollama's runner stops with "length" only at a positive
+        num_predict; 0 or negative mean no limit (runner: ``NumPredict > 0 && numPredicted >=
+        NumPredict``); a JSON value stops when complete."""
+        if self.fixed is not None:
+            return "length" if self.total < len(self.fixed) else "stop"
+        return "length" if num_predict is not None and num_predict > 0 else "stop"
+
+
+class _Flight:
+    """A request on its way through a model: what the clean-up after a cancel needs."""
+
+    __slots__ = ("finished", "holding", "inst", "key", "pieces", "seq", "slot")
+
+    def __init__(self, inst: _Instance, key: bytes) -> None:
+        self.inst = inst
+        self.key = key  # the prompt's bytes (what its slot holds)
+        self.slot: Slot | None = None
+        self.seq: _Seq | None = None
+        self.holding = False  # a slot is held
+        self.finished = False
+        self.pieces: list[str] = []  # the answer sent so far
+
+
 class _Instance:
     """One served model: its load state, memory, slots, FIFO queue and decode batch."""
 
@@ -219,7 +249,7 @@ class _Instance:
         self.engine = engine
         self.name = name
         self.speed = speed
-        self.info = ModelInfo(
+        self.info = protocol.ModelInfo(
             name=name, size=speed.size,
             digest=hashlib.sha256(name.encode()).hexdigest(), family=speed.family,
             parameter_size=speed.parameter_size, quantization_level=speed.quantization_level,
@@ -511,7 +541,8 @@ class SimEngine:
         self._host: dict[str, HostCache] = {}
         self._cache_counts: dict[str, int] = dict.fromkeys(
             ("prompt_tokens", "cached_tokens", "hits", "host_restores"), 0)
-        names = [canonical_name(n) for n in (models or profile.model_names()) if n.strip()]
+        names = [protocol.canonical_name(n) for n in (models or profile.model_names())
+                 if n.strip()]
         if not names:
             raise ConfigError("the simulator needs at least one model name — e.g. llama3.2:3b")
         self._instances = {n: _Instance(self, n, profile.speed(n)) for n in dict.fromkeys(names)}
@@ -528,13 +559,13 @@ class SimEngine:
         self._forced: dict[str, str] = {}
 
     # protocol ----------------------------------------------------------------------------
-    def models(self) -> list[ModelInfo]:
+    def models(self) -> list[protocol.ModelInfo]:
         return [i.info for i in self._instances.values()]
 
     def capabilities(self, name: str) -> list[str]:
         return list(self._instances[self.resolve(name)].speed.capabilities)
 
-    def running(self) -> list[RunningModel]:
+    def running(self) -> list[protocol.RunningModel]:
         loop = asyncio.get_running_loop()
         now = loop.time()
         out = []
@@ -550,16 +581,16 @@ class SimEngine:
                 expires = datetime.now(timezone.utc) + timedelta(seconds=left / self.time_scale)
             size = inst.memory(inst.num_ctx, inst.slots)
             vram = size if self.gpu_memory else 0
-            out.append(RunningModel(inst.info, expires, vram, size=size,
+            out.append(protocol.RunningModel(inst.info, expires, vram, size=size,
                                     context_length=inst.num_ctx))
         # Listed in the server's model order (Ollama sorts by time left, in whole seconds:
         # server/routes.go PsHandler; models loaded within a second keep their order).
         return out
 
     def resolve(self, name: str) -> str:
-        canon = canonical_name(name)
+        canon = protocol.canonical_name(name)
         if canon not in self._instances:
-            raise ModelNotFoundError(name)
+            raise protocol.ModelNotFoundError(name)
         return canon
 
     def num_ctx_for(self, model: str, options: dict[str, Any] | None = None) -> int:
@@ -586,7 +617,7 @@ class SimEngine:
         try:
             await self._schedule(inst, self.num_ctx_for(model, options), loop, loop.time(),
                                  auto=self._auto_ctx(options))
-        except BusyError:
+        except protocol.BusyError:
             self._stats["busy"] += 1
             raise
         inst.keep_alive_s = keep_alive_s
@@ -718,7 +749,7 @@ class SimEngine:
             inst.use()
             return now
         if self._scheduling >= self.max_queue:
-            raise BusyError()
+            raise protocol.BusyError()
         self._scheduling += 1
         ready_at = now
         try:
@@ -761,31 +792,82 @@ class SimEngine:
         finally:
             self._scheduling -= 1
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[str | Done, None]:
+    async def generate(self, request: protocol.GenerateRequest,
+                       ) -> AsyncGenerator[str | protocol.Done, None]:
         loop = asyncio.get_running_loop()
         t_arrival = loop.time()
+        index, inst = self._admit(request)
+        t_loaded, num_ctx = await self._load_for(request, inst, loop, t_arrival)
+        factor = self.faults.duration_factor(index)
+        answer = self._answer_for(request, inst, num_ctx)
+        inst.keep_alive_s = request.keep_alive_s
+        flight = _Flight(inst, request.prompt.encode("utf-8"))
+        try:
+            t_slot, cached = await self._take_slot(flight, loop, t_loaded, answer.prompt_tokens,
+                                                   factor)
+            t_prefilled, seq = await self._prefill(flight, loop, t_slot,
+                                                   answer.prompt_tokens - cached, answer.total,
+                                                   factor)
+            pieces = flight.pieces
+            while True:
+                while len(pieces) < seq.produced:
+                    piece = answer.piece(len(pieces))
+                    pieces.append(piece)
+                    yield piece
+                if len(pieces) >= seq.total:
+                    break
+                await seq.next_step(loop)
+            t_done = self._finish(flight, seq)
+            ns = 1e9 / self.time_scale
+            yield protocol.Done(
+                done_reason=answer.done_reason(request.num_predict),
+                total_duration=round((t_done - t_arrival) * ns),
+                load_duration=round(max(0.0, t_loaded - t_arrival) * ns),
+                prompt_eval_count=answer.prompt_tokens,
+                prompt_eval_duration=round((t_prefilled - t_slot) * ns),
+                eval_count=answer.total,
+                eval_duration=round((t_done - t_prefilled) * ns),
+                cached_tokens=cached,
+            )
+        finally:
+            if not flight.finished:
+                self._abandon(flight, loop)
+
+    def _admit(self, request: protocol.GenerateRequest) -> tuple[int, _Instance]:
+        """Number the request (arrival order) and find its model. Raises
+        :class:`ModelNotFoundError` for an unknown model, :class:`EngineError` (500) for a
+        simulated failure (:class:`~.faults.Faults`)."""
         index = self._counter
         self._counter += 1
         self._stats["requests"] += 1
-        inst = self._instances.get(canonical_name(request.model))
+        inst = self._instances.get(protocol.canonical_name(request.model))
         if inst is None:
             self._stats["failed"] += 1
-            raise ModelNotFoundError(request.model)
+            raise protocol.ModelNotFoundError(request.model)
         if self.faults.fails(index):
             self._stats["failed"] += 1
-            raise EngineError(f"simulated failure of request #{index} "
+            raise protocol.EngineError(f"simulated failure of request #{index} "
                               f"(fail_fraction={self.faults.fail_fraction})", 500)
+        return index, inst
+
+    async def _load_for(self, request: protocol.GenerateRequest, inst: _Instance,
+                        loop: asyncio.AbstractEventLoop, t_arrival: float) -> tuple[float, int]:
+        """Have the request's model loaded with its context (:meth:`_schedule`). Returns the
+        time it was ready and the context the request runs with (after a step-down, the
+        smaller one). Raises :class:`BusyError` when the scheduler's queue is full."""
         num_ctx = self.num_ctx_for(inst.name, request.options)
         try:
             t_loaded = await self._schedule(inst, num_ctx, loop, t_arrival,
                                             auto=self._auto_ctx(request.options))
-        except BusyError:
+        except protocol.BusyError:
             self._stats["busy"] += 1
             self._stats["failed"] += 1
             raise
-        num_ctx = inst.num_ctx or num_ctx  # after a step-down, the smaller one
-        scale = self.time_scale
-        factor = self.faults.duration_factor(index)
+        return t_loaded, inst.num_ctx or num_ctx
+
+    def _answer_for(self, request: protocol.GenerateRequest, inst: _Instance,
+                    num_ctx: int) -> _Answer:
+        """The request's prompt tokens (cut to ``num_ctx``), output tokens and text."""
         profile = self.profile
         prompt_tokens = profile.prompt_tokens(request.prompt)
         if prompt_tokens > num_ctx:
@@ -804,92 +886,79 @@ class SimEngine:
             limit = request.num_predict if request.num_predict and request.num_predict > 0 \
                 else len(fixed)
             total = min(limit, len(fixed))
-        inst.keep_alive_s = request.keep_alive_s
-        holding = finished = False
-        seq: _Seq | None = None
-        slot: Slot | None = None
-        key = request.prompt.encode("utf-8")
-        answer: list[str] = []
-        try:
-            t_slot, slot, update = await inst.acquire(loop, t_loaded, key)
-            holding = True
-            self._active(+1)
-            # cache_prompt: only what follows the prefix the slot holds is processed.
-            cached = self._reuse(inst, slot, key, update, prompt_tokens)
-            slot.content = key
-            counts = self._cache_counts
-            counts["prompt_tokens"] += prompt_tokens
-            counts["cached_tokens"] += cached
-            counts["hits"] += cached > 0
-            new_tokens = prompt_tokens - cached
-            overhead = inst.speed.request_overhead_s * factor * scale
-            if overhead > 0:
-                # The request's own overhead (HTTP, template, bookkeeping) holds the slot
-                # before its prompt; the durations reported below leave it out, as a server's do.
-                t_slot += overhead
-                await sleep_until(t_slot)
-            if profile.prefill_in_batch and new_tokens > 0 and inst.speed.prefill_tps:
-                # The prompt goes through the shared batch; the step that finishes it also
-                # hands the request to the decode batch (at the next step).
-                seq = _Seq(total, 1.0 / factor, t_slot)
-                job = _Prefill(new_tokens, factor, seq, loop.create_future())
-                inst.prefill_in_batch(job, t_slot)
-                t_prefilled = await job.done
-            else:
-                t_prefilled = t_slot + profile.prefill_s(new_tokens, inst.name) * factor * scale
-                await sleep_until(t_prefilled)
-                seq = _Seq(total, 1.0 / factor, t_prefilled)
-                if total > 0:
-                    inst.join(seq, t_prefilled)
-            sent = 0
-            while True:
-                while sent < seq.produced:
-                    piece = _piece(base, sent) if fixed is None else fixed[sent]
-                    answer.append(piece)
-                    yield piece
-                    sent += 1
-                if sent >= seq.total:
-                    break
-                seq.waiter = loop.create_future()
-                await seq.waiter
-                seq.waiter = None
-            # The model is done: free the slot at its planned end before the caller writes
-            # the last line, so the next request starts on the model's schedule.
-            t_done = seq.t_last
-            holding = False
+        return _Answer(prompt_tokens, total, base, fixed)
+
+    async def _take_slot(self, flight: _Flight, loop: asyncio.AbstractEventLoop,
+                         t_loaded: float, prompt_tokens: int, factor: float) -> tuple[float, int]:
+        """Wait for a slot, reuse the prompt prefix it holds and pay the request's overhead.
+        Returns when the prompt starts (loop clock) and the prompt tokens reused."""
+        inst = flight.inst
+        t_slot, slot, update = await inst.acquire(loop, t_loaded, flight.key)
+        flight.slot = slot
+        flight.holding = True
+        self._active(+1)
+        # cache_prompt: only what follows the prefix the slot holds is processed.
+        cached = self._reuse(inst, slot, flight.key, update, prompt_tokens)
+        slot.content = flight.key
+        counts = self._cache_counts
+        counts["prompt_tokens"] += prompt_tokens
+        counts["cached_tokens"] += cached
+        counts["hits"] += cached > 0
+        overhead = inst.speed.request_overhead_s * factor * self.time_scale
+        if overhead > 0:
+            # The request's own overhead (HTTP, template, bookkeeping) holds the slot
+            # before its prompt; the durations reported leave it out, as a server's do.
+            t_slot += overhead
+            await sleep_until(t_slot)
+        return t_slot, cached
+
+    async def _prefill(self, flight: _Flight, loop: asyncio.AbstractEventLoop, t_slot: float,
+                       new_tokens: int, total: int, factor: float) -> tuple[float, _Seq]:
+        """Process the prompt's ``new_tokens`` and put the request in the decode batch.
+        Returns when the prompt was done (loop clock) and the request's place in the batch."""
+        inst = flight.inst
+        if self.profile.prefill_in_batch and new_tokens > 0 and inst.speed.prefill_tps:
+            # The prompt goes through the shared batch; the step that finishes it also
+            # hands the request to the decode batch (at the next step).
+            seq = flight.seq = _Seq(total, 1.0 / factor, t_slot)
+            job = _Prefill(new_tokens, factor, seq, loop.create_future())
+            inst.prefill_in_batch(job, t_slot)
+            return await job.done, seq
+        t_prefilled = t_slot + self.profile.prefill_s(new_tokens, inst.name) * factor \
+            * self.time_scale
+        await sleep_until(t_prefilled)
+        seq = flight.seq = _Seq(total, 1.0 / factor, t_prefilled)
+        if total > 0:
+            inst.join(seq, t_prefilled)
+        return t_prefilled, seq
+
+    def _finish(self, flight: _Flight, seq: _Seq) -> float:
+        """The model is done: free the slot at its planned end before the caller writes the
+        last line, so the next request starts on the model's schedule. Returns that end."""
+        inst, slot = flight.inst, flight.slot
+        assert slot is not None  # taken before the prompt
+        t_done = seq.t_last
+        flight.holding = False
+        self._active(-1)
+        # The slot keeps prompt and answer (llama-server's slot.prompt.tokens).
+        slot.content = flight.key + "".join(flight.pieces).encode("utf-8")
+        self._let_go(inst, slot, t_done)
+        flight.finished = True
+        inst.after_use(t_done)
+        self._stats["completed"] += 1
+        return t_done
+
+    def _abandon(self, flight: _Flight, loop: asyncio.AbstractEventLoop) -> None:
+        """A request that did not finish (cancelled or failed): leave the batch, free its
+        slot now."""
+        inst = flight.inst
+        self._stats["cancelled"] += 1
+        if flight.seq is not None:
+            inst.leave(flight.seq)
+        if flight.holding and flight.slot is not None:
             self._active(-1)
-            # The slot keeps prompt and answer (llama-server's slot.prompt.tokens).
-            slot.content = key + "".join(answer).encode("utf-8")
-            self._let_go(inst, slot, t_done)
-            finished = True
-            inst.after_use(t_done)
-            self._stats["completed"] += 1
-            ns = 1e9 / scale
-            # Ollama's runner stops with "length" only at a positive num_predict; 0 or
-            # negative mean no limit (runner: ``NumPredict > 0 && numPredicted >= NumPredict``).
-            reason = "length" if request.num_predict is not None and request.num_predict > 0 \
-                else "stop"
-            if fixed is not None:
-                reason = "length" if total < len(fixed) else "stop"
-            yield Done(
-                done_reason=reason,
-                total_duration=round((t_done - t_arrival) * ns),
-                load_duration=round(max(0.0, t_loaded - t_arrival) * ns),
-                prompt_eval_count=prompt_tokens,
-                prompt_eval_duration=round((t_prefilled - t_slot) * ns),
-                eval_count=total,
-                eval_duration=round((t_done - t_prefilled) * ns),
-                cached_tokens=cached,
-            )
-        finally:
-            if not finished:
-                self._stats["cancelled"] += 1
-                if seq is not None:
-                    inst.leave(seq)
-                if holding and slot is not None:
-                    self._active(-1)
-                    self._let_go(inst, slot, loop.time())
-                inst.after_use(loop.time())
+            self._let_go(inst, flight.slot, loop.time())
+        inst.after_use(loop.time())
 
     @staticmethod
     def _let_go(inst: _Instance, slot: Slot, planned: float) -> None:
