@@ -150,17 +150,48 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
         raise ConfigError("a profile needs a name — e.g. --save-profile my-laptop")
     decode = _positive(probe_result, "decode_tokens_per_s", required=True) or 0.0
     prefill = _positive(probe_result, "prefill_tokens_per_s", required=False)
-    load = _get(probe_result, "load_s")
-    load_s = float(load) if isinstance(load, (int, float)) and math.isfinite(load) \
-        and load > 0 else 0.0
     speedup = _get(probe_result, "speedup") or {1: 1.0}
     if not isinstance(speedup, Mapping):
         raise ConfigError(f"probe result field 'speedup' must map k to S(k), got {speedup!r}")
     points, fell_note = speedup_points(speedup)
+    slots = _slots(probe_result, num_parallel)
+    model = model or _get(probe_result, "model") or DEFAULT_MODEL
+    host = _get(probe_result, "host") or "a server"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    source = f"measured by parallel-kit probe at {host}, {when}"
+    speed = _model_speed(probe_result, model, decode, prefill, output_tokens, details, source)
+    profile = Profile(
+        name=name.strip(), models={model: speed}, default_model=model,
+        scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
+        description=description or f"Calibrated from a probe of {host} ({model}).",
+        scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result),
+        prefill_in_batch=prefill_in_batch,
+        template_tokens=prompts.template_tokens if prompts else 0,
+        bytes_per_token=prompts.bytes_per_token if prompts else 4.0)
+    fitted = _fitted_prefill(profile, speed, probe_result, prompts, source)
+    if fitted is not None:
+        profile = replace(profile, models={model: fitted})
+    # The same checks as a profile read from a file: what is saved can be loaded again.
+    return _profiles.profile_from_dict(profile.name, profile.to_dict())
+
+
+def _slots(probe_result: Any, num_parallel: int | None) -> int:
+    """Slots per model: ``num_parallel``, else the probe's ``effective_slots``, else 1."""
     slots = num_parallel or _get(probe_result, "effective_slots") or 1
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ConfigError(f"num_parallel / effective_slots must be a whole number ≥ 1, "
                           f"got {slots!r}")
+    return slots
+
+
+def _model_speed(probe_result: Any, model: str, decode: float, prefill: float | None,
+                 output_tokens: tuple[int, int] | None, details: Mapping[str, Any] | None,
+                 source: str) -> ModelSpeed:
+    """The model's speeds as the probe measured them (prefill in the server's tokens), its
+    load time, request overhead and answer length, and the ``details`` kept."""
+    load = _get(probe_result, "load_s")
+    load_s = float(load) if isinstance(load, (int, float)) and math.isfinite(load) \
+        and load > 0 else 0.0
     # Kept only from a probe on the clock (time scale 1): through a scaled simulator the
     # client's own milliseconds become whole model seconds, an artefact of the scale.
     outside = _get(probe_result, "request_overhead_s")
@@ -168,16 +199,12 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
     request_overhead = (float(outside) if on_clock and isinstance(outside, (int, float))
                         and not isinstance(outside, bool) and math.isfinite(outside)
                         and outside > 0 else 0.0)
-    model = model or _get(probe_result, "model") or DEFAULT_MODEL
     n = _get(probe_result, "num_predict")
     if output_tokens is None:
         length = int(n) if isinstance(n, int) and n > 0 else 100
         output_tokens = (length, length)
-    host = _get(probe_result, "host") or "a server"
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    source = f"measured by parallel-kit probe at {host}, {when}"
     d = dict(details or {})
-    speed = ModelSpeed(
+    return ModelSpeed(
         name=model, decode_tps=decode, prefill_tps=prefill, load_s=load_s,
         request_overhead_s=request_overhead,
         output_tokens=(int(output_tokens[0]), int(output_tokens[1])),
@@ -191,14 +218,14 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
                                                 "server's durations, median)",
                  "output_tokens": "the probe's num_predict" if isinstance(n, int) else
                  "default: 100 tokens"})
-    profile = Profile(
-        name=name.strip(), models={model: speed}, default_model=model,
-        scaling=tuple((int(k), float(s)) for k, s in points), num_parallel=slots,
-        description=description or f"Calibrated from a probe of {host} ({model}).",
-        scaling_source=f"{source}{fell_note}", service_cv=_jitter(probe_result),
-        prefill_in_batch=prefill_in_batch,
-        template_tokens=prompts.template_tokens if prompts else 0,
-        bytes_per_token=prompts.bytes_per_token if prompts else 4.0)
+
+
+def _fitted_prefill(profile: Profile, speed: ModelSpeed, probe_result: Any,
+                    prompts: PromptFit | None, source: str) -> ModelSpeed | None:
+    """``speed`` with its prefill from the measured prompts' line, else the probe's prefill
+    speed converted to the simulator's tokens (:func:`profile_from_probe`); None when
+    neither is known (the probe's speed is kept as it is)."""
+    prefill = speed.prefill_tps
     counted = _get(probe_result, "prompt_tokens")
     nbytes = _get(probe_result, "prompt_bytes")
     if prompts is not None:
@@ -207,21 +234,18 @@ def profile_from_probe(name: str, probe_result: Any, *, model: str | None = None
                 f"{prompts.prefill_tps:.4g} tokens/s + {prompts.prefill_overhead_s:.3g} s each, "
                 f"{prompts.template_tokens} template tokens, "
                 f"{prompts.bytes_per_token:.3g} bytes/token")
-        speed = replace(speed, prefill_tps=prompts.prefill_tps,
-                        prefill_overhead_s=prompts.prefill_overhead_s,
-                        sources={**speed.sources, "prefill_tps": source + note,
-                                 "prefill_overhead_s": source + note})
-        profile = replace(profile, models={model: speed})
-    elif prefill is not None and _whole(counted) and _whole(nbytes):
+        return replace(speed, prefill_tps=prompts.prefill_tps,
+                       prefill_overhead_s=prompts.prefill_overhead_s,
+                       sources={**speed.sources, "prefill_tps": source + note,
+                                "prefill_overhead_s": source + note})
+    if prefill is not None and _whole(counted) and _whole(nbytes):
         # The simulator's count for a text of the probe prompt's size (it depends on the size).
         sim_tokens = profile.prompt_tokens("x" * int(nbytes))
         note = (f"; in the simulator's tokens: measured {prefill:.4g} tokens/s × {sim_tokens} "
                 f"(its count for the probe's prompt) ÷ {int(counted)} (the server's)")
-        speed = replace(speed, prefill_tps=prefill * sim_tokens / int(counted),
-                        sources={**speed.sources, "prefill_tps": source + note})
-        profile = replace(profile, models={model: speed})
-    # The same checks as a profile read from a file: what is saved can be loaded again.
-    return _profiles.profile_from_dict(profile.name, profile.to_dict())
+        return replace(speed, prefill_tps=prefill * sim_tokens / int(counted),
+                       sources={**speed.sources, "prefill_tps": source + note})
+    return None
 
 
 def _jitter(probe_result: Any) -> float:
