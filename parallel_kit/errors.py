@@ -80,36 +80,35 @@ class OllamaUnavailable(OllamaError):
         )
 
 
-class ServerUnavailable(OllamaUnavailable):
+class _WordedUnavailable(OllamaUnavailable):
+    """An :class:`OllamaUnavailable` with its own words: the class's ``_WORDS``, a template of
+    ``{host}`` and ``{extra}`` (`` (detail)`` when there is one)."""
+
+    _WORDS = ""
+
+    def __init__(self, host: str, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        OllamaError.__init__(self, self._WORDS.format(host=host, extra=extra), host=host)
+
+
+class ServerUnavailable(_WordedUnavailable):
     """Nothing answers at the address of an OpenAI-compatible server (``--api openai``): the
     same type as :class:`OllamaUnavailable` for every caller, with a message that does not send
     the user to ``ollama serve``."""
 
-    def __init__(self, host: str, detail: str = "") -> None:
-        extra = f" ({detail})" if detail else ""
-        OllamaError.__init__(
-            self,
-            f"no OpenAI-compatible server answers at {host}{extra} — start it (llama-server, "
-            f"vLLM, `ollama serve`, …) or point --host at a running one",
-            host=host,
-        )
+    _WORDS = ("no OpenAI-compatible server answers at {host}{extra} — start it (llama-server, "
+              "vLLM, `ollama serve`, …) or point --host at a running one")
 
 
-class StreamEnded(OllamaUnavailable):
+class StreamEnded(_WordedUnavailable):
     """The server answered, then its stream was cut off before the last line.
 
     A subclass of :class:`OllamaUnavailable` (the server is gone for now, so pool and Ray modes
     may send the request elsewhere), with a message that says what happened.
     """
 
-    def __init__(self, host: str, detail: str = "") -> None:
-        extra = f" ({detail})" if detail else ""
-        OllamaError.__init__(
-            self,
-            f"the answer from {host} ended early: the stream was cut off after it began"
-            f"{extra} — the server answered, then stopped or restarted; see its log",
-            host=host,
-        )
+    _WORDS = ("the answer from {host} ended early: the stream was cut off after it began"
+              "{extra} — the server answered, then stopped or restarted; see its log")
 
 
 class ModelNotFound(OllamaError):

@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError
@@ -67,23 +67,25 @@ def check_writable(paths: Iterable[tuple[str, str | os.PathLike[str] | None]], *
         if raw is not None and "\x00" in os.fspath(raw):
             raise ConfigError(f"{flag} {os.fspath(raw)!a} holds a NUL byte, which no file name "
                               f"can — choose another path")
-    for flag, raw in paths:
-        if raw is None or raw == "":
-            continue
-        path = Path(raw).expanduser()
+    for flag, raw, path in _given(paths):
         if path.is_dir():
             raise ConfigError(f"{flag} {raw} is a folder — give a file name")
         _check_folder(flag, raw, path.parent if str(path.parent) else Path("."))
         if path.exists() and not os.access(path, os.W_OK):
             raise ConfigError(f"{flag} {raw}: the file exists and is not writable — choose "
                               f"another path")
-    for flag, raw in folders:
-        if raw is None or raw == "":
-            continue
-        path = Path(raw).expanduser()
+    for flag, raw, path in _given(folders):
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{flag} {raw} is a file, not a folder — give a folder")
         _check_folder(flag, raw, path)
+
+
+def _given(pairs: Iterable[tuple[str, str | os.PathLike[str] | None]]
+           ) -> Iterator[tuple[str, str | os.PathLike[str], Path]]:
+    """The ``(flag, path)`` pairs that name a path, with the path (``~`` expanded)."""
+    for flag, raw in pairs:
+        if raw is not None and raw != "":
+            yield flag, raw, Path(raw).expanduser()
 
 
 def _check_folder(flag: str, raw: str | os.PathLike[str], folder: Path) -> None:

@@ -6,8 +6,8 @@ servers to open, whether the queue's concurrency applies), theory (the mode's
 record here instead of comparing mode names.
 
 Adding a mode is one module with an ``async def run_x(specs, ctx) -> RunResult`` and one
-:func:`register_mode` line in the *built-in modes* block at the end of this module (see
-``docs/ARCHITECTURE.md``, "Adding a mode"). The runner is named as ``"module:function"`` and
+:func:`register_mode` line (in the kit itself, a ``_builtin`` line in the *built-in modes*
+block at the end of this module; see ``docs/ARCHITECTURE.md``, "Adding a mode"). The runner is named as ``"module:function"`` and
 imported on first use, so that Ray is only imported by the modes that use it.
 """
 
@@ -185,41 +185,35 @@ def parse_modes(text: str | Sequence[str]) -> list[str]:
     return names
 
 
-# -- built-in modes: one register_mode line per mode ------------------------------------------
-register_mode(ModeInfo(
-    "sequential", "one request at a time, each waiting for the last (one server)",
-    "parallel_kit.modes.sequential:run_sequential", in_flight="one",
-    session="parallel_kit.bench.loadgen:sequential_session"))
-register_mode(ModeInfo(
-    "async", "submit each request to a task queue, poll for results (one server)",
-    "parallel_kit.modes.queued:run_async", in_flight="queue",
-    api_backend="parallel_kit.api.backends:open_single",
-    session="parallel_kit.bench.loadgen:async_session"))
-register_mode(ModeInfo(
-    "batch", "submit every request in one call to the task queue (one server)",
-    "parallel_kit.modes.queued:run_batch", in_flight="queue",
-    session="parallel_kit.bench.loadgen:batch_session"))
-register_mode(ModeInfo(
-    "pool", "one Ollama per GPU, requests pulled by the least-loaded server",
-    "parallel_kit.modes.pool:run_pool", multi_server=True,
-    api_backend="parallel_kit.api.backends:open_pool",
-    session="parallel_kit.bench.loadgen:pool_session"))
-register_mode(ModeInfo(
-    "ray", "one Ray actor per GPU, each with its own Ollama",
-    "parallel_kit.modes.ray_gpu:run_ray", multi_server=True, starts_own_servers=True,
-    api_backend="parallel_kit.api.backends:open_ray", needs=("ray",),
-    session="parallel_kit.bench.loadgen:ray_session"))
-register_mode(ModeInfo(
-    "rayserve", "a Ray Serve application, one replica per GPU, each with its own Ollama",
-    "parallel_kit.modes.rayserve:run_rayserve", multi_server=True, starts_own_servers=True,
-    needs=("production",), routing="power_of_two",
-    session="parallel_kit.production.sessions:rayserve_session"))
-register_mode(ModeInfo(
-    "production", "the production stack: Celery on a real Redis in front of Ray Serve",
-    "parallel_kit.production.mode:run_production", multi_server=True,
-    starts_own_servers=True, api_backend="parallel_kit.production.api:open_production_backend",
-    needs=("production",), routing="power_of_two",
-    session="parallel_kit.production.sessions:production_session"))
+# -- built-in modes: one _builtin (register_mode) line per mode -------------------------------
+def _builtin(name: str, description: str, runner: str, *, sessions: str = "bench.loadgen",
+             **fields: Any) -> None:
+    """Register a built-in mode: ``runner`` and ``fields``' openers are under ``parallel_kit.``;
+    its open-loop session is ``parallel_kit.<sessions>:<name>_session``."""
+    register_mode(ModeInfo(name, description, f"parallel_kit.{runner}",
+                           session=f"parallel_kit.{sessions}:{name}_session", **fields))
+
+
+_builtin("sequential", "one request at a time, each waiting for the last (one server)",
+         "modes.sequential:run_sequential", in_flight="one")
+_builtin("async", "submit each request to a task queue, poll for results (one server)",
+         "modes.queued:run_async", in_flight="queue",
+         api_backend="parallel_kit.api.backends:open_single")
+_builtin("batch", "submit every request in one call to the task queue (one server)",
+         "modes.queued:run_batch", in_flight="queue")
+_builtin("pool", "one Ollama per GPU, requests pulled by the least-loaded server",
+         "modes.pool:run_pool", multi_server=True,
+         api_backend="parallel_kit.api.backends:open_pool")
+_builtin("ray", "one Ray actor per GPU, each with its own Ollama", "modes.ray_gpu:run_ray",
+         multi_server=True, starts_own_servers=True,
+         api_backend="parallel_kit.api.backends:open_ray", needs=("ray",))
+_builtin("rayserve", "a Ray Serve application, one replica per GPU, each with its own Ollama",
+         "modes.rayserve:run_rayserve", multi_server=True, starts_own_servers=True,
+         needs=("production",), routing="power_of_two", sessions="production.sessions")
+_builtin("production", "the production stack: Celery on a real Redis in front of Ray Serve",
+         "production.mode:run_production", multi_server=True, starts_own_servers=True,
+         api_backend="parallel_kit.production.api:open_production_backend",
+         needs=("production",), routing="power_of_two", sessions="production.sessions")
 
 #: Names of the built-in modes (the registry at import time); see :func:`mode_names`.
 MODE_NAMES: tuple[str, ...] = mode_names()
