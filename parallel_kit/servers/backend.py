@@ -318,135 +318,206 @@ async def open_backend(
         raise ConfigError(f"--slots must be at least 1, got {slots}")
     if time_scale is not None:
         check_time_scale(time_scale)
-    model = model or DEFAULT_MODEL
+    wanted = _Wanted(model or DEFAULT_MODEL, api, model_named, servers, slots, time_scale,
+                     profile, engine, engine_options, start_servers, announce)
     explicit = [normalize_host(h) for h in hosts] if hosts else []
     # An OLLAMA_HOST set in the environment names a server as surely as --host does.
     env_named = not explicit and kind_wanted == "auto" and bool(ollama_var("OLLAMA_HOST"))
-    unavailable = ServerUnavailable if api == "openai" else OllamaUnavailable
 
     if explicit or env_named or kind_wanted == "ollama":
-        urls = explicit or [host_from_env()]
         where = ("--host" if explicit else "OLLAMA_HOST in the environment" if env_named
                  else "PARALLEL_KIT_BACKEND=ollama")
-        names: set[str] = set()
-        sources: set[str] = set()
-        endpoints: list[Endpoint] = []
-        kinds: set[str] = set()
-        scales: set[float] = set()
-        profiles: set[str | None] = set()
-        specs: list[dict[str, Any]] = []
-        engines: set[str] = set()
-        for i, url in enumerate(urls):
-            facts = await discover_server(url, api)
-            models = facts.models
-            if facts.wrong_api:
-                raise ConfigError(f"{url} answered, but {facts.why}")
-            if not facts.answers:
-                hint = ("" if explicit else f"; named by {where} — unset it or set "
-                        f"PARALLEL_KIT_BACKEND=sim for the simulator")
-                raise unavailable(url, facts.why + hint)
-            info = await sim_info(url)
-            if info is not None:
-                kinds.add("sim")
-                scales.add(float(info.get("time_scale", time_scale or 1.0)))
-                engines.add(str(info.get("engine", "sim")))
-                profiles.add(info.get("profile"))
-                if isinstance(info.get("profile_spec"), dict):
-                    specs.append(info["profile_spec"])
-                ep_slots = int(info.get("num_parallel", slots or 1))
-            else:
-                kinds.add("ollama")
-                if time_scale is not None and not math.isclose(time_scale, 1.0):
-                    raise ConfigError(f"{url} is a real Ollama, which runs at time scale 1 — "
-                                      f"leave --time-scale out (it is for simulators)")
-                scales.add(1.0)
-                ep_slots = slots or facts.slots or 1
-                sources.add("--slots" if slots else facts.slots_source)
-                if slots and facts.slots and slots != facts.slots:
-                    msg = (f"--slots {slots} differs from the {facts.slots} that {url} reports "
-                           f"({facts.slots_source}) — labelling and predicting with --slots")
-                    if announce:
-                        announce(msg)
-                names.add(facts.name)
-            if api == "openai" and not model_named and model not in models and len(models) == 1:
-                model = models[0]  # the server's only model, since none was named
-            if not _has_model(models, model):
-                fix = (None if api != "openai" else
-                       "name one it lists with --model (OpenAI-compatible servers serve the "
-                       "models they were started with)")
-                raise ModelNotFound(model, url, models, fix=fix)
-            endpoints.append(Endpoint(url, slots=ep_slots, gpu=str(i) if len(urls) > 1 else None))
-        if len(kinds) > 1:
-            raise ConfigError("some --host are simulators and some real Ollama servers — "
-                              "compare like with like")
-        if len(scales) > 1:
-            raise ConfigError(f"the simulators at --host run at different time scales "
-                              f"{sorted(scales)} — start them with the same --time-scale")
-        kind: Kind = "sim" if kinds == {"sim"} else "ollama"
-        scale = scales.pop()
-        if time_scale is not None and not math.isclose(scale, time_scale):
-            raise ConfigError(f"--time-scale {time_scale:g} differs from the simulator's own "
-                              f"{scale:g} at {urls[0]} — leave --time-scale out")
-        # The simulators' profile lets bench predict from it; a real engine has none.
-        engine_name = engines.pop() if len(engines) == 1 else "sim"
-        try:
-            label = engine_info(engine_name).label
-        except ConfigError:
-            label = f"Ollama API with engine {engine_name}"
-        server_name = ", ".join(sorted(n for n in names if n)) if kind == "ollama" else label
-        what = (label if kind == "sim" else server_name or
-                ("an OpenAI-compatible server" if api == "openai" else "Ollama"))
-        msg = f"using {what} at {', '.join(urls)} (model {model})"
-        source = next(iter(sources)) if len(sources) == 1 else ""
-        if kind == "ollama":
-            ep_count = endpoints[0].slots
-            msg += (f", {ep_count} slot{'s' if ep_count != 1 else ''} from {source}" if source
-                    else ", slots not reported by the server")
-        if announce:
-            announce(msg)
-        profile_name = (profiles.pop() if kind == "sim" and len(profiles) == 1
-                        and engine_name == "sim" else None)
-        spec = specs[0] if profile_name and specs and all(x == specs[0] for x in specs) \
-            else None
-        yield Backend(endpoints, kind, scale, model, msg, profile=profile_name,
-                      profile_spec=spec, engine=engine_name if kind == "sim" else "ollama",
-                      server=server_name if kind == "ollama" else label,
-                      slots_source=source if kind == "ollama" else "simulator")
+        yield await _open_named(explicit or [host_from_env()], where, bool(explicit), wanted)
         return
 
     reason = ""
     if kind_wanted == "auto":
-        url = host_from_env()
-        facts = await discover_server(url, api, timeout=1.0)
-        answers, why, models = facts.answers, facts.why, facts.models
-        if answers and _has_model(models, model) and await sim_info(url) is None:
-            msg = f"using {facts.name or 'Ollama'} at {url} (model {model})"
-            if announce:
-                announce(msg)
-            yield Backend([Endpoint(url, slots=slots or facts.slots or 1)], "ollama", 1.0,
-                          model, msg, server=facts.name,
-                          slots_source="--slots" if slots else facts.slots_source)
+        found, reason = await _default_ollama(wanted)
+        if found is not None:
+            yield found
             return
-        reason = (f"no Ollama at {url} ({why})" if not answers else
+    async with _simulators(wanted, reason) as started:
+        yield started
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """What :func:`open_backend` was asked for (its arguments, checked)."""
+
+    model: str
+    api: str
+    model_named: bool
+    servers: int
+    slots: int | None
+    time_scale: float | None
+    profile: str | None
+    engine: str
+    engine_options: dict[str, Any] | None
+    start_servers: bool
+    announce: Callable[[str], None] | None
+
+    def say(self, msg: str) -> None:
+        if self.announce:
+            self.announce(msg)
+
+
+async def _open_named(urls: list[str], where: str, explicit: bool, wanted: _Wanted) -> Backend:
+    """The servers the user named (``where`` says how), each asked in turn: real or
+    simulated, alike, and serving the model — else the error that says which and why."""
+    unavailable = ServerUnavailable if wanted.api == "openai" else OllamaUnavailable
+    found = _Named(urls)
+    model = wanted.model
+    for i, url in enumerate(urls):
+        facts = await discover_server(url, wanted.api)
+        models = facts.models
+        if facts.wrong_api:
+            raise ConfigError(f"{url} answered, but {facts.why}")
+        if not facts.answers:
+            hint = ("" if explicit else f"; named by {where} — unset it or set "
+                    f"PARALLEL_KIT_BACKEND=sim for the simulator")
+            raise unavailable(url, facts.why + hint)
+        info = await sim_info(url)
+        ep_slots = (found.add_sim(info, wanted) if info is not None
+                    else found.add_real(url, facts, wanted))
+        if (wanted.api == "openai" and not wanted.model_named and model not in models
+                and len(models) == 1):
+            model = models[0]  # the server's only model, since none was named
+        if not _has_model(models, model):
+            fix = (None if wanted.api != "openai" else
+                   "name one it lists with --model (OpenAI-compatible servers serve the "
+                   "models they were started with)")
+            raise ModelNotFound(model, url, models, fix=fix)
+        found.endpoints.append(Endpoint(url, slots=ep_slots,
+                                        gpu=str(i) if len(urls) > 1 else None))
+    return found.backend(model, wanted)
+
+
+class _Named:
+    """What the named servers said, gathered server by server (:func:`_open_named`)."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.urls = urls
+        self.endpoints: list[Endpoint] = []
+        self.kinds: set[str] = set()
+        self.scales: set[float] = set()
+        self.names: set[str] = set()
+        self.sources: set[str] = set()
+        self.profiles: set[str | None] = set()
+        self.specs: list[dict[str, Any]] = []
+        self.engines: set[str] = set()
+
+    def add_sim(self, info: dict[str, Any], wanted: _Wanted) -> int:
+        """A simulator, from its ``/sim/stats``; returns its slots."""
+        self.kinds.add("sim")
+        self.scales.add(float(info.get("time_scale", wanted.time_scale or 1.0)))
+        self.engines.add(str(info.get("engine", "sim")))
+        self.profiles.add(info.get("profile"))
+        if isinstance(info.get("profile_spec"), dict):
+            self.specs.append(info["profile_spec"])
+        return int(info.get("num_parallel", wanted.slots or 1))
+
+    def add_real(self, url: str, facts: ServerFacts, wanted: _Wanted) -> int:
+        """A real server (at time scale 1); returns its slots: ``--slots``, else its own."""
+        slots, time_scale = wanted.slots, wanted.time_scale
+        self.kinds.add("ollama")
+        if time_scale is not None and not math.isclose(time_scale, 1.0):
+            raise ConfigError(f"{url} is a real Ollama, which runs at time scale 1 — "
+                              f"leave --time-scale out (it is for simulators)")
+        self.scales.add(1.0)
+        self.sources.add("--slots" if slots else facts.slots_source)
+        if slots and facts.slots and slots != facts.slots:
+            wanted.say(f"--slots {slots} differs from the {facts.slots} that {url} reports "
+                       f"({facts.slots_source}) — labelling and predicting with --slots")
+        self.names.add(facts.name)
+        return slots or facts.slots or 1
+
+    def _kind_and_scale(self, time_scale: float | None) -> tuple[Kind, float]:
+        """All real or all simulators, at one time scale (the one asked for, if any)."""
+        if len(self.kinds) > 1:
+            raise ConfigError("some --host are simulators and some real Ollama servers — "
+                              "compare like with like")
+        if len(self.scales) > 1:
+            raise ConfigError(f"the simulators at --host run at different time scales "
+                              f"{sorted(self.scales)} — start them with the same --time-scale")
+        kind: Kind = "sim" if self.kinds == {"sim"} else "ollama"
+        scale = self.scales.pop()
+        if time_scale is not None and not math.isclose(scale, time_scale):
+            raise ConfigError(f"--time-scale {time_scale:g} differs from the simulator's own "
+                              f"{scale:g} at {self.urls[0]} — leave --time-scale out")
+        return kind, scale
+
+    def backend(self, model: str, wanted: _Wanted) -> Backend:
+        """The backend of these servers, announced in one line."""
+        kind, scale = self._kind_and_scale(wanted.time_scale)
+        # The simulators' profile lets bench predict from it; a real engine has none.
+        engine_name = self.engines.pop() if len(self.engines) == 1 else "sim"
+        try:
+            label = engine_info(engine_name).label
+        except ConfigError:
+            label = f"Ollama API with engine {engine_name}"
+        server_name = (", ".join(sorted(n for n in self.names if n)) if kind == "ollama"
+                       else label)
+        what = (label if kind == "sim" else server_name or
+                ("an OpenAI-compatible server" if wanted.api == "openai" else "Ollama"))
+        msg = f"using {what} at {', '.join(self.urls)} (model {model})"
+        source = next(iter(self.sources)) if len(self.sources) == 1 else ""
+        if kind == "ollama":
+            ep_count = self.endpoints[0].slots
+            msg += (f", {ep_count} slot{'s' if ep_count != 1 else ''} from {source}" if source
+                    else ", slots not reported by the server")
+        wanted.say(msg)
+        profile_name = (self.profiles.pop() if kind == "sim" and len(self.profiles) == 1
+                        and engine_name == "sim" else None)
+        specs = self.specs
+        spec = specs[0] if profile_name and specs and all(x == specs[0] for x in specs) \
+            else None
+        return Backend(self.endpoints, kind, scale, model, msg, profile=profile_name,
+                       profile_spec=spec, engine=engine_name if kind == "sim" else "ollama",
+                       server=server_name if kind == "ollama" else label,
+                       slots_source=source if kind == "ollama" else "simulator")
+
+
+async def _default_ollama(wanted: _Wanted) -> tuple[Backend | None, str]:
+    """The real Ollama at the default address when it answers and has the model; else
+    None and why not (for the simulators' message)."""
+    model, slots = wanted.model, wanted.slots
+    url = host_from_env()
+    facts = await discover_server(url, wanted.api, timeout=1.0)
+    answers, why, models = facts.answers, facts.why, facts.models
+    if answers and _has_model(models, model) and await sim_info(url) is None:
+        msg = f"using {facts.name or 'Ollama'} at {url} (model {model})"
+        wanted.say(msg)
+        return Backend([Endpoint(url, slots=slots or facts.slots or 1)], "ollama", 1.0,
+                       model, msg, server=facts.name,
+                       slots_source="--slots" if slots else facts.slots_source), ""
+    return None, (f"no Ollama at {url} ({why})" if not answers else
                   f"Ollama at {url} has no model {model}" if not _has_model(models, model) else
                   f"{url} is a simulator")
 
+
+@contextlib.asynccontextmanager
+async def _simulators(wanted: _Wanted, reason: str) -> AsyncIterator[Backend]:
+    """Simulated servers started here (none when the mode starts its own), stopped on exit;
+    ``reason``: why no real server is used ("" when none was looked for)."""
+    model, slots, servers, engine = wanted.model, wanted.slots, wanted.servers, wanted.engine
+    time_scale = wanted.time_scale
     scale = time_scale if time_scale is not None else time_scale_from_env(1.0)
     real = engine_info(engine)
     if real.real_time:
         scale = 1.0  # a real model runs on the clock
-    profile_name = profile or "seed"
+    profile_name = wanted.profile or "seed"
     async with contextlib.AsyncExitStack() as stack:
         started = []
         endpoints = []
-        if start_servers:
+        if wanted.start_servers:
             from ..sim.server import SimulatedOllama
 
             for i in range(servers):
                 sim = SimulatedOllama(profile_name, num_parallel=slots, time_scale=scale,
                                       models=[model],
-                                      engine=make_engine(engine, engine_options, slots=slots,
-                                                         model=model, sharing=servers))
+                                      engine=make_engine(engine, wanted.engine_options,
+                                                         slots=slots, model=model,
+                                                         sharing=servers))
                 await stack.enter_async_context(sim)
                 started.append(sim)
                 endpoints.append(Endpoint(sim.url, slots=sim.num_parallel,
@@ -456,8 +527,7 @@ async def open_backend(
         what = (f"profile {profile_name}, time scale {scale:g}" if not real.real_time
                 else f"real tokens from {real.name}: {real.label}")
         msg = f"{reason + ' — ' if reason else ''}using {count} ({what}, model {model})"
-        if announce:
-            announce(msg)
+        wanted.say(msg)
         yield Backend(endpoints, "sim", scale, model, msg, profile=profile_name, started=started,
                       engine=engine or "sim", server=real.label, slots_source="simulator")
 
