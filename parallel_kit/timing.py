@@ -8,6 +8,10 @@ like the real thing; a real Ollama runs at F = 1.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ModelClock"]
 
@@ -24,24 +28,27 @@ class ModelClock:
 
     __slots__ = ("_t0", "time_scale")
 
+    #: the clock read, in seconds with an arbitrary origin (a subclass may read another)
+    _read = staticmethod(time.perf_counter)
+
     def __init__(self, time_scale: float = 1.0) -> None:
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale!r}")
         self.time_scale = float(time_scale)
-        self._t0 = time.perf_counter()
+        self._t0 = self._read()
 
-    def start(self) -> ModelClock:
+    def start(self) -> Self:
         """Reset the origin to now (returns self)."""
-        self._t0 = time.perf_counter()
+        self._t0 = self._read()
         return self
 
     def now(self) -> float:
         """Model seconds since the start."""
-        return (time.perf_counter() - self._t0) / self.time_scale
+        return (self._read() - self._t0) / self.time_scale
 
     def wall(self) -> float:
         """Clock seconds since the start."""
-        return time.perf_counter() - self._t0
+        return self._read() - self._t0
 
     def to_model(self, clock_seconds: float) -> float:
         """Convert a clock duration to model seconds."""

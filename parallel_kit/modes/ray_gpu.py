@@ -77,21 +77,22 @@ class EpochClock(ModelClock):
     Used inside actors so that their timestamps fall on the driver's axis (module docstring).
     """
 
-    __slots__ = ("epoch",)
+    __slots__ = ()
+
+    _read = staticmethod(time.time)
 
     def __init__(self, time_scale: float, epoch: float) -> None:
         super().__init__(time_scale)
         self.epoch = epoch
 
-    def start(self) -> EpochClock:
-        self.epoch = time.time()
-        return self
+    @property
+    def epoch(self) -> float:
+        """The origin: a wall-clock epoch (``time.time()`` seconds)."""
+        return self._t0
 
-    def now(self) -> float:
-        return (time.time() - self.epoch) / self.time_scale
-
-    def wall(self) -> float:
-        return time.time() - self.epoch
+    @epoch.setter
+    def epoch(self, value: float) -> None:
+        self._t0 = value
 
 
 @dataclass(frozen=True)
