@@ -1,4 +1,6 @@
-"""The kit's HTTP API (this package): the app here; ``backends`` runs its requests (the production app is ``production.api``).
+"""The kit's HTTP API (this package): the one app here (:func:`build_app`, in front of a
+:class:`~parallel_kit.api.store.TaskStore`); ``store`` holds the seam and the in-memory store,
+``backends`` runs its requests (the Redis + Celery store is ``production.api``'s).
 
 The original demo's HTTP API (``parallel-kit serve``), in front of a task queue.
 
@@ -28,9 +30,10 @@ so; body too large → 413; a body that is not JSON (``Content-Type``) → 415; 
 ``Retry-After``; missing/wrong key → 401. A request that runs past ``--max-request-s`` ends as a
 failed task saying so.
 
-Where tasks live: in the API process's memory (:class:`~parallel_kit.modes.taskqueue.TaskQueue`); a
-restart loses them, and ``/health`` and the 404 say so. The Redis-backed production mode keeps
-them. ``/health`` reports ``ok``, ``degraded`` (some servers of a pool lost; they are probed and
+Where tasks live: a :class:`~parallel_kit.api.store.TaskStore`. For :func:`create_app`, in the
+API process's memory (:class:`~parallel_kit.api.store.MemoryTaskStore`, a
+:class:`~parallel_kit.modes.taskqueue.TaskQueue`); a restart loses them, and ``/health`` and the
+404 say so. The Redis-backed production mode (``production.api``, the same app) keeps them. ``/health`` reports ``ok``, ``degraded`` (some servers of a pool lost; they are probed and
 taken back when they answer) or ``down`` (none left: HTTP 503).
 
 Shutdown (Ctrl-C or SIGTERM): the listening socket closes, clients still waiting on
@@ -57,9 +60,8 @@ import contextlib
 import hmac
 import ipaddress
 import json
-import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -75,17 +77,12 @@ from ..modes.taskqueue import (
     DEFAULT_MAX_KEPT_BYTES,
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_REQUEST_S,
-    DURABLE_HINT,
-    QueueClosed,
-    QueueFull,
-    Task,
-    TaskQueue,
     TooMuchHeld,
-    UnknownTask,
 )
 from ..records import RequestSpec
 from ..system.netutil import listen, socket_url
 from .backends import ApiBackend, open_api_backend  # the backends: their own module
+from .store import MemoryTaskStore, TaskStore  # where tasks live: the seam, its memory store
 
 __all__ = [
     "API_KEY_ENV",
@@ -99,8 +96,6 @@ __all__ = [
 ]
 
 API_KEY_ENV = "PARALLEL_KIT_API_KEY"
-#: uvicorn's error logger: shutdown notes appear beside uvicorn's own lines.
-_log = logging.getLogger("uvicorn.error")
 _T = TypeVar("_T")
 #: Paths that answer without a key: a load balancer's health check carries none.
 _OPEN_PATHS = frozenset({"/health"})
@@ -197,15 +192,6 @@ class BatchAccepted(BaseModel):
     count: int
 
 
-def task_body(task: Task) -> dict[str, Any]:
-    """The ``GET /tasks/{id}`` body of a task snapshot."""
-    status = "failed" if task.state == "cancelled" else task.state
-    done = task.state in ("completed", "failed", "cancelled")
-    return {"task_id": task.task_id, "status": status,
-            "result": task.result.to_dict() if done and task.result is not None else None,
-            "error": task.error}
-
-
 # -- the app -------------------------------------------------------------------------------
 
 #: What each error answer means, for the OpenAPI schema (every answer a route can give is
@@ -247,143 +233,136 @@ def document_errors(app: FastAPI, *, task_codes: tuple[int, ...] = (404,),
 
 
 def create_app(backend: ApiBackend, settings: ApiSettings | None = None) -> FastAPI:
-    """The FastAPI app: a :class:`TaskQueue` in front of ``backend``.
+    """The FastAPI app: an in-memory task queue
+    (:class:`~parallel_kit.api.store.MemoryTaskStore`) in front of ``backend``.
 
     The queue lives from the app's start-up to its shutdown (ASGI lifespan), where accepted
     tasks get ``settings.shutdown_timeout_s`` to finish and the rest end cancelled.
     """
     cfg = settings or ApiSettings()
+    return build_app(MemoryTaskStore(backend, cfg), cfg)
+
+
+def build_app(store: TaskStore, cfg: ApiSettings) -> FastAPI:
+    """The HTTP API (module docstring) in front of ``store``, the one place its routes, key,
+    limits, error bodies and OpenAPI schema are defined; :func:`create_app` and
+    :func:`parallel_kit.production.api.create_production_app` each build their store and call
+    it. At shutdown (ASGI lifespan) waiting clients are answered 503 and the store gets
+    ``cfg.shutdown_timeout_s`` (:meth:`TaskStore.shutdown`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        queue = TaskQueue(backend.call, concurrency=cfg.concurrency, max_queued=cfg.max_queued,
-                          max_finished=cfg.max_finished, clock=backend.clock, mode=cfg.mode,
-                          model=backend.model, retry_after_s=cfg.retry_after_s,
-                          max_held_bytes=cfg.max_held_bytes, max_kept_bytes=cfg.max_kept_bytes,
-                          max_request_s=cfg.max_request_s)
-        async with queue:
-            app.state.queue = queue
+        async with store.open():
             try:
                 yield
             finally:
-                # Accepted tasks get shutdown_timeout_s to finish — less if a second Ctrl-C
-                # asks to stop now; the rest end cancelled, with the reason.
                 app.state.stopping.set()
-                waits = [asyncio.ensure_future(queue.drained()),
-                         asyncio.ensure_future(app.state.force.wait())]
-                await asyncio.wait(waits, timeout=cfg.shutdown_timeout_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
-                counts = queue.stats()
-                left = counts["queued"] + counts["running"]
-                if left:
-                    why = ("a second Ctrl-C" if app.state.force.is_set() else
-                           f"the {cfg.shutdown_timeout_s:g} s shutdown bound")
-                    _log.warning("%d accepted task(s) cancelled at shutdown (%s); tasks live "
-                                 "in memory", left, why)
-                await queue.close(drain=False, reason="the API shut down")
+                await store.shutdown(app.state.force, cfg.shutdown_timeout_s)
 
-    app = FastAPI(
-        title="parallel_kit inference API",
-        version="0.2.0",
-        description="The original demo's API: requests are accepted at once, queued, and sent "
-                    f"to Ollama by {cfg.concurrency} worker(s) (MAX_CONCURRENT_REQUESTS). "
-                    "Queueing makes the API answer at once; it does not make one Ollama "
-                    "serve more requests at a time.",
-        lifespan=lifespan,
-    )
-    prepare_app(app, cfg, unavailable=(QueueFull, QueueClosed), unknown=UnknownTask)
+    app = FastAPI(title=store.docs.title, version="0.2.0", description=store.docs.description,
+                  lifespan=lifespan)
+    _prepare_app(app, cfg, store.errors)
+    _add_task_routes(app, store, cfg)
+    _add_service_routes(app, store)
+    document_errors(app, task_codes=store.docs.task_codes, everywhere=store.docs.everywhere)
+    return app
 
-    def queue_of(request: Request) -> TaskQueue:
-        return request.app.state.queue  # type: ignore[no-any-return]
 
-    def to_spec(body: InferenceRequest, loc: list[Any]) -> RequestSpec:
-        return spec_from_body(body, loc, cfg)
+def _add_task_routes(app: FastAPI, store: TaskStore, cfg: ApiSettings) -> None:
+    """The routes that accept tasks and read them back: ``POST /inference`` (waits),
+    ``/inference/async``, ``/inference/batch`` and ``GET /tasks/{task_id}``."""
+
+    async def accept(request: Request, specs: list[RequestSpec]) -> tuple[list[str],
+                                                                          Exception | None]:
+        if store.stopping_refusal is not None and request.app.state.stopping.is_set():
+            raise HTTPException(503, detail=store.stopping_refusal,
+                                headers={"Retry-After": str(cfg.retry_after_s)})
+        return await store.submit(specs)
+
+    async def accept_one(request: Request, body: InferenceRequest) -> str:
+        ids, refused = await accept(request, [spec_from_body(body, ["body"], cfg)])
+        if refused is not None:
+            raise refused
+        return ids[0]
 
     @app.post("/inference", response_model=TaskStatus,
               summary="Run one prompt and wait for the answer")
     async def inference(request: Request, body: InferenceRequest) -> Any:
-        queue = queue_of(request)
-        task_id = queue.submit(to_spec(body, ["body"]))
+        task_id = await accept_one(request, body)
         # Wait for the answer, or for shutdown: a waiting client is told, never left hanging.
-        done = await unless_stopping(queue.result(task_id), request.app.state.stopping)
+        done = await unless_stopping(store.wait(task_id), request.app.state.stopping)
         if not done.done() or done.cancelled():
             return JSONResponse({
                 "detail": f"the API is shutting down; task {task_id} was accepted but not "
-                          f"finished — send the request again to a running server "
-                          f"({DURABLE_HINT})", "task_id": task_id}, status_code=503)
-        return task_body(queue.status(task_id))
+                          f"finished — {store.after_stop(task_id)}", "task_id": task_id},
+                status_code=503)
+        answer = done.result() if done.exception() is None else None
+        return answer if answer is not None else await store.status(task_id)
 
     @app.post("/inference/async", response_model=TaskAccepted,
               summary="Queue one prompt; poll GET /tasks/{task_id}")
     async def inference_async(request: Request, body: InferenceRequest) -> dict[str, Any]:
-        task_id = queue_of(request).submit(to_spec(body, ["body"]))
+        task_id = await accept_one(request, body)
         return {"task_id": task_id, "status": "queued", "message": "Task queued"}
 
     @app.post("/inference/batch", response_model=BatchAccepted,
               summary="Queue several prompts in one call")
-    async def inference_batch(request: Request, body: list[InferenceRequest]) -> dict[str, Any]:
+    async def inference_batch(request: Request, body: list[InferenceRequest]) -> Any:
         check_batch_size(len(body), cfg)
-        specs = [to_spec(item, ["body", i]) for i, item in enumerate(body)]
-        ids = queue_of(request).submit_batch(specs)
+        ids, refused = await accept(request, [spec_from_body(item, ["body", i], cfg)
+                                              for i, item in enumerate(body)])
+        if refused is not None:  # the tasks before it stay accepted: say which
+            return JSONResponse({"detail": str(refused), "accepted_task_ids": ids},
+                                status_code=_refusal_code(refused, store.errors),
+                                headers={"Retry-After": str(cfg.retry_after_s)})
         return {"task_ids": ids, "count": len(ids)}
 
-    @app.get("/tasks/{task_id}", response_model=TaskStatus,
-             summary="A task's status, and its result once finished")
-    async def task_status(request: Request, task_id: str) -> dict[str, Any]:
-        return task_body(queue_of(request).status(task_id))
+    @app.get("/tasks/{task_id}", response_model=TaskStatus, summary=store.docs.tasks_summary)
+    async def task_status(task_id: str) -> dict[str, Any]:
+        return await store.status(task_id)
 
-    @app.get("/stats", summary="Tasks queued, running, completed, failed")
-    async def stats(request: Request) -> dict[str, Any]:
-        return {**queue_of(request).stats(), "mode": cfg.mode}
 
-    @app.get("/health", summary="Liveness (needs no key): ok, degraded, down or stopping")
+def _add_service_routes(app: FastAPI, store: TaskStore) -> None:
+    """``GET /stats`` and ``GET /health`` (the one path that needs no key)."""
+
+    @app.get("/stats", summary=store.docs.stats_summary)
+    async def stats() -> dict[str, Any]:
+        return await store.stats()
+
+    @app.get("/health", summary=store.docs.health_summary, name=store.docs.health_name,
+             response_model=store.docs.health_model)
     async def health(request: Request) -> Any:
-        queue: TaskQueue | None = getattr(request.app.state, "queue", None)
-        stopping = getattr(request.app.state, "stopping", None)
-        ok = queue is not None and not queue.closed and not (stopping and stopping.is_set())
-        body: dict[str, Any] = {"status": "ok" if ok else "stopping", "mode": cfg.mode,
-                                "model": backend.model, "tasks": DURABLE_HINT}
-        if ok and backend.health is not None:
-            body.update(backend.health())
-        if body["status"] in ("down", "stopping"):
-            return JSONResponse(body, status_code=503)
-        return body
-
-    document_errors(app)
-    return app
+        body, code = await store.health(request.app.state.stopping.is_set())
+        return body if code == 200 else JSONResponse(body, status_code=code)
 
 
-def prepare_app(app: FastAPI, cfg: ApiSettings, *,
-                unavailable: tuple[type[Exception], ...], unknown: type[Exception]) -> None:
-    """What both HTTP APIs (this one and ``production.api``) set up alike: the key and
-    body-size guard, the stop events the server sets, and the answers to ``unavailable``
-    (503 with ``Retry-After``), :class:`~parallel_kit.modes.taskqueue.TooMuchHeld` (429, or
-    413 when the request can never fit) and ``unknown`` tasks (404)."""
+def _refusal_code(exc: Exception, errors: Mapping[type[Exception], int]) -> int:
+    """The status that answers a refusal: 413 for a prompt that can never fit the held bytes,
+    429 for one that fits later, otherwise the store's code for the exception's type."""
+    if isinstance(exc, TooMuchHeld):
+        return 413 if exc.never_fits else 429
+    return next(errors[t] for t in type(exc).__mro__ if t in errors)
+
+
+def _prepare_app(app: FastAPI, cfg: ApiSettings, errors: Mapping[type[Exception], int]) -> None:
+    """The key and body-size guard, the stop events the server sets, and the answers to
+    refusals: a store's ``errors`` (503 with ``Retry-After``, 404, 410) and
+    :class:`~parallel_kit.modes.taskqueue.TooMuchHeld` (429 with ``Retry-After``, or 413 when
+    the request can never fit)."""
     app.add_middleware(Guard, api_key=cfg.api_key, max_body_bytes=cfg.max_body_bytes)
     # Set by the server on the first (stopping) and second (force) Ctrl-C/SIGTERM.
     app.state.stopping = asyncio.Event()
     app.state.force = asyncio.Event()
     app.state.shutdown_timeout_s = cfg.shutdown_timeout_s
 
-    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
+    async def refuse(request: Request, exc: Exception) -> JSONResponse:
+        code = _refusal_code(exc, errors)
+        return JSONResponse({"detail": str(exc)}, status_code=code,
+                            headers={"Retry-After": str(cfg.retry_after_s)}
+                            if code in (429, 503) else None)
 
-    for exc_type in unavailable:
-        app.add_exception_handler(exc_type, _unavailable)
-
-    @app.exception_handler(TooMuchHeld)
-    async def _too_much(request: Request, exc: TooMuchHeld) -> JSONResponse:
-        if exc.never_fits:
-            return JSONResponse({"detail": str(exc)}, status_code=413)
-        return JSONResponse({"detail": str(exc)}, status_code=429,
-                            headers={"Retry-After": str(cfg.retry_after_s)})
-
-    @app.exception_handler(unknown)
-    async def _unknown(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+    for exc_type in (*errors, TooMuchHeld):
+        app.add_exception_handler(exc_type, refuse)
 
 
 async def unless_stopping(awaitable: Awaitable[_T], stopping: asyncio.Event) -> asyncio.Future[_T]:

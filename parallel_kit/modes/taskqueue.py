@@ -39,7 +39,7 @@ import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import ConfigError, ParallelKitError
@@ -84,17 +84,25 @@ DURABLE_HINT = ("tasks live in this server's memory and are lost when it stops �
                 "(`parallel-kit serve --mode production`)")
 
 
-class QueueFull(ParallelKitError):
+class _RetryLater(ParallelKitError):
+    """A refusal that may pass: ``retry_after_s`` is a hint in seconds (the API's
+    ``Retry-After``)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(_RetryLater):
     """The queue holds its bound of waiting tasks. ``retry_after_s`` is a hint in seconds."""
 
     def __init__(self, max_queued: int, asked: int = 1, retry_after_s: float = 1.0) -> None:
         what = "a task" if asked == 1 else f"{asked} tasks"
         super().__init__(
             f"the task queue is full ({max_queued} tasks waiting is its bound) and cannot take "
-            f"{what} — retry in {retry_after_s:g} s, or raise the bound (max_queued)"
-        )
+            f"{what} — retry in {retry_after_s:g} s, or raise the bound (max_queued)",
+            retry_after_s)
         self.max_queued = max_queued
-        self.retry_after_s = retry_after_s
 
 
 class QueueClosed(ParallelKitError):
@@ -105,8 +113,9 @@ class QueueClosed(ParallelKitError):
                          "open a new TaskQueue (or restart the API)")
 
 
-class TooMuchHeld(ParallelKitError):
-    """Accepting the tasks would hold more prompt bytes than ``max_held_bytes``."""
+class TooMuchHeld(_RetryLater):
+    """Accepting the tasks would hold more prompt bytes than ``max_held_bytes``
+    (``never_fits``: more than the bound on their own, retrying cannot help)."""
 
     def __init__(self, held: int, asked: int, max_held_bytes: int,
                  retry_after_s: float = 1.0) -> None:
@@ -115,9 +124,9 @@ class TooMuchHeld(ParallelKitError):
             f"the prompts would take {asked} bytes while {held} are held; the limit is "
             f"{max_held_bytes} bytes of prompts held at once (max_held_bytes, serve "
             f"--max-held-mb) — " + ("send shorter prompts" if once else
-                                    f"retry in {retry_after_s:g} s or raise the limit"))
+                                    f"retry in {retry_after_s:g} s or raise the limit"),
+            retry_after_s)
         self.max_held_bytes = max_held_bytes
-        self.retry_after_s = retry_after_s
         self.never_fits = once
 
 
@@ -136,7 +145,7 @@ class UnknownTask(ParallelKitError, LookupError):
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A snapshot of one task (``TaskQueue.status`` returns a fresh one each call).
+    """A snapshot of one task (``TaskQueue.status``); each step of the task makes a new one.
 
     Attributes:
         task_id: the id ``submit`` returned.
@@ -174,27 +183,13 @@ class Task:
 
 @dataclass(slots=True)
 class _Entry:
-    """The queue's own, mutable record of a task."""
+    """The queue's own record of a task: its current snapshot (replaced, never changed, at each
+    step, so ``status`` hands it out as it is), the future its waiters await, its worker."""
 
-    task_id: str
-    spec: RequestSpec
+    task: Task
     done: asyncio.Future[RequestResult]
-    state: TaskState = "queued"
-    submitted_s: float = math.nan
-    started_s: float = math.nan
-    finished_s: float = math.nan
-    submitted_wall_s: float = math.nan
-    started_wall_s: float = math.nan
-    finished_wall_s: float = math.nan
-    result: RequestResult | None = None
-    error: str | None = None
     worker: asyncio.Task[Any] | None = field(default=None, repr=False)
     held: int = 0  # bytes counted in the queue's held (while queued/running) or kept total
-
-    def snapshot(self) -> Task:
-        return Task(self.task_id, self.spec, self.state, self.submitted_s, self.started_s,
-                    self.finished_s, self.submitted_wall_s, self.started_wall_s,
-                    self.finished_wall_s, self.result, self.error)
 
 
 class TaskQueue:
@@ -294,7 +289,7 @@ class TaskQueue:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drained(), timeout)
         for entry in list(self._entries.values()):
-            if entry.state == "queued":
+            if entry.task.state == "queued":
                 self._cancel_entry(entry, f"{reason} before the task ran")
         for worker in self._workers:
             worker.cancel()
@@ -302,7 +297,7 @@ class TaskQueue:
         self._workers = []
         # A running task whose worker was cancelled before it could record its end.
         for entry in self._entries.values():
-            if entry.state in ("queued", "running"):
+            if entry.task.state in ("queued", "running"):
                 self._cancel_entry(entry, f"{reason} while the task was running")
 
     async def drained(self) -> None:
@@ -349,9 +344,10 @@ class TaskQueue:
         ids: list[str] = []
         for spec in batch:
             task_id = str(uuid.uuid4())
-            entry = _Entry(task_id, spec, loop.create_future(),
-                           submitted_s=self.clock.now(), submitted_wall_s=self.clock.wall(),
-                           held=sizes[len(ids)])
+            nan = math.nan
+            entry = _Entry(Task(task_id, spec, "queued", self.clock.now(), nan, nan,
+                                self.clock.wall(), nan, nan, None, None),
+                           loop.create_future(), held=sizes[len(ids)])
             self._held_bytes += entry.held
             self._entries[task_id] = entry
             self._waiting.put_nowait(task_id)
@@ -369,7 +365,7 @@ class TaskQueue:
 
     def status(self, task_id: str) -> Task:
         """A snapshot of the task. Raises :class:`UnknownTask` for an unknown or forgotten id."""
-        return self._entry(task_id).snapshot()
+        return self._entry(task_id).task
 
     async def result(self, task_id: str, timeout: float | None = None) -> RequestResult:
         """Wait for the task's row (completed, failed or cancelled: ``ok`` tells which).
@@ -383,7 +379,7 @@ class TaskQueue:
     def cancel(self, task_id: str, reason: str = "cancelled by the caller") -> bool:
         """Cancel a task that is still queued. Returns False when it already started or ended."""
         entry = self._entry(task_id)
-        if entry.state != "queued":
+        if entry.task.state != "queued":
             return False
         self._cancel_entry(entry, reason)
         return True
@@ -398,7 +394,7 @@ class TaskQueue:
 
     def tasks(self) -> list[Task]:
         """Snapshots of every task still known, in submission order."""
-        return [e.snapshot() for e in self._entries.values()]
+        return [e.task for e in self._entries.values()]
 
     # -- working ---------------------------------------------------------------------------
 
@@ -406,19 +402,19 @@ class TaskQueue:
         assert self._waiting is not None
         while True:
             entry = self._entries.get(await self._waiting.get())
-            if entry is not None and entry.state == "queued":
+            if entry is not None and entry.task.state == "queued":
                 return entry
 
     async def _work(self) -> None:
         while True:
             entry = await self._next()
             entry.worker = asyncio.current_task()
-            entry.state = "running"
-            entry.started_s, entry.started_wall_s = self.clock.now(), self.clock.wall()
+            entry.task = replace(entry.task, state="running", started_s=self.clock.now(),
+                                 started_wall_s=self.clock.wall())
             self._counts["queued"] -= 1
             self._counts["running"] += 1
             try:
-                row = await asyncio.wait_for(self._backend(entry.spec), self.max_request_s)
+                row = await asyncio.wait_for(self._backend(entry.task.spec), self.max_request_s)
             except asyncio.TimeoutError:
                 self._finish(entry, "failed", self._row(
                     entry, f"the request ran longer than the limit of {self.max_request_s:g} s "
@@ -442,30 +438,30 @@ class TaskQueue:
         moment a worker took the task), so ``latency_s`` and ``ttft_s`` are measured from the
         send and the time in this queue is ``queue_wait_s``.
         """
-        row.queued_s = entry.submitted_s
+        task = entry.task
+        row.queued_s = task.submitted_s
         if math.isnan(row.submitted_s):
-            row.submitted_s = entry.started_s
+            row.submitted_s = task.started_s
         if math.isnan(row.started_s):
-            row.started_s = entry.started_s
+            row.started_s = task.started_s
         if not row.mode:
             row.mode = self.mode
         return row.finalize()
 
     def _row(self, entry: _Entry, error: str) -> RequestResult:
         """The row of a task that never got one from the backend (it raised, or was cancelled)."""
-        spec = entry.spec
-        return RequestResult(request_id=spec.request_id or entry.task_id, mode=self.mode,
+        task, spec = entry.task, entry.task.spec
+        return RequestResult(request_id=spec.request_id or task.task_id, mode=self.mode,
                              prompt=spec.prompt, model=spec.model or self.model,
-                             queued_s=entry.submitted_s, submitted_s=entry.started_s,
-                             started_s=entry.started_s, finished_s=self.clock.now(), ok=False,
+                             queued_s=task.submitted_s, submitted_s=task.started_s,
+                             started_s=task.started_s, finished_s=self.clock.now(), ok=False,
                              error=error).finalize()
 
     def _finish(self, entry: _Entry, state: TaskState, row: RequestResult) -> None:
-        previous = entry.state
-        entry.state = state
-        entry.result = row
-        entry.error = None if state == "completed" else (row.error or "failed without a reason")
-        entry.finished_s, entry.finished_wall_s = self.clock.now(), self.clock.wall()
+        previous = entry.task.state
+        entry.task = replace(entry.task, state=state, result=row, error=None if state ==
+                             "completed" else (row.error or "failed without a reason"),
+                             finished_s=self.clock.now(), finished_wall_s=self.clock.wall())
         self._counts[previous] -= 1
         self._counts[state] += 1
         if not entry.done.done():
@@ -473,7 +469,7 @@ class TaskQueue:
         self._held_bytes -= entry.held
         entry.held = _row_bytes(row)
         self._kept_bytes += entry.held
-        self._finished[entry.task_id] = None
+        self._finished[entry.task.task_id] = None
         while self._finished and (len(self._finished) > self.max_finished
                                   or self._kept_bytes > self.max_kept_bytes):
             old, _ = self._finished.popitem(last=False)
@@ -482,7 +478,7 @@ class TaskQueue:
                 self._kept_bytes -= gone.held
 
     def _cancel_entry(self, entry: _Entry | None, reason: str) -> None:
-        if entry is None or entry.state not in ("queued", "running"):
+        if entry is None or entry.task.state not in ("queued", "running"):
             return
         self._finish(entry, "cancelled", self._row(entry, f"cancelled: {reason}"))
 

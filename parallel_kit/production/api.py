@@ -48,30 +48,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from ..api import (
-    ApiSettings,
-    BatchAccepted,
-    InferenceRequest,
-    TaskAccepted,
-    TaskStatus,
-    check_batch_size,
-    document_errors,
-    prepare_app,
-    spec_from_body,
-    unless_stopping,
-)
+from ..api import ApiSettings, build_app
+from ..api.store import StoreDocs, shutdown_why
 from ..records import RequestSpec
 
 _log = logging.getLogger("uvicorn.error")
 
-__all__ = ["create_production_app", "open_production_api", "open_production_backend",
-           "serve_production"]
+__all__ = ["RedisTaskStore", "create_production_app", "open_production_api",
+           "open_production_backend", "serve_production"]
 
 
 def create_production_app(client: Any, settings: ApiSettings | None = None, *,
@@ -91,126 +80,99 @@ def create_production_app(client: Any, settings: ApiSettings | None = None, *,
         drain: at shutdown, give accepted tasks ``settings.shutdown_timeout_s`` to finish (the
             process that runs the stack, which stops with it).
     """
-    from ..modes.taskqueue import QueueFull, TooMuchHeld
-    from .celery_app import visibility_timeout_for
-    from .tasks import Admission, ExpiredTask, RedisUnavailable, UnknownStackTask
-
     cfg = settings or ApiSettings(mode="production")
-    wait_s = wait_timeout_s or visibility_timeout_for(cfg.max_request_s)
-    admission = Admission(max_unfinished=cfg.max_queued, max_held_bytes=cfg.max_held_bytes,
-                          retry_after_s=cfg.retry_after_s)
+    return build_app(RedisTaskStore(client, cfg, wait_timeout_s=wait_timeout_s, health=health,
+                                    drain=drain), cfg)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            app.state.stopping.set()
-            if drain:
-                await _drain(client, app.state.force, cfg.shutdown_timeout_s)
 
-    app = FastAPI(title="parallel_kit inference API (production stack)", version="0.2.0",
-                  description="Tasks go to a Celery queue on Redis; Celery workers call a Ray "
-                              "Serve application with one replica per GPU. Any API process "
-                              "answers GET /tasks/{id} from Redis.", lifespan=lifespan)
-    prepare_app(app, cfg, unavailable=(RedisUnavailable, QueueFull), unknown=UnknownStackTask)
+class RedisTaskStore:
+    """Tasks in the production stack (:class:`~parallel_kit.api.store.TaskStore`): accepted
+    into Redis and Celery's queue by ``client`` under the ``serve`` limits (decided in Redis),
+    read back from Redis by any API process (arguments: :func:`create_production_app`).
 
-    @app.exception_handler(ExpiredTask)
-    async def _expired(request: Request, exc: ExpiredTask) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=410)
+    redis-py and kombu are blocking clients: every call to ``client`` runs in a thread.
+    """
 
-    def to_spec(body: InferenceRequest, loc: list[Any]) -> RequestSpec:
-        return spec_from_body(body, loc, cfg)
+    stopping_refusal: str | None = ("the API is shutting down and accepts no more tasks — send "
+                                    "them to another API process of the stack")
 
-    def refuse_when_stopping(request: Request) -> None:
-        if request.app.state.stopping.is_set():
-            raise HTTPException(503, detail="the API is shutting down and accepts no more "
-                                            "tasks — send them to another API process of "
-                                            "the stack", headers={"Retry-After":
-                                                                  str(cfg.retry_after_s)})
+    def __init__(self, client: Any, cfg: ApiSettings, *, wait_timeout_s: float | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 drain: bool = False) -> None:
+        from ..modes.taskqueue import QueueFull, TooMuchHeld
+        from .celery_app import visibility_timeout_for
+        from .tasks import Admission, ExpiredTask, RedisUnavailable, UnknownStackTask
 
-    async def submit(spec: RequestSpec) -> str:
-        # redis-py and kombu are blocking clients: off the event loop.
-        return str(await asyncio.to_thread(client.submit, spec, admission=admission))
+        self._client, self._cfg, self._health, self._drain = client, cfg, health, drain
+        self._wait_s = wait_timeout_s or visibility_timeout_for(cfg.max_request_s)
+        self._admission = Admission(max_unfinished=cfg.max_queued,
+                                    max_held_bytes=cfg.max_held_bytes,
+                                    retry_after_s=cfg.retry_after_s)
+        self._redis_down = RedisUnavailable
+        self._refusals = (RedisUnavailable, QueueFull, TooMuchHeld)
+        self.errors: Mapping[type[Exception], int] = {
+            RedisUnavailable: 503, QueueFull: 503, UnknownStackTask: 404, ExpiredTask: 410}
+        self.docs = StoreDocs(
+            title="parallel_kit inference API (production stack)",
+            description="Tasks go to a Celery queue on Redis; Celery workers call a Ray Serve "
+                        "application with one replica per GPU. Any API process answers "
+                        "GET /tasks/{id} from Redis.",
+            tasks_summary="A task's status, and its result once finished (from Redis)",
+            stats_summary="Tasks accepted, queued, running, completed, failed (Redis)",
+            health_summary="Liveness: Redis answers, a worker and a replica can serve (needs "
+                           "no key)",
+            health_name="health_check", health_model=None, task_codes=(404, 410),
+            everywhere=(503,))
 
-    @app.post("/inference", response_model=TaskStatus,
-              summary="Run one prompt and wait for the answer")
-    async def inference(request: Request, body: InferenceRequest) -> Any:
-        spec = to_spec(body, ["body"])
-        refuse_when_stopping(request)
-        task_id = await submit(spec)
-        # Wait for the answer, or for shutdown: a waiting client is told, never left hanging.
-        done = await unless_stopping(client.wait([task_id], timeout_s=wait_s),
-                                     request.app.state.stopping)
-        if done.done() and not done.cancelled() and done.exception() is None:
-            result = done.result()
-            if task_id in result:
-                return dict(result[task_id])
-        elif not done.done() or done.cancelled():
-            return JSONResponse({
-                "detail": f"the API is shutting down; task {task_id} was accepted but not "
-                          f"finished — read it with GET /tasks/{task_id} from another API "
-                          f"process of the stack, or send it again (a Redis the kit started "
-                          f"stops with this process)", "task_id": task_id}, status_code=503)
-        return dict(await asyncio.to_thread(client.status, task_id))
+    def open(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()  # the stack outlives the app: nothing to open
 
-    @app.post("/inference/async", response_model=TaskAccepted,
-              summary="Queue one prompt; poll GET /tasks/{task_id}")
-    async def inference_async(request: Request, body: InferenceRequest) -> dict[str, Any]:
-        spec = to_spec(body, ["body"])
-        refuse_when_stopping(request)
-        task_id = await submit(spec)
-        return {"task_id": task_id, "status": "queued", "message": "Task queued"}
-
-    @app.post("/inference/batch", response_model=BatchAccepted,
-              summary="Queue several prompts in one call")
-    async def inference_batch(request: Request, body: list[InferenceRequest]) -> Any:
-        check_batch_size(len(body), cfg)
-        specs = [to_spec(item, ["body", i]) for i, item in enumerate(body)]
-        refuse_when_stopping(request)
+    async def submit(self, specs: list[RequestSpec]) -> tuple[list[str], Exception | None]:
         ids: list[str] = []
-        for spec in specs:
+        for spec in specs:  # one at a time: a refusal leaves those before it accepted
             try:
-                ids.append(await submit(spec))
-            except (RedisUnavailable, QueueFull, TooMuchHeld) as exc:
-                code = 429 if isinstance(exc, TooMuchHeld) and not exc.never_fits else (
-                    413 if isinstance(exc, TooMuchHeld) else 503)
-                return JSONResponse({"detail": str(exc), "accepted_task_ids": ids},
-                                    status_code=code,
-                                    headers={"Retry-After": str(cfg.retry_after_s)})
-        return {"task_ids": ids, "count": len(ids)}
+                ids.append(str(await asyncio.to_thread(self._client.submit, spec,
+                                                       admission=self._admission)))
+            except self._refusals as exc:
+                return ids, exc
+        return ids, None
 
-    @app.get("/tasks/{task_id}", response_model=TaskStatus,
-             summary="A task's status, and its result once finished (from Redis)")
-    async def task_status(task_id: str) -> dict[str, Any]:
-        return dict(await asyncio.to_thread(client.status, task_id))
+    async def status(self, task_id: str) -> dict[str, Any]:
+        return dict(await asyncio.to_thread(self._client.status, task_id))
 
-    @app.get("/stats", summary="Tasks accepted, queued, running, completed, failed (Redis)")
-    async def stats() -> dict[str, Any]:
-        return {**await asyncio.to_thread(client.stats), "mode": "production",
+    async def wait(self, task_id: str) -> dict[str, Any] | None:
+        done = await self._client.wait([task_id], timeout_s=self._wait_s)
+        return dict(done[task_id]) if task_id in done else None
+
+    def after_stop(self, task_id: str) -> str:
+        return (f"read it with GET /tasks/{task_id} from another API process of the stack, or "
+                f"send it again (a Redis the kit started stops with this process)")
+
+    async def stats(self) -> dict[str, Any]:
+        cfg = self._cfg
+        return {**await asyncio.to_thread(self._client.stats), "mode": "production",
                 "max_queued": cfg.max_queued, "max_held_bytes": cfg.max_held_bytes,
                 "max_request_s": cfg.max_request_s}
 
-    @app.get("/health", summary="Liveness: Redis answers, a worker and a replica can serve "
-                                "(needs no key)")
-    async def health_check(request: Request) -> JSONResponse:
-        if request.app.state.stopping.is_set():
-            return JSONResponse({"status": "stopping", "mode": "production"}, status_code=503)
+    async def health(self, stopping: bool) -> tuple[dict[str, Any], int]:
+        if stopping:
+            return {"status": "stopping", "mode": "production"}, 503
         try:
-            await asyncio.to_thread(client.ping)
-        except RedisUnavailable as exc:
-            return JSONResponse({"status": "unavailable", "mode": "production",
-                                 "detail": str(exc)}, status_code=503)
-        body: dict[str, Any] = {"status": "ok", "mode": "production", "model": client.model}
-        if health is not None:
-            body.update(await asyncio.to_thread(health))
+            await asyncio.to_thread(self._client.ping)
+        except self._redis_down as exc:
+            return {"status": "unavailable", "mode": "production", "detail": str(exc)}, 503
+        body: dict[str, Any] = {"status": "ok", "mode": "production",
+                                "model": self._client.model}
+        if self._health is not None:
+            body.update(await asyncio.to_thread(self._health))
             if body.get("problem"):
                 body["status"] = "degraded"
-                return JSONResponse(body, status_code=503)
-        return JSONResponse(body)
+                return body, 503
+        return body, 200
 
-    document_errors(app, task_codes=(404, 410), everywhere=(503,))
-    return app
+    async def shutdown(self, force: asyncio.Event, timeout_s: float) -> None:
+        if self._drain:
+            await _drain(self._client, force, timeout_s)
 
 
 async def _drain(client: Any, force: asyncio.Event, timeout_s: float) -> None:
@@ -228,10 +190,9 @@ async def _drain(client: Any, force: asyncio.Event, timeout_s: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(force.wait(), 0.1)
     if left:
-        why = "a second Ctrl-C" if force.is_set() else f"the {timeout_s:g} s shutdown bound"
         _log.warning("%d accepted task(s) unfinished at shutdown (%s); the workers are "
                      "stopped now — with --redis they stay queued there for another stack",
-                     left, why)
+                     left, shutdown_why(force, timeout_s))
 
 
 def celery_health(timeout_s: float = 0.5) -> dict[str, Any]:
