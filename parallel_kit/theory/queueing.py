@@ -280,6 +280,27 @@ def simulate(
     Raises:
         ConfigError: bad shapes or values.
     """
+    arr, tok, pre = _request_arrays(arrivals_s, tokens, prefill_s)
+    tps = _positive("decode_tps", decode_tps)
+    w, k_max = _servers(workers), _servers(slots)
+    if routing not in ROUTINGS:
+        raise ConfigError(f"routing {routing!r} is not known — choose from {', '.join(ROUTINGS)}")
+    cap = math.inf if max_in_flight is None else _servers(max_in_flight)
+    accept_max = math.inf if max_ongoing is None else _servers(max_ongoing)
+    S = speedup_fn(speedup)
+    step_of = [0.0] + [k / (tps * checked_speedup(S, k)) for k in range(1, k_max + 1)]
+    run = _EventRun(tok, pre, w, k_max, step_of, routing=routing, cap=cap,
+                    accept_max=accept_max, rng=np.random.default_rng(seed))
+    run.run(arr)
+    return Simulation(arr.copy(), run.start, run.first, run.finish, run.server)
+
+
+def _request_arrays(arrivals_s: Sequence[float] | np.ndarray,
+                    tokens: Sequence[int] | np.ndarray | int,
+                    prefill_s: Sequence[float] | np.ndarray | float,
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`simulate`'s requests as arrays of shape ``(n,)``: arrivals, output tokens
+    (int64) and prefill times, checked (ConfigError)."""
     arr = np.asarray(arrivals_s, dtype=float)
     n = int(arr.shape[0]) if arr.ndim == 1 else -1
     if n < 0:
@@ -290,169 +311,207 @@ def simulate(
               or not np.all(np.isfinite(pre))):
         raise ConfigError("every request needs a finite arrival, ≥ 1 output token and a "
                           "prefill time ≥ 0")
-    tps = _positive("decode_tps", decode_tps)
-    w, k_max = _servers(workers), _servers(slots)
-    if routing not in ROUTINGS:
-        raise ConfigError(f"routing {routing!r} is not known — choose from {', '.join(ROUTINGS)}")
-    cap = math.inf if max_in_flight is None else _servers(max_in_flight)
-    accept_max = math.inf if max_ongoing is None else _servers(max_ongoing)
-    S = speedup_fn(speedup)
-    step_of = [0.0] + [k / (tps * checked_speedup(S, k)) for k in range(1, k_max + 1)]
-    rng = np.random.default_rng(seed)
+    return arr, tok, pre
 
-    start = np.full(n, math.nan)
-    first = np.full(n, math.nan)
-    finish = np.full(n, math.nan)
-    server = np.full(n, -1, dtype=np.int64)
 
-    free = [k_max] * w
-    outstanding = [0] * w  # in progress + waiting in the server's own queue
-    local: list[deque[int]] = [deque() for _ in range(w)]
-    shared: deque[int] = deque()  # fifo routing; power_of_two's router with max_ongoing
-    held: deque[int] = deque()  # over max_in_flight, at the client
-    pending: list[list[tuple[float, int]]] = [[] for _ in range(w)]  # (ready, i) heaps
-    batch: list[list[tuple[int, int]]] = [[] for _ in range(w)]  # (finish step, i) heaps
-    t0 = [0.0] * w  # time of the latest processed step boundary
-    idx = [0] * w  # its step index
-    d = [0.0] * w  # current step duration
-    state = {"in_flight": 0, "rr": 0}
+class _EventRun:
+    """One :func:`simulate` run, event by event.
 
-    def grant(i: int, s: int, now: float) -> None:
-        free[s] -= 1
-        start[i] = now
-        server[i] = s
-        heapq.heappush(pending[s], (now + float(pre[i]), i))
+    Per server ``s``: ``free[s]`` slots, ``outstanding[s]`` requests (in progress + waiting in
+    its own queue ``local[s]``), ``pending[s]`` the prompts being processed (a heap of (ready
+    time, i)), ``batch[s]`` the decode batch (a heap of (finish step, i)), and its step clock:
+    ``t0[s]`` the latest step boundary processed, ``idx[s]`` its step index, ``d[s]`` the
+    current step's length. ``shared`` is fifo's one queue (and power_of_two's router queue
+    under ``max_ongoing``); ``held`` the requests over ``max_in_flight``, at the client.
+    """
 
-    def route(i: int, now: float) -> None:
-        state["in_flight"] += 1
-        if routing == "fifo":
-            if not shared:
-                best = -1
-                for s in range(w):
-                    if free[s] > 0 and (best < 0 or outstanding[s] < outstanding[best]):
-                        best = s
-                if best >= 0:
-                    outstanding[best] += 1
-                    grant(i, best, now)
-                    return
-            shared.append(i)
+    def __init__(self, tok: np.ndarray, pre: np.ndarray, workers: int, slots: int,
+                 step_of: list[float], *, routing: str, cap: float, accept_max: float,
+                 rng: np.random.Generator) -> None:
+        n = int(tok.shape[0])
+        self.tok, self.pre, self.step_of = tok, pre, step_of
+        self.routing, self.cap, self.accept_max, self.rng = routing, cap, accept_max, rng
+        self.w = workers
+        self.start = np.full(n, math.nan)
+        self.first = np.full(n, math.nan)
+        self.finish = np.full(n, math.nan)
+        self.server = np.full(n, -1, dtype=np.int64)
+        self.free = [slots] * workers
+        self.outstanding = [0] * workers
+        self.local: list[deque[int]] = [deque() for _ in range(workers)]
+        self.shared: deque[int] = deque()
+        self.held: deque[int] = deque()
+        self.pending: list[list[tuple[float, int]]] = [[] for _ in range(workers)]
+        self.batch: list[list[tuple[int, int]]] = [[] for _ in range(workers)]
+        self.t0 = [0.0] * workers
+        self.idx = [0] * workers
+        self.d = [0.0] * workers
+        self.in_flight = 0
+        self.rr = 0
+
+    def run(self, arr: np.ndarray) -> None:
+        """Process arrivals and server events in time order until every request finished."""
+        n, w = int(arr.shape[0]), self.w
+        order = np.argsort(arr, kind="stable")
+        next_event, servers = self.next_event, range(w)
+        ai = 0
+        done = 0
+        while done < n:
+            best_t, best_s, best_m = math.inf, -1, 0
+            for s in servers:
+                t, m = next_event(s)
+                if t < best_t:
+                    best_t, best_s, best_m = t, s, m
+            if ai < n and arr[order[ai]] <= best_t:
+                i = int(order[ai])
+                ai += 1
+                self.arrive(i, float(arr[i]))
+                # A request granted a slot with no prompt to process joins at once.
+                continue
+            if best_s < 0:
+                raise RuntimeError("simulation stalled: requests left but no event")  # a bug
+            done += self.server_event(best_s, best_t, best_m)
+
+    def arrive(self, i: int, now: float) -> None:
+        """Request ``i`` arrives: routed, or held at the client over ``max_in_flight``."""
+        if self.in_flight < self.cap:
+            self.route(i, now)
+        else:
+            self.held.append(i)
+
+    def grant(self, i: int, s: int, now: float) -> None:
+        """Request ``i`` takes a slot of server ``s`` and starts its prompt."""
+        self.free[s] -= 1
+        self.start[i] = now
+        self.server[i] = s
+        heapq.heappush(self.pending[s], (now + float(self.pre[i]), i))
+
+    def least_busy_free(self) -> int:
+        """The server with a free slot and the fewest requests (lowest index on ties); -1:
+        none is free."""
+        best = -1
+        for s in range(self.w):
+            if self.free[s] > 0 and (best < 0 or self.outstanding[s] < self.outstanding[best]):
+                best = s
+        return best
+
+    def accepting(self) -> list[int]:
+        """The servers that hold fewer than ``max_ongoing`` requests."""
+        return [x for x in range(self.w) if self.outstanding[x] < self.accept_max]
+
+    def route(self, i: int, now: float) -> None:
+        """Send request ``i`` on by the routing policy (module doc)."""
+        self.in_flight += 1
+        if self.routing == "fifo":
+            best = -1 if self.shared else self.least_busy_free()
+            if best >= 0:
+                self.outstanding[best] += 1
+                self.grant(i, best, now)
+            else:
+                self.shared.append(i)
             return
-        if routing == "round_robin":
-            s = state["rr"] % w
-            state["rr"] += 1
-        elif accept_max == math.inf:
-            s = two_choices(list(range(w)))
+        if self.routing == "round_robin":
+            s = self.rr % self.w
+            self.rr += 1
+        elif self.accept_max == math.inf:
+            s = self.two_choices(list(range(self.w)))
         else:  # Serve's router: FIFO at the router while no server accepts
-            if shared:
-                shared.append(i)
-                return
-            accepting = [x for x in range(w) if outstanding[x] < accept_max]
+            accepting = [] if self.shared else self.accepting()
             if not accepting:
-                shared.append(i)
+                self.shared.append(i)
                 return
-            s = two_choices(accepting)
-        place(i, s, now)
+            s = self.two_choices(accepting)
+        self.place(i, s, now)
 
-    def two_choices(candidates: list[int]) -> int:
+    def two_choices(self, candidates: list[int]) -> int:
+        """Power of two choices: of two random candidates, the one with fewer requests."""
         if len(candidates) == 1:
             return candidates[0]
-        a, b = rng.choice(candidates, size=2, replace=False)
-        return int(a) if outstanding[a] <= outstanding[b] else int(b)
+        a, b = self.rng.choice(candidates, size=2, replace=False)
+        return int(a) if self.outstanding[a] <= self.outstanding[b] else int(b)
 
-    def place(i: int, s: int, now: float) -> None:
-        outstanding[s] += 1
-        if free[s] > 0 and not local[s]:
-            grant(i, s, now)
+    def place(self, i: int, s: int, now: float) -> None:
+        """Request ``i`` joins server ``s``: a slot now, else its own queue."""
+        self.outstanding[s] += 1
+        if self.free[s] > 0 and not self.local[s]:
+            self.grant(i, s, now)
         else:
-            local[s].append(i)
+            self.local[s].append(i)
 
-    def refill(now: float) -> None:
-        while held and state["in_flight"] < cap:
-            route(held.popleft(), now)
-        if routing == "fifo":
-            while shared:
-                best = -1
-                for s in range(w):
-                    if free[s] > 0 and (best < 0 or outstanding[s] < outstanding[best]):
-                        best = s
+    def refill(self, now: float) -> None:
+        """Hand freed slots to waiting requests: the client's held ones are routed first,
+        then the queues give their heads to free slots."""
+        while self.held and self.in_flight < self.cap:
+            self.route(self.held.popleft(), now)
+        if self.routing == "fifo":
+            while self.shared:
+                best = self.least_busy_free()
                 if best < 0:
                     break
-                outstanding[best] += 1
-                grant(shared.popleft(), best, now)
-        else:
-            for s in range(w):
-                while local[s] and free[s] > 0:
-                    grant(local[s].popleft(), s, now)
-            if routing == "power_of_two":  # the router's queue, head first, to servers
-                while shared:  # that accept again (their slots were just refilled above)
-                    accepting = [x for x in range(w) if outstanding[x] < accept_max]
-                    if not accepting:
-                        break
-                    place(shared.popleft(), two_choices(accepting), now)
+                self.outstanding[best] += 1
+                self.grant(self.shared.popleft(), best, now)
+            return
+        for s in range(self.w):
+            while self.local[s] and self.free[s] > 0:
+                self.grant(self.local[s].popleft(), s, now)
+        if self.routing == "power_of_two":  # the router's queue, head first, to servers
+            while self.shared:  # that accept again (their slots were just refilled above)
+                accepting = self.accepting()
+                if not accepting:
+                    break
+                self.place(self.shared.popleft(), self.two_choices(accepting), now)
 
-    def next_event(s: int) -> tuple[float, int]:
-        if batch[s]:
-            m = batch[s][0][0] - idx[s]
-            if pending[s]:
-                r = pending[s][0][0]
-                m = min(m, max(1, math.ceil((r - t0[s]) / d[s] - 1e-9)))
-            return t0[s] + m * d[s], m
-        if pending[s]:
-            return pending[s][0][0], -1
+    def next_event(self, s: int) -> tuple[float, int]:
+        """Server ``s``'s next event: (time, steps to it); steps -1: an idle server's next
+        prompt ready; (inf, 0): none."""
+        batch, pending = self.batch[s], self.pending[s]
+        if batch:
+            m = batch[0][0] - self.idx[s]
+            if pending:
+                r = pending[0][0]
+                m = min(m, max(1, math.ceil((r - self.t0[s]) / self.d[s] - 1e-9)))
+            return self.t0[s] + m * self.d[s], m
+        if pending:
+            return pending[0][0], -1
         return math.inf, 0
 
-    def server_event(s: int, now: float, m: int) -> int:
-        done = 0
-        if m >= 0:
-            idx[s] += m
-            t0[s] = now
-            while batch[s] and batch[s][0][0] <= idx[s]:
-                _, i = heapq.heappop(batch[s])
-                finish[i] = now
-                free[s] += 1
-                outstanding[s] -= 1
-                state["in_flight"] -= 1
-                done += 1
-        else:  # idle: a new run of steps starts at this request's ready time
-            t0[s], idx[s] = now, 0
+    def server_event(self, s: int, now: float, m: int) -> int:
+        """Run server ``s`` to ``now`` (``m`` steps on; -1: it was idle): finish the requests
+        whose last step it is, let the prompts ready join the batch. Returns those finished."""
+        done = self.finish_steps(s, now, m) if m >= 0 else 0
+        if m < 0:  # idle: a new run of steps starts at this request's ready time
+            self.t0[s], self.idx[s] = now, 0
         joined = []
-        while pending[s] and pending[s][0][0] <= now + 1e-12:
-            _, i = heapq.heappop(pending[s])
-            heapq.heappush(batch[s], (idx[s] + int(tok[i]), i))
+        pending, batch = self.pending[s], self.batch[s]
+        while pending and pending[0][0] <= now + 1e-12:
+            _, i = heapq.heappop(pending)
+            heapq.heappush(batch, (self.idx[s] + int(self.tok[i]), i))
             joined.append(i)
-        d[s] = step_of[len(batch[s])]
+        self.d[s] = self.step_of[len(batch)]
         for i in joined:
-            first[i] = now + d[s]
+            self.first[i] = now + self.d[s]
         if m >= 0:
             # Slots freed at this boundary go to waiters only now: the next step is already
             # planned without them, so even one with no prompt joins at the step after (the
             # engine's step loop plans its next step before the finished request lets go).
-            refill(now)
+            self.refill(now)
         return done
 
-    order = np.argsort(arr, kind="stable")
-    ai = 0
-    done = 0
-    while done < n:
-        best_t, best_s, best_m = math.inf, -1, 0
-        for s in range(w):
-            t, m = next_event(s)
-            if t < best_t:
-                best_t, best_s, best_m = t, s, m
-        if ai < n and arr[order[ai]] <= best_t:
-            i = int(order[ai])
-            ai += 1
-            now = float(arr[i])
-            if state["in_flight"] < cap:
-                route(i, now)
-            else:
-                held.append(i)
-            # A request granted a slot with no prompt to process joins at once.
-            continue
-        if best_s < 0:
-            raise RuntimeError("simulation stalled: requests left but no event")  # a bug
-        done += server_event(best_s, best_t, best_m)
-    return Simulation(arr.copy(), start, first, finish, server)
+    def finish_steps(self, s: int, now: float, m: int) -> int:
+        """Advance server ``s`` by ``m`` steps to ``now``; the requests whose last token that
+        gives finish and free their slots. Returns how many."""
+        self.idx[s] += m
+        self.t0[s] = now
+        batch = self.batch[s]
+        done = 0
+        while batch and batch[0][0] <= self.idx[s]:
+            _, i = heapq.heappop(batch)
+            self.finish[i] = now
+            self.free[s] += 1
+            self.outstanding[s] -= 1
+            self.in_flight -= 1
+            done += 1
+        return done
 
 
 def speedup_fn(speedup: SpeedupFn | Any | None) -> SpeedupFn:
