@@ -351,88 +351,124 @@ def simulate_processor_sharing(
     S = speedup_fn(speedup)
     if dispatch not in _DISPATCHES:
         raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got {dispatch!r}")
-    n = len(times)
-    if arrivals_s is None:
-        arrivals = [0.0] * n
-    else:
-        arrivals = _times(arrivals_s)
-        if len(arrivals) != n:
-            raise ConfigError(
-                f"arrivals_s has {len(arrivals)} times for {n} requests — give one per request"
-            )
+    arrivals = _arrivals(arrivals_s, len(times))
     rate = {k: checked_speedup(S, k) / k for k in range(1, k_max + 1)}  # per-request speed
-    eps = _EPS * max([1.0, *times])
-
-    arrival_order = deque(sorted(range(n), key=lambda i: (arrivals[i], i)))
-    queues: list[deque[int]] = [deque() for _ in range(w if dispatch == "round_robin" else 1)]
-    active: list[dict[int, float]] = [{} for _ in range(w)]  # server → {request: work left}
-    start = [math.nan] * n
-    finish = [math.nan] * n
-    server_of = [-1] * n
-    rr_next = 0
-    now = 0.0
-    done = 0
-
-    def admit() -> None:
-        # Fill free slots from the queues, FIFO.
-        if dispatch == "round_robin":
-            for s in range(w):
-                while queues[s] and len(active[s]) < k_max:
-                    _begin(queues[s].popleft(), s)
-        else:
-            while queues[0]:
-                free = [s for s in range(w) if len(active[s]) < k_max]
-                if not free:
-                    break
-                s = min(free, key=lambda s: (len(active[s]), s))
-                _begin(queues[0].popleft(), s)
-
-    def _begin(i: int, s: int) -> None:
-        nonlocal done
-        start[i] = now
-        server_of[i] = s
-        if times[i] <= eps:  # an empty request finishes as it starts
-            finish[i] = now
-            done += 1
-        else:
-            active[s][i] = times[i]
-
-    while done < n:
-        while arrival_order and arrivals[arrival_order[0]] <= now + eps:
-            i = arrival_order.popleft()
-            if dispatch == "round_robin":
-                queues[rr_next % w].append(i)
-                rr_next += 1
-            else:
-                queues[0].append(i)
-        admit()
-        if done == n:
-            break
-        # Next event: the first completion at current rates, or the next arrival.
-        step = math.inf
-        for s in range(w):
-            if active[s]:
-                r = rate[len(active[s])]
-                step = min(step, min(active[s].values()) / r)
-        if arrival_order:
-            step = min(step, arrivals[arrival_order[0]] - now)
-        step = max(step, 0.0)
-        for s in range(w):
-            if not active[s]:
-                continue
-            r = rate[len(active[s])]
-            for i in list(active[s]):
-                left = active[s][i] - r * step
-                if left <= eps:
-                    del active[s][i]
-                    finish[i] = now + step
-                    done += 1
-                else:
-                    active[s][i] = left
-        now += step
-
-    entries = tuple(ScheduledRequest(i, server_of[i], start[i], finish[i]) for i in range(n))
+    run = _SharingRun(times, arrivals, w, k_max, rate, dispatch)
+    run.run()
+    entries = tuple(ScheduledRequest(i, run.server_of[i], run.start[i], run.finish[i])
+                    for i in range(len(times)))
     return PredictedSchedule(entries, w, k_max)
+
+
+def _arrivals(arrivals_s: Sequence[float] | None, n: int) -> list[float]:
+    """Each request's arrival (model seconds), checked: one per request; None: all at 0."""
+    if arrivals_s is None:
+        return [0.0] * n
+    arrivals = _times(arrivals_s)
+    if len(arrivals) != n:
+        raise ConfigError(
+            f"arrivals_s has {len(arrivals)} times for {n} requests — give one per request"
+        )
+    return arrivals
+
+
+class _SharingRun:
+    """One :func:`simulate_processor_sharing` run: the queues (one shared, or one a server
+    under round-robin), each server's requests in progress with their work left, and the
+    clock; it steps from event to event (a completion at the current rates, or an arrival)."""
+
+    def __init__(self, times: list[float], arrivals: list[float], workers: int, slots: int,
+                 rate: dict[int, float], dispatch: Dispatch) -> None:
+        n = len(times)
+        self.times, self.arrivals, self.rate = times, arrivals, rate
+        self.w, self.k_max = workers, slots
+        self.round_robin = dispatch == "round_robin"
+        self.eps = _EPS * max([1.0, *times])
+        self.arrival_order = deque(sorted(range(n), key=lambda i: (arrivals[i], i)))
+        self.queues: list[deque[int]] = [deque() for _ in range(workers if self.round_robin
+                                                                 else 1)]
+        self.active: list[dict[int, float]] = [{} for _ in range(workers)]  # {request: left}
+        self.start = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.server_of = [-1] * n
+        self.rr_next = 0
+        self.now = 0.0
+        self.done = 0
+
+    def run(self) -> None:
+        """Until every request finished: queue the arrivals, fill free slots, step on."""
+        n = len(self.times)
+        while self.done < n:
+            self.enqueue_arrived()
+            self.admit()
+            if self.done == n:
+                break
+            self.advance(self.next_step())
+
+    def enqueue_arrived(self) -> None:
+        """The requests arrived by now join the queue (round-robin: server i mod W's)."""
+        order, arrivals = self.arrival_order, self.arrivals
+        while order and arrivals[order[0]] <= self.now + self.eps:
+            i = order.popleft()
+            if self.round_robin:
+                self.queues[self.rr_next % self.w].append(i)
+                self.rr_next += 1
+            else:
+                self.queues[0].append(i)
+
+    def admit(self) -> None:
+        """Fill free slots from the queues, FIFO; the shared queue's head goes to the server
+        with the fewest requests in progress (lowest index on ties)."""
+        active, k_max = self.active, self.k_max
+        if self.round_robin:
+            for s in range(self.w):
+                while self.queues[s] and len(active[s]) < k_max:
+                    self.begin(self.queues[s].popleft(), s)
+            return
+        while self.queues[0]:
+            free = [s for s in range(self.w) if len(active[s]) < k_max]
+            if not free:
+                break
+            s = min(free, key=lambda s: (len(active[s]), s))
+            self.begin(self.queues[0].popleft(), s)
+
+    def begin(self, i: int, s: int) -> None:
+        """Request ``i`` takes a slot of server ``s``."""
+        self.start[i] = self.now
+        self.server_of[i] = s
+        if self.times[i] <= self.eps:  # an empty request finishes as it starts
+            self.finish[i] = self.now
+            self.done += 1
+        else:
+            self.active[s][i] = self.times[i]
+
+    def next_step(self) -> float:
+        """Time to the next event: the first completion at current rates, or the next
+        arrival."""
+        step = math.inf
+        for work in self.active:
+            if work:
+                step = min(step, min(work.values()) / self.rate[len(work)])
+        if self.arrival_order:
+            step = min(step, self.arrivals[self.arrival_order[0]] - self.now)
+        return max(step, 0.0)
+
+    def advance(self, step: float) -> None:
+        """Every request in progress works ``step`` seconds at its server's current rate;
+        those with no work left finish."""
+        for work in self.active:
+            if not work:
+                continue
+            r = self.rate[len(work)]
+            for i in list(work):
+                left = work[i] - r * step
+                if left <= self.eps:
+                    del work[i]
+                    self.finish[i] = self.now + step
+                    self.done += 1
+                else:
+                    work[i] = left
+        self.now += step
 
 
 def equal_requests_makespan(n: int, t: float, *, workers: int = 1, slots: int = 1,
@@ -618,6 +654,33 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
         ConfigError: a bad count, dispatch or service time; neither times nor service; a
             service model whose length differs from the times'.
     """
+    times, speedup = _service_times(service_times_s, service, speedup)
+    servers = _count("servers", topology.servers)
+    k = _count("slots", topology.slots)
+    if topology.in_flight is not None:
+        _count("requests in flight (concurrency)", topology.in_flight)
+    if topology.dispatch not in _DISPATCHES:
+        raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got "
+                          f"{topology.dispatch!r}")
+    S = speedup_fn(speedup)
+    eff = topology.busy_slots
+    label = topology.label or (f"{servers} server(s) × {k} slot(s)")
+    span = _makespan(times, service, servers, eff, topology.dispatch, S)
+    bound = _ps_lower_bound(times, servers, eff, S) if eff > 1 else lower_bound(times, servers)
+    overhead = 0.0
+    if topology.task_queue:
+        (overhead,) = _times([submit_overhead_s])
+        span += overhead
+    n_rounds = rounds(len(times), servers, eff)
+    why = _topology_explanation(topology, times, _Spans(span, bound, overhead, n_rounds),
+                                servers=servers, eff=eff, S=S, label=label)
+    return Prediction(label, span, bound, n_rounds, servers, eff, f"{label}: {why}")
+
+
+def _service_times(service_times_s: Iterable[float] | None, service: ServiceModel | None,
+                   speedup: SpeedupFn | Any | None) -> tuple[list[float], SpeedupFn | Any | None]:
+    """:func:`predict_topology`'s solo times (from ``service`` when not given) and speed-up
+    (``service``'s when not given), checked against each other."""
     if service_times_s is None:
         if service is None:
             raise ConfigError("predict_topology needs service times or a service model")
@@ -629,69 +692,72 @@ def predict_topology(topology: Topology, service_times_s: Iterable[float] | None
                               f"service times {len(times)} — give one entry per request")
         if speedup is None:
             speedup = service.speedup
-    servers = _count("servers", topology.servers)
-    k = _count("slots", topology.slots)
-    if topology.in_flight is not None:
-        _count("requests in flight (concurrency)", topology.in_flight)
-    if topology.dispatch not in _DISPATCHES:
-        raise ConfigError(f"dispatch must be one of {', '.join(_DISPATCHES)}, got "
-                          f"{topology.dispatch!r}")
-    dispatch = topology.dispatch
-    S = speedup_fn(speedup)
-    eff = topology.busy_slots
-    label = topology.label or (f"{servers} server(s) × {k} slot(s)")
-    n = len(times)
-    total = math.fsum(times)
+    return times, speedup
 
+
+def _makespan(times: list[float], service: ServiceModel | None, servers: int, eff: int,
+              dispatch: Dispatch, S: SpeedupFn) -> float:
+    """The makespan of ``times`` on ``servers`` × ``eff`` busy slots (see
+    :func:`predict_topology`): list scheduling with one slot, else the simulator's step rules
+    (with ``service``) or processor sharing."""
+    n = len(times)
     if eff == 1:
-        span = (greedy_makespan(times, servers) if dispatch == "least_loaded" or servers == 1
+        return (greedy_makespan(times, servers) if dispatch == "least_loaded" or servers == 1
                 else round_robin_makespan(times, servers))
-    elif service is not None and n:
+    if service is not None and n:
         from . import queueing
 
         sim = queueing.simulate([0.0] * n, list(service.tokens), decode_tps=service.decode_tps,
                                 prefill_s=list(service.prefill_s), workers=servers, slots=eff,
                                 speedup=S, routing="round_robin" if dispatch == "round_robin"
                                 else "fifo")
-        span = float(np.max(sim.finish_s))
-    else:
-        span = simulate_processor_sharing(times, workers=servers, slots=eff, speedup=S,
-                                          dispatch=dispatch).makespan_s
-    bound = _ps_lower_bound(times, servers, eff, S) if eff > 1 else lower_bound(times, servers)
-    overhead = 0.0
-    if topology.task_queue:
-        (overhead,) = _times([submit_overhead_s])
-        span += overhead
-    n_rounds = rounds(n, servers, eff)
+        return float(np.max(sim.finish_s))
+    return simulate_processor_sharing(times, workers=servers, slots=eff, speedup=S,
+                                      dispatch=dispatch).makespan_s
 
+
+class _Spans(NamedTuple):
+    """A prediction's figures (model seconds) that its explanation quotes."""
+
+    span: float
+    bound: float
+    overhead: float
+    rounds: int
+
+
+def _topology_explanation(topology: Topology, times: list[float], spans: _Spans, *,
+                          servers: int, eff: int, S: SpeedupFn, label: str) -> str:
+    """Why :func:`predict_topology` predicts what it does, in a sentence or two."""
+    n, k, dispatch = len(times), topology.slots, topology.dispatch
+    span, overhead = spans.span, spans.overhead
+    total = math.fsum(times)
     equal = n > 0 and max(times) - min(times) <= _EPS * max(1.0, max(times))
     if n == 0:
-        why = "no requests: nothing to wait for."
-    elif topology.in_flight == 1 and servers == 1 and not topology.task_queue:
-        why = (f"one request at a time on one server: Σt = {_s(total)}"
-               + (f" ({n} × {_s(times[0])})" if equal else "") + ".")
-    elif eff == 1 and servers == 1 and topology.task_queue:
+        return "no requests: nothing to wait for."
+    if topology.in_flight == 1 and servers == 1 and not topology.task_queue:
+        return (f"one request at a time on one server: Σt = {_s(total)}"
+                + (f" ({n} × {_s(times[0])})" if equal else "") + ".")
+    if eff == 1 and servers == 1 and topology.task_queue:
         why = (f"the {label} queue feeds one single-slot server, which still serves one request "
                f"at a time: Σt = {_s(total)}" + (f" plus {_s(overhead)} to submit" if overhead
                                                  else "") + "; queueing only frees the caller.")
         if k > 1 and topology.in_flight == 1:
             why += " (concurrency 1 leaves the extra slots idle.)"
-    elif servers == 1 and eff > 1:
-        why = (f"one server with {eff} slots decoding together at S({eff}) = "
-               f"{checked_speedup(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
-    elif servers == 1:
-        why = f"one request at a time on one server: Σt = {_s(total)}."
-    elif eff == 1:
+        return why
+    if servers == 1 and eff > 1:
+        return (f"one server with {eff} slots decoding together at S({eff}) = "
+                f"{checked_speedup(S, eff):.2f}× its solo speed, shared among them: {_s(span)}.")
+    if servers == 1:
+        return f"one request at a time on one server: Σt = {_s(total)}."
+    if eff == 1:
         how = "least-loaded (pull) dispatch" if dispatch == "least_loaded" else "round-robin"
         why = (f"{n} requests on {servers} single-slot servers with {how}: ")
-        why += (f"⌈{n}/{servers}⌉ = {n_rounds} rounds of {_s(times[0])} = {_s(span)}"
-                if equal else f"{_s(span)} (lower bound {_s(bound)})")
-        why += f", {total / span:.2f}× faster than sequential." if span > 0 else "."
-    else:
-        why = (f"{n} requests on {servers} servers × {eff} slots (S({eff}) = "
-               f"{checked_speedup(S, eff):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
-               f" (lower bound {_s(bound)}).")
-    return Prediction(label, span, bound, n_rounds, servers, eff, f"{label}: {why}")
+        why += (f"⌈{n}/{servers}⌉ = {spans.rounds} rounds of {_s(times[0])} = {_s(span)}"
+                if equal else f"{_s(span)} (lower bound {_s(spans.bound)})")
+        return why + (f", {total / span:.2f}× faster than sequential." if span > 0 else ".")
+    return (f"{n} requests on {servers} servers × {eff} slots (S({eff}) = "
+            f"{checked_speedup(S, eff):.2f}), {dispatch.replace('_', '-')} dispatch: {_s(span)}"
+            f" (lower bound {_s(spans.bound)}).")
 
 
 def _s(seconds: float) -> str:
