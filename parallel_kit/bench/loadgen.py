@@ -57,7 +57,7 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import AllWorkersLost, ConfigError, OllamaError, ParallelKitError
@@ -104,7 +104,7 @@ class _Session:
     workers: int
     slots: int
     send_fn: Send
-    setup_s: float = 0.0
+    setup_s: float  # every session says its own
     lost_workers: list[dict[str, Any]] = field(default_factory=list)
     clients: Sequence[Any] = ()
 
@@ -279,12 +279,7 @@ async def run_open_loop(
         ConfigError: specs and schedule differ in length; warm-up leaves nothing.
         asyncio.CancelledError: on Ctrl-C, after notifying ``ctx`` of every finished row.
     """
-    n = len(schedule)
-    if len(specs) != n:
-        raise ConfigError(f"{len(specs)} requests for {n} arrivals — give one request per "
-                          f"arrival")
-    if warmup >= n:
-        raise ConfigError(f"--warmup {warmup} leaves none of the {n} requests to measure")
+    n = _check_arrivals(specs, schedule, warmup)
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     times = [float(t) for t in schedule.times_s]
     lags: list[float] = [math.nan] * n
@@ -296,19 +291,7 @@ async def run_open_loop(
         origin = clock.now()
 
         async def one(i: int, spec: RequestSpec, scheduled: float) -> None:
-            handed = lags[i] + scheduled
-            try:
-                if sem is not None:
-                    async with sem:
-                        handed = clock.now()
-                        row = await session.send(spec, handed)
-                else:
-                    row = await session.send(spec, handed)
-            except ParallelKitError as exc:  # e.g. the task queue is full: a failed row
-                row = RequestResult(
-                    request_id=spec.request_id or f"r{i}", mode=mode, prompt=spec.prompt,
-                    model=spec.model or ctx.model, queued_s=handed, submitted_s=handed,
-                    finished_s=clock.now(), ok=False, error=str(exc)).finalize()
+            row = await _hand_over(session, sem, mode, ctx, i, spec, lags[i] + scheduled)
             row.scheduled_s = scheduled
             if not row.request_id:
                 row.request_id = spec.request_id or f"r{i}"
@@ -340,16 +323,42 @@ async def run_open_loop(
                    itl=itl)
 
 
-@dataclass(slots=True)
-class _FromArrival:
-    """A row's view with latency and TTFT measured from its scheduled arrival (for the SLO)."""
+def _check_arrivals(specs: Sequence[RequestSpec], schedule: Schedule, warmup: int) -> int:
+    """The number of arrivals, once there is one request per arrival and warm-up leaves some."""
+    n = len(schedule)
+    if len(specs) != n:
+        raise ConfigError(f"{len(specs)} requests for {n} arrivals — give one request per "
+                          f"arrival")
+    if warmup >= n:
+        raise ConfigError(f"--warmup {warmup} leaves none of the {n} requests to measure")
+    return n
 
-    ok: bool
-    submitted_s: float
-    finished_s: float
-    latency_s: float
-    ttft_s: float
-    output_tokens: int | None
+
+async def _hand_over(session: Session, sem: asyncio.Semaphore | None, mode: str,
+                     ctx: ModeContext, i: int, spec: RequestSpec, handed: float
+                     ) -> RequestResult:
+    """Request ``i``'s row: handed to ``session`` at ``handed``, or, under the
+    ``max_concurrency`` semaphore ``sem``, when it lets the request through. A
+    :class:`ParallelKitError` (e.g. the task queue is full) becomes a failed row."""
+    clock = session.clock
+    try:
+        if sem is None:
+            return await session.send(spec, handed)
+        async with sem:
+            handed = clock.now()
+            return await session.send(spec, handed)
+    except ParallelKitError as exc:
+        return RequestResult(
+            request_id=spec.request_id or f"r{i}", mode=mode, prompt=spec.prompt,
+            model=spec.model or ctx.model, queued_s=handed, submitted_s=handed,
+            finished_s=clock.now(), ok=False, error=str(exc)).finalize()
+
+
+def _from_arrival(row: RequestResult) -> RequestResult:
+    """``row`` measured from its scheduled arrival (what the user waited, for the SLO): its
+    latency and TTFT derived again (:meth:`RequestResult.finalize`) from ``scheduled_s``."""
+    return replace(row, submitted_s=row.scheduled_s, latency_s=math.nan,
+                   ttft_s=math.nan).finalize()
 
 
 def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list[float],
@@ -368,36 +377,7 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
                         workers=workers, slots=slots, wall_s=wall_s, setup_s=setup_s,
                         model=ctx.model, lost_workers=lost, notes=notes,
                         offered_rps=schedule.rate, itl=itl)
-    scale = ctx.time_scale
-    lag = [lags[i] for i in measured_idx]
-    lag_max = max(lag) if lag else math.nan
-    lag_p95 = distribution(lag).p95
-    fell_behind = lag_p95 * scale > LAG_LIMIT_CLOCK_S
-    ok = [r for r in measured if r.ok]
-    from_arrival = [_FromArrival(r.ok, r.scheduled_s, r.finished_s, r.finished_s - r.scheduled_s,
-                                 r.first_token_s - r.scheduled_s, r.output_tokens)
-                    for r in measured]
-    lat = distribution(x.latency_s for x in from_arrival if x.ok)
-    ttft = distribution(x.ttft_s for x in from_arrival if x.ok)
-    queue_wait = distribution(r.queue_wait_s for r in ok)
-    sub = sorted(r.queued_s for r in measured)
-    span = sub[-1] - sub[0] if len(sub) > 1 else math.nan
-    achieved = (len(sub) - 1) / span if span and span > 0 else math.nan
-    sent = sorted(r.submitted_s for r in measured if not math.isnan(r.submitted_s))
-    sent_span = sent[-1] - sent[0] if len(sent) > 1 else math.nan
-    sent_rps = (len(sent) - 1) / sent_span if sent_span and sent_span > 0 else math.nan
-    peak = _peak_in_flight(measured)
-    cap_bound = bool(max_concurrency) and peak >= (max_concurrency or 0)
-    first_arrival = min(r.scheduled_s for r in measured)
-    last_end = max((r.finished_s for r in measured if not math.isnan(r.finished_s)),
-                   default=math.nan)
-    duration = last_end - first_arrival
-    summary.offered_rps = schedule.rate
-    if slo is not None:
-        # From arrival (what the user waited), over the span from the first arrival to the
-        # last end; with nothing held in the kit and no lag this is vLLM's send-based figure.
-        summary.goodput_rps = goodput_rps(from_arrival, slo, duration)
-        summary.slo = str(slo)
+    from_arrival = [_from_arrival(r) for r in measured]
     info: dict[str, Any] = {
         "arrivals": schedule.process,
         "schedule": schedule.describe(),
@@ -408,35 +388,69 @@ def _result(mode: str, rows: list[RequestResult], lags: list[float], times: list
         "requests": len(rows),
         "warmup": warmup,
         "max_concurrency": max_concurrency,
-        "achieved_rps": achieved,
-        "sent_rps": sent_rps,
-        "peak_in_flight": peak,
-        "cap_bound": cap_bound,
-        "duration_s": duration,
-        "lag_mean_s": math.fsum(lag) / len(lag) if lag else math.nan,
-        "lag_max_s": lag_max,
-        "lag_mean_clock_ms": (math.fsum(lag) / len(lag)) * scale * 1e3 if lag else math.nan,
-        "lag_p95_clock_ms": lag_p95 * scale * 1e3,
-        "lag_max_clock_ms": lag_max * scale * 1e3,
-        "fell_behind": fell_behind,
-        "queue_wait_mean_s": queue_wait.mean,
+        **_sending(measured, max_concurrency),
+        **_lag([lags[i] for i in measured_idx], ctx.time_scale),
+        "queue_wait_mean_s": distribution(r.queue_wait_s for r in measured if r.ok).mean,
         "slo": str(slo) if slo is not None else None,
         "slo_met": (sum(1 for x in from_arrival if slo.meets(x)) if slo is not None else None),
     }
-    for name, d in (("latency_from_arrival", lat), ("ttft_from_arrival", ttft)):
+    for name, d in (("latency_from_arrival", distribution(x.latency_s for x in from_arrival
+                                                          if x.ok)),
+                    ("ttft_from_arrival", distribution(x.ttft_s for x in from_arrival if x.ok))):
         info.update({f"{name}_mean_s": d.mean, f"{name}_p50_s": d.p50,
                      f"{name}_p90_s": d.p90, f"{name}_p95_s": d.p95, f"{name}_p99_s": d.p99})
+    summary.offered_rps = schedule.rate
+    if slo is not None:
+        # From arrival (what the user waited), over the span from the first arrival to the
+        # last end; with nothing held in the kit and no lag this is vLLM's send-based figure.
+        summary.goodput_rps = goodput_rps(from_arrival, slo, info["duration_s"])
+        summary.slo = str(slo)
     summary.open_loop = info
-    if fell_behind:
+    if info["fell_behind"]:
         summary.notes.append(
             f"the load generator fell behind: 5 % of requests left more than "
-            f"{lag_p95 * scale * 1e3:.2f} ms (clock) after their scheduled time (mean "
-            f"{info['lag_mean_clock_ms']:.3f} ms, largest {lag_max * scale * 1e3:.2f} ms) — "
+            f"{info['lag_p95_clock_ms']:.2f} ms (clock) after their scheduled time (mean "
+            f"{info['lag_mean_clock_ms']:.3f} ms, largest {info['lag_max_clock_ms']:.2f} ms) — "
             f"see open_loop.lag_*")
     run = RunResult(summary, rows)
     if predict is not None:
         predict(run)
     return run
+
+
+def _sending(measured: Sequence[RequestResult], max_concurrency: int | None) -> dict[str, Any]:
+    """How the measured requests went out: arrivals and sends per model second (each over
+    its own span), the peak in flight, whether ``max_concurrency`` bound it, and the duration
+    from the first arrival to the last end."""
+    sub = sorted(r.queued_s for r in measured)
+    span = sub[-1] - sub[0] if len(sub) > 1 else math.nan
+    sent = sorted(r.submitted_s for r in measured if not math.isnan(r.submitted_s))
+    sent_span = sent[-1] - sent[0] if len(sent) > 1 else math.nan
+    peak = _peak_in_flight(measured)
+    last_end = max((r.finished_s for r in measured if not math.isnan(r.finished_s)),
+                   default=math.nan)
+    return {
+        "achieved_rps": (len(sub) - 1) / span if span and span > 0 else math.nan,
+        "sent_rps": (len(sent) - 1) / sent_span if sent_span and sent_span > 0 else math.nan,
+        "peak_in_flight": peak,
+        "cap_bound": bool(max_concurrency) and peak >= (max_concurrency or 0),
+        "duration_s": last_end - min(r.scheduled_s for r in measured),
+    }
+
+
+def _lag(lag: Sequence[float], scale: float) -> dict[str, Any]:
+    """The generator's lag behind the schedule (model seconds, and clock milliseconds at
+    ``scale``), and whether it fell behind (its p95 over :data:`LAG_LIMIT_CLOCK_S`)."""
+    lag_max = max(lag) if lag else math.nan
+    lag_p95 = distribution(lag).p95
+    return {
+        "lag_mean_s": math.fsum(lag) / len(lag) if lag else math.nan,
+        "lag_max_s": lag_max,
+        "lag_mean_clock_ms": (math.fsum(lag) / len(lag)) * scale * 1e3 if lag else math.nan,
+        "lag_p95_clock_ms": lag_p95 * scale * 1e3,
+        "lag_max_clock_ms": lag_max * scale * 1e3,
+        "fell_behind": lag_p95 * scale > LAG_LIMIT_CLOCK_S,
+    }
 
 
 def fill_predictions(run: RunResult, mode: str, specs: Sequence[RequestSpec], schedule: Schedule,
