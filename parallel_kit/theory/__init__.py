@@ -1108,19 +1108,62 @@ def predict_load(
         ConfigError: neither or both of rate and schedule; bad counts; unknown routing;
         ``service_cv`` < 0.
     """
-    from . import queueing
-
     if (rate is None) == (schedule is None):
         raise ConfigError("predict_load needs either a rate (steady state) or a schedule "
                           "(this run), not both")
+    shape = _load_shape(mode, workers=workers, slots=slots, concurrency=concurrency,
+                        routing=routing, max_ongoing=max_ongoing)
+    capacity, mean_s, scv_s = _service_figures(service, shape.servers, shape.slots)
+    arrivals = _load_arrivals(rate, schedule, warmup=warmup, requests=requests,
+                              process=process, burstiness=burstiness, seed=seed)
+    fig, how = _load_figures(service, arrivals, shape, max_concurrency=max_concurrency,
+                             seed=seed, draws=1 if schedule is None else JITTER_RUNS)
+    rho = arrivals.rate / capacity if capacity > 0 else math.inf
+    if schedule is None and rho >= 1:
+        # No steady state: the queue, and every figure with it, grows with the run's length.
+        fig = {k: math.inf for k in fig}
+    closed = _closed_form(arrivals, shape, mean_s, scv_s, process=process,
+                          steady=schedule is None and max_concurrency is None)
+    latency_mean, method = ((closed.wait + mean_s, "closed form + discrete-event")
+                            if closed.exact and closed.wait is not None
+                            else (fig["latency_mean_s"], how))
+    why = _load_explanation(shape, closed, capacity=capacity, rho=rho, mean_s=mean_s,
+                            latency_mean=latency_mean, p95=fig["latency_p95_s"], how=how)
+    return LoadPrediction(
+        mode=shape.label, routing=shape.routing, rate=arrivals.rate, servers=shape.servers,
+        slots=shape.slots, capacity_rps=capacity, utilisation=rho, latency_mean_s=latency_mean,
+        latency_p50_s=fig["latency_p50_s"], latency_p95_s=fig["latency_p95_s"],
+        latency_p99_s=fig["latency_p99_s"], ttft_mean_s=fig["ttft_mean_s"],
+        ttft_p50_s=fig["ttft_p50_s"], ttft_p95_s=fig["ttft_p95_s"], ttft_p99_s=fig["ttft_p99_s"],
+        wait_mean_s=fig["wait_mean_s"], simulated_latency_mean_s=fig["latency_mean_s"],
+        closed_form=closed.name, closed_form_wait_s=closed.wait, method=method,
+        explanation=why)
+
+
+class _LoadShape(NamedTuple):
+    """What :func:`predict_load` runs: servers × slots each really uses, the routing, the
+    bound on what one server accepts, and whether one queue stands in front of every slot."""
+
+    label: str
+    servers: int
+    slots: int
+    routing: str
+    max_ongoing: int | None
+    one_queue: bool
+
+
+def _load_shape(mode: str | Topology, *, workers: int, slots: int, concurrency: int | None,
+                routing: str | None, max_ongoing: int | None) -> _LoadShape:
+    """The :class:`_LoadShape` of a mode's name or a :class:`Topology` (see
+    :func:`predict_load` for ``max_ongoing``'s default)."""
     if isinstance(mode, Topology):
-        topo = mode
-        servers, eff = _count("servers", topo.servers), topo.busy_slots
-        policy = "round_robin" if topo.dispatch == "round_robin" else "fifo"
-        mode = topo.label or f"{servers} server(s) × {eff} slot(s)"
+        servers, eff = _count("servers", mode.servers), mode.busy_slots
+        policy = "round_robin" if mode.dispatch == "round_robin" else "fifo"
+        label = mode.label or f"{servers} server(s) × {eff} slot(s)"
     else:
         servers, eff, policy = mode_topology(mode, workers=workers, slots=slots,
                                              concurrency=concurrency)
+        label = mode
         if policy == "power_of_two" and routing is None and max_ongoing is None:
             max_ongoing = eff  # Serve's replicas accept as many as their Ollama has slots
     policy = routing or policy
@@ -1132,6 +1175,13 @@ def predict_load(
     # One FIFO queue in front of every slot: what Serve's router amounts to with
     # max_ongoing_requests = the slots (it holds the rest in its own FIFO queue).
     one_queue = policy == "fifo" or (policy == "power_of_two" and max_ongoing == eff)
+    return _LoadShape(label, servers, eff, policy, max_ongoing, one_queue)
+
+
+def _service_figures(service: ServiceModel, servers: int, eff: int
+                     ) -> tuple[float, float, float]:
+    """``(capacity_rps, mean_s, scv_s)``: the requests per second ``servers`` × ``eff`` busy
+    slots finish, the mean solo service time and its squared CV (jitter included)."""
     solo = service.solo_s
     mean_pre = sum(service.prefill_s) / len(solo)
     mean_tok = sum(service.tokens) / len(solo)
@@ -1146,87 +1196,118 @@ def predict_load(
     var_s = (sum((t - mean_s) ** 2 for t in solo) / len(solo)
              + cv**2 * sum(t * t for t in solo) / len(solo))
     scv_s = var_s / mean_s**2 if mean_s > 0 else 0.0
+    return capacity, mean_s, scv_s
 
+
+class _LoadArrivals(NamedTuple):
+    """The arrivals :func:`predict_load` runs: times (model s), rate λ, squared CV of the
+    gaps, the first ones left out of the figures, and how they were found."""
+
+    times: np.ndarray
+    rate: float
+    scv: float
+    skip: int
+    how: str
+
+
+def _load_arrivals(rate: float | None, schedule: Any, *, warmup: int, requests: int,
+                   process: str, burstiness: float, seed: int) -> _LoadArrivals:
+    """This run's arrivals (``schedule``), or ``requests`` drawn at ``rate`` for a steady
+    state (its empty start left out)."""
     if schedule is not None:
-        times = np.asarray(schedule.times_s, dtype=float)
-        lam = float(getattr(schedule, "rate", math.nan))
-        scv_a = float(getattr(schedule, "scv", math.nan))
-        skip = warmup
-        how = "discrete-event (this run's arrivals)"
-    else:
-        from ..workload.arrivals import make_schedule
+        return _LoadArrivals(np.asarray(schedule.times_s, dtype=float),
+                             float(getattr(schedule, "rate", math.nan)),
+                             float(getattr(schedule, "scv", math.nan)), warmup,
+                             "discrete-event (this run's arrivals)")
+    from ..workload.arrivals import make_schedule
 
-        lam = float(rate)  # type: ignore[arg-type]
-        sched = make_schedule(lam, n=requests, process=process, burstiness=burstiness,
-                              seed=seed)
-        times = sched.times_s
-        scv_a = sched.scv
-        skip = min(requests // 20, 1000)  # leave the empty start out of a steady state
-        how = "discrete-event"
-    pre, tok = service.cycled(len(times))
+    lam = float(rate)  # type: ignore[arg-type]
+    sched = make_schedule(lam, n=requests, process=process, burstiness=burstiness, seed=seed)
+    skip = min(requests // 20, 1000)  # leave the empty start out of a steady state
+    return _LoadArrivals(sched.times_s, lam, sched.scv, skip, "discrete-event")
+
+
+def _load_figures(service: ServiceModel, arrivals: _LoadArrivals, shape: _LoadShape, *,
+                  max_concurrency: int | None, seed: int, draws: int
+                  ) -> tuple[dict[str, float], str]:
+    """The discrete-event run's figures (:meth:`~.queueing.Simulation.figures`) and how they
+    were found; with a service-time jitter, the mean over ``draws`` draws of it."""
+    from . import queueing
+
+    pre, tok = service.cycled(len(arrivals.times))
 
     def run(prefill: Sequence[float] | np.ndarray, tokens: Sequence[int] | np.ndarray,
             run_seed: int) -> dict[str, float]:
-        return queueing.simulate(times, tokens, decode_tps=service.decode_tps, prefill_s=prefill,
-                                 workers=servers, slots=eff, speedup=S, routing=policy,
+        return queueing.simulate(arrivals.times, tokens, decode_tps=service.decode_tps,
+                                 prefill_s=prefill, workers=shape.servers, slots=shape.slots,
+                                 speedup=service.speedup, routing=shape.routing,
                                  max_in_flight=max_concurrency, seed=run_seed,
-                                 max_ongoing=max_ongoing).figures(skip)
+                                 max_ongoing=shape.max_ongoing).figures(arrivals.skip)
 
-    if cv > 0:
-        # A long steady-state run averages the jitter out by itself; one run of this schedule
-        # does not, so its figures are the mean over JITTER_RUNS draws of the jitter.
-        runs = 1 if schedule is None else JITTER_RUNS
-        rng = np.random.default_rng(seed)
-        drawn = [run(*jittered_service(pre, tok, service.decode_tps, cv, rng), seed + r)
-                 for r in range(runs)]
-        fig = {k: float(np.mean([d[k] for d in drawn])) for k in drawn[0]}
-        how += f", service-time CV {cv:.3g}" + (f" (mean of {runs} draws)" if runs > 1 else "")
-    else:
-        fig = run(pre, tok, seed)
-    rho = lam / capacity if capacity > 0 else math.inf
-    if schedule is None and rho >= 1:
-        # No steady state: the queue, and every figure with it, grows with the run's length.
-        fig = {k: math.inf for k in fig}
+    cv = service.service_cv
+    if cv <= 0:
+        return run(pre, tok, seed), arrivals.how
+    # A long steady-state run averages the jitter out by itself; one run of this schedule
+    # does not, so its figures are the mean over JITTER_RUNS draws of the jitter.
+    rng = np.random.default_rng(seed)
+    drawn = [run(*jittered_service(pre, tok, service.decode_tps, cv, rng), seed + r)
+             for r in range(draws)]
+    fig = {k: float(np.mean([d[k] for d in drawn])) for k in drawn[0]}
+    how = arrivals.how + f", service-time CV {cv:.3g}" + (f" (mean of {draws} draws)"
+                                                           if draws > 1 else "")
+    return fig, how
 
-    closed_form, closed_wait = "", None
-    one_server = servers == 1 and eff == 1
-    if math.isfinite(lam) and lam > 0 and process in ("poisson", "constant", "gamma"):
-        if one_server and schedule is None and process == "poisson" and max_concurrency is None:
-            closed_form = ("M/D/1 Pollaczek–Khinchine" if scv_s < 1e-12
-                           else "M/G/1 Pollaczek–Khinchine")
-            closed_wait = queueing.mg1_wait(lam, mean_s, scv_s)
-        elif eff == 1 and one_queue and math.isfinite(scv_a):
-            closed_form = ("M/D/c Allen–Cunneen (approximation)" if scv_a == 1 and scv_s < 1e-12
-                           else "G/G/c Allen–Cunneen (approximation)")
-            closed_wait = queueing.allen_cunneen_wait(lam, mean_s, servers, scv_arrival=scv_a,
-                                                      scv_service=scv_s)
-    latency_mean = fig["latency_mean_s"]
-    method = how
-    if closed_form.startswith("M/") and "Pollaczek" in closed_form and closed_wait is not None:
-        latency_mean = closed_wait + mean_s
-        method = "closed form + discrete-event"
-    how_routed = policy.replace('_', ' ')
-    if max_ongoing is not None:
-        how_routed += (f" among servers that accept (at most {max_ongoing} each"
-                       f"{', the rest wait in one router queue' if one_queue else ''})")
-    why = (f"{mode}: {servers} server(s) × {eff} slot(s), {how_routed} routing, "
-           f"capacity {capacity:.3g} req/s, ρ = {rho:.2f}; ")
+
+class _ClosedFormWait(NamedTuple):
+    """A closed form's mean wait in queue (model s); ``name`` "" and ``wait`` None: none."""
+
+    name: str = ""
+    wait: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Pollaczek–Khinchine (M/·/1), exact for the mean, not an approximation."""
+        return self.name.startswith("M/") and "Pollaczek" in self.name
+
+
+def _closed_form(arrivals: _LoadArrivals, shape: _LoadShape, mean_s: float, scv_s: float, *,
+                 process: str, steady: bool) -> _ClosedFormWait:
+    """The closed form that applies (module ``queueing``): M/G/1 for one single-slot server
+    in a Poisson ``steady`` state with no client bound; Allen–Cunneen for single-slot servers
+    behind one queue; else none."""
+    from . import queueing
+
+    lam = arrivals.rate
+    if not (math.isfinite(lam) and lam > 0 and process in ("poisson", "constant", "gamma")):
+        return _ClosedFormWait()
+    if shape.servers == 1 and shape.slots == 1 and steady and process == "poisson":
+        name = "M/D/1 Pollaczek–Khinchine" if scv_s < 1e-12 else "M/G/1 Pollaczek–Khinchine"
+        return _ClosedFormWait(name, queueing.mg1_wait(lam, mean_s, scv_s))
+    if shape.slots == 1 and shape.one_queue and math.isfinite(arrivals.scv):
+        name = ("M/D/c Allen–Cunneen (approximation)" if arrivals.scv == 1 and scv_s < 1e-12
+                else "G/G/c Allen–Cunneen (approximation)")
+        return _ClosedFormWait(name, queueing.allen_cunneen_wait(
+            lam, mean_s, shape.servers, scv_arrival=arrivals.scv, scv_service=scv_s))
+    return _ClosedFormWait()
+
+
+def _load_explanation(shape: _LoadShape, closed: _ClosedFormWait, *, capacity: float,
+                      rho: float, mean_s: float, latency_mean: float, p95: float,
+                      how: str) -> str:
+    """Why :func:`predict_load` predicts what it does, in a sentence or two."""
+    how_routed = shape.routing.replace('_', ' ')
+    if shape.max_ongoing is not None:
+        how_routed += (f" among servers that accept (at most {shape.max_ongoing} each"
+                       f"{', the rest wait in one router queue' if shape.one_queue else ''})")
+    why = (f"{shape.label}: {shape.servers} server(s) × {shape.slots} slot(s), {how_routed} "
+           f"routing, capacity {capacity:.3g} req/s, ρ = {rho:.2f}; ")
     if rho >= 1:
-        why += "the offered load exceeds capacity: the queue (and latency) grows with the run."
-    else:
-        why += f"mean latency {latency_mean:.3g} s"
-        if closed_wait is not None:
-            why += f" ({closed_form}: wait {closed_wait:.3g} s + service {mean_s:.3g} s)"
-        why += f", p95 {fig['latency_p95_s']:.3g} s ({how})."
-    return LoadPrediction(
-        mode=mode, routing=policy, rate=lam, servers=servers, slots=eff,
-        capacity_rps=capacity, utilisation=rho, latency_mean_s=latency_mean,
-        latency_p50_s=fig["latency_p50_s"], latency_p95_s=fig["latency_p95_s"],
-        latency_p99_s=fig["latency_p99_s"], ttft_mean_s=fig["ttft_mean_s"],
-        ttft_p50_s=fig["ttft_p50_s"], ttft_p95_s=fig["ttft_p95_s"], ttft_p99_s=fig["ttft_p99_s"], wait_mean_s=fig["wait_mean_s"],
-        simulated_latency_mean_s=fig["latency_mean_s"],
-        closed_form=closed_form, closed_form_wait_s=closed_wait, method=method,
-        explanation=why)
+        return why + ("the offered load exceeds capacity: the queue (and latency) grows with "
+                      "the run.")
+    why += f"mean latency {latency_mean:.3g} s"
+    if closed.wait is not None:
+        why += f" ({closed.name}: wait {closed.wait:.3g} s + service {mean_s:.3g} s)"
+    return why + f", p95 {p95:.3g} s ({how})."
 
 
 def __getattr__(name: str) -> Any:
