@@ -357,3 +357,41 @@ def test_bench_pool_with_a_server_frozen_mid_run_finishes_with_every_row_ok(flee
     assert len(rows) == 12 and all(r["ok"] for r in rows)
     lost = doc["runs"][0]["summary"]["lost_workers"]
     assert [w["worker"] for w in lost] == [f"127.0.0.1:{fleet[1].port}"]
+
+
+# -- the stack modes: a server killed, frozen or restarted under its Serve replica ----------------
+@pytest.mark.ray
+@pytest.mark.parametrize("mode", ["rayserve", "production"])
+@pytest.mark.parametrize("fault", ["kill", "freeze", "restart"])
+async def test_a_server_fault_under_a_stack_mode_loses_no_row(fleet, ray_cluster, mode,
+                                                               fault) -> None:
+    """An Ollama behind one of three Serve replicas, mid-run: killed (the replica's request
+    finds it gone), frozen (only the replica's health probe finds it: Serve replaces the
+    replica) or killed and restarted on its port. The driver sends the lost request again:
+    every request ends ok, within the bound, and the lost replica is named."""
+    pytest.importorskip("ray.serve")
+    if mode == "production":
+        pytest.importorskip("celery")
+    ctx = ModeContext(endpoints(fleet), backend="sim", time_scale=SCALE, gpus=len(fleet))
+    t0 = time.perf_counter()
+    await mark(fleet)
+    run = asyncio.create_task(get_mode(mode)(specs(9), ctx))
+    try:
+        await until(lambda: started(fleet[1]), "gpu1's first request")
+        if fault == "freeze":
+            fleet[1].freeze()
+        else:
+            fleet[1].kill()
+            if fault == "restart":
+                fleet[1].start()
+        result = await asyncio.wait_for(run, BOUND_S)
+    finally:
+        fleet[1].thaw()
+        if not run.done():
+            run.cancel()
+    assert time.perf_counter() - t0 < BOUND_S
+    assert_complete(result.requests, 9)
+    assert result.summary.ok == 9, [(r.worker, r.retries, r.error) for r in result.requests]
+    assert result.summary.retries >= 1
+    if mode == "rayserve":  # the driver sees the lost replica (production: a Celery worker)
+        assert result.summary.lost_workers

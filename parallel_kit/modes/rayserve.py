@@ -69,6 +69,8 @@ from .stack_options import check_max_ongoing
 
 __all__ = [
     "HEALTH_CHECK_PERIOD_S",
+    "LOST_RETRIES",
+    "REPLICA_PROBE_S",
     "ROUTER_CLASS_PATH",
     "ROUTER_MAX_BACKOFF_S",
     "EndpointLost",
@@ -76,14 +78,21 @@ __all__ = [
     "ServeApp",
     "check_max_ongoing",
     "import_serve",
+    "lost_retry_delay",
     "open_serve_app",
     "run_on_app",
     "run_rayserve",
     "running_replicas",
 ]
 
+#: Times a request whose replica was lost is sent again (:func:`lost_retry_delay` apart).
+LOST_RETRIES = 10
 #: Clock seconds between Serve's health checks of a replica (Serve's default is 10 s).
 HEALTH_CHECK_PERIOD_S = 1.0
+#: Clock seconds a replica's probe of its Ollama (``GET /``) may take: the pool's default
+#: deadline (:class:`~parallel_kit.modes.health.HealthPolicy`), far below Serve's own
+#: health-check timeout.
+REPLICA_PROBE_S = 5.0
 #: Longest pause (clock seconds) of Serve's router between two tries for a waiting request.
 ROUTER_MAX_BACKOFF_S = 0.01
 #: The deployment's request router (:mod:`parallel_kit.modes.serve_router`, imported by Serve
@@ -173,9 +182,20 @@ class OllamaReplica:
                 "pid": os.getpid()}
 
     async def check_health(self) -> None:
-        """Serve's health check: fails once the endpoint stopped answering (Serve restarts)."""
+        """Serve's health check (every :data:`HEALTH_CHECK_PERIOD_S`): fails once a request
+        found the endpoint gone, and whenever ``GET /`` gets no answer within
+        :data:`REPLICA_PROBE_S` — a frozen server keeps its socket open, so no request error
+        would ever say so. Serve replaces the replica after a few failed checks in a row
+        (its own threshold), and the driver sends the requests that were inside it again.
+
+        Raises:
+            RuntimeError: the endpoint is gone or did not answer the probe.
+        """
         if self.lost:
             raise RuntimeError(f"the replica's Ollama stopped answering: {self.lost}")
+        silent = await self._gpu.ping(REPLICA_PROBE_S)
+        if silent:
+            raise RuntimeError(f"the replica's Ollama did not answer a health check: {silent}")
 
     async def __del__(self) -> None:
         await self._gpu.stop()
@@ -363,7 +383,8 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
     """One request through the application; a replica lost mid-request → sent again.
 
     Serve's router does not re-send a request that was already inside a replica (module
-    docstring), so this does, at most ``app.workers`` times; ``retries`` counts it.
+    docstring), so this does, after :func:`lost_retry_delay`, at most :data:`LOST_RETRIES`
+    times; ``retries`` counts it, and each lost replica is listed once in ``app.lost``.
     """
     lost_errors = ray_lost_errors()
     retries = 0
@@ -371,11 +392,12 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         try:
             out = await app.handle.remote(spec_to_wire(spec), submitted_s, epoch, hops)
         except lost_errors as exc:
-            app.lost.append({**_lost_replica(app, exc), "at_s": round(clock.now(), 6)})
+            _note_lost(app, exc, clock)
+            if retries >= LOST_RETRIES:
+                return _failed(spec, mode, app.model, submitted_s, clock, retries,
+                               f"gave up after {retries} retries: the replicas were lost")
+            await asyncio.sleep(lost_retry_delay(retries))
             retries += 1
-            if retries > app.workers:
-                return _failed(spec, mode, app.model, submitted_s, clock, retries - 1,
-                               f"gave up after {retries - 1} retries: the replicas were lost")
             continue
         except Exception as exc:  # an error inside the replica: the request fails, kept
             return _failed(spec, mode, app.model, submitted_s, clock, retries,
@@ -383,6 +405,25 @@ async def call_app(app: ServeApp, spec: RequestSpec, *, submitted_s: float, epoc
         row = row_from_wire(out)
         row.retries += retries
         return row
+
+
+def lost_retry_delay(retries: int) -> float:
+    """Clock seconds to wait before sending again a request whose replica was lost, after
+    ``retries`` earlier retries: 0.1 · 2^retries, at most 4 (about 22 s over
+    :data:`LOST_RETRIES`).
+
+    Why wait at all: a replica whose Ollama is gone fails each request at once, so to Serve's
+    router it always looks free and would draw every retry; the waits give Serve's health
+    checks (every :data:`HEALTH_CHECK_PERIOD_S`, a few failures in a row) time to take it out.
+    """
+    return min(4.0, 0.1 * 2.0 ** retries)
+
+
+def _note_lost(app: ServeApp, exc: BaseException, clock: ModelClock) -> None:
+    """Add the lost replica to ``app.lost`` (once per replica)."""
+    lost = _lost_replica(app, exc)
+    if lost["replica"] == "?" or all(w["replica"] != lost["replica"] for w in app.lost):
+        app.lost.append({**lost, "at_s": round(clock.now(), 6)})
 
 
 _REPLICA_IN_TEXT = re.compile(r"replica (?P<replica>\S+) \((?P<worker>[^)]*)\)")

@@ -25,8 +25,11 @@ Delivery (Celery's and kombu's own mechanisms, no retry loop of the kit's):
   about a second of its timeout. Sources: kombu's Redis transport options,
   https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.redis.html, and
   Celery's "Using Redis" caveats, https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html.
-* A replica lost mid-request (Serve does not re-send it): ``autoretry_for`` re-queues the task
-  (Celery's retry, counted in ``retries``) and Serve's router sends it to a live replica.
+* A replica lost mid-request (Serve does not re-send it): the task is re-queued with Celery's
+  ``Task.retry`` (counted in ``retries``) after the same growing delays as the ``rayserve``
+  driver's (:func:`~parallel_kit.modes.rayserve.lost_retry_delay`, at most
+  :data:`~parallel_kit.modes.rayserve.LOST_RETRIES` times; then a failed row saying so), and
+  Serve's router sends it to a live replica.
 * ``worker_prefetch_multiplier=1``: a worker reserves no more tasks than it runs, so a queued
   task waits in Redis, where any worker can take it.
 * A worker *process* that dies (SIGKILL, OOM) is noticed by the stack's supervisor
@@ -138,6 +141,8 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
         raise ConfigError(f"visibility timeout {visibility:g} s must exceed the request timeout "
                           f"{timeout:g} s, or a request still running is delivered twice "
                           f"(celery/celery#5935) — raise it or lower the request timeout")
+    if app.conf.broker_url and str(app.conf.broker_url) != redis_url:
+        _forget_connections()  # a second stack in this process (a sweep, a notebook)
     app.conf.update(
         broker_url=redis_url,
         result_backend=redis_url,
@@ -181,6 +186,19 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
         parallel_kit_visibility_timeout_s=visibility,
     )
     return app
+
+
+def _forget_connections() -> None:
+    """Drop what Celery keeps connected to an earlier ``broker_url``: the producer pool
+    (what Celery's own ``_after_fork`` drops) and each thread's result backend. Without it a
+    second stack in the same process publishes to the first one's Redis, which is gone."""
+    pool, app._pool = app._pool, None
+    if pool is not None:
+        with contextlib.suppress(Exception):
+            pool.force_close_all()
+    with contextlib.suppress(AttributeError, KeyError):
+        app.__dict__["amqp"]._producer_pool = None
+    app._local = threading.local()
 
 
 # -- the worker side -------------------------------------------------------------------------
@@ -245,8 +263,7 @@ def _count_delivery(task_id: str) -> int:
 
 
 @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
-          autoretry_for=(ReplicaLost,), max_retries=3, default_retry_delay=0,
-          retry_backoff=False, retry_jitter=False)
+          max_retries=None)
 def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Run one request through the Serve application; return its row as a dict.
 
@@ -257,6 +274,7 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
             ``model``.
     """
     from ..modes.ray_gpu import row_from_wire, spec_to_wire
+    from ..modes.rayserve import LOST_RETRIES, lost_retry_delay
     from ..records import RequestSpec
 
     epoch, scale = float(run["epoch"]), float(run["time_scale"])
@@ -286,7 +304,12 @@ def infer(self: Any, spec: dict[str, Any], run: dict[str, Any]) -> dict[str, Any
             deliveries = _count_delivery(task_id)
         out = response.result(timeout_s=timeout)
     except _lost_errors() as exc:
-        raise ReplicaLost(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        if retries < LOST_RETRIES:  # Celery's retry: the task goes back on the queue
+            raise self.retry(exc=ReplicaLost(f"{type(exc).__name__}: "
+                                             f"{str(exc).splitlines()[0]}"),
+                             countdown=lost_retry_delay(retries)) from None
+        row = _failed_row(request, run, hops, f"gave up after {retries} retries: the "
+                          f"replicas were lost ({type(exc).__name__})")
     except TimeoutError:
         # Cancel at the replica, not just abandon: Ray cancels the replica's asyncio task,
         # whose stream to Ollama closes, and Ollama frees the slot.
