@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..ranges import arg
 
-__all__ = ["add_engine", "add_stack_args", "add_time_scale", "engine_options", "fraction",
-           "model_name", "non_negative_int", "positive_float", "positive_int", "ranged",
-           "serve_options", "stack_options", "unique_hosts"]
+__all__ = ["COMMON_FLAGS", "HTML_HELP", "PROFILE_HELP", "add_engine", "add_flags",
+           "add_stack_args", "add_time_scale", "engine_options", "fraction", "model_name",
+           "non_negative_int", "positive_float", "positive_int", "ranged", "serve_options",
+           "stack_options", "unique_hosts"]
+
+_N = TypeVar("_N", int, float)
 
 #: An argparse ``type=`` checking a flag's sane range (:mod:`parallel_kit.ranges`).
 ranged = arg
@@ -23,44 +27,60 @@ def model_name(text: str) -> str:
     return text.strip()
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, convert: Callable[[str], _N], kind: str, ok: Callable[[_N], bool],
+            must: str) -> _N:
+    """``convert(text)``, or an argparse error: ``text`` is not ``kind``, or fails ``ok``
+    (it ``must`` be …)."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be {must}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, "a number", lambda v: v > 0 and v != float("inf"),
+                   "a positive number")
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 0, "0 or more")
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
-    return value
+    return _number(text, float, "a number", lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+
+
+#: The flags several commands share, with the same type, default and metavar: argparse's
+#: settings by flag (the help text is each command's own, given to :func:`add_flags`).
+COMMON_FLAGS: dict[str, dict[str, Any]] = {
+    "--gpus": {"type": arg("--gpus"), "default": None, "metavar": "W"},
+    "--slots": {"type": arg("--slots"), "default": None, "metavar": "K"},
+    "--concurrency": {"type": arg("--concurrency"), "default": None, "metavar": "C"},
+    "--profile": {"default": None, "metavar": "NAME"},
+    "--model": {"type": model_name, "default": None},
+    "--num-predict": {"type": arg("--num-predict"), "default": None, "metavar": "T"},
+    **{flag: {"default": None, "metavar": "FILE"}
+       for flag in ("--prompts", "--json", "--csv", "--plot", "--html")},
+}
+#: ``--html``'s help wherever a command writes its report.
+HTML_HELP = "write one self-contained HTML report (no network)"
+#: ``--profile``'s help where the kit starts simulated servers (bench, sweep).
+PROFILE_HELP = "simulator profile for embedded servers (default seed)"
+
+
+def add_flags(p: argparse.ArgumentParser, helps: Mapping[str, str],
+              kinds: Mapping[str, Mapping[str, Any]] = COMMON_FLAGS) -> None:
+    """Add each flag of ``helps`` (flag → its help text), in that order, with its settings
+    from ``kinds`` (default :data:`COMMON_FLAGS`)."""
+    for flag, text in helps.items():
+        p.add_argument(flag, help=text, **kinds[flag])
 
 
 def add_time_scale(p: argparse.ArgumentParser, help_extra: str = "") -> None:

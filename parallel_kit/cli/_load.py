@@ -7,9 +7,10 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..workload.arrivals import PROCESSES, Arrivals
-from ._args import ranged
+from ._args import add_flags, ranged
 
-__all__ = ["add_arrival_flags", "add_rate_flags", "arrivals_from_args", "parse_float"]
+__all__ = ["TRACE_SPEED_HELP", "TRAFFIC_FLAGS", "add_arrival_flags", "add_rate_flags",
+           "arrivals_from_args", "parse_float"]
 
 
 def parse_float(text: str | None, flag: str) -> float | None:
@@ -22,38 +23,48 @@ def parse_float(text: str | None, flag: str) -> float | None:
         raise ConfigError(f"{flag} must be a number, got {text!r}") from None
 
 
+#: The flags of requests that arrive over time: argparse's settings by flag (the help text
+#: is each command's own; ``capacity`` words them for a plan).
+TRAFFIC_FLAGS: dict[str, dict[str, Any]] = {
+    "--rate": {"default": None, "metavar": "R"},
+    "--duration": {"default": None, "metavar": "D"},
+    "--trace": {"default": None, "metavar": "FILE"},
+    "--trace-speed": {"default": "1", "metavar": "X"},
+    "--arrivals": {"choices": PROCESSES, "default": "poisson"},
+    "--burstiness": {"default": None, "metavar": "B"},
+    "--seed": {"type": ranged("--seed"), "default": 0, "metavar": "S"},
+    "--max-concurrency": {"type": ranged("--max-concurrency"), "default": None, "metavar": "C"},
+    "--warmup": {"type": ranged("--warmup"), "default": 0, "metavar": "K"},
+    "--slo": {"default": None, "metavar": "ttft=…,tpot=…,latency=…"},
+}
+#: ``--trace-speed``'s help, the same wherever a trace is replayed.
+TRACE_SPEED_HELP = "replay the trace X times as fast (default 1)"
+
+
 def add_arrival_flags(p: argparse.ArgumentParser) -> None:
     """``--arrivals --burstiness --seed --max-concurrency --warmup --slo`` (bench and sweep)."""
-    p.add_argument("--arrivals", choices=PROCESSES, default="poisson",
-                   help="how arrivals are spaced: poisson (random), constant (clockwork), "
-                        "gamma (with --burstiness); default poisson")
-    p.add_argument("--burstiness", default=None, metavar="B",
-                   help="gamma shape B > 0: 1 = Poisson, < 1 burstier, > 1 smoother "
-                        "(vllm bench serve's --burstiness)")
-    p.add_argument("--seed", type=ranged("--seed"), default=0, metavar="S",
-                   help="seed of the arrival schedule (the same seed, the same schedule)")
-    p.add_argument("--max-concurrency", type=ranged("--max-concurrency"), default=None, metavar="C",
-                   help="at most C requests in flight from the generator; later arrivals wait "
-                        "at the client")
-    p.add_argument("--warmup", type=ranged("--warmup"), default=0, metavar="K",
-                   help="send the first K requests but leave them out of the figures")
-    p.add_argument("--slo", default=None, metavar="ttft=…,tpot=…,latency=…",
-                   help="service-level objectives in seconds: goodput counts the requests "
-                        "per second that met every one")
+    add_flags(p, {
+        "--arrivals": "how arrivals are spaced: poisson (random), constant (clockwork), "
+                      "gamma (with --burstiness); default poisson",
+        "--burstiness": "gamma shape B > 0: 1 = Poisson, < 1 burstier, > 1 smoother "
+                        "(vllm bench serve's --burstiness)",
+        "--seed": "seed of the arrival schedule (the same seed, the same schedule)",
+        "--max-concurrency": "at most C requests in flight from the generator; later arrivals "
+                             "wait at the client",
+        "--warmup": "send the first K requests but leave them out of the figures",
+        "--slo": "service-level objectives in seconds: goodput counts the requests per second "
+                 "that met every one"}, TRAFFIC_FLAGS)
 
 
 def add_rate_flags(p: argparse.ArgumentParser) -> None:
     """``--rate --duration --trace --trace-speed`` (bench only; sweep has --rates)."""
-    p.add_argument("--rate", default=None, metavar="R",
-                   help="open loop: R requests per model second arrive over time (instead of "
-                        "a burst); see --arrivals")
-    p.add_argument("--duration", default=None, metavar="D",
-                   help="with --rate: every arrival within D model seconds (instead of --n)")
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="replay a JSONL trace of {timestamp_s, prompt | prompt_tokens, "
-                        "num_predict} at its own times")
-    p.add_argument("--trace-speed", default="1", metavar="X",
-                   help="replay the trace X times as fast (default 1)")
+    add_flags(p, {
+        "--rate": "open loop: R requests per model second arrive over time (instead of a "
+                  "burst); see --arrivals",
+        "--duration": "with --rate: every arrival within D model seconds (instead of --n)",
+        "--trace": "replay a JSONL trace of {timestamp_s, prompt | prompt_tokens, "
+                   "num_predict} at its own times",
+        "--trace-speed": TRACE_SPEED_HELP}, TRAFFIC_FLAGS)
 
 
 def arrivals_from_args(args: argparse.Namespace) -> Arrivals | None:

@@ -9,11 +9,13 @@ from typing import Any
 
 from ..modes.registry import mode_names
 from ._args import (
+    HTML_HELP,
+    PROFILE_HELP,
     add_engine,
+    add_flags,
     add_stack_args,
     add_time_scale,
     engine_options,
-    model_name,
     ranged,
     serve_options,
     stack_options,
@@ -57,36 +59,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="a server (Ollama; with --api openai any OpenAI-compatible one); "
                         "several = one server per GPU")
-    p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
-                   help="GPUs (servers) for the multi-server modes when the kit starts them "
-                        "(default: number of --host, else 3)")
-    p.add_argument("--slots", type=ranged("--slots"), default=None, metavar="K",
-                   help="slots per server (OLLAMA_NUM_PARALLEL, llama-server -np). Embedded "
-                        "servers: default the profile's; a real server: default what it "
-                        "reports (llama-server /props), else measured by a short scan")
-    p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
-                   help="workers of the async/batch queue (default MAX_CONCURRENT_REQUESTS=5)")
+    add_flags(p, {
+        "--gpus": "GPUs (servers) for the multi-server modes when the kit starts them "
+                  "(default: number of --host, else 3)",
+        "--slots": "slots per server (OLLAMA_NUM_PARALLEL, llama-server -np). Embedded "
+                   "servers: default the profile's; a real server: default what it reports "
+                   "(llama-server /props), else measured by a short scan",
+        "--concurrency": "workers of the async/batch queue (default MAX_CONCURRENT_REQUESTS=5)"})
     p.add_argument("--n", type=ranged("--n"), default=None, metavar="N",
                    help="number of requests, cycling over the prompts (default: one per "
                         "prompt of --prompts, else 5)")
-    p.add_argument("--prompts", default=None, metavar="FILE",
-                   help=".jsonl (prompt, model, num_predict, options) or .txt, or a "
-                        "built-in set: original, workshop; with --n, cycled")
-    p.add_argument("--model", type=model_name, default=None,
-                   help="model name (default llama3.2:3b)")
-    p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
-                   help="maximum output tokens per request (default: the prompt file's; on a "
-                        "real engine 128 when neither says)")
-    p.add_argument("--profile", default=None, metavar="NAME",
-                   help="simulator profile for embedded servers (default seed)")
+    add_flags(p, {
+        "--prompts": ".jsonl (prompt, model, num_predict, options) or .txt, or a built-in "
+                     "set: original, workshop; with --n, cycled",
+        "--model": "model name (default llama3.2:3b)",
+        "--num-predict": "maximum output tokens per request (default: the prompt file's; on a "
+                         "real engine 128 when neither says)",
+        "--profile": PROFILE_HELP})
     p.add_argument("--api", choices=["generate", "chat", "openai"], default="generate",
                    help="which API to call: native generate/chat or OpenAI-compatible /v1")
     add_time_scale(p, "; with --host it tells the scale of a simulator the kit did not start")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the runs as JSON")
-    p.add_argument("--csv", default=None, metavar="FILE", help="write one row per request")
-    p.add_argument("--plot", default=None, metavar="FILE", help="write a timeline PNG")
-    p.add_argument("--html", default=None, metavar="FILE",
-                   help="write one self-contained HTML report (no network)")
+    add_flags(p, {"--json": "write the runs as JSON", "--csv": "write one row per request",
+                  "--plot": "write a timeline PNG", "--html": HTML_HELP})
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="an existing Ray cluster (default RAY_ADDRESS, else a local one)")
     p.add_argument("--no-progress", action="store_true",

@@ -9,32 +9,26 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
-from ._args import add_time_scale, model_name, ranged
-from ._load import parse_float
+from ._args import HTML_HELP, add_flags, add_time_scale, ranged
+from ._load import TRACE_SPEED_HELP, TRAFFIC_FLAGS, parse_float
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     from ..bench.capacity import DEFAULT_MAX_GPUS, DEFAULT_MODES, DEFAULT_SLOTS, MEASURE_N, SLO_KEYS
-    from ..workload.arrivals import PROCESSES
 
     p: argparse.ArgumentParser = sub.add_parser(
         "capacity", help="the smallest configuration (servers × slots, modes) that meets a "
                          "latency SLO for a traffic: predicted, then measured")
-    p.add_argument("--rate", default=None, metavar="R",
-                   help="requests per model second arriving (or --trace)")
-    p.add_argument("--arrivals", choices=PROCESSES, default="poisson",
-                   help="how arrivals are spaced (default poisson)")
-    p.add_argument("--burstiness", default=None, metavar="B",
-                   help="gamma shape B > 0 with --arrivals gamma (< 1 burstier)")
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="plan for a JSONL trace of {timestamp_s, prompt | prompt_tokens, "
-                        "num_predict} instead of --rate")
-    p.add_argument("--trace-speed", default="1", metavar="X",
-                   help="replay the trace X times as fast (default 1)")
-    p.add_argument("--seed", type=ranged("--seed"), default=0, metavar="S",
-                   help="seed of the arrivals (prediction and measured runs)")
+    add_flags(p, {
+        "--rate": "requests per model second arriving (or --trace)",
+        "--arrivals": "how arrivals are spaced (default poisson)",
+        "--burstiness": "gamma shape B > 0 with --arrivals gamma (< 1 burstier)",
+        "--trace": "plan for a JSONL trace of {timestamp_s, prompt | prompt_tokens, "
+                   "num_predict} instead of --rate",
+        "--trace-speed": TRACE_SPEED_HELP,
+        "--seed": "seed of the arrivals (prediction and measured runs)"}, TRAFFIC_FLAGS)
     p.add_argument("--n", type=ranged("--n"), default=None, metavar="N",
                    help="plan for exactly N seeded arrivals instead of the steady state; also "
                         f"the requests of each measured run (default {MEASURE_N})")
@@ -47,10 +41,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     src.add_argument("--calibrated", default=None, metavar="FILE",
                      help="a measured server: `parallel-kit probe --json FILE` output or a "
                           "profile file from --save-profile")
-    p.add_argument("--model", type=model_name, default=None,
-                   help="model name (default the profile's; must match --calibrated)")
-    p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
-                   help="output tokens per request (default the profile's lengths)")
+    add_flags(p, {"--model": "model name (default the profile's; must match --calibrated)",
+                  "--num-predict": "output tokens per request (default the profile's lengths)"})
     p.add_argument("--modes", default=",".join(DEFAULT_MODES), metavar="M[,M…]",
                    help="modes to consider (default pool; single-server modes at one server)")
     p.add_argument("--max-gpus", type=ranged("--gpus"), default=DEFAULT_MAX_GPUS, metavar="W",
@@ -71,9 +63,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "(default 3)")
     add_time_scale(p, "; for --measure and --max-rate (default: one request alone takes "
                       "0.2 clock seconds)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the plan as JSON")
-    p.add_argument("--html", default=None, metavar="FILE",
-                   help="write one self-contained HTML report (no network)")
+    add_flags(p, {"--json": "write the plan as JSON", "--html": HTML_HELP})
     return p
 
 

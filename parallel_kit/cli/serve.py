@@ -9,9 +9,9 @@ from typing import Any
 
 from ..modes.registry import modes
 from ._args import (
+    add_flags,
     add_stack_args,
     add_time_scale,
-    model_name,
     ranged,
     serve_options,
     stack_options,
@@ -19,6 +19,24 @@ from ._args import (
 )
 
 __all__ = ["add_parser", "run"]
+
+
+#: The ``limits`` group: each flag, its default, metavar and help.
+_LIMITS: tuple[tuple[str, float, str, str], ...] = (
+    ("--max-num-predict", 4096, "T", "output tokens one request may ask for; more, or unbounded "
+                                     "(< 0), is refused with 422 (default 4096)"),
+    ("--max-held-mb", 256, "MB", "MiB of prompts queued and running tasks hold at once; past it "
+                                 "429 (default 256)"),
+    ("--max-kept-mb", 256, "MB", "MiB of finished tasks kept for GET /tasks/{id}, oldest "
+                                 "forgotten first (default 256; production: results live in "
+                                 "Redis for a day instead)"),
+    ("--max-request-s", 600.0, "S", "clock seconds one request may run before it fails "
+                                    "(default 600)"),
+    ("--max-queued", 10_000, "N", "tasks that may wait; past it 503 (default 10000)"),
+    ("--shutdown-timeout-s", 10.0, "S", "clock seconds accepted tasks get to finish at "
+                                        "Ctrl-C/SIGTERM; a second Ctrl-C stops at once "
+                                        "(default 10)"),
+)
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,17 +48,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=ranged("--port"), default=8000, help="port (default 8000)")
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="the Ollama server(s) behind the API (default OLLAMA_HOST or embedded)")
-    p.add_argument("--model", type=model_name, default=None,
-                   help="default model (llama3.2:3b)")
+    add_flags(p, {"--model": "default model (llama3.2:3b)"})
     p.add_argument("--mode", choices=[m.name for m in serving], default="async",
                    help="what sends the requests: "
                         + "; ".join(f"{m.name}: {m.description}" for m in serving))
-    p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
-                   help="requests sent to Ollama at once (default MAX_CONCURRENT_REQUESTS=5)")
-    p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
-                   help="embedded servers to start for pool/ray when no --host is given")
-    p.add_argument("--profile", default=None, metavar="NAME",
-                   help="simulator profile for embedded servers")
+    add_flags(p, {
+        "--concurrency": "requests sent to Ollama at once (default MAX_CONCURRENT_REQUESTS=5)",
+        "--gpus": "embedded servers to start for pool/ray when no --host is given",
+        "--profile": "simulator profile for embedded servers"})
     add_time_scale(p)
     p.add_argument("--ray-address", default=None, metavar="ADDR")
     add_stack_args(p)
@@ -51,25 +66,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "limits", "what the API holds and does at most; each refusal is a 4xx naming the "
                   "limit (--mode production: decided in Redis for every API process of the "
                   "stack; --max-request-s is the workers' request timeout)")
-    limits.add_argument("--max-num-predict", type=ranged("--max-num-predict"), default=4096,
-                        metavar="T", help="output tokens one request may ask for; more, or "
-                                          "unbounded (< 0), is refused with 422 (default 4096)")
-    limits.add_argument("--max-held-mb", type=ranged("--max-held-mb"), default=256,
-                        metavar="MB", help="MiB of prompts queued and running tasks hold at "
-                                           "once; past it 429 (default 256)")
-    limits.add_argument("--max-kept-mb", type=ranged("--max-kept-mb"), default=256,
-                        metavar="MB", help="MiB of finished tasks kept for GET /tasks/{id}, "
-                                           "oldest forgotten first (default 256; production: "
-                                           "results live in Redis for a day instead)")
-    limits.add_argument("--max-request-s", type=ranged("--max-request-s"), default=600.0,
-                        metavar="S", help="clock seconds one request may run before it fails "
-                                          "(default 600)")
-    limits.add_argument("--max-queued", type=ranged("--max-queued"), default=10_000,
-                        metavar="N", help="tasks that may wait; past it 503 (default 10000)")
-    limits.add_argument("--shutdown-timeout-s", type=ranged("--shutdown-timeout-s"),
-                        default=10.0, metavar="S",
-                        help="clock seconds accepted tasks get to finish at Ctrl-C/SIGTERM; "
-                             "a second Ctrl-C stops at once (default 10)")
+    for flag, default, metavar, text in _LIMITS:
+        limits.add_argument(flag, type=ranged(flag), default=default, metavar=metavar, help=text)
     return p
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..modes.registry import mode_names
-from ._args import add_time_scale, ranged, unique_hosts
+from ._args import HTML_HELP, PROFILE_HELP, add_flags, add_time_scale, ranged, unique_hosts
 from ._load import add_arrival_flags, parse_float
 from .bench import add_hygiene_flags, hygiene_kwargs
 
@@ -32,28 +32,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="requests per run (and in the capacity burst); default 30")
     p.add_argument("--host", action="append", default=None, metavar="URL",
                    help="an Ollama server; several = one Ollama per GPU")
-    p.add_argument("--gpus", type=ranged("--gpus"), default=None, metavar="W",
-                   help="servers for the multi-server modes when the kit starts them")
-    p.add_argument("--slots", type=ranged("--slots"), default=None, metavar="K",
-                   help="slots per server (OLLAMA_NUM_PARALLEL)")
-    p.add_argument("--concurrency", type=ranged("--concurrency"), default=None, metavar="C",
-                   help="workers of the async/batch queue")
-    p.add_argument("--profile", default=None, metavar="NAME",
-                   help="simulator profile for embedded servers (default seed)")
-    p.add_argument("--prompts", default=None, metavar="FILE", help="prompt file or set")
+    add_flags(p, {"--gpus": "servers for the multi-server modes when the kit starts them",
+                  "--slots": "slots per server (OLLAMA_NUM_PARALLEL)",
+                  "--concurrency": "workers of the async/batch queue",
+                  "--profile": PROFILE_HELP, "--prompts": "prompt file or set"})
     p.add_argument("--model", default=None, help="model name")
     p.add_argument("--num-predict", type=ranged("--num-predict"), default=None, metavar="T",
                    help="maximum output tokens per request")
     add_time_scale(p)
     add_arrival_flags(p)
     add_hygiene_flags(p)
-    p.add_argument("--json", default=None, metavar="FILE",
-                   help="write the sweep: its settings, theory's curve and one run per rate")
-    p.add_argument("--plot", default=None, metavar="FILE",
-                   help="write latency/TTFT against load (FILE) and throughput/goodput "
-                        "(FILE with _throughput before the suffix)")
-    p.add_argument("--html", default=None, metavar="FILE",
-                   help="write one self-contained HTML report (no network)")
+    add_flags(p, {
+        "--json": "write the sweep: its settings, theory's curve and one run per rate",
+        "--plot": "write latency/TTFT against load (FILE) and throughput/goodput (FILE with "
+                  "_throughput before the suffix)",
+        "--html": HTML_HELP})
     return p
 
 
