@@ -10,6 +10,8 @@ fault happens is decided from the servers' own counters (``/sim/stats``), never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -207,6 +209,25 @@ async def test_single_server_frozen_then_thawed_loses_nothing(fleet, mode) -> No
     assert result.summary.ok == 4
 
 
+@pytest.mark.parametrize("mode", ["sequential", "async", "batch"])
+async def test_single_server_killed_then_restarted_serves_the_next_run(fleet, mode) -> None:
+    """Killed mid-run and restarted on its port: the requests sent while it was down are
+    failed rows naming the cause (one server: nowhere to move them), and the next run on the
+    same context — no connection kept to the dead process — is all ok."""
+    ctx = ModeContext(endpoints(fleet[:1]), time_scale=SCALE,
+                      queue=QueueOptions(concurrency=2))
+    await mark(fleet)
+    run = asyncio.create_task(get_mode(mode)(specs(5), ctx))
+    await until(lambda: started(fleet[0]), "the first request")
+    fleet[0].kill()
+    await asyncio.to_thread(fleet[0].start)
+    first = await asyncio.wait_for(run, BOUND_S)
+    assert_complete(first.requests, 5)
+    after = await asyncio.wait_for(get_mode(mode)(specs(3), ctx), BOUND_S)
+    assert_complete(after.requests, 3)
+    assert after.summary.ok == 3
+
+
 # -- deadlines ---------------------------------------------------------------------------------
 async def test_a_stream_that_stalls_mid_answer_is_given_up_after_the_chunk_deadline() -> None:
     """A server that sends its headers and one chunk, then nothing, with the socket open."""
@@ -294,6 +315,27 @@ async def test_ray_moves_the_request_of_a_frozen_endpoint_and_takes_it_back(
 
 
 @pytest.mark.ray
+async def test_ray_moves_the_request_of_a_killed_endpoint_and_takes_it_back_once_restarted(
+        fleet, ray_cluster) -> None:
+    from parallel_kit.modes.ray_gpu import open_ray_dispatcher
+
+    async with open_ray_dispatcher(ray_ctx(fleet, "rkill")) as dispatcher:
+        await mark(fleet)
+        run = asyncio.create_task(dispatch_all(dispatcher, specs(60)))
+        await until(lambda: started(fleet[1]), "gpu1's first request")
+        fleet[1].kill()
+        await until(lambda: dispatcher.lost_workers, "gpu1 marked lost")
+        await asyncio.to_thread(fleet[1].start)
+        await until(lambda: dispatcher.readmitted, "gpu1 taken back")
+        rows, _ = await asyncio.wait_for(run, BOUND_S)
+    assert_complete(rows, 60)
+    assert all(r.ok for r in rows)
+    assert [w["worker"] for w in dispatcher.lost_workers] == ["gpu1"]
+    assert any(r.worker == "gpu1" and r.started_s > dispatcher.readmitted[0]["at_s"]
+               for r in rows)
+
+
+@pytest.mark.ray
 @pytest.mark.parametrize("fault", ["SIGSTOP", "SIGKILL"])
 async def test_ray_loses_nothing_when_an_actor_process_is_frozen_or_killed(
         fleet, ray_cluster, fault) -> None:
@@ -360,6 +402,10 @@ def test_bench_pool_with_a_server_frozen_mid_run_finishes_with_every_row_ok(flee
 
 
 # -- the stack modes: a server killed, frozen or restarted under its Serve replica ----------------
+#: Clock seconds a stack mode may take to come up (Ray Serve, and for production Redis and
+#: Celery workers) before its first request; the fault's bound starts at the fault.
+STACK_SETUP_S = 180.0
+
 @pytest.mark.ray
 @pytest.mark.parametrize("mode", ["rayserve", "production"])
 @pytest.mark.parametrize("fault", ["kill", "freeze", "restart"])
@@ -373,14 +419,16 @@ async def test_a_server_fault_under_a_stack_mode_loses_no_row(fleet, ray_cluster
     if mode == "production":
         pytest.importorskip("celery")
     ctx = ModeContext(endpoints(fleet), backend="sim", time_scale=SCALE, gpus=len(fleet))
-    t0 = time.perf_counter()
     await mark(fleet)
     run = asyncio.create_task(get_mode(mode)(specs(9), ctx))
     try:
-        await until(lambda: started(fleet[1]), "gpu1's first request")
+        # the stack's set-up (Redis, Serve, workers) is not part of the bound
+        await until(lambda: started(fleet[1]), "gpu1's first request", STACK_SETUP_S)
         if fault == "freeze":
+            t0 = time.perf_counter()
             fleet[1].freeze()
         else:
+            t0 = time.perf_counter()
             fleet[1].kill()
             if fault == "restart":
                 fleet[1].start()
@@ -395,3 +443,58 @@ async def test_a_server_fault_under_a_stack_mode_loses_no_row(fleet, ray_cluster
     assert result.summary.retries >= 1
     if mode == "rayserve":  # the driver sees the lost replica (production: a Celery worker)
         assert result.summary.lost_workers
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("mode", ["rayserve", "production"])
+async def test_a_frozen_serve_replica_is_replaced_and_its_request_sent_again(
+        fleet, ray_cluster, mode) -> None:
+    """SIGSTOP of a replica's process with a request inside: Serve's health checks time out
+    (``ServeOptions.health_check_timeout_s``, a few in a row), Serve replaces the replica,
+    and its request is sent again — every request ends ok within the bound."""
+    import signal
+
+    if mode == "production":
+        pytest.importorskip("celery")
+    ctx = ModeContext(endpoints(fleet), backend="sim", time_scale=SCALE, gpus=len(fleet))
+    await mark(fleet)
+    run = asyncio.create_task(get_mode(mode)(specs(30), ctx))
+    pid = None
+    try:
+        # the stack's set-up (Redis, Serve, workers) is not part of the bound
+        await until(lambda: started(fleet[1]), "gpu1's first request", STACK_SETUP_S)
+        await until(lambda: _busy(fleet[1]), "a request inside gpu1's replica", STACK_SETUP_S)
+        pid = _client_of(fleet[1])
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGSTOP)
+        result = await asyncio.wait_for(run, BOUND_S + 30)
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if not run.done():
+            run.cancel()
+    assert time.perf_counter() - t0 < BOUND_S + 30
+    assert_complete(result.requests, 30)
+    assert result.summary.ok == 30, [(r.worker, r.retries, r.error) for r in result.requests]
+    assert result.summary.retries >= 1
+
+
+def _client_of(proc: SimProcess) -> int:
+    """The process (a Serve replica) holding a connection to ``proc``'s port, from the
+    process table (psutil): the replica that streams gpu1's request."""
+    import psutil
+
+    assert proc.proc is not None
+    mine = {os.getpid(), proc.proc.pid}
+    pids = {c.pid for c in psutil.net_connections("tcp")
+            if c.raddr and c.raddr.port == proc.port and c.status == psutil.CONN_ESTABLISHED
+            and c.pid and c.pid not in mine}
+    assert len(pids) == 1, pids
+    return pids.pop()
+
+
+async def _busy(proc: SimProcess) -> bool:
+    """Whether ``proc`` is generating for a request now (its own count)."""
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as c:
+        return int((await c.get(proc.url + "/sim/stats")).json().get("active", 0)) > 0

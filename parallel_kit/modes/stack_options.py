@@ -41,11 +41,15 @@ class ServeOptions:
     Attributes:
         max_ongoing: Serve's ``max_ongoing_requests`` per replica (``--max-ongoing``);
             ``None``: the Ollama's slots.
-        health_check_timeout_s: clock seconds a replica's health check may take.
+        health_check_timeout_s: clock seconds a replica's health check may take (its probe of
+            the Ollama takes at most :data:`~parallel_kit.modes.rayserve.REPLICA_PROBE_S`).
+            Serve replaces a replica after three failed checks in a row
+            (``REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD``), so a frozen replica is out within
+            about three times this.
     """
 
     max_ongoing: int | None = None
-    health_check_timeout_s: float = 30.0
+    health_check_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         check_max_ongoing(self.max_ongoing)
