@@ -252,7 +252,12 @@ def _start_api(stack, port: int, *extra: str) -> subprocess.Popen[bytes]:
     raise AssertionError("the API process did not come up")
 
 
-def test_api_killed_and_restarted_every_accepted_task_completes(production_stack) -> None:
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_api_killed_or_frozen_another_api_process_completes_every_accepted_task(
+        production_stack, fault) -> None:
+    """The tasks live in Redis, not in the API process: after the API that accepted them is
+    killed (or frozen: its clients time out), another API process (a restart, or a second
+    one) answers for every one of them."""
     port = free_port()
     first = _start_api(production_stack, port)
     try:
@@ -262,8 +267,10 @@ def test_api_killed_and_restarted_every_accepted_task_completes(production_stack
         ids = resp.json()["task_ids"]
         assert len(ids) == 6
     finally:
-        os.kill(first.pid, signal.SIGKILL)  # the API dies right after accepting
-        first.wait(10)
+        os.kill(first.pid, getattr(signal, fault))  # right after accepting
+    if fault == "SIGSTOP":  # frozen for real: its clients get no answer
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"http://127.0.0.1:{port}/tasks/{ids[0]}", timeout=1)
     second = _start_api(production_stack, free_port())
     base = f"http://127.0.0.1:{_port_of(second)}"
     try:
@@ -280,6 +287,9 @@ def test_api_killed_and_restarted_every_accepted_task_completes(production_stack
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
 
 
 def _port_of(proc: subprocess.Popen[bytes]) -> int:
