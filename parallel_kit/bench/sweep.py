@@ -236,10 +236,7 @@ async def sweep(
 
     parsed = parse_rates(rates)
     base_salt = comparison_salt(salt)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ConfigError(f"--repeats must be a whole number ≥ 1, got {repeats!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ConfigError(f"--n must be at least 2 requests per rate, got {n!r}")
+    _check_counts(repeats, n)
     result = into if into is not None else Sweep(mode)
     result.mode = mode
     chosen: list[float] = []
@@ -268,6 +265,19 @@ async def sweep(
     _add_curve(result, mode, compare_kwargs, process, burstiness, max_concurrency)
     settle()
     return result
+
+
+def _check_counts(repeats: Any, n: Any) -> None:
+    """:func:`sweep`'s counts, checked before anything runs: ``repeats`` a whole number ≥ 1,
+    ``n`` one ≥ 2.
+
+    Raises:
+        ConfigError: either is not (named as its flag).
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"--repeats must be a whole number ≥ 1, got {repeats!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"--n must be at least 2 requests per rate, got {n!r}")
 
 
 async def _sweep_runs(result: Sweep, mode: str, parsed: list[float] | str, chosen: list[float],
