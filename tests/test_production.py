@@ -203,6 +203,21 @@ async def test_worker_frozen_mid_task_is_killed_by_its_heartbeat_and_replaced(
         client.close()
 
 
+def test_an_api_only_process_counts_the_workers_by_their_heartbeats(production_stack) -> None:
+    """``/health`` of ``--serve-app`` reads the heartbeat keys in Redis (no ping broadcast to
+    time out under load): the stack's worker is there while it beats."""
+    from parallel_kit.production.api import celery_health
+    from parallel_kit.production.celery_app import beating_workers
+
+    names = [w.name for w in production_stack.workers]
+    deadline = time.monotonic() + 30
+    while not set(names) <= set(beating_workers()):
+        assert time.monotonic() < deadline, (names, beating_workers())
+        time.sleep(0.1)
+    body = celery_health()
+    assert body["workers"] >= len(names) and body["problem"] is None
+
+
 async def test_replica_killed_mid_request_completes_on_a_replica(production_stack) -> None:
     from test_rayserve import _wait_for_replicas
 

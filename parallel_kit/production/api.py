@@ -195,18 +195,24 @@ async def _drain(client: Any, force: asyncio.Event, timeout_s: float) -> None:
                      left, shutdown_why(force, timeout_s))
 
 
-def celery_health(timeout_s: float = 0.5) -> dict[str, Any]:
-    """``/health`` of an API-only process: the Celery workers that answer ``ping``."""
-    from .celery_app import app as celery_app
+def celery_health() -> dict[str, Any]:
+    """``/health`` of an API-only process: the Celery workers whose heartbeat is in Redis.
+
+    Each worker renews its :data:`~parallel_kit.production.celery_app.BEAT_KEY` every second
+    and the key lives :data:`~parallel_kit.production.celery_app.BEAT_TTL_S` seconds, so a
+    key that is there is a worker that beat that recently. Read from Redis, not by Celery's
+    ``ping`` broadcast, whose answer a worker busy with many tasks can send too late.
+    """
+    from .celery_app import BEAT_KEY, BEAT_TTL_S, beating_workers
 
     try:
-        replies = celery_app.control.ping(timeout=timeout_s) or []
+        n = len(beating_workers())
     except Exception as exc:
-        return {"workers": 0, "problem": f"could not ask the Celery workers ({exc})"}
-    n = len(replies)
+        return {"workers": 0, "problem": f"could not ask Redis for the Celery workers' "
+                                         f"heartbeats ({exc})"}
     return {"workers": n, "problem": None if n else
-            f"no Celery worker answered within {timeout_s:g} s — start one "
-            f"(parallel-kit worker --redis URL --ray-address ADDR)"}
+            f"no Celery worker has beaten in the last {BEAT_TTL_S:g} s ({BEAT_KEY}) — start "
+            f"one (parallel-kit worker --redis URL --ray-address ADDR)"}
 
 
 @contextlib.asynccontextmanager

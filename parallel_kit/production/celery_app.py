@@ -68,8 +68,8 @@ from typing import Any
 
 from celery import Celery, signals
 
-__all__ = ["BEAT_KEY", "BEAT_S", "DELIVERIES_KEY", "EPOCH_KEY", "HELD_KEY", "MAX_DELIVERIES", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
-           "STATS_KEY", "TASK_KEY", "TASK_NAME", "app", "configure", "visibility_timeout_for"]
+__all__ = ["BEAT_KEY", "BEAT_S", "BEAT_TTL_S", "DELIVERIES_KEY", "EPOCH_KEY", "HELD_KEY", "MAX_DELIVERIES", "PING_NAME", "QUEUE", "REQUEST_TIMEOUT_S", "RESULT_EXPIRES_S",
+           "STATS_KEY", "TASK_KEY", "TASK_NAME", "app", "beating_workers", "configure", "visibility_timeout_for"]
 
 TASK_NAME = "parallel_kit.infer"
 PING_NAME = "parallel_kit.ping"
@@ -90,6 +90,8 @@ HELD_KEY = "parallel_kit:held:{worker}"
 BEAT_KEY = "parallel_kit:beat:{worker}"
 #: Seconds between two heartbeats of a worker.
 BEAT_S = 1.0
+#: Seconds a heartbeat key lives: five beats (a key that is there is a live worker).
+BEAT_TTL_S = 5.0
 #: Deliveries of one task after which it is a failed row (each worker that ran it died).
 MAX_DELIVERIES = 3
 
@@ -410,6 +412,18 @@ if _url:  # `celery -A parallel_kit.production.celery_app worker` with the URL i
     configure(_url)
 
 
+def beating_workers() -> list[str]:
+    """The hostnames of the workers whose heartbeat key is in Redis now (beat within
+    :data:`BEAT_TTL_S` seconds).
+
+    Raises:
+        redis.exceptions.RedisError: Redis does not answer.
+    """
+    prefix = BEAT_KEY.format(worker="")
+    return sorted(k.decode()[len(prefix):] if isinstance(k, bytes) else str(k)[len(prefix):]
+                  for k in _redis().scan_iter(match=BEAT_KEY.format(worker="*"), count=100))
+
+
 @signals.worker_ready.connect
 def _start_beating(sender: Any = None, **_: Any) -> None:
     """The worker consumes now: beat until its process ends (module docstring)."""
@@ -423,7 +437,7 @@ def _start_beating(sender: Any = None, **_: Any) -> None:
             with contextlib.suppress(Exception):  # Redis away: the supervisor knows that
                 pipe = _redis().pipeline(transaction=False)
                 pipe.incr(key)
-                pipe.expire(key, int(10 * BEAT_S) + 60)
+                pipe.expire(key, int(BEAT_TTL_S))
                 pipe.execute()
             time.sleep(BEAT_S)
 

@@ -235,11 +235,12 @@ class _Beats:
         self._last.clear()
 
     def silent_s(self, worker: str, count: bytes | None) -> float | None:
-        """Seconds since ``worker``'s count last moved; ``None`` before its first beat."""
+        """Seconds since ``worker``'s count last moved (``count`` ``None``: its key is gone);
+        ``None`` before its first beat."""
         now = time.monotonic()
-        if count is None:
-            return None
         seen = self._last.get(worker)
+        if count is None:  # never beat, or its key expired (silent since the last change)
+            return None if seen is None else now - seen[1]
         if seen is None or seen[0] != count:
             self._last[worker] = (count, now)
             return 0.0
