@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..ranges import MAX_REQUESTS as _MAX_REQUESTS
-from ..ranges import MAX_RUN_PROMPT_BYTES, RANGES, check_span, check_text, read_bounded
+from ..ranges import MAX_RUN_PROMPT_BYTES, RANGES, Range, check_span, check_text, read_bounded
 from ..records import RequestSpec
 
 __all__ = [
@@ -335,18 +335,10 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
             ``prompt``/``prompt_tokens``, bad values, timestamps out of order — naming the line.
     """
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"trace file {p} does not exist — give a JSONL file with one "
-                          f'{{"timestamp_s": …, "prompt": …}} per line')
-    try:
-        text = read_bounded(p, "trace file")
-    except OSError as exc:
-        raise ConfigError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
+    text = _read_trace(p)
     times: list[float] = []
     specs: list[RequestSpec] = []
     prompt_bytes = 0
-    pt_range = RANGES["prompt_tokens"]
-    np_range = RANGES["--num-predict"]
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -354,69 +346,105 @@ def load_trace(path: str | os.PathLike[str]) -> Trace:
         if len(specs) >= MAX_REQUESTS:
             raise ConfigError(f"{where}: more than {MAX_REQUESTS:,} requests, the most one run "
                               f"holds (the bound of --n) — split the trace")
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        unknown = set(obj) - _TRACE_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} — allowed: "
-                              f"{sorted(_TRACE_KEYS)}")
-        if "timestamp_s" not in obj:
-            raise ConfigError(f'{where}: missing "timestamp_s" (seconds of the arrival)')
-        ts = obj["timestamp_s"]
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-            raise ConfigError(f'{where}: "timestamp_s" must be a number of seconds, got {ts!r}')
-        if times and ts < times[-1]:
-            raise ConfigError(f"{where}: timestamp_s {ts} comes before the previous line's "
-                              f"{times[-1]} — sort the trace by timestamp_s")
-        prompt = obj.get("prompt")
-        if prompt is None:
-            pt = obj.get("prompt_tokens")
-            if pt is None:
-                raise ConfigError(f'{where}: missing "prompt" or "prompt_tokens" — give one')
-            if (isinstance(pt, bool) or not isinstance(pt, int)
-                    or not pt_range.lo <= pt <= pt_range.hi):
-                raise ConfigError(f'{where}: "prompt_tokens" must be a whole number within '
-                                  f"{pt_range.text()} ({pt_range.what}), got {pt!r}")
-            prompt = synthetic_prompt(pt)
-        elif not isinstance(prompt, str) or not prompt.strip():
-            raise ConfigError(f'{where}: "prompt" must be a non-empty string')
-        else:
-            check_text(prompt, f'{where}: "prompt"')
+        obj = _trace_object(line, where)
+        ts = _trace_timestamp(obj, where, times[-1] if times else None)
+        prompt = _trace_prompt(obj, where)
         prompt_bytes += 4 * len(prompt)  # at most 4 UTF-8 bytes a character, no encoding
         if prompt_bytes > MAX_RUN_PROMPT_BYTES:
             raise ConfigError(f"{where}: the trace's prompts pass "
                               f"{MAX_RUN_PROMPT_BYTES // (1024 * 1024)} MiB, the most one run "
                               f"holds — fewer or shorter requests")
-        num_predict = obj.get("num_predict")
-        if num_predict is not None and (isinstance(num_predict, bool)
-                                        or not isinstance(num_predict, int)
-                                        or not np_range.lo <= num_predict <= np_range.hi):
-            raise ConfigError(f'{where}: "num_predict" must be a whole number within '
-                              f"{np_range.text()} ({np_range.what}), got {num_predict!r}")
-        model = obj.get("model")
-        if model is not None and (not isinstance(model, str) or not model.strip()):
-            raise ConfigError(f'{where}: "model" must be a non-empty string, got {model!r}')
-        if model is not None:
-            check_text(model, f'{where}: "model"')
-        source_id = obj.get("id")
-        if source_id is not None and (isinstance(source_id, bool)
-                                      or not isinstance(source_id, (str, int))):
-            raise ConfigError(f'{where}: "id" must be a string or a whole number')
-        if isinstance(source_id, str):
-            check_text(source_id, f'{where}: "id"')
-        times.append(float(ts))
+        num_predict, model, source_id = _trace_options(obj, where)
+        times.append(ts)
         specs.append(RequestSpec(prompt=prompt, model=model, num_predict=num_predict,
-                                 request_id=f"r{len(specs)}",
-                                 source_id=None if source_id is None else str(source_id)))
+                                 request_id=f"r{len(specs)}", source_id=source_id))
     if not specs:
         raise ConfigError(f"trace file {p} has no requests — one JSON object per line")
     arr = np.asarray(times, dtype=float)
     check_span(float(arr[-1] - arr[0]), f"trace {p}")
     return Trace(times_s=arr - arr[0], specs=tuple(specs), source=str(p))
+
+
+def _read_trace(p: Path) -> str:
+    """:func:`load_trace`'s file as text (bounded in size); a missing or unreadable one a
+    :class:`ConfigError`."""
+    if not p.exists():
+        raise ConfigError(f"trace file {p} does not exist — give a JSONL file with one "
+                          f'{{"timestamp_s": …, "prompt": …}} per line')
+    try:
+        return read_bounded(p, "trace file")
+    except OSError as exc:
+        raise ConfigError(f"cannot read trace file {p}: {exc.strerror or exc}") from None
+
+
+def _trace_object(line: str, where: str) -> dict[str, Any]:
+    """One trace line as a JSON object of known fields only."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = set(obj) - _TRACE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)} — allowed: "
+                          f"{sorted(_TRACE_KEYS)}")
+    return obj
+
+
+def _trace_timestamp(obj: dict[str, Any], where: str, previous: float | None) -> float:
+    """A line's ``timestamp_s``: a finite number of seconds, not before ``previous``'s."""
+    if "timestamp_s" not in obj:
+        raise ConfigError(f'{where}: missing "timestamp_s" (seconds of the arrival)')
+    ts = obj["timestamp_s"]
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise ConfigError(f'{where}: "timestamp_s" must be a number of seconds, got {ts!r}')
+    if previous is not None and ts < previous:
+        raise ConfigError(f"{where}: timestamp_s {ts} comes before the previous line's "
+                          f"{previous} — sort the trace by timestamp_s")
+    return float(ts)
+
+
+def _trace_prompt(obj: dict[str, Any], where: str) -> str:
+    """A line's ``prompt``, or a made-up one of its ``prompt_tokens``."""
+    prompt = obj.get("prompt")
+    if prompt is None:
+        pt = obj.get("prompt_tokens")
+        if pt is None:
+            raise ConfigError(f'{where}: missing "prompt" or "prompt_tokens" — give one')
+        return synthetic_prompt(_whole_within(pt, "prompt_tokens", RANGES["prompt_tokens"],
+                                              where))
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ConfigError(f'{where}: "prompt" must be a non-empty string')
+    check_text(prompt, f'{where}: "prompt"')
+    return prompt
+
+
+def _trace_options(obj: dict[str, Any], where: str) -> tuple[int | None, str | None, str | None]:
+    """A line's optional ``num_predict``, ``model`` and ``id`` (as a string), each checked."""
+    num_predict = obj.get("num_predict")
+    if num_predict is not None:
+        num_predict = _whole_within(num_predict, "num_predict", RANGES["--num-predict"], where)
+    model = obj.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ConfigError(f'{where}: "model" must be a non-empty string, got {model!r}')
+    if model is not None:
+        check_text(model, f'{where}: "model"')
+    source_id = obj.get("id")
+    if source_id is not None and (isinstance(source_id, bool)
+                                  or not isinstance(source_id, (str, int))):
+        raise ConfigError(f'{where}: "id" must be a string or a whole number')
+    if isinstance(source_id, str):
+        check_text(source_id, f'{where}: "id"')
+    return num_predict, model, None if source_id is None else str(source_id)
+
+
+def _whole_within(value: Any, key: str, r: Range, where: str) -> int:
+    """A trace field that must be a whole number within ``r``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not r.lo <= value <= r.hi:
+        raise ConfigError(f'{where}: "{key}" must be a whole number within {r.text()} '
+                          f"({r.what}), got {value!r}")
+    return value
 
 
 def write_trace(path: str | os.PathLike[str], schedule: Schedule,
