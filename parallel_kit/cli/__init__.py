@@ -5,7 +5,7 @@ One module per command, each with ``add_parser(subparsers)`` (its arguments) and
 ``run(args) -> int`` (parse → call the library → print). The library never imports this
 package. An expected error (:class:`~parallel_kit.errors.ParallelKitError`) prints one line,
 ``error: …``, and exits 2; Ctrl-C exits 130 after the command has written what it finished.
-Argument parsing is the standard library's ``argparse``: five commands with flat options need
+Argument parsing is the standard library's ``argparse``: ten commands with flat options need
 no more, and it adds no dependency.
 """
 
