@@ -128,9 +128,14 @@ class _ProductionSession:
         import asyncio
 
         from parallel_kit.modes.stack_options import StackOptions
+        from parallel_kit.production.celery_app import configure
         from parallel_kit.production.stack import Stack, warm_up
         from parallel_kit.production.worker import wait_for_workers
 
+        # A production run since (its own Redis, now stopped) pointed this process's Celery
+        # app elsewhere: point it back at the session's Redis.
+        configure(self.redis.url, request_timeout_s=STACK_REQUEST_TIMEOUT_S,
+                  visibility_timeout_s=STACK_VISIBILITY_TIMEOUT_S)
         app = self.serve_session.shared_app()
         if self._stack is not None and self._stack.app is app:
             return self._stack

@@ -631,3 +631,27 @@ def test_bench_rides_out_a_frozen_redis_and_writes_every_row_when_redis_dies(tmp
     failed = [r for r in rows if not r["ok"]]
     assert len(ok) >= before_kill and failed
     assert all("Redis" in r["error"] for r in failed)
+
+
+def test_a_process_that_moves_between_stacks_publishes_to_the_redis_configured_now(
+        production_stack) -> None:
+    """configure() to another Redis and back (a sweep, a notebook, the tests): the app's
+    connections follow; returning to a URL reuses kombu's pool for it, never a closed one."""
+    from conftest import STACK_REQUEST_TIMEOUT_S, STACK_VISIBILITY_TIMEOUT_S
+
+    from parallel_kit.production.celery_app import app, configure
+
+    here = production_stack.redis_url
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    settings = {"request_timeout_s": STACK_REQUEST_TIMEOUT_S,
+                "visibility_timeout_s": STACK_VISIBILITY_TIMEOUT_S}
+    try:
+        configure(gone, **settings)
+        with app.connection_or_acquire() as conn:
+            assert conn.as_uri().split("@")[-1].endswith(gone.split("//")[1])
+        configure(here, **settings)
+        with app.connection_or_acquire() as conn:  # not the pool dropped above, not closed
+            conn.ensure_connection(max_retries=1)
+        assert app.control.ping(timeout=2.0)  # the session's worker answers through it
+    finally:
+        configure(here, **settings)

@@ -191,15 +191,17 @@ def configure(redis_url: str, *, request_timeout_s: float | None = None,
 
 
 def _forget_connections() -> None:
-    """Drop what Celery keeps connected to an earlier ``broker_url``: the producer pool
-    (what Celery's own ``_after_fork`` drops) and each thread's result backend. Without it a
+    """Drop what Celery keeps connected to an earlier ``broker_url``: the producer pools of
+    the app and of its control mailbox (what Celery's own ``_after_fork`` hooks drop) and each
+    thread's result backend. Without it a
     second stack in the same process publishes to the first one's Redis, which is gone."""
-    pool, app._pool = app._pool, None
-    if pool is not None:
-        with contextlib.suppress(Exception):
-            pool.force_close_all()
+    # Dropped, not closed: kombu's registry (``kombu.pools.connections``) keeps one pool per
+    # broker URL and hands the same one back when the app returns to that URL.
+    app._pool = None
     with contextlib.suppress(AttributeError, KeyError):
         app.__dict__["amqp"]._producer_pool = None
+    with contextlib.suppress(AttributeError, KeyError):  # what Control._after_fork drops
+        del app.__dict__["control"].mailbox.producer_pool
     app._local = threading.local()
 
 
