@@ -59,7 +59,10 @@ def _signal_after(proc: subprocess.Popen[str], server: SimProcess, done: int,
             children = _descendants(proc.pid) or children
             time.sleep(0.05)
         children = _descendants(proc.pid) or children
-        for sig in signals:
+        cancelled = int(server.stats().get("cancelled", 0))
+        for i, sig in enumerate(signals):
+            if i:  # two signals sent at once may be taken in either order (by two threads)
+                _until_taken(proc, server, cancelled, deadline)
             proc.send_signal(sig)
         _, err = proc.communicate(timeout=timeout_s)
     finally:
@@ -67,6 +70,15 @@ def _signal_after(proc: subprocess.Popen[str], server: SimProcess, done: int,
             proc.kill()
             proc.communicate()
     return err, children
+
+
+def _until_taken(proc: subprocess.Popen[str], server: SimProcess, cancelled: int,
+                 deadline: float) -> None:
+    """Wait until the command took the signal before: the run's request was cancelled (the
+    server's own count) or the command has ended."""
+    while proc.poll() is None and int(server.stats().get("cancelled", 0)) <= cancelled:
+        assert time.monotonic() < deadline, "the first signal was never taken"
+        time.sleep(0.01)
 
 
 def _left_running(children: list[psutil.Process]) -> list[str]:

@@ -44,20 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``parallel-kit``; returns the exit code."""
+    """Entry point of ``parallel-kit``; returns the exit code.
+
+    A command cut short by SIGINT or SIGTERM returns 128 + that signal with both signals
+    ignored from then on: the process is about to exit with that status, and one more signal
+    (a second Ctrl-C, a supervisor's repeat) must not kill it by the default action on the
+    way out — which a Python handler cannot prevent, since the interpreter's finalization puts
+    the default action back in its place (an ignored signal stays ignored).
+    """
+    from . import _signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
-        return int(COMMANDS[args.command].run(args) or 0)
+        code = int(COMMANDS[args.command].run(args) or 0)
     except ParallelKitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        from . import _signals
-
         print("interrupted", file=sys.stderr)
-        return _signals.last_exit_code or 130
+        code = _signals.last_exit_code or 130
+    if code in (130, 143) and _signals.last_exit_code == code:
+        _signals.ignore_from_now_on()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

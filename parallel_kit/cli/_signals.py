@@ -32,7 +32,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["Shutdown", "Termination", "shutdown_path", "sigterm_as_interrupt"]
+__all__ = ["Shutdown", "Termination", "ignore_from_now_on", "shutdown_path", "sigterm_as_interrupt"]
 
 T = TypeVar("T")
 
@@ -136,6 +136,13 @@ def shutdown_path() -> Iterator[Shutdown]:
         last_exit_code = state.exit_code
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def ignore_from_now_on() -> None:
+    """Ignore SIGINT and SIGTERM (main thread only): for a process about to exit on one."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 # The earlier name and type, kept for callers outside the CLI.
