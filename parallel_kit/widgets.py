@@ -62,7 +62,7 @@ import io
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,68 +153,7 @@ def describe(settings: dict[str, Any]) -> str:
             f" · time scale {_time_scale_label(settings['time_scale'])}")
 
 
-class _Interactive:
-    """What the lab and the advisor share: controls that call ``on_change`` when they move, a
-    Run button, and the run it starts — off the kernel's loop, or to the end without one."""
-
-    run_button: W.Button
-    run_in_background: bool
-    task: asyncio.Task[Any] | None
-    _running: bool
-
-    def controls(self) -> list[W.ValueWidget]:
-        raise NotImplementedError
-
-    @property
-    def widget(self) -> W.Widget:
-        raise NotImplementedError
-
-    def _on_click(self, _button: Any = None) -> None:
-        raise NotImplementedError
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _wire(self, on_change: Callable[..., None]) -> None:
-        """Nothing running yet; Run and every control connected; ``on_change()`` once."""
-        self.task = None
-        self._running = False
-        self.run_button.on_click(self._on_click)
-        for w in self.controls():
-            w.observe(on_change, names="value")
-        on_change()
-
-    def _start(self, coro: Any) -> None:
-        """Run ``coro`` as :attr:`task` on the kit's background loop when running in the
-        background under a running loop (a kernel's); otherwise to the end, here."""
-        if self.run_in_background:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self.task = loop.create_task(self._off_the_loop(coro))
-                return
-        from ._sync import run_sync
-
-        run_sync(coro)
-
-    @staticmethod
-    async def _off_the_loop(coro: Any) -> Any:
-        """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
-        from ._sync import background_loop
-
-        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-
-
-class ExperimentLab(_Interactive):
+class ExperimentLab:
     """Interactive experiment: choose the workload and resources, run modes, see the result.
 
     Args:
@@ -279,7 +218,12 @@ class ExperimentLab(_Interactive):
         self.comparison: Comparison | None = None
         self.runs: list[LabRun] = []
         self.steps: list[Step] = []
-        self._wire(self._show_prediction)
+        self.task: asyncio.Task[Any] | None = None
+        self._running = False
+        self.run_button.on_click(self._on_click)
+        for w in self.controls():
+            w.observe(self._show_prediction, names="value")
+        self._show_prediction()
 
     # -- what the reader sees -------------------------------------------------------------
     def controls(self) -> list[W.ValueWidget]:
@@ -294,6 +238,11 @@ class ExperimentLab(_Interactive):
                        self.time_scale,
                        modes, self.prediction, W.HBox([self.run_button, self.progress]),
                        self.status, self.output])
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
+        from IPython.display import display
+
+        display(self.widget)
 
     def selected_modes(self) -> list[str]:
         return [m for m, box in self.mode_boxes.items() if box.value]
@@ -384,7 +333,18 @@ class ExperimentLab(_Interactive):
         # Disabled at once, not when the run first gets going: a second click is refused.
         self.run_button.disabled = True
         self.status.value = "starting…"
-        self._start(self.run(**settings))
+        coro = self.run(**settings)
+        if self.run_in_background:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self.task = loop.create_task(self._off_the_loop(coro))
+                return
+        from ._sync import run_sync
+
+        run_sync(coro)
 
     async def wait(self) -> Comparison | None:
         """Wait for the background run (if any) and return the last result.
@@ -401,6 +361,18 @@ class ExperimentLab(_Interactive):
         # Only what the Output shows: its msg_id (capture target) is not ours to re-send.
         self.output.send_state(key="outputs")
         return result
+
+    @staticmethod
+    async def _off_the_loop(coro: Any) -> Comparison | None:
+        """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
+        from ._sync import background_loop
+
+        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
 
     async def _step(self, name: str, fn: Any, *args: Any) -> Any:
         """Run a blocking ``fn(*args)`` in a worker thread and record it as a :class:`Step`."""
@@ -589,7 +561,7 @@ def _target_label(seconds: float) -> str:
     return "off" if seconds == 0 else f"{seconds:g} s"
 
 
-class SloAdvisor(_Interactive):
+class SloAdvisor:
     """Which configuration meets a latency SLO for a traffic — predicted, then measured.
 
     Sliders set the traffic (Poisson arrivals at a rate, steady state) and the SLO (latency
@@ -676,7 +648,12 @@ class SloAdvisor(_Interactive):
         self.error = ""
         self.measurement: Any = None
         self.measured_plan: Any = None
-        self._wire(self._replan)
+        self.task: asyncio.Task[Any] | None = None
+        self._running = False
+        self.run_button.on_click(self._on_click)
+        for w in self.controls():
+            w.observe(self._replan, names="value")
+        self._replan()
 
     # -- what the reader sees -------------------------------------------------------------
     def controls(self) -> list[W.ValueWidget]:
@@ -692,6 +669,11 @@ class SloAdvisor(_Interactive):
                        self.profile, self.modes, self.max_gpus, self.max_slots,
                        self.recommendation, self.requests, self.time_scale,
                        self.run_button, self.status, self.result])
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
+        from IPython.display import display
+
+        display(self.widget)
 
     def inputs(self) -> dict[str, Any]:
         """What the controls ask for, as :func:`parallel_kit.bench.capacity.plan_capacity`'s
@@ -767,8 +749,18 @@ class SloAdvisor(_Interactive):
         self._running = True
         self.status.value = "starting…"
         time_scale = float(self.time_scale.value) or None
-        self._start(self.measure(plan, requests=int(self.requests.value),
-                                 time_scale=time_scale))
+        coro = self.measure(plan, requests=int(self.requests.value), time_scale=time_scale)
+        if self.run_in_background:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self.task = loop.create_task(ExperimentLab._off_the_loop(coro))
+                return
+        from ._sync import run_sync
+
+        run_sync(coro)
 
     async def wait(self) -> Any:
         """Wait for the background measurement (if any) and return the last
