@@ -153,7 +153,98 @@ def describe(settings: dict[str, Any]) -> str:
             f" · time scale {_time_scale_label(settings['time_scale'])}")
 
 
-class ExperimentLab:
+class _Interactive:
+    """What the lab and the advisor share: controls whose every move recomputes what is shown,
+    a Run button, and the run it starts — off the kernel's loop, or to the end without one.
+
+    A control's change can arrive on more than one thread at once: ipykernel 7 handles comm
+    messages on a kernel subshell's thread as well as on the main one (so that widgets answer
+    while a cell runs; ipykernel's ``shell_main`` and JupyterLab's widget manager), and a
+    slow recompute started by an earlier change could then finish last and show advice for
+    values the controls no longer hold. So each change takes a number under :attr:`_guard`,
+    computes from the controls as they are then (:meth:`_compute`), and is shown only if no
+    later change has taken a number meanwhile (:meth:`_show`); the newest change is always
+    shown. A click claims the run under the same guard, so two clicks start one run.
+    """
+
+    run_button: W.Button
+    run_in_background: bool
+    task: asyncio.Task[Any] | None
+    _running: bool
+
+    def controls(self) -> list[W.ValueWidget]:
+        raise NotImplementedError
+
+    @property
+    def widget(self) -> W.Widget:
+        raise NotImplementedError
+
+    def _on_click(self, _button: Any = None) -> None:
+        raise NotImplementedError
+
+    def _compute(self) -> Any:
+        """What the controls' values give (called on any thread; no widget is written)."""
+        raise NotImplementedError
+
+    def _show(self, computed: Any) -> None:
+        """Show what :meth:`_compute` gave (called under :attr:`_guard`)."""
+        raise NotImplementedError
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _wire(self) -> None:
+        """Nothing running yet; Run and every control connected; what they give shown once."""
+        self.task = None
+        self._running = False
+        self._guard = threading.RLock()
+        self._changes = 0
+        self.run_button.on_click(self._on_click)
+        for w in self.controls():
+            w.observe(self._changed, names="value")
+        self._changed()
+
+    def _changed(self, _change: Any = None) -> None:
+        """A control moved (or the first showing): recompute, and show it unless outdated."""
+        with self._guard:
+            self._changes += 1
+            mine = self._changes
+        computed = self._compute()
+        with self._guard:
+            if mine == self._changes:
+                self._show(computed)
+
+    def _start(self, coro: Any) -> None:
+        """Run ``coro`` as :attr:`task` on the kit's background loop when running in the
+        background under a running loop (a kernel's); otherwise to the end, here."""
+        if self.run_in_background:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self.task = loop.create_task(self._off_the_loop(coro))
+                return
+        from ._sync import run_sync
+
+        run_sync(coro)
+
+    @staticmethod
+    async def _off_the_loop(coro: Any) -> Any:
+        """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
+        from ._sync import background_loop
+
+        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+
+class ExperimentLab(_Interactive):
     """Interactive experiment: choose the workload and resources, run modes, see the result.
 
     Args:
@@ -218,12 +309,7 @@ class ExperimentLab:
         self.comparison: Comparison | None = None
         self.runs: list[LabRun] = []
         self.steps: list[Step] = []
-        self.task: asyncio.Task[Any] | None = None
-        self._running = False
-        self.run_button.on_click(self._on_click)
-        for w in self.controls():
-            w.observe(self._show_prediction, names="value")
-        self._show_prediction()
+        self._wire()
 
     # -- what the reader sees -------------------------------------------------------------
     def controls(self) -> list[W.ValueWidget]:
@@ -238,11 +324,6 @@ class ExperimentLab:
                        self.time_scale,
                        modes, self.prediction, W.HBox([self.run_button, self.progress]),
                        self.status, self.output])
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
-        from IPython.display import display
-
-        display(self.widget)
 
     def selected_modes(self) -> list[str]:
         return [m for m, box in self.mode_boxes.items() if box.value]
@@ -318,33 +399,26 @@ class ExperimentLab:
                  for m, p in preds.items()]
         return "predicted: " + " · ".join(parts)
 
-    def _show_prediction(self, _change: Any = None) -> None:
-        self.prediction.value = html.escape(self.prediction_text())
+    def _compute(self) -> str:
+        return self.prediction_text()
+
+    def _show(self, computed: str) -> None:
+        self.prediction.value = html.escape(computed)
 
     # -- running ------------------------------------------------------------------------------
     def _on_click(self, _button: Any = None) -> None:
-        if self.run_button.disabled or self._running:
-            self.status.value = "already running — wait for it to finish"
-            return
-        settings = self.settings()
-        if not settings["modes"]:
-            self.status.value = "<b>choose at least one mode</b>"
-            return
-        # Disabled at once, not when the run first gets going: a second click is refused.
-        self.run_button.disabled = True
-        self.status.value = "starting…"
-        coro = self.run(**settings)
-        if self.run_in_background:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self.task = loop.create_task(self._off_the_loop(coro))
+        with self._guard:
+            if self.run_button.disabled or self._running:
+                self.status.value = "already running — wait for it to finish"
                 return
-        from ._sync import run_sync
-
-        run_sync(coro)
+            settings = self.settings()
+            if not settings["modes"]:
+                self.status.value = "<b>choose at least one mode</b>"
+                return
+            # Disabled at once, not when the run first gets going: a second click is refused.
+            self.run_button.disabled = True
+            self.status.value = "starting…"
+        self._start(self.run(**settings))
 
     async def wait(self) -> Comparison | None:
         """Wait for the background run (if any) and return the last result.
@@ -361,18 +435,6 @@ class ExperimentLab:
         # Only what the Output shows: its msg_id (capture target) is not ours to re-send.
         self.output.send_state(key="outputs")
         return result
-
-    @staticmethod
-    async def _off_the_loop(coro: Any) -> Comparison | None:
-        """Run ``coro`` on the kit's background loop; this loop only waits for the result."""
-        from ._sync import background_loop
-
-        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
 
     async def _step(self, name: str, fn: Any, *args: Any) -> Any:
         """Run a blocking ``fn(*args)`` in a worker thread and record it as a :class:`Step`."""
@@ -399,9 +461,10 @@ class ExperimentLab:
         Returns the :class:`~parallel_kit.bench.Comparison`, or None when the run failed (the
         status line says why; the kernel stays usable).
         """
-        if self._running:
-            raise RuntimeError("the lab is already running an experiment — await lab.task")
-        self._running = True
+        with self._guard:
+            if self._running:
+                raise RuntimeError("the lab is already running an experiment — await lab.task")
+            self._running = True
         try:
             return await self._run(modes=modes, n=n, gpus=gpus, slots=slots,
                                    num_predict=num_predict, time_scale=time_scale,
@@ -561,7 +624,7 @@ def _target_label(seconds: float) -> str:
     return "off" if seconds == 0 else f"{seconds:g} s"
 
 
-class SloAdvisor:
+class SloAdvisor(_Interactive):
     """Which configuration meets a latency SLO for a traffic — predicted, then measured.
 
     Sliders set the traffic (Poisson arrivals at a rate, steady state) and the SLO (latency
@@ -648,12 +711,7 @@ class SloAdvisor:
         self.error = ""
         self.measurement: Any = None
         self.measured_plan: Any = None
-        self.task: asyncio.Task[Any] | None = None
-        self._running = False
-        self.run_button.on_click(self._on_click)
-        for w in self.controls():
-            w.observe(self._replan, names="value")
-        self._replan()
+        self._wire()
 
     # -- what the reader sees -------------------------------------------------------------
     def controls(self) -> list[W.ValueWidget]:
@@ -669,11 +727,6 @@ class SloAdvisor:
                        self.profile, self.modes, self.max_gpus, self.max_slots,
                        self.recommendation, self.requests, self.time_scale,
                        self.run_button, self.status, self.result])
-
-    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display hook
-        from IPython.display import display
-
-        display(self.widget)
 
     def inputs(self) -> dict[str, Any]:
         """What the controls ask for, as :func:`parallel_kit.bench.capacity.plan_capacity`'s
@@ -717,16 +770,20 @@ class SloAdvisor:
             lines.append("next smaller: none (this is the smallest configuration offered)")
         return "\n".join(lines)
 
-    def _replan(self, _change: Any = None) -> None:
+    def _compute(self) -> tuple[Any, str]:
+        """The plan for the controls' values and the reason there is none (``(None, why)``)."""
         from .bench.capacity import plan_capacity
         from .errors import ConfigError
 
-        self.plan, self.error = None, ""
         try:
-            self.plan = plan_capacity(**self.inputs())
-            self.plan.check()
+            plan = plan_capacity(**self.inputs())
+            plan.check()
         except ConfigError as exc:
-            self.error = str(exc)
+            return None, str(exc)
+        return plan, ""
+
+    def _show(self, computed: tuple[Any, str]) -> None:
+        self.plan, self.error = computed
         text = self.recommendation_text()
         markup = "<br>".join(html.escape(line) for line in text.splitlines())
         self.recommendation.value = (markup if self.plan is not None and self.plan.best
@@ -738,29 +795,20 @@ class SloAdvisor:
 
     # -- measuring --------------------------------------------------------------------------
     def _on_click(self, _button: Any = None) -> None:
-        if self._running:
-            self.status.value = "already measuring — wait for it to finish"
-            return
-        plan = self.plan
-        if plan is None or plan.best is None:
-            self.status.value = f"<b>nothing to measure:</b> {html.escape(self.error)}"
-            return
-        self.run_button.disabled = True
-        self._running = True
-        self.status.value = "starting…"
-        time_scale = float(self.time_scale.value) or None
-        coro = self.measure(plan, requests=int(self.requests.value), time_scale=time_scale)
-        if self.run_in_background:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                self.task = loop.create_task(ExperimentLab._off_the_loop(coro))
+        with self._guard:
+            if self._running:
+                self.status.value = "already measuring — wait for it to finish"
                 return
-        from ._sync import run_sync
-
-        run_sync(coro)
+            plan = self.plan
+            if plan is None or plan.best is None:
+                self.status.value = f"<b>nothing to measure:</b> {html.escape(self.error)}"
+                return
+            self.run_button.disabled = True
+            self._running = True
+            self.status.value = "starting…"
+        time_scale = float(self.time_scale.value) or None
+        self._start(self.measure(plan, requests=int(self.requests.value),
+                                 time_scale=time_scale))
 
     async def wait(self) -> Any:
         """Wait for the background measurement (if any) and return the last
@@ -800,8 +848,9 @@ class SloAdvisor:
                                  f"{html.escape(f'{type(exc).__name__}: {exc}')}")
             return None
         finally:
-            self._running = False
-            self.run_button.disabled = self.plan is None or self.plan.best is None
+            with self._guard:
+                self._running = False
+                self.run_button.disabled = self.plan is None or self.plan.best is None
         self.measurement, self.measured_plan = m, plan
         self.status.value = html.escape(self.verdict_text(m))
         self.result.value = self._table(plan, m)

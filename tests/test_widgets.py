@@ -464,3 +464,77 @@ async def test_advisor_measures_in_the_background_and_refuses_a_second_click() -
     assert advisor.task is first
     assert m is not None and m.run.summary.ok == 10
     assert not advisor.run_button.disabled
+
+
+# -- changes arriving on two threads at once ---------------------------------------------------
+# ipykernel 7 handles comm messages on a kernel subshell's thread as well as the main one, so two
+# slider moves can be handled at once. Here the first move's recompute is held until the second
+# move has been handled to the end; what shows must then be the second (newest) move's result,
+# never the first's arriving late. Before the fix the first overwrote it: in the browser the
+# advisor kept advising for a rate the slider no longer showed.
+
+
+def _first_finishes_last(compute_owner: object, name: str, move_first: object,
+                         move_second: object) -> None:
+    """Hold the first call of ``compute_owner.<name>`` (made by ``move_first`` on a thread),
+    once it has computed, until ``move_second`` (on this thread) has returned; then return."""
+    real = getattr(compute_owner, name)
+    entered, second_done = threading.Event(), threading.Event()
+    calls = itertools.count()
+
+    def held(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)
+        if next(calls) == 0:  # computed from the first move's values; returned last
+            entered.set()
+            assert second_done.wait(timeout=60), "the second move never returned"
+        return result
+
+    setattr(compute_owner, name, held)
+    try:
+        first = threading.Thread(target=move_first, name="subshell-like")
+        first.start()
+        assert entered.wait(timeout=60), "the first move never recomputed"
+        move_second()  # type: ignore[operator]
+        second_done.set()
+        first.join(timeout=60)
+        assert not first.is_alive()
+    finally:
+        setattr(compute_owner, name, real)
+
+
+def test_the_advisor_shows_the_newest_move_when_an_older_replan_finishes_last() -> None:
+    from parallel_kit.bench import capacity as cap
+    from parallel_kit.widgets import SloAdvisor
+
+    advisor = SloAdvisor(time_scale=TIME_SCALE, run_in_background=False)
+
+    def move_first() -> None:
+        advisor.rate.value = 0.15
+
+    def move_second() -> None:
+        advisor.latency_p95.value = 25.0
+
+    _first_finishes_last(cap, "plan_capacity", move_first, move_second)
+    assert (advisor.rate.value, advisor.latency_p95.value) == (0.15, 25.0)
+    want = _plan_for(0.15, "latency_p95=25,ttft_p95=20", max_gpus=advisor.max_gpus.value,
+                     slots=[1, 2, 4])
+    assert advisor.plan.traffic.rate == 0.15  # type: ignore[attr-defined]
+    assert str(advisor.plan.slo) == str(want.slo)  # type: ignore[attr-defined]
+    assert advisor.plan.best.label == want.best.label  # type: ignore[attr-defined]
+    assert f"SLO {want.slo}" in advisor.recommendation.value  # type: ignore[attr-defined]
+
+
+def test_the_lab_shows_the_newest_move_when_an_older_prediction_finishes_last() -> None:
+    lab = ExperimentLab(time_scale=TIME_SCALE, backend="sim", run_in_background=False)
+    select(lab, "sequential", "pool")
+    lab.requests.value, lab.gpus.value, lab.seconds.value = 5, 3, 10.0
+
+    def move_first() -> None:
+        lab.gpus.value = 5
+
+    def move_second() -> None:
+        lab.requests.value = 6
+
+    _first_finishes_last(lab, "prediction_text", move_first, move_second)
+    # 6 × 10 s: 60 s on one server, ⌈6/5⌉ = 2 rounds on five servers.
+    assert lab.prediction.value == "predicted: sequential 60 s · pool 20 s (3.00×)"
