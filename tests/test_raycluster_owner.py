@@ -7,12 +7,14 @@ import os
 import socket
 
 import pytest
+from _ray import MODULE_TIMEOUT_S, init_local
 
 from parallel_kit.errors import ConfigError
 from parallel_kit.servers import raycluster
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+#: a test may start two clusters (the kit's, then the caller's), each with its retries
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(2 * MODULE_TIMEOUT_S)]
 
 
 @pytest.fixture()
@@ -37,8 +39,7 @@ def test_a_cluster_the_caller_started_after_the_kits_is_never_resized(clean_ray)
     assert first.started_here and raycluster.started_by_kit()
     # The caller replaces the kit's cluster with its own, as a notebook or test module may.
     ray.shutdown()
-    ray.init(num_gpus=3, num_cpus=1, include_dashboard=False, log_to_driver=False,
-             object_store_memory=raycluster.OBJECT_STORE_BYTES, configure_logging=False)
+    init_local(3, num_cpus=1)  # started again if a busy machine made it miss Ray's waits
     mine = str(ray.get_runtime_context().gcs_address)
     info = raycluster.connect(5)
     assert not info.started_here and not raycluster.started_by_kit()
