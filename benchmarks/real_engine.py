@@ -82,9 +82,8 @@ def kit_server(slots: int, threads: int | None = None) -> Iterator[str]:
            *(["--threads", str(threads)] if threads else [])]
     with tempfile.TemporaryFile("w+") as log:
         # Killed with this script (even by SIGKILL), so its llama-server goes too.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                preexec_fn=die_with_parent())
+        proc = subprocess.Popen(die_with_parent(cmd), stdout=subprocess.PIPE, stderr=log,
+                                text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         try:
             assert proc.stdout is not None
             found = re.search(r"listening on (\S+)", proc.stdout.readline())
@@ -106,8 +105,8 @@ def hand_server(slots: int) -> Iterator[str]:
     args = [*server_args(default_gguf(), port=port, num_parallel=slots, num_ctx=1024),
             "--alias", MODEL]  # the name it serves the model under
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([str(ensure_llama_server()), *args], stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
+        proc = subprocess.Popen(die_with_parent([str(ensure_llama_server()), *args]),
+                                stdout=log, stderr=subprocess.STDOUT)
         try:
             import httpx
 

@@ -403,9 +403,9 @@ class LlamaServerEngine:
         args = server_args(self.gguf.path, port=port, num_parallel=self.num_parallel,
                            num_ctx=self.num_ctx, threads=self.threads)
         with os.fdopen(fd, "wb") as out:
-            self._proc = subprocess.Popen([str(self.binary), *args], stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=subprocess.STDOUT,
-                                          preexec_fn=die_with_parent())
+            self._proc = subprocess.Popen(die_with_parent([str(self.binary), *args]),
+                                          stdin=subprocess.DEVNULL, stdout=out,
+                                          stderr=subprocess.STDOUT)
         children.register(self._proc)  # stopped at exit whatever path the exit took
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
                                          limits=httpx.Limits(max_keepalive_connections=0))

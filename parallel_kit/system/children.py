@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["die_with_parent", "forget", "register", "running", "stop_all", "stop_process"]
@@ -24,28 +25,41 @@ _lock = threading.Lock()
 _children: dict[int, tuple[subprocess.Popen[Any], bool]] = {}
 
 
-#: prctl(2) option: the signal a child gets when the thread that started it ends
-_PR_SET_PDEATHSIG = 1
+#: Run by a fresh interpreter between the kit and a child, with argv ``[parent pid, program,
+#: args...]``: ask for SIGKILL when the thread that started it ends (prctl(2)
+#: ``PR_SET_PDEATHSIG``, option 1, kept across exec), end if that parent is already gone (it
+#: may have died before the call), then become the program. A program that cannot be run is
+#: one line on stderr and status 127, as a shell gives.
+_PDEATHSIG_EXEC = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"cannot run {sys.argv[2]}: {exc.strerror}\\n")
+    os._exit(127)
+"""
 
 
-def die_with_parent() -> Any:
-    """A ``preexec_fn`` for :class:`subprocess.Popen` that makes the child get SIGKILL when the
-    thread that started it ends (Linux ``prctl(PR_SET_PDEATHSIG)``, see prctl(2)), so no
-    server outlives a parent killed by a signal it cannot catch; None elsewhere (then only
-    :func:`stop_all`'s atexit net covers the exits Python sees)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """The command line that runs ``argv`` so that the child gets SIGKILL when the thread
+    that started it ends (Linux ``prctl(PR_SET_PDEATHSIG)``, see prctl(2)): no server
+    outlives a parent killed by a signal it cannot catch. Elsewhere ``argv`` unchanged (then
+    only :func:`stop_all`'s atexit net covers the exits Python sees).
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-    return preexec
+    The call is made by a small interpreter that then ``exec``s ``argv`` (same pid), not by a
+    ``preexec_fn``: a ``preexec_fn`` makes :class:`subprocess.Popen` ``fork`` and run the
+    at-fork handlers, and in a process holding gRPC channels (Ray's, Ray Serve's) gRPC's
+    handler can abort the child before its ``exec`` (grpc/grpc issue 43055: ``epoll_wait``
+    EBADF and SIGABRT; 6 to 16 children in 1000 with a live channel, measured by
+    ``benchmarks/spawn_under_grpc.py``). Without one CPython spawns with
+    ``vfork``, which runs no handler.
+    """
+    if not sys.platform.startswith("linux") or not sys.executable:
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
 
 
 def register(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
