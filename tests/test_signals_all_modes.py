@@ -27,15 +27,18 @@ from parallel_kit.cli._signals import Shutdown, shutdown_path
 pytestmark = pytest.mark.timeout(300)
 
 
-def _background() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script does
-
-
 def _start(args: list[str]) -> subprocess.Popen[str]:
+    """The CLI started as `cmd &` in a script starts it: SIGINT ignored, which ``exec`` keeps.
+    Set here around the start, not in a ``preexec_fn``: one makes Popen fork, and this process
+    may hold an earlier test's gRPC channels, whose at-fork handler can abort the child."""
     env = {**os.environ, "PYTHONPATH": REPO, "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-m", "parallel_kit", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_background)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "parallel_kit", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
