@@ -2,7 +2,7 @@
 Ray or Ray Serve runs in it: how many children die before they become the program?
 
 A ``preexec_fn`` makes :class:`subprocess.Popen` ``fork`` and run the at-fork handlers; gRPC's
-(grpcio ≥ 1.81, grpc/grpc issue 43055) can abort the child with ``epoll_wait`` EBADF before
+(grpcio ≥ 1.81, grpc/grpc#43055) can abort the child with ``epoll_wait`` EBADF before
 its ``exec``. The kit's ``system.children.die_with_parent`` asks for the same parent-death
 signal without one (CPython then spawns with ``vfork``). Both ways start ``sh -c 'kill -SEGV
 $$'`` — a child whose every run ends with SIGSEGV — ``--spawns`` times each, interleaved, in a

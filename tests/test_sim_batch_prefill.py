@@ -1,6 +1,9 @@
 """Prompts processed inside the decode batch (``prefill_in_batch``, as llama-server's
 ``update_slots`` builds one batch of decode and prompt tokens): numbers from the engine's own
-reported durations, never the clock."""
+reported durations, never the clock. The engine-only tests play on a virtual clock
+(``sim.virtual_clock``): on the real one, at time scale 0.002, a busy machine's late wake-up
+of a few milliseconds is whole model seconds, and a request meant to arrive mid-decode could
+arrive after the other had finished."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parallel_kit.sim import timer as timer_module
 from parallel_kit.sim.engine import N_BATCH, Done, GenerateRequest, SimEngine
 from parallel_kit.sim.profiles import ModelSpeed, Profile, load_profile, profile_from_dict
+from parallel_kit.sim.virtual_clock import VirtualClockLoop, loop_timer
 
 MODEL = "m:1b"
 SCALE = 0.002
@@ -57,6 +62,19 @@ async def _run(profile: Profile, jobs: list[tuple[float | tuple[int, int], str, 
     return list(await asyncio.gather(*(one(i, *j) for i, j in enumerate(jobs))))
 
 
+def _play(profile: Profile, jobs: list[tuple[float | tuple[int, int], str, int]],
+          slots: int) -> list[Done]:
+    """:func:`_run` on a virtual clock: the engine's schedule plays out exactly, whatever the
+    machine's load."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timer_module.TIMER, "wait_until", loop_timer)
+        loop = VirtualClockLoop()
+        try:
+            return loop.run_until_complete(_run(profile, jobs, slots))
+        finally:
+            loop.close()
+
+
 def _slack(model_s: float = 0.0) -> float:
     """ns of rounding the float clock, scaled, can add (see test_sim_engine)."""
     return 8 * math.ulp(time.monotonic()) / SCALE * NS + 2 + model_s * 1e-9
@@ -65,7 +83,7 @@ def _slack(model_s: float = 0.0) -> float:
 def test_two_prompts_at_once_share_one_batch_and_the_decode_follows() -> None:
     prompt = "abcd" * 10  # 10 simulator tokens: 0.1 s alone at 100 tok/s
     pair = [(0, "A" + prompt, 5), (0, "B" + prompt, 5)]  # no common prefix to reuse
-    done = asyncio.run(_run(_profile(True), pair, slots=2))
+    done = _play(_profile(True), pair, slots=2)
     # One step takes both prompts; each request waits for the whole step. (The step starts
     # when the later prompt is handed over: the earlier one may count the clock's few µs
     # between the two, time-scaled, on top.)
@@ -77,7 +95,7 @@ def test_two_prompts_at_once_share_one_batch_and_the_decode_follows() -> None:
     for d in done:
         # then five steps of two decoding at once: 2 / (10 × 1.6) s each
         assert d.eval_duration == pytest.approx(5 * 2 / 16 * NS, abs=_slack())
-    apart = asyncio.run(_run(_profile(False), pair, slots=2))
+    apart = _play(_profile(False), pair, slots=2)
     assert [d.prompt_eval_duration for d in apart] == pytest.approx(
         [t / 100 * NS for t in tokens], abs=_slack())
 
@@ -87,7 +105,7 @@ def test_a_prompt_lengthens_the_step_of_the_request_decoding() -> None:
     # The second arrives while the first decodes: once it has streamed 5 of its 20 tokens.
     jobs: list[tuple[float | tuple[int, int], str, int]] = [(0, "abcd", 20),
                                                             ((0, 5), long_prompt, 1)]
-    done = asyncio.run(_run(_profile(True), jobs, slots=2))
+    done = _play(_profile(True), jobs, slots=2)
     assert [d.cached_tokens for d in done] == [0, 0]
     first, second = done
     alone = 0.01 + 20 / 10  # its own prompt (1 token), then 20 tokens alone
@@ -97,13 +115,13 @@ def test_a_prompt_lengthens_the_step_of_the_request_decoding() -> None:
     # The second waited for the step under way (≤ one decode step, 0.1 s), then the step of
     # its prompt and the first's next token (1 s + 0.1 s).
     assert 1.1 * NS - _slack() <= second.prompt_eval_duration <= 1.2 * NS + _slack()
-    without = asyncio.run(_run(_profile(False), jobs, slots=2))
+    without = _play(_profile(False), jobs, slots=2)
     assert first.total_duration > without[0].total_duration + 0.9 * NS
 
 
 def test_a_prompt_longer_than_n_batch_takes_several_steps_and_the_same_prefill_time() -> None:
     prompt = "y" * (4 * (N_BATCH + 10))
-    (done,) = asyncio.run(_run(_profile(True, prefill_tps=10_000), [(0, prompt, 1)], slots=1))
+    (done,) = _play(_profile(True, prefill_tps=10_000), [(0, prompt, 1)], slots=1)
     assert done.prompt_eval_duration == pytest.approx((N_BATCH + 10) / 10_000 * NS,
                                                       abs=_slack())
 
@@ -123,7 +141,7 @@ def test_prompts_never_overlap_and_nobody_is_faster_than_alone(jobs, slots) -> N
     profile = _profile(True)
     specs = [(start, chr(65 + i) + "p" * (4 * tokens - 1), n)
              for i, (start, tokens, n) in enumerate(jobs)]
-    done = asyncio.run(_run(profile, specs, slots))
+    done = _play(profile, specs, slots)
     for d, (_, _, n) in zip(done, specs, strict=True):
         alone = profile.service_time_s(d.prompt_eval_count - d.cached_tokens, n, 1, MODEL)
         assert d.total_duration >= alone * NS - _slack(alone)

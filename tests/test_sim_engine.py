@@ -67,7 +67,9 @@ async def test_seed_request_reports_ten_seconds_of_model_time():
     assert done.eval_count == 100 and len(times) == 100
     assert done.eval_duration == pytest.approx(10e9, rel=1e-6)
     assert done.total_duration == pytest.approx(10e9, rel=1e-3)
-    assert loop.time() - t0 == pytest.approx(0.1, abs=0.05)
+    # Paced on the clock at the time scale: never sooner; later only by a busy machine's
+    # late wake-up, which the absolute deadlines keep from adding up.
+    assert 0.1 * (1 - 1e-3) <= loop.time() - t0 < 0.1 + 1.0
     assert done.done_reason == "stop"
 
 

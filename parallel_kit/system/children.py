@@ -52,7 +52,7 @@ def die_with_parent(argv: Sequence[str]) -> list[str]:
     The call is made by a small interpreter that then ``exec``s ``argv`` (same pid), not by a
     ``preexec_fn``: a ``preexec_fn`` makes :class:`subprocess.Popen` ``fork`` and run the
     at-fork handlers, and in a process holding gRPC channels (Ray's, Ray Serve's) gRPC's
-    handler can abort the child before its ``exec`` (grpc/grpc issue 43055: ``epoll_wait``
+    handler can abort the child before its ``exec`` (grpc/grpc#43055: ``epoll_wait``
     EBADF and SIGABRT; 6 to 16 children in 1000 with a live channel, measured by
     ``benchmarks/spawn_under_grpc.py``). Without one CPython spawns with
     ``vfork``, which runs no handler.
