@@ -137,14 +137,20 @@ async def test_slots_that_share_decoding_match_the_discrete_event_replay():
 
 @pytest.mark.parametrize("process,cv", [("poisson", 1.0), ("constant", 0.0)])
 async def test_recorded_hand_overs_keep_the_inter_arrival_statistics(process, cv):
-    # Time scale 0.1 and one arrival per model second: 100 ms of clock between arrivals, so a
-    # few ms of lag on a busy machine stays small against the gaps.
+    # The plan has the process's statistics, and the run hands each request over at its
+    # planned moment: never before it, and most within 5 ms of clock (time scale 0.1). A
+    # busy machine makes some hand-overs late, so the bound is on the median lag, not on the
+    # recorded gaps' spread: one 100 ms stall of the loop alone moves two gaps by a whole
+    # model second (the generator's timing on a quiet machine: benchmarks/queueing.py).
     c = await compare(["async"], time_scale=0.1, profile="seed", num_predict=2,
                       arrivals=Arrivals(rate=1.0, n=120, process=process, seed=2))
     rows = _by_arrival(c.runs[0])
-    gaps = np.diff([r.queued_s for r in rows])
+    planned = np.array([r.scheduled_s for r in rows])
+    gaps = np.diff(planned)
     assert gaps.mean() == pytest.approx(1.0, rel=0.10)
     assert abs(gaps.std() / gaps.mean() - cv) < 0.15
+    lag = np.array([r.queued_s for r in rows]) - planned
+    assert lag.min() >= -1e-6 and np.median(lag) < 0.05, lag  # (-1e-6: the clock's rounding)
 
 
 async def test_a_full_task_queue_is_a_failed_row_not_a_lost_one(monkeypatch):
